@@ -1,0 +1,161 @@
+"""The `skewless` command line: the one place that prints, and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.durations import format_duration
+from engine.errors import SkewlessError
+from engine.plan import describe_window
+from engine.store import FeatureStore
+
+EXIT_ERROR = 1
+
+
+def _store(args: argparse.Namespace) -> FeatureStore:
+    return FeatureStore.from_repo(args.repo)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    store = _store(args)
+    change = store.diff()
+    status = {name: "new" for name in change.added}
+    status.update({name: "CHANGED (rebuild online)" for name in change.changed})
+    status.update({name: "unchanged" for name in change.unchanged})
+    print(f"repo {store.config.repo_path}  event log {store.config.event_log_root}")
+    for name, view in sorted(store.plan.views.items()):
+        lateness = "unbounded" if view.allowed_lateness_ms is None else format_duration(view.allowed_lateness_ms)
+        print(f"\nview {name}  entity {view.entity} {list(view.join_keys)}  source {view.source}  "
+              f"fingerprint {view.fingerprint}  [{status.get(name, '?')}]")  # fmt: skip
+        print(f"  allowed lateness {lateness}; defined at {view.location}")
+        for agg in view.aggregations:
+            print(f"  {agg.feature:<40} {agg.function:<22} {describe_window(agg)}")
+    for name in change.removed:
+        print(f"\nview {name}  [REMOVED since last apply]")
+    if not change.applied_before:
+        print("\nnothing applied yet: run `skewless apply`")
+    elif change.is_empty:
+        print("\nno changes since the last apply")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    store = _store(args)
+    change = store.apply()
+    for label, names in (("added", change.added), ("changed", change.changed),
+                         ("removed", change.removed)):  # fmt: skip
+        for name in names:
+            note = " — run `skewless rebuild-online " + name + "`" if label == "changed" else ""
+            print(f"{label:<8} view {name}{note}")
+    if change.is_empty:
+        print("no changes")
+    print(f"applied {len(store.plan.views)} views; registry {store.config.registry_path}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    store = _store(args)
+    started = time.perf_counter()
+    with tqdm(desc=f"import {args.source}", unit=" rows", disable=None) as bar:
+        result = store.import_events(args.source, args.file, progress=bar.update)
+    elapsed = time.perf_counter() - started
+    parts = ", ".join(f"p{p}={n}" for p, n in sorted(result.per_partition.items()))
+    print(f"imported {result.rows} rows into {args.source} ({parts}) in {elapsed:.1f}s; "
+          f"log {store.config.event_log_root}")  # fmt: skip
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.frames import read_table
+
+    store = _store(args)
+    refs = [r.strip() for chunk in args.features for r in chunk.split(",") if r.strip()]
+    entity_df = read_table(args.entities)
+    views = {ref.partition(":")[0] for ref in refs}
+    sources = {store.plan.views[v].source for v in views if v in store.plan.views}
+    from connectors.eventlog import EventLogReader
+
+    log = EventLogReader(store.config.event_log_root)
+    total = 0
+    for source in sources:
+        try:
+            total += len(log.partitions(source))
+        except SkewlessError:
+            pass  # the store raises the helpful error below
+    started = time.perf_counter()
+    with tqdm(total=total or None, desc="backfill", unit=" partitions", disable=None) as bar:
+        records = 0
+
+        def progress(read: int, done: int) -> None:
+            nonlocal records
+            records += read
+            bar.set_postfix(records=records, refresh=False)
+            bar.update(done)
+
+        out = store.get_historical_features(
+            entity_df, refs, mode=args.mode, timestamp_column=args.timestamp_column,
+            include_late=args.include_late, full_feature_names=args.full_feature_names,
+            workers=args.workers, progress=progress,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        out.to_csv(path, index=False)
+    else:
+        out.to_parquet(path, index=False)
+    print(f"{len(out)} rows x {len(refs)} features -> {path} ({records} log records replayed "
+          f"in {elapsed:.1f}s, mode {args.mode})")  # fmt: skip
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skewless", description=__doc__)
+    parser.add_argument("--repo", default=os.environ.get("SKEWLESS_REPO", "definitions"),
+                        help="definitions folder (default: $SKEWLESS_REPO or ./definitions)")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="validate definitions; show views, features and changes")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("apply", help="record the plan as applied (registry)")
+    p.set_defaults(func=cmd_apply)
+    p = sub.add_parser("import", help="import historical events (Parquet/CSV) into the event log")
+    p.add_argument("source")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser("backfill", help="point-in-time training set from the event log")
+    p.add_argument("--entities", required=True, help="Parquet/CSV with join keys and timestamps")
+    p.add_argument("--features", required=True, action="append",
+                   help="view:feature refs, comma-separated or repeated")  # fmt: skip
+    p.add_argument("--out", required=True, help="output .parquet or .csv")
+    p.add_argument("--mode", choices=["event_time", "processing_time"], default="event_time")
+    p.add_argument("--timestamp-column", default="event_timestamp")
+    p.add_argument("--include-late", action="store_true")
+    p.add_argument("--full-feature-names", action="store_true")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    p.set_defaults(func=cmd_backfill)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SkewlessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Versioned binary codec for accumulator states and tiles (msgpack framing, never pickle).
+
+Layout: ``[version, payload]`` packed with msgpack; the payload is the aggregators'
+``to_plain`` forms. Unknown versions and corrupt bytes raise CodecError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from engine.errors import CodecError
+from engine.kernel.functions import Aggregator
+
+VERSION = 1
+
+
+def encode_states(aggregators: Sequence[Aggregator], states: Sequence[Any]) -> bytes:
+    """Encode one state per aggregator (a tile, or a window's merged states)."""
+    plain = [agg.to_plain(s) for agg, s in zip(aggregators, states, strict=True)]
+    return bytes(msgpack.packb([VERSION, plain], use_bin_type=True))
+
+
+def decode_states(aggregators: Sequence[Aggregator], data: bytes) -> list[Any]:
+    """Inverse of ``encode_states``; raises CodecError on corrupt or foreign bytes."""
+    try:
+        version, plain = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as exc:  # fmt: skip
+        raise CodecError(f"cannot decode accumulator bytes: {exc}") from exc
+    if version != VERSION:
+        raise CodecError(f"accumulator codec version {version!r} is not supported (want {VERSION})")
+    if not isinstance(plain, list) or len(plain) != len(aggregators):
+        raise CodecError(
+            f"encoded tile holds {len(plain) if isinstance(plain, list) else '?'} states, "
+            f"expected {len(aggregators)}"
+        )
+    try:
+        return [agg.from_plain(p) for agg, p in zip(aggregators, plain, strict=True)]
+    except (ValueError, TypeError, IndexError) as exc:
+        raise CodecError(f"corrupt accumulator state: {exc}") from exc

@@ -1,0 +1,86 @@
+"""The one exception tree of skewless; every error a user can meet is a subclass of SkewlessError.
+
+    SkewlessError                      root of everything skewless raises on purpose
+    ├── DefinitionError (ValueError)   a definitions folder breaks a rule of DESIGN §2; lists every problem
+    ├── ConfigError (ValueError)       skewless.yaml or a SKEWLESS_* variable is invalid
+    ├── FeatureRefError (KeyError)     a "view:feature" reference names nothing in the plan
+    ├── InputDataError (ValueError)    user data (entity_df, import rows) is malformed; names row and column
+    ├── DecodeError (ValueError)       a record's bytes or fields cannot be decoded against its source schema
+    ├── CodecError (ValueError)        stored accumulator/tile bytes are corrupt or of an unknown version
+    ├── EventLogError (OSError)        the event log cannot be read or written
+    │   └── EventLogMissing            no log exists yet for a source a backfill needs
+    └── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "CodecError",
+    "ConfigError",
+    "DecodeError",
+    "DefinitionError",
+    "EventLogError",
+    "EventLogMissing",
+    "FeatureRefError",
+    "InputDataError",
+    "OnlineStoreUnavailable",
+    "SkewlessError",
+]
+
+
+class SkewlessError(Exception):
+    """Root of the skewless exception tree."""
+
+
+class DefinitionError(SkewlessError, ValueError):
+    """One or more definition rules are broken; ``problems`` holds every message.
+
+    Each message reads ``<file>:<line> view '<name>' <field>: <what is wrong>``.
+    """
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} definition errors:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(text)
+
+
+class ConfigError(SkewlessError, ValueError):
+    """Configuration (skewless.yaml or SKEWLESS_* environment) is invalid."""
+
+
+class FeatureRefError(SkewlessError, KeyError):
+    """A feature reference does not resolve against the plan."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputDataError(SkewlessError, ValueError):
+    """User-supplied data (entity_df, imported rows) is malformed."""
+
+
+class DecodeError(SkewlessError, ValueError):
+    """A record cannot be decoded against its source schema."""
+
+
+class CodecError(SkewlessError, ValueError):
+    """Encoded accumulator or tile bytes are corrupt or of an unknown codec version."""
+
+
+class EventLogError(SkewlessError, OSError):
+    """The event log cannot be read or written."""
+
+
+class EventLogMissing(EventLogError):
+    """No event log exists for a source that a backfill needs."""
+
+
+class OnlineStoreUnavailable(SkewlessError, ConnectionError):
+    """The online store (Redis) cannot be reached."""

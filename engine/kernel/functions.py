@@ -1,0 +1,449 @@
+"""Mergeable accumulators for every aggregation function (init/add/merge/finalize + plain form).
+
+Contract for each ``Aggregator``:
+
+- ``init()`` returns a fresh empty state.
+- ``add(state, value, order)`` folds one non-null value (``count`` also receives nulls) and
+  returns the new state; it may mutate ``state``.
+- ``merge(a, b)`` returns the combination; it may mutate ``a`` and never mutates ``b``.
+  It is associative and commutative on the *finalized* value, bit for bit.
+- ``finalize(state)`` returns the feature value (the empty-window default for ``init()``).
+- ``to_plain`` / ``from_plain`` convert a state to and from a msgpack-able structure of
+  ints (≤ 64 bit), floats, strings, bytes, bools, None and lists, for the tile codec.
+
+Exactness: sums are kept as integers — floats scaled by 2**1074, so every finite double is
+an integer multiple of the unit — so addition is exact and order-free, and finalize is
+Python's correctly rounded int/int division. Mean and variance divide exact integer moments.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from engine.kernel.hll import Sketch
+
+Order = tuple[int, int, int]
+"""(event_time_ms, partition, offset): the total order of source records."""
+
+ColumnKind = Literal["int", "float", "str", "bool", "bytes"]
+NUMERIC: frozenset[str] = frozenset({"int", "float"})
+ORDERED: frozenset[str] = frozenset({"int", "float", "str"})
+ANY: frozenset[str] = frozenset({"int", "float", "str", "bool", "bytes"})
+
+_SHIFT = 1074  # 2**-1074 is the smallest positive double
+_UNIT = 1 << _SHIFT
+
+
+class Aggregator(Protocol):
+    """One aggregation function bound to a column kind (see module docstring)."""
+
+    function: str
+    counts_nulls: bool
+
+    def init(self) -> Any: ...
+    def add(self, state: Any, value: Any, order: Order) -> Any: ...
+    def merge(self, a: Any, b: Any) -> Any: ...
+    def finalize(self, state: Any) -> Any: ...
+    def to_plain(self, state: Any) -> Any: ...
+    def from_plain(self, plain: Any) -> Any: ...
+
+
+def _int_plain(x: int) -> int | bytes:
+    if -(1 << 63) <= x < (1 << 63):
+        return x
+    return x.to_bytes((x.bit_length() + 8) // 8, "big", signed=True)
+
+
+def _int_from_plain(p: int | bytes) -> int:
+    if isinstance(p, int):
+        return p
+    return int.from_bytes(p, "big", signed=True)
+
+
+def _scaled(value: float | int) -> int:
+    """Exact integer ``value * 2**1074`` (every finite double is such an integer)."""
+    n, d = value.as_integer_ratio()
+    return n << (_SHIFT + 1 - d.bit_length())
+
+
+def _scaled_square(value: float | int) -> int:
+    """Exact integer ``value**2 * 2**2148``."""
+    n, d = value.as_integer_ratio()
+    return (n * n) << (2 * (_SHIFT + 1 - d.bit_length()))
+
+
+# ---------------------------------------------------------------------------------------------
+# count and sum
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    function: str = "count"
+    counts_nulls: bool = True
+
+    def init(self) -> int:
+        return 0
+
+    def add(self, state: int, value: Any, order: Order) -> int:
+        return state + 1
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def finalize(self, state: int) -> int:
+        return state
+
+    def to_plain(self, state: int) -> Any:
+        return state
+
+    def from_plain(self, plain: Any) -> int:
+        return int(plain)
+
+
+@dataclass(frozen=True, slots=True)
+class IntSum:
+    """Sum of an integer column: an exact Python int."""
+
+    function: str = "sum"
+    counts_nulls: bool = False
+
+    def init(self) -> int:
+        return 0
+
+    def add(self, state: int, value: int, order: Order) -> int:
+        return state + value
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def finalize(self, state: int) -> int:
+        return state
+
+    def to_plain(self, state: int) -> Any:
+        return _int_plain(state)
+
+    def from_plain(self, plain: Any) -> int:
+        return _int_from_plain(plain)
+
+
+@dataclass(frozen=True, slots=True)
+class FloatSum:
+    """Sum of a float column: exact scaled integer, correctly rounded at finalize."""
+
+    function: str = "sum"
+    counts_nulls: bool = False
+
+    def init(self) -> int:
+        return 0
+
+    def add(self, state: int, value: float, order: Order) -> int:
+        n, d = value.as_integer_ratio()
+        return state + (n << (_SHIFT + 1 - d.bit_length()))
+
+    def merge(self, a: int, b: int) -> int:
+        return a + b
+
+    def finalize(self, state: int) -> float:
+        return state / _UNIT
+
+    def to_plain(self, state: int) -> Any:
+        return _int_plain(state)
+
+    def from_plain(self, plain: Any) -> int:
+        return _int_from_plain(plain)
+
+
+# ---------------------------------------------------------------------------------------------
+# mean, variance, stddev: exact moments [n, S1, S2]
+
+
+@dataclass(frozen=True, slots=True)
+class Moments:
+    """Exact count, sum and sum of squares; ``shift`` is 1074 for floats, 0 for ints."""
+
+    function: str
+    shift: int
+    counts_nulls: bool = False
+
+    def init(self) -> list[int]:
+        return [0, 0, 0]
+
+    def add(self, state: list[int], value: float | int, order: Order) -> list[int]:
+        state[0] += 1
+        if self.shift:
+            n, d = value.as_integer_ratio()
+            s = _SHIFT + 1 - d.bit_length()
+            state[1] += n << s
+            if self.function != "mean":
+                state[2] += (n * n) << (2 * s)
+        else:
+            state[1] += value
+            if self.function != "mean":
+                state[2] += value * value
+        return state
+
+    def merge(self, a: list[int], b: list[int]) -> list[int]:
+        a[0] += b[0]
+        a[1] += b[1]
+        a[2] += b[2]
+        return a
+
+    def finalize(self, state: list[int]) -> float | None:
+        n, s1, s2 = state
+        if self.function == "mean":
+            if n == 0:
+                return None
+            return s1 / (n << self.shift)
+        if n < 2:
+            return None
+        # sample variance = (n*S2 - S1^2) / (n (n-1)), exact integers, one rounding
+        numerator = n * s2 - s1 * s1
+        variance = numerator / ((n * (n - 1)) << (2 * self.shift))
+        if self.function == "variance":
+            return variance
+        return math.sqrt(variance)
+
+    def to_plain(self, state: list[int]) -> Any:
+        return [_int_plain(x) for x in state]
+
+    def from_plain(self, plain: Any) -> list[int]:
+        return [_int_from_plain(x) for x in plain]
+
+
+# ---------------------------------------------------------------------------------------------
+# min and max
+
+
+def _lt_total(a: Any, b: Any) -> bool:
+    """a < b, with -0.0 < 0.0 so that min/max do not depend on arrival order."""
+    if a == b:
+        return isinstance(a, float) and isinstance(b, float) and math.copysign(1.0, a) < 0 < (
+            math.copysign(1.0, b)
+        )
+    return bool(a < b)
+
+
+@dataclass(frozen=True, slots=True)
+class Extreme:
+    function: str  # "min" | "max"
+    counts_nulls: bool = False
+
+    def init(self) -> Any:
+        return None
+
+    def add(self, state: Any, value: Any, order: Order) -> Any:
+        if state is None:
+            return value
+        if self.function == "min":
+            return value if _lt_total(value, state) else state
+        return value if _lt_total(state, value) else state
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if b is None:
+            return a
+        return self.add(a, b, (0, 0, 0))
+
+    def finalize(self, state: Any) -> Any:
+        return state
+
+    def to_plain(self, state: Any) -> Any:
+        return state
+
+    def from_plain(self, plain: Any) -> Any:
+        return plain
+
+
+# ---------------------------------------------------------------------------------------------
+# first, last, first_n, last_n: ordered by (event_time, partition, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """first/last: state is None or [event_time, partition, offset, value]."""
+
+    function: str  # "first" | "last"
+    counts_nulls: bool = False
+
+    def init(self) -> Any:
+        return None
+
+    def add(self, state: Any, value: Any, order: Order) -> Any:
+        if state is None:
+            return [*order, value]
+        held = (state[0], state[1], state[2])
+        if (order < held) if self.function == "first" else (order > held):
+            return [*order, value]
+        return state
+
+    def merge(self, a: Any, b: Any) -> Any:
+        if b is None:
+            return a
+        return self.add(a, b[3], (b[0], b[1], b[2]))
+
+    def finalize(self, state: Any) -> Any:
+        return None if state is None else state[3]
+
+    def to_plain(self, state: Any) -> Any:
+        return state
+
+    def from_plain(self, plain: Any) -> Any:
+        return None if plain is None else list(plain)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeN:
+    """first_n/last_n: a sorted list of at most n [event_time, partition, offset, value]."""
+
+    function: str  # "first_n" | "last_n"
+    n: int
+    counts_nulls: bool = False
+
+    def init(self) -> list[list[Any]]:
+        return []
+
+    def add(self, state: list[list[Any]], value: Any, order: Order) -> list[list[Any]]:
+        item = [*order, value]
+        if len(state) < self.n:
+            insort(state, item, key=_order_of)
+        elif self.function == "first_n":
+            if order < _order_of(state[-1]):
+                state.pop()
+                insort(state, item, key=_order_of)
+        elif order > _order_of(state[0]):
+            state.pop(0)
+            insort(state, item, key=_order_of)
+        return state
+
+    def merge(self, a: list[list[Any]], b: list[list[Any]]) -> list[list[Any]]:
+        for item in b:
+            a = self.add(a, item[3], _order_of(item))
+        return a
+
+    def finalize(self, state: list[list[Any]]) -> list[Any]:
+        return [item[3] for item in state]
+
+    def to_plain(self, state: list[list[Any]]) -> Any:
+        return state
+
+    def from_plain(self, plain: Any) -> list[list[Any]]:
+        return [list(item) for item in plain]
+
+
+def _order_of(item: list[Any]) -> Order:
+    return (item[0], item[1], item[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# count_distinct (exact) and approx_count_distinct (HyperLogLog)
+
+
+@dataclass(frozen=True, slots=True)
+class CountDistinct:
+    function: str = "count_distinct"
+    counts_nulls: bool = False
+
+    def init(self) -> set[Any]:
+        return set()
+
+    def add(self, state: set[Any], value: Any, order: Order) -> set[Any]:
+        state.add(value)
+        return state
+
+    def merge(self, a: set[Any], b: set[Any]) -> set[Any]:
+        a |= b
+        return a
+
+    def finalize(self, state: set[Any]) -> int:
+        return len(state)
+
+    def to_plain(self, state: set[Any]) -> Any:
+        return sorted(state)
+
+    def from_plain(self, plain: Any) -> set[Any]:
+        return set(plain)
+
+
+@dataclass(frozen=True, slots=True)
+class ApproxCountDistinct:
+    function: str = "approx_count_distinct"
+    counts_nulls: bool = False
+
+    def init(self) -> Sketch:
+        return Sketch()
+
+    def add(self, state: Sketch, value: Any, order: Order) -> Sketch:
+        state.add(value)
+        return state
+
+    def merge(self, a: Sketch, b: Sketch) -> Sketch:
+        a.merge(b)
+        return a
+
+    def finalize(self, state: Sketch) -> int:
+        return state.estimate()
+
+    def to_plain(self, state: Sketch) -> Any:
+        regs = state.registers()
+        return [[i for i, _ in regs], bytes(r for _, r in regs)]
+
+    def from_plain(self, plain: Any) -> Sketch:
+        sketch = Sketch()
+        for index, rank in zip(plain[0], plain[1], strict=True):
+            sketch.set(index, rank)
+        return sketch
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """What a function accepts and how to build its aggregator for a column kind."""
+
+    kinds: frozenset[str]
+    needs_n: bool
+    build: Callable[[str, int | None], Aggregator]
+
+
+def _sum(kind: str, n: int | None) -> Aggregator:
+    return IntSum() if kind == "int" else FloatSum()
+
+
+FUNCTIONS: dict[str, FunctionSpec] = {
+    "count": FunctionSpec(ANY, False, lambda kind, n: Count()),
+    "sum": FunctionSpec(NUMERIC, False, _sum),
+    "mean": FunctionSpec(NUMERIC, False, lambda k, n: Moments("mean", 0 if k == "int" else _SHIFT)),
+    "variance": FunctionSpec(
+        NUMERIC, False, lambda k, n: Moments("variance", 0 if k == "int" else _SHIFT)
+    ),
+    "stddev": FunctionSpec(
+        NUMERIC, False, lambda k, n: Moments("stddev", 0 if k == "int" else _SHIFT)
+    ),
+    "min": FunctionSpec(ORDERED, False, lambda kind, n: Extreme("min")),
+    "max": FunctionSpec(ORDERED, False, lambda kind, n: Extreme("max")),
+    "first": FunctionSpec(ANY, False, lambda kind, n: Edge("first")),
+    "last": FunctionSpec(ANY, False, lambda kind, n: Edge("last")),
+    "first_n": FunctionSpec(ANY, True, lambda kind, n: EdgeN("first_n", n or 1)),
+    "last_n": FunctionSpec(ANY, True, lambda kind, n: EdgeN("last_n", n or 1)),
+    "count_distinct": FunctionSpec(ANY, False, lambda kind, n: CountDistinct()),
+    "approx_count_distinct": FunctionSpec(ANY, False, lambda kind, n: ApproxCountDistinct()),
+}
+
+
+def make_aggregator(function: str, kind: str, n: int | None = None) -> Aggregator:
+    """Build the aggregator for ``function`` over a column of ``kind``.
+
+    Example:
+        >>> agg = make_aggregator("sum", "float")
+        >>> s = agg.init()
+        >>> for v in (0.1, 0.2, 0.3):
+        ...     s = agg.add(s, v, (0, 0, 0))
+        >>> agg.finalize(s) == 0.6
+        True
+    """
+    return FUNCTIONS[function].build(kind, n)

@@ -1,0 +1,185 @@
+"""Tile arithmetic: fold an event into its tiles, merge the tiles of a window as of time t.
+
+Tile ``k`` of hop ``H`` holds events with ``k*H <= event_time < (k+1)*H``. The value of a
+window ``W`` as of ``t`` merges tiles ``ceil(t/H) - W/H .. ceil(t/H) - 1`` (DESIGN §3);
+lifetime aggregations keep one accumulator. Which events have been folded (event time or
+processing time before ``t``) is the caller's business: the stream worker folds what it
+has processed, the backfill folds in the order of its mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.kernel.functions import Aggregator, Order
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HopGroup:
+    """The aggregations sharing one hop: one tile holds one state per member."""
+
+    hop_ms: int
+    members: tuple[int, ...]
+    longest_window_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TileLayout:
+    """How a view's aggregations map onto tiles; built once per view by the compiler."""
+
+    aggregators: tuple[Aggregator, ...]
+    windows_ms: tuple[int | None, ...]
+    hops_ms: tuple[int | None, ...]
+    groups: tuple[HopGroup, ...] = field(init=False)
+    lifetime: tuple[int, ...] = field(init=False)
+    # where aggregation i lives: (group index or -1 for lifetime, position in that group)
+    slots: tuple[tuple[int, int], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        by_hop: dict[int, list[int]] = {}
+        lifetime: list[int] = []
+        for i, (window, hop) in enumerate(zip(self.windows_ms, self.hops_ms, strict=True)):
+            if window is None:
+                lifetime.append(i)
+            else:
+                assert hop is not None and window % hop == 0
+                by_hop.setdefault(hop, []).append(i)
+        groups = tuple(
+            HopGroup(
+                hop_ms=hop,
+                members=tuple(members),
+                longest_window_ms=max(self.windows_ms[i] or 0 for i in members),
+            )
+            for hop, members in sorted(by_hop.items())
+        )
+        slots: dict[int, tuple[int, int]] = {}
+        for g, group in enumerate(groups):
+            for j, i in enumerate(group.members):
+                slots[i] = (g, j)
+        for j, i in enumerate(lifetime):
+            slots[i] = (-1, j)
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "lifetime", tuple(lifetime))
+        object.__setattr__(self, "slots", tuple(slots[i] for i in range(len(self.windows_ms))))
+
+    def new_tile(self, group: int) -> list[Any]:
+        members = self.lifetime if group < 0 else self.groups[group].members
+        return [self.aggregators[i].init() for i in members]
+
+
+class EntityTiles:
+    """The live tiles of one (view, entity): ``by_hop[hop_ms][k]`` and the lifetime tile."""
+
+    __slots__ = ("by_hop", "lifetime")
+
+    def __init__(self) -> None:
+        self.by_hop: dict[int, dict[int, list[Any]]] = {}
+        self.lifetime: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.by_hop.values()) + (self.lifetime is not None)
+
+
+def fold(
+    layout: TileLayout,
+    tiles: EntityTiles,
+    values: Sequence[Any],
+    event_time_ms: int,
+    order: Order,
+) -> None:
+    """Fold one admitted event (``values[i]`` is aggregation i's input) into its tiles."""
+    aggs = layout.aggregators
+    for g, group in enumerate(layout.groups):
+        hop = group.hop_ms
+        k = event_time_ms // hop
+        per_hop = tiles.by_hop.get(hop)
+        if per_hop is None:
+            per_hop = tiles.by_hop[hop] = {}
+        tile = per_hop.get(k)
+        if tile is None:
+            tile = per_hop[k] = layout.new_tile(g)
+        for j, i in enumerate(group.members):
+            value = values[i]
+            agg = aggs[i]
+            if value is None and not agg.counts_nulls:
+                continue
+            tile[j] = agg.add(tile[j], value, order)
+    if layout.lifetime:
+        tile = tiles.lifetime
+        if tile is None:
+            tile = tiles.lifetime = layout.new_tile(-1)
+        for j, i in enumerate(layout.lifetime):
+            value = values[i]
+            agg = aggs[i]
+            if value is None and not agg.counts_nulls:
+                continue
+            tile[j] = agg.add(tile[j], value, order)
+
+
+def window_states(
+    layout: TileLayout,
+    tiles: EntityTiles | None,
+    t_ms: int,
+    indices: Sequence[int] | None = None,
+) -> list[Any]:
+    """Merged (not finalized) state of each aggregation's window as of ``t_ms``.
+
+    The returned states are fresh objects: merging them further never touches ``tiles``.
+    """
+    aggs = layout.aggregators
+    wanted = range(len(aggs)) if indices is None else indices
+    out: list[Any] = []
+    for i in wanted:
+        agg = aggs[i]
+        acc = agg.init()
+        if tiles is not None:
+            g, j = layout.slots[i]
+            if g < 0:
+                if tiles.lifetime is not None:
+                    acc = agg.merge(acc, tiles.lifetime[j])
+            else:
+                hop = layout.groups[g].hop_ms
+                per_hop = tiles.by_hop.get(hop)
+                if per_hop:
+                    window = layout.windows_ms[i]
+                    assert window is not None
+                    span = window // hop
+                    end = -(-t_ms // hop)
+                    start = end - span
+                    if len(per_hop) <= span:
+                        for k, tile in per_hop.items():
+                            if start <= k < end:
+                                acc = agg.merge(acc, tile[j])
+                    else:
+                        for k in range(start, end):
+                            tile = per_hop.get(k)
+                            if tile is not None:
+                                acc = agg.merge(acc, tile[j])
+        out.append(acc)
+    return out
+
+
+def value_as_of(
+    layout: TileLayout,
+    tiles: EntityTiles | None,
+    t_ms: int,
+    indices: Sequence[int] | None = None,
+) -> list[Any]:
+    """Feature values as of ``t_ms`` (empty-window defaults when ``tiles`` is None)."""
+    wanted = range(len(layout.aggregators)) if indices is None else indices
+    states = window_states(layout, tiles, t_ms, wanted)
+    return [layout.aggregators[i].finalize(s) for i, s in zip(wanted, states, strict=True)]
+
+
+def evict(layout: TileLayout, tiles: EntityTiles, t_ms: int) -> None:
+    """Drop tiles no window can use at any time >= ``t_ms``."""
+    for group in layout.groups:
+        per_hop = tiles.by_hop.get(group.hop_ms)
+        if not per_hop:
+            continue
+        oldest = -(-t_ms // group.hop_ms) - group.longest_window_ms // group.hop_ms
+        stale = [k for k in per_hop if k < oldest]
+        for k in stale:
+            del per_hop[k]

@@ -1,0 +1,495 @@
+"""The compiler: validate definitions against DESIGN §2 and freeze them into a Plan.
+
+Every problem in a definitions folder is collected and raised together as one
+``DefinitionError`` whose messages name the file and line, the view and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import re
+import textwrap
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.definitions import Aggregation, Entity, FeatureView, KafkaSource
+from engine.durations import LIFETIME, default_hop_ms, format_duration, parse_duration
+from engine.errors import DefinitionError, FeatureRefError
+from engine.kernel.functions import FUNCTIONS, make_aggregator
+from engine.kernel.tiles import TileLayout
+from engine.schema import FieldSpec, field_specs, load_schema
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY_KINDS = frozenset({"str", "int"})
+_COLUMN_TYPES = {"int": "int", "long": "int", "float": "float", "double": "float",
+                 "string": "str", "boolean": "bool", "bytes": "bytes"}  # fmt: skip
+_MAX_N = 1000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourcePlan:
+    """A validated source: resolved schema, field kinds, timestamp unit and topic key."""
+
+    name: str
+    topic: str
+    format: str
+    schema: Mapping[str, Any]
+    fields: Mapping[str, FieldSpec]
+    timestamp_field: str
+    timestamp_divisor: int  # raw timestamp // divisor == milliseconds
+    key_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggPlan:
+    """A validated aggregation."""
+
+    feature: str
+    column: str
+    function: str
+    window: str
+    window_ms: int | None
+    hop_ms: int | None
+    n: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ViewPlan:
+    """A validated feature view with its tile layout and fingerprint."""
+
+    name: str
+    entity: str
+    join_keys: tuple[str, ...]
+    source: str
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None
+    filter: Callable[[dict[str, Any]], bool] | None
+    aggregations: tuple[AggPlan, ...]
+    layout: TileLayout
+    allowed_lateness_ms: int | None
+    fingerprint: str
+    location: str
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(a.feature for a in self.aggregations)
+
+    def feature_index(self, feature: str) -> int:
+        for i, agg in enumerate(self.aggregations):
+            if agg.feature == feature:
+                return i
+        raise FeatureRefError(
+            f"view {self.name!r} has no feature {feature!r}; it has: {', '.join(self.features)}"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """The frozen, validated form of a definitions folder."""
+
+    entities: Mapping[str, Entity]
+    sources: Mapping[str, SourcePlan]
+    views: Mapping[str, ViewPlan]
+
+    def resolve(self, refs: Sequence[str]) -> list[tuple[ViewPlan, int]]:
+        """Resolve ``"view:feature"`` references to (view, aggregation index), in order.
+
+        Raises FeatureRefError naming every unknown reference.
+        """
+        if isinstance(refs, str):
+            refs = [refs]
+        out: list[tuple[ViewPlan, int]] = []
+        problems: list[str] = []
+        for ref in refs:
+            view_name, sep, feature = str(ref).partition(":")
+            if not sep or not view_name or not feature:
+                problems.append(f"feature ref {ref!r} is not of the form 'view:feature'")
+                continue
+            view = self.views.get(view_name)
+            if view is None:
+                problems.append(
+                    f"feature ref {ref!r}: no view {view_name!r}; "
+                    f"views: {', '.join(sorted(self.views)) or '(none)'}"
+                )
+                continue
+            try:
+                out.append((view, view.feature_index(feature)))
+            except FeatureRefError as exc:
+                problems.append(f"feature ref {ref!r}: {exc}")
+        if problems:
+            raise FeatureRefError("; ".join(problems))
+        return out
+
+
+def _function_source(fn: Any) -> str:
+    return textwrap.dedent(inspect.getsource(fn))
+
+
+def _fingerprint(view: FeatureView, source: SourcePlan, aggs: Sequence[AggPlan],
+                 lateness_ms: int | None) -> str:  # fmt: skip
+    canonical = {
+        "source": {
+            "name": source.name,
+            "topic": source.topic,
+            "format": source.format,
+            "schema": source.schema,
+            "timestamp_field": source.timestamp_field,
+        },
+        "entity": {"name": view.entity.name, "join_keys": list(view.entity.join_keys)},
+        "transform": _function_source(view.transform) if view.transform else None,
+        "filter": _function_source(view.filter) if view.filter else None,
+        "columns": dict(sorted((view.columns or {}).items())),
+        "aggregations": [
+            [a.feature, a.column, a.function, a.window_ms, a.hop_ms, a.n] for a in aggs
+        ],
+        "allowed_lateness_ms": lateness_ms,
+    }
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class _Collector:
+    """Accumulates problems with a uniform ``<where> <subject> <field>: <message>`` form."""
+
+    def __init__(self, repo_parent: Path | None) -> None:
+        self.problems: list[str] = []
+        self.repo_parent = repo_parent
+
+    def where(self, location: str) -> str:
+        if self.repo_parent is not None and location.startswith(str(self.repo_parent)):
+            return location[len(str(self.repo_parent)) :].lstrip("/")
+        return location
+
+    def add(self, location: str, subject: str, field: str, message: str) -> None:
+        self.problems.append(f"{self.where(location)} {subject} {field}: {message}")
+
+
+def _check_function(c: _Collector, view: FeatureView, field: str, fn: Any) -> None:
+    subject = f"view {view.name!r}"
+    if fn is None:
+        return
+    if not inspect.isfunction(fn):
+        c.add(view.location, subject, field,
+              f"expected a plain Python function (def ...), got {type(fn).__name__}")  # fmt: skip
+        return
+    if fn.__name__ == "<lambda>":
+        c.add(view.location, subject, field,
+              "a lambda cannot be fingerprinted reliably; define it with def")  # fmt: skip
+        return
+    try:
+        _function_source(fn)
+    except (OSError, TypeError):
+        c.add(view.location, subject, field,
+              f"the source code of {fn.__name__!r} is not available to fingerprint it")  # fmt: skip
+
+
+def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
+                    key_fields: tuple[str, ...] | None) -> SourcePlan | None:  # fmt: skip
+    subject = f"source {src.name!r}"
+    ok = True
+    if not isinstance(src.name, str) or not _NAME.match(src.name):
+        c.add(src.location, subject, "name", "must be an identifier (letters, digits, _)")
+        ok = False
+    if src.format not in ("avro", "json"):
+        c.add(src.location, subject, "format", f"expected 'avro' or 'json', got {src.format!r}")
+        ok = False
+    try:
+        schema = load_schema(src.schema, base_dir)
+    except ValueError as exc:
+        c.add(src.location, subject, "schema", str(exc))
+        return None
+    fields = field_specs(schema)
+    ts = fields.get(src.timestamp_field)
+    divisor = 1
+    if ts is None:
+        c.add(src.location, subject, "timestamp_field",
+              f"{src.timestamp_field!r} is not a field of the schema; fields: {', '.join(fields)}")  # fmt: skip
+        ok = False
+    elif ts.avro_type != "long" or ts.nullable:
+        c.add(src.location, subject, "timestamp_field",
+              f"{src.timestamp_field!r} must be a non-null Avro long (ms since epoch), "
+              f"got {ts.avro_type}{' (nullable)' if ts.nullable else ''}")  # fmt: skip
+        ok = False
+    elif ts.logical_type not in (None, "timestamp-millis", "timestamp-micros"):
+        c.add(src.location, subject, "timestamp_field",
+              f"logicalType {ts.logical_type!r} is not a timestamp in ms or µs")  # fmt: skip
+        ok = False
+    elif ts.logical_type == "timestamp-micros":
+        divisor = 1000
+    keys = tuple(src.key_fields) if src.key_fields is not None else key_fields
+    if not keys:
+        c.add(src.location, subject, "key_fields",
+              "no key: give key_fields=[...] or read the source from a feature view")  # fmt: skip
+        ok = False
+    else:
+        for key in keys:
+            spec = fields.get(key)
+            if spec is None or spec.kind not in _KEY_KINDS:
+                c.add(src.location, subject, "key_fields",
+                      f"{key!r} must be a string or integer field of the schema")  # fmt: skip
+                ok = False
+    if not ok:
+        return None
+    return SourcePlan(
+        name=src.name,
+        topic=src.topic,
+        format=src.format,
+        schema=schema,
+        fields=fields,
+        timestamp_field=src.timestamp_field,
+        timestamp_divisor=divisor,
+        key_fields=keys or (),
+    )
+
+
+def _compile_aggregation(c: _Collector, view: FeatureView, index: int, agg: Any,
+                         columns: Mapping[str, str | None]) -> AggPlan | None:  # fmt: skip
+    subject = f"view {view.name!r}"
+    here = f"aggregation[{index}]"
+    if not isinstance(agg, Aggregation):
+        c.add(view.location, subject, here, f"expected an Aggregation, got {type(agg).__name__}")
+        return None
+    ok = True
+    spec = FUNCTIONS.get(agg.function)
+    if spec is None:
+        c.add(view.location, subject, f"{here} function",
+              f"unknown function {agg.function!r}; known: {', '.join(FUNCTIONS)}")  # fmt: skip
+        ok = False
+    if agg.column not in columns:
+        c.add(view.location, subject, f"{here} column",
+              f"{agg.column!r} is not in the schema of source {view.source.name!r}"
+              f" nor in the view's columns; available: {', '.join(columns)}")  # fmt: skip
+        ok = False
+    elif spec is not None:
+        kind = columns[agg.column]
+        if kind not in spec.kinds:
+            c.add(view.location, subject, f"{here} column",
+                  f"{agg.function} needs a column of kind {'/'.join(sorted(spec.kinds))}, "
+                  f"{agg.column!r} is {kind or 'not a primitive'}")  # fmt: skip
+            ok = False
+    if spec is not None:
+        if spec.needs_n and (not isinstance(agg.n, int) or isinstance(agg.n, bool)
+                             or not 1 <= agg.n <= _MAX_N):  # fmt: skip
+            c.add(view.location, subject, f"{here} n",
+                  f"{agg.function} needs n=<integer 1..{_MAX_N}>, got {agg.n!r}")  # fmt: skip
+            ok = False
+        if not spec.needs_n and agg.n is not None:
+            c.add(view.location, subject, f"{here} n", f"{agg.function} takes no n")
+            ok = False
+    window_ms: int | None = None
+    hop_ms: int | None = None
+    if agg.window == LIFETIME:
+        if agg.hop is not None:
+            c.add(view.location, subject, f"{here} hop", "a lifetime window has no hop")
+            ok = False
+    else:
+        try:
+            window_ms = parse_duration(agg.window)
+        except ValueError as exc:
+            c.add(view.location, subject, f"{here} window", f"{exc} (or 'lifetime')")
+            return None
+        if agg.hop is None:
+            hop_ms = default_hop_ms(window_ms)
+            if hop_ms is None:
+                c.add(view.location, subject, f"{here} hop",
+                      f"window {agg.window!r} has no default hop (1d/1h/5m/1m/10s/1s dividing "
+                      "it and at most a twelfth of it); give hop=...")  # fmt: skip
+                ok = False
+        else:
+            try:
+                hop_ms = parse_duration(agg.hop)
+            except ValueError as exc:
+                c.add(view.location, subject, f"{here} hop", str(exc))
+                return None
+            if window_ms % hop_ms != 0:
+                c.add(view.location, subject, f"{here} window",
+                      f"hop {agg.hop!r} does not divide {agg.window!r}")  # fmt: skip
+                ok = False
+    feature = agg.feature_name
+    if not _NAME.match(feature):
+        c.add(view.location, subject, f"{here} name",
+              f"feature name {feature!r} must be an identifier (letters, digits, _)")  # fmt: skip
+        ok = False
+    if not ok:
+        return None
+    return AggPlan(
+        feature=feature,
+        column=agg.column,
+        function=agg.function,
+        window=agg.window if window_ms is None else agg.window.strip(),
+        window_ms=window_ms,
+        hop_ms=hop_ms,
+        n=agg.n,
+    )
+
+
+def _view_columns(c: _Collector, view: FeatureView,
+                  source_fields: Mapping[str, FieldSpec]) -> dict[str, str | None]:  # fmt: skip
+    columns: dict[str, str | None] = {name: spec.kind for name, spec in source_fields.items()}
+    for name, avro_type in (view.columns or {}).items():
+        kind = _COLUMN_TYPES.get(avro_type) if isinstance(avro_type, str) else None
+        if kind is None:
+            c.add(view.location, f"view {view.name!r}", f"columns[{name!r}]",
+                  f"expected an Avro primitive type ({', '.join(_COLUMN_TYPES)}), got {avro_type!r}")  # fmt: skip
+            continue
+        columns[name] = kind
+    return columns
+
+
+def compile_plan(
+    entities: Iterable[Entity],
+    sources: Iterable[KafkaSource],
+    views: Iterable[FeatureView],
+    *,
+    base_dir: Path,
+    problems: Sequence[str] = (),
+) -> Plan:
+    """Validate definitions and build the Plan; raises DefinitionError listing every problem.
+
+    ``problems`` carries errors found while loading the modules, so they are reported
+    together with the validation errors.
+    """
+    c = _Collector(base_dir.resolve().parent)
+    c.problems.extend(problems)
+    views = list(views)
+    entity_map: dict[str, Entity] = {}
+    for entity in [*entities, *(v.entity for v in views if isinstance(v.entity, Entity))]:
+        subject = f"entity {entity.name!r}"
+        if entity.name in entity_map:
+            if entity_map[entity.name] != entity:
+                c.add(entity.location, subject, "name",
+                      f"another entity with this name is defined at "
+                      f"{c.where(entity_map[entity.name].location)}")  # fmt: skip
+            continue
+        entity_map[entity.name] = entity
+        if not isinstance(entity.name, str) or not _NAME.match(entity.name):
+            c.add(entity.location, subject, "name", "must be an identifier (letters, digits, _)")
+        keys = entity.join_keys
+        if not keys or not all(isinstance(k, str) and _NAME.match(k) for k in keys):
+            c.add(entity.location, subject, "join_keys",
+                  f"expected one or more field names, got {list(keys)!r}")  # fmt: skip
+        elif len(set(keys)) != len(keys):
+            c.add(entity.location, subject, "join_keys", f"duplicate join key in {list(keys)!r}")
+
+    # sources: the key defaults to the join keys of the first view reading the source
+    source_defs: dict[str, KafkaSource] = {}
+    default_keys: dict[str, tuple[str, ...]] = {}
+    for view in views:
+        if isinstance(view.source, KafkaSource) and isinstance(view.entity, Entity):
+            default_keys.setdefault(view.source.name, tuple(view.entity.join_keys))
+    for src in [*sources, *(v.source for v in views if isinstance(v.source, KafkaSource))]:
+        if src.name in source_defs:
+            if source_defs[src.name] != src:
+                c.add(src.location, f"source {src.name!r}", "name",
+                      f"another source with this name is defined at "
+                      f"{c.where(source_defs[src.name].location)}")  # fmt: skip
+            continue
+        source_defs[src.name] = src
+    source_plans: dict[str, SourcePlan] = {}
+    for name, src in source_defs.items():
+        plan = _compile_source(c, src, base_dir, default_keys.get(name))
+        if plan is not None:
+            source_plans[name] = plan
+    topics: dict[str, str] = {}
+    for name, sp in source_plans.items():
+        if sp.topic in topics:
+            c.add(source_defs[name].location, f"source {name!r}", "topic",
+                  f"topic {sp.topic!r} is already read by source {topics[sp.topic]!r}")  # fmt: skip
+        topics[sp.topic] = name
+
+    view_plans: dict[str, ViewPlan] = {}
+    for view in views:
+        subject = f"view {view.name!r}"
+        if not isinstance(view.name, str) or not _NAME.match(view.name):
+            c.add(view.location, subject, "name", "must be an identifier (letters, digits, _)")
+            continue
+        if view.name in view_plans or any(v is not view and v.name == view.name
+                                          for v in views[: views.index(view)]):  # fmt: skip
+            c.add(view.location, subject, "name", "another view has this name")
+            continue
+        if not isinstance(view.entity, Entity):
+            c.add(view.location, subject, "entity",
+                  f"expected an Entity, got {type(view.entity).__name__}")  # fmt: skip
+            continue
+        if not isinstance(view.source, KafkaSource):
+            c.add(view.location, subject, "source",
+                  f"expected a KafkaSource, got {type(view.source).__name__}")  # fmt: skip
+            continue
+        _check_function(c, view, "transform", view.transform)
+        _check_function(c, view, "filter", view.filter)
+        source = source_plans.get(view.source.name)
+        if source is None:
+            continue  # its problems are already reported
+        columns = _view_columns(c, view, source.fields)
+        for key in view.entity.join_keys:
+            if key not in columns:
+                c.add(view.location, subject, "entity",
+                      f"join key {key!r} of entity {view.entity.name!r} is not in the schema of "
+                      f"source {source.name!r} nor in the view's columns")  # fmt: skip
+            elif columns[key] not in _KEY_KINDS:
+                c.add(view.location, subject, "entity",
+                      f"join key {key!r} must be a string or integer column")  # fmt: skip
+        if not view.aggregations:
+            c.add(view.location, subject, "aggregations", "a view needs at least one aggregation")
+            continue
+        aggs: list[AggPlan] = []
+        failed = False
+        for index, agg in enumerate(view.aggregations):
+            plan = _compile_aggregation(c, view, index, agg, columns)
+            if plan is None:
+                failed = True
+            else:
+                aggs.append(plan)
+        seen: dict[str, int] = {}
+        for index, agg_plan in enumerate(aggs):
+            if agg_plan.feature in seen:
+                c.add(view.location, subject, f"aggregation[{index}] name",
+                      f"duplicate feature name {agg_plan.feature!r}; pass name=... to one of them")  # fmt: skip
+                failed = True
+            seen[agg_plan.feature] = index
+        lateness_ms: int | None
+        finite = [a.window_ms for a in aggs if a.window_ms is not None]
+        if view.allowed_lateness is not None:
+            try:
+                lateness_ms = parse_duration(view.allowed_lateness)
+            except ValueError as exc:
+                c.add(view.location, subject, "allowed_lateness", str(exc))
+                failed = True
+                lateness_ms = None
+        else:
+            lateness_ms = max(finite) if finite else None
+        if failed:
+            continue
+        layout = TileLayout(
+            aggregators=tuple(
+                make_aggregator(a.function, columns[a.column] or "str", a.n) for a in aggs
+            ),
+            windows_ms=tuple(a.window_ms for a in aggs),
+            hops_ms=tuple(a.hop_ms for a in aggs),
+        )
+        view_plans[view.name] = ViewPlan(
+            name=view.name,
+            entity=view.entity.name,
+            join_keys=tuple(view.entity.join_keys),
+            source=source.name,
+            transform=view.transform,
+            filter=view.filter,
+            aggregations=tuple(aggs),
+            layout=layout,
+            allowed_lateness_ms=lateness_ms,
+            fingerprint=_fingerprint(view, source, aggs, lateness_ms),
+            location=c.where(view.location),
+        )
+    if c.problems:
+        raise DefinitionError(c.problems)
+    return Plan(entities=entity_map, sources=source_plans, views=view_plans)
+
+
+def describe_window(agg: AggPlan) -> str:
+    """``"30d / hop 1d"`` or ``"lifetime"`` for listings."""
+    if agg.window_ms is None:
+        return LIFETIME
+    return f"{format_duration(agg.window_ms)} / hop {format_duration(agg.hop_ms or 0)}"

@@ -1,0 +1,121 @@
+"""The one path from a logged source record to tile updates: transform → key → admission → fold.
+
+The stream worker calls ``apply_record`` per record; the backfill calls ``extract`` while it
+reads the log and ``apply_extracted`` in the order of its mode. Both are the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.envelope import Envelope
+from engine.kernel.tiles import EntityTiles, fold
+from engine.plan import SourcePlan, ViewPlan
+
+EntityKey = tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """What one record contributes to one view: its entity, aggregation inputs and order."""
+
+    entity: EntityKey
+    values: tuple[Any, ...]
+    event_time_ms: int
+    processed_at_ms: int
+    partition: int
+    offset: int
+
+
+def event_time_ms(source: SourcePlan, payload: dict[str, Any]) -> int:
+    """The event time in ms of a decoded payload (µs timestamps are floored to ms)."""
+    return int(payload[source.timestamp_field]) // source.timestamp_divisor
+
+
+def is_admitted(view: ViewPlan, event_time_ms: int, processed_at_ms: int) -> bool:
+    """DESIGN §3 admission: not later than the view's allowed lateness."""
+    lateness = view.allowed_lateness_ms
+    return lateness is None or event_time_ms >= processed_at_ms - lateness
+
+
+def _clean(value: Any) -> Any:
+    """Non-finite floats (a transform's 0/0, say) count as nulls: they have no exact sum."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def view_row(view: ViewPlan, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The row a view aggregates: the payload after its transform and filter (None = dropped).
+
+    A transform or filter that raises drops the record for this view only; the record
+    stays in the log, so every path drops it the same way.
+    """
+    row: dict[str, Any] | None = payload
+    try:
+        if view.transform is not None:
+            row = view.transform(dict(payload))
+            if not isinstance(row, dict):
+                return None
+        if view.filter is not None and not view.filter(row):  # type: ignore[arg-type]
+            return None
+    except Exception:  # user code; the record is dropped for this view on every path
+        return None
+    return row
+
+
+def extract(
+    view: ViewPlan,
+    source: SourcePlan,
+    envelope: Envelope,
+    *,
+    include_late: bool = False,
+) -> Extracted | None:
+    """The view's share of one logged record, or None when the view drops or refuses it."""
+    payload = envelope.payload
+    et = event_time_ms(source, payload)
+    if not include_late and not is_admitted(view, et, envelope.processed_at_ms):
+        return None
+    row = view_row(view, payload)
+    if row is None:
+        return None
+    try:
+        entity = tuple(row[k] for k in view.join_keys)
+    except KeyError:
+        return None
+    if None in entity:
+        return None
+    values = tuple(_clean(row.get(a.column)) for a in view.aggregations)
+    return Extracted(
+        entity=entity,
+        values=values,
+        event_time_ms=et,
+        processed_at_ms=envelope.processed_at_ms,
+        partition=envelope.partition,
+        offset=envelope.offset,
+    )
+
+
+def apply_extracted(view: ViewPlan, tiles: EntityTiles, item: Extracted) -> None:
+    """Fold an extracted record into its entity's tiles."""
+    fold(view.layout, tiles, item.values, item.event_time_ms,
+         (item.event_time_ms, item.partition, item.offset))  # fmt: skip
+
+
+def apply_record(
+    view: ViewPlan,
+    source: SourcePlan,
+    envelope: Envelope,
+    tiles_for: Callable[[EntityKey], EntityTiles],
+    *,
+    include_late: bool = False,
+) -> EntityKey | None:
+    """Extract and fold one record; returns the entity it touched (None if none)."""
+    item = extract(view, source, envelope, include_late=include_late)
+    if item is None:
+        return None
+    apply_extracted(view, tiles_for(item.entity), item)
+    return item.entity

@@ -1,0 +1,179 @@
+"""FeatureStore: the thin facade users hold; it wires plan, config and connectors to the roles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from connectors.eventlog import EventLogReader, EventLogWriter
+from engine import backfill
+from engine.config import Config, load_config
+from engine.errors import EventLogMissing, InputDataError
+from engine.frames import read_table, to_epoch_ms
+from engine.importer import ImportResult, import_frame
+from engine.loader import load_definitions
+from engine.plan import Plan, compile_plan
+from engine.registry import PlanDiff, diff, read_applied, write_applied
+
+
+class FeatureStore:
+    """One definitions repo: its validated plan, its config, and the three user jobs.
+
+    Example:
+        >>> store = FeatureStore.from_repo("definitions")
+        >>> sorted(store.plan.views)[:1]
+        ['customer_activity']
+    """
+
+    def __init__(self, plan: Plan, config: Config) -> None:
+        self.plan = plan
+        self.config = config
+
+    @classmethod
+    def from_repo(cls, path: str | Path = "definitions") -> FeatureStore:
+        """Load and validate the definitions in ``path`` and its ``skewless.yaml``.
+
+        Raises DefinitionError listing every problem, ConfigError for bad settings.
+        """
+        repo = Path(path)
+        config = load_config(repo)
+        loaded = load_definitions(repo)
+        plan = compile_plan(loaded.entities, loaded.sources, loaded.views,
+                            base_dir=repo.resolve(), problems=loaded.problems)  # fmt: skip
+        return cls(plan, config)
+
+    def __repr__(self) -> str:
+        return f"FeatureStore(repo={str(self.config.repo_path)!r}, views={sorted(self.plan.views)})"
+
+    # -- plan and apply ------------------------------------------------------------------
+
+    def diff(self) -> PlanDiff:
+        """What changed since the last ``apply``."""
+        return diff(self.plan, read_applied(self.config.registry_path))
+
+    def apply(self) -> PlanDiff:
+        """Record this plan as applied and return what changed relative to the previous one."""
+        change = self.diff()
+        write_applied(self.config.registry_path, self.plan)
+        return change
+
+    # -- event log -----------------------------------------------------------------------
+
+    def import_events(
+        self,
+        source_name: str,
+        data: pd.DataFrame | str | Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportResult:
+        """Write historical events (DataFrame, Parquet or CSV) into the event log.
+
+        Example:
+            >>> store.import_events("transactions", "history.parquet")  # doctest: +SKIP
+        """
+        source = self.plan.sources.get(source_name)
+        if source is None:
+            raise InputDataError(
+                f"unknown source {source_name!r}; sources: {', '.join(sorted(self.plan.sources))}"
+            )
+        strings = tuple(n for n, f in source.fields.items() if f.kind == "str")
+        df = read_table(data, string_columns=strings)
+        writer = EventLogWriter(self.config.event_log_root, source.name, dict(source.schema))
+        return import_frame(source, df, writer, self.config.kafka_partitions, progress)
+
+    # -- backfill ------------------------------------------------------------------------
+
+    def get_historical_features(
+        self,
+        entity_df: pd.DataFrame,
+        features: Sequence[str],
+        *,
+        mode: backfill.Mode = "event_time",
+        timestamp_column: str = "event_timestamp",
+        include_late: bool = False,
+        full_feature_names: bool = False,
+        workers: int | None = None,
+        progress: backfill.Progress | None = None,
+    ) -> pd.DataFrame:
+        """Point-in-time features: each input row gets each feature as of its timestamp.
+
+        The window of a row at ``t`` never includes ``t`` itself nor anything after it
+        (DESIGN §3). Output: the input rows in input order plus one column per feature.
+
+        Example:
+            >>> labels = pd.DataFrame({"customer_id": ["c1"],
+            ...     "event_timestamp": pd.to_datetime(["2026-01-02"], utc=True)})
+            >>> store.get_historical_features(labels, ["customer_spend:amount_sum_1d"])  # doctest: +SKIP
+        """
+        if mode not in backfill.MODES:
+            raise InputDataError(f"mode must be one of {backfill.MODES}, got {mode!r}")
+        if not isinstance(entity_df, pd.DataFrame):
+            raise InputDataError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
+        refs = self.plan.resolve(features)
+        if timestamp_column not in entity_df.columns:
+            raise InputDataError(
+                f"entity_df has no timestamp column {timestamp_column!r} "
+                f"(columns: {', '.join(map(str, entity_df.columns))}); pass timestamp_column=..."
+            )
+        times = to_epoch_ms(entity_df[timestamp_column], timestamp_column).tolist()
+        grouped = backfill.requests_by_view(refs)
+        requests: list[backfill.ViewRequest] = []
+        for view_name, indices in grouped.items():
+            view = self.plan.views[view_name]
+            missing = [k for k in view.join_keys if k not in entity_df.columns]
+            if missing:
+                raise InputDataError(
+                    f"entity_df lacks join key column(s) {missing} of entity {view.entity!r} "
+                    f"needed by view {view_name!r}"
+                )
+            key_columns = [entity_df[k].tolist() for k in view.join_keys]
+            for column, values in zip(view.join_keys, key_columns, strict=True):
+                nulls = [i for i, v in enumerate(values) if v is None or v != v]
+                if nulls:
+                    raise InputDataError(f"entity_df column {column!r} row {nulls[0]}: null join key")
+            requests.append(
+                backfill.ViewRequest(view=view_name, entities=list(zip(*key_columns, strict=True)),
+                                     times_ms=times, indices=indices)  # fmt: skip
+            )
+        log = EventLogReader(self.config.event_log_root)
+        for source in sorted({self.plan.views[r.view].source for r in requests}):
+            try:
+                log.partitions(source)
+            except EventLogMissing as exc:
+                raise EventLogMissing(
+                    f"{exc}. Import history with `skewless import {source} FILE` "
+                    "or run stream workers first."
+                ) from exc
+        values = backfill.run(
+            self.plan, log, requests, mode=mode, include_late=include_late,
+            workers=self.config.effective_backfill_workers() if workers is None else workers,
+            progress=progress,
+        )  # fmt: skip
+        out = entity_df.copy()
+        for request, rows in zip(requests, values, strict=True):
+            view = self.plan.views[request.view]
+            for j, index in enumerate(request.indices):
+                feature = view.aggregations[index].feature
+                column = f"{view.name}__{feature}" if full_feature_names else feature
+                if column in out.columns:
+                    raise InputDataError(
+                        f"output column {column!r} already exists in entity_df or is requested "
+                        "twice; use full_feature_names=True"
+                    )
+                out[column] = pd.Series([row[j] for row in rows], index=out.index, dtype=_dtype(rows, j))
+        return out
+
+
+def _dtype(rows: list[list[Any]], j: int) -> Any:
+    """int64 for all-int columns, float64 for numbers with nulls, object otherwise."""
+    sample = [row[j] for row in rows]
+    if all(type(v) is int and -(1 << 63) <= v < (1 << 63) for v in sample):
+        return "int64"
+    if all(v is None or type(v) in (int, float) for v in sample) and any(
+        type(v) is float for v in sample
+    ):
+        return "float64"
+    return object
