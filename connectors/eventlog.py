@@ -240,12 +240,20 @@ class EventLogWriter:
         by_partition: dict[int, list[Envelope]] = {}
         for rec in records:
             by_partition.setdefault(rec.partition, []).append(rec)
+        # Validate and dedup every partition before writing any of them.
+        batches = [(p, self._fresh(p, by_partition[p])) for p in sorted(by_partition)]
         written: list[str] = []
-        for partition in sorted(by_partition):
-            fresh = self._fresh(partition, by_partition[partition])
-            if fresh:
+        for partition, fresh in batches:
+            if not fresh:
+                continue
+            try:
                 written.append(self._write(partition, fresh))
-                self._high[partition] = fresh[-1].offset
+            except EventLogError:
+                # The rename may have landed before the failure (e.g. a failed folder
+                # fsync): forget the cached mark so the next call re-learns it from storage.
+                del self._high[partition]
+                raise
+            self._high[partition] = fresh[-1].offset
         return written
 
     def _fresh(self, partition: int, recs: list[Envelope]) -> list[Envelope]:

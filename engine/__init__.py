@@ -13,7 +13,21 @@ from engine.errors import (
     InputDataError,
     SkewlessError,
 )
-from engine.store import FeatureStore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from engine.store import FeatureStore
+
+
+def __getattr__(name: str) -> object:
+    # FeatureStore wires in the connectors, which import engine's data types: import it
+    # lazily so `import connectors.eventlog` does not need the whole facade first.
+    if name == "FeatureStore":
+        from engine.store import FeatureStore
+
+        return FeatureStore
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
 
 __all__ = [
     "Aggregation",

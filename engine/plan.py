@@ -167,27 +167,30 @@ class _Collector:
         self.problems.append(f"{self.where(location)} {subject} {field}: {message}")
 
 
-def _check_function(c: _Collector, view: FeatureView, field: str, fn: Any) -> None:
+def _check_function(c: _Collector, view: FeatureView, field: str, fn: Any) -> bool:
+    """True when ``fn`` is absent or a plain named function whose source can be read."""
     subject = f"view {view.name!r}"
     if fn is None:
-        return
+        return True
     if not inspect.isfunction(fn):
         c.add(view.location, subject, field,
               f"expected a plain Python function (def ...), got {type(fn).__name__}")  # fmt: skip
-        return
+        return False
     if fn.__name__ == "<lambda>":
         c.add(view.location, subject, field,
               "a lambda cannot be fingerprinted reliably; define it with def")  # fmt: skip
-        return
+        return False
     try:
         _function_source(fn)
     except (OSError, TypeError):
         c.add(view.location, subject, field,
               f"the source code of {fn.__name__!r} is not available to fingerprint it")  # fmt: skip
+        return False
+    return True
 
 
 def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
-                    key_fields: tuple[str, ...] | None) -> SourcePlan | None:  # fmt: skip
+                    candidates: Sequence[tuple[str, ...]]) -> SourcePlan | None:  # fmt: skip
     subject = f"source {src.name!r}"
     ok = True
     if not isinstance(src.name, str) or not _NAME.match(src.name):
@@ -219,12 +222,24 @@ def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
         ok = False
     elif ts.logical_type == "timestamp-micros":
         divisor = 1000
-    keys = tuple(src.key_fields) if src.key_fields is not None else key_fields
+    keys: tuple[str, ...] | None = None
+    key_checked = False
+    if src.key_fields is not None:
+        keys = tuple(src.key_fields)
+    else:  # the join keys of the first view whose entity the payload can key
+        for candidate in candidates:
+            if all(k in fields and fields[k].kind in _KEY_KINDS for k in candidate):
+                keys = candidate
+                break
+        else:
+            if candidates:  # the views report their unusable join keys themselves
+                keys = candidates[0]
+                key_checked = True
     if not keys:
         c.add(src.location, subject, "key_fields",
-              "no key: give key_fields=[...] or read the source from a feature view")  # fmt: skip
+              "no key: give key_fields=[...]; no view reading it has join keys in its schema")  # fmt: skip
         ok = False
-    else:
+    elif not key_checked:
         for key in keys:
             spec = fields.get(key)
             if spec is None or spec.kind not in _KEY_KINDS:
@@ -376,10 +391,10 @@ def compile_plan(
 
     # sources: the key defaults to the join keys of the first view reading the source
     source_defs: dict[str, KafkaSource] = {}
-    default_keys: dict[str, tuple[str, ...]] = {}
+    default_keys: dict[str, list[tuple[str, ...]]] = {}
     for view in views:
         if isinstance(view.source, KafkaSource) and isinstance(view.entity, Entity):
-            default_keys.setdefault(view.source.name, tuple(view.entity.join_keys))
+            default_keys.setdefault(view.source.name, []).append(tuple(view.entity.join_keys))
     for src in [*sources, *(v.source for v in views if isinstance(v.source, KafkaSource))]:
         if src.name in source_defs:
             if source_defs[src.name] != src:
@@ -390,7 +405,7 @@ def compile_plan(
         source_defs[src.name] = src
     source_plans: dict[str, SourcePlan] = {}
     for name, src in source_defs.items():
-        plan = _compile_source(c, src, base_dir, default_keys.get(name))
+        plan = _compile_source(c, src, base_dir, default_keys.get(name, []))
         if plan is not None:
             source_plans[name] = plan
     topics: dict[str, str] = {}
@@ -418,8 +433,8 @@ def compile_plan(
             c.add(view.location, subject, "source",
                   f"expected a KafkaSource, got {type(view.source).__name__}")  # fmt: skip
             continue
-        _check_function(c, view, "transform", view.transform)
-        _check_function(c, view, "filter", view.filter)
+        functions_ok = _check_function(c, view, "transform", view.transform)
+        functions_ok = _check_function(c, view, "filter", view.filter) and functions_ok
         source = source_plans.get(view.source.name)
         if source is None:
             continue  # its problems are already reported
@@ -437,14 +452,13 @@ def compile_plan(
             continue
         aggs: list[AggPlan] = []
         failed = False
-        for index, agg in enumerate(view.aggregations):
-            plan = _compile_aggregation(c, view, index, agg, columns)
-            if plan is None:
-                failed = True
-            else:
-                aggs.append(plan)
         seen: dict[str, int] = {}
-        for index, agg_plan in enumerate(aggs):
+        for index, agg in enumerate(view.aggregations):
+            agg_plan = _compile_aggregation(c, view, index, agg, columns)
+            if agg_plan is None:
+                failed = True
+                continue
+            aggs.append(agg_plan)
             if agg_plan.feature in seen:
                 c.add(view.location, subject, f"aggregation[{index}] name",
                       f"duplicate feature name {agg_plan.feature!r}; pass name=... to one of them")  # fmt: skip
@@ -461,7 +475,7 @@ def compile_plan(
                 lateness_ms = None
         else:
             lateness_ms = max(finite) if finite else None
-        if failed:
+        if failed or not functions_ok:
             continue
         layout = TileLayout(
             aggregators=tuple(

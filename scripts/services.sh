@@ -14,6 +14,7 @@
 #   SKEWLESS_SERVICES_TIMEOUT=90        seconds to wait for readiness
 #   SKEWLESS_STOP_TIMEOUT=30            seconds after SIGTERM before SIGKILL
 #   SKEWLESS_KAFKA_HEAP="-Xms128m -Xmx512m"
+#   SKEWLESS_SERVICES_PYTHON=.venv/bin/python   used for the Kafka readiness probe (confluent-kafka)
 # See docs/services.md.
 set -euo pipefail
 
@@ -48,7 +49,7 @@ REDIS_HOME="$SERVICES_DIR/redis"
 REDIS_DATA="$REDIS_HOME/data"
 REDIS_LOG="$REDIS_HOME/redis.log"
 REDIS_PID="$REDIS_HOME/redis.pid"
-VENV_PY="$REPO_ROOT/.venv/bin/python"
+VENV_PY="${SKEWLESS_SERVICES_PYTHON:-$REPO_ROOT/.venv/bin/python}"
 
 say() { printf 'services: %s\n' "$*"; }
 die() { printf 'services: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -170,7 +171,7 @@ fetch_kafka() {
   fi
   command -v mvn >/dev/null || die "mvn not found: needed once to fetch the Kafka jars (apt-get install maven)"
   say "fetching Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIBS (first run only)"
-  local t0=$SECONDS tmp="$KAFKA_LIBS.tmp.$$"
+  local t0=$SECONDS tmp="$KAFKA_LIBS.partial"
   rm -rf "$tmp"; mkdir -p "$tmp" "$CACHE_DIR"
   local mvnlog="$CACHE_DIR/kafka-$KAFKA_VERSION.fetch.log"
   if ! mvn -q -B -Dstyle.color=never -f "$SCRIPT_DIR/kafka/pom.xml" \
@@ -184,7 +185,7 @@ fetch_kafka() {
   ls "$tmp"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "kafka_2.13-$KAFKA_VERSION.jar missing after fetch"; }
   touch "$tmp/.complete"
   rm -rf "$KAFKA_LIBS"; mv "$tmp" "$KAFKA_LIBS"
-  say "fetched $(ls "$KAFKA_LIBS"/*.jar | wc -l) jars in $((SECONDS - t0))s"
+  say "fetched $(find "$KAFKA_LIBS" -name "*.jar" | wc -l) jars in $((SECONDS - t0))s"
 }
 
 render_kafka_props() {
@@ -299,7 +300,7 @@ stop_kafka() {
 
 # ---------------------------------------------------------------- commands
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
   exit 2
 }
 
@@ -318,10 +319,8 @@ want() { [[ $TARGET == all || $TARGET == "$1" ]]; }
 cmd_up() {
   local t0=$SECONDS
   mkdir -p "$SERVICES_DIR"
-  if want kafka && want redis && kafka_pid >/dev/null && redis_pid >/dev/null; then
-    say "already running: kafka (pid $(kafka_pid), $HOST:$KAFKA_PORT), redis (pid $(redis_pid), $HOST:$REDIS_PORT)"
-    return 0
-  fi
+  # A service that is already running is left alone, but still waited for: it may be
+  # a broker another `up` started a moment ago that does not answer yet.
   want redis && ensure_redis_installed
   want kafka && start_kafka      # the broker boots in the background...
   want redis && start_redis      # ...while redis starts
@@ -350,14 +349,22 @@ cmd_status() {
   local rc=0 pid
   if want kafka; then
     if pid=$(kafka_pid); then
-      say "kafka  running  pid $pid  $HOST:$KAFKA_PORT (controller $HOST:$CONTROLLER_PORT)  version $KAFKA_VERSION  log $KAFKA_LOG"
+      if port_open "$KAFKA_PORT"; then
+        say "kafka  running  pid $pid  $HOST:$KAFKA_PORT (controller $HOST:$CONTROLLER_PORT)  version $KAFKA_VERSION  log $KAFKA_LOG"
+      else
+        say "kafka  starting (process up, port closed)  pid $pid  $HOST:$KAFKA_PORT  log $KAFKA_LOG"; rc=1
+      fi
     else
       say "kafka  stopped  $HOST:$KAFKA_PORT"; rc=1
     fi
   fi
   if want redis; then
     if pid=$(redis_pid); then
-      say "redis  running  pid $pid  $HOST:$REDIS_PORT  log $REDIS_LOG"
+      if redis_ready; then
+        say "redis  running  pid $pid  $HOST:$REDIS_PORT  log $REDIS_LOG"
+      else
+        say "redis  not answering PING  pid $pid  $HOST:$REDIS_PORT  log $REDIS_LOG"; rc=1
+      fi
     else
       say "redis  stopped  $HOST:$REDIS_PORT"; rc=1
     fi
@@ -370,9 +377,16 @@ cmd_env() {
   printf 'export SKEWLESS_REDIS_URL=redis://%s:%s/0\n' "$HOST" "$REDIS_PORT"
 }
 
+# One up/down at a time per services dir (two concurrent `up`s would start two brokers).
+lock() {
+  mkdir -p "$SERVICES_DIR"
+  exec 9>"$SERVICES_DIR/.lock"
+  flock -w "$TIMEOUT" 9 || die "another services.sh up/down holds $SERVICES_DIR/.lock"
+}
+
 case "$CMD" in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up) lock; cmd_up ;;
+  down) lock; cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   *) usage ;;

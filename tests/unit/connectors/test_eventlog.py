@@ -40,7 +40,9 @@ PAYLOAD_SCHEMA: dict[str, Any] = {
 }
 
 
-def env(offset: int, partition: int = 0, key: bytes | None = b"c1", amount: float = 1.5) -> Envelope:
+def env(
+    offset: int, partition: int = 0, key: bytes | None = b"c1", amount: float = 1.5
+) -> Envelope:
     return Envelope(
         partition=partition,
         offset=offset,
@@ -333,6 +335,14 @@ def test_negative_offset_is_rejected_without_writing(tmp_path: Path) -> None:
     assert not (tmp_path / "tx").exists()
 
 
+def test_invalid_partition_fails_the_call_before_anything_is_written(tmp_path: Path) -> None:
+    writer = EventLogWriter(str(tmp_path), "tx", PAYLOAD_SCHEMA)
+
+    with pytest.raises(EventLogError, match="partition must be"):
+        writer.append([env(0, partition=0), env(0, partition=2**31)])
+    assert not (tmp_path / "tx" / "partition=0").exists()
+
+
 def test_payload_not_matching_schema_raises_and_writes_nothing(tmp_path: Path) -> None:
     writer = EventLogWriter(str(tmp_path), "tx", PAYLOAD_SCHEMA)
     writer.append([env(0)])
@@ -383,6 +393,7 @@ class FlakyMemoryFileSystem(MemoryFileSystem):
     pseudo_dirs: ClassVar[list[str]] = [""]
     write_budget: ClassVar[int | None] = None  # bytes a file may take before ENOSPC
     fail_rename: ClassVar[bool] = False
+    fail_after_rename: ClassVar[bool] = False  # the rename lands, then an error is raised
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> str:
@@ -400,6 +411,8 @@ class FlakyMemoryFileSystem(MemoryFileSystem):
         if self.fail_rename:
             raise OSError(errno.EIO, "rename failed", path2)
         super().mv(path1, path2, *args, **kwargs)
+        if self.fail_after_rename:
+            raise OSError(errno.EIO, "connection reset after rename", path2)
 
 
 class _FullDiskFile(MemoryFile):  # type: ignore[misc]  # fsspec is untyped
@@ -419,9 +432,11 @@ def flaky_root() -> Iterator[str]:
     FlakyMemoryFileSystem.store.clear()
     FlakyMemoryFileSystem.write_budget = None
     FlakyMemoryFileSystem.fail_rename = False
+    FlakyMemoryFileSystem.fail_after_rename = False
     yield "flakymem://log"
     FlakyMemoryFileSystem.write_budget = None
     FlakyMemoryFileSystem.fail_rename = False
+    FlakyMemoryFileSystem.fail_after_rename = False
     FlakyMemoryFileSystem.store.clear()
 
 
@@ -464,6 +479,26 @@ def test_failed_rename_leaves_no_file_and_retry_succeeds(flaky_root: str) -> Non
     FlakyMemoryFileSystem.fail_rename = False
     assert len(writer.append([env(0), env(1)])) == 1
     assert EventLogReader(flaky_root).count("tx") == 2
+
+
+def test_error_after_the_rename_landed_does_not_duplicate_on_retry(flaky_root: str) -> None:
+    writer = EventLogWriter(flaky_root, "tx", PAYLOAD_SCHEMA)
+    writer.append([env(0)])
+    FlakyMemoryFileSystem.fail_after_rename = True
+
+    with pytest.raises(EventLogError, match="connection reset"):
+        writer.append([env(1), env(2)])
+
+    FlakyMemoryFileSystem.fail_after_rename = False
+    assert writer.last_offset(0) == 2  # re-learned from storage, not the stale cache
+    assert writer.append([env(1), env(2), env(3)]) == [
+        f"{flaky_root}/tx/partition=0/{3:020d}-{3:020d}.avro"
+    ]
+    assert stored_names("/log/tx/partition=0/") == [
+        f"{0:020d}-{0:020d}.avro",
+        f"{1:020d}-{2:020d}.avro",
+        f"{3:020d}-{3:020d}.avro",
+    ]
 
 
 def test_failure_in_one_partition_keeps_the_others(flaky_root: str) -> None:

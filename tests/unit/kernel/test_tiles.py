@@ -1,0 +1,41 @@
+"""Tile arithmetic: which tiles a window as of t covers, at and around boundaries."""
+
+from __future__ import annotations
+
+from engine.kernel.functions import make_aggregator
+from engine.kernel.tiles import EntityTiles, TileLayout, evict, fold, value_as_of
+
+H = 60_000  # 1m hop
+W = 10 * H  # 10m window
+
+
+def layout() -> TileLayout:
+    return TileLayout(
+        aggregators=(make_aggregator("count", "int"), make_aggregator("sum", "int")),
+        windows_ms=(W, None),
+        hops_ms=(H, None),
+    )
+
+
+def test_window_covers_tiles_start_to_ceil_minus_one() -> None:
+    lay, tiles = layout(), EntityTiles()
+    for i, et in enumerate([0, H - 1, H, 5 * H, 10 * H - 1, 10 * H, 10 * H + 1]):
+        fold(lay, tiles, (1, 1), et, (et, 0, i))
+    # t on a boundary: tiles [0, 10) -> every event with et < 10H
+    assert value_as_of(lay, tiles, 10 * H) == [5, 7]
+    # just after the boundary: ceil(t/H) = 11, tiles [1, 11): tile 0 drops, tile 10 enters
+    assert value_as_of(lay, tiles, 10 * H + 1)[0] == 5
+    # the span never exceeds W: at 11H tile 0 is out, tiles 1..10 are in
+    assert value_as_of(lay, tiles, 11 * H)[0] == 5
+    # empty before anything
+    assert value_as_of(lay, None, 0) == [0, 0]
+
+
+def test_evict_keeps_what_a_later_window_needs() -> None:
+    lay, tiles = layout(), EntityTiles()
+    for k in range(30):
+        fold(lay, tiles, (1, 1), k * H, (k * H, 0, k))
+    before = value_as_of(lay, tiles, 30 * H)
+    evict(lay, tiles, 30 * H)
+    assert len(tiles.by_hop[H]) == 10
+    assert value_as_of(lay, tiles, 30 * H) == before

@@ -1,0 +1,106 @@
+"""Import: validation before any write, partitioning by key, offsets in input order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from connectors.eventlog import EventLogReader
+from engine import FeatureStore, InputDataError
+from engine.keys import encode_key, partition_for
+
+VIEW = """
+v = FeatureView("v", entity=customer, source=tx,
+                aggregations=[Aggregation("amount", "sum", window="1d")])
+"""
+
+
+def frame(n: int = 50) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    return pd.DataFrame({
+        "customer_id": [f"c{i % 7}" for i in range(n)],
+        "merchant_id": ["m1"] * n,
+        "amount": rng.random(n) * 100,
+        "qty": np.arange(n, dtype="int64"),
+        "ts": 1_700_000_000_000 + rng.integers(0, 10**7, n),
+    })  # fmt: skip
+
+
+def test_rows_land_where_a_keyed_producer_puts_them(make_repo: Callable[..., Path]) -> None:
+    store = FeatureStore.from_repo(make_repo(VIEW, yaml="kafka:\n  partitions: 3\n"))
+    df = frame()
+    result = store.import_events("tx", df)
+    assert result.rows == len(df)
+    log = list(EventLogReader(store.config.event_log_root).read_all("tx"))
+    assert len(log) == len(df)
+    by_qty = {e.payload["qty"]: e for e in log}
+    for row in df.itertuples():
+        env = by_qty[row.qty]
+        assert env.partition == partition_for(encode_key([row.customer_id]), 3)
+        assert env.key == row.customer_id.encode()
+        assert env.event_time_ms == row.ts == env.processed_at_ms
+    for p in {e.partition for e in log}:
+        in_p = [e for e in log if e.partition == p]
+        assert [e.offset for e in in_p] == list(range(len(in_p)))
+        # offsets follow input row order within the partition
+        assert [e.payload["qty"] for e in in_p] == sorted(e.payload["qty"] for e in in_p)
+
+
+def test_second_import_continues_offsets(make_repo: Callable[..., Path]) -> None:
+    store = FeatureStore.from_repo(make_repo(VIEW, yaml="kafka:\n  partitions: 1\n"))
+    store.import_events("tx", frame(10))
+    store.import_events("tx", frame(5).assign(processed_at=lambda d: d["ts"] + 5))
+    log = list(EventLogReader(store.config.event_log_root).read("tx", 0))
+    assert [e.offset for e in log] == list(range(15))
+    assert all(e.processed_at_ms == e.event_time_ms + 5 for e in log[10:])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.assign(customer_id=[None] + list(d.customer_id[1:])),
+         "row 0 column 'customer_id': null, but the field is not nullable"),
+        (lambda d: d.drop(columns=["ts"]), "column 'ts' is missing"),
+        (lambda d: d.assign(ts=[None] * 3 + list(d.ts[3:])), "row 0 column 'ts': timestamp is missing"),
+        (lambda d: d.assign(qty=["x"] + list(d.qty[1:])), "row 0 column 'qty': expected an integer (long), got 'x'"),
+        (lambda d: d.assign(amount=["1.5"] + list(d.amount[1:])), "row 0 column 'amount': expected a finite number"),
+        (lambda d: d.assign(amount=[float("inf")] + list(d.amount[1:])), "row 0 column 'amount': expected a finite number"),
+        (lambda d: d.assign(ts=[-5] + list(d.ts[1:])), "row 0 column 'ts': timestamp -5 is before 1970"),
+        (lambda d: d.assign(qty=[1.5] + list(d.qty[1:])), "row 0 column 'qty': expected an integer"),
+    ],
+    ids=["null-key", "no-ts", "null-ts", "str-for-long", "str-for-double", "inf", "negative-ts", "fraction"],
+)  # fmt: skip
+def test_bad_rows_write_nothing_and_name_row_and_problem(
+    make_repo: Callable[..., Path], mutate: Callable[[pd.DataFrame], pd.DataFrame], message: str
+) -> None:
+    store = FeatureStore.from_repo(make_repo(VIEW))
+    with pytest.raises(InputDataError) as info:
+        store.import_events("tx", mutate(frame(10)))
+    assert message in str(info.value)
+    assert "nothing was written" in str(info.value)
+    assert not Path(store.config.event_log_root).exists()
+
+
+def test_null_amount_allowed_and_csv_and_parquet(make_repo: Callable[..., Path], tmp_path: Path) -> None:
+    store = FeatureStore.from_repo(make_repo(VIEW))
+    df = frame(6)
+    df.loc[2, "amount"] = None
+    df["customer_id"] = ["007", "7", "007", "x", "y", "z"]
+    df.to_csv(tmp_path / "in.csv", index=False)
+    df.to_parquet(tmp_path / "in.parquet")
+    store.import_events("tx", tmp_path / "in.csv")
+    store.import_events("tx", str(tmp_path / "in.parquet"))
+    log = list(EventLogReader(store.config.event_log_root).read_all("tx"))
+    assert sorted(e.payload["customer_id"] for e in log).count("007") == 4  # CSV kept the zeros
+    assert sum(e.payload["amount"] is None for e in log) == 2
+    (tmp_path / "in.txt").write_text("x")
+    with pytest.raises(InputDataError, match="expected a .parquet or .csv file"):
+        store.import_events("tx", tmp_path / "in.txt")
+    with pytest.raises(InputDataError, match="does not exist"):
+        store.import_events("tx", tmp_path / "missing.csv")
+    with pytest.raises(InputDataError, match="unknown source 'nope'"):
+        store.import_events("nope", df)
