@@ -23,7 +23,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, cast
 
 import fastavro
 import fsspec
@@ -36,8 +36,6 @@ __all__ = [
     "ENVELOPE_VERSION",
     "Codec",
     "EventLogReader",
-    "EventLogSink",
-    "EventLogSource",
     "EventLogWriter",
     "envelope_schema",
 ]
@@ -79,32 +77,6 @@ _new_object = object.__new__
 _set_partition, _set_offset, _set_key, _set_event_time, _set_processed_at, _set_payload = (
     Envelope.__dict__[name].__set__ for name in _ENVELOPE_FIELDS
 )
-
-
-@runtime_checkable
-class EventLogSink(Protocol):
-    """Where a stream worker or an import appends envelopes of one source."""
-
-    def append(self, records: Sequence[Envelope]) -> list[str]:
-        """Durably store ``records``, skipping offsets already held; return the files written."""
-        ...
-
-    def last_offset(self, partition: int) -> int | None:
-        """Highest offset held for ``partition``, or ``None`` when it holds nothing."""
-        ...
-
-
-@runtime_checkable
-class EventLogSource(Protocol):
-    """Where a backfill reads envelopes of a source back, partition by partition."""
-
-    def partitions(self, source: str) -> list[int]:
-        """Partitions of ``source`` that hold records, ascending."""
-        ...
-
-    def read(self, source: str, partition: int) -> Iterator[Envelope]:
-        """Envelopes of one partition in ascending offset order, each offset once."""
-        ...
 
 
 def envelope_schema(source_name: str, payload_schema: dict[str, Any]) -> dict[str, Any]:

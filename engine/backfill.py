@@ -12,28 +12,21 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from engine.codec import decode_states, encode_states
-from engine.envelope import Envelope
 from engine.kernel.tiles import EntityTiles, evict, window_states
 from engine.plan import Plan, ViewPlan
+from engine.ports import EventLogSource
 from engine.processing import EntityKey, Extracted, apply_extracted, extract
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
 Progress = Callable[[int, int], None]
 """Called with (records read since the last call, partitions finished since the last call)."""
-
-
-class LogSource(Protocol):
-    """What the runner needs from the event log."""
-
-    def partitions(self, source: str) -> list[int]: ...
-    def read(self, source: str, partition: int) -> Iterator[Envelope]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,7 +42,7 @@ class ViewRequest:
 @dataclass(frozen=True, slots=True)
 class _Job:
     plan: Plan
-    log: LogSource
+    log: EventLogSource
     requests: tuple[ViewRequest, ...]
     mode: Mode
     include_late: bool
@@ -78,8 +71,11 @@ def _sweep_partition(
 ) -> tuple[int, list[tuple[int, int, list[Any]]]]:
     plan = job.plan
     src = plan.sources[source]
-    mine = [(r, req, plan.views[req.view]) for r, req in enumerate(job.requests)
-            if plan.views[req.view].source == source]  # fmt: skip
+    mine = [
+        (r, req, plan.views[req.view])
+        for r, req in enumerate(job.requests)
+        if plan.views[req.view].source == source
+    ]
     wanted = [set(req.entities) for _, req, _ in mine]
     by_time = job.mode == "event_time"
     events: list[tuple[int, int, Extracted]] = []
@@ -102,15 +98,18 @@ def _sweep_partition(
     for m, (_, req, _) in enumerate(mine):
         present = seen[m]
         labels.extend(
-            (t, m, i, e) for i, (e, t) in enumerate(zip(req.entities, req.times_ms, strict=True))
+            (t, m, i, e)
+            for i, (e, t) in enumerate(zip(req.entities, req.times_ms, strict=True))
             if e in present
-        )  # fmt: skip
+        )
     labels.sort(key=itemgetter(0))
     state: list[dict[EntityKey, EntityTiles]] = [{} for _ in mine]
     limits = [
-        sum(g.longest_window_ms // g.hop_ms for g in view.layout.groups) + 2 * len(view.layout.groups) + 1
+        sum(g.longest_window_ms // g.hop_ms for g in view.layout.groups)
+        + 2 * len(view.layout.groups)
+        + 1
         for _, _, view in mine
-    ]  # fmt: skip
+    ]
     out: list[tuple[int, int, list[Any]]] = []
     e, n = 0, len(events)
     for t, m, i, entity in labels:
@@ -146,7 +145,7 @@ def _encoded_sweep(task: tuple[str, int]) -> tuple[int, list[tuple[int, int, byt
 
 def run(
     plan: Plan,
-    log: LogSource,
+    log: EventLogSource,
     requests: Sequence[ViewRequest],
     *,
     mode: Mode,
@@ -201,9 +200,12 @@ def run(
         rows: list[Any] = []
         got = merged[r]
         for i in range(len(req.entities)):
-            states = got.get(i)
-            rows.append(empty if states is None else
-                        [a.finalize(s) for a, s in zip(aggs[r], states, strict=True)])  # fmt: skip
+            found = got.get(i)
+            rows.append(
+                list(empty)
+                if found is None
+                else [a.finalize(s) for a, s in zip(aggs[r], found, strict=True)]
+            )
         values.append(rows)
     return values
 

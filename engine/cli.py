@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -29,9 +30,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     status.update({name: "unchanged" for name in change.unchanged})
     print(f"repo {store.config.repo_path}  event log {store.config.event_log_root}")
     for name, view in sorted(store.plan.views.items()):
-        lateness = "unbounded" if view.allowed_lateness_ms is None else format_duration(view.allowed_lateness_ms)
-        print(f"\nview {name}  entity {view.entity} {list(view.join_keys)}  source {view.source}  "
-              f"fingerprint {view.fingerprint}  [{status.get(name, '?')}]")  # fmt: skip
+        lateness = (
+            "unbounded"
+            if view.allowed_lateness_ms is None
+            else format_duration(view.allowed_lateness_ms)
+        )
+        print(
+            f"\nview {name}  entity {view.entity} {list(view.join_keys)}  source {view.source}  "
+            f"fingerprint {view.fingerprint}  [{status.get(name, '?')}]"
+        )
         print(f"  allowed lateness {lateness}; defined at {view.location}")
         for agg in view.aggregations:
             print(f"  {agg.feature:<40} {agg.function:<22} {describe_window(agg)}")
@@ -47,8 +54,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     store = _store(args)
     change = store.apply()
-    for label, names in (("added", change.added), ("changed", change.changed),
-                         ("removed", change.removed)):  # fmt: skip
+    for label, names in (
+        ("added", change.added),
+        ("changed", change.changed),
+        ("removed", change.removed),
+    ):
         for name in names:
             note = " — run `skewless rebuild-online " + name + "`" if label == "changed" else ""
             print(f"{label:<8} view {name}{note}")
@@ -64,11 +74,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = _store(args)
     started = time.perf_counter()
     with tqdm(desc=f"import {args.source}", unit=" rows", disable=None) as bar:
-        result = store.import_events(args.source, args.file, progress=bar.update)
+        result = store.import_events(args.source, args.file, progress=bar.update)  # type: ignore[arg-type]  # tqdm.update returns bool | None
     elapsed = time.perf_counter() - started
     parts = ", ".join(f"p{p}={n}" for p, n in sorted(result.per_partition.items()))
-    print(f"imported {result.rows} rows into {args.source} ({parts}) in {elapsed:.1f}s; "
-          f"log {store.config.event_log_root}")  # fmt: skip
+    print(
+        f"imported {result.rows} rows into {args.source} ({parts}) in {elapsed:.1f}s; "
+        f"log {store.config.event_log_root}"
+    )
     return 0
 
 
@@ -87,10 +99,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     log = EventLogReader(store.config.event_log_root)
     total = 0
     for source in sources:
-        try:
+        with contextlib.suppress(SkewlessError):  # the store raises the helpful error below
             total += len(log.partitions(source))
-        except SkewlessError:
-            pass  # the store raises the helpful error below
     started = time.perf_counter()
     with tqdm(total=total or None, desc="backfill", unit=" partitions", disable=None) as bar:
         records = 0
@@ -102,10 +112,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             bar.update(done)
 
         out = store.get_historical_features(
-            entity_df, refs, mode=args.mode, timestamp_column=args.timestamp_column,
-            include_late=args.include_late, full_feature_names=args.full_feature_names,
-            workers=args.workers, progress=progress,
-        )  # fmt: skip
+            entity_df,
+            refs,
+            mode=args.mode,
+            timestamp_column=args.timestamp_column,
+            include_late=args.include_late,
+            full_feature_names=args.full_feature_names,
+            workers=args.workers,
+            progress=progress,
+        )
     elapsed = time.perf_counter() - started
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,15 +128,20 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         out.to_csv(path, index=False)
     else:
         out.to_parquet(path, index=False)
-    print(f"{len(out)} rows x {len(refs)} features -> {path} ({records} log records replayed "
-          f"in {elapsed:.1f}s, mode {args.mode})")  # fmt: skip
+    print(
+        f"{len(out)} rows x {len(refs)} features -> {path} ({records} log records replayed "
+        f"in {elapsed:.1f}s, mode {args.mode})"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skewless", description=__doc__)
-    parser.add_argument("--repo", default=os.environ.get("SKEWLESS_REPO", "definitions"),
-                        help="definitions folder (default: $SKEWLESS_REPO or ./definitions)")  # fmt: skip
+    parser.add_argument(
+        "--repo",
+        default=os.environ.get("SKEWLESS_REPO", "definitions"),
+        help="definitions folder (default: $SKEWLESS_REPO or ./definitions)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="validate definitions; show views, features and changes")
     p.set_defaults(func=cmd_plan)
@@ -133,8 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
     p = sub.add_parser("backfill", help="point-in-time training set from the event log")
     p.add_argument("--entities", required=True, help="Parquet/CSV with join keys and timestamps")
-    p.add_argument("--features", required=True, action="append",
-                   help="view:feature refs, comma-separated or repeated")  # fmt: skip
+    p.add_argument(
+        "--features",
+        required=True,
+        action="append",
+        help="view:feature refs, comma-separated or repeated",
+    )
     p.add_argument("--out", required=True, help="output .parquet or .csv")
     p.add_argument("--mode", choices=["event_time", "processing_time"], default="event_time")
     p.add_argument("--timestamp-column", default="event_timestamp")

@@ -27,8 +27,13 @@ def decode_states(aggregators: Sequence[Aggregator], data: bytes) -> list[Any]:
     """Inverse of ``encode_states``; raises CodecError on corrupt or foreign bytes."""
     try:
         version, plain = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as exc:  # fmt: skip
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise CodecError(f"cannot decode accumulator bytes: {exc}") from exc
     if version != VERSION:
         raise CodecError(f"accumulator codec version {version!r} is not supported (want {VERSION})")

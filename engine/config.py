@@ -99,9 +99,7 @@ def load_config(repo_path: Path, environ: Mapping[str, str] | None = None) -> Co
             spec = _KEYS.get((section, key))
             if spec is None:
                 known = sorted(k for s, k in _KEYS if s == section)
-                raise ConfigError(
-                    f"{path}: unknown key {section}.{key}; known: {', '.join(known)}"
-                )
+                raise ConfigError(f"{path}: unknown key {section}.{key}; known: {', '.join(known)}")
             values[spec[0]] = _coerce(value, spec[1], f"{path} {section}.{key}")
     for attribute, kind, variable in _KEYS.values():
         if variable in env:

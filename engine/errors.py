@@ -1,15 +1,15 @@
 """The one exception tree of skewless; every error a user can meet is a subclass of SkewlessError.
 
-    SkewlessError                      root of everything skewless raises on purpose
-    ├── DefinitionError (ValueError)   a definitions folder breaks a rule of DESIGN §2; lists every problem
-    ├── ConfigError (ValueError)       skewless.yaml or a SKEWLESS_* variable is invalid
-    ├── FeatureRefError (KeyError)     a "view:feature" reference names nothing in the plan
-    ├── InputDataError (ValueError)    user data (entity_df, import rows) is malformed; names row and column
-    ├── DecodeError (ValueError)       a record's bytes or fields cannot be decoded against its source schema
-    ├── CodecError (ValueError)        stored accumulator/tile bytes are corrupt or of an unknown version
-    ├── EventLogError (OSError)        the event log cannot be read or written
-    │   └── EventLogMissing            no log exists yet for a source a backfill needs
-    └── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
+SkewlessError                      root of everything skewless raises on purpose
+├── DefinitionError (ValueError)   a definitions folder breaks a rule of DESIGN §2; lists every problem
+├── ConfigError (ValueError)       skewless.yaml or a SKEWLESS_* variable is invalid
+├── FeatureRefError (KeyError)     a "view:feature" reference names nothing in the plan
+├── InputDataError (ValueError)    user data (entity_df, import rows) is malformed; names row and column
+├── DecodeError (ValueError)       a record's bytes or fields cannot be decoded against its source schema
+├── CodecError (ValueError)        stored accumulator/tile bytes are corrupt or of an unknown version
+├── EventLogError (OSError)        the event log cannot be read or written
+│   └── EventLogMissing            no log exists yet for a source a backfill needs
+└── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
 """
 
 from __future__ import annotations

@@ -28,14 +28,16 @@ def read_table(data: Any, *, string_columns: tuple[str, ...] = ()) -> pd.DataFra
         if suffix == ".csv":
             header = pd.read_csv(path, nrows=0).columns
             dtypes = {c: "string" for c in string_columns if c in header}
-            return pd.read_csv(path, dtype=dtypes)  # type: ignore[arg-type]
-        raise InputDataError(f"{path}: expected a .parquet or .csv file, got {suffix or 'no suffix'!r}")
+            return pd.read_csv(path, dtype=dtypes)
+        raise InputDataError(
+            f"{path}: expected a .parquet or .csv file, got {suffix or 'no suffix'!r}"
+        )
     raise InputDataError(
         f"expected a pandas DataFrame or a path to a .parquet/.csv file, got {type(data).__name__}"
     )
 
 
-def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:  # type: ignore[type-arg]
+def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
     """int64 ms since the epoch from datetimes (tz-aware, or naive meaning UTC) or int ms.
 
     Raises InputDataError naming the first null or unusable row.

@@ -9,9 +9,9 @@ a partition, continuing after what the log already holds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,18 +20,12 @@ from engine.envelope import Envelope
 from engine.errors import InputDataError
 from engine.keys import encode_key, partition_for
 from engine.plan import SourcePlan
+from engine.ports import EventLogSink
 from engine.schema import FieldSpec
 
 PROCESSED_AT = "processed_at"
 _MAX_PROBLEMS = 20
 _CHUNK = 500_000
-
-
-class LogSink(Protocol):
-    """What the importer needs from the event log writer."""
-
-    def append(self, records: Sequence[Envelope]) -> list[str]: ...
-    def last_offset(self, partition: int) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,12 +38,13 @@ class ImportResult:
     files: tuple[str, ...]
 
 
-def _first_rows(mask: np.ndarray) -> list[int]:  # type: ignore[type-arg]
+def _first_rows(mask: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(mask)[:_MAX_PROBLEMS]]
 
 
-def _column_values(spec: FieldSpec, series: pd.Series, problems: list[str],
-                   is_timestamp: bool) -> list[Any]:  # fmt: skip
+def _column_values(
+    spec: FieldSpec, series: pd.Series, problems: list[str], is_timestamp: bool
+) -> list[Any]:
     """Validated Python values of one column (None for nulls)."""
     name = spec.name
     nulls = series.isna().to_numpy()
@@ -72,20 +67,25 @@ def _column_values(spec: FieldSpec, series: pd.Series, problems: list[str],
             out.append(None)
             continue
         if kind == "int":
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
                 bad.append(row)
                 out.append(None)
                 continue
-            if isinstance(value, (float, np.floating)):
-                if not math.isfinite(value) or value != math.floor(value):
-                    bad.append(row)
-                    out.append(None)
-                    continue
+            if isinstance(value, (float, np.floating)) and (
+                not math.isfinite(value) or value != math.floor(value)
+            ):
+                bad.append(row)
+                out.append(None)
+                continue
             value = int(value)
             if not -(1 << 63) <= value < (1 << 63):
                 bad.append(row)
         elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
                 bad.append(row)
                 out.append(None)
                 continue
@@ -99,13 +99,17 @@ def _column_values(spec: FieldSpec, series: pd.Series, problems: list[str],
             if not isinstance(value, (bool, np.bool_)):
                 bad.append(row)
             value = bool(value)
-        elif kind == "bytes":
-            if not isinstance(value, (bytes, bytearray)):
-                bad.append(row)
+        elif kind == "bytes" and not isinstance(value, (bytes, bytearray)):
+            bad.append(row)
         out.append(value)
     if bad:
-        expected = {"int": "an integer", "float": "a finite number", "str": "a string",
-                    "bool": "a boolean", "bytes": "bytes"}.get(kind or "", spec.avro_type)  # fmt: skip
+        expected = {
+            "int": "an integer",
+            "float": "a finite number",
+            "str": "a string",
+            "bool": "a boolean",
+            "bytes": "bytes",
+        }.get(kind or "", spec.avro_type)
         problems.extend(
             f"row {r} column {name!r}: expected {expected} ({spec.avro_type}), got {raw[r]!r}"
             for r in bad[:_MAX_PROBLEMS]
@@ -141,12 +145,15 @@ def prepare_import(source: SourcePlan, df: pd.DataFrame) -> tuple[list[dict[str,
             )
     processed: list[int] = []
     if PROCESSED_AT in df.columns and PROCESSED_AT not in source.fields:
-        spec = FieldSpec(name=PROCESSED_AT, kind="int", nullable=False, avro_type="long",
-                         logical_type=None)  # fmt: skip
+        spec = FieldSpec(
+            name=PROCESSED_AT, kind="int", nullable=False, avro_type="long", logical_type=None
+        )
         processed = _column_values(spec, df[PROCESSED_AT], problems, True)
     if problems:
         shown = problems[:_MAX_PROBLEMS]
-        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        more = (
+            f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        )
         raise InputDataError(
             f"import into source {source.name!r} refused, nothing was written "
             f"({len(problems)} problem{'s' if len(problems) > 1 else ''}):\n  "
@@ -164,7 +171,7 @@ def prepare_import(source: SourcePlan, df: pd.DataFrame) -> tuple[list[dict[str,
 def import_frame(
     source: SourcePlan,
     df: pd.DataFrame,
-    sink: LogSink,
+    sink: EventLogSink,
     partitions: int,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
@@ -187,9 +194,14 @@ def import_frame(
         next_offset[p] = offset + 1
         bucket = buckets.setdefault(p, [])
         bucket.append(
-            Envelope(partition=p, offset=offset, key=key,
-                     event_time_ms=int(payload[ts_field]) // divisor,
-                     processed_at_ms=processed_at, payload=payload)  # fmt: skip
+            Envelope(
+                partition=p,
+                offset=offset,
+                key=key,
+                event_time_ms=int(payload[ts_field]) // divisor,
+                processed_at_ms=processed_at,
+                payload=payload,
+            )
         )
         if len(bucket) >= _CHUNK:
             files.extend(sink.append(bucket))
@@ -203,5 +215,6 @@ def import_frame(
             counts[p] = counts.get(p, 0) + len(bucket)
             if progress:
                 progress(len(bucket))
-    return ImportResult(source=source.name, rows=len(payloads), per_partition=counts,
-                        files=tuple(files))  # fmt: skip
+    return ImportResult(
+        source=source.name, rows=len(payloads), per_partition=counts, files=tuple(files)
+    )

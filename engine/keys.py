@@ -27,4 +27,4 @@ def partition_for(key: bytes, partitions: int) -> int:
     skewless producers are configured with ``partitioner=murmur2_random`` so the Python and
     Java clients, imports and pushes all agree.
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions

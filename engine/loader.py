@@ -61,8 +61,9 @@ def load_definitions(path: Path) -> LoadedDefinitions:
                 loaded.problems.append(f"{rel}:{exc.lineno} syntax error: {exc.msg}")
                 continue
             except Exception as exc:  # user code: report any failure with its line
-                frames = [f for f in traceback.extract_tb(exc.__traceback__)
-                          if f.filename == str(file)]  # fmt: skip
+                frames = [
+                    f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)
+                ]
                 line = frames[-1].lineno if frames else 0
                 loaded.problems.append(
                     f"{rel}:{line} importing the module failed: {type(exc).__name__}: {exc}"

@@ -25,8 +25,15 @@ from engine.schema import FieldSpec, field_specs, load_schema
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY_KINDS = frozenset({"str", "int"})
-_COLUMN_TYPES = {"int": "int", "long": "int", "float": "float", "double": "float",
-                 "string": "str", "boolean": "bool", "bytes": "bytes"}  # fmt: skip
+_COLUMN_TYPES = {
+    "int": "int",
+    "long": "int",
+    "float": "float",
+    "double": "float",
+    "string": "str",
+    "boolean": "bool",
+    "bytes": "bytes",
+}
 _MAX_N = 1000
 
 
@@ -128,8 +135,9 @@ def _function_source(fn: Any) -> str:
     return textwrap.dedent(inspect.getsource(fn))
 
 
-def _fingerprint(view: FeatureView, source: SourcePlan, aggs: Sequence[AggPlan],
-                 lateness_ms: int | None) -> str:  # fmt: skip
+def _fingerprint(
+    view: FeatureView, source: SourcePlan, aggs: Sequence[AggPlan], lateness_ms: int | None
+) -> str:
     canonical = {
         "source": {
             "name": source.name,
@@ -173,24 +181,37 @@ def _check_function(c: _Collector, view: FeatureView, field: str, fn: Any) -> bo
     if fn is None:
         return True
     if not inspect.isfunction(fn):
-        c.add(view.location, subject, field,
-              f"expected a plain Python function (def ...), got {type(fn).__name__}")  # fmt: skip
+        c.add(
+            view.location,
+            subject,
+            field,
+            f"expected a plain Python function (def ...), got {type(fn).__name__}",
+        )
         return False
     if fn.__name__ == "<lambda>":
-        c.add(view.location, subject, field,
-              "a lambda cannot be fingerprinted reliably; define it with def")  # fmt: skip
+        c.add(
+            view.location,
+            subject,
+            field,
+            "a lambda cannot be fingerprinted reliably; define it with def",
+        )
         return False
     try:
         _function_source(fn)
     except (OSError, TypeError):
-        c.add(view.location, subject, field,
-              f"the source code of {fn.__name__!r} is not available to fingerprint it")  # fmt: skip
+        c.add(
+            view.location,
+            subject,
+            field,
+            f"the source code of {fn.__name__!r} is not available to fingerprint it",
+        )
         return False
     return True
 
 
-def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
-                    candidates: Sequence[tuple[str, ...]]) -> SourcePlan | None:  # fmt: skip
+def _compile_source(
+    c: _Collector, src: KafkaSource, base_dir: Path, candidates: Sequence[tuple[str, ...]]
+) -> SourcePlan | None:
     subject = f"source {src.name!r}"
     ok = True
     if not isinstance(src.name, str) or not _NAME.match(src.name):
@@ -208,17 +229,29 @@ def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
     ts = fields.get(src.timestamp_field)
     divisor = 1
     if ts is None:
-        c.add(src.location, subject, "timestamp_field",
-              f"{src.timestamp_field!r} is not a field of the schema; fields: {', '.join(fields)}")  # fmt: skip
+        c.add(
+            src.location,
+            subject,
+            "timestamp_field",
+            f"{src.timestamp_field!r} is not a field of the schema; fields: {', '.join(fields)}",
+        )
         ok = False
     elif ts.avro_type != "long" or ts.nullable:
-        c.add(src.location, subject, "timestamp_field",
-              f"{src.timestamp_field!r} must be a non-null Avro long (ms since epoch), "
-              f"got {ts.avro_type}{' (nullable)' if ts.nullable else ''}")  # fmt: skip
+        c.add(
+            src.location,
+            subject,
+            "timestamp_field",
+            f"{src.timestamp_field!r} must be a non-null Avro long (ms since epoch), "
+            f"got {ts.avro_type}{' (nullable)' if ts.nullable else ''}",
+        )
         ok = False
     elif ts.logical_type not in (None, "timestamp-millis", "timestamp-micros"):
-        c.add(src.location, subject, "timestamp_field",
-              f"logicalType {ts.logical_type!r} is not a timestamp in ms or µs")  # fmt: skip
+        c.add(
+            src.location,
+            subject,
+            "timestamp_field",
+            f"logicalType {ts.logical_type!r} is not a timestamp in ms or µs",
+        )
         ok = False
     elif ts.logical_type == "timestamp-micros":
         divisor = 1000
@@ -236,15 +269,23 @@ def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
                 keys = candidates[0]
                 key_checked = True
     if not keys:
-        c.add(src.location, subject, "key_fields",
-              "no key: give key_fields=[...]; no view reading it has join keys in its schema")  # fmt: skip
+        c.add(
+            src.location,
+            subject,
+            "key_fields",
+            "no key: give key_fields=[...]; no view reading it has join keys in its schema",
+        )
         ok = False
     elif not key_checked:
         for key in keys:
             spec = fields.get(key)
             if spec is None or spec.kind not in _KEY_KINDS:
-                c.add(src.location, subject, "key_fields",
-                      f"{key!r} must be a string or integer field of the schema")  # fmt: skip
+                c.add(
+                    src.location,
+                    subject,
+                    "key_fields",
+                    f"{key!r} must be a string or integer field of the schema",
+                )
                 ok = False
     if not ok:
         return None
@@ -260,8 +301,9 @@ def _compile_source(c: _Collector, src: KafkaSource, base_dir: Path,
     )
 
 
-def _compile_aggregation(c: _Collector, view: FeatureView, index: int, agg: Any,
-                         columns: Mapping[str, str | None]) -> AggPlan | None:  # fmt: skip
+def _compile_aggregation(
+    c: _Collector, view: FeatureView, index: int, agg: Any, columns: Mapping[str, str | None]
+) -> AggPlan | None:
     subject = f"view {view.name!r}"
     here = f"aggregation[{index}]"
     if not isinstance(agg, Aggregation):
@@ -270,26 +312,43 @@ def _compile_aggregation(c: _Collector, view: FeatureView, index: int, agg: Any,
     ok = True
     spec = FUNCTIONS.get(agg.function)
     if spec is None:
-        c.add(view.location, subject, f"{here} function",
-              f"unknown function {agg.function!r}; known: {', '.join(FUNCTIONS)}")  # fmt: skip
+        c.add(
+            view.location,
+            subject,
+            f"{here} function",
+            f"unknown function {agg.function!r}; known: {', '.join(FUNCTIONS)}",
+        )
         ok = False
     if agg.column not in columns:
-        c.add(view.location, subject, f"{here} column",
-              f"{agg.column!r} is not in the schema of source {view.source.name!r}"
-              f" nor in the view's columns; available: {', '.join(columns)}")  # fmt: skip
+        c.add(
+            view.location,
+            subject,
+            f"{here} column",
+            f"{agg.column!r} is not in the schema of source {view.source.name!r}"
+            f" nor in the view's columns; available: {', '.join(columns)}",
+        )
         ok = False
     elif spec is not None:
         kind = columns[agg.column]
         if kind not in spec.kinds:
-            c.add(view.location, subject, f"{here} column",
-                  f"{agg.function} needs a column of kind {'/'.join(sorted(spec.kinds))}, "
-                  f"{agg.column!r} is {kind or 'not a primitive'}")  # fmt: skip
+            c.add(
+                view.location,
+                subject,
+                f"{here} column",
+                f"{agg.function} needs a column of kind {'/'.join(sorted(spec.kinds))}, "
+                f"{agg.column!r} is {kind or 'not a primitive'}",
+            )
             ok = False
     if spec is not None:
-        if spec.needs_n and (not isinstance(agg.n, int) or isinstance(agg.n, bool)
-                             or not 1 <= agg.n <= _MAX_N):  # fmt: skip
-            c.add(view.location, subject, f"{here} n",
-                  f"{agg.function} needs n=<integer 1..{_MAX_N}>, got {agg.n!r}")  # fmt: skip
+        if spec.needs_n and (
+            not isinstance(agg.n, int) or isinstance(agg.n, bool) or not 1 <= agg.n <= _MAX_N
+        ):
+            c.add(
+                view.location,
+                subject,
+                f"{here} n",
+                f"{agg.function} needs n=<integer 1..{_MAX_N}>, got {agg.n!r}",
+            )
             ok = False
         if not spec.needs_n and agg.n is not None:
             c.add(view.location, subject, f"{here} n", f"{agg.function} takes no n")
@@ -309,9 +368,13 @@ def _compile_aggregation(c: _Collector, view: FeatureView, index: int, agg: Any,
         if agg.hop is None:
             hop_ms = default_hop_ms(window_ms)
             if hop_ms is None:
-                c.add(view.location, subject, f"{here} hop",
-                      f"window {agg.window!r} has no default hop (1d/1h/5m/1m/10s/1s dividing "
-                      "it and at most a twelfth of it); give hop=...")  # fmt: skip
+                c.add(
+                    view.location,
+                    subject,
+                    f"{here} hop",
+                    f"window {agg.window!r} has no default hop (1d/1h/5m/1m/10s/1s dividing "
+                    "it and at most a twelfth of it); give hop=...",
+                )
                 ok = False
         else:
             try:
@@ -320,13 +383,21 @@ def _compile_aggregation(c: _Collector, view: FeatureView, index: int, agg: Any,
                 c.add(view.location, subject, f"{here} hop", str(exc))
                 return None
             if window_ms % hop_ms != 0:
-                c.add(view.location, subject, f"{here} window",
-                      f"hop {agg.hop!r} does not divide {agg.window!r}")  # fmt: skip
+                c.add(
+                    view.location,
+                    subject,
+                    f"{here} window",
+                    f"hop {agg.hop!r} does not divide {agg.window!r}",
+                )
                 ok = False
     feature = agg.feature_name
     if not _NAME.match(feature):
-        c.add(view.location, subject, f"{here} name",
-              f"feature name {feature!r} must be an identifier (letters, digits, _)")  # fmt: skip
+        c.add(
+            view.location,
+            subject,
+            f"{here} name",
+            f"feature name {feature!r} must be an identifier (letters, digits, _)",
+        )
         ok = False
     if not ok:
         return None
@@ -341,14 +412,19 @@ def _compile_aggregation(c: _Collector, view: FeatureView, index: int, agg: Any,
     )
 
 
-def _view_columns(c: _Collector, view: FeatureView,
-                  source_fields: Mapping[str, FieldSpec]) -> dict[str, str | None]:  # fmt: skip
+def _view_columns(
+    c: _Collector, view: FeatureView, source_fields: Mapping[str, FieldSpec]
+) -> dict[str, str | None]:
     columns: dict[str, str | None] = {name: spec.kind for name, spec in source_fields.items()}
     for name, avro_type in (view.columns or {}).items():
         kind = _COLUMN_TYPES.get(avro_type) if isinstance(avro_type, str) else None
         if kind is None:
-            c.add(view.location, f"view {view.name!r}", f"columns[{name!r}]",
-                  f"expected an Avro primitive type ({', '.join(_COLUMN_TYPES)}), got {avro_type!r}")  # fmt: skip
+            c.add(
+                view.location,
+                f"view {view.name!r}",
+                f"columns[{name!r}]",
+                f"expected an Avro primitive type ({', '.join(_COLUMN_TYPES)}), got {avro_type!r}",
+            )
             continue
         columns[name] = kind
     return columns
@@ -375,17 +451,25 @@ def compile_plan(
         subject = f"entity {entity.name!r}"
         if entity.name in entity_map:
             if entity_map[entity.name] != entity:
-                c.add(entity.location, subject, "name",
-                      f"another entity with this name is defined at "
-                      f"{c.where(entity_map[entity.name].location)}")  # fmt: skip
+                c.add(
+                    entity.location,
+                    subject,
+                    "name",
+                    f"another entity with this name is defined at "
+                    f"{c.where(entity_map[entity.name].location)}",
+                )
             continue
         entity_map[entity.name] = entity
         if not isinstance(entity.name, str) or not _NAME.match(entity.name):
             c.add(entity.location, subject, "name", "must be an identifier (letters, digits, _)")
         keys = entity.join_keys
         if not keys or not all(isinstance(k, str) and _NAME.match(k) for k in keys):
-            c.add(entity.location, subject, "join_keys",
-                  f"expected one or more field names, got {list(keys)!r}")  # fmt: skip
+            c.add(
+                entity.location,
+                subject,
+                "join_keys",
+                f"expected one or more field names, got {list(keys)!r}",
+            )
         elif len(set(keys)) != len(keys):
             c.add(entity.location, subject, "join_keys", f"duplicate join key in {list(keys)!r}")
 
@@ -398,9 +482,13 @@ def compile_plan(
     for src in [*sources, *(v.source for v in views if isinstance(v.source, KafkaSource))]:
         if src.name in source_defs:
             if source_defs[src.name] != src:
-                c.add(src.location, f"source {src.name!r}", "name",
-                      f"another source with this name is defined at "
-                      f"{c.where(source_defs[src.name].location)}")  # fmt: skip
+                c.add(
+                    src.location,
+                    f"source {src.name!r}",
+                    "name",
+                    f"another source with this name is defined at "
+                    f"{c.where(source_defs[src.name].location)}",
+                )
             continue
         source_defs[src.name] = src
     source_plans: dict[str, SourcePlan] = {}
@@ -411,8 +499,12 @@ def compile_plan(
     topics: dict[str, str] = {}
     for name, sp in source_plans.items():
         if sp.topic in topics:
-            c.add(source_defs[name].location, f"source {name!r}", "topic",
-                  f"topic {sp.topic!r} is already read by source {topics[sp.topic]!r}")  # fmt: skip
+            c.add(
+                source_defs[name].location,
+                f"source {name!r}",
+                "topic",
+                f"topic {sp.topic!r} is already read by source {topics[sp.topic]!r}",
+            )
         topics[sp.topic] = name
 
     view_plans: dict[str, ViewPlan] = {}
@@ -421,17 +513,26 @@ def compile_plan(
         if not isinstance(view.name, str) or not _NAME.match(view.name):
             c.add(view.location, subject, "name", "must be an identifier (letters, digits, _)")
             continue
-        if view.name in view_plans or any(v is not view and v.name == view.name
-                                          for v in views[: views.index(view)]):  # fmt: skip
+        if view.name in view_plans or any(
+            v is not view and v.name == view.name for v in views[: views.index(view)]
+        ):
             c.add(view.location, subject, "name", "another view has this name")
             continue
         if not isinstance(view.entity, Entity):
-            c.add(view.location, subject, "entity",
-                  f"expected an Entity, got {type(view.entity).__name__}")  # fmt: skip
+            c.add(
+                view.location,
+                subject,
+                "entity",
+                f"expected an Entity, got {type(view.entity).__name__}",
+            )
             continue
         if not isinstance(view.source, KafkaSource):
-            c.add(view.location, subject, "source",
-                  f"expected a KafkaSource, got {type(view.source).__name__}")  # fmt: skip
+            c.add(
+                view.location,
+                subject,
+                "source",
+                f"expected a KafkaSource, got {type(view.source).__name__}",
+            )
             continue
         functions_ok = _check_function(c, view, "transform", view.transform)
         functions_ok = _check_function(c, view, "filter", view.filter) and functions_ok
@@ -441,12 +542,20 @@ def compile_plan(
         columns = _view_columns(c, view, source.fields)
         for key in view.entity.join_keys:
             if key not in columns:
-                c.add(view.location, subject, "entity",
-                      f"join key {key!r} of entity {view.entity.name!r} is not in the schema of "
-                      f"source {source.name!r} nor in the view's columns")  # fmt: skip
+                c.add(
+                    view.location,
+                    subject,
+                    "entity",
+                    f"join key {key!r} of entity {view.entity.name!r} is not in the schema of "
+                    f"source {source.name!r} nor in the view's columns",
+                )
             elif columns[key] not in _KEY_KINDS:
-                c.add(view.location, subject, "entity",
-                      f"join key {key!r} must be a string or integer column")  # fmt: skip
+                c.add(
+                    view.location,
+                    subject,
+                    "entity",
+                    f"join key {key!r} must be a string or integer column",
+                )
         if not view.aggregations:
             c.add(view.location, subject, "aggregations", "a view needs at least one aggregation")
             continue
@@ -460,8 +569,12 @@ def compile_plan(
                 continue
             aggs.append(agg_plan)
             if agg_plan.feature in seen:
-                c.add(view.location, subject, f"aggregation[{index}] name",
-                      f"duplicate feature name {agg_plan.feature!r}; pass name=... to one of them")  # fmt: skip
+                c.add(
+                    view.location,
+                    subject,
+                    f"aggregation[{index}] name",
+                    f"duplicate feature name {agg_plan.feature!r}; pass name=... to one of them",
+                )
                 failed = True
             seen[agg_plan.feature] = index
         lateness_ms: int | None

@@ -101,8 +101,13 @@ def extract(
 
 def apply_extracted(view: ViewPlan, tiles: EntityTiles, item: Extracted) -> None:
     """Fold an extracted record into its entity's tiles."""
-    fold(view.layout, tiles, item.values, item.event_time_ms,
-         (item.event_time_ms, item.partition, item.offset))  # fmt: skip
+    fold(
+        view.layout,
+        tiles,
+        item.values,
+        item.event_time_ms,
+        (item.event_time_ms, item.partition, item.offset),
+    )
 
 
 def apply_record(

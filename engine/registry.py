@@ -35,7 +35,9 @@ def read_applied(path: Path) -> dict[str, str] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         return {str(k): str(v) for k, v in data["views"].items()}
     except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
-        raise ConfigError(f"{path}: the registry is corrupt ({exc}); delete it and re-apply") from exc
+        raise ConfigError(
+            f"{path}: the registry is corrupt ({exc}); delete it and re-apply"
+        ) from exc
 
 
 def diff(plan: Plan, applied: dict[str, str] | None) -> PlanDiff:

@@ -52,7 +52,9 @@ def load_schema(schema: Mapping[str, Any] | str, base_dir: Path) -> dict[str, An
     elif isinstance(schema, Mapping):
         raw = json.loads(json.dumps(schema))  # deep copy, and proves it is plain JSON
     else:
-        raise ValueError(f"expected an Avro schema dict or a .avsc path, got {type(schema).__name__}")
+        raise ValueError(
+            f"expected an Avro schema dict or a .avsc path, got {type(schema).__name__}"
+        )
     if not isinstance(raw, dict) or raw.get("type") != "record":
         raise ValueError("the schema must be an Avro record (a JSON object with type 'record')")
     try:

@@ -11,7 +11,7 @@ import pandas as pd
 from connectors.eventlog import EventLogReader, EventLogWriter
 from engine import backfill
 from engine.config import Config, load_config
-from engine.errors import EventLogMissing, InputDataError
+from engine.errors import InputDataError
 from engine.frames import read_table, to_epoch_ms
 from engine.importer import ImportResult, import_frame
 from engine.loader import load_definitions
@@ -41,8 +41,13 @@ class FeatureStore:
         repo = Path(path)
         config = load_config(repo)
         loaded = load_definitions(repo)
-        plan = compile_plan(loaded.entities, loaded.sources, loaded.views,
-                            base_dir=repo.resolve(), problems=loaded.problems)  # fmt: skip
+        plan = compile_plan(
+            loaded.entities,
+            loaded.sources,
+            loaded.views,
+            base_dir=repo.resolve(),
+            problems=loaded.problems,
+        )
         return cls(plan, config)
 
     def __repr__(self) -> str:
@@ -111,7 +116,9 @@ class FeatureStore:
         if mode not in backfill.MODES:
             raise InputDataError(f"mode must be one of {backfill.MODES}, got {mode!r}")
         if not isinstance(entity_df, pd.DataFrame):
-            raise InputDataError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
+            raise InputDataError(
+                f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}"
+            )
         refs = self.plan.resolve(features)
         if timestamp_column not in entity_df.columns:
             raise InputDataError(
@@ -133,25 +140,29 @@ class FeatureStore:
             for column, values in zip(view.join_keys, key_columns, strict=True):
                 nulls = [i for i, v in enumerate(values) if v is None or v != v]
                 if nulls:
-                    raise InputDataError(f"entity_df column {column!r} row {nulls[0]}: null join key")
+                    raise InputDataError(
+                        f"entity_df column {column!r} row {nulls[0]}: null join key"
+                    )
             requests.append(
-                backfill.ViewRequest(view=view_name, entities=list(zip(*key_columns, strict=True)),
-                                     times_ms=times, indices=indices)  # fmt: skip
+                backfill.ViewRequest(
+                    view=view_name,
+                    entities=list(zip(*key_columns, strict=True)),
+                    times_ms=times,
+                    indices=indices,
+                )
             )
         log = EventLogReader(self.config.event_log_root)
         for source in sorted({self.plan.views[r.view].source for r in requests}):
-            try:
-                log.partitions(source)
-            except EventLogMissing as exc:
-                raise EventLogMissing(
-                    f"{exc}. Import history with `skewless import {source} FILE` "
-                    "or run stream workers first."
-                ) from exc
+            log.partitions(source)  # raises EventLogMissing saying how to create the log
         values = backfill.run(
-            self.plan, log, requests, mode=mode, include_late=include_late,
+            self.plan,
+            log,
+            requests,
+            mode=mode,
+            include_late=include_late,
             workers=self.config.effective_backfill_workers() if workers is None else workers,
             progress=progress,
-        )  # fmt: skip
+        )
         out = entity_df.copy()
         for request, rows in zip(requests, values, strict=True):
             view = self.plan.views[request.view]
@@ -163,7 +174,9 @@ class FeatureStore:
                         f"output column {column!r} already exists in entity_df or is requested "
                         "twice; use full_feature_names=True"
                     )
-                out[column] = pd.Series([row[j] for row in rows], index=out.index, dtype=_dtype(rows, j))
+                out[column] = pd.Series(
+                    [row[j] for row in rows], index=out.index, dtype=_dtype(rows, j)
+                )
         return out
 
 

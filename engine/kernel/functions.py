@@ -41,8 +41,10 @@ _UNIT = 1 << _SHIFT
 class Aggregator(Protocol):
     """One aggregation function bound to a column kind (see module docstring)."""
 
-    function: str
-    counts_nulls: bool
+    @property
+    def function(self) -> str: ...
+    @property
+    def counts_nulls(self) -> bool: ...
 
     def init(self) -> Any: ...
     def add(self, state: Any, value: Any, order: Order) -> Any: ...
@@ -181,9 +183,10 @@ class Moments:
             if self.function != "mean":
                 state[2] += (n * n) << (2 * s)
         else:
-            state[1] += value
+            integer = int(value)
+            state[1] += integer
             if self.function != "mean":
-                state[2] += value * value
+                state[2] += integer * integer
         return state
 
     def merge(self, a: list[int], b: list[int]) -> list[int]:
@@ -221,8 +224,10 @@ class Moments:
 def _lt_total(a: Any, b: Any) -> bool:
     """a < b, with -0.0 < 0.0 so that min/max do not depend on arrival order."""
     if a == b:
-        return isinstance(a, float) and isinstance(b, float) and math.copysign(1.0, a) < 0 < (
-            math.copysign(1.0, b)
+        return (
+            isinstance(a, float)
+            and isinstance(b, float)
+            and math.copysign(1.0, a) < 0 < (math.copysign(1.0, b))
         )
     return bool(a < b)
 

@@ -107,15 +107,15 @@ def fold(
                 continue
             tile[j] = agg.add(tile[j], value, order)
     if layout.lifetime:
-        tile = tiles.lifetime
-        if tile is None:
-            tile = tiles.lifetime = layout.new_tile(-1)
+        life = tiles.lifetime
+        if life is None:
+            life = tiles.lifetime = layout.new_tile(-1)
         for j, i in enumerate(layout.lifetime):
             value = values[i]
             agg = aggs[i]
             if value is None and not agg.counts_nulls:
                 continue
-            tile[j] = agg.add(tile[j], value, order)
+            life[j] = agg.add(life[j], value, order)
 
 
 def window_states(
@@ -154,9 +154,9 @@ def window_states(
                                 acc = agg.merge(acc, tile[j])
                     else:
                         for k in range(start, end):
-                            tile = per_hop.get(k)
-                            if tile is not None:
-                                acc = agg.merge(acc, tile[j])
+                            found = per_hop.get(k)
+                            if found is not None:
+                                acc = agg.merge(acc, found[j])
         out.append(acc)
     return out
 

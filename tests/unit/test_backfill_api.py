@@ -24,25 +24,34 @@ H = 3_600_000
 @pytest.fixture
 def store(make_repo: Callable[..., Path]) -> FeatureStore:
     s = FeatureStore.from_repo(make_repo(VIEW, yaml="kafka:\n  partitions: 2\n"))
-    events = pd.DataFrame({
-        "customer_id": ["a", "a", "b", "a"],
-        "merchant_id": ["m"] * 4,
-        "amount": [1.0, 2.0, 4.0, 8.0],
-        "qty": [1, 2, 3, 4],
-        "ts": [T0, T0 + 1000, T0 + 1000, T0 + 2 * H],
-    })  # fmt: skip
+    events = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "b", "a"],
+            "merchant_id": ["m"] * 4,
+            "amount": [1.0, 2.0, 4.0, 8.0],
+            "qty": [1, 2, 3, 4],
+            "ts": [T0, T0 + 1000, T0 + 1000, T0 + 2 * H],
+        }
+    )
     s.import_events("tx", events)
     return s
 
 
 def labels(times: list[object]) -> pd.DataFrame:
-    return pd.DataFrame({"customer_id": ["a", "b", "zz", "a"][: len(times)], "event_timestamp": times})
+    return pd.DataFrame(
+        {"customer_id": ["a", "b", "zz", "a"][: len(times)], "event_timestamp": times}
+    )
 
 
 def test_values_order_and_self_exclusion(store: FeatureStore) -> None:
     df = labels([T0 + 1000, T0 + 1001, T0 + 5000, T0 + 2 * H + 1])
     out = store.get_historical_features(df, ["v:amount_sum_1h", "v:qty_last_lifetime"], workers=1)
-    assert list(out.columns) == ["customer_id", "event_timestamp", "amount_sum_1h", "qty_last_lifetime"]
+    assert list(out.columns) == [
+        "customer_id",
+        "event_timestamp",
+        "amount_sum_1h",
+        "qty_last_lifetime",
+    ]
     assert out["customer_id"].tolist() == ["a", "b", "zz", "a"]  # input order kept
     # a at T0+1000 does not see its own event at T0+1000; b sees its event 1 ms later
     assert out["amount_sum_1h"].tolist() == [1.0, 4.0, 0.0, 8.0]
@@ -55,8 +64,10 @@ def test_timestamp_forms_agree(store: FeatureStore) -> None:
     aware = pd.to_datetime(ints, unit="ms", utc=True).tz_convert("Europe/Paris")
     naive = pd.to_datetime(ints, unit="ms")
     refs = ["v:amount_sum_1h"]
-    results = [store.get_historical_features(labels(list(t)), refs, workers=1)["amount_sum_1h"].tolist()
-               for t in (ints, aware, naive)]  # fmt: skip
+    results = [
+        store.get_historical_features(labels(list(t)), refs, workers=1)["amount_sum_1h"].tolist()
+        for t in (ints, aware, naive)
+    ]
     assert results[0] == results[1] == results[2] == [1.0, 4.0, 0.0]
 
 
@@ -75,7 +86,9 @@ def test_clear_errors(store: FeatureStore, make_repo: Callable[..., Path]) -> No
     with pytest.raises(InputDataError, match=r"lacks join key column\(s\) \['customer_id'\]"):
         store.get_historical_features(df.drop(columns=["customer_id"]), ["v:amount_sum_1h"])
     with pytest.raises(InputDataError, match="no timestamp column 'event_timestamp'"):
-        store.get_historical_features(df.rename(columns={"event_timestamp": "t"}), ["v:amount_sum_1h"])
+        store.get_historical_features(
+            df.rename(columns={"event_timestamp": "t"}), ["v:amount_sum_1h"]
+        )
     with pytest.raises(InputDataError, match="row 0: timestamp is null"):
         store.get_historical_features(labels([None]), ["v:amount_sum_1h"])
     with pytest.raises(InputDataError, match="mode must be one of"):
@@ -86,12 +99,13 @@ def test_clear_errors(store: FeatureStore, make_repo: Callable[..., Path]) -> No
         import shutil
 
         shutil.rmtree(fresh_log)
-    with pytest.raises(EventLogMissing, match="skewless import tx FILE"):
+    with pytest.raises(EventLogMissing, match="skewless import"):
         fresh.get_historical_features(df, ["v:amount_sum_1h"])
 
 
-def test_cli_plan_apply_import_backfill(make_repo: Callable[..., Path], tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_cli_plan_apply_import_backfill(
+    make_repo: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     repo = make_repo(VIEW)
     assert main(["--repo", str(repo), "plan"]) == 0
     assert "nothing applied yet" in capsys.readouterr().out
@@ -100,21 +114,53 @@ def test_cli_plan_apply_import_backfill(make_repo: Callable[..., Path], tmp_path
     assert main(["--repo", str(repo), "plan"]) == 0
     assert "no changes since the last apply" in capsys.readouterr().out
     events = tmp_path / "events.csv"
-    pd.DataFrame({"customer_id": ["a", "a"], "merchant_id": ["m", "m"], "amount": [1.5, 2.5],
-                  "qty": [1, 2], "ts": [T0, T0 + 10]}).to_csv(events, index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "customer_id": ["a", "a"],
+            "merchant_id": ["m", "m"],
+            "amount": [1.5, 2.5],
+            "qty": [1, 2],
+            "ts": [T0, T0 + 10],
+        }
+    ).to_csv(events, index=False)
     assert main(["--repo", str(repo), "import", "tx", str(events)]) == 0
     assert "imported 2 rows into tx" in capsys.readouterr().out
     entities = tmp_path / "labels.csv"
     pd.DataFrame({"customer_id": ["a"], "event_timestamp": [T0 + 11]}).to_csv(entities, index=False)
     out = tmp_path / "train.parquet"
-    code = main(["--repo", str(repo), "backfill", "--entities", str(entities),
-                 "--features", "v:amount_sum_1h,v:qty_last_lifetime", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "--repo",
+            str(repo),
+            "backfill",
+            "--entities",
+            str(entities),
+            "--features",
+            "v:amount_sum_1h,v:qty_last_lifetime",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = pd.read_parquet(out)
     assert result["amount_sum_1h"].tolist() == [4.0]
     assert result["qty_last_lifetime"].tolist() == [2]
-    assert main(["--repo", str(repo), "backfill", "--entities", str(entities),
-                 "--features", "v:nope", "--out", str(out)]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "--repo",
+                str(repo),
+                "backfill",
+                "--entities",
+                str(entities),
+                "--features",
+                "v:nope",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "view 'v' has no feature 'nope'" in capsys.readouterr().err
     (repo / "defs.py").write_text((repo / "defs.py").read_text().replace('"1h"', '"2h"'))
     assert main(["--repo", str(repo), "plan"]) == 0

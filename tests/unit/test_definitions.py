@@ -51,13 +51,18 @@ def test_all_errors_reported_at_once_with_file_view_and_field(
     """)
     found = problems(repo)
     joined = "\n".join(found)
-    assert "repo/defs.py:6 view 'spend' aggregation[0] function: unknown function 'median'" in joined
+    assert (
+        "repo/defs.py:6 view 'spend' aggregation[0] function: unknown function 'median'" in joined
+    )
     assert "aggregation[1] window: hop '7m' does not divide '1h'" in joined
     assert "aggregation[2] column: 'nope' is not in the schema of source 'tx'" in joined
     assert "aggregation[4] name: duplicate feature name 'amount_sum_1d'" in joined
     assert "aggregation[5] n: last_n needs n=" in joined
     assert "aggregation[6] window: expected a duration" in joined
-    assert "aggregation[7] column: sum needs a column of kind float/int, 'merchant_id' is str" in joined
+    assert (
+        "aggregation[7] column: sum needs a column of kind float/int, 'merchant_id' is str"
+        in joined
+    )
     assert "aggregation[8] hop: a lifetime window has no hop" in joined
     assert len(found) == 8
 
@@ -90,16 +95,21 @@ no_ts = KafkaSource("no_ts", schema={"type": "record", "name": "R2", "fields": [
     {"name": "customer_id", "type": "string"}, {"name": "when", "type": "long"}]},
     timestamp_field="ts", format="xml")
 """
-    repo = make_repo("""
+    repo = make_repo(
+        """
         a = FeatureView("a", entity=customer, source=missing,
                         aggregations=[Aggregation("x", "count", window="1d")])
         b = FeatureView("b", entity=customer, source=bad_ts,
                         aggregations=[Aggregation("ts", "count", window="1d")])
         c = FeatureView("c", entity=shop, source=no_ts,
                         aggregations=[Aggregation("when", "count", window="1d")])
-    """, header=header)
+    """,
+        header=header,
+    )
     joined = "\n".join(problems(repo))
-    assert "source 'missing' schema: schema file" in joined and "none.avsc' does not exist" in joined
+    assert (
+        "source 'missing' schema: schema file" in joined and "none.avsc' does not exist" in joined
+    )
     assert "source 'bad_ts' timestamp_field: 'ts' must be a non-null Avro long" in joined
     assert "source 'no_ts' timestamp_field: 'ts' is not a field of the schema" in joined
     assert "source 'no_ts' format: expected 'avro' or 'json', got 'xml'" in joined
@@ -130,10 +140,13 @@ from engine import Entity, KafkaSource, FeatureView, Aggregation
 customer = Entity("customer", join_keys=["customer_id"])
 tx = KafkaSource("tx", schema="schemas/tx.avsc", timestamp_field="ts")
 """
-    repo = make_repo("""
+    repo = make_repo(
+        """
         v = FeatureView("v", entity=customer, source=tx,
                         aggregations=[Aggregation("amount", "sum", window="1d")])
-    """, header=header)
+    """,
+        header=header,
+    )
     (repo / "schemas").mkdir()
     (repo / "schemas" / "tx.avsc").write_text(
         '{"type": "record", "name": "T", "fields": [{"name": "customer_id", "type": "string"},'
@@ -180,7 +193,18 @@ def test_example_definitions_compile() -> None:
     store = FeatureStore.from_repo(Path(__file__).parents[2] / "definitions")
     functions = {a.function for v in store.plan.views.values() for a in v.aggregations}
     assert functions == {
-        "count", "sum", "mean", "min", "max", "first", "last", "first_n", "last_n",
-        "count_distinct", "approx_count_distinct", "variance", "stddev",
-    }  # fmt: skip
+        "count",
+        "sum",
+        "mean",
+        "min",
+        "max",
+        "first",
+        "last",
+        "first_n",
+        "last_n",
+        "count_distinct",
+        "approx_count_distinct",
+        "variance",
+        "stddev",
+    }
     assert {v.entity for v in store.plan.views.values()} == {"customer", "merchant"}

@@ -19,13 +19,12 @@ from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 
 from connectors.eventlog import (
     EventLogReader,
-    EventLogSink,
-    EventLogSource,
     EventLogWriter,
     envelope_schema,
 )
 from engine.envelope import Envelope
 from engine.errors import EventLogError, EventLogMissing
+from engine.ports import EventLogSink, EventLogSource
 
 PAYLOAD_SCHEMA: dict[str, Any] = {
     "type": "record",

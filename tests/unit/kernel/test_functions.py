@@ -61,7 +61,9 @@ CASES: list[tuple[str, str, Any]] = [
 
 
 @pytest.mark.parametrize(("function", "kind", "values"), CASES, ids=lambda c: str(c)[:20])
-def test_any_split_and_order_gives_bit_identical_results(function: str, kind: str, values: Any) -> None:
+def test_any_split_and_order_gives_bit_identical_results(
+    function: str, kind: str, values: Any
+) -> None:
     @settings(max_examples=60, deadline=None)
     @given(st.lists(values, max_size=40), st.randoms(use_true_random=False), st.data())
     def check(xs: list[Any], rnd: random.Random, data: st.DataObject) -> None:
@@ -72,8 +74,11 @@ def test_any_split_and_order_gives_bit_identical_results(function: str, kind: st
         rnd.shuffle(shuffled)
         cut = data.draw(st.integers(0, len(items)))
         cut2 = data.draw(st.integers(cut, len(items)))
-        a, b, c = (fold(agg, shuffled[:cut]), fold(agg, shuffled[cut:cut2]),
-                   fold(agg, shuffled[cut2:]))  # fmt: skip
+        a, b, c = (
+            fold(agg, shuffled[:cut]),
+            fold(agg, shuffled[cut:cut2]),
+            fold(agg, shuffled[cut2:]),
+        )
         # associativity and commutativity of merge, on fresh copies each time
         left = agg.merge(agg.merge(agg.init(), a), b)
         left = agg.merge(left, c)
@@ -147,8 +152,9 @@ def test_empty_window_defaults() -> None:
     zero = {"count", "sum", "count_distinct", "approx_count_distinct"}
     lists = {"first_n", "last_n"}
     for function, spec in FUNCTIONS.items():
-        agg = make_aggregator(function, "float" if "float" in spec.kinds else "str",
-                              2 if spec.needs_n else None)  # fmt: skip
+        agg = make_aggregator(
+            function, "float" if "float" in spec.kinds else "str", 2 if spec.needs_n else None
+        )
         value = agg.finalize(agg.init())
         if function in zero:
             assert value == 0, function
