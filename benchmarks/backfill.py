@@ -63,6 +63,7 @@ DAY_MS = 86_400_000
 MERCHANTS = 5_000
 IMPORT_CHUNK = 1_000_000
 GIB = 1 << 30
+DATA_VERSION = 2  # bump when the generator changes: it keys the cache
 
 # The 12 features, in output order: every aggregation of the three views.
 FEATURES = [
@@ -100,7 +101,7 @@ class Params:
     @property
     def key(self) -> str:
         return (f"e{self.events}-n{self.entities}-l{self.labels}-d{self.days}"
-                f"-s{self.seed}-p{self.partitions}")  # fmt: skip
+                f"-s{self.seed}-p{self.partitions}-v{DATA_VERSION}")  # fmt: skip
 
     @property
     def folder(self) -> Path:
@@ -237,6 +238,18 @@ def phase_generate(p: Params) -> dict[str, Any]:
         "customer_id": customers[rng.integers(0, p.entities, p.labels)],
         "event_timestamp": START_MS + rng.integers(0, span, p.labels, dtype=np.int64),
     })  # fmt: skip
+    # Edge cases the agreement check must see: 2% of labels sit exactly on an event of
+    # their customer (the event must not see itself), 2% on an hour and 1% on a day
+    # boundary (tile edges of every hop in the definitions).
+    n_tie, n_hour, n_day = p.labels // 50, p.labels // 50, p.labels // 100
+    picked = rng.permutation(p.labels)[: n_tie + n_hour + n_day]
+    tie, hour, day = np.split(picked, [n_tie, n_tie + n_hour])
+    src = rng.integers(0, p.events, n_tie)
+    labels.loc[tie, "customer_id"] = events["customer_id"].to_numpy()[src]
+    labels.loc[tie, "event_timestamp"] = ts[src]
+    stamps = labels["event_timestamp"].to_numpy()
+    labels.loc[hour, "event_timestamp"] = stamps[hour] // 3_600_000 * 3_600_000
+    labels.loc[day, "event_timestamp"] = stamps[day] // DAY_MS * DAY_MS
     events.to_parquet(staging / "events.parquet", index=False)
     labels.to_parquet(staging / "labels.parquet", index=False)
     generate_s = time.perf_counter() - t0
@@ -306,6 +319,7 @@ def phase_skewless(p: Params, workers: int, profile: bool) -> dict[str, Any]:
                      f"{len(FEATURES)} features, workers={workers}"
                      + (" (cProfile)" if profile else ""))  # fmt: skip
     gc.collect()
+    load_before = os.getloadavg()[0]
     profiler = None
     if profile:
         import cProfile
@@ -338,6 +352,7 @@ def phase_skewless(p: Params, workers: int, profile: bool) -> dict[str, Any]:
         "ru_maxrss_self_bytes": peaks["self"],
         "ru_maxrss_children_bytes": peaks["children"],
         "ru_maxrss_max_bytes": max(peaks.values()),
+        "loadavg_1m_before_after": [load_before, os.getloadavg()[0]],
     }
     _say("skewless", f"done in {elapsed:.1f} s: {result['events_per_s']:,.0f} events/s, "
                      f"{result['labels_per_s']:,.0f} labels/s, peak tree RSS "
@@ -492,6 +507,7 @@ def phase_duckdb(p: Params, threads: int, variants: list[str]) -> dict[str, Any]
         assert len(df) == p.labels, (name, len(df))
         df.to_parquet(p.folder / f"duckdb_{name}_out.parquet", index=False)
         result["variants"][name] = {"seconds": elapsed, "peak_rss_bytes": mem.peak_rss,
+                                    "loadavg_1m_after": os.getloadavg()[0],
                                     "sql": sql.strip()}  # fmt: skip
         _say("duckdb", f"{name}: {elapsed:.2f} s, peak RSS {mem.peak_rss / GIB:.2f} GiB")
     result["ru_maxrss_self_bytes"] = _rusage_peaks()["self"]
