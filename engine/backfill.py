@@ -6,18 +6,27 @@ a label at ``t`` exactly the records with clock ``< t`` have been folded — the
 ``processing.apply_extracted`` the stream worker runs — and the window is merged with the
 same ``kernel.tiles.window_states`` the online reader runs. Partitions run in parallel
 processes; their per-label states merge (associative, commutative) into one value.
+
+Memory per partition process: the live tiles of labelled entities, plus at most
+``spill_items`` extracted records in memory — beyond that, sorted runs spill to temporary
+files and are merged back lazily (an external merge sort).
 """
 
 from __future__ import annotations
 
 import gc
+import heapq
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
 
-from engine.codec import decode_states, encode_states
+import msgpack
+
+from engine.errors import CodecError
 from engine.kernel.tiles import EntityTiles, evict, window_states
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
@@ -27,6 +36,10 @@ Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
 Progress = Callable[[int, int], None]
 """Called with (records read since the last call, partitions finished since the last call)."""
+
+DEFAULT_SPILL_ITEMS = 1_000_000
+_RESULT_VERSION = 1
+_clock = itemgetter(0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,15 +59,72 @@ class _Job:
     requests: tuple[ViewRequest, ...]
     mode: Mode
     include_late: bool
+    # per request: the entity is the topic key, so each lives in one partition and the
+    # worker may finalize; the parent verifies no label arrives twice
+    local: tuple[bool, ...]
+    spill_items: int
 
 
 _JOB: _Job | None = None  # handed to forked workers; never pickled
 
+Item = tuple[int, int, Extracted]  # (clock, request slot, extracted record)
+
+
+class _ClockSorter:
+    """Sort extracted records by clock within a memory budget, spilling sorted runs."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.buffer: list[Item] = []
+        self.runs: list[str] = []
+        self.folder: tempfile.TemporaryDirectory[str] | None = None
+
+    def add(self, item: Item) -> None:
+        self.buffer.append(item)
+        if len(self.buffer) >= self.limit:
+            self._spill()
+
+    def _spill(self) -> None:
+        self.buffer.sort(key=_clock)
+        if self.folder is None:
+            self.folder = tempfile.TemporaryDirectory(prefix="skewless-backfill-")
+        path = os.path.join(self.folder.name, f"run-{len(self.runs)}.msgpack")
+        packer = msgpack.Packer(use_bin_type=True)
+        with open(path, "wb") as fh:
+            for clock, m, x in self.buffer:
+                fh.write(packer.pack((clock, m, x.entity, x.values, x.event_time_ms,
+                                      x.processed_at_ms, x.partition, x.offset)))  # fmt: skip
+        self.runs.append(path)
+        self.buffer = []
+
+    def sorted(self) -> Iterator[Item]:
+        if not self.runs:
+            self.buffer.sort(key=_clock)
+            yield from self.buffer
+            return
+        if self.buffer:
+            self._spill()
+        yield from heapq.merge(*(_read_run(p) for p in self.runs), key=_clock)
+
+    def close(self) -> None:
+        if self.folder is not None:
+            self.folder.cleanup()
+
+
+def _read_run(path: str) -> Iterator[Item]:
+    with open(path, "rb") as fh:
+        for clock, m, entity, values, et, pt, partition, offset in msgpack.Unpacker(
+            fh, raw=False, use_list=False
+        ):
+            yield clock, m, Extracted(entity=entity, values=values, event_time_ms=et,
+                                      processed_at_ms=pt, partition=partition, offset=offset)  # fmt: skip
+
 
 def _sweep(job: _Job, source: str, partition: int) -> tuple[int, list[tuple[int, int, list[Any]]]]:
-    """Per-label window states from one partition: (records read, [(request, label, states)]).
+    """Per-label results from one partition: (records read, [(request, label, out)]).
 
-    The cyclic garbage collector is paused while it runs: the sweep allocates millions of
+    ``out`` is finalized values for local requests, merged window states otherwise. The
+    cyclic garbage collector is paused while it runs: the sweep allocates millions of
     small acyclic containers, and each generation-2 pass would walk all of them.
     """
     enabled = gc.isenabled()
@@ -77,70 +147,104 @@ def _sweep_partition(
         if plan.views[req.view].source == source
     ]
     wanted = [set(req.entities) for _, req, _ in mine]
-    by_time = job.mode == "event_time"
-    events: list[tuple[int, int, Extracted]] = []
-    read = 0
+    seen: list[set[EntityKey]] = [set() for _ in mine]
+    by_event_time = job.mode == "event_time"
     include_late = job.include_late
-    for envelope in job.log.read(source, partition):
-        read += 1
-        for m, (_, _, view) in enumerate(mine):
-            item = extract(view, src, envelope, include_late=include_late)
-            if item is not None and item.entity in wanted[m]:
-                clock = item.event_time_ms if by_time else item.processed_at_ms
-                events.append((clock, m, item))
-    if not events:
-        return read, []
-    events.sort(key=itemgetter(0))
-    seen = [set[EntityKey]() for _ in mine]
-    for _, m, item in events:
-        seen[m].add(item.entity)
-    labels: list[tuple[int, int, int, EntityKey]] = []
-    for m, (_, req, _) in enumerate(mine):
-        present = seen[m]
-        labels.extend(
-            (t, m, i, e)
-            for i, (e, t) in enumerate(zip(req.entities, req.times_ms, strict=True))
-            if e in present
-        )
-    labels.sort(key=itemgetter(0))
+    sorter = _ClockSorter(job.spill_items)
+    read = 0
+    try:
+        for envelope in job.log.read(source, partition):
+            read += 1
+            for m, (_, _, view) in enumerate(mine):
+                item = extract(view, src, envelope, include_late=include_late)
+                if item is not None and item.entity in wanted[m]:
+                    seen[m].add(item.entity)
+                    clock = item.event_time_ms if by_event_time else item.processed_at_ms
+                    sorter.add((clock, m, item))
+        labels: list[tuple[int, int, int, EntityKey]] = []
+        for m, (_, req, _) in enumerate(mine):
+            present = seen[m]
+            labels.extend(
+                (t, m, i, e)
+                for i, (e, t) in enumerate(zip(req.entities, req.times_ms, strict=True))
+                if e in present
+            )
+        labels.sort(key=_clock)
+        return read, _replay(job, mine, sorter.sorted(), labels)
+    finally:
+        sorter.close()
+
+
+def _replay(
+    job: _Job,
+    mine: list[tuple[int, ViewRequest, ViewPlan]],
+    events: Iterable[Item],
+    labels: list[tuple[int, int, int, EntityKey]],
+) -> list[tuple[int, int, list[Any]]]:
+    """Fold records in clock order and read each label's window just before its time."""
     state: list[dict[EntityKey, EntityTiles]] = [{} for _ in mine]
+    views = [view for _, _, view in mine]
     limits = [
-        sum(g.longest_window_ms // g.hop_ms for g in view.layout.groups)
-        + 2 * len(view.layout.groups)
-        + 1
-        for _, _, view in mine
+        sum(g.longest_window_ms // g.hop_ms for g in v.layout.groups) + 2 * len(v.layout.groups) + 1
+        for v in views
+    ]
+    finalizers = [
+        [v.layout.aggregators[k].finalize for k in req.indices] if job.local[r] else None
+        for r, req, v in mine
     ]
     out: list[tuple[int, int, list[Any]]] = []
-    e, n = 0, len(events)
+    stream = iter(events)
+    pending = next(stream, None)
     for t, m, i, entity in labels:
-        while e < n and events[e][0] < t:
-            _, mm, item = events[e]
+        while pending is not None and pending[0] < t:
+            _, mm, item = pending
             tiles = state[mm].get(item.entity)
             if tiles is None:
                 tiles = state[mm][item.entity] = EntityTiles()
-            apply_extracted(mine[mm][2], tiles, item)
-            e += 1
+            apply_extracted(views[mm], tiles, item)
+            pending = next(stream, None)
         tiles = state[m].get(entity)
         if tiles is None:
             continue
-        view = mine[m][2]
+        view = views[m]
         if len(tiles) > limits[m]:
             evict(view.layout, tiles, t)
-        out.append((mine[m][0], i, window_states(view.layout, tiles, t, mine[m][1].indices)))
-    return read, out
+        states = window_states(view.layout, tiles, t, mine[m][1].indices)
+        finalize = finalizers[m]
+        if finalize is not None:
+            states = [f(s) for f, s in zip(finalize, states, strict=True)]
+        out.append((mine[m][0], i, states))
+    return out
 
 
-def _encoded_sweep(task: tuple[str, int]) -> tuple[int, list[tuple[int, int, bytes]]]:
-    """Worker-process entry: sweep one partition, encode states with the tile codec."""
+def _encoded_sweep(task: tuple[str, int]) -> bytes:
+    """Worker-process entry: sweep one partition; one msgpack blob (never pickle) back."""
     job = _JOB
     assert job is not None, "backfill worker started without a job"
     read, results = _sweep(job, *task)
     layouts = [job.plan.views[r.view].layout for r in job.requests]
-    encoded = []
-    for r, i, states in results:
-        aggs = [layouts[r].aggregators[k] for k in job.requests[r].indices]
-        encoded.append((r, i, encode_states(aggs, states)))
-    return read, encoded
+    plain: list[Any] = []
+    for r, i, out in results:
+        if not job.local[r]:
+            aggs = layouts[r].aggregators
+            out = [aggs[k].to_plain(s) for k, s in zip(job.requests[r].indices, out, strict=True)]
+        plain.append((r, i, out))
+    return bytes(msgpack.packb((_RESULT_VERSION, read, plain), use_bin_type=True))
+
+
+def _decode_result(blob: bytes) -> tuple[int, list[Any]]:
+    version, read, plain = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+    if version != _RESULT_VERSION:
+        raise CodecError(f"backfill worker result version {version} (expected {_RESULT_VERSION})")
+    return int(read), plain
+
+
+class _Collisions(Exception):
+    """A label of a 'local' request came from two partitions: its entity spans partitions."""
+
+    def __init__(self, requests: set[int]) -> None:
+        super().__init__(sorted(requests))
+        self.requests = requests
 
 
 def run(
@@ -152,34 +256,66 @@ def run(
     include_late: bool = False,
     workers: int = 1,
     progress: Progress | None = None,
+    spill_items: int = DEFAULT_SPILL_ITEMS,
 ) -> list[list[Any]]:
     """Finalized feature values: ``result[r][label][j]`` for request r's j-th index.
 
     Labels whose entity has no admitted event before their time get the empty-window
-    defaults. Results are bit-identical for any worker count.
+    defaults. Results are bit-identical for any worker count and spill size.
     """
-    global _JOB
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    job = _Job(plan, log, tuple(requests), mode, include_late)
+    local = tuple(
+        plan.views[r.view].join_keys == plan.sources[plan.views[r.view].source].key_fields
+        for r in requests
+    )
+    try:
+        return _run(plan, log, requests, mode, include_late, workers, progress, spill_items, local)
+    except _Collisions as exc:
+        # an entity's events span partitions (the topic grew, or a producer keyed it
+        # differently): redo those views merging states across partitions
+        local = tuple(flag and r not in exc.requests for r, flag in enumerate(local))
+        return _run(plan, log, requests, mode, include_late, workers, None, spill_items, local)
+
+
+def _run(
+    plan: Plan,
+    log: EventLogSource,
+    requests: Sequence[ViewRequest],
+    mode: Mode,
+    include_late: bool,
+    workers: int,
+    progress: Progress | None,
+    spill_items: int,
+    local: tuple[bool, ...],
+) -> list[list[Any]]:
+    global _JOB
+    job = _Job(plan, log, tuple(requests), mode, include_late, local, spill_items)
     sources = sorted({plan.views[r.view].source for r in requests})
     tasks = [(s, p) for s in sources for p in log.partitions(s)]
     merged: list[dict[int, list[Any]]] = [{} for _ in requests]
-    layouts = [plan.views[r.view].layout for r in requests]
-    aggs = [[layouts[r].aggregators[k] for k in req.indices] for r, req in enumerate(requests)]
+    aggs = [[plan.views[req.view].layout.aggregators[k] for k in req.indices] for req in requests]
+    collided: set[int] = set()
 
-    def absorb(r: int, i: int, states: list[Any]) -> None:
+    def absorb(r: int, i: int, out: list[Any], plain: bool) -> None:
         held = merged[r].get(i)
+        if local[r]:
+            if held is not None:
+                collided.add(r)
+            merged[r][i] = out
+            return
+        if plain:
+            out = [a.from_plain(p) for a, p in zip(aggs[r], out, strict=True)]
         if held is None:
-            merged[r][i] = states
+            merged[r][i] = out
         else:
-            merged[r][i] = [a.merge(h, s) for a, h, s in zip(aggs[r], held, states, strict=True)]
+            merged[r][i] = [a.merge(h, s) for a, h, s in zip(aggs[r], held, out, strict=True)]
 
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             read, results = _sweep(job, *task)
-            for r, i, states in results:
-                absorb(r, i, states)
+            for r, i, out in results:
+                absorb(r, i, out, plain=False)
             if progress:
                 progress(read, 1)
     else:
@@ -187,25 +323,29 @@ def run(
         try:
             ctx = multiprocessing.get_context("fork")
             with ctx.Pool(min(workers, len(tasks))) as pool:
-                for read, encoded in pool.imap_unordered(_encoded_sweep, tasks):
-                    for r, i, blob in encoded:
-                        absorb(r, i, decode_states(aggs[r], blob))
+                for blob in pool.imap_unordered(_encoded_sweep, tasks):
+                    read, results = _decode_result(blob)
+                    for r, i, out in results:
+                        absorb(r, i, list(out), plain=True)
                     if progress:
                         progress(read, 1)
         finally:
             _JOB = None
+    if collided:
+        raise _Collisions(collided)
     values: list[list[Any]] = []
     for r, req in enumerate(requests):
         empty = [a.finalize(a.init()) for a in aggs[r]]
-        rows: list[Any] = []
         got = merged[r]
+        rows: list[Any] = []
         for i in range(len(req.entities)):
             found = got.get(i)
-            rows.append(
-                list(empty)
-                if found is None
-                else [a.finalize(s) for a, s in zip(aggs[r], found, strict=True)]
-            )
+            if found is None:
+                rows.append(list(empty))
+            elif local[r]:
+                rows.append(found)
+            else:
+                rows.append([a.finalize(s) for a, s in zip(aggs[r], found, strict=True)])
         values.append(rows)
     return values
 

@@ -79,6 +79,8 @@ class ViewPlan:
     allowed_lateness_ms: int | None
     fingerprint: str
     location: str
+    input_columns: tuple[str, ...]  # the column each aggregation reads, in order
+    float_inputs: tuple[int, ...]  # aggregations whose column holds floats
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -609,6 +611,8 @@ def compile_plan(
             allowed_lateness_ms=lateness_ms,
             fingerprint=_fingerprint(view, source, aggs, lateness_ms),
             location=c.where(view.location),
+            input_columns=tuple(a.column for a in aggs),
+            float_inputs=tuple(i for i, a in enumerate(aggs) if columns[a.column] == "float"),
         )
     if c.problems:
         raise DefinitionError(c.problems)

@@ -36,16 +36,9 @@ def event_time_ms(source: SourcePlan, payload: dict[str, Any]) -> int:
 
 
 def is_admitted(view: ViewPlan, event_time_ms: int, processed_at_ms: int) -> bool:
-    """DESIGN §3 admission: not later than the view's allowed lateness."""
+    """DESIGN §3 admission: not later than the view's allowed lateness (inlined in extract)."""
     lateness = view.allowed_lateness_ms
     return lateness is None or event_time_ms >= processed_at_ms - lateness
-
-
-def _clean(value: Any) -> Any:
-    """Non-finite floats (a transform's 0/0, say) count as nulls: they have no exact sum."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def view_row(view: ViewPlan, payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -76,19 +69,25 @@ def extract(
 ) -> Extracted | None:
     """The view's share of one logged record, or None when the view drops or refuses it."""
     payload = envelope.payload
-    et = event_time_ms(source, payload)
-    if not include_late and not is_admitted(view, et, envelope.processed_at_ms):
+    et = payload[source.timestamp_field] // source.timestamp_divisor
+    lateness = view.allowed_lateness_ms
+    if not include_late and lateness is not None and et < envelope.processed_at_ms - lateness:
         return None
-    row = view_row(view, payload)
+    row = payload if view.transform is None and view.filter is None else view_row(view, payload)
     if row is None:
         return None
     try:
-        entity = tuple(row[k] for k in view.join_keys)
+        entity = tuple(map(row.__getitem__, view.join_keys))
     except KeyError:
         return None
     if None in entity:
         return None
-    values = tuple(_clean(row.get(a.column)) for a in view.aggregations)
+    values = tuple(map(row.get, view.input_columns))
+    for i in view.float_inputs:
+        value = values[i]
+        # a transform's 0/0 or overflow counts as null: it has no exact sum
+        if value is not None and not math.isfinite(value):
+            values = (*values[:i], None, *values[i + 1 :])
     return Extracted(
         entity=entity,
         values=values,

@@ -11,9 +11,10 @@ Contract for each ``Aggregator``:
 - ``to_plain`` / ``from_plain`` convert a state to and from a msgpack-able structure of
   ints (≤ 64 bit), floats, strings, bytes, bools, None and lists, for the tile codec.
 
-Exactness: sums are kept as integers — floats scaled by 2**1074, so every finite double is
-an integer multiple of the unit — so addition is exact and order-free, and finalize is
-Python's correctly rounded int/int division. Mean and variance divide exact integer moments.
+Exactness: every finite double is a dyadic rational n / 2**k, so float sums are kept exactly
+as ``[m, k]`` meaning m / 2**k (k grows only to the finest unit seen, so the integers stay
+small); addition is exact and order-free, and finalize is Python's correctly rounded
+int/int division. Mean and variance divide exact moments, rounding once.
 """
 
 from __future__ import annotations
@@ -33,9 +34,6 @@ ColumnKind = Literal["int", "float", "str", "bool", "bytes"]
 NUMERIC: frozenset[str] = frozenset({"int", "float"})
 ORDERED: frozenset[str] = frozenset({"int", "float", "str"})
 ANY: frozenset[str] = frozenset({"int", "float", "str", "bool", "bytes"})
-
-_SHIFT = 1074  # 2**-1074 is the smallest positive double
-_UNIT = 1 << _SHIFT
 
 
 class Aggregator(Protocol):
@@ -64,18 +62,6 @@ def _int_from_plain(p: int | bytes) -> int:
     if isinstance(p, int):
         return p
     return int.from_bytes(p, "big", signed=True)
-
-
-def _scaled(value: float | int) -> int:
-    """Exact integer ``value * 2**1074`` (every finite double is such an integer)."""
-    n, d = value.as_integer_ratio()
-    return n << (_SHIFT + 1 - d.bit_length())
-
-
-def _scaled_square(value: float | int) -> int:
-    """Exact integer ``value**2 * 2**2148``."""
-    n, d = value.as_integer_ratio()
-    return (n * n) << (2 * (_SHIFT + 1 - d.bit_length()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,87 +120,113 @@ class IntSum:
 
 @dataclass(frozen=True, slots=True)
 class FloatSum:
-    """Sum of a float column: exact scaled integer, correctly rounded at finalize."""
+    """Sum of a float column: exact dyadic rational ``[m, k]`` = m / 2**k, rounded once."""
 
     function: str = "sum"
     counts_nulls: bool = False
 
-    def init(self) -> int:
-        return 0
+    def init(self) -> list[int]:
+        return [0, 0]
 
-    def add(self, state: int, value: float, order: Order) -> int:
+    def add(self, state: list[int], value: float, order: Order) -> list[int]:
         n, d = value.as_integer_ratio()
-        return state + (n << (_SHIFT + 1 - d.bit_length()))
+        k = d.bit_length() - 1
+        s = state[1]
+        if k <= s:
+            state[0] += n << (s - k)
+        else:
+            state[0] = (state[0] << (k - s)) + n
+            state[1] = k
+        return state
 
-    def merge(self, a: int, b: int) -> int:
-        return a + b
+    def merge(self, a: list[int], b: list[int]) -> list[int]:
+        m, k = b
+        s = a[1]
+        if k <= s:
+            a[0] += m << (s - k)
+        else:
+            a[0] = (a[0] << (k - s)) + m
+            a[1] = k
+        return a
 
-    def finalize(self, state: int) -> float:
-        return state / _UNIT
+    def finalize(self, state: list[int]) -> float:
+        return state[0] / (1 << state[1])
 
-    def to_plain(self, state: int) -> Any:
-        return _int_plain(state)
+    def to_plain(self, state: list[int]) -> Any:
+        return _exact_plain(state[0], state[1])
 
-    def from_plain(self, plain: Any) -> int:
-        return _int_from_plain(plain)
+    def from_plain(self, plain: Any) -> list[int]:
+        return [_int_from_plain(plain[0]), int(plain[1])]
+
+
+def _exact_add(state: list[int], at: int, m: int, k: int) -> None:
+    """state[at] / 2**state[at+1] += m / 2**k, exactly (the smaller unit wins)."""
+    s = state[at + 1]
+    if k <= s:
+        state[at] += m << (s - k)
+    else:
+        state[at] = (state[at] << (k - s)) + m
+        state[at + 1] = k
+
+
+def _exact_plain(m: int, k: int) -> list[int | bytes]:
+    """Canonical plain form of m / 2**k: trailing zero bits folded into k."""
+    if m == 0:
+        return [0, 0]
+    shift = min((m & -m).bit_length() - 1, k)
+    return [_int_plain(m >> shift), k - shift]
 
 
 # ---------------------------------------------------------------------------------------------
-# mean, variance, stddev: exact moments [n, S1, S2]
+# mean, variance, stddev: exact moments [n, S1, k1, S2, k2] with S = m / 2**k
 
 
 @dataclass(frozen=True, slots=True)
 class Moments:
-    """Exact count, sum and sum of squares; ``shift`` is 1074 for floats, 0 for ints."""
+    """Exact count, sum and sum of squares as dyadic rationals; one rounding at finalize."""
 
     function: str
-    shift: int
     counts_nulls: bool = False
 
     def init(self) -> list[int]:
-        return [0, 0, 0]
+        return [0, 0, 0, 0, 0]
 
     def add(self, state: list[int], value: float | int, order: Order) -> list[int]:
         state[0] += 1
-        if self.shift:
-            n, d = value.as_integer_ratio()
-            s = _SHIFT + 1 - d.bit_length()
-            state[1] += n << s
-            if self.function != "mean":
-                state[2] += (n * n) << (2 * s)
-        else:
-            integer = int(value)
-            state[1] += integer
-            if self.function != "mean":
-                state[2] += integer * integer
+        n, d = value.as_integer_ratio()
+        k = d.bit_length() - 1
+        _exact_add(state, 1, n, k)
+        if self.function != "mean":
+            _exact_add(state, 3, n * n, 2 * k)
         return state
 
     def merge(self, a: list[int], b: list[int]) -> list[int]:
         a[0] += b[0]
-        a[1] += b[1]
-        a[2] += b[2]
+        _exact_add(a, 1, b[1], b[2])
+        _exact_add(a, 3, b[3], b[4])
         return a
 
     def finalize(self, state: list[int]) -> float | None:
-        n, s1, s2 = state
+        n, m1, k1, m2, k2 = state
         if self.function == "mean":
             if n == 0:
                 return None
-            return s1 / (n << self.shift)
+            return m1 / (n << k1)
         if n < 2:
             return None
-        # sample variance = (n*S2 - S1^2) / (n (n-1)), exact integers, one rounding
-        numerator = n * s2 - s1 * s1
-        variance = numerator / ((n * (n - 1)) << (2 * self.shift))
+        # sample variance (n*S2 - S1^2) / (n (n-1)) over a common denominator, one rounding
+        numerator = ((n * m2) << (2 * k1)) - ((m1 * m1) << k2)
+        variance = numerator / ((n * (n - 1)) << (k2 + 2 * k1))
         if self.function == "variance":
             return variance
         return math.sqrt(variance)
 
     def to_plain(self, state: list[int]) -> Any:
-        return [_int_plain(x) for x in state]
+        return [state[0], *_exact_plain(state[1], state[2]), *_exact_plain(state[3], state[4])]
 
     def from_plain(self, plain: Any) -> list[int]:
-        return [_int_from_plain(x) for x in plain]
+        return [int(plain[0]), _int_from_plain(plain[1]), int(plain[2]),
+                _int_from_plain(plain[3]), int(plain[4])]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,13 +434,9 @@ def _sum(kind: str, n: int | None) -> Aggregator:
 FUNCTIONS: dict[str, FunctionSpec] = {
     "count": FunctionSpec(ANY, False, lambda kind, n: Count()),
     "sum": FunctionSpec(NUMERIC, False, _sum),
-    "mean": FunctionSpec(NUMERIC, False, lambda k, n: Moments("mean", 0 if k == "int" else _SHIFT)),
-    "variance": FunctionSpec(
-        NUMERIC, False, lambda k, n: Moments("variance", 0 if k == "int" else _SHIFT)
-    ),
-    "stddev": FunctionSpec(
-        NUMERIC, False, lambda k, n: Moments("stddev", 0 if k == "int" else _SHIFT)
-    ),
+    "mean": FunctionSpec(NUMERIC, False, lambda kind, n: Moments("mean")),
+    "variance": FunctionSpec(NUMERIC, False, lambda kind, n: Moments("variance")),
+    "stddev": FunctionSpec(NUMERIC, False, lambda kind, n: Moments("stddev")),
     "min": FunctionSpec(ORDERED, False, lambda kind, n: Extreme("min")),
     "max": FunctionSpec(ORDERED, False, lambda kind, n: Extreme("max")),
     "first": FunctionSpec(ANY, False, lambda kind, n: Edge("first")),

@@ -36,6 +36,8 @@ class TileLayout:
     lifetime: tuple[int, ...] = field(init=False)
     # where aggregation i lives: (group index or -1 for lifetime, position in that group)
     slots: tuple[tuple[int, int], ...] = field(init=False)
+    # per group (lifetime last, as group -1): (group, hop, ((position, input, add, counts_nulls), ...))
+    folds: tuple[tuple[int, int, tuple[tuple[int, int, Any, bool], ...]], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         by_hop: dict[int, list[int]] = {}
@@ -63,6 +65,23 @@ class TileLayout:
         object.__setattr__(self, "groups", groups)
         object.__setattr__(self, "lifetime", tuple(lifetime))
         object.__setattr__(self, "slots", tuple(slots[i] for i in range(len(self.windows_ms))))
+        aggs = self.aggregators
+        folds = [
+            (g, group.hop_ms,
+             tuple((j, i, aggs[i].add, aggs[i].counts_nulls) for j, i in enumerate(group.members)))
+            for g, group in enumerate(groups)
+        ]  # fmt: skip
+        if lifetime:
+            folds.append(
+                (
+                    -1,
+                    0,
+                    tuple(
+                        (j, i, aggs[i].add, aggs[i].counts_nulls) for j, i in enumerate(lifetime)
+                    ),
+                )
+            )
+        object.__setattr__(self, "folds", tuple(folds))
 
     def new_tile(self, group: int) -> list[Any]:
         members = self.lifetime if group < 0 else self.groups[group].members
@@ -90,32 +109,24 @@ def fold(
     order: Order,
 ) -> None:
     """Fold one admitted event (``values[i]`` is aggregation i's input) into its tiles."""
-    aggs = layout.aggregators
-    for g, group in enumerate(layout.groups):
-        hop = group.hop_ms
-        k = event_time_ms // hop
-        per_hop = tiles.by_hop.get(hop)
-        if per_hop is None:
-            per_hop = tiles.by_hop[hop] = {}
-        tile = per_hop.get(k)
-        if tile is None:
-            tile = per_hop[k] = layout.new_tile(g)
-        for j, i in enumerate(group.members):
+    by_hop = tiles.by_hop
+    for g, hop, members in layout.folds:
+        if g < 0:
+            tile = tiles.lifetime
+            if tile is None:
+                tile = tiles.lifetime = layout.new_tile(-1)
+        else:
+            k = event_time_ms // hop
+            per_hop = by_hop.get(hop)
+            if per_hop is None:
+                per_hop = by_hop[hop] = {}
+            tile = per_hop.get(k)
+            if tile is None:
+                tile = per_hop[k] = layout.new_tile(g)
+        for j, i, add, counts_nulls in members:
             value = values[i]
-            agg = aggs[i]
-            if value is None and not agg.counts_nulls:
-                continue
-            tile[j] = agg.add(tile[j], value, order)
-    if layout.lifetime:
-        life = tiles.lifetime
-        if life is None:
-            life = tiles.lifetime = layout.new_tile(-1)
-        for j, i in enumerate(layout.lifetime):
-            value = values[i]
-            agg = aggs[i]
-            if value is None and not agg.counts_nulls:
-                continue
-            life[j] = agg.add(life[j], value, order)
+            if value is not None or counts_nulls:
+                tile[j] = add(tile[j], value, order)
 
 
 def window_states(
