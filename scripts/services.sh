@@ -108,7 +108,7 @@ ensure_redis_installed() {
   if (( added_policy )); then $sudo rm -f "$policy"; fi
   (( rc == 0 )) || die "apt-get install redis-server failed (exit $rc); see $aptlog"
   # Belt and braces: if a packaged instance was started anyway, stop it.
-  if pgrep -f '/etc/redis/redis.conf' >/dev/null 2>&1 || [[ -s /run/redis/redis-server.pid ]]; then
+  if [[ -s /run/redis/redis-server.pid ]] && kill -0 "$(cat /run/redis/redis-server.pid)" 2>/dev/null; then
     say "stopping the Debian-started system redis (we run our own)"
     $sudo /etc/init.d/redis-server stop >/dev/null 2>&1 || true
   fi
@@ -130,7 +130,7 @@ start_redis() {
   say "starting redis on $HOST:$REDIS_PORT (AOF on, data $REDIS_DATA)"
   redis-server --bind "$HOST" --port "$REDIS_PORT" --daemonize yes \
     --dir "$REDIS_DATA" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
-    --appendonly yes --appendfsync everysec --save "" >/dev/null \
+    --appendonly yes --appendfsync everysec --save "" >/dev/null 9>&- \
     || die "redis-server failed to start; see $REDIS_LOG"
 }
 
@@ -253,7 +253,7 @@ start_kafka() {
   # shellcheck disable=SC2086
   setsid nohup java $KAFKA_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.xml" \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" </dev/null >"$KAFKA_LOG" 2>&1 &
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" </dev/null >"$KAFKA_LOG" 2>&1 9>&- &
   echo $! >"$KAFKA_PID"
 }
 
@@ -380,6 +380,7 @@ cmd_env() {
 # One up/down at a time per services dir (two concurrent `up`s would start two brokers).
 lock() {
   mkdir -p "$SERVICES_DIR"
+  # fd 9 is closed for the daemons started below, or they would hold the lock forever.
   exec 9>"$SERVICES_DIR/.lock"
   flock -w "$TIMEOUT" 9 || die "another services.sh up/down holds $SERVICES_DIR/.lock"
 }
