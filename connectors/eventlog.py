@@ -31,6 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from engine.envelope import Envelope
 from engine.errors import EventLogError, EventLogMissing, SkewlessError
+from engine.schema import plain_schema
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -104,7 +105,7 @@ def envelope_schema(source_name: str, payload_schema: dict[str, Any]) -> dict[st
             f"event log for source {source_name!r}: payload schema must be an Avro record "
             f"schema (a dict with type 'record'), got {_describe(payload_schema)}"
         )
-    payload = _plain_schema(payload_schema)
+    payload = plain_schema(payload_schema)
     taken = {name.rsplit(".", 1)[-1] for name in _named_types(payload)}
     name = _avro_name(source_name)
     while name in taken:
@@ -615,19 +616,6 @@ def _offset_of(rec: Envelope) -> int:
 def _avro_name(source: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_]", "_", source)
     return name if name and not name[0].isdigit() else "_" + name
-
-
-def _plain_schema(node: Any) -> Any:
-    """A copy of an Avro schema without fastavro's ``__`` keys or ``logicalType``."""
-    if isinstance(node, dict):
-        return {
-            k: _plain_schema(v)
-            for k, v in node.items()
-            if k != "logicalType" and not k.startswith("__")
-        }
-    if isinstance(node, list):
-        return [_plain_schema(v) for v in node]
-    return node
 
 
 def _named_types(node: Any) -> Iterator[str]:

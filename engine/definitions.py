@@ -13,6 +13,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
 SourceFormat = Literal["avro", "json"]
+AvroWire = Literal["schemaless", "confluent"]
 
 
 def _caller_location(depth: int = 3) -> str:
@@ -52,7 +53,9 @@ class KafkaSource:
     to the definitions folder. ``timestamp_field`` is a ``long`` in milliseconds (optionally
     ``timestamp-millis``) or microseconds (``timestamp-micros``). ``key_fields`` are the
     payload fields that key the topic; by default the join keys of the first view that
-    reads the source.
+    reads the source. Avro values are plain schemaless Avro (``wire="schemaless"``) or the
+    Confluent wire format (``wire="confluent"``: magic byte 0, a 4-byte schema id that must
+    equal ``schema_id`` when given, then the body written with this schema).
 
     Example:
         >>> tx = KafkaSource("transactions", topic="transactions",
@@ -65,6 +68,8 @@ class KafkaSource:
     timestamp_field: str
     topic: str = ""
     format: SourceFormat = "avro"
+    wire: AvroWire = "schemaless"
+    schema_id: int | None = None
     key_fields: Sequence[str] | None = None
     description: str = ""
     location: str = field(default="", compare=False, repr=False)

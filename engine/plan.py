@@ -44,6 +44,8 @@ class SourcePlan:
     name: str
     topic: str
     format: str
+    wire: str
+    schema_id: int | None
     schema: Mapping[str, Any]
     fields: Mapping[str, FieldSpec]
     timestamp_field: str
@@ -222,6 +224,16 @@ def _compile_source(
     if src.format not in ("avro", "json"):
         c.add(src.location, subject, "format", f"expected 'avro' or 'json', got {src.format!r}")
         ok = False
+    if src.wire not in ("schemaless", "confluent"):
+        c.add(src.location, subject, "wire",
+              f"expected 'schemaless' or 'confluent', got {src.wire!r}")  # fmt: skip
+        ok = False
+    if src.schema_id is not None and (
+        src.wire != "confluent" or not isinstance(src.schema_id, int) or src.schema_id < 0
+    ):
+        c.add(src.location, subject, "schema_id",
+              "a non-negative integer, only with wire='confluent'")  # fmt: skip
+        ok = False
     try:
         schema = load_schema(src.schema, base_dir)
     except ValueError as exc:
@@ -295,6 +307,8 @@ def _compile_source(
         name=src.name,
         topic=src.topic,
         format=src.format,
+        wire=src.wire,
+        schema_id=src.schema_id,
         schema=schema,
         fields=fields,
         timestamp_field=src.timestamp_field,

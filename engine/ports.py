@@ -1,8 +1,9 @@
-"""The Protocols between roles (import, backfill, worker) and the event-log connector."""
+"""The Protocols between roles (import, backfill, worker, online reader) and their connectors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from engine.envelope import Envelope
@@ -31,4 +32,52 @@ class EventLogSource(Protocol):
 
     def read(self, source: str, partition: int) -> Iterator[Envelope]:
         """Envelopes of one partition in ascending offset order, each offset once."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateWrite:
+    """One entity hash update: fields to set, fields to delete, and when the key may expire."""
+
+    key: str
+    fields: Mapping[str, bytes]
+    delete: tuple[str, ...] = ()
+    expire_at_ms: int | None = None
+
+
+@runtime_checkable
+class OnlineStateStore(Protocol):
+    """The online store as the stream worker and the online reader see it."""
+
+    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """Every field of each key (empty dict for a missing key), in one round trip."""
+        ...
+
+    def write(self, writes: Sequence[StateWrite]) -> None:
+        """Apply all writes in one pipeline; each entity's update is one atomic command.
+
+        Raises OnlineStoreUnavailable when the store cannot be reached.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    """A refused source record with the reason it was refused."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    code: str
+    reason: str
+
+
+@runtime_checkable
+class DeadLetterSink(Protocol):
+    """Where refused records go; durable when ``send`` returns."""
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        """Deliver every letter (flushed) or raise."""
         ...

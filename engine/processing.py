@@ -36,7 +36,7 @@ def event_time_ms(source: SourcePlan, payload: dict[str, Any]) -> int:
 
 
 def is_admitted(view: ViewPlan, event_time_ms: int, processed_at_ms: int) -> bool:
-    """DESIGN §3 admission: not later than the view's allowed lateness (inlined in extract)."""
+    """DESIGN §3 admission: not later than the view's allowed lateness."""
     lateness = view.allowed_lateness_ms
     return lateness is None or event_time_ms >= processed_at_ms - lateness
 
@@ -70,8 +70,7 @@ def extract(
     """The view's share of one logged record, or None when the view drops or refuses it."""
     payload = envelope.payload
     et = payload[source.timestamp_field] // source.timestamp_divisor
-    lateness = view.allowed_lateness_ms
-    if not include_late and lateness is not None and et < envelope.processed_at_ms - lateness:
+    if not include_late and not is_admitted(view, et, envelope.processed_at_ms):
         return None
     row = payload if view.transform is None and view.filter is None else view_row(view, payload)
     if row is None:

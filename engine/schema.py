@@ -88,3 +88,20 @@ def _describe(name: str, avro_type: Any) -> FieldSpec:
 def field_specs(schema: Mapping[str, Any]) -> dict[str, FieldSpec]:
     """Top-level fields of a record schema by name."""
     return {f["name"]: _describe(f["name"], f["type"]) for f in schema["fields"]}
+
+
+def plain_schema(node: Any) -> Any:
+    """A copy of an Avro schema without ``logicalType`` or fastavro's ``__`` keys.
+
+    Read with it, timestamps stay int milliseconds (fastavro would make datetimes), in line
+    with the engine's int-ms rule; the log and the stream decoder both use it.
+    """
+    if isinstance(node, dict):
+        return {
+            k: plain_schema(v)
+            for k, v in node.items()
+            if k != "logicalType" and not k.startswith("__")
+        }
+    if isinstance(node, list):
+        return [plain_schema(v) for v in node]
+    return node

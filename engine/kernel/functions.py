@@ -340,8 +340,9 @@ class EdgeN:
             a = self.add(a, item[3], _order_of(item))
         return a
 
-    def finalize(self, state: list[list[Any]]) -> list[Any]:
-        return [item[3] for item in state]
+    def finalize(self, state: list[list[Any]]) -> list[Any] | None:
+        # DESIGN §2: an empty window is null for everything but counts and sums
+        return [item[3] for item in state] if state else None
 
     def to_plain(self, state: list[list[Any]]) -> Any:
         return state

@@ -194,3 +194,26 @@ def evict(layout: TileLayout, tiles: EntityTiles, t_ms: int) -> None:
         stale = [k for k in per_hop if k < oldest]
         for k in stale:
             del per_hop[k]
+
+
+def merge_into(layout: TileLayout, dst: EntityTiles, src: EntityTiles) -> None:
+    """Merge ``src`` into ``dst`` tile by tile (partials of one entity from several partitions).
+
+    ``src`` is never mutated, and after the call ``dst`` shares no state object with it.
+    """
+    for g, group in enumerate(layout.groups):
+        theirs = src.by_hop.get(group.hop_ms)
+        if not theirs:
+            continue
+        ours = dst.by_hop.setdefault(group.hop_ms, {})
+        for k, tile in theirs.items():
+            held = ours.get(k)
+            if held is None:
+                held = ours[k] = layout.new_tile(g)
+            for j, i in enumerate(group.members):
+                held[j] = layout.aggregators[i].merge(held[j], tile[j])
+    if src.lifetime is not None:
+        if dst.lifetime is None:
+            dst.lifetime = layout.new_tile(-1)
+        for j, i in enumerate(layout.lifetime):
+            dst.lifetime[j] = layout.aggregators[i].merge(dst.lifetime[j], src.lifetime[j])

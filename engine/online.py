@@ -1,0 +1,160 @@
+"""The online-state layout (DESIGN §4): how an entity's tiles live in one Redis hash.
+
+Pure functions — no Redis client here. One hash per (view fingerprint, entity):
+
+    key   sk:<fingerprint>:{<entity>}      the braces are a Redis Cluster hash tag
+    t:<p>:<hop_ms>:<k>   tile k of a hop group, written by the worker of source partition p
+    l:<p>                lifetime accumulators from partition p
+    f:<p>                fence: the last source offset of partition p applied to this entity
+    u:<p>                processed_at (ms) of the newest write from partition p
+
+Fields are namespaced by source partition, so the workers of different partitions never
+overwrite each other, even for a view whose entity is not the topic key; a read merges the
+partitions' tiles with the kernel's ``merge`` (associative and commutative). A changed
+definition has a new fingerprint, hence a fresh keyspace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.codec import decode_states, encode_states
+from engine.kernel.tiles import EntityTiles, TileLayout, merge_into
+from engine.keys import encode_key
+from engine.plan import ViewPlan
+
+PREFIX = "sk"
+NO_FENCE = -1
+
+
+def entity_text(entity: tuple[Any, ...]) -> str:
+    """The entity as it appears in a key, with the hash-tag braces escaped."""
+    text = encode_key(entity).decode("utf-8")
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def state_key(view: ViewPlan, entity: tuple[Any, ...]) -> str:
+    """Redis key of one entity's state in one view."""
+    return f"{PREFIX}:{view.fingerprint}:{{{entity_text(entity)}}}"
+
+
+def keyspace_pattern(fingerprint: str) -> str:
+    """SCAN pattern matching every key of one view fingerprint."""
+    return f"{PREFIX}:{fingerprint}:*"
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """What one source partition has contributed to an entity: tiles, fence, last write."""
+
+    tiles: EntityTiles = field(default_factory=EntityTiles)
+    fence: int = NO_FENCE
+    updated_ms: int = 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def parse_state(
+    view: ViewPlan, fields: Mapping[Any, bytes], partition: int | None = None
+) -> dict[int, PartitionState]:
+    """Partition states from a hash (only ``partition``'s when given).
+
+    Raises CodecError when a tile field holds bytes of an unknown codec version.
+    """
+    layout = view.layout
+    hop_groups = {g.hop_ms: i for i, g in enumerate(layout.groups)}
+    states: dict[int, PartitionState] = {}
+    for raw_name, value in fields.items():
+        name = _text(raw_name)
+        kind, _, rest = name.partition(":")
+        p_text, _, tail = rest.partition(":")
+        if not p_text.isdigit():
+            continue
+        p = int(p_text)
+        if partition is not None and p != partition:
+            continue
+        state = states.get(p)
+        if state is None:
+            state = states[p] = PartitionState()
+        if kind == "t":
+            hop_text, _, k_text = tail.partition(":")
+            g = hop_groups.get(int(hop_text))
+            if g is None:  # pragma: no cover - the fingerprint pins the layout
+                continue
+            aggs = [layout.aggregators[i] for i in layout.groups[g].members]
+            state.tiles.by_hop.setdefault(int(hop_text), {})[int(k_text)] = decode_states(
+                aggs, value
+            )
+        elif kind == "l":
+            aggs = [layout.aggregators[i] for i in layout.lifetime]
+            state.tiles.lifetime = decode_states(aggs, value)
+        elif kind == "f":
+            state.fence = int(value)
+        elif kind == "u":
+            state.updated_ms = int(value)
+    return states
+
+
+def merged(view: ViewPlan, states: Iterable[PartitionState]) -> EntityTiles:
+    """One entity's tiles merged over every partition that contributed."""
+    out = EntityTiles()
+    for state in states:
+        merge_into(view.layout, out, state.tiles)
+    return out
+
+
+def tile_field(partition: int, hop_ms: int, k: int) -> str:
+    return f"t:{partition}:{hop_ms}:{k}"
+
+
+def encode_fields(
+    view: ViewPlan,
+    partition: int,
+    state: PartitionState,
+    touched: Iterable[tuple[int, int]],
+    lifetime_touched: bool,
+) -> dict[str, bytes]:
+    """Fields to HSET for the tiles a batch touched, with the fence and write time."""
+    layout = view.layout
+    groups = {g.hop_ms: g for g in layout.groups}
+    out: dict[str, bytes] = {}
+    for hop, k in touched:
+        tile = state.tiles.by_hop.get(hop, {}).get(k)
+        if tile is None:
+            continue  # evicted in the same batch
+        aggs = [layout.aggregators[i] for i in groups[hop].members]
+        out[tile_field(partition, hop, k)] = encode_states(aggs, tile)
+    if lifetime_touched and state.tiles.lifetime is not None:
+        aggs = [layout.aggregators[i] for i in layout.lifetime]
+        out[f"l:{partition}"] = encode_states(aggs, state.tiles.lifetime)
+    out[f"f:{partition}"] = str(state.fence).encode()
+    out[f"u:{partition}"] = str(state.updated_ms).encode()
+    return out
+
+
+def stale_tiles(layout: TileLayout, tiles: EntityTiles, now_ms: int) -> list[tuple[int, int]]:
+    """(hop, k) of tiles no window can read at any time >= ``now_ms``."""
+    stale: list[tuple[int, int]] = []
+    for group in layout.groups:
+        per_hop = tiles.by_hop.get(group.hop_ms)
+        if not per_hop:
+            continue
+        oldest = -(-now_ms // group.hop_ms) - group.longest_window_ms // group.hop_ms
+        stale.extend((group.hop_ms, k) for k in per_hop if k < oldest)
+    return stale
+
+
+def expire_at_ms(layout: TileLayout, tiles: EntityTiles) -> int | None:
+    """When no window can use any of these tiles any more (None: lifetime state never expires)."""
+    if layout.lifetime:
+        return None
+    horizon = 0
+    for group in layout.groups:
+        per_hop = tiles.by_hop.get(group.hop_ms)
+        if per_hop:
+            horizon = max(horizon, (max(per_hop) + 1) * group.hop_ms + group.longest_window_ms)
+    return horizon or None

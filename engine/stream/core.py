@@ -1,0 +1,293 @@
+"""The batch processing core of a stream worker, independent of the consumer loop (DESIGN §4 to §6).
+
+Per batch of source records:
+
+1. decode and validate each record (refused ones become dead letters with a reason);
+2. run every view's transform/key extraction (``processing.extract``) on each record;
+3. load the touched entities' state from the online store (one round trip) unless cached;
+4. skip what the store already holds (offset fences) and fold the rest into tiles with
+   ``processing.apply_extracted``, admitting by the record's ``processed_at``;
+5. write every touched entity in one pipeline (tiles, fence, write time, journal);
+6. append the valid records to the event log; send the dead letters;
+7. hand back the offsets to commit — only after 5 and 6 are durable.
+
+``processed_at`` of a batch is the worker clock when it starts; a record that the online
+store already holds from an earlier, unlogged attempt keeps the ``processed_at`` of that
+attempt (from the entity's journal), so the log always says what the online store did.
+Any failure leaves the cache without the batch's effects, so retrying the same records is
+safe: fences make the store idempotent and the log drops offsets it already holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgpack
+
+from engine.envelope import Envelope
+from engine.kernel.tiles import EntityTiles
+from engine.online import (
+    PartitionState,
+    encode_fields,
+    expire_at_ms,
+    parse_state,
+    stale_tiles,
+    state_key,
+    tile_field,
+)
+from engine.plan import Plan, ViewPlan
+from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
+from engine.processing import EntityKey, Extracted, apply_extracted, extract, is_admitted
+from engine.serde import DecodeLimits, RecordRefused, SourceCodec
+
+JOURNAL_ENTRIES = 8
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRecord:
+    """A record as the consumer delivered it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchOutcome:
+    """What a batch did, and the offsets that may now be committed (next offset to read)."""
+
+    commits: dict[int, int]
+    processed_at_ms: int
+    records: int
+    refused: Counter[str]
+    applied: int
+    late: int
+    fenced: int
+    entities_written: int
+
+
+CacheKey = tuple[int, EntityKey, int]  # (view slot, entity, source partition)
+
+
+@dataclass(slots=True)
+class _Touch:
+    tiles: set[tuple[int, int]] = field(default_factory=set)
+    lifetime: bool = False
+
+
+class BatchProcessor:
+    """Turns batches of one source's records into online writes, log appends and dead letters.
+
+    Example:
+        >>> core = BatchProcessor(plan, "transactions", online=store, log=writer,
+        ...                       dead=dlq)  # doctest: +SKIP
+        >>> outcome = core.process(records)  # doctest: +SKIP
+        >>> consumer.commit(outcome.commits)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        source: str,
+        *,
+        online: OnlineStateStore,
+        log: EventLogSink,
+        dead: DeadLetterSink,
+        clock: Callable[[], int] = wall_clock_ms,
+        limits: DecodeLimits | None = None,
+        cache_entities: int = 200_000,
+    ) -> None:
+        self.plan = plan
+        self.source = plan.sources[source]
+        self.views: list[ViewPlan] = [v for v in plan.views.values() if v.source == source]
+        self.codec = SourceCodec(self.source, limits)
+        self.online = online
+        self.log = log
+        self.dead = dead
+        self.clock = clock
+        self.cache_entities = cache_entities
+        self._cache: OrderedDict[CacheKey, tuple[PartitionState, list[list[int]]]] = OrderedDict()
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop cached state of partitions this worker no longer owns (after a revoke)."""
+        gone = set(partitions)
+        for key in [k for k in self._cache if k[2] in gone]:
+            del self._cache[key]
+
+    def forget_all(self) -> None:
+        self._cache.clear()
+
+    def _load(self, wanted: set[CacheKey]) -> None:
+        missing = [k for k in wanted if k not in self._cache]
+        if not missing:
+            for k in wanted:
+                self._cache.move_to_end(k)
+            return
+        by_key: dict[str, list[CacheKey]] = {}
+        for ck in missing:
+            by_key.setdefault(state_key(self.views[ck[0]], ck[1]), []).append(ck)
+        names = list(by_key)
+        hashes = self.online.load(names)
+        for name, fields in zip(names, hashes, strict=True):
+            for ck in by_key[name]:
+                view = self.views[ck[0]]
+                state = parse_state(view, fields, ck[2]).get(ck[2], PartitionState())
+                raw = fields.get(f"j:{ck[2]}".encode())
+                journal = [list(e) for e in msgpack.unpackb(raw)] if raw else []
+                self._cache[ck] = (state, journal)
+        for k in wanted:
+            self._cache.move_to_end(k)
+
+    def _trim_cache(self) -> None:
+        while len(self._cache) > self.cache_entities:
+            self._cache.popitem(last=False)
+
+    # -- the batch -------------------------------------------------------------------------
+
+    def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+        """Process one batch; raises (leaving no trace in the cache) if a write fails."""
+        batch_p = self.clock()
+        src = self.source
+        envelopes: list[Envelope] = []
+        letters: list[DeadLetter] = []
+        refused: Counter[str] = Counter()
+        commits: dict[int, int] = {}
+        for rec in records:
+            commits[rec.partition] = max(commits.get(rec.partition, 0), rec.offset + 1)
+            try:
+                payload = self.codec.decode(rec.key, rec.value, now_ms=batch_p)
+            except RecordRefused as exc:
+                refused[exc.code] += 1
+                letters.append(
+                    DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                               key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
+                )  # fmt: skip
+                continue
+            envelopes.append(
+                Envelope(partition=rec.partition, offset=rec.offset, key=rec.key,
+                         event_time_ms=payload[src.timestamp_field] // src.timestamp_divisor,
+                         processed_at_ms=batch_p, payload=payload)
+            )  # fmt: skip
+        pairs: list[tuple[int, int, Extracted]] = []
+        wanted: set[CacheKey] = set()
+        for e, env in enumerate(envelopes):
+            for v, view in enumerate(self.views):
+                item = extract(view, src, env, include_late=True)
+                if item is not None:
+                    pairs.append((e, v, item))
+                    wanted.add((v, item.entity, item.partition))
+        try:
+            self._load(wanted)
+            return self._apply(batch_p, envelopes, pairs, letters, refused, commits, len(records))
+        except BaseException:
+            for ck in wanted:  # the cache may hold half-applied effects: reload next time
+                self._cache.pop(ck, None)
+            raise
+
+    def _apply(
+        self,
+        batch_p: int,
+        envelopes: list[Envelope],
+        pairs: list[tuple[int, int, Extracted]],
+        letters: list[DeadLetter],
+        refused: Counter[str],
+        commits: dict[int, int],
+        count: int,
+    ) -> BatchOutcome:
+        # processed_at per record: an earlier attempt's, if the store already applied it
+        recovered: dict[int, int] = {}
+        fenced = 0
+        for e, v, item in pairs:
+            state, journal = self._cache[(v, item.entity, item.partition)]
+            if item.offset <= state.fence:
+                fenced += 1
+                first = _journal_lookup(journal, item.offset)
+                if first is not None:
+                    recovered[e] = min(recovered.get(e, first), first)
+        touched: dict[CacheKey, _Touch] = {}
+        applied = late = 0
+        for e, v, item in pairs:
+            ck = (v, item.entity, item.partition)
+            state, journal = self._cache[ck]
+            if item.offset <= state.fence:
+                continue
+            p_e = recovered.get(e, batch_p)
+            view = self.views[v]
+            if not is_admitted(view, item.event_time_ms, p_e):
+                late += 1
+                continue
+            apply_extracted(view, state.tiles, item)
+            state.fence = item.offset
+            state.updated_ms = max(state.updated_ms, p_e)
+            touch = touched.get(ck)
+            if touch is None:
+                touch = touched[ck] = _Touch()
+            for group in view.layout.groups:
+                touch.tiles.add((group.hop_ms, item.event_time_ms // group.hop_ms))
+            touch.lifetime = touch.lifetime or bool(view.layout.lifetime)
+            applied += 1
+        writes: list[StateWrite] = []
+        for ck, touch in touched.items():
+            v, entity, partition = ck
+            view = self.views[v]
+            state, journal = self._cache[ck]
+            journal.append([state.fence, batch_p])
+            del journal[:-JOURNAL_ENTRIES]
+            stale = stale_tiles(view.layout, state.tiles, batch_p)
+            for hop, k in stale:
+                del state.tiles.by_hop[hop][k]
+            fields = encode_fields(view, partition, state, touch.tiles, touch.lifetime)
+            fields[f"j:{partition}"] = msgpack.packb(journal)
+            writes.append(
+                StateWrite(key=state_key(view, entity), fields=fields,
+                           delete=tuple(tile_field(partition, h, k) for h, k in stale),
+                           expire_at_ms=expire_at_ms(view.layout, state.tiles))
+            )  # fmt: skip
+        if writes:
+            self.online.write(writes)
+        if envelopes:
+            if recovered:
+                envelopes = [
+                    env if e not in recovered else _with_processed_at(env, recovered[e])
+                    for e, env in enumerate(envelopes)
+                ]
+            self.log.append(envelopes)
+        if letters:
+            self.dead.send(letters)
+        self._trim_cache()
+        return BatchOutcome(
+            commits=commits, processed_at_ms=batch_p, records=count, refused=refused,
+            applied=applied, late=late, fenced=fenced, entities_written=len(writes),
+        )  # fmt: skip
+
+    # -- online reads of the cache (tests, diagnostics) -----------------------------------
+
+    def cached_tiles(self, view: str, entity: EntityKey, partition: int) -> EntityTiles | None:
+        v = next(i for i, vp in enumerate(self.views) if vp.name == view)
+        hit = self._cache.get((v, entity, partition))
+        return None if hit is None else hit[0].tiles
+
+
+def _journal_lookup(journal: list[list[int]], offset: int) -> int | None:
+    """processed_at of the write that first applied ``offset`` (None if older than the journal)."""
+    for fence, processed_at in journal:
+        if offset <= fence:
+            return processed_at
+    return None
+
+
+def _with_processed_at(env: Envelope, processed_at_ms: int) -> Envelope:
+    return Envelope(partition=env.partition, offset=env.offset, key=env.key,
+                    event_time_ms=env.event_time_ms, processed_at_ms=processed_at_ms,
+                    payload=env.payload)  # fmt: skip
