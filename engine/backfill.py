@@ -225,15 +225,38 @@ def _encoded_sweep(task: tuple[str, int]) -> bytes:
     layouts = [job.plan.views[r.view].layout for r in job.requests]
     plain: list[Any] = []
     for r, i, out in results:
-        if not job.local[r]:
+        if job.local[r]:
+            out = [_BigInt.wrap(v) if type(v) is int else v for v in out]
+        else:
             aggs = layouts[r].aggregators
             out = [aggs[k].to_plain(s) for k, s in zip(job.requests[r].indices, out, strict=True)]
         plain.append((r, i, out))
     return bytes(msgpack.packb((_RESULT_VERSION, read, plain), use_bin_type=True))
 
 
+class _BigInt:
+    """msgpack carries ints in [-2**63, 2**64); exact sums of long columns may exceed that."""
+
+    CODE = 1
+
+    @staticmethod
+    def wrap(value: int) -> int | msgpack.ExtType:
+        if -(1 << 63) <= value < (1 << 64):
+            return value
+        length = (value.bit_length() + 8) // 8
+        return msgpack.ExtType(_BigInt.CODE, value.to_bytes(length, "big", signed=True))
+
+    @staticmethod
+    def hook(code: int, data: bytes) -> Any:
+        if code != _BigInt.CODE:
+            raise CodecError(f"unknown msgpack extension {code} in a backfill worker result")
+        return int.from_bytes(data, "big", signed=True)
+
+
 def _decode_result(blob: bytes) -> tuple[int, list[Any]]:
-    version, read, plain = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+    version, read, plain = msgpack.unpackb(
+        blob, raw=False, strict_map_key=True, ext_hook=_BigInt.hook
+    )
     if version != _RESULT_VERSION:
         raise CodecError(f"backfill worker result version {version} (expected {_RESULT_VERSION})")
     return int(read), plain

@@ -9,9 +9,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from engine.durations import format_duration
-from engine.errors import SkewlessError
+from engine.errors import InputDataError, SkewlessError
 from engine.plan import describe_window
 from engine.store import FeatureStore
 
@@ -135,6 +136,74 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _get_request(
+    store: FeatureStore, items: Sequence[str]
+) -> tuple[list[str], dict[str, list[Any]]]:
+    """Split ``get``'s words into refs and entity columns; values typed by the join key's kind."""
+    from engine.online_read import prepare_read
+
+    refs = [item for item in items if "=" not in item]
+    pairs = [item.partition("=") for item in items if "=" in item]
+    if not refs:
+        raise InputDataError("name at least one feature, e.g. customer_spend:amount_sum_30d")
+    kinds = prepare_read(store.plan, refs).key_kinds
+    columns: dict[str, list[Any]] = {key: [] for key in kinds}
+    for key, _, text in pairs:
+        if key not in kinds:
+            raise InputDataError(
+                f"{key!r} is not a join key of the requested views; they need: {', '.join(kinds)}"
+            )
+        if kinds[key] == "int":
+            try:
+                columns[key].append(int(text))
+            except ValueError:
+                raise InputDataError(f"join key {key!r} is an integer; got {text!r}") from None
+        else:
+            columns[key].append(text)
+    counts = {key: len(values) for key, values in columns.items()}
+    if len(set(counts.values())) != 1 or not next(iter(counts.values())):
+        raise InputDataError(
+            "give every join key once per entity (KEY=VALUE, repeat for more entities); "
+            f"got {', '.join(f'{k} x{n}' for k, n in counts.items())}"
+        )
+    return refs, columns
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    import json
+
+    store = _store(args)
+    refs, entities = _get_request(store, args.items)
+    response = store.get_online_features(
+        refs,
+        entities,
+        full_feature_names=args.full_feature_names,
+        with_freshness=args.freshness,
+        now_ms=args.now_ms,
+    )
+    if args.json:
+        print(json.dumps(response.to_json(), indent=2))
+        return 0
+    table = response.to_dict()
+    width = max(len(name) for name in table)
+    for name, values in table.items():
+        cells = "  ".join("-" if v is None else str(v) for v in values)
+        print(f"{name:<{width}}  {cells}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.serve import run
+
+    store = _store(args)
+    print(
+        f"serving online features of {store.config.repo_path} on http://{args.host}:{args.port} "
+        "(POST /get-online-features, GET /health); Ctrl-C stops"
+    )
+    run(store, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skewless", description=__doc__)
     parser.add_argument(
@@ -166,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-feature-names", action="store_true")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.set_defaults(func=cmd_backfill)
+    p = sub.add_parser("get", help="read fresh feature values from the online store (Redis)")
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="REF|KEY=VALUE",
+        help="view:feature refs and join keys, e.g. customer_spend:amount_sum_30d customer_id=c1 "
+        "(repeat KEY=VALUE for more entities)",
+    )
+    p.add_argument("--json", action="store_true", help="print the HTTP API's JSON document")
+    p.add_argument("--freshness", action="store_true", help="add <feature>__freshness_ms rows")
+    p.add_argument("--full-feature-names", action="store_true")
+    p.add_argument(
+        "--now-ms", type=int, default=None, help="evaluate windows as of this epoch-ms time"
+    )
+    p.set_defaults(func=cmd_get)
+    p = sub.add_parser("serve", help="HTTP endpoint for online reads (POST /get-online-features)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=6566)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

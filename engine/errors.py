@@ -9,7 +9,8 @@ SkewlessError                      root of everything skewless raises on purpose
 ├── CodecError (ValueError)        stored accumulator/tile bytes are corrupt or of an unknown version
 ├── EventLogError (OSError)        the event log cannot be read or written
 │   └── EventLogMissing            no log exists yet for a source a backfill needs
-└── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
+├── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
+└── KafkaUnavailable (ConnectionError)        Kafka cannot be reached, or refused a request
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "EventLogMissing",
     "FeatureRefError",
     "InputDataError",
+    "KafkaUnavailable",
     "OnlineStoreUnavailable",
     "SkewlessError",
 ]
@@ -84,3 +86,7 @@ class EventLogMissing(EventLogError):
 
 class OnlineStoreUnavailable(SkewlessError, ConnectionError):
     """The online store (Redis) cannot be reached."""
+
+
+class KafkaUnavailable(SkewlessError, ConnectionError):
+    """Kafka cannot be reached, or a broker refused what skewless asked (topic, produce, commit)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from engine.errors import InputDataError
 from engine.frames import read_table, to_epoch_ms
 from engine.importer import ImportResult, import_frame
 from engine.loader import load_definitions
+from engine.online_read import EntityRows, OnlineResponse, read_online
 from engine.plan import Plan, compile_plan
+from engine.ports import OnlineStateStore
 from engine.registry import PlanDiff, diff, read_applied, write_applied
 
 
@@ -31,6 +34,7 @@ class FeatureStore:
     def __init__(self, plan: Plan, config: Config) -> None:
         self.plan = plan
         self.config = config
+        self._online: OnlineStateStore | None = None
 
     @classmethod
     def from_repo(cls, path: str | Path = "definitions") -> FeatureStore:
@@ -163,21 +167,61 @@ class FeatureStore:
             workers=self.config.effective_backfill_workers() if workers is None else workers,
             progress=progress,
         )
-        out = entity_df.copy()
+        columns: dict[str, pd.Series] = {}
         for request, rows in zip(requests, values, strict=True):
             view = self.plan.views[request.view]
             for j, index in enumerate(request.indices):
                 feature = view.aggregations[index].feature
                 column = f"{view.name}__{feature}" if full_feature_names else feature
-                if column in out.columns:
+                if column in entity_df.columns or column in columns:
                     raise InputDataError(
                         f"output column {column!r} already exists in entity_df or is requested "
                         "twice; use full_feature_names=True"
                     )
-                out[column] = pd.Series(
-                    [row[j] for row in rows], index=out.index, dtype=_dtype(rows, j)
+                columns[column] = pd.Series(
+                    [row[j] for row in rows], index=entity_df.index, dtype=_dtype(rows, j)
                 )
-        return out
+        return pd.concat([entity_df, pd.DataFrame(columns, index=entity_df.index)], axis=1)
+
+    # -- online reads --------------------------------------------------------------------
+
+    @property
+    def online_store(self) -> OnlineStateStore:
+        """The online store at ``config.redis_url``, connected on first use."""
+        if self._online is None:
+            from connectors.redis_store import RedisOnlineStore
+
+            self._online = RedisOnlineStore.from_config(self.config)
+        return self._online
+
+    def get_online_features(
+        self,
+        features: Sequence[str],
+        entity_rows: EntityRows,
+        *,
+        full_feature_names: bool = False,
+        with_freshness: bool = False,
+        now_ms: int | None = None,
+    ) -> OnlineResponse:
+        """Fresh feature values from the online store, for many entities and views at once.
+
+        Each value is the processing-time value as of ``now_ms`` (default: the wall clock):
+        windows are merged at read time, so a value ages even when no event arrives. An
+        entity the store does not hold reads as an empty window (counts and sums 0, else
+        None). One Redis round trip for all rows and views. See docs/online.md.
+
+        Example:
+            >>> resp = store.get_online_features(
+            ...     ["customer_spend:amount_sum_30d", "customer_spend:amount_count_7d"],
+            ...     [{"customer_id": "c00001"}, {"customer_id": "c00002"}])  # doctest: +SKIP
+            >>> resp.to_dict()  # doctest: +SKIP
+            {'customer_id': ['c00001', 'c00002'], 'amount_sum_30d': [...], ...}
+        """
+        t_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        result = read_online(self.plan, self.online_store, features, entity_rows, now_ms=t_ms)
+        return OnlineResponse(
+            result, full_feature_names=full_feature_names, with_freshness=with_freshness
+        )
 
 
 def _dtype(rows: list[list[Any]], j: int) -> Any:

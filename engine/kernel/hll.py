@@ -11,7 +11,6 @@ P = 14
 M = 1 << P
 _SPARSE_LIMIT = 2048  # above this many touched registers the dense form is smaller
 _RANK_BITS = 64 - P
-_ALPHA = 0.7213 / (1 + 1.079 / M)
 
 
 def value_bytes(value: Any) -> bytes:
@@ -91,18 +90,55 @@ class Sketch:
         return [(i, r) for i, r in enumerate(self.dense) if r]
 
     def estimate(self) -> int:
-        """Cardinality estimate: HLL harmonic mean with linear counting for small sets."""
+        """Cardinality estimate with Ertl's improved estimator (arXiv:1702.01284).
+
+        Unbiased across the whole range without empirical bias tables (classic HLL
+        overshoots by ~2-3 % just above its linear-counting switch); a function of the
+        register histogram only, so it does not depend on insertion or merge order.
+        """
+        counts = [0] * (_RANK_BITS + 2)
         if self.sparse is not None:
-            ranks = list(self.sparse.values())
-            zeros = M - len(ranks)
-            inverse_sum = float(zeros) + math.fsum(2.0**-r for r in ranks)
+            counts[0] = M - len(self.sparse)
+            for rank in self.sparse.values():
+                counts[rank] += 1
         else:
             assert self.dense is not None
-            zeros = self.dense.count(0)
-            inverse_sum = math.fsum(2.0**-r for r in self.dense)
-        if zeros == M:
+            for rank in self.dense:
+                counts[rank] += 1
+        if counts[0] == M:
             return 0
-        raw = _ALPHA * M * M / inverse_sum
-        if raw <= 2.5 * M and zeros:
-            return round(M * math.log(M / zeros))
-        return round(raw)
+        q = _RANK_BITS
+        z = M * _tau(1.0 - counts[q + 1] / M)
+        for k in range(q, 0, -1):
+            z = 0.5 * (z + counts[k])
+        z += M * _sigma(counts[0] / M)
+        return round(_ALPHA_INF * M * M / z)
+
+
+_ALPHA_INF = 1.0 / (2.0 * math.log(2.0))
+
+
+def _sigma(x: float) -> float:
+    if x == 1.0:  # pragma: no cover - every register empty is handled by the caller
+        return math.inf
+    y, z = 1.0, x
+    while True:
+        x *= x
+        previous = z
+        z += x * y
+        y += y
+        if z == previous:
+            return z
+
+
+def _tau(x: float) -> float:
+    if x == 0.0 or x == 1.0:
+        return 0.0
+    y, z = 1.0, 1.0 - x
+    while True:
+        x = math.sqrt(x)
+        previous = z
+        y *= 0.5
+        z -= (1.0 - x) ** 2 * y
+        if z == previous:
+            return z / 3.0

@@ -1,4 +1,4 @@
-"""Backfill against a brute-force reference of DESIGN §2–§3, compared bit for bit.
+"""Backfill against a brute-force reference of DESIGN §2-§3, compared bit for bit.
 
 The reference below is written from the contract only. It never imports the engine's
 kernel or processing code: for each label it filters the logged events by hand
@@ -21,6 +21,8 @@ times, on tile boundaries, before any event, and for entities without events.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import math
 import random
 import struct
@@ -89,11 +91,11 @@ class Agg:
         function = f"{self.function.removesuffix('_n')}_{self.n}" if self.n else self.function
         return f"{self.column}_{function}_{self.window}"
 
-    @property
+    @functools.cached_property
     def window_ms(self) -> int | None:
         return None if self.window == LIFETIME else ms(self.window)
 
-    @property
+    @functools.cached_property
     def hop_ms(self) -> int | None:
         hop = self.hop or self.design_hop
         return None if self.window == LIFETIME else ms(hop or "")
@@ -114,7 +116,7 @@ class View:
     aggs: tuple[Agg, ...]
     allowed_lateness: str | None = None
 
-    @property
+    @functools.cached_property
     def lateness_ms(self) -> int | None:
         """DESIGN §3: the override, else the longest finite window, else unbounded."""
         if self.allowed_lateness is not None:
@@ -126,65 +128,154 @@ class View:
         return [f"{self.name}:{a.feature}" for a in self.aggs]
 
 
-def _family(column: str, window: str, hop: str | None, functions: Iterable[str], *,
-            suffix: str = "", design_hop: str | None = None) -> list[Agg]:  # fmt: skip
+def _family(
+    column: str,
+    window: str,
+    hop: str | None,
+    functions: Iterable[str],
+    *,
+    suffix: str = "",
+    design_hop: str | None = None,
+    n: int = 3,
+) -> list[Agg]:
     out = []
     for fn in functions:
-        n = 3 if fn in ("first_n", "last_n") else None
-        agg = Agg(column, fn, window, hop, n, design_hop=design_hop)
+        agg = Agg(column, fn, window, hop, n if fn in ("first_n", "last_n") else None)
+        agg = dataclasses.replace(agg, design_hop=design_hop)
         if suffix:
             agg = dataclasses.replace(agg, name=agg.feature + suffix)
         out.append(agg)
     return out
 
 
-AMOUNT_FNS = ("count", "sum", "mean", "min", "max", "first", "last", "first_n", "last_n",
-              "count_distinct", "approx_count_distinct", "variance", "stddev")  # fmt: skip
+AMOUNT_FNS = (
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "first",
+    "last",
+    "first_n",
+    "last_n",
+    "count_distinct",
+    "approx_count_distinct",
+    "variance",
+    "stddev",
+)
 QTY_FNS = ("sum", "mean", "variance", "stddev", "min", "max", "count_distinct", "last")
-TEXT_FNS = ("count_distinct", "approx_count_distinct", "min", "max", "first", "last",
-            "first_n", "last_n")  # fmt: skip
+TEXT_FNS = (
+    "count_distinct",
+    "approx_count_distinct",
+    "min",
+    "max",
+    "first",
+    "last",
+    "first_n",
+    "last_n",
+)
 
 VIEWS: tuple[View, ...] = (
     # 10-minute windows on 1-minute tiles, 2-minute windows, and the 10s default hop
-    View("c10m", "customer", "customer_id", tuple(
-        _family("amount", "10m", "1m", AMOUNT_FNS)
-        + _family("qty", "10m", "1m", QTY_FNS)
-        + _family("merchant_id", "10m", "1m", TEXT_FNS)
-        + _family("amount", "2m", "1m", ("count", "sum", "last", "first_n", "variance"))
-        + _family("amount", "10m", None, ("count", "sum", "mean", "last_n"),
-                  suffix="_h10s", design_hop="10s")
-    )),  # fmt: skip
+    View(
+        "c10m",
+        "customer",
+        "customer_id",
+        tuple(
+            _family("amount", "10m", "1m", AMOUNT_FNS)
+            + _family("qty", "10m", "1m", QTY_FNS)
+            + _family("merchant_id", "10m", "1m", TEXT_FNS)
+            + _family("amount", "2m", "1m", ("count", "sum", "last", "first_n", "variance"))
+            + _family(
+                "amount",
+                "10m",
+                None,
+                ("count", "sum", "mean", "last_n"),
+                suffix="_h10s",
+                design_hop="10s",
+            )
+        ),
+    ),
     # one-hour windows: default hop (5m), 1-minute hop, and one tile of an hour
-    View("c1h", "customer", "customer_id", tuple(
-        _family("amount", "1h", None, ("count", "sum", "mean", "stddev", "last_n", "min"),
-                design_hop="5m")
-        + _family("qty", "1h", None, ("sum", "variance"), design_hop="5m")
-        + _family("amount", "30m", "1m", ("count", "sum", "first", "max"))
-        + _family("amount", "1h", "1h", ("count", "sum", "first_n"), suffix="_tumbling")
-        + _family("merchant_id", "1h", "5m", ("count_distinct", "approx_count_distinct"))
-    )),  # fmt: skip
+    View(
+        "c1h",
+        "customer",
+        "customer_id",
+        tuple(
+            _family(
+                "amount",
+                "1h",
+                None,
+                ("count", "sum", "mean", "stddev", "last_n", "min"),
+                design_hop="5m",
+            )
+            + _family("qty", "1h", None, ("sum", "variance"), design_hop="5m")
+            + _family("amount", "30m", "1m", ("count", "sum", "first", "max"))
+            + _family("amount", "1h", "1h", ("count", "sum", "first_n"), suffix="_tumbling")
+            + _family("merchant_id", "1h", "5m", ("count_distinct", "approx_count_distinct"))
+        ),
+    ),
     # lifetime only: unbounded lateness
-    View("clife", "customer", "customer_id", tuple(
-        _family("amount", LIFETIME, None, AMOUNT_FNS)
-        + _family("qty", LIFETIME, None, (*QTY_FNS, "approx_count_distinct"))
-        + _family("merchant_id", LIFETIME, None, TEXT_FNS)
-    )),  # fmt: skip
+    View(
+        "clife",
+        "customer",
+        "customer_id",
+        tuple(
+            _family("amount", LIFETIME, None, AMOUNT_FNS)
+            + _family("qty", LIFETIME, None, (*QTY_FNS, "approx_count_distinct"))
+            + _family("merchant_id", LIFETIME, None, TEXT_FNS)
+        ),
+    ),
     # an explicit lateness shorter than the window, mixed with lifetime
-    View("cmix", "customer", "customer_id", tuple(
-        _family("amount", "10m", "1m", ("count", "sum", "first", "last_n", "mean"))
-        + _family("amount", LIFETIME, None, ("count", "sum", "last", "first_n"))
-    ), allowed_lateness="5m"),  # fmt: skip
+    View(
+        "cmix",
+        "customer",
+        "customer_id",
+        tuple(
+            _family("amount", "10m", "1m", ("count", "sum", "first", "last_n", "mean"))
+            + _family("amount", LIFETIME, None, ("count", "sum", "last", "first_n"))
+        ),
+        allowed_lateness="5m",
+    ),
     # keyed by merchant while the topic is keyed by customer: one entity's events span
     # partitions, so ties on event time are broken by partition, then offset
-    View("merch", "merchant", "merchant_id", tuple(
-        _family("amount", "10m", "1m", ("count", "sum", "mean", "min", "max", "first", "last",
-                                        "first_n", "last_n", "variance"))
-        + _family("customer_id", "1h", "5m", ("count_distinct", "approx_count_distinct",
-                                               "first", "last", "first_n", "last_n"))
-        + _family("amount", LIFETIME, None, ("count", "sum", "first", "last", "first_n",
-                                             "last_n", "stddev"))
-        + _family("customer_id", LIFETIME, None, ("first", "last_n", "count_distinct"))
-    )),  # fmt: skip
+    View(
+        "merch",
+        "merchant",
+        "merchant_id",
+        tuple(
+            _family(
+                "amount",
+                "10m",
+                "1m",
+                (
+                    "count",
+                    "sum",
+                    "mean",
+                    "min",
+                    "max",
+                    "first",
+                    "last",
+                    "first_n",
+                    "last_n",
+                    "variance",
+                ),
+            )
+            + _family(
+                "customer_id",
+                "1h",
+                "5m",
+                ("count_distinct", "approx_count_distinct", "first", "last", "first_n", "last_n"),
+            )
+            + _family(
+                "amount",
+                LIFETIME,
+                None,
+                ("count", "sum", "first", "last", "first_n", "last_n", "stddev"),
+            )
+            + _family("customer_id", LIFETIME, None, ("first", "last_n", "count_distinct"))
+        ),
+    ),
 )
 VIEW_BY_NAME = {v.name: v for v in VIEWS}
 
@@ -200,9 +291,7 @@ def render_defs(views: Sequence[View]) -> str:
         "",
     ]
     for view in views:
-        lateness = (
-            f", allowed_lateness={view.allowed_lateness!r}" if view.allowed_lateness else ""
-        )
+        lateness = f", allowed_lateness={view.allowed_lateness!r}" if view.allowed_lateness else ""
         lines.append(
             f"{view.name} = FeatureView({view.name!r}, entity={view.entity}, source=tx{lateness},"
         )
@@ -216,7 +305,9 @@ def render_defs(views: Sequence[View]) -> str:
 def make_repo(path: Path, views: Sequence[View] = VIEWS, workers: int = 1) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "defs.py").write_text(render_defs(views))
-    (path / "skewless.yaml").write_text(f"kafka:\n  partitions: 3\nbackfill:\n  workers: {workers}\n")
+    (path / "skewless.yaml").write_text(
+        f"kafka:\n  partitions: 3\nbackfill:\n  workers: {workers}\n"
+    )
     return path
 
 
@@ -267,12 +358,28 @@ def read_log(store: FeatureStore, rows: pd.DataFrame) -> list[Ev]:
         cursor[p] += 1
         amount = None if pd.isna(row["amount"]) else float(row["amount"])
         pa = int(row["processed_at"]) if "processed_at" in row else int(row["ts"])
-        expected = {"customer_id": row["customer_id"], "merchant_id": row["merchant_id"],
-                    "amount": amount, "qty": int(row["qty"]), "ts": int(row["ts"])}  # fmt: skip
+        expected = {
+            "customer_id": row["customer_id"],
+            "merchant_id": row["merchant_id"],
+            "amount": amount,
+            "qty": int(row["qty"]),
+            "ts": int(row["ts"]),
+        }
         assert env.payload == expected, (env, row)
+        assert amount is None or _bits(env.payload["amount"]) == _bits(amount)  # -0.0 kept
         assert (env.event_time_ms, env.processed_at_ms) == (int(row["ts"]), pa)
-        events.append(Ev(row["customer_id"], row["merchant_id"], amount, int(row["qty"]),
-                         env.event_time_ms, env.processed_at_ms, env.partition, env.offset))  # fmt: skip
+        events.append(
+            Ev(
+                row["customer_id"],
+                row["merchant_id"],
+                amount,
+                int(row["qty"]),
+                env.event_time_ms,
+                env.processed_at_ms,
+                env.partition,
+                env.offset,
+            )
+        )
     return events
 
 
@@ -317,7 +424,9 @@ def reference_value(agg: Agg, window: Sequence[Ev]) -> Any:
         return len(window)
     values = [getattr(e, agg.column) for e in window]
     values = [v for v in values if v is not None]
-    memo_key = (agg.function, agg.n, KIND[agg.column], tuple(values))
+    # floats by their bits: 0.0 == -0.0 would otherwise share a memo entry
+    exact_values = tuple(_bits(v) if isinstance(v, float) else v for v in values)
+    memo_key = (agg.function, agg.n, KIND[agg.column], exact_values)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     fn = agg.function
@@ -373,8 +482,9 @@ class Labels:
         )
 
 
-def reference(events: Sequence[Ev], views: Sequence[View], labels: Labels, *, mode: str,
-              include_late: bool) -> dict[str, list[Any]]:  # fmt: skip
+def reference(
+    events: Sequence[Ev], views: Sequence[View], labels: Labels, *, mode: str, include_late: bool
+) -> dict[str, list[Any]]:
     """``{"view:feature": [value per label]}`` by brute force."""
     out: dict[str, list[Any]] = {}
     for view in views:
@@ -391,9 +501,7 @@ def reference(events: Sequence[Ev], views: Sequence[View], labels: Labels, *, mo
                 shape = (agg.window_ms, agg.hop_ms)
                 if shape not in windows:
                     windows[shape] = [e for e in mine if in_window(agg, e, t, mode)]
-                columns[f"{view.name}:{agg.feature}"].append(
-                    reference_value(agg, windows[shape])
-                )
+                columns[f"{view.name}:{agg.feature}"].append(reference_value(agg, windows[shape]))
         out.update(columns)
     return out
 
@@ -429,7 +537,7 @@ def function_of(ref: str) -> str:
 
 
 def engine_values(out: pd.DataFrame, refs: Sequence[str]) -> dict[str, list[Any]]:
-    return {ref: out[ref.split(":")[1]].tolist() for ref in refs}
+    return {ref: out[ref.replace(":", "__")].tolist() for ref in refs}
 
 
 def approx_ok(got: Any, exact: int) -> bool:
@@ -437,21 +545,20 @@ def approx_ok(got: Any, exact: int) -> bool:
     return isinstance(got, int) and abs(got - exact) <= max(2, math.ceil(0.02 * exact))
 
 
-def mismatches(got: dict[str, list[Any]], want: dict[str, list[Any]], labels: Labels,
-               *, empty_list_ok: bool = True) -> list[str]:  # fmt: skip
-    """Human-readable differences (at most 25); see test_empty_window_defaults for lists."""
+def mismatches(
+    got: dict[str, list[Any]],
+    want: dict[str, list[Any]],
+    labels: Labels,
+) -> list[str]:
+    """Human-readable differences between engine and reference values.
+
+    approx_count_distinct is held to ``approx_ok``; everything else to ``same``.
+    """
     problems: list[str] = []
     for ref, wanted in want.items():
         function = function_of(ref)
         for i, (g, w) in enumerate(zip(got[ref], wanted, strict=True)):
-            if function == "approx_count_distinct":
-                ok = approx_ok(g, w)
-            elif empty_list_ok and function in ("first_n", "last_n") and w is None:
-                # DESIGN §2 says null; that one question is asserted only by
-                # test_empty_window_defaults so it cannot hide any other difference here.
-                ok = g is None or g == []
-            else:
-                ok = same(g, w)
+            ok = approx_ok(g, w) if function == "approx_count_distinct" else same(g, w)
             if not ok:
                 problems.append(
                     f"{ref} label {i} (customer={labels.customer_id[i]!r}, "
@@ -477,8 +584,22 @@ MERCHANTS = [f"m{i:02d}" for i in range(25)]
 SPAN = 3 * HOUR
 GRIDS = (10 * SEC, MIN, 5 * MIN, 30 * MIN, HOUR)
 LATENESS_EDGES = (2 * MIN, 5 * MIN, 10 * MIN, 30 * MIN, HOUR)
-NASTY_AMOUNTS = (0.1, 0.2, 0.3, 0.7, 1e-3, 1e16, -1e16, 3e15 + 0.5, 5e-324, 2.5e-308, 1e-10,
-                 123456789.125, 0.0)  # fmt: skip
+NASTY_AMOUNTS = (
+    0.1,
+    0.2,
+    0.3,
+    0.7,
+    1e-3,
+    1e16,
+    -1e16,
+    3e15 + 0.5,
+    5e-324,
+    2.5e-308,
+    1e-10,
+    123456789.125,
+    0.0,
+    -0.0,
+)
 
 
 def _event_time(rng: random.Random, previous: list[int]) -> int:
@@ -519,14 +640,16 @@ def _amount(rng: random.Random) -> float | None:
     if r < 0.18:
         return rng.choice(NASTY_AMOUNTS)
     if r < 0.33:
-        return round(rng.uniform(-100.0, 0.0), 2) + 0.0  # + 0.0: never -0.0
+        return round(rng.uniform(-100.0, 0.0), 2)
     return round(rng.uniform(0.01, 300.0), 2)
 
 
 def _qty(rng: random.Random) -> int:
     r = rng.random()
     if r < 0.04:
-        return rng.choice((1, -1)) * rng.randrange(1 << 60, 1 << 62)  # sums leave int64
+        # beyond 2**53 (float would round) yet no sum leaves int64: that edge has its own
+        # test, test_long_sums_beyond_int64
+        return rng.choice((1, -1)) * rng.randrange(1 << 53, 1 << 55)
     return rng.randrange(-3, 20)
 
 
@@ -615,22 +738,27 @@ class World:
         key = ("engine", mode, include_late, workers)
         if key not in self.cache:
             self.cache[key] = self.store.get_historical_features(
-                self.labels.frame(), ALL_REFS, mode=mode, include_late=include_late,
+                self.labels.frame(),
+                ALL_REFS,
+                mode=mode,
+                include_late=include_late,
                 workers=workers,
-            )  # fmt: skip
+                full_feature_names=True,
+            )
         return self.cache[key]  # type: ignore[no-any-return]
 
     def reference(self, mode: str, include_late: bool) -> dict[str, list[Any]]:
         key = ("reference", mode, include_late)
         if key not in self.cache:
-            self.cache[key] = reference(self.events, VIEWS, self.labels, mode=mode,
-                                        include_late=include_late)  # fmt: skip
+            self.cache[key] = reference(
+                self.events, VIEWS, self.labels, mode=mode, include_late=include_late
+            )
         return self.cache[key]  # type: ignore[no-any-return]
 
 
 def _import(store: FeatureStore, rows: pd.DataFrame, chunks: int = 1) -> None:
     bounds = [len(rows) * i // chunks for i in range(chunks + 1)]
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         store.import_events("tx", rows.iloc[lo:hi].reset_index(drop=True))
 
 
@@ -773,7 +901,7 @@ def test_output_keeps_input_rows(world: World) -> None:
     out = world.backfill("event_time", False)
     assert list(out.index) == list(frame.index)
     pd.testing.assert_frame_equal(out[list(frame.columns)], frame)
-    assert list(out.columns) == [*frame.columns, *(r.split(":")[1] for r in ALL_REFS)]
+    assert list(out.columns) == [*frame.columns, *(r.replace(":", "__") for r in ALL_REFS)]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -793,8 +921,9 @@ def test_empty_window_defaults(world: World, mode: str) -> None:
         if not ref.startswith("c"):
             continue  # customer views: the label's customer has nothing before t
         function = function_of(ref)
-        column = next(a.column for a in VIEW_BY_NAME[ref.split(":")[0]].aggs
-                      if a.feature == ref.split(":")[1])  # fmt: skip
+        column = next(
+            a.column for a in VIEW_BY_NAME[ref.split(":")[0]].aggs if a.feature == ref.split(":")[1]
+        )
         if function in ZERO_DEFAULT:
             want: Any = 0.0 if function == "sum" and KIND[column] == "float" else 0
         else:
@@ -805,13 +934,20 @@ def test_empty_window_defaults(world: World, mode: str) -> None:
     assert not problems, _report(problems)
 
 
-@pytest.mark.parametrize(("mode", "include_late"), [("event_time", False), ("processing_time", True)])
+@pytest.mark.parametrize(
+    ("mode", "include_late"), [("event_time", False), ("processing_time", True)]
+)
 def test_shuffled_split_import_equals_reference(
     shuffled: World, mode: str, include_late: bool
 ) -> None:
     """Another input order and three imports: new offsets, same contract (workers=2)."""
     out = shuffled.store.get_historical_features(
-        shuffled.labels.frame(), ALL_REFS, mode=mode, include_late=include_late, workers=2
+        shuffled.labels.frame(),
+        ALL_REFS,
+        mode=mode,
+        include_late=include_late,
+        workers=2,
+        full_feature_names=True,
     )
     shuffled.cache[("engine", mode, include_late, 2)] = out
     want = shuffled.reference(mode, include_late)
@@ -819,7 +955,9 @@ def test_shuffled_split_import_equals_reference(
     assert not problems, _report(problems)
 
 
-@pytest.mark.parametrize(("mode", "include_late"), [("event_time", False), ("processing_time", True)])
+@pytest.mark.parametrize(
+    ("mode", "include_late"), [("event_time", False), ("processing_time", True)]
+)
 def test_shuffled_order_insensitive_features_identical(
     world: World, shuffled: World, mode: str, include_late: bool
 ) -> None:
@@ -829,7 +967,12 @@ def test_shuffled_order_insensitive_features_identical(
     key = ("engine", mode, include_late, 2)
     if key not in shuffled.cache:
         shuffled.cache[key] = shuffled.store.get_historical_features(
-            shuffled.labels.frame(), ALL_REFS, mode=mode, include_late=include_late, workers=2
+            shuffled.labels.frame(),
+            ALL_REFS,
+            mode=mode,
+            include_late=include_late,
+            workers=2,
+            full_feature_names=True,
         )
     b = engine_values(shuffled.cache[key], ALL_REFS)
     ref_a, ref_b = world.reference(mode, include_late), shuffled.reference(mode, include_late)
@@ -851,12 +994,33 @@ def test_shuffled_order_insensitive_features_identical(
 # property test: small random event sets
 
 
-SMALL_VIEW = View("p", "customer", "customer_id", tuple(
-    _family("amount", "2m", "1m", ("count", "sum", "mean", "min", "first", "last", "first_n",
-                                   "last_n", "variance", "count_distinct"))
-    + _family("qty", "1m", "30s", ("sum", "max", "stddev"))
-    + _family("amount", LIFETIME, None, ("count", "sum", "last", "first_n", "stddev"))
-))  # fmt: skip
+SMALL_VIEW = View(
+    "p",
+    "customer",
+    "customer_id",
+    tuple(
+        _family(
+            "amount",
+            "2m",
+            "1m",
+            (
+                "count",
+                "sum",
+                "mean",
+                "min",
+                "first",
+                "last",
+                "first_n",
+                "last_n",
+                "variance",
+                "count_distinct",
+            ),
+            n=2,
+        )
+        + _family("qty", "1m", "30s", ("sum", "max", "stddev"))
+        + _family("amount", LIFETIME, None, ("count", "sum", "last", "first_n", "stddev"), n=2)
+    ),
+)
 SMALL_REFS = SMALL_VIEW.refs()
 VIEW_BY_NAME[SMALL_VIEW.name] = SMALL_VIEW
 GRID_T = st.builds(
@@ -864,10 +1028,12 @@ GRID_T = st.builds(
 )
 SMALL_EVENT = st.fixed_dictionaries(
     {
-        "customer_id": st.sampled_from(("a", "b", "c", "d")),
+        "customer_id": st.sampled_from(("a", "a", "a", "b", "c")),
         "merchant_id": st.sampled_from(("x", "y")),
-        "amount": st.one_of(st.none(), st.sampled_from((0.1, 0.2, 0.3, 1.0, 2.5, -4.0, 1e16,
-                                                       -1e16, 5e-324, 0.0))),  # fmt: skip
+        "amount": st.one_of(
+            st.none(),
+            st.sampled_from((0.1, 0.2, 0.3, 1.0, 2.5, -4.0, 1e16, -1e16, 5e-324, 0.0, -0.0)),
+        ),
         "qty": st.one_of(st.integers(-5, 5), st.sampled_from((1 << 62, -(1 << 62)))),
         "ts": GRID_T,
         "delay": st.sampled_from((0, 0, 1, 30 * SEC, 2 * MIN, 2 * MIN + 1, 5 * MIN, -1)),
@@ -877,20 +1043,27 @@ SMALL_EVENT = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
-    return FeatureStore.from_repo(make_repo(tmp_path_factory.mktemp("small") / "repo",
-                                            views=[SMALL_VIEW]))  # fmt: skip
+    return FeatureStore.from_repo(
+        make_repo(tmp_path_factory.mktemp("small") / "repo", views=[SMALL_VIEW])
+    )
 
 
 def _fresh_log(store: FeatureStore, root: Path) -> FeatureStore:
     return FeatureStore(store.plan, dataclasses.replace(store.config, event_log_root=str(root)))
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
-    rows=st.lists(SMALL_EVENT, min_size=1, max_size=25),
-    label_times=st.lists(st.tuples(st.sampled_from(("a", "b", "c", "d")), GRID_T),
-                         min_size=1, max_size=12),  # fmt: skip
+    rows=st.lists(SMALL_EVENT, min_size=6, max_size=40),
+    label_times=st.lists(
+        st.tuples(st.sampled_from(("a", "b", "c", "d")), GRID_T), min_size=1, max_size=12
+    ),
     mode=st.sampled_from(MODES),
     include_late=st.booleans(),
 )
@@ -904,18 +1077,180 @@ def test_property_small_event_sets(
 ) -> None:
     store = _fresh_log(small_store, tmp_path_factory.mktemp("log") / uuid.uuid4().hex)
     frame = pd.DataFrame(
-        [{**{k: v for k, v in r.items() if k != "delay"}, "processed_at": r["ts"] + r["delay"]}
-         for r in rows]  # fmt: skip
+        [
+            {**{k: v for k, v in r.items() if k != "delay"}, "processed_at": r["ts"] + r["delay"]}
+            for r in rows
+        ]
     ).astype({"ts": "int64", "processed_at": "int64", "qty": "int64"})
     store.import_events("tx", frame)
     events = read_log(store, frame)
-    # labels at the events' own times too: the self-leak edge for both clocks
-    extra = [(e.customer_id, e.et) for e in events[:3]] + [(e.customer_id, e.pa) for e in events[:2]]
+    # labels at the events' own times too (the self-leak edge for both clocks), and after
+    # everything, where lifetime windows hold every admitted event
+    extra = [(e.customer_id, e.et) for e in events[:3]] + [
+        (e.customer_id, e.pa) for e in events[:2]
+    ]
+    extra += [(c, max(max(e.et, e.pa) for e in events) + 1) for c in ("a", "b", "c")]
     pairs = label_times + extra
     labels = Labels([c for c, _ in pairs], ["x"] * len(pairs), [t for _, t in pairs])
     out = store.get_historical_features(
-        labels.frame(), SMALL_REFS, mode=mode, include_late=include_late, workers=1
+        labels.frame(),
+        SMALL_REFS,
+        mode=mode,
+        include_late=include_late,
+        workers=1,
+        full_feature_names=True,
     )
     want = reference(events, [SMALL_VIEW], labels, mode=mode, include_late=include_late)
     problems = mismatches(engine_values(out, SMALL_REFS), want, labels)
+    assert not problems, _report(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# approx_count_distinct beyond linear counting: one merchant, 60k customers, 3 partitions
+
+BIG_VIEW = View(
+    "big",
+    "merchant",
+    "merchant_id",
+    (
+        Agg("customer_id", "approx_count_distinct", LIFETIME),
+        Agg("customer_id", "count_distinct", LIFETIME),
+        Agg("customer_id", "approx_count_distinct", "10m", "1m"),
+    ),
+)
+VIEW_BY_NAME[BIG_VIEW.name] = BIG_VIEW
+
+
+@dataclass(frozen=True)
+class BigRun:
+    times: list[int]
+    rows: pd.DataFrame
+    labels: Labels
+    results: list[dict[str, list[Any]]]  # workers=1, workers=3, shuffled input workers=2
+
+
+@pytest.fixture(scope="module")
+def big_run(tmp_path_factory: pytest.TempPathFactory) -> BigRun:
+    n = 60_000
+    rng = random.Random(5)
+    times = [T0 + rng.randrange(HOUR) for _ in range(n)]
+    rows = pd.DataFrame(
+        {
+            "customer_id": [f"u{i}" for i in range(n)],
+            "merchant_id": "big",
+            "amount": 1.0,
+            "qty": 1,
+            "ts": times,
+        }
+    )
+    label_times = sorted({max(times) + 1, *(rng.choice(times) for _ in range(12))})
+    labels = Labels(["c"] * len(label_times), ["big"] * len(label_times), label_times)
+    base = tmp_path_factory.mktemp("big")
+    results = []
+    for name, frame, workers in (
+        ("a", rows, 1),
+        ("a", rows, 3),
+        ("b", rows.sample(frac=1.0, random_state=3), 2),
+    ):
+        root = base / name
+        if not root.exists():
+            store = FeatureStore.from_repo(make_repo(root, views=[BIG_VIEW]))
+            _import(store, frame.reset_index(drop=True), chunks=2)
+        store = FeatureStore.from_repo(root)
+        out = store.get_historical_features(
+            labels.frame(), BIG_VIEW.refs(), workers=workers, full_feature_names=True
+        )
+        results.append(engine_values(out, BIG_VIEW.refs()))
+    return BigRun(times, rows, labels, results)
+
+
+def test_approx_count_distinct_large_sets_deterministic(big_run: BigRun) -> None:
+    """Sparse and dense sketches merged across partitions: bit-identical for any worker
+    count and input order; the exact count_distinct is exact."""
+    first, *others = big_run.results
+    for other in others:
+        assert other == first  # ints: equality is bit equality
+    exact = [sum(x < t for x in big_run.times) for t in big_run.labels.t]
+    assert first["big:customer_id_count_distinct_lifetime"] == exact
+    assert min(exact) < 2048 < 41_000 < max(exact) == len(big_run.times)  # all regimes
+    window = reference(
+        rows_to_events(big_run.rows),
+        [BIG_VIEW],
+        big_run.labels,
+        mode="event_time",
+        include_late=False,
+    )
+    ref = "big:customer_id_approx_count_distinct_10m"
+    for estimate, count in zip(first[ref], window[ref], strict=True):
+        assert approx_ok(estimate, count), (estimate, count)
+
+
+def test_approx_count_distinct_large_sets_within_2_percent(big_run: BigRun) -> None:
+    """Lifetime estimates from ~1k to 60k distinct values within 2% of the exact count.
+
+    Classic HLL's raw estimate is biased by about +2% just above the 2.5·m switch from
+    linear counting (m = 2**14, so n ≈ 41k-46k); an unbiased estimator passes this.
+    """
+    exact = [sum(x < t for x in big_run.times) for t in big_run.labels.t]
+    estimates = big_run.results[0]["big:customer_id_approx_count_distinct_lifetime"]
+    bad = [
+        f"exact {count}: estimate {estimate} ({100 * (estimate - count) / count:+.2f}%)"
+        for estimate, count in zip(estimates, exact, strict=True)
+        if abs(estimate - count) > 0.02 * count
+    ]
+    assert not bad, bad
+
+
+def rows_to_events(rows: pd.DataFrame) -> list[Ev]:
+    """Events straight from rows, for order-free checks (partition and offset unused)."""
+    return [
+        Ev(r.customer_id, r.merchant_id, r.amount, r.qty, r.ts, r.ts, 0, i)
+        for i, r in enumerate(rows.itertuples())
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# sums of a long column leave int64: still exact Python ints, for any worker count
+
+WIDE_VIEWS = (
+    View(
+        "wide",
+        "customer",
+        "customer_id",
+        tuple(
+            _family("qty", LIFETIME, None, ("sum", "mean", "variance", "min", "max", "last_n"))
+            + _family("qty", "10m", "1m", ("sum", "stddev"))
+        ),
+    ),
+    View("wide_m", "merchant", "merchant_id", tuple(_family("qty", LIFETIME, None, ("sum",)))),
+)
+for _view in WIDE_VIEWS:
+    VIEW_BY_NAME[_view.name] = _view
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_long_sums_beyond_int64(tmp_path: Path, workers: int) -> None:
+    big, small = (1 << 63) - 1, -(1 << 63)
+    rows = pd.DataFrame(
+        {
+            "customer_id": ["a", "a", "a", "b", "b", "c", "c", "c"],
+            "merchant_id": ["x", "x", "y", "x", "y", "x", "x", "y"],
+            "amount": 1.0,
+            "qty": [big, big, big, small, -1, big, small, 7],
+            "ts": [T0 + k * MIN for k in (0, 1, 2, 0, 1, 0, 1, 2)],
+        }
+    )
+    store = FeatureStore.from_repo(make_repo(tmp_path / "repo", views=WIDE_VIEWS))
+    store.import_events("tx", rows)
+    events = read_log(store, rows)
+    assert len({e.partition for e in events}) > 1  # workers=2 really runs a pool
+    times = [T0 + k * MIN + d for k in range(4) for d in (0, 1)]
+    labels = Labels([c for c in "abc" for _ in times], ["x", "y", "x"] * len(times), times * 3)
+    refs = [ref for view in WIDE_VIEWS for ref in view.refs()]
+    out = store.get_historical_features(
+        labels.frame(), refs, workers=workers, full_feature_names=True
+    )
+    want = reference(events, WIDE_VIEWS, labels, mode="event_time", include_late=False)
+    assert max(abs(v) for v in want["wide:qty_sum_lifetime"]) > 1 << 64
+    problems = mismatches(engine_values(out, refs), want, labels)
     assert not problems, _report(problems)
