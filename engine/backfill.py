@@ -30,7 +30,7 @@ from engine.errors import CodecError
 from engine.kernel.tiles import EntityTiles, evict, window_states
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
-from engine.processing import EntityKey, Extracted, apply_extracted, extract
+from engine.processing import EntityKey, Extracted, apply_extracted, extract_all, row_groups
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
@@ -147,6 +147,7 @@ def _sweep_partition(
         if plan.views[req.view].source == source
     ]
     wanted = [set(req.entities) for _, req, _ in mine]
+    groups = row_groups([view for _, _, view in mine])
     seen: list[set[EntityKey]] = [set() for _ in mine]
     by_event_time = job.mode == "event_time"
     include_late = job.include_late
@@ -155,9 +156,8 @@ def _sweep_partition(
     try:
         for envelope in job.log.read(source, partition):
             read += 1
-            for m, (_, _, view) in enumerate(mine):
-                item = extract(view, src, envelope, include_late=include_late)
-                if item is not None and item.entity in wanted[m]:
+            for m, item in extract_all(groups, src, envelope, include_late=include_late):
+                if item.entity in wanted[m]:
                     seen[m].add(item.entity)
                     clock = item.event_time_ms if by_event_time else item.processed_at_ms
                     sorter.add((clock, m, item))

@@ -7,7 +7,7 @@ reads the log and ``apply_extracted`` in the order of its mode. Both are the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,24 @@ def view_row(view: ViewPlan, payload: dict[str, Any]) -> dict[str, Any] | None:
     return row
 
 
+def _entity(join_keys: tuple[str, ...], row: dict[str, Any]) -> EntityKey | None:
+    try:
+        entity = tuple(map(row.__getitem__, join_keys))
+    except KeyError:
+        return None
+    return None if None in entity else entity
+
+
+def _values(view: ViewPlan, row: dict[str, Any]) -> tuple[Any, ...]:
+    values = tuple(map(row.get, view.input_columns))
+    for i in view.float_inputs:
+        value = values[i]
+        # a transform's 0/0 or overflow counts as null: it has no exact sum
+        if value is not None and not math.isfinite(value):
+            values = (*values[:i], None, *values[i + 1 :])
+    return values
+
+
 def extract(
     view: ViewPlan,
     source: SourcePlan,
@@ -68,33 +86,69 @@ def extract(
     include_late: bool = False,
 ) -> Extracted | None:
     """The view's share of one logged record, or None when the view drops or refuses it."""
+    found = extract_all(row_groups([view]), source, envelope, include_late=include_late)
+    return found[0][1] if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class RowGroup:
+    """Views that see the same row and entity (same transform, filter and join keys)."""
+
+    transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None
+    filter: Callable[[dict[str, Any]], bool] | None
+    join_keys: tuple[str, ...]
+    members: tuple[tuple[int, ViewPlan], ...]  # (caller's slot, view)
+
+
+def row_groups(views: Sequence[ViewPlan]) -> tuple[RowGroup, ...]:
+    """Group views so each record's transform and key extraction run once per group.
+
+    The slot of a view is its position in ``views``.
+    """
+    groups: dict[tuple[Any, Any, tuple[str, ...]], list[tuple[int, ViewPlan]]] = {}
+    for slot, view in enumerate(views):
+        groups.setdefault((view.transform, view.filter, view.join_keys), []).append((slot, view))
+    return tuple(
+        RowGroup(transform=t, filter=f, join_keys=k, members=tuple(m))
+        for (t, f, k), m in groups.items()
+    )
+
+
+def extract_all(
+    groups: Sequence[RowGroup],
+    source: SourcePlan,
+    envelope: Envelope,
+    *,
+    include_late: bool = False,
+) -> list[tuple[int, Extracted]]:
+    """Every view's share of one logged record as (slot, Extracted); views that drop or
+    refuse the record are absent. Transforms and keys run once per row group."""
     payload = envelope.payload
     et = payload[source.timestamp_field] // source.timestamp_divisor
-    if not include_late and not is_admitted(view, et, envelope.processed_at_ms):
-        return None
-    row = payload if view.transform is None and view.filter is None else view_row(view, payload)
-    if row is None:
-        return None
-    try:
-        entity = tuple(map(row.__getitem__, view.join_keys))
-    except KeyError:
-        return None
-    if None in entity:
-        return None
-    values = tuple(map(row.get, view.input_columns))
-    for i in view.float_inputs:
-        value = values[i]
-        # a transform's 0/0 or overflow counts as null: it has no exact sum
-        if value is not None and not math.isfinite(value):
-            values = (*values[:i], None, *values[i + 1 :])
-    return Extracted(
-        entity=entity,
-        values=values,
-        event_time_ms=et,
-        processed_at_ms=envelope.processed_at_ms,
-        partition=envelope.partition,
-        offset=envelope.offset,
-    )
+    pt = envelope.processed_at_ms
+    out: list[tuple[int, Extracted]] = []
+    for group in groups:
+        members = group.members
+        if not include_late:
+            members = tuple((s, v) for s, v in members if is_admitted(v, et, pt))
+            if not members:
+                continue
+        row = payload
+        if group.transform is not None or group.filter is not None:
+            transformed = view_row(members[0][1], payload)
+            if transformed is None:
+                continue
+            row = transformed
+        entity = _entity(group.join_keys, row)
+        if entity is None:
+            continue
+        for slot, view in members:
+            out.append(
+                (slot, Extracted(entity=entity, values=_values(view, row), event_time_ms=et,
+                                 processed_at_ms=pt, partition=envelope.partition,
+                                 offset=envelope.offset))
+            )  # fmt: skip
+    return out
 
 
 def apply_extracted(view: ViewPlan, tiles: EntityTiles, item: Extracted) -> None:

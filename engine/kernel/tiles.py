@@ -38,6 +38,7 @@ class TileLayout:
     slots: tuple[tuple[int, int], ...] = field(init=False)
     # per group (lifetime last, as group -1): (group, hop, ((position, input, add, counts_nulls), ...))
     folds: tuple[tuple[int, int, tuple[tuple[int, int, Any, bool], ...]], ...] = field(init=False)
+    inits: dict[int, tuple[Any, ...]] = field(init=False)  # group (-1: lifetime) -> init functions
 
     def __post_init__(self) -> None:
         by_hop: dict[int, list[int]] = {}
@@ -82,10 +83,12 @@ class TileLayout:
                 )
             )
         object.__setattr__(self, "folds", tuple(folds))
+        inits = {g: tuple(aggs[i].init for i in group.members) for g, group in enumerate(groups)}
+        inits[-1] = tuple(aggs[i].init for i in lifetime)
+        object.__setattr__(self, "inits", inits)
 
     def new_tile(self, group: int) -> list[Any]:
-        members = self.lifetime if group < 0 else self.groups[group].members
-        return [self.aggregators[i].init() for i in members]
+        return [init() for init in self.inits[group]]
 
 
 class EntityTiles:

@@ -40,7 +40,14 @@ from engine.online import (
 )
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
-from engine.processing import EntityKey, Extracted, apply_extracted, extract, is_admitted
+from engine.processing import (
+    EntityKey,
+    Extracted,
+    apply_extracted,
+    extract_all,
+    is_admitted,
+    row_groups,
+)
 from engine.serde import DecodeLimits, RecordRefused, SourceCodec
 
 JOURNAL_ENTRIES = 8
@@ -109,6 +116,7 @@ class BatchProcessor:
         self.plan = plan
         self.source = plan.sources[source]
         self.views: list[ViewPlan] = [v for v in plan.views.values() if v.source == source]
+        self._groups = row_groups(self.views)
         self.codec = SourceCodec(self.source, limits)
         self.online = online
         self.log = log
@@ -182,11 +190,9 @@ class BatchProcessor:
         pairs: list[tuple[int, int, Extracted]] = []
         wanted: set[CacheKey] = set()
         for e, env in enumerate(envelopes):
-            for v, view in enumerate(self.views):
-                item = extract(view, src, env, include_late=True)
-                if item is not None:
-                    pairs.append((e, v, item))
-                    wanted.add((v, item.entity, item.partition))
+            for v, item in extract_all(self._groups, src, env, include_late=True):
+                pairs.append((e, v, item))
+                wanted.add((v, item.entity, item.partition))
         try:
             self._load(wanted)
             return self._apply(batch_p, envelopes, pairs, letters, refused, commits, len(records))
