@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The README's test command: set up everything on a fresh machine, then lint, type-check
-# and run the whole test suite. Extra arguments go to pytest.
+# The README's test command: set up everything on a fresh machine (Python deps, Redis from
+# Debian's packages, Kafka jars from Maven Central, both services started on 127.0.0.1),
+# then lint, type-check and run the whole test suite except `slow` soaks. Extra arguments
+# replace the default pytest arguments.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
+echo "== services (real Kafka and Redis on 127.0.0.1)"
+bash scripts/services.sh up
 echo "== ruff"
 .venv/bin/ruff check engine connectors tests definitions benchmarks scripts
 .venv/bin/ruff format --check engine connectors tests definitions benchmarks scripts
@@ -12,6 +16,9 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
 set +e
+if [ "$#" -eq 0 ]; then
+  set -- -m "not slow"
+fi
 .venv/bin/pytest "$@"
 code=$?
 set -e
