@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     store = _store(args)
-    change = store.apply()
+    result = store.apply()
+    change = result.diff
+    for topic, partitions in sorted(result.topics.items()):
+        if topic in result.topics_created:
+            print(f"created  topic {topic} ({partitions} partitions)")
+        else:
+            print(f"exists   topic {topic}")
     for label, names in (
         ("added", change.added),
         ("changed", change.changed),
@@ -184,11 +190,18 @@ def cmd_get(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(response.to_json(), indent=2))
         return 0
-    table = response.to_dict()
+    table = {
+        name: ["-" if v is None else str(v) for v in values]
+        for name, values in response.to_dict().items()
+    }
     width = max(len(name) for name in table)
-    for name, values in table.items():
-        cells = "  ".join("-" if v is None else str(v) for v in values)
-        print(f"{name:<{width}}  {cells}")
+    rows = len(next(iter(table.values())))
+    widths = [max(len(cells[i]) for cells in table.values()) for i in range(rows)]
+    for name, cells in table.items():
+        print(
+            f"{name:<{width}}  "
+            + "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)).rstrip()
+        )
     return 0
 
 
@@ -202,6 +215,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     run(store, host=args.host, port=args.port)
     return 0
+
+
+def _kafka_worker(store: FeatureStore, args: argparse.Namespace) -> int:
+    from engine.stream.kafka_runtime import WorkerOptions, run
+
+    run(store.plan, store.config, WorkerOptions(batch_max=args.batch_max,
+                                                batch_timeout_s=args.batch_timeout))  # fmt: skip
+    return 0
+
+
+def _faust_worker(store: FeatureStore, args: argparse.Namespace) -> int:
+    from engine.stream.faust_runtime import run_faust_worker
+    from engine.stream.kafka_runtime import WorkerOptions
+
+    options = WorkerOptions(batch_max=args.batch_max, batch_timeout_s=args.batch_timeout)
+    return run_faust_worker(store.plan, store.config, options)
+
+
+# runtime name -> entry point; every runtime passes the same test suite (DESIGN §4)
+WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, argparse.Namespace], int]] = {
+    "kafka": _kafka_worker,
+    "faust": _faust_worker,
+}
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.batch_max < 1 or args.batch_timeout <= 0:
+        raise InputDataError("--batch-max must be at least 1 and --batch-timeout above 0")
+    return WORKER_RUNTIMES[args.runtime](_store(args), args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-feature-names", action="store_true")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     p.set_defaults(func=cmd_backfill)
+    p = sub.add_parser("worker", help="consume the source topics; keep Redis fresh; append the log")
+    p.add_argument("--runtime", choices=sorted(WORKER_RUNTIMES), default="kafka")
+    p.add_argument("--batch-max", type=int, default=5000, help="records per batch (default 5000)")
+    p.add_argument(
+        "--batch-timeout", type=float, default=0.05, help="seconds to wait for a batch (0.05)"
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.set_defaults(func=cmd_worker)
     p = sub.add_parser("get", help="read fresh feature values from the online store (Redis)")
     p.add_argument(
         "items",

@@ -12,16 +12,20 @@ Freshness of a (row, view) is the newest ``processed_at`` any partition wrote fo
 entity (``u:<p>`` fields), in epoch milliseconds — a timestamp, not an age; None when the
 store holds nothing for the entity.
 
-No Redis and no pandas here (``OnlineResponse.to_df`` imports pandas when called).
+``ReadCache`` keeps finalized values of recently read entities; with a store that can
+revalidate (``RevalidatingStore.load_changed``) an unchanged entity is confirmed inside
+Redis and not even sent. No Redis and no pandas here (``OnlineResponse.to_df`` imports
+pandas when called).
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from engine.errors import InputDataError
 from engine.kernel.tiles import value_as_of
@@ -37,6 +41,9 @@ __all__ = [
     "FRESHNESS_SUFFIX",
     "OnlineResponse",
     "OnlineResult",
+    "Held",
+    "ReadCache",
+    "RevalidatingStore",
     "ReadPlan",
     "prepare_read",
     "read_online",
@@ -57,6 +64,7 @@ class ViewRead:
     indices: tuple[int, ...]  # aggregation indices, in request order
     columns: tuple[int, ...]  # output column of each index
     key_kinds: tuple[str | None, ...]  # "str"/"int" per join key (None: declared by a transform)
+    hops_ms: tuple[int, ...]  # the layout's hop groups: the window moves only at their boundaries
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +143,13 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
         for key, kind in zip(view.join_keys, kinds, strict=True):
             join_keys.setdefault(key, kind)
         reads.append(
-            ViewRead(view=view, indices=tuple(indices), columns=tuple(columns), key_kinds=kinds)
+            ViewRead(
+                view=view,
+                indices=tuple(indices),
+                columns=tuple(columns),
+                key_kinds=kinds,
+                hops_ms=tuple(g.hop_ms for g in view.layout.groups),
+            )
         )
     return ReadPlan(
         refs=refs,
@@ -154,8 +168,12 @@ def read_online(
     entity_rows: EntityRows,
     *,
     now_ms: int,
+    cache: ReadCache | None = None,
 ) -> OnlineResult:
-    """Features ``refs`` of every entity row as of ``now_ms``, with one ``store.load`` call.
+    """Features ``refs`` of every entity row as of ``now_ms``, with one store call (one round trip).
+
+    With a ``cache``, an entity whose stored state and window boundaries are unchanged since
+    an earlier read is not decoded again (see ``ReadCache``); the answer is the same.
 
     Raises FeatureRefError for unknown refs, InputDataError for a row that lacks a join key
     or holds a value of the wrong kind (nothing is coerced: ``"7"`` is not the int key 7),
@@ -173,6 +191,7 @@ def read_online(
     # one key per distinct (view, entity); rows with the same entity share it
     keys: dict[str, int] = {}
     row_keys: list[list[int]] = []
+    all_ends: list[tuple[int, ...]] = []
     for read in prepared.views:
         key_columns = [columns[k] for k in read.view.join_keys]
         slots: list[int] = []
@@ -183,10 +202,25 @@ def read_online(
                 slot = keys[key] = len(keys)
             slots.append(slot)
         row_keys.append(slots)
-    hashes = store.load(list(keys)) if keys else []
+        all_ends.append(tuple(-(-now_ms // h) for h in read.hops_ms))
+    slot_keys = list(keys)
+    hashes: Sequence[Mapping[bytes, bytes] | None] = []
+    confirmed: dict[int, tuple[list[Any], int | None]] = {}  # held values, by slot
+    if slot_keys:
+        load_changed = None if cache is None else getattr(store, "load_changed", None)
+        if load_changed is not None and cache is not None:
+            held: list[Held | None] = [None] * len(slot_keys)
+            for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
+                for slot in slots:
+                    hit = cache.held(slot_keys[slot], read.indices, ends)
+                    if hit is not None:
+                        held[slot], confirmed[slot] = hit
+            hashes = load_changed(slot_keys, held)
+        else:
+            hashes = store.load(slot_keys)
     values: list[list[Any]] = [[None] * n for _ in prepared.features]
     freshness: dict[str, list[int | None]] = {}
-    for read, slots in zip(prepared.views, row_keys, strict=True):
+    for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
         view = read.view
         layout = view.layout
         done: dict[int, tuple[list[Any], int | None]] = {}
@@ -195,18 +229,22 @@ def read_online(
             got = done.get(slot)
             if got is None:
                 fields = hashes[slot]
-                if fields:
-                    states = parse_state(view, fields)
-                    if len(states) == 1:  # one partition: its tiles are the entity's tiles
-                        (state,) = states.values()
-                        tiles = state.tiles
-                        updated: int | None = state.updated_ms
-                    else:
-                        tiles = merged(view, states.values())
-                        updated = max(s.updated_ms for s in states.values())
-                    got = (value_as_of(layout, tiles, now_ms, read.indices), updated or None)
-                else:
+                if cache is None:
+                    got = (
+                        _evaluate(view, fields, now_ms, read.indices)
+                        if fields
+                        else (value_as_of(layout, None, now_ms, read.indices), None)
+                    )
+                elif fields is None:  # unchanged since the cached read (load_changed)
+                    got = confirmed[slot]
+                elif not fields:
                     got = (value_as_of(layout, None, now_ms, read.indices), None)
+                else:
+                    key = slot_keys[slot]
+                    got = cache.get(key, read.indices, fields, ends)
+                    if got is None:
+                        got = _evaluate(view, fields, now_ms, read.indices)
+                        cache.put(key, read.indices, fields, ends, got)
                 done[slot] = got
             row_values, fresh[r] = got
             for c, value in zip(read.columns, row_values, strict=True):
@@ -216,6 +254,120 @@ def read_online(
     return OnlineResult(
         plan=prepared, now_ms=now_ms, entities=entities, values=values, freshness_ms=freshness
     )
+
+
+def _evaluate(
+    view: ViewPlan, fields: Mapping[bytes, bytes], now_ms: int, indices: tuple[int, ...]
+) -> tuple[list[Any], int | None]:
+    """One entity's values as of ``now_ms`` and its freshness, from its stored hash."""
+    states = parse_state(view, fields)
+    if len(states) == 1:  # one partition: its tiles are the entity's tiles
+        (state,) = states.values()
+        tiles = state.tiles
+        updated = state.updated_ms
+    else:
+        tiles = merged(view, states.values())
+        updated = max(s.updated_ms for s in states.values())
+    return value_as_of(view.layout, tiles, now_ms, indices), updated or None
+
+
+Held = tuple[int, tuple[tuple[bytes, bytes], ...]]
+"""What a reader holds of a hash: its field count and its mark fields with their values."""
+
+
+@runtime_checkable
+class RevalidatingStore(Protocol):
+    """An online store that can skip sending hashes a reader already holds (optional)."""
+
+    def load_changed(
+        self, keys: Sequence[str], held: Sequence[Held | None]
+    ) -> list[dict[bytes, bytes] | None]:
+        """Like ``load``, one round trip, but None where ``held[i]`` is still current."""
+        ...
+
+
+_MARK_KINDS = frozenset(b"fu")  # fence and write time: rewritten with every tile change
+
+
+class ReadCache:
+    """Finalized values of recently read entities, reused while nothing they depend on moved.
+
+    A value as of ``t`` is a pure function of the entity's stored fields and, per hop group,
+    of ``ceil(t / hop)`` (``kernel.tiles.window_states``). Every state write of partition
+    ``p`` carries its fence ``f:<p>`` — which only grows, as a write applies at least one
+    newer offset — and write time ``u:<p>`` in the same HSET as its tiles
+    (``engine.online.encode_fields``, ``stream.core``), and evictions ride along with a
+    write; so while those marks and the field count are unchanged, so are the tiles. An
+    entry is reused only when the marks and the window boundaries match; values that are
+    lists (first_n/last_n) are never cached, so callers may mutate what they get. With a
+    store that has ``load_changed`` (``RevalidatingStore``), the marks are compared inside
+    Redis and an unchanged hash is not even sent.
+    At most ``max_entries`` (entity, feature set) entries are held, oldest dropped first.
+    """
+
+    __slots__ = ("_entries", "max_entries")
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[
+            tuple[str, tuple[int, ...]],
+            tuple[
+                int, frozenset[tuple[bytes, bytes]], tuple[int, ...], tuple[list[Any], int | None]
+            ],
+        ] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _marks(fields: Mapping[bytes, bytes]) -> frozenset[tuple[bytes, bytes]]:
+        kinds = _MARK_KINDS
+        return frozenset((n, v) for n, v in fields.items() if n[0] in kinds)
+
+    def get(
+        self,
+        key: str,
+        indices: tuple[int, ...],
+        fields: Mapping[bytes, bytes],
+        ends: tuple[int, ...],
+    ) -> tuple[list[Any], int | None] | None:
+        entry = self._entries.get((key, indices))
+        if (
+            entry is None
+            or entry[0] != len(fields)
+            or entry[2] != ends
+            or entry[1] != self._marks(fields)
+        ):
+            return None
+        return entry[3]
+
+    def held(
+        self, key: str, indices: tuple[int, ...], ends: tuple[int, ...]
+    ) -> tuple[Held, tuple[list[Any], int | None]] | None:
+        """What to revalidate ``key`` with, and the values that hold if it is current."""
+        entry = self._entries.get((key, indices))
+        if entry is None or entry[2] != ends:
+            return None
+        return (entry[0], tuple(entry[1])), entry[3]
+
+    def put(
+        self,
+        key: str,
+        indices: tuple[int, ...],
+        fields: Mapping[bytes, bytes],
+        ends: tuple[int, ...],
+        got: tuple[list[Any], int | None],
+    ) -> None:
+        if any(isinstance(v, list) for v in got[0]):
+            return
+        entries = self._entries
+        if len(entries) >= self.max_entries:
+            for old in list(itertools.islice(entries, max(1, self.max_entries // 8))):
+                entries.pop(old, None)
+        entries[(key, indices)] = (len(fields), self._marks(fields), ends, got)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]]:

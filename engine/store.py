@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from connectors.eventlog import EventLogReader, EventLogWriter
+from connectors.kafka import KafkaPublisher, KafkaSettings, dead_letter_topic, ensure_topics
 from engine import backfill
 from engine.config import Config, load_config
 from engine.errors import InputDataError
 from engine.frames import read_table, to_epoch_ms
 from engine.importer import ImportResult, import_frame
 from engine.loader import load_definitions
-from engine.online_read import EntityRows, OnlineResponse, read_online
+from engine.online_read import EntityRows, OnlineResponse, ReadCache, read_online
 from engine.plan import Plan, compile_plan
 from engine.ports import OnlineStateStore
+from engine.push import encode_rows
 from engine.registry import PlanDiff, diff, read_applied, write_applied
+from engine.stream.core import wall_clock_ms
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApplyResult:
+    """What ``apply`` did: the plan diff and the topics it created (name → partitions)."""
+
+    diff: PlanDiff
+    topics_created: dict[str, int]
+    topics: dict[str, int]  # every topic the plan needs → partitions wanted
 
 
 class FeatureStore:
@@ -34,7 +47,9 @@ class FeatureStore:
     def __init__(self, plan: Plan, config: Config) -> None:
         self.plan = plan
         self.config = config
+        self._publisher: KafkaPublisher | None = None
         self._online: OnlineStateStore | None = None
+        self._read_cache = ReadCache()
 
     @classmethod
     def from_repo(cls, path: str | Path = "definitions") -> FeatureStore:
@@ -63,11 +78,58 @@ class FeatureStore:
         """What changed since the last ``apply``."""
         return diff(self.plan, read_applied(self.config.registry_path))
 
-    def apply(self) -> PlanDiff:
-        """Record this plan as applied and return what changed relative to the previous one."""
+    def topics(self) -> dict[str, int]:
+        """Every topic the plan needs → partitions: each source topic and its dead-letter topic."""
+        count = self.config.kafka_partitions
+        out: dict[str, int] = {}
+        for name, source in sorted(self.plan.sources.items()):
+            out[source.topic] = count
+            out[dead_letter_topic(name)] = count
+        return out
+
+    def apply(self) -> ApplyResult:
+        """Create missing topics (sources, dead letters), then record this plan as applied.
+
+        Needs Kafka: raises KafkaUnavailable (and records nothing) when it cannot be reached.
+
+        Example:
+            >>> result = store.apply()  # doctest: +SKIP
+            >>> result.topics_created, result.diff.changed  # doctest: +SKIP
+            ({'transactions': 4, 'skewless.transactions.dlq': 4}, ())
+        """
+        wanted = self.topics()
+        created = ensure_topics(KafkaSettings.from_config(self.config), wanted)
         change = self.diff()
         write_applied(self.config.registry_path, self.plan)
-        return change
+        return ApplyResult(
+            diff=change, topics_created={t: wanted[t] for t in created}, topics=wanted
+        )
+
+    # -- push ----------------------------------------------------------------------------
+
+    def push(self, source_name: str, rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> int:
+        """Validate rows against the source schema and produce them to its topic; return the count.
+
+        Each row is encoded and decoded back with the worker's own checks and keyed by the
+        source's key fields; a bad row sends nothing (InputDataError naming the row).
+        Delivery is flushed before returning; KafkaUnavailable if a record did not land.
+
+        Example:
+            >>> store.push("transactions", [{"transaction_id": "t1", "customer_id": "c1",
+            ...     "merchant_id": "m1", "amount": 9.5, "currency": "EUR", "country": "DE",
+            ...     "card_present": False, "ts": 1_767_225_600_000}])  # doctest: +SKIP
+            1
+        """
+        source = self.plan.sources.get(source_name)
+        if source is None:
+            raise InputDataError(
+                f"unknown source {source_name!r}; sources: {', '.join(sorted(self.plan.sources))}"
+            )
+        records = encode_rows(source, rows, now_ms=wall_clock_ms())
+        if self._publisher is None:
+            self._publisher = KafkaPublisher(KafkaSettings.from_config(self.config))
+        self._publisher.partitions(source.topic)  # a missing topic: say "run skewless apply"
+        return self._publisher.send(source.topic, ((k, v, None) for k, v in records))
 
     # -- event log -----------------------------------------------------------------------
 
@@ -218,7 +280,14 @@ class FeatureStore:
             {'customer_id': ['c00001', 'c00002'], 'amount_sum_30d': [...], ...}
         """
         t_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        result = read_online(self.plan, self.online_store, features, entity_rows, now_ms=t_ms)
+        result = read_online(
+            self.plan,
+            self.online_store,
+            features,
+            entity_rows,
+            now_ms=t_ms,
+            cache=self._read_cache,
+        )
         return OnlineResponse(
             result, full_feature_names=full_feature_names, with_freshness=with_freshness
         )

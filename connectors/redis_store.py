@@ -1,0 +1,325 @@
+"""The Redis online store: ``engine.ports.OnlineStateStore`` over redis-py, one pipeline per call.
+
+Every call is one round trip: ``load`` pipelines one ``HGETALL`` per key, ``write`` pipelines
+per entity one ``HSET`` (tiles, fence, write time and journal together, so a reader or a
+replaying worker never sees tiles without their fence), an ``HDEL`` of evicted tiles and the
+expiry. Expiry only ever moves later: ``PEXPIREAT … NX`` sets it on a key without one, then
+``PEXPIREAT … GT`` extends it (Redis ≥ 7.0), so a worker that owns only some of an entity's
+partitions never shortens what another partition still needs; ``PERSIST`` keeps lifetime state.
+
+redis-py exceptions are translated here, once, into ``OnlineStoreUnavailable``; messages name
+the address (``host:port/db``) and never the password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from engine.errors import ConfigError, OnlineStoreUnavailable
+from engine.online import keyspace_pattern
+from engine.online_read import Held
+from engine.ports import StateWrite
+
+if TYPE_CHECKING:
+    from engine.config import Config
+
+__all__ = ["RedisOnlineStore"]
+
+# Unchanged (1) when the field count and every mark field equal what the caller holds
+# (values framed as "<length>:<bytes>", "-" for a missing field), else the whole hash.
+_REVALIDATE_LUA = """
+local n = redis.call('HLEN', KEYS[1])
+if n > 0 and n == tonumber(ARGV[1]) then
+  local current = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+  local parts = {}
+  for i, v in ipairs(current) do
+    if v then parts[i] = #v .. ':' .. v else parts[i] = '-' end
+  end
+  if table.concat(parts) == ARGV[2] then return 1 end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+START_HINT = "start a local Redis with `bash scripts/services.sh up redis`"
+AUTH_HINT = "check the credentials in redis.url / SKEWLESS_REDIS_URL"
+_SCAN_COUNT = 1000
+_UNLINK_BATCH = 500
+
+
+class RedisOnlineStore:
+    """Entity state hashes in one Redis database (DESIGN §4), for workers and online reads.
+
+    ``url`` is a redis-py URL (``redis://[[user]:password@]host:port/db``, ``rediss://`` for
+    TLS, ``unix:///path?db=N``). One client with a connection pool is shared by all calls;
+    the instance is thread-safe as redis-py's pool is. A dropped connection (Redis
+    restarted) is retried once at once; anything else raises ``OnlineStoreUnavailable``.
+
+    Example:
+        >>> store = RedisOnlineStore("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+        >>> store.write([StateWrite(key="sk:ab:{c1}", fields={"f:0": b"7"})])  # doctest: +SKIP
+        >>> store.load(["sk:ab:{c1}", "sk:ab:{c2}"])  # doctest: +SKIP
+        [{b'f:0': b'7'}, {}]
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout_ms: int = 5_000,
+        connect_timeout_ms: int = 2_000,
+        max_connections: int = 64,
+        client_name: str | None = "skewless",
+    ) -> None:
+        try:
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_timeout=socket_timeout_ms / 1000,
+                socket_connect_timeout=connect_timeout_ms / 1000,
+                socket_keepalive=True,
+                max_connections=max_connections,
+                client_name=client_name,
+                # one quick retry heals a pooled connection that Redis closed (a restart);
+                # timeouts are not retried, so a hung Redis costs one timeout, not two
+                retry=Retry(
+                    ExponentialBackoff(cap=0.05, base=0.005),
+                    retries=1,
+                    supported_errors=(redis.exceptions.ConnectionError,),
+                ),
+            )
+        except ValueError as exc:  # a malformed URL; its text may echo the password
+            detail = "" if _password_in(url, str(exc)) else f": {exc}"
+            raise ConfigError(
+                "redis.url is not a valid Redis URL (expected redis://[user:password@]host:port/db, "
+                f"rediss://… or unix:///path?db=N){detail}"
+            ) from None
+        self._client = client
+        kwargs = client.connection_pool.connection_kwargs
+        self._secrets = tuple(
+            s for s in (kwargs.get("password"), kwargs.get("username")) if isinstance(s, str) and s
+        )
+        self.address = _address(kwargs)
+        self._revalidate = True
+        self._script_sha: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisOnlineStore:
+        """The store at ``config.redis_url`` (``redis.url`` / ``SKEWLESS_REDIS_URL``)."""
+        return cls(config.redis_url)
+
+    def __repr__(self) -> str:
+        return f"RedisOnlineStore({self.address!r})"
+
+    # -- OnlineStateStore ---------------------------------------------------------------------
+
+    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        """Every field of each key (``{}`` for a missing key), in one round trip."""
+        if not keys:
+            return []
+        try:
+            if len(keys) == 1:
+                return [cast(dict[bytes, bytes], self._client.hgetall(keys[0]))]
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return cast(list[dict[bytes, bytes]], pipe.execute())
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("HGETALL", exc)
+
+    def write(self, writes: Sequence[StateWrite]) -> None:
+        """Apply every write in one pipeline; each entity's fields are set by one ``HSET``."""
+        if not writes:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for w in writes:
+            if w.fields:
+                pipe.hset(w.key, mapping=cast(Mapping[Any, Any], w.fields))
+            if w.delete:
+                pipe.hdel(w.key, *w.delete)
+            if w.expire_at_ms is None:
+                pipe.persist(w.key)
+            else:
+                pipe.pexpireat(w.key, w.expire_at_ms, nx=True)
+                pipe.pexpireat(w.key, w.expire_at_ms, gt=True)
+        try:
+            pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("write pipeline", exc)
+
+    def load_changed(
+        self, keys: Sequence[str], held: Sequence[Held | None]
+    ) -> list[dict[bytes, bytes] | None]:
+        """Like ``load``, but ``None`` for a key whose held marks are still current.
+
+        ``held[i]`` is ``(field count, ((mark field, value), ...))`` from an earlier read of
+        ``keys[i]``, or None to fetch it whole. One round trip; a Lua script compares
+        ``HLEN`` and the mark fields atomically and sends the hash only when they differ.
+        Without scripting (ACL, managed Redis) this falls back to ``load``.
+        """
+        if not keys:
+            return []
+        if self._revalidate and any(h is not None for h in held):
+            try:
+                return self._load_changed(keys, held)
+            except redis.exceptions.NoPermissionError:
+                self._revalidate = False  # this user may not run scripts: plain reads
+            except redis.exceptions.RedisError as exc:
+                self._unavailable("EVALSHA", exc)
+        return list(self.load(keys))
+
+    def _load_changed(
+        self, keys: Sequence[str], held: Sequence[Held | None]
+    ) -> list[dict[bytes, bytes] | None]:
+        # Packed by hand and sent on one pooled connection: redis-py's pure-Python packer
+        # costs more than the whole round trip for 100 scripts of ~8 arguments each.
+        pool = self._client.connection_pool
+        for attempt in (0, 1):
+            if self._script_sha is None:
+                self._script_sha = str(self._client.script_load(_REVALIDATE_LUA))
+            sha = self._script_sha.encode()
+            chunks: list[bytes] = []
+            for key, mark in zip(keys, held, strict=True):
+                name = key.encode()
+                if mark is None:
+                    chunks.append(_command((b"HGETALL", name)))
+                else:
+                    count, pairs = mark
+                    blob = b"".join(b"%d:%s" % (len(v), v) for _, v in pairs)
+                    args = (
+                        b"EVALSHA",
+                        sha,
+                        b"1",
+                        name,
+                        b"%d" % count,
+                        blob,
+                        *(n for n, _ in pairs),
+                    )
+                    chunks.append(_command(args))
+            conn = pool.get_connection()
+            replies: list[Any] = []
+            try:
+                conn.send_packed_command([b"".join(chunks)])  # type: ignore[no-untyped-call]  # untyped in redis-py
+                for _ in keys:  # one reply per command, errors included: the stream stays in sync
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.exceptions.ResponseError as exc:
+                        replies.append(exc)
+            except redis.exceptions.ConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                if attempt == 0:  # a pooled connection Redis closed (restart): once more
+                    continue
+                raise
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                raise
+            finally:
+                pool.release(conn)
+            if attempt == 0 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self._script_sha = None  # script cache flushed (restart, failover): load again
+                continue
+            out: list[dict[bytes, bytes] | None] = []
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                if isinstance(reply, dict):
+                    out.append(reply)
+                elif isinstance(reply, list):
+                    it = iter(reply)
+                    out.append(dict(zip(it, it, strict=True)))
+                else:
+                    out.append(None)  # 1: unchanged since the caller's read
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- operations ---------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True when Redis answers; raises OnlineStoreUnavailable otherwise."""
+        try:
+            return bool(self._client.ping())
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("PING", exc)
+
+    def scan_keys(self, pattern: str) -> Iterator[str]:
+        """Keys matching a glob ``pattern``, by SCAN (never KEYS); a key may repeat once."""
+        try:
+            for key in self._client.scan_iter(match=pattern, count=_SCAN_COUNT):
+                yield key.decode("utf-8") if isinstance(key, bytes) else str(key)
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("SCAN", exc)
+
+    def count_keys(self, fingerprint: str) -> int:
+        """How many entity hashes a view fingerprint has."""
+        return len(set(self.scan_keys(keyspace_pattern(fingerprint))))
+
+    def delete_keyspace(self, fingerprint: str) -> int:
+        """UNLINK every key of a view fingerprint in batches; returns how many were removed."""
+        removed = 0
+        batch: list[str] = []
+        try:
+            for key in self.scan_keys(keyspace_pattern(fingerprint)):
+                batch.append(key)
+                if len(batch) >= _UNLINK_BATCH:
+                    removed += int(self._client.unlink(*batch))
+                    batch.clear()
+            if batch:
+                removed += int(self._client.unlink(*batch))
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("UNLINK", exc)
+        return removed
+
+    def close(self) -> None:
+        """Close the pooled connections (the store reconnects on next use)."""
+        self._client.close()
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _unavailable(self, what: str, exc: redis.exceptions.RedisError) -> NoReturn:
+        detail = self._redact(str(exc) or type(exc).__name__)
+        if isinstance(
+            exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
+        ):
+            hint = AUTH_HINT
+        elif isinstance(exc, redis.exceptions.NoPermissionError):
+            hint = "the Redis user lacks a permission skewless needs (HGETALL, HSET, HDEL, PEXPIREAT, PERSIST, SCAN, UNLINK)"
+        elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            hint = f"is it running? {START_HINT}, or set redis.url / SKEWLESS_REDIS_URL"
+        else:
+            hint = "skewless needs Redis >= 7.0"
+        raise OnlineStoreUnavailable(
+            f"Redis at {self.address} failed ({what}): {detail}; {hint}"
+        ) from exc
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _command(args: Sequence[bytes]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def _address(kwargs: dict[str, Any]) -> str:
+    """``host:port/db`` (or ``unix:/path/db``) — never credentials."""
+    db = kwargs.get("db", 0)
+    path = kwargs.get("path")
+    if path:
+        return f"unix:{path}/{db}"
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+
+
+def _password_in(url: str, text: str) -> bool:
+    """Whether an error text about ``url`` might echo its userinfo part."""
+    _, sep, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    return bool(userinfo) and any(part and part in text for part in userinfo.split(":"))

@@ -1,0 +1,171 @@
+"""RedisOnlineStore against a real Redis: round trips, deletes, expiry rules, error translation."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import redis
+
+from connectors.redis_store import RedisOnlineStore
+from engine.errors import ConfigError, OnlineStoreUnavailable
+from engine.ports import OnlineStateStore, StateWrite
+
+pytestmark = pytest.mark.redis
+
+KEY = "sk:0123456789abcdef:{c1}"
+HOUR_MS = 3_600_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def store(redis_url: str) -> RedisOnlineStore:
+    return RedisOnlineStore(redis_url)
+
+
+def test_implements_the_protocol(store: RedisOnlineStore) -> None:
+    assert isinstance(store, OnlineStateStore)
+    assert store.ping() is True
+    assert store.address.endswith("/15")
+
+
+def test_write_then_load_round_trip(store: RedisOnlineStore) -> None:
+    other = "sk:0123456789abcdef:{c2}"
+    store.write(
+        [
+            StateWrite(key=KEY, fields={"t:0:300000:7": b"\x92\x01\x90", "f:0": b"41"}),
+            StateWrite(key=other, fields={"l:3": b"\x00\xff", "f:3": b"9"}),
+        ]
+    )
+    got = store.load([KEY, "sk:0123456789abcdef:{missing}", other])
+    assert got == [
+        {b"t:0:300000:7": b"\x92\x01\x90", b"f:0": b"41"},
+        {},
+        {b"l:3": b"\x00\xff", b"f:3": b"9"},
+    ]
+    assert store.load([other]) == [{b"l:3": b"\x00\xff", b"f:3": b"9"}]
+    assert store.load([]) == []
+    store.write([])  # nothing to do, no round trip, no error
+
+
+def test_write_sets_and_deletes_fields(store: RedisOnlineStore) -> None:
+    store.write([StateWrite(key=KEY, fields={"t:0:1000:1": b"a", "t:0:1000:2": b"b", "f:0": b"1"})])
+    store.write(
+        [StateWrite(key=KEY, fields={"t:0:1000:3": b"c", "f:0": b"2"}, delete=("t:0:1000:1",))]
+    )
+    assert store.load([KEY]) == [{b"t:0:1000:2": b"b", b"t:0:1000:3": b"c", b"f:0": b"2"}]
+    store.write([StateWrite(key=KEY, fields={}, delete=("t:0:1000:2", "t:0:1000:3", "f:0"))])
+    assert store.load([KEY]) == [{}]
+
+
+def test_expiry_is_set_once_then_only_extended(
+    store: RedisOnlineStore, redis_client: redis.Redis
+) -> None:
+    later = _now_ms() + 2 * HOUR_MS
+    store.write([StateWrite(key=KEY, fields={"f:0": b"1"}, expire_at_ms=later)])
+    assert redis_client.pexpiretime(KEY) == later  # NX: a key without expiry gets one
+    store.write([StateWrite(key=KEY, fields={"f:1": b"1"}, expire_at_ms=later - HOUR_MS)])
+    assert redis_client.pexpiretime(KEY) == later  # GT: an earlier time never shortens it
+    store.write([StateWrite(key=KEY, fields={"f:0": b"2"}, expire_at_ms=later + HOUR_MS)])
+    assert redis_client.pexpiretime(KEY) == later + HOUR_MS  # GT: a later time extends it
+
+
+def test_no_expiry_persists_the_key(store: RedisOnlineStore, redis_client: redis.Redis) -> None:
+    store.write([StateWrite(key=KEY, fields={"f:0": b"1"}, expire_at_ms=_now_ms() + HOUR_MS)])
+    assert redis_client.pexpiretime(KEY) > 0
+    store.write([StateWrite(key=KEY, fields={"l:0": b"x"}, expire_at_ms=None)])
+    assert redis_client.pexpiretime(KEY) == -1  # lifetime state never expires
+    assert store.load([KEY]) == [{b"f:0": b"1", b"l:0": b"x"}]
+
+
+def test_an_expiry_in_the_past_removes_the_key(store: RedisOnlineStore) -> None:
+    store.write([StateWrite(key=KEY, fields={"f:0": b"1"}, expire_at_ms=_now_ms() - 1)])
+    assert store.load([KEY]) == [{}]
+
+
+def test_keyspace_helpers(store: RedisOnlineStore, redis_client: redis.Redis) -> None:
+    fingerprint = "00000000feedbeef"
+    writes = [
+        StateWrite(key=f"sk:{fingerprint}:{{c{i}}}", fields={"f:0": b"1"}) for i in range(1203)
+    ]
+    store.write([*writes, StateWrite(key="sk:1111111111111111:{c1}", fields={"f:0": b"1"})])
+    assert store.count_keys(fingerprint) == 1203
+    assert sorted(store.scan_keys(f"sk:{fingerprint}:{{c12*")) == sorted(
+        f"sk:{fingerprint}:{{c{i}}}" for i in [12, *range(120, 130), *range(1200, 1203)]
+    )
+    assert store.delete_keyspace(fingerprint) == 1203
+    assert store.count_keys(fingerprint) == 0
+    assert redis_client.exists("sk:1111111111111111:{c1}") == 1  # other views untouched
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_redis_names_the_address_never_the_password() -> None:
+    port = _free_port()
+    store = RedisOnlineStore(f"redis://alice:hunter2-secret@127.0.0.1:{port}/3")
+    for call in (
+        lambda: store.load(["k"]),
+        lambda: store.load(["k", "l"]),
+        lambda: store.write([StateWrite(key="k", fields={"f:0": b"1"})]),
+        store.ping,
+    ):
+        with pytest.raises(OnlineStoreUnavailable) as info:
+            call()
+        message = str(info.value)
+        assert f"127.0.0.1:{port}/3" in message
+        assert "scripts/services.sh up redis" in message
+        assert "hunter2" not in message and "hunter2" not in repr(store)
+        assert isinstance(info.value, ConnectionError)
+        assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+
+
+def test_wrong_password_is_an_auth_problem_without_the_password(redis_url: str) -> None:
+    # a user that does not exist: Redis refuses AUTH whatever the server's own settings
+    url = redis_url.replace("redis://", "redis://nobody-skewless:wrong-pass-42@")
+    with pytest.raises(OnlineStoreUnavailable) as info:
+        RedisOnlineStore(url).load(["k"])
+    message = str(info.value)
+    assert "/15" in message and "wrong-pass-42" not in message
+    assert "credentials" in message
+
+
+def test_malformed_url_is_a_config_error_without_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisOnlineStore("htp://bob:topsecret@127.0.0.1:6379/0")
+    assert "topsecret" not in str(info.value)
+    assert "redis://" in str(info.value)
+
+
+def test_load_changed_sends_only_changed_hashes(
+    store: RedisOnlineStore, redis_client: redis.Redis
+) -> None:
+    other = "sk:0123456789abcdef:{c2}"
+    store.write(
+        [
+            StateWrite(key=KEY, fields={"t:0:1000:1": b"a\x00b", "f:0": b"1", "u:0": b"5"}),
+            StateWrite(key=other, fields={"t:1:1000:1": b"z", "f:1": b"7", "u:1": b"9"}),
+        ]
+    )
+    held = (3, ((b"f:0", b"1"), (b"u:0", b"5")))
+    full = {b"t:0:1000:1": b"a\x00b", b"f:0": b"1", b"u:0": b"5"}
+    missing = "sk:0123456789abcdef:{nobody}"
+    assert store.load_changed([KEY, other, missing], [held, None, held]) == [
+        None,  # unchanged: not sent
+        {b"t:1:1000:1": b"z", b"f:1": b"7", b"u:1": b"9"},
+        {},
+    ]
+    redis_client.script_flush()  # a restarted Redis forgets scripts: reloaded once
+    assert store.load_changed([KEY], [held]) == [None]
+    store.write([StateWrite(key=KEY, fields={"t:0:1000:2": b"c"})])  # one more field
+    assert store.load_changed([KEY], [held]) == [{**full, b"t:0:1000:2": b"c"}]
+    store.write([StateWrite(key=KEY, fields={"f:0": b"2"}, delete=("t:0:1000:2",))])
+    assert store.load_changed([KEY], [held]) == [{**full, b"f:0": b"2"}]  # same count, new fence
+    assert store.load_changed([], []) == []
