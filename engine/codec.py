@@ -15,12 +15,16 @@ from engine.errors import CodecError
 from engine.kernel.functions import Aggregator
 
 VERSION = 1
+_PACK = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb builds a new one per call
 
 
 def encode_states(aggregators: Sequence[Aggregator], states: Sequence[Any]) -> bytes:
     """Encode one state per aggregator (a tile, or a window's merged states)."""
-    plain = [agg.to_plain(s) for agg, s in zip(aggregators, states, strict=True)]
-    return bytes(msgpack.packb([VERSION, plain], use_bin_type=True))
+    if len(aggregators) != len(states):
+        raise CodecError(f"{len(states)} states for {len(aggregators)} aggregators")
+    return bytes(
+        _PACK((VERSION, [agg.to_plain(s) for agg, s in zip(aggregators, states, strict=True)]))
+    )
 
 
 def decode_states(aggregators: Sequence[Aggregator], data: bytes) -> list[Any]:

@@ -119,18 +119,16 @@ def encode_fields(
     lifetime_touched: bool,
 ) -> dict[str, bytes]:
     """Fields to HSET for the tiles a batch touched, with the fence and write time."""
-    layout = view.layout
-    groups = {g.hop_ms: g for g in layout.groups}
+    members = view.layout.hop_aggregators
+    by_hop = state.tiles.by_hop
     out: dict[str, bytes] = {}
     for hop, k in touched:
-        tile = state.tiles.by_hop.get(hop, {}).get(k)
+        tile = by_hop.get(hop, {}).get(k)
         if tile is None:
             continue  # evicted in the same batch
-        aggs = [layout.aggregators[i] for i in groups[hop].members]
-        out[tile_field(partition, hop, k)] = encode_states(aggs, tile)
+        out[f"t:{partition}:{hop}:{k}"] = encode_states(members[hop], tile)
     if lifetime_touched and state.tiles.lifetime is not None:
-        aggs = [layout.aggregators[i] for i in layout.lifetime]
-        out[f"l:{partition}"] = encode_states(aggs, state.tiles.lifetime)
+        out[f"l:{partition}"] = encode_states(members[-1], state.tiles.lifetime)
     out[f"f:{partition}"] = str(state.fence).encode()
     out[f"u:{partition}"] = str(state.updated_ms).encode()
     return out

@@ -39,6 +39,7 @@ class TileLayout:
     # per group (lifetime last, as group -1): (group, hop, ((position, input, add, counts_nulls), ...))
     folds: tuple[tuple[int, int, tuple[tuple[int, int, Any, bool], ...]], ...] = field(init=False)
     inits: dict[int, tuple[Any, ...]] = field(init=False)  # group (-1: lifetime) -> init functions
+    hop_aggregators: dict[int, tuple[Aggregator, ...]] = field(init=False)  # hop (-1: lifetime)
 
     def __post_init__(self) -> None:
         by_hop: dict[int, list[int]] = {}
@@ -86,6 +87,9 @@ class TileLayout:
         inits = {g: tuple(aggs[i].init for i in group.members) for g, group in enumerate(groups)}
         inits[-1] = tuple(aggs[i].init for i in lifetime)
         object.__setattr__(self, "inits", inits)
+        by_hop_aggs = {g.hop_ms: tuple(aggs[i] for i in g.members) for g in groups}
+        by_hop_aggs[-1] = tuple(aggs[i] for i in lifetime)
+        object.__setattr__(self, "hop_aggregators", by_hop_aggs)
 
     def new_tile(self, group: int) -> list[Any]:
         return [init() for init in self.inits[group]]
