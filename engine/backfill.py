@@ -38,6 +38,7 @@ Progress = Callable[[int, int], None]
 """Called with (records read since the last call, partitions finished since the last call)."""
 
 DEFAULT_SPILL_ITEMS = 1_000_000
+_SWEEP_EVERY = 250_000  # folds between eviction passes over every entity
 _RESULT_VERSION = 1
 _clock = itemgetter(0)
 
@@ -184,10 +185,6 @@ def _replay(
     """Fold records in clock order and read each label's window just before its time."""
     state: list[dict[EntityKey, EntityTiles]] = [{} for _ in mine]
     views = [view for _, _, view in mine]
-    limits = [
-        sum(g.longest_window_ms // g.hop_ms for g in v.layout.groups) + 2 * len(v.layout.groups) + 1
-        for v in views
-    ]
     finalizers = [
         [v.layout.aggregators[k].finalize for k in req.indices] if job.local[r] else None
         for r, req, v in mine
@@ -195,6 +192,7 @@ def _replay(
     out: list[tuple[int, int, list[Any]]] = []
     stream = iter(events)
     pending = next(stream, None)
+    folded = 0
     for t, m, i, entity in labels:
         while pending is not None and pending[0] < t:
             _, mm, item = pending
@@ -203,12 +201,17 @@ def _replay(
                 tiles = state[mm][item.entity] = EntityTiles()
             apply_extracted(views[mm], tiles, item)
             pending = next(stream, None)
+            folded += 1
+            if folded % _SWEEP_EVERY == 0:
+                # entities without an upcoming label still shed tiles no later label can use
+                for vs, per_entity in enumerate(state):
+                    for held in per_entity.values():
+                        evict(views[vs].layout, held, t)
         tiles = state[m].get(entity)
         if tiles is None:
             continue
         view = views[m]
-        if len(tiles) > limits[m]:
-            evict(view.layout, tiles, t)
+        evict(view.layout, tiles, t, slack=4)
         states = window_states(view.layout, tiles, t, mine[m][1].indices)
         finalize = finalizers[m]
         if finalize is not None:
