@@ -2,24 +2,24 @@
 
 Each source topic gets one agent (``concurrency=1``) that takes events in batches with
 ``Stream.noack_take`` — which yields the events themselves and acks nothing — turns them
-into ``SourceRecord`` s, runs ``BatchProcessor.process`` in a one-thread executor (it is
-synchronous: Redis and file I/O, and the event loop must keep heartbeating meanwhile) and
+into ``SourceRecord`` s, runs ``BatchProcessor.process`` on a one-thread executor (it is
+synchronous: Redis and file I/O, and the event loop must keep serving Faust meanwhile) and
 acks the batch's events only after ``process`` returned. Faust commits acked offsets every
-``commit_interval_ms`` and when it stops, so a committed offset always follows the online
-write and the log append. A failing batch is retried, the same records, with exponential
+``commit_interval_s`` and when it stops, so a committed offset always follows the online
+write and the log append. A failing batch is retried — the same records — with exponential
 backoff until it succeeds: nothing is acked meanwhile, so nothing is committed.
 
 Why not ``take_events``: it acks in a ``finally`` block, so an exception or a cancellation
 that leaves the ``async for`` would ack (and later commit) events that were never
-processed. Why not an agent that raises: Faust's supervisor restarts the agent without
-seeking back, which leaves a gap that stalls commits until the next rebalance.
+processed. Why never let the agent raise: Faust's supervisor restarts a crashed agent
+without seeking back, leaving a gap that stalls commits until the next rebalance.
 
-Rebalances: Faust waits for every tracked event to be acked before it revokes partitions
-(``stream_wait_empty``), so the batch in flight finishes first. When the new assignment
-arrives, a source whose partitions changed gets a fresh processor: its entity cache and
-its log writer's high-water marks are only valid for partitions this worker owned without
-interruption. SIGTERM/SIGINT: Faust's worker stops the agents first (the batch in flight
-runs to completion and is acked), then the consumer, which commits what was acked.
+Rebalances: Faust revokes every partition at each rebalance (the eager protocol), after it
+waited for every event in flight to be acked (``stream_wait_empty``), so the batch in flight
+finishes first. On revoke each source forgets the revoked partitions: the processor's entity
+cache and the log's high-water marks are valid only while this worker owned the partition
+without interruption. SIGTERM/SIGINT: Faust's worker stops the agents first (the batch in
+flight runs to completion and is acked), then the consumer, which commits what was acked.
 
 Example:
     >>> run_faust_worker(plan, config)  # doctest: +SKIP
@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -37,87 +38,106 @@ from typing import Any
 import faust
 
 from engine.config import Config
+from engine.errors import KafkaUnavailable
 from engine.plan import Plan
-from engine.stream.core import BatchOutcome, BatchProcessor, SourceRecord
+from engine.ports import DeadLetterSink
+from engine.stream.core import BatchOutcome, SourceRecord, wall_clock_ms
+from engine.stream.kafka_runtime import SourceWiring, WorkerOptions, WorkerStats, build_worker
 
-__all__ = ["FaustOptions", "ProcessorFactory", "SourceRunner", "build_app", "run_faust_worker"]
+__all__ = ["FaustOptions", "SourceRunner", "build_app", "run_faust_worker", "wire_sources"]
 
-log = logging.getLogger(__name__)
-
-#: Builds a fresh processor for a source name (a new entity cache and a new log writer).
-ProcessorFactory = Callable[[str], BatchProcessor]
+log = logging.getLogger("skewless.worker")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FaustOptions:
-    """Tuning of the Faust runtime; the defaults suit one worker per core."""
+    """Settings only the Faust runtime has (the shared ones are in ``WorkerOptions``)."""
 
-    batch_max: int = 2_000  # events per process() call
-    batch_within_ms: int = 50  # flush a partial batch after this long
-    commit_interval_ms: int = 500  # how often Faust commits acked offsets
-    retry_first_ms: int = 100  # first backoff after a failed batch
-    retry_max_ms: int = 30_000  # backoff ceiling
-    group_id: str | None = None  # default: "skewless.<project>"
-    store: str = "memory://"  # Faust tables are not used: state lives in the online store
-    loglevel: str = "info"
+    commit_interval_s: float = 0.5  # how often Faust commits acked offsets
+    store: str = "memory://"  # no Faust tables: state lives in the online store
     stream_buffer: int = 8_192  # per-agent queue of fetched events
-
-    def __post_init__(self) -> None:
-        if self.batch_max < 1 or self.batch_within_ms < 1 or self.commit_interval_ms < 1:
-            raise ValueError("FaustOptions: batch_max, batch_within_ms and commit_interval_ms >= 1")
-
-
-def group_id_for(config: Config, options: FaustOptions) -> str:
-    """The consumer group (and Faust app id) of a repo's workers."""
-    return options.group_id or f"skewless.{config.project}"
+    session_timeout_s: float = 10.0  # a killed worker's partitions move after this long
+    loglevel: str = "info"  # only used when Faust sets up logging itself
 
 
 def _record(event: Any) -> SourceRecord:
     """The raw Kafka record behind a Faust event (``message`` holds the undecoded bytes)."""
-    message = event.message
-    return SourceRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-    )
+    m = event.message
+    return SourceRecord(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key,
+                        value=m.value)  # fmt: skip
 
 
 class _Stopped(asyncio.CancelledError):
-    """The agent was cancelled while a batch was in flight; ``processed``: it completed."""
+    """The agent was cancelled while a batch was in flight; ``processed``: the batch completed."""
 
     def __init__(self, *, processed: bool) -> None:
         super().__init__()
         self.processed = processed
 
 
+class _StatsLog:
+    """Logs the worker's counters every ``interval_s`` (the kafka runtime's format)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.stats = WorkerStats()
+        self.interval_s = interval_s
+        self._last = time.monotonic()
+        self._last_records = 0
+
+    def maybe_log(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        span = now - self._last
+        if not force and span < self.interval_s:
+            return
+        s = self.stats
+        fresh = s.records - self._last_records
+        log.info(
+            "%d records (%.0f/s), applied %d, late %d, fenced %d, refused %s, batches %d, "
+            "retries %d",
+            s.records, fresh / max(span, 1e-9), s.applied, s.late, s.fenced,
+            dict(s.refused) or 0, s.batches, s.retries,
+        )  # fmt: skip
+        self._last = now
+        self._last_records = s.records
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, saying what a stop signal does before it does it (``mode.Worker``
+    installs these two methods as the loop's SIGTERM and SIGINT handlers)."""
+
+    def _on_sigterm(self) -> None:
+        log.info("SIGTERM: finishing the batch in hand, committing, leaving the group")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        log.info("SIGINT: finishing the batch in hand, committing, leaving the group")
+        super()._on_sigint()
+
+
 class SourceRunner:
     """Drives one source's ``BatchProcessor`` from a Faust stream; acks only processed events.
 
-    All calls into the processor run on one private thread, in order, so ``process`` and
-    the rebalance bookkeeping never overlap.
+    Every call into the processor and its log runs on one private thread, in order, so a
+    batch and the rebalance bookkeeping never overlap.
     """
 
-    def __init__(self, source: str, topic: str, make_processor: ProcessorFactory,
-                 options: FaustOptions) -> None:  # fmt: skip
-        self.source = source
+    def __init__(
+        self, topic: str, wiring: SourceWiring, options: WorkerOptions, stats: _StatsLog
+    ) -> None:
         self.topic = topic
+        self.wiring = wiring
         self.options = options
-        self._make_processor = make_processor
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"skewless-{source}")
-        self.processor = make_processor(source)
-        self.owned: set[int] = set()
-        self.batches = 0
-        self.records = 0
+        self.stats = stats.stats
+        self._stats_log = stats
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"skewless-{topic}")
 
     async def run(self, stream: Any) -> None:
         """The agent body: batch, process until it succeeds, then ack."""
         opts = self.options
-        async for events in stream.noack_take(opts.batch_max, within=opts.batch_within_ms / 1000):
+        async for events in stream.noack_take(opts.batch_max, within=opts.batch_timeout_s):
             records = [_record(e) for e in events]
             try:
-                await self._process_until_done(records)
+                outcome = await self._process_until_done(records)
             except _Stopped as stop:
                 if stop.processed:  # the attempt in flight succeeded: its events are done
                     for event in events:
@@ -125,140 +145,189 @@ class SourceRunner:
                 raise
             for event in events:
                 await stream.ack(event)
-            self.batches += 1
-            self.records += len(records)
+            self.stats.add(outcome)
+            self.stats.batches += 1
+            self._stats_log.maybe_log()
 
     async def _process_until_done(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         loop = asyncio.get_running_loop()
-        delay_ms = self.options.retry_first_ms
+        processor = self.wiring.processor
         attempt = 0
         while True:
-            attempt += 1
-            future = loop.run_in_executor(self._executor, self.processor.process, records)
+            future = loop.run_in_executor(self._executor, processor.process, records)
             try:
-                outcome = await asyncio.shield(future)
+                return await asyncio.shield(future)
             except asyncio.CancelledError:
                 # stopping: let the attempt in flight finish, so that its effects and our
                 # acks agree (whatever it wrote is fenced: a replay never applies it twice)
                 await asyncio.wait([future])
                 raise _Stopped(processed=future.exception() is None) from None
-            except Exception as exc:
-                first, last = records[0], records[-1]
-                log.warning(
-                    "source %r: batch of %d records (partition %d offset %d .. partition %d "
-                    "offset %d) failed on attempt %d, retrying in %.1fs without committing: %s",
-                    self.source, len(records), first.partition, first.offset, last.partition,
-                    last.offset, attempt, delay_ms / 1000, exc,
+            except Exception as exc:  # retried forever: never drop, never skip, never commit
+                opts = self.options
+                delay = min(opts.backoff_max_s, opts.backoff_initial_s * 2**attempt)
+                attempt += 1
+                self.stats.retries += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "batch of %d records of %s (%s) failed, attempt %d: %s: %s — not acked; "
+                    "retrying the same records in %.1fs",
+                    len(records), self.topic, _span(records), attempt, type(exc).__name__, exc,
+                    delay, exc_info=attempt == 1 and not isinstance(exc, ConnectionError | OSError),
                 )  # fmt: skip
-                await asyncio.sleep(delay_ms / 1000)
-                delay_ms = min(delay_ms * 2, self.options.retry_max_ms)
-                continue
-            if attempt > 1:
-                log.info("source %r: batch succeeded on attempt %d", self.source, attempt)
-            if outcome.refused:
-                log.info(
-                    "source %r: %d records sent to the dead-letter topic (%s)",
-                    self.source, sum(outcome.refused.values()),
-                    ", ".join(f"{k}={v}" for k, v in sorted(outcome.refused.items())),
-                )  # fmt: skip
-            return outcome
+                await asyncio.sleep(delay)
 
-    async def on_assigned(self, partitions: set[int]) -> None:
-        """Forget partitions we lost; start afresh when we gained any (others may have
-        written them since we last owned them, so cached state and log marks are stale)."""
-        lost = self.owned - partitions
-        gained = partitions - self.owned
-        self.owned = set(partitions)
-        if not lost and not gained:
+    async def on_revoked(self, partitions: set[int]) -> None:
+        """Forget what this worker knew of partitions it may not own any more."""
+        if not partitions:
             return
-        loop = asyncio.get_running_loop()
-        if gained:
-            log.info("source %r: assigned partitions %s; fresh processor", self.source,
-                     sorted(partitions))  # fmt: skip
-            self.processor = await loop.run_in_executor(
-                self._executor, self._make_processor, self.source
-            )
-        else:
-            log.info("source %r: partitions %s revoked", self.source, sorted(lost))
-            await loop.run_in_executor(self._executor, self.processor.forget_partitions, lost)
+        self.stats.rebalances += 1
+
+        def forget() -> None:
+            self.wiring.processor.forget_partitions(partitions)
+            self.wiring.log.forget()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, forget)
+        log.info("revoked %s %s", self.topic, sorted(partitions))
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        self.stats.rebalances += 1
+        log.info("assigned %s %s", self.topic, sorted(partitions))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _span(recs: Sequence[SourceRecord]) -> str:
+    bounds: dict[int, tuple[int, int]] = {}
+    for r in recs:
+        lo, hi = bounds.get(r.partition, (r.offset, r.offset))
+        bounds[r.partition] = (min(lo, r.offset), max(hi, r.offset))
+    return ", ".join(f"p{p} offsets {lo}..{hi}" for p, (lo, hi) in sorted(bounds.items()))
 
 
 def _partitions_of(tps: Iterable[Any], topic: str) -> set[int]:
     return {tp.partition for tp in tps if tp.topic == topic}
 
 
+def wire_sources(plan: Plan, config: Config) -> dict[str, SourceWiring]:
+    """Source topic → processor and log, wired to the connectors named by ``config``.
+
+    The same wiring as the kafka runtime (``build_worker``), except that each source gets
+    its own dead-letter producer: each source's processor runs on its own thread.
+    """
+    from connectors.kafka import KafkaDeadLetterSink, KafkaPublisher, KafkaSettings
+
+    settings = KafkaSettings.from_config(config)
+
+    def dead_letters(source: str) -> DeadLetterSink:
+        return KafkaDeadLetterSink(KafkaPublisher(settings), source)
+
+    return build_worker(plan, config, dead_letters=dead_letters).sources
+
+
 def build_app(
-    plan: Plan,
     config: Config,
-    make_processor: ProcessorFactory,
-    options: FaustOptions | None = None,
-    sources: Sequence[str] | None = None,
-) -> tuple[faust.App, list[SourceRunner]]:
-    """A Faust app with one agent per source (all of the plan's sources by default)."""
-    opts = options or FaustOptions()
-    names = list(sources) if sources is not None else sorted(plan.sources)
-    app_id = group_id_for(config, opts)
+    wiring: Mapping[str, SourceWiring],
+    options: WorkerOptions | None = None,
+    faust_options: FaustOptions | None = None,
+) -> tuple[faust.App, list[SourceRunner], _StatsLog]:
+    """A Faust app with one agent per source topic of ``wiring``, in group ``skewless.<project>``."""
+    from connectors.kafka import group_id
+
+    opts = options or WorkerOptions()
+    fopts = faust_options or FaustOptions()
     datadir = config.state_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        app_id,
+        group_id(config.project),  # the app id is the consumer group: the same as --runtime kafka
         broker=[f"kafka://{host.strip()}" for host in config.kafka_bootstrap.split(",")],
-        store=opts.store,
+        store=fopts.store,
         datadir=str(datadir),
         web_enabled=False,
-        topic_disable_leader=True,  # no <id>-__assignor-__leader topic: we have no tables
-        broker_commit_interval=opts.commit_interval_ms / 1000,
-        broker_commit_every=max(opts.batch_max, 10_000),
-        stream_buffer_maxsize=opts.stream_buffer,
-        stream_wait_empty=True,  # revoke only after the batch in flight is acked
+        topic_disable_leader=True,  # no <id>-__assignor-__leader topic: there are no tables
+        broker_commit_interval=fopts.commit_interval_s,
+        broker_session_timeout=fopts.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, fopts.session_timeout_s / 5),
+        stream_buffer_maxsize=max(fopts.stream_buffer, opts.batch_max),
+        stream_wait_empty=True,  # revoke only once the batch in flight is acked
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         producer_threaded=False,
         autodiscover=False,
     )
-    runners: list[SourceRunner] = []
-    for name in names:
-        src = plan.sources[name]
-        runner = SourceRunner(name, src.topic, make_processor, opts)
-        topic = app.topic(
-            src.topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
+    stats = _StatsLog(opts.stats_interval_s)
+    runners: dict[str, SourceRunner] = {}
+    for topic_name, source_wiring in sorted(wiring.items()):
+        runner = SourceRunner(topic_name, source_wiring, opts, stats)
+        topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw")  # fmt: skip
+        app.agent(topic, name=f"skewless.{topic_name}", concurrency=1)(runner.run)
+        runners[topic_name] = runner
+
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[Any] = args[0]  # sent as send(revoked)
+        for topic_name, runner in runners.items():
+            await runner.on_revoked(_partitions_of(revoked, topic_name))
+
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned: set[Any] = args[0]  # sent as send(assigned)
+        for topic_name, runner in runners.items():
+            runner.on_assigned(_partitions_of(assigned, topic_name))
+
+    app.on_partitions_revoked.connect(on_revoked)
+    app.on_partitions_assigned.connect(on_assigned)
+    return app, list(runners.values()), stats
+
+
+def _check_topics(config: Config, topics: Iterable[str]) -> None:
+    """Fail fast (Faust would wait forever) when a source topic does not exist."""
+    from connectors.kafka import KafkaSettings, topic_partitions
+
+    wanted = sorted(topics)
+    found = topic_partitions(KafkaSettings.from_config(config), wanted)
+    missing = [t for t in wanted if t not in found]
+    if missing:
+        raise KafkaUnavailable(
+            f"Kafka at {config.kafka_bootstrap}: topic(s) {', '.join(missing)} do not exist; "
+            "run `skewless apply` to create the topics of the definitions"
         )
-        app.agent(topic, name=f"skewless.{name}", concurrency=1)(runner.run)
-        runners.append(runner)
-
-    by_topic: Mapping[str, SourceRunner] = {r.topic: r for r in runners}
-
-    async def _on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        assigned: set[Any] = args[0]  # the signal is sent as send(assigned)
-        for topic, runner in by_topic.items():
-            await runner.on_assigned(_partitions_of(assigned, topic))
-
-    app.on_partitions_assigned.connect(_on_assigned)
-
-    return app, runners
 
 
 def run_faust_worker(
     plan: Plan,
     config: Config,
-    make_processor: ProcessorFactory,
+    options: WorkerOptions | None = None,
+    faust_options: FaustOptions | None = None,
     *,
-    options: FaustOptions | None = None,
-    sources: Sequence[str] | None = None,
+    wiring: Mapping[str, SourceWiring] | None = None,
+    setup_logging: bool = False,
 ) -> int:
-    """Run a Faust worker until SIGTERM/SIGINT; returns the process exit code (0 on a clean stop)."""
-    opts = options or FaustOptions()
-    app, runners = build_app(plan, config, make_processor, opts, sources)
+    """Run a Faust worker until SIGTERM/SIGINT (``skewless worker --runtime faust``).
+
+    Returns the exit code Faust's worker ends with: 0 after a clean stop. ``wiring``
+    defaults to ``wire_sources(plan, config)``; ``setup_logging`` lets Faust configure
+    logging itself (the CLI configures it beforehand). Raises KafkaUnavailable when Kafka
+    cannot be reached or a source topic does not exist.
+
+    Example:
+        >>> store = FeatureStore.from_repo("definitions")  # doctest: +SKIP
+        >>> run_faust_worker(store.plan, store.config, WorkerOptions(batch_max=2000))  # doctest: +SKIP
+        0
+    """
+    opts = options or WorkerOptions()
+    fopts = faust_options or FaustOptions()
+    if wiring is None:
+        wiring = wire_sources(plan, config)
+    _check_topics(config, wiring)
+    app, runners, stats = build_app(config, wiring, opts, fopts)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    worker = faust.Worker(app, loglevel=opts.loglevel, quiet=True, loop=loop)
+    worker = _Worker(
+        app, loglevel=fopts.loglevel, quiet=True, loop=loop, override_logging=setup_logging
+    )
+    worker.spinner = None  # a terminal spinner would write escape codes into the log
+    started = wall_clock_ms()
+    log.info("faust worker started: topics %s, %s, %s", sorted(wiring), opts, fopts)
     code = 0
     try:
         worker.execute_from_commandline()
@@ -267,4 +336,7 @@ def run_faust_worker(
     finally:
         for runner in runners:
             runner.close()
+        stats.maybe_log(force=True)
+        log.info("faust worker stopped after %.1fs (exit code %d)",
+                 (wall_clock_ms() - started) / 1000, code)  # fmt: skip
     return code

@@ -1,0 +1,510 @@
+"""Kafka through confluent-kafka: client configs, topics, producers, dead letters and the batch consumer.
+
+This module is the one boundary where confluent-kafka's exceptions are translated:
+unreachable brokers, refused requests and failed deliveries become ``KafkaUnavailable``
+(an operator can act on it: start the broker, create the topic), invalid client settings
+become ``ConfigError``. Every client config is built by ``KafkaSettings.client_config``, the
+single place where security settings (SASL/SSL) will be added.
+
+Producers use ``partitioner=murmur2_random`` (the Java client's default, the same function as
+``engine.keys.partition_for``) and ``enable.idempotence=true``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it implicitly
+
+from engine.errors import ConfigError, KafkaUnavailable
+from engine.ports import DeadLetter
+from engine.stream.core import SourceRecord
+
+if TYPE_CHECKING:
+    from engine.config import Config
+
+__all__ = [
+    "DLQ_HEADERS",
+    "KafkaBatchConsumer",
+    "KafkaDeadLetterSink",
+    "KafkaPublisher",
+    "KafkaSettings",
+    "dead_letter_topic",
+    "ensure_topics",
+    "group_id",
+]
+
+START_HINT = "start a local broker with `bash scripts/services.sh up kafka`"
+DLQ_HEADERS = (
+    "skewless.reason",
+    "skewless.reason_code",
+    "skewless.source_topic",
+    "skewless.source_partition",
+    "skewless.source_offset",
+)
+_MAX_REASON_BYTES = 4096
+_LIBRDKAFKA_LOG = logging.getLogger("skewless.kafka.librdkafka")
+log = logging.getLogger("skewless.kafka")
+
+Partition = tuple[str, int]
+"""(topic, partition)"""
+
+_CONNECTIVITY = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError._WAIT_COORD,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    }
+)
+
+
+def dead_letter_topic(source: str) -> str:
+    """The dead-letter topic of a source: ``skewless.<source>.dlq`` (DESIGN §4)."""
+    return f"skewless.{source}.dlq"
+
+
+def group_id(project: str) -> str:
+    """The consumer group of a project's workers: ``skewless.<project>``."""
+    return f"skewless.{project}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    """Where the brokers are and how to talk to them; builds every client config.
+
+    Example:
+        >>> KafkaSettings(bootstrap_servers="127.0.0.1:9092").client_config()["bootstrap.servers"]
+        '127.0.0.1:9092'
+    """
+
+    bootstrap_servers: str
+    client_id: str = "skewless"
+    timeout_s: float = 10.0  # admin requests, metadata checks, producer flushes
+
+    @classmethod
+    def from_config(cls, config: Config) -> KafkaSettings:
+        """The settings of ``kafka.bootstrap_servers`` / ``SKEWLESS_KAFKA_BOOTSTRAP``."""
+        return cls(bootstrap_servers=config.kafka_bootstrap, client_id=f"skewless.{config.project}")
+
+    def client_config(self, **overrides: Any) -> dict[str, Any]:
+        """The base config of every client; ``overrides`` use librdkafka's dotted names."""
+        base: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "logger": _LIBRDKAFKA_LOG,
+        }
+        base.update(overrides)
+        return base
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Keyed like the Java client (murmur2), idempotent, bounded delivery time."""
+        return self.client_config(
+            **{
+                "partitioner": "murmur2_random",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": int(self.timeout_s * 3 * 1000),
+                **overrides,
+            }
+        )
+
+    def consumer_config(self, group: str, **overrides: Any) -> dict[str, Any]:
+        """A group member that commits explicitly and starts from the earliest offset."""
+        return self.client_config(
+            **{
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 2_000,
+                **overrides,
+            }
+        )
+
+    def describe(self) -> str:
+        return f"Kafka at {self.bootstrap_servers}"
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _error_of(exc: KafkaException) -> KafkaError | None:
+    arg = exc.args[0] if exc.args else None
+    return arg if isinstance(arg, KafkaError) else None
+
+
+def _unavailable(settings: KafkaSettings, what: str, err: KafkaError | str) -> KafkaUnavailable:
+    if isinstance(err, KafkaError):
+        detail = f"{err.str()} ({err.name()})"
+        hint = (
+            f"is the broker running? {START_HINT}, or set kafka.bootstrap_servers / "
+            "SKEWLESS_KAFKA_BOOTSTRAP"
+            if err.code() in _CONNECTIVITY
+            else "see the broker log"
+        )
+    else:
+        detail, hint = err, "see the broker log"
+    return KafkaUnavailable(f"{settings.describe()}: {what} failed: {detail}; {hint}")
+
+
+def _client(
+    settings: KafkaSettings, factory: Callable[[dict[str, Any]], Any], conf: dict[str, Any]
+) -> Any:
+    try:
+        return factory(conf)
+    except KafkaException as exc:
+        err = _error_of(exc)
+        raise ConfigError(
+            f"invalid Kafka client settings for {settings.describe()}: {err.str() if err else exc}"
+        ) from exc
+
+
+# -- topics -------------------------------------------------------------------------------
+
+
+def topic_partitions(settings: KafkaSettings, names: Iterable[str] | None = None) -> dict[str, int]:
+    """Partition counts of existing topics (all topics when ``names`` is None)."""
+    admin = _client(settings, AdminClient, settings.client_config())
+    try:
+        meta = admin.list_topics(timeout=settings.timeout_s)
+    except KafkaException as exc:
+        err = _error_of(exc)
+        raise _unavailable(settings, "listing topics", err or str(exc)) from exc
+    wanted = None if names is None else set(names)
+    return {
+        name: len(t.partitions)
+        for name, t in meta.topics.items()
+        if t.error is None and (wanted is None or name in wanted)
+    }
+
+
+def ensure_topics(settings: KafkaSettings, topics: Mapping[str, int]) -> list[str]:
+    """Create the topics of ``topics`` (name → partitions) that do not exist; return those created.
+
+    Idempotent: existing topics are left as they are (whatever their partition count), and a
+    topic that another client creates concurrently counts as existing. The replication
+    factor is the broker's default.
+
+    Example:
+        >>> ensure_topics(settings, {"transactions": 4, "skewless.transactions.dlq": 4})  # doctest: +SKIP
+        ['transactions', 'skewless.transactions.dlq']
+    """
+    for name, count in topics.items():
+        if not isinstance(count, int) or count < 1:
+            raise ConfigError(
+                f"topic {name!r}: partitions must be a positive integer, got {count!r}"
+            )
+    existing = topic_partitions(settings, topics)
+    missing = [name for name in topics if name not in existing]
+    if not missing:
+        return []
+    admin = _client(settings, AdminClient, settings.client_config())
+    new = [NewTopic(name, num_partitions=topics[name], replication_factor=-1) for name in missing]
+    try:
+        futures = admin.create_topics(
+            new, operation_timeout=settings.timeout_s, request_timeout=settings.timeout_s
+        )
+    except KafkaException as exc:
+        raise _unavailable(settings, "creating topics", _error_of(exc) or str(exc)) from exc
+    created: list[str] = []
+    for name in missing:
+        try:
+            futures[name].result(timeout=settings.timeout_s * 2)
+        except KafkaException as exc:
+            err = _error_of(exc)
+            if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise _unavailable(settings, f"creating topic {name!r}", err or str(exc)) from exc
+        except TimeoutError as exc:
+            raise _unavailable(settings, f"creating topic {name!r}", "no answer in time") from exc
+        created.append(name)
+    _wait_for_leaders(settings, admin, created)
+    return created
+
+
+def _wait_for_leaders(settings: KafkaSettings, admin: Any, names: Sequence[str]) -> None:
+    """Return once every partition of ``names`` has a leader, so the topics are usable."""
+    deadline = time.monotonic() + settings.timeout_s
+    waiting = list(names)
+    while waiting:
+        try:
+            meta = admin.list_topics(timeout=settings.timeout_s)
+        except KafkaException as exc:
+            raise _unavailable(settings, "listing topics", _error_of(exc) or str(exc)) from exc
+        waiting = [
+            n
+            for n in waiting
+            if n not in meta.topics
+            or meta.topics[n].error is not None
+            or any(part.leader < 0 for part in meta.topics[n].partitions.values())
+        ]
+        if waiting and time.monotonic() > deadline:
+            raise _unavailable(settings, f"waiting for leaders of {waiting}", "no leader in time")
+        if waiting:
+            time.sleep(0.05)
+
+
+# -- producing ----------------------------------------------------------------------------
+
+Headers = list[tuple[str, bytes]]
+OutRecord = tuple[bytes | None, bytes | None, Headers | None]
+"""(key, value, headers) of a record to produce."""
+
+
+class KafkaPublisher:
+    """An idempotent producer that delivers batches and says, per batch, whether all landed.
+
+    Not thread-safe: use one per thread. A fatal producer error (the idempotent producer
+    lost its sequence) replaces the producer on the next ``send``.
+
+    Example:
+        >>> pub = KafkaPublisher(KafkaSettings(bootstrap_servers="127.0.0.1:9092"))  # doctest: +SKIP
+        >>> pub.send("transactions", [(b"c1", b"...", None)])  # doctest: +SKIP
+        1
+    """
+
+    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+        self.settings = settings
+        self._conf = settings.producer_config(**overrides)
+        self._producer: Any = _client(settings, Producer, self._conf)
+        self._topics: dict[str, int] = {}
+
+    def partitions(self, topic: str) -> int:
+        """Partition count of ``topic``; raises KafkaUnavailable if it is missing or unreachable."""
+        known = self._topics.get(topic)
+        if known is not None:
+            return known
+        try:
+            meta = self._producer.list_topics(topic, timeout=self.settings.timeout_s)
+        except KafkaException as exc:
+            raise _unavailable(
+                self.settings, f"metadata of topic {topic!r}", _error_of(exc) or str(exc)
+            ) from exc
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None:
+            raise KafkaUnavailable(
+                f"{self.settings.describe()}: topic {topic!r} does not exist; run `skewless apply` "
+                "to create the topics of the definitions"
+            )
+        self._topics[topic] = len(found.partitions)
+        return self._topics[topic]
+
+    def send(self, topic: str, records: Iterable[OutRecord]) -> int:
+        """Produce every record to ``topic``, flush, and return how many were delivered.
+
+        Raises KafkaUnavailable (after the flush) if any record was not delivered; the
+        caller retries the whole batch, so a retried batch may deliver some records twice.
+        """
+        failures: list[KafkaError] = []
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failures.append(err)
+
+        producer = self._producer
+        produce = producer.produce
+        count = 0
+        for key, value, headers in records:
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers, on_delivery=delivered)
+                    break
+                except BufferError:  # local queue full: serve delivery reports, then retry
+                    producer.poll(0.05)
+                except KafkaException as exc:
+                    raise _unavailable(
+                        self.settings, f"producing to {topic!r}", _error_of(exc) or str(exc)
+                    ) from exc
+            count += 1
+            if count % 10_000 == 0:
+                producer.poll(0)
+        remaining = producer.flush(self.settings.timeout_s * 3)
+        if failures or remaining:
+            first = failures[0] if failures else None
+            if first is not None and first.fatal():
+                self._producer = _client(self.settings, Producer, self._conf)
+            what = f"delivering {len(failures) + remaining} of {count} records to {topic!r}" + (
+                f" ({remaining} still queued after the flush)" if remaining else ""
+            )
+            raise _unavailable(self.settings, what, first or "flush timed out")
+        return count
+
+    def close(self) -> None:
+        """Deliver what is queued (bounded by the settings' timeout)."""
+        self._producer.flush(self.settings.timeout_s)
+
+
+class KafkaDeadLetterSink:
+    """``engine.ports.DeadLetterSink`` on ``skewless.<source>.dlq``: same key and value bytes,
+    with the reason and source coordinates in headers (``DLQ_HEADERS``).
+
+    Delivery is at least once: a batch retried after a failure may send a letter twice;
+    readers deduplicate by (``skewless.source_partition``, ``skewless.source_offset``).
+    """
+
+    def __init__(self, publisher: KafkaPublisher, source: str) -> None:
+        self.publisher = publisher
+        self.topic = dead_letter_topic(source)
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        """Deliver every letter (flushed) or raise KafkaUnavailable."""
+        if letters:
+            self.publisher.send(self.topic, (_letter(x) for x in letters))
+
+
+def _letter(letter: DeadLetter) -> OutRecord:
+    reason = letter.reason.encode("utf-8")[:_MAX_REASON_BYTES]
+    headers: Headers = [
+        ("skewless.reason", reason),
+        ("skewless.reason_code", letter.code.encode("ascii")),
+        ("skewless.source_topic", letter.topic.encode("utf-8")),
+        ("skewless.source_partition", str(letter.partition).encode("ascii")),
+        ("skewless.source_offset", str(letter.offset).encode("ascii")),
+    ]
+    return letter.key, letter.value, headers
+
+
+# -- consuming ----------------------------------------------------------------------------
+
+PartitionsCallback = Callable[[list[Partition]], None]
+
+
+class KafkaBatchConsumer:
+    """A group member that hands out batches of ``SourceRecord`` and commits explicit offsets.
+
+    Rebalance callbacks run inside ``poll_batch`` / ``close`` on the caller's thread, with
+    ``(topic, partition)`` lists. Offsets are committed only through ``commit``.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_assign: PartitionsCallback,
+        on_revoke: PartitionsCallback,
+        on_lost: PartitionsCallback,
+        **overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self._consumer: Any = _client(
+            settings, Consumer, settings.consumer_config(group, **overrides)
+        )
+
+        def assign(_c: Any, parts: list[TopicPartition]) -> None:
+            on_assign([(tp.topic, tp.partition) for tp in parts])
+
+        def revoke(_c: Any, parts: list[TopicPartition]) -> None:
+            on_revoke([(tp.topic, tp.partition) for tp in parts])
+
+        def lost(_c: Any, parts: list[TopicPartition]) -> None:
+            on_lost([(tp.topic, tp.partition) for tp in parts])
+
+        try:
+            self._consumer.subscribe(list(topics), on_assign=assign, on_revoke=revoke, on_lost=lost)
+        except KafkaException as exc:
+            raise _unavailable(
+                settings, f"subscribing to {list(topics)}", _error_of(exc) or str(exc)
+            ) from exc
+        self._last_error_log = 0.0
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
+        """Up to ``max_records`` records (fewer after ``timeout_s``); serves rebalances.
+
+        Per-partition errors the client reports (a broker restarting, a topic deleted) are
+        logged at most every 5 s and skipped — they are not records; a fatal client error
+        raises KafkaUnavailable.
+        """
+        try:
+            messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        except KafkaException as exc:
+            raise _unavailable(self.settings, "consuming", _error_of(exc) or str(exc)) from exc
+        out: list[SourceRecord] = []
+        append = out.append
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                self._message_error(err)
+                continue
+            append(
+                SourceRecord(topic=m.topic(), partition=m.partition(), offset=m.offset(),
+                             key=m.key(), value=m.value())
+            )  # fmt: skip
+        return out
+
+    def _message_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise _unavailable(self.settings, "consuming (fatal client error)", err)
+        now = time.monotonic()
+        if now - self._last_error_log >= 5.0:
+            self._last_error_log = now
+            log.warning(
+                "%s: consumer error: %s (%s)", self.settings.describe(), err.str(), err.name()
+            )
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Synchronously commit ``offsets`` (next offset to read per partition).
+
+        Raises KafkaUnavailable if the broker refused or could not be reached — e.g. the group
+        rebalanced and these partitions now belong to another member.
+        """
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            result = self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise _unavailable(
+                self.settings,
+                f"committing offsets of group {self.group!r}",
+                _error_of(exc) or str(exc),
+            ) from exc
+        failed = [tp for tp in result or () if tp.error is not None]
+        if failed:
+            tp = failed[0]
+            raise _unavailable(
+                self.settings,
+                f"committing {tp.topic}[{tp.partition}]@{tp.offset} of group {self.group!r}",
+                tp.error,
+            )
+
+    def assignment(self) -> list[Partition]:
+        return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def pause_all(self) -> None:
+        """Stop fetching from every assigned partition (``poll_batch`` still serves rebalances)."""
+        parts = self._consumer.assignment()
+        if parts:
+            self._consumer.pause(parts)
+
+    def resume_all(self) -> None:
+        parts = self._consumer.assignment()
+        if parts:
+            self._consumer.resume(parts)
+
+    def close(self) -> None:
+        """Leave the group (runs the revoke callback) and release the client."""
+        try:
+            self._consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: closing the consumer: %s", self.settings.describe(), exc)

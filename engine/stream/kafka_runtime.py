@@ -1,0 +1,536 @@
+"""The lean confluent-kafka runtime: one consumer per process feeding ``BatchProcessor`` batches.
+
+The loop (one thread; everything below happens inside it, rebalance callbacks included):
+
+1. ``consume`` up to ``batch_max`` records (waiting at most ``batch_timeout_s``);
+2. per source topic, ``BatchProcessor.process`` — online write, log append and dead letters
+   are durable when it returns;
+3. commit the next offsets of every partition in the batch, synchronously.
+
+A failing batch (Redis or Kafka unreachable, the log not writable, anything else) is retried
+— the same records, never a subset skipped, never committed before it succeeds — with
+exponential backoff capped at ``backoff_max_s``. While it waits the consumer is paused but
+keeps polling, so it stays in the group and rebalances run; records of partitions revoked
+meanwhile are dropped from the retry (their new owner replays them from the last commit,
+and the core's offset fences make that idempotent).
+
+SIGTERM/SIGINT (when ``install_signals``) or ``stop.set()`` ends the loop after the batch in
+hand is processed and committed; the consumer then leaves the group. A batch still failing
+``drain_timeout_s`` after the stop request is abandoned uncommitted and will be redelivered.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+from engine.config import Config
+from engine.envelope import Envelope
+from engine.errors import ConfigError, KafkaUnavailable
+from engine.plan import Plan
+from engine.ports import DeadLetterSink, EventLogSink, OnlineStateStore
+from engine.stream.core import BatchOutcome, BatchProcessor, SourceRecord, wall_clock_ms
+
+log = logging.getLogger("skewless.worker")
+
+Partition = tuple[str, int]
+PartitionsCallback = Callable[[list[Partition]], None]
+
+
+class BatchConsumer(Protocol):
+    """What the loop needs from a consumer (``connectors.kafka.KafkaBatchConsumer``)."""
+
+    def poll_batch(self, max_records: int, timeout_s: float) -> list[SourceRecord]: ...
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None: ...
+
+    def pause_all(self) -> None: ...
+
+    def resume_all(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ConsumerFactory = Callable[
+    [PartitionsCallback, PartitionsCallback, PartitionsCallback], BatchConsumer
+]
+"""Builds the consumer given (on_assign, on_revoke, on_lost)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerOptions:
+    """Tuning of the loop (CLI: ``skewless worker --batch-max … --batch-timeout …``)."""
+
+    batch_max: int = 5000
+    batch_timeout_s: float = 0.05
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+    drain_timeout_s: float = 30.0
+    stats_interval_s: float = 10.0
+    # Freeze the cyclic GC's view of everything alive after each batch, so a collection only
+    # walks what the next batch allocates, not the whole entity cache (full collections of a
+    # large cache measured 100-300 ms, the freshness p99); unfreeze and collect everything
+    # once per ``gc_full_interval_s``. The cache holds no reference cycles.
+    gc_freeze: bool = True
+    gc_full_interval_s: float = 600.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters of one worker process, for logs now and a Prometheus exporter later."""
+
+    records: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    applied: int = 0
+    late: int = 0
+    fenced: int = 0
+    entities_written: int = 0
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    retries: int = 0
+    rebalances: int = 0
+    last_commit_ms: int | None = None
+    last_error: str | None = None
+    started_ms: int = field(default_factory=wall_clock_ms)
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.records += outcome.records
+        self.refused.update(outcome.refused)
+        self.applied += outcome.applied
+        self.late += outcome.late
+        self.fenced += outcome.fenced
+        self.entities_written += outcome.entities_written
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (``refused`` by reason code), e.g. for a metrics endpoint."""
+        return {
+            "records": self.records,
+            "refused": dict(self.refused),
+            "applied": self.applied,
+            "late": self.late,
+            "fenced": self.fenced,
+            "entities_written": self.entities_written,
+            "batches": self.batches,
+            "commits": self.commits,
+            "commit_failures": self.commit_failures,
+            "retries": self.retries,
+            "rebalances": self.rebalances,
+            "last_commit_ms": self.last_commit_ms,
+            "last_error": self.last_error,
+            "started_ms": self.started_ms,
+        }
+
+
+class OwnedPartitionsLog:
+    """An ``EventLogSink`` whose per-partition high-water marks are re-learned after a revoke.
+
+    ``EventLogWriter`` caches each partition's highest logged offset; once a partition has
+    been owned by another worker that cache is stale, so ``forget`` replaces the writer
+    (the new one re-reads the partition's file names on first use).
+    """
+
+    def __init__(self, make: Callable[[], EventLogSink]) -> None:
+        self._make = make
+        self._writer = make()
+
+    def append(self, records: Sequence[Envelope]) -> list[str]:
+        return self._writer.append(records)
+
+    def last_offset(self, partition: int) -> int | None:
+        return self._writer.last_offset(partition)
+
+    def forget(self) -> None:
+        self._writer = self._make()
+
+
+@dataclass(slots=True)
+class SourceWiring:
+    """One source's processor and the log it appends to."""
+
+    processor: BatchProcessor
+    log: OwnedPartitionsLog
+
+
+class KafkaWorker:
+    """The consumer loop around one ``BatchProcessor`` per source topic.
+
+    Example:
+        >>> worker = build_worker(store.plan, store.config)  # doctest: +SKIP
+        >>> worker.run(install_signals=True)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, SourceWiring],
+        consumer_factory: ConsumerFactory,
+        options: WorkerOptions | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.sources = dict(sources)  # topic → wiring
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self._factory = consumer_factory
+        self._consumer: BatchConsumer | None = None
+        self._assigned: set[Partition] = set()
+        self._epoch: dict[Partition, int] = {}  # bumped on every assignment of a partition
+        self._pending: dict[Partition, int] = {}  # processed, not yet committed
+        self._stash: list[SourceRecord] = []  # fetched while a failed batch waited
+        self._stop = threading.Event()
+        self._stop_requested_at: float | None = None
+        self._sleep = sleep
+        self._last_stats = time.monotonic()
+        self._last_stats_records = 0
+        self._last_full_gc = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def assignment(self) -> set[Partition]:
+        return set(self._assigned)
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit and leave (thread-safe)."""
+        self._stop.set()
+
+    def run(
+        self, stop: threading.Event | None = None, *, install_signals: bool = False
+    ) -> WorkerStats:
+        """Consume until ``stop`` is set (or SIGTERM/SIGINT with ``install_signals``)."""
+        if stop is not None:
+            self._stop = stop
+        with _signals(self._stop, install_signals):
+            consumer = self._factory(self._on_assign, self._on_revoke, self._on_lost)
+            self._consumer = consumer
+            log.info("worker started: topics %s, %s", sorted(self.sources), self.options)
+            try:
+                while not self._stop.is_set():
+                    if self._stash:
+                        records, self._stash = self._stash, []
+                    else:
+                        records = consumer.poll_batch(
+                            self.options.batch_max, self.options.batch_timeout_s
+                        )
+                    if records:
+                        self._handle(records)
+                        self._collect_garbage()
+                    self._maybe_log_stats()
+            finally:
+                self._commit_pending(final=True)
+                consumer.close()  # leaves the group: runs on_revoke
+                self._consumer = None
+                self._log_stats(force=True)
+                if self.options.gc_freeze:
+                    gc.unfreeze()
+        return self.stats
+
+    def _collect_garbage(self) -> None:
+        if not self.options.gc_freeze:
+            return
+        if time.monotonic() - self._last_full_gc >= self.options.gc_full_interval_s:
+            gc.unfreeze()
+            gc.collect()
+            self._last_full_gc = time.monotonic()
+        gc.freeze()
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def _handle(self, records: list[SourceRecord]) -> None:
+        by_topic: dict[str, list[SourceRecord]] = {}
+        for rec in records:
+            group = by_topic.get(rec.topic)
+            if group is None:
+                group = by_topic[rec.topic] = []
+            group.append(rec)
+        for topic, recs in by_topic.items():
+            wiring = self.sources.get(topic)
+            if wiring is None:  # pragma: no cover - the consumer subscribes to these topics only
+                log.error("record of unexpected topic %r skipped", topic)
+                continue
+            epochs = {(topic, p): self._epoch.get((topic, p)) for p in {r.partition for r in recs}}
+            outcome = self._process(wiring.processor, topic, recs, epochs)
+            if outcome is None:
+                continue
+            self.stats.add(outcome)
+            self.stats.batches += 1
+            for p, next_offset in outcome.commits.items():
+                if self._owned((topic, p), epochs):
+                    self._pending[(topic, p)] = next_offset
+        self._commit_pending()
+
+    def _owned(self, tp: Partition, epochs: Mapping[Partition, int | None]) -> bool:
+        """Still assigned, and not revoked and re-assigned since the batch was fetched."""
+        return tp in self._assigned and self._epoch.get(tp) == epochs.get(tp)
+
+    def _process(
+        self,
+        processor: BatchProcessor,
+        topic: str,
+        recs: list[SourceRecord],
+        epochs: Mapping[Partition, int | None],
+    ) -> BatchOutcome | None:
+        """Process ``recs`` until it succeeds; None when every record's partition was revoked
+        or a stop request's drain deadline passed (nothing committed for them)."""
+        attempt = 0
+        while True:
+            if all(self._owned(tp, epochs) for tp in epochs):
+                live = recs
+            else:
+                live = [r for r in recs if self._owned((r.topic, r.partition), epochs)]
+            if not live:
+                return None
+            if len(live) != len(recs):
+                log.warning("%d records of revoked partitions dropped from a retried batch of %s "
+                            "(their new owner replays them)", len(recs) - len(live), topic)  # fmt: skip
+                recs = live
+            try:
+                return processor.process(recs)
+            except Exception as exc:  # retried forever: never drop, never skip, never commit
+                delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2**attempt)
+                attempt += 1
+                self.stats.retries += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "batch of %d records of %s (%s) failed, attempt %d: %s: %s — not committed; "
+                    "retrying the same records in %.1fs",
+                    len(recs), topic, _span(recs), attempt, type(exc).__name__, exc, delay,
+                    exc_info=attempt == 1 and not isinstance(exc, ConnectionError | OSError),
+                )  # fmt: skip
+                if not self._wait(delay):
+                    log.error("stop requested and the batch of %s (%s) still fails after %.0fs: "
+                              "leaving it uncommitted; it will be redelivered", topic,
+                              _span(recs), self.options.drain_timeout_s)  # fmt: skip
+                    return None
+
+    def _wait(self, delay_s: float) -> bool:
+        """Back off for ``delay_s`` with fetching paused but the group membership alive.
+
+        False when a stop was requested longer than ``drain_timeout_s`` ago.
+        """
+        if self._stop.is_set():
+            now = time.monotonic()
+            if self._stop_requested_at is None:
+                self._stop_requested_at = now
+            if now - self._stop_requested_at >= self.options.drain_timeout_s:
+                return False
+        consumer = self._consumer
+        if consumer is None:  # pragma: no cover - only called from run()
+            self._sleep(delay_s)
+            return True
+        deadline = time.monotonic() + delay_s
+        while True:
+            consumer.pause_all()  # again each turn: covers partitions assigned meanwhile
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                got = consumer.poll_batch(self.options.batch_max, min(remaining, 0.2))
+            except Exception as exc:  # Kafka down too: keep backing off
+                log.warning("poll while backing off failed: %s", exc)
+                self._sleep(min(remaining, 0.2))
+                continue
+            if got:  # fetched before the pause took effect: process after the batch in hand
+                self._stash.extend(got)
+        consumer.resume_all()
+        return True
+
+    def _commit_pending(self, *, final: bool = False) -> None:
+        pending = {tp: o for tp, o in self._pending.items() if tp in self._assigned}
+        self._pending = pending
+        if not pending or self._consumer is None:
+            return
+        try:
+            self._consumer.commit(pending)
+        except Exception as exc:
+            # Not committing is safe: the records are replayed and the fences skip them.
+            self.stats.commit_failures += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("commit of %d partitions failed%s: %s — kept for the next commit",
+                        len(pending), " at shutdown" if final else "", exc)  # fmt: skip
+            return
+        self._pending.clear()
+        self.stats.commits += 1
+        self.stats.last_commit_ms = wall_clock_ms()
+
+    # -- rebalances (called inside poll_batch / close, on this thread) -----------------
+
+    def _on_assign(self, parts: list[Partition]) -> None:
+        self.stats.rebalances += 1
+        self._assigned.update(parts)
+        for tp in parts:
+            self._epoch[tp] = self._epoch.get(tp, 0) + 1
+        log.info("assigned %s", _describe(parts))
+
+    def _on_revoke(self, parts: list[Partition]) -> None:
+        self.stats.rebalances += 1
+        revoked = set(parts)
+        mine = {tp: o for tp, o in self._pending.items() if tp in revoked}
+        if mine and self._consumer is not None:
+            try:
+                self._consumer.commit(mine)
+                self.stats.commits += 1
+                self.stats.last_commit_ms = wall_clock_ms()
+            except Exception as exc:
+                log.warning("commit on revoke failed (the new owner replays; fences skip): %s", exc)
+        self._release(parts, "revoked")
+
+    def _on_lost(self, parts: list[Partition]) -> None:
+        self.stats.rebalances += 1
+        self._release(parts, "lost")
+
+    def _release(self, parts: list[Partition], how: str) -> None:
+        gone = set(parts)
+        self._assigned -= gone
+        for tp in gone:
+            self._pending.pop(tp, None)
+        by_topic: dict[str, list[int]] = {}
+        for topic, p in gone:
+            by_topic.setdefault(topic, []).append(p)
+        for topic, ps in by_topic.items():
+            wiring = self.sources.get(topic)
+            if wiring is not None:
+                wiring.processor.forget_partitions(ps)
+                wiring.log.forget()
+        self._stash = [r for r in self._stash if (r.topic, r.partition) not in gone]
+        log.info("%s %s", how, _describe(parts))
+
+    # -- stats --------------------------------------------------------------------------
+
+    def _maybe_log_stats(self) -> None:
+        if time.monotonic() - self._last_stats >= self.options.stats_interval_s:
+            self._log_stats()
+
+    def _log_stats(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        span = max(now - self._last_stats, 1e-9)
+        fresh = self.stats.records - self._last_stats_records
+        if fresh or force:
+            s = self.stats
+            log.info(
+                "%d records (%.0f/s), applied %d, late %d, fenced %d, refused %s, batches %d, "
+                "retries %d, commit failures %d",
+                s.records, fresh / span, s.applied, s.late, s.fenced, dict(s.refused) or 0,
+                s.batches, s.retries, s.commit_failures,
+            )  # fmt: skip
+        self._last_stats = now
+        self._last_stats_records = self.stats.records
+
+
+def _span(recs: Sequence[SourceRecord]) -> str:
+    bounds: dict[int, tuple[int, int]] = {}
+    for r in recs:
+        lo, hi = bounds.get(r.partition, (r.offset, r.offset))
+        bounds[r.partition] = (min(lo, r.offset), max(hi, r.offset))
+    return ", ".join(f"p{p} offsets {lo}..{hi}" for p, (lo, hi) in sorted(bounds.items()))
+
+
+def _describe(parts: Sequence[Partition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for topic, p in parts:
+        by_topic.setdefault(topic, []).append(p)
+    return "; ".join(f"{t} {sorted(ps)}" for t, ps in sorted(by_topic.items())) or "nothing"
+
+
+@contextmanager
+def _signals(stop: threading.Event, install: bool) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop`` while the loop runs (main thread only)."""
+    if not install or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: finishing the batch in hand, committing, leaving the group",
+                 signal.Signals(signum).name)  # fmt: skip
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+
+def build_worker(
+    plan: Plan,
+    config: Config,
+    options: WorkerOptions | None = None,
+    *,
+    online: OnlineStateStore | None = None,
+    dead_letters: Callable[[str], DeadLetterSink] | None = None,
+) -> KafkaWorker:
+    """A worker for every source of ``plan``, wired to the connectors named by ``config``.
+
+    ``online`` defaults to Redis at ``redis.url``; ``dead_letters(source)`` to the
+    ``skewless.<source>.dlq`` topic; the log to ``event_log.root``; the group to
+    ``skewless.<project>``.
+    """
+    from connectors.eventlog import EventLogWriter
+    from connectors.kafka import (
+        KafkaBatchConsumer,
+        KafkaDeadLetterSink,
+        KafkaPublisher,
+        KafkaSettings,
+        group_id,
+        topic_partitions,
+    )
+
+    settings = KafkaSettings.from_config(config)
+    if online is None:
+        from connectors.redis_store import RedisOnlineStore
+
+        online = RedisOnlineStore.from_config(config)
+    if dead_letters is None:
+        publisher = KafkaPublisher(settings)
+
+        def dead_letters(source: str) -> DeadLetterSink:
+            return KafkaDeadLetterSink(publisher, source)
+
+    sources: dict[str, SourceWiring] = {}
+    for name, source in sorted(plan.sources.items()):
+        if not any(v.source == name for v in plan.views.values()):
+            continue
+
+        def make_writer(name: str = name, schema: Any = source.schema) -> EventLogSink:
+            return EventLogWriter(config.event_log_root, name, dict(schema))
+
+        owned = OwnedPartitionsLog(make_writer)
+        processor = BatchProcessor(plan, name, online=online, log=owned, dead=dead_letters(name))
+        sources[source.topic] = SourceWiring(processor=processor, log=owned)
+    topics = sorted(sources)
+    if not topics:
+        raise ConfigError(f"{config.repo_path}: no view reads any source; nothing to consume")
+    missing = sorted(set(topics) - set(topic_partitions(settings, topics)))
+    if missing:
+        raise KafkaUnavailable(
+            f"{settings.describe()}: topic(s) {', '.join(missing)} do not exist; run "
+            "`skewless apply` to create the topics of the definitions"
+        )
+    group = group_id(config.project)
+
+    def factory(
+        on_assign: PartitionsCallback, on_revoke: PartitionsCallback, on_lost: PartitionsCallback
+    ) -> BatchConsumer:
+        return KafkaBatchConsumer(
+            settings, group, topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost
+        )
+
+    return KafkaWorker(sources, factory, options)
+
+
+def run(plan: Plan, config: Config, options: WorkerOptions | None = None) -> WorkerStats:
+    """Run a worker until SIGTERM/SIGINT (the ``skewless worker --runtime kafka`` entry point)."""
+    return build_worker(plan, config, options).run(install_signals=True)

@@ -1,0 +1,401 @@
+"""The Faust runtime (``skewless worker --runtime faust``) against the real broker and Redis.
+
+Each test runs the worker as a subprocess on the example payments definitions with its own
+source (and topic), dead-letter topic, consumer group, log and Redis database 12; then it
+checks the online state against an independent fold of the produced events, the log for each
+valid (partition, offset) exactly once, and the dead-letter topic for each invalid record.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from connectors.kafka import DLQ_HEADERS, dead_letter_topic
+from engine.envelope import Envelope
+from engine.kernel.tiles import EntityTiles, value_as_of
+from engine.keys import encode_key
+from engine.online import merged, parse_state, state_key
+from engine.processing import apply_record
+from engine.serde import SourceCodec
+from engine.store import FeatureStore
+from tests.stream_harness import (
+    WorkerProcess,
+    committed,
+    end_offsets,
+    log_files,
+    logged,
+    payments_repo,
+    produce_raw,
+    read_topic,
+    redis_dump,
+    same,
+    unique,
+    wait_caught_up,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+FAUST_DB = 12  # this file's Redis database, flushed per test
+CUSTOMERS = [f"c{i:03d}" for i in range(60)]
+CURRENCIES = ["USD", "EUR", "GBP", "JPY", "XXX"]  # XXX: dropped by the to_usd transform
+
+
+@pytest.fixture
+def faust_redis_url(redis_service: str) -> Iterator[str]:
+    url = redis_service.rsplit("/", 1)[0] + f"/{FAUST_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@dataclass
+class Produced:
+    """What a test sent: valid records by coordinates, invalid ones with the reason expected."""
+
+    valid: dict[tuple[int, int], tuple[bytes, bytes]]
+    invalid: dict[tuple[int, int], tuple[bytes | None, bytes | None, str]]
+
+
+class Repo:
+    """The payments example with a unique source/topic and project (= consumer group)."""
+
+    def __init__(self, tmp_path: Path, bootstrap: str, redis_url: str) -> None:
+        self.source = unique("fx")
+        self.project = unique("faust")
+        self.bootstrap = bootstrap
+        self.redis_url = redis_url
+        self.path = payments_repo(
+            tmp_path / "repo",
+            self.source,
+            project=self.project,
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+        )
+        self.store = FeatureStore.from_repo(self.path)
+        self.plan = self.store.plan
+        self.codec = SourceCodec(self.plan.sources[self.source])
+        self.group = f"skewless.{self.project}"
+        self.log_root = self.store.config.event_log_root
+        self.produced = Produced(valid={}, invalid={})
+        self.store.apply()  # creates the source and dead-letter topics
+
+    def worker(self, *args: str) -> WorkerProcess:
+        return WorkerProcess(self.path, "--runtime", "faust", *args)
+
+    def produce(self, n: int, seed: int, *, invalid: bool = False) -> None:
+        rng = random.Random(seed)
+        now = int(time.time() * 1000)
+        records: list[tuple[bytes | None, bytes | None]] = []
+        for i in range(n):
+            customer = rng.choice(CUSTOMERS)
+            row = {
+                "transaction_id": f"t{seed}-{i}",
+                "customer_id": customer,
+                "merchant_id": f"m{rng.randrange(9)}",
+                "amount": None if rng.random() < 0.05 else round(rng.uniform(-5, 900), 2),
+                "currency": rng.choice(CURRENCIES),
+                "country": rng.choice(["DE", "FR", "US"]),
+                "card_present": rng.random() < 0.5,
+                "ts": now - rng.randrange(50 * 60_000),  # out of order, all in the last 50 min
+            }
+            records.append((encode_key([customer]), self.codec.encode(row)))
+        bad = self._invalid(now) if invalid else []
+        records.extend((k, v) for k, v, _ in bad)
+        where = produce_raw(self.bootstrap, self.source, records)
+        assert len(where) == len(records)
+        for coords, (key, value) in zip(where[:n], records[:n], strict=True):
+            assert key is not None and value is not None
+            self.produced.valid[coords] = (key, value)
+        for coords, letter in zip(where[n:], bad, strict=True):
+            self.produced.invalid[coords] = letter
+
+    def _invalid(self, now: int) -> list[tuple[bytes | None, bytes | None, str]]:
+        good = {
+            "transaction_id": "bad",
+            "customer_id": "c001",
+            "merchant_id": "m1",
+            "amount": 1.0,
+            "currency": "USD",
+            "country": "DE",
+            "card_present": False,
+            "ts": now - 1000,
+        }
+        value = self.codec.encode(good)
+        return [
+            (b"c001", value[:-3], "bad_avro"),  # truncated
+            (b"c002", b"\xff" * 12, "bad_avro"),
+            (b"c003", None, "null_value"),
+            (b"c004", self.codec.encode({**good, "ts": now + 3 * 86_400_000}), "future_timestamp"),
+            (b"c005", self.codec.encode({**good, "amount": float("nan")}), "not_finite"),
+            (b"\xc3\x28", value, "bad_key"),
+        ]
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def caught_up(self, timeout_s: float = 180) -> None:
+        wait_caught_up(self.bootstrap, self.group, [self.source], timeout_s)
+
+    def check_log_exactly_once(self) -> None:
+        found = logged(self.log_root, self.source)
+        assert set(found) == set(self.produced.valid), "logged != valid records"
+        assert set(found.values()) == {1}, "some records logged twice"
+
+    def check_online_equals_fold(self) -> int:
+        """Every view's value for every entity, read from Redis, equals a fold of the produced
+        events by the kernel — bit for bit. Returns how many values were compared."""
+        src = self.plan.sources[self.source]
+        views = [v for v in self.plan.views.values() if v.source == self.source]
+        now = int(time.time() * 1000)
+        folds: dict[tuple[str, tuple[Any, ...]], EntityTiles] = {}
+        for (p, o), (key, value) in sorted(self.produced.valid.items()):
+            payload = self.codec.decode(key, value, now_ms=now)
+            env = Envelope(partition=p, offset=o, key=key, event_time_ms=payload["ts"],
+                           processed_at_ms=now, payload=payload)  # fmt: skip
+            for view in views:
+                apply_record(
+                    view,
+                    src,
+                    env,
+                    lambda e, v=view.name: folds.setdefault((v, e), EntityTiles()),  # type: ignore[misc]
+                    include_late=True,  # every event is minutes old: none is late
+                )
+        client = redis.Redis.from_url(self.redis_url)
+        t = int(time.time() * 1000)
+        compared = 0
+        try:
+            for (name, entity), tiles in sorted(folds.items(), key=repr):
+                view = self.plan.views[name]
+                fields = client.hgetall(state_key(view, entity))
+                assert fields, f"{name} {entity}: no online state"
+                online = merged(view, parse_state(view, fields).values())
+                want = value_as_of(view.layout, tiles, t)
+                got = value_as_of(view.layout, online, t)
+                for agg, g, w in zip(view.aggregations, got, want, strict=True):
+                    assert same(g, w), f"{name}:{agg.feature} {entity}: online {g!r} != fold {w!r}"
+                    compared += 1
+        finally:
+            client.close()
+        assert compared > 0
+        return compared
+
+    def check_dead_letters(self) -> None:
+        letters = read_topic(self.bootstrap, dead_letter_topic(self.source))
+        got: dict[tuple[int, int], tuple[bytes | None, bytes | None, str]] = {}
+        for letter in letters:
+            h = letter.headers
+            assert set(DLQ_HEADERS) <= set(h), h
+            assert h["skewless.source_topic"] == self.source.encode()
+            assert h["skewless.reason"], "empty reason"
+            where = (int(h["skewless.source_partition"]), int(h["skewless.source_offset"]))
+            assert where not in got, f"dead letter {where} sent twice"
+            got[where] = (letter.key, letter.value, h["skewless.reason_code"].decode())
+        assert got == self.produced.invalid
+
+
+def test_faust_worker_folds_logs_and_dead_letters_every_record(
+    tmp_path: Path, kafka_service: str, faust_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, faust_redis_url)
+    repo.produce(1500, seed=1, invalid=True)
+    repo.produce(1500, seed=2, invalid=True)
+    worker = repo.worker("--batch-max", "700")
+    try:
+        repo.caught_up(120)
+    finally:
+        code = worker.terminate()
+    assert code == 0, worker.text()
+    text = worker.text()
+    assert "SIGTERM: finishing the batch in hand" in text
+    assert "retries 0" in text and "refused {" in text, text[-2000:]
+    repo.check_log_exactly_once()
+    assert repo.check_online_equals_fold() > 1000
+    repo.check_dead_letters()
+
+
+def test_faust_sigterm_drains_commits_and_a_restart_repeats_nothing(
+    tmp_path: Path, kafka_service: str, faust_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, faust_redis_url)
+    stop_pushing = threading.Event()
+
+    def pusher() -> None:  # events keep flowing while the worker stops and restarts
+        for i in range(25):
+            if stop_pushing.is_set():
+                return
+            repo.produce(400, seed=100 + i, invalid=i % 10 == 0)
+            time.sleep(0.15)
+
+    feeding = threading.Thread(target=pusher)
+    feeding.start()
+    try:
+        first = repo.worker("--batch-max", "300")
+        wait_until(
+            lambda: any(o > 0 for o in committed(kafka_service, repo.group, repo.source).values()),
+            90,
+            "a first commit",
+        )
+        assert first.terminate() == 0, first.text()
+        # the stop drained: committed offsets are exactly one past what the log holds
+        done = committed(kafka_service, repo.group, repo.source)
+        found = logged(repo.log_root, repo.source)
+        for p, offset in done.items():
+            mine = sorted(o for q, o in found if q == p)
+            invalid = {o for q, o in repo.produced.invalid if q == p}
+            expected = [o for o in range(max(offset, 0)) if o not in invalid]
+            assert mine == expected, f"partition {p}: log != committed range"
+    finally:
+        stop_pushing.set()  # only when the first worker failed: the pusher ends on its own
+        feeding.join()
+    assert sum(max(o, 0) for o in done.values()) < len(repo.produced.valid)
+    second = repo.worker()
+    try:
+        repo.caught_up()
+    finally:
+        assert second.terminate() == 0, second.text()
+    repo.check_log_exactly_once()
+    repo.check_online_equals_fold()
+    repo.check_dead_letters()
+    files, state = log_files(repo.log_root, repo.source), redis_dump(faust_redis_url)
+    third = repo.worker()
+    try:
+        wait_until(lambda: "assigned " in third.text(), 60, "the third worker's assignment")
+        time.sleep(2)
+    finally:
+        assert third.terminate() == 0, third.text()
+    assert "]: 0 records" in third.text(), third.text()[-2000:]
+    assert log_files(repo.log_root, repo.source) == files
+    assert redis_dump(faust_redis_url) == state
+
+
+def test_faust_kill_9_then_restart_loses_and_doubles_nothing(
+    tmp_path: Path, kafka_service: str, faust_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, faust_redis_url)
+    repo.produce(12_000, seed=7)
+    first = repo.worker("--batch-max", "400")
+    try:
+        wait_until(
+            lambda: (
+                sum(max(o, 0) for o in committed(kafka_service, repo.group, repo.source).values())
+                > 1000
+            ),
+            90,
+            "a thousand committed records",
+        )
+    finally:
+        first.kill()  # SIGKILL: no drain, no final commit
+    replayed = sum(end_offsets(kafka_service, repo.source).values()) - sum(
+        max(o, 0) for o in committed(kafka_service, repo.group, repo.source).values()
+    )
+    assert replayed > 0
+    repo.produce(2_000, seed=8)
+    second = repo.worker()
+    try:
+        repo.caught_up()
+    finally:
+        assert second.terminate() == 0, second.text()
+    repo.check_log_exactly_once()
+    repo.check_online_equals_fold()
+
+
+def test_two_faust_workers_share_the_partitions_across_rebalances(
+    tmp_path: Path, kafka_service: str, faust_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, faust_redis_url)
+    repo.produce(4000, seed=11)
+    a = repo.worker("--batch-max", "300")
+    b: WorkerProcess | None = None
+    try:
+        wait_until(lambda: "assigned " in a.text(), 60, "the first worker's assignment")
+        repo.produce(4000, seed=12)
+        b = repo.worker("--batch-max", "300")  # joins mid-stream: a rebalance moves partitions
+        wait_until(lambda: "revoked " in a.text(), 90, "a rebalance")
+        repo.produce(4000, seed=13)
+        repo.caught_up()
+        mine_a, mine_b = _last_assignment(a.text()), _last_assignment(b.text())
+        assert mine_a and mine_b and not (mine_a & mine_b), (mine_a, mine_b)
+        assert mine_a | mine_b == {0, 1, 2, 3}
+        repo.check_online_equals_fold()
+        # b leaves: its partitions come back to a, whose cached state of them is now stale
+        assert b.terminate() == 0, b.text()
+        wait_until(lambda: _last_assignment(a.text()) == {0, 1, 2, 3}, 90, "a to own everything")
+        repo.produce(4000, seed=14)
+        repo.caught_up()
+    finally:
+        codes = [a.terminate()] + ([b.terminate()] if b is not None else [])
+    assert codes == [0, 0], a.text()[-3000:] + (b.text()[-3000:] if b else "")
+    repo.check_log_exactly_once()
+    repo.check_online_equals_fold()
+
+
+def test_faust_redis_outage_backs_off_without_committing_then_catches_up(
+    tmp_path: Path, kafka_service: str
+) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not on the PATH")
+    with socket.socket() as s:  # a port where nothing listens yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    repo = Repo(tmp_path, kafka_service, url)
+    repo.produce(1500, seed=21, invalid=True)
+    worker = repo.worker("--batch-max", "500")
+    redis_proc: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(lambda: worker.text().count("failed, attempt") >= 3, 90, "retries")
+        assert all(o < 0 for o in committed(kafka_service, repo.group, repo.source).values())
+        assert logged(repo.log_root, repo.source) == Counter()
+        assert "Redis at 127.0.0.1" in worker.text()
+        redis_proc = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        repo.caught_up(120)
+        assert worker.terminate() == 0, worker.text()[-3000:]
+        repo.check_log_exactly_once()
+        repo.check_online_equals_fold()
+        repo.check_dead_letters()
+    finally:
+        worker.kill()  # a no-op when it stopped already
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(30)
+
+
+def _last_assignment(text: str) -> set[int]:
+    lines = [
+        line for line in text.splitlines() if "skewless.worker" in line and "assigned " in line
+    ]
+    if not lines:
+        return set()
+    inside = lines[-1].rsplit("[", 1)[1].rstrip("]")
+    return {int(p) for p in inside.split(",") if p.strip()}

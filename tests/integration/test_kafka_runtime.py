@@ -1,0 +1,521 @@
+"""The kafka runtime against the real broker and Redis: apply, push, worker, dead letters, drain,
+restart and a shared consumer group. Every test has its own topics, group and log."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import redis
+
+from connectors.kafka import DLQ_HEADERS, KafkaSettings, dead_letter_topic, topic_partitions
+from engine.errors import InputDataError, KafkaUnavailable
+from engine.keys import encode_key, partition_for
+from engine.serde import SourceCodec
+from engine.store import FeatureStore
+from engine.stream.kafka_runtime import WorkerOptions
+from tests.stream_harness import (
+    WorkerProcess,
+    WorkerThread,
+    committed,
+    delete_topics,
+    end_offsets,
+    log_files,
+    logged,
+    produce_raw,
+    read_topic,
+    redis_dump,
+    same,
+    unique,
+    wait_caught_up,
+    wait_until,
+    write_repo,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+DEFS = """
+from engine import Aggregation, Entity, FeatureView, KafkaSource
+
+SCHEMA = {
+    "type": "record",
+    "name": "Tx",
+    "fields": [
+        {"name": "customer_id", "type": ["null", "string"], "default": None},
+        {"name": "merchant_id", "type": "string"},
+        {"name": "amount", "type": ["null", "double"], "default": None},
+        {"name": "ts", "type": "long"},
+    ],
+}
+customer = Entity("customer", join_keys=["customer_id"])
+tx = KafkaSource("AVRO", topic="AVRO", schema=SCHEMA, timestamp_field="ts")
+txj = KafkaSource("JSON", topic="JSON", schema=SCHEMA, timestamp_field="ts", format="json")
+spend = FeatureView(
+    "spend",
+    entity=customer,
+    source=tx,
+    aggregations=[
+        Aggregation("amount", "sum", window="1h"),
+        Aggregation("amount", "count", window="1d"),
+        Aggregation("amount", "mean", window="10m"),
+        Aggregation("merchant_id", "count_distinct", window="1d"),
+        Aggregation("amount", "last", window="lifetime"),
+    ],
+)
+spend_json = FeatureView(
+    "spend_json",
+    entity=customer,
+    source=txj,
+    aggregations=[
+        Aggregation("amount", "sum", window="1h"),
+        Aggregation("amount", "count", window="lifetime"),
+    ],
+)
+"""
+SPEND = [
+    "spend:amount_sum_1h",
+    "spend:amount_count_1d",
+    "spend:amount_mean_10m",
+    "spend:merchant_id_count_distinct_1d",
+    "spend:amount_last_lifetime",
+]
+SPEND_JSON = ["spend_json:amount_sum_1h", "spend_json:amount_count_lifetime"]
+CUSTOMERS = [f"c{i:03d}" for i in range(40)]
+HOP_1H_MS = 300_000  # default hop of a 1h window
+
+
+class Repo:
+    """A throwaway definitions repo with its own two topics and consumer group."""
+
+    def __init__(self, tmp_path: Path, bootstrap: str, redis_url: str, partitions: int = 4) -> None:
+        self.avro = unique("tx")
+        self.json = unique("txj")
+        self.project = unique("it")
+        self.bootstrap = bootstrap
+        self.redis_url = redis_url
+        defs = DEFS.replace("AVRO", self.avro).replace("JSON", self.json)
+        self.path = write_repo(
+            tmp_path / "repo",
+            defs,
+            project=self.project,
+            bootstrap=bootstrap,
+            redis_url=redis_url,
+            partitions=partitions,
+        )
+        self.store = FeatureStore.from_repo(self.path)
+        self.group = f"skewless.{self.project}"
+        self.log_root = self.store.config.event_log_root
+        _REPOS.append(self)
+
+    @property
+    def topics(self) -> list[str]:
+        return [t for s in (self.avro, self.json) for t in (s, dead_letter_topic(s))]
+
+
+_REPOS: list[Repo] = []
+
+
+@pytest.fixture(autouse=True)
+def _drop_topics(kafka_service: str) -> Iterator[None]:
+    """Each test's topics are deleted after it, so the shared broker does not fill up."""
+    _REPOS.clear()
+    yield
+    for repo in _REPOS:
+        if repo.bootstrap == kafka_service:
+            delete_topics(kafka_service, repo.topics)
+    _REPOS.clear()
+
+
+def rows(n: int, seed: int, now_ms: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        out.append(
+            {
+                "customer_id": rng.choice(CUSTOMERS),
+                "merchant_id": f"m{rng.randrange(7)}",
+                "amount": None if rng.random() < 0.05 else round(rng.uniform(-5, 500), 2),
+                "ts": now_ms - rng.randrange(50 * 60_000),  # out of order, all in the last 50 min
+            }
+        )
+    return out
+
+
+def invalid_avro(codec: SourceCodec, now_ms: int) -> list[tuple[bytes | None, bytes | None, str]]:
+    good = {"customer_id": "c001", "merchant_id": "m1", "amount": 1.0, "ts": now_ms - 1000}
+    value = codec.encode(good)
+    return [
+        (b"c001", value[:-2], "bad_avro"),  # truncated
+        (b"c002", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "bad_avro"),
+        (None, codec.encode({**good, "customer_id": None}), "null_key"),
+        (b"c003", codec.encode({**good, "ts": now_ms + 3 * 86_400_000}), "future_timestamp"),
+        (b"c004", codec.encode({**good, "amount": float("nan")}), "not_finite"),
+        (b"c005", None, "null_value"),
+    ]
+
+
+def invalid_json(now_ms: int) -> list[tuple[bytes | None, bytes | None, str]]:
+    return [
+        (b"c001", b'{"customer_id": "c001", "amount": ', "bad_json"),
+        (b"c002", b'{"customer_id": "c002", "merchant_id": 5, "ts": 1}', "wrong_type"),
+        (b"c003", json.dumps({"customer_id": "c003", "ts": now_ms}).encode(), "missing_field"),
+    ]
+
+
+def publish(repo: Repo, n: int, seed: int) -> dict[tuple[str, int, int], tuple[Any, ...]]:
+    """Push ``n`` valid rows to each topic and produce the invalid ones raw, interleaved in
+    three rounds; return (topic, partition, offset) → (key, value, code) of each invalid one."""
+    now = int(time.time() * 1000)
+    codec = SourceCodec(repo.store.plan.sources[repo.avro])
+    bad: dict[tuple[str, int, int], tuple[Any, ...]] = {}
+    valid = rows(n, seed, now)
+    for part in range(3):
+        chunk = valid[part::3]
+        assert repo.store.push(repo.avro, chunk) == len(chunk)
+        assert repo.store.push(repo.json, pd.DataFrame(chunk)) == len(chunk)
+        for topic, records in (
+            (repo.avro, invalid_avro(codec, now)),
+            (repo.json, invalid_json(now)),
+        ):
+            where = produce_raw(repo.bootstrap, topic, [(k, v) for k, v, _ in records])
+            for (p, o), record in zip(where, records, strict=True):
+                bad[(topic, p, o)] = record
+    return bad
+
+
+def all_coordinates(bootstrap: str, topic: str) -> set[tuple[int, int]]:
+    return {(p, o) for p, end in end_offsets(bootstrap, topic).items() for o in range(end)}
+
+
+def check_log_exactly_once(repo: Repo, bad: dict[tuple[str, int, int], Any]) -> None:
+    for source in (repo.avro, repo.json):
+        valid = all_coordinates(repo.bootstrap, source) - {(p, o) for t, p, o in bad if t == source}
+        found = logged(repo.log_root, source)
+        assert set(found) == valid, f"{source}: logged != valid records"
+        assert all(n == 1 for n in found.values()), f"{source}: some records logged twice"
+
+
+def check_online_equals_backfill(repo: Repo, t_ms: int, features: list[str] = SPEND) -> None:
+    """Online values at ``t_ms`` == processing-time backfill at ``t_ms``, bit for bit."""
+    rows_ = [{"customer_id": c} for c in CUSTOMERS]
+    online = repo.store.get_online_features(features, rows_, now_ms=t_ms, full_feature_names=True)
+    labels = pd.DataFrame({"customer_id": CUSTOMERS, "event_timestamp": [t_ms] * len(CUSTOMERS)})
+    hist = repo.store.get_historical_features(
+        labels, features, mode="processing_time", workers=1, full_feature_names=True
+    )
+    got_all = online.to_dict()
+    compared = 0
+    for ref in features:
+        column = ref.replace(":", "__")
+        for i, c in enumerate(CUSTOMERS):
+            got, want = got_all[column][i], hist[column].iloc[i]
+            assert same(got, want), f"{ref} {c}: online {got!r} != backfill {want!r}"
+            compared += 1
+    assert compared == len(features) * len(CUSTOMERS)
+
+
+def fold_by_hand(events: list[dict[str, Any]], t_ms: int) -> dict[str, tuple[int, float]]:
+    """customer → (count of events, exact sum of amounts in the 1h window as of t)."""
+    start = -(-t_ms // HOP_1H_MS) * HOP_1H_MS - 3_600_000
+    out: dict[str, tuple[int, float]] = {}
+    for c in CUSTOMERS:
+        mine = [e for e in events if e["customer_id"] == c]
+        window = [e["amount"] for e in mine if e["amount"] is not None and start <= e["ts"] < t_ms]
+        out[c] = (len(mine), math.fsum(window))
+    return out
+
+
+# -- apply and push --------------------------------------------------------------------------
+
+
+def test_apply_creates_source_and_dead_letter_topics_once(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    repo = Repo(tmp_path, kafka_service, stream_redis_url, partitions=3)
+    wanted = {
+        repo.avro: 3,
+        repo.json: 3,
+        dead_letter_topic(repo.avro): 3,
+        dead_letter_topic(repo.json): 3,
+    }
+    first = repo.store.apply()
+    assert first.topics_created == wanted
+    assert first.diff.added == ("spend", "spend_json")
+    assert topic_partitions(KafkaSettings.from_config(repo.store.config), wanted) == wanted
+    assert main(["--repo", str(repo.path), "apply"]) == 0
+    out = capsys.readouterr().out
+    assert f"exists   topic {repo.avro}" in out and "created" not in out
+    assert "no changes" in out
+    assert repo.store.apply().topics_created == {}
+
+
+def test_apply_without_kafka_says_where_and_how_and_records_nothing(
+    tmp_path: Path, stream_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SKEWLESS_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+    repo = Repo(tmp_path, f"127.0.0.1:{port}", stream_redis_url)
+    with pytest.raises(KafkaUnavailable, match=rf"127\.0\.0\.1:{port}.*services\.sh up kafka"):
+        repo.store.apply()
+    assert not repo.store.config.registry_path.exists()
+
+
+def test_push_validates_every_row_and_keys_like_the_java_client(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, stream_redis_url)
+    with pytest.raises(KafkaUnavailable, match="does not exist; run `skewless apply`"):
+        repo.store.push(repo.avro, rows(1, 1, int(time.time() * 1000)))
+    repo.store.apply()
+    now = int(time.time() * 1000)
+    good = rows(200, 2, now)
+    bad = [
+        dict(good[0]),
+        dict(good[1], amount=float("nan")),
+        dict(good[2], ts=now + 5 * 86_400_000),
+    ]
+    bad[0]["customer_id"] = None
+    with pytest.raises(InputDataError) as info:
+        repo.store.push(repo.avro, good[:3] + bad)
+    text = str(info.value)
+    assert "nothing was sent (3 bad rows)" in text
+    assert "row 3:" in text and "row 4:" in text and "not a finite number" in text
+    assert "row 5:" in text and "ahead of the worker clock" in text
+    assert sum(end_offsets(kafka_service, repo.avro).values()) == 0
+    with pytest.raises(InputDataError, match=r"row 0: .*missing"):
+        repo.store.push(repo.avro, [{"customer_id": "c1", "ts": now}])
+    assert repo.store.push(repo.avro, good) == 200
+    codec = SourceCodec(repo.store.plan.sources[repo.avro])
+    records = read_topic(kafka_service, repo.avro)
+    assert len(records) == 200
+    sent = Counter(encode_key([r["customer_id"]]) for r in good)
+    assert Counter(r.key for r in records) == sent
+    for r in records:
+        assert r.key is not None and r.partition == partition_for(r.key, 4)
+        payload = codec.decode(r.key, r.value, now_ms=now)
+        assert encode_key([payload["customer_id"]]) == r.key
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+def test_worker_folds_logs_and_dead_letters_every_record(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, stream_redis_url)
+    repo.store.apply()
+    bad = publish(repo, 900, seed=3)
+    with WorkerThread(repo.store, WorkerOptions(batch_max=700)) as worker:
+        wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
+        worker.stop()
+    stats = worker.worker.stats
+    assert stats.records == 2 * 900 + len(bad)
+    assert stats.refused == Counter(code for _, _, code in bad.values())
+    assert stats.retries == 0
+    check_log_exactly_once(repo, bad)
+    t = int(time.time() * 1000)
+    check_online_equals_backfill(repo, t, SPEND + SPEND_JSON)
+    # and an independent fold: counts and exact sums by hand
+    events = rows(900, 3, 0)  # same draws, timestamps shifted: only the keys and amounts matter
+    online = repo.store.get_online_features(
+        ["spend:amount_count_1d", "spend_json:amount_count_lifetime"],
+        [{"customer_id": c} for c in CUSTOMERS],
+    ).to_dict()
+    expected = fold_by_hand(events, t)
+    assert online["amount_count_1d"] == [expected[c][0] for c in CUSTOMERS]
+    assert online["amount_count_lifetime"] == [expected[c][0] for c in CUSTOMERS]
+    # dead letters: every invalid record once per delivery, same bytes, reason headers
+    for source in (repo.avro, repo.json):
+        letters = read_topic(kafka_service, dead_letter_topic(source))
+        got = {}
+        for letter in letters:
+            assert set(DLQ_HEADERS) <= set(letter.headers)
+            h = letter.headers
+            assert h["skewless.source_topic"] == source.encode()
+            where = (source, int(h["skewless.source_partition"]), int(h["skewless.source_offset"]))
+            got[where] = (letter.key, letter.value, h["skewless.reason_code"].decode())
+            assert h["skewless.reason"], "empty reason"
+        want = {w: v for w, v in bad.items() if w[0] == source}
+        assert got == want
+
+
+def test_online_sums_match_an_exact_fold_by_hand(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, stream_redis_url)
+    repo.store.apply()
+    now = int(time.time() * 1000)
+    events = rows(1500, 11, now)
+    repo.store.push(repo.avro, events)
+    with WorkerThread(repo.store) as worker:
+        wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
+        worker.stop()
+    t = int(time.time() * 1000)
+    online = repo.store.get_online_features(
+        ["spend:amount_sum_1h", "spend:amount_count_1d"],
+        [{"customer_id": c} for c in CUSTOMERS],
+        now_ms=t,
+    ).to_dict()
+    expected = fold_by_hand(events, t)
+    for i, c in enumerate(CUSTOMERS):
+        assert online["amount_count_1d"][i] == expected[c][0]
+        assert same(online["amount_sum_1h"][i], expected[c][1]), c
+
+
+def test_sigterm_drains_commits_and_a_restart_repeats_nothing(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, stream_redis_url)
+    repo.store.apply()
+    stop_pushing = threading.Event()
+
+    def pusher() -> None:  # events keep flowing while the worker is stopped
+        for i in range(30):
+            if stop_pushing.is_set():
+                return
+            repo.store.push(repo.avro, rows(400, 100 + i, int(time.time() * 1000)))
+            time.sleep(0.1)
+
+    feeding = threading.Thread(target=pusher)
+    feeding.start()
+    try:
+        first = WorkerProcess(repo.path, "--batch-max", "500")
+        wait_until(lambda: any(o > 0 for o in committed(kafka_service, repo.group, repo.avro).values()),
+                   60, "a first commit")  # fmt: skip
+        assert first.terminate() == 0, first.text()
+        assert "SIGTERM: finishing the batch in hand" in first.text()
+        # commit follows the log: committed offsets are exactly one past the logged ones
+        done = committed(kafka_service, repo.group, repo.avro)
+        found = logged(repo.log_root, repo.avro)
+        for p, offset in done.items():
+            mine = sorted(o for q, o in found if q == p)
+            assert mine == list(range(offset if offset > 0 else 0)), f"partition {p}"
+    finally:
+        feeding.join()
+    second = WorkerProcess(repo.path)
+    try:
+        wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 180)
+    finally:
+        assert second.terminate() == 0, second.text()
+    check_log_exactly_once(repo, {})
+    check_online_equals_backfill(repo, int(time.time() * 1000))
+    files, state = log_files(repo.log_root, repo.avro), redis_dump(stream_redis_url)
+    third = WorkerProcess(repo.path)
+    try:
+        wait_until(lambda: "assigned" in third.text(), 60, "the third worker's assignment")
+        time.sleep(2)
+    finally:
+        assert third.terminate() == 0, third.text()
+    assert re.search(r"\]: 0 records", third.text()), third.text()
+    assert log_files(repo.log_root, repo.avro) == files
+    assert redis_dump(stream_redis_url) == state
+
+
+def test_two_workers_share_the_partitions(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    repo = Repo(tmp_path, kafka_service, stream_redis_url)
+    repo.store.apply()
+    a = WorkerProcess(repo.path, "--batch-max", "500")
+    b = WorkerProcess(repo.path, "--batch-max", "500")
+    try:
+
+        def both_assigned() -> bool:
+            return all(_last_assignment(w.text(), repo.avro) for w in (a, b))
+
+        wait_until(both_assigned, 90, "both workers to get partitions")
+        for seed in range(6):
+            repo.store.push(repo.avro, rows(1000, 200 + seed, int(time.time() * 1000)))
+        wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 180)
+        mine_a, mine_b = (_last_assignment(w.text(), repo.avro) for w in (a, b))
+        assert mine_a and mine_b and not (mine_a & mine_b), (mine_a, mine_b)
+        assert mine_a | mine_b == {0, 1, 2, 3}
+    finally:
+        codes = [a.terminate(), b.terminate()]
+    assert codes == [0, 0], a.text() + b.text()
+    for w in (a, b):
+        processed = [int(n) for n in re.findall(r"\]: (\d+) records", w.text())]
+        assert processed and processed[-1] > 0, w.text()
+    check_log_exactly_once(repo, {})
+    check_online_equals_backfill(repo, int(time.time() * 1000))
+
+
+def _last_assignment(text: str, topic: str) -> set[int]:
+    found = re.findall(rf"assigned .*?{re.escape(topic)} \[([\d, ]*)\]", text)
+    return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
+
+
+def test_redis_outage_backs_off_without_committing_then_catches_up(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not on the PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    repo = Repo(tmp_path, kafka_service, url)
+    repo.store.apply()
+    events = rows(600, 21, int(time.time() * 1000))
+    repo.store.push(repo.avro, events)
+    options = WorkerOptions(backoff_initial_s=0.05, backoff_max_s=0.5)
+    with WorkerThread(repo.store, options) as worker:
+        wait_until(lambda: worker.worker.stats.retries >= 3, 60, "retries against a dead Redis")
+        assert all(o < 0 for o in committed(kafka_service, repo.group, repo.avro).values())
+        assert logged(repo.log_root, repo.avro) == Counter()
+        assert worker.worker.stats.applied == 0
+        redis_proc = subprocess.Popen(
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
+            worker.stop()
+            assert "Redis at 127.0.0.1" in (worker.worker.stats.last_error or "")
+            check_log_exactly_once(repo, {})
+            check_online_equals_backfill(repo, int(time.time() * 1000))
+            client = redis.Redis.from_url(url)
+            assert client.dbsize() == len({e["customer_id"] for e in events})
+            client.close()
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(30)
+
+
+def test_worker_refuses_to_start_before_apply(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    from engine.cli import main
+
+    repo = Repo(tmp_path, kafka_service, stream_redis_url)
+    with pytest.raises(KafkaUnavailable, match=r"do not exist; run `skewless apply`"):
+        WorkerThread(repo.store)
+    assert main(["--repo", str(repo.path), "worker"]) == 1
