@@ -65,8 +65,10 @@ def main() -> int:
     events = payments(args.events, customers=5_000, merchants=400, days=45, seed=7)
     started = time.perf_counter()
     result = store.import_events("transactions", events)
-    print(f"imported {result.rows:,} events into {store.config.event_log_root} "
-          f"in {time.perf_counter() - started:.1f}s")
+    print(
+        f"imported {result.rows:,} events into {store.config.event_log_root} "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
 
     rng = np.random.default_rng(11)
     pick = rng.integers(0, len(events), args.labels)
@@ -100,8 +102,10 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     out = work / "training_set.parquet"
     training.to_parquet(out)
-    print(f"training set: {len(training):,} labels x {len(features)} features in {elapsed:.1f}s "
-          f"-> {out}")
+    print(
+        f"training set: {len(training):,} labels x {len(features)} features in {elapsed:.1f}s "
+        f"-> {out}"
+    )
     with pd.option_context("display.width", 160, "display.max_columns", 12):
         print(training.head(5).to_string(max_colwidth=28))
     print(f"\neverything is under {work}; remove it with: rm -rf {work}")
