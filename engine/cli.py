@@ -205,6 +205,24 @@ def cmd_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild_online(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    store = _store(args)
+    started = time.perf_counter()
+    with tqdm(desc=f"rebuild {args.view}", unit=" records", disable=None) as bar:
+        outcome = store.rebuild_online(args.view, progress=lambda n: (bar.update(n), None)[1])
+    result = outcome.result
+    print(
+        f"rebuilt view {result.view} (fingerprint {result.fingerprint}): {result.records} log "
+        f"records replayed, {result.entities_written} entity hashes written in "
+        f"{time.perf_counter() - started:.1f}s"
+    )
+    for fingerprint, keys in outcome.dropped_keys.items():
+        print(f"dropped retired keyspace {fingerprint} ({keys} keys)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.serve import run
 
@@ -311,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6566)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("rebuild-online", help="refill a view's online keyspace from the event log")
+    p.add_argument("view")
+    p.set_defaults(func=cmd_rebuild_online)
     return parser
 
 

@@ -53,12 +53,53 @@ def diff(plan: Plan, applied: dict[str, str] | None) -> PlanDiff:
     )
 
 
+def read_retired(path: Path) -> dict[str, list[str]]:
+    """View name → fingerprints replaced by an apply whose online keyspaces still exist."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): [str(f) for f in v] for k, v in data.get("retired", {}).items()}
+    except (json.JSONDecodeError, AttributeError, TypeError) as exc:
+        raise ConfigError(
+            f"{path}: the registry is corrupt ({exc}); delete it and re-apply"
+        ) from exc
+
+
 def write_applied(path: Path, plan: Plan) -> None:
-    """Record the plan's fingerprints atomically (temp file, fsync, rename)."""
+    """Record the plan's fingerprints atomically (temp file, fsync, rename).
+
+    Fingerprints a view had before are kept as *retired* until ``rebuild-online`` drops their
+    keyspace.
+    """
+    old = read_applied(path) or {}
+    retired = read_retired(path)
+    for name, view in plan.views.items():
+        previous = old.get(name)
+        if previous is not None and previous != view.fingerprint:
+            retired.setdefault(name, [])
+            if previous not in retired[name]:
+                retired[name].append(previous)
+    views = {name: view.fingerprint for name, view in sorted(plan.views.items())}
+    _write(path, views, retired)
+
+
+def forget_retired(path: Path, view: str) -> None:
+    """Remove a view's retired fingerprints (their keyspaces were dropped)."""
+    applied = read_applied(path)
+    if applied is None:
+        return
+    retired = read_retired(path)
+    retired.pop(view, None)
+    _write(path, applied, retired)
+
+
+def _write(path: Path, views: dict[str, str], retired: dict[str, list[str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "applied_at_ms": int(time.time() * 1000),
-        "views": {name: view.fingerprint for name, view in sorted(plan.views.items())},
+        "views": views,
+        "retired": {k: v for k, v in sorted(retired.items()) if v},
     }
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:

@@ -22,7 +22,15 @@ from engine.online_read import EntityRows, OnlineResponse, ReadCache, read_onlin
 from engine.plan import Plan, compile_plan
 from engine.ports import OnlineStateStore
 from engine.push import encode_rows
-from engine.registry import PlanDiff, diff, read_applied, write_applied
+from engine.rebuild import RebuildResult, rebuild_view
+from engine.registry import (
+    PlanDiff,
+    diff,
+    forget_retired,
+    read_applied,
+    read_retired,
+    write_applied,
+)
 from engine.stream.core import wall_clock_ms
 
 
@@ -104,6 +112,42 @@ class FeatureStore:
         return ApplyResult(
             diff=change, topics_created={t: wanted[t] for t in created}, topics=wanted
         )
+
+    # -- rebuild-online --------------------------------------------------------------------
+
+    def rebuild_online(
+        self, view_name: str, *, progress: Callable[[int], None] | None = None
+    ) -> RebuildOutcome:
+        """Refill a view's online keyspace from the event log, then drop its retired ones.
+
+        Use after a definition change (``plan`` says CHANGED) or when Redis lost its data.
+        Stop the view's workers first; restarted, their offset fences skip what the rebuild
+        holds. Reads of the view see partial state while it runs.
+
+        Example:
+            >>> store.rebuild_online("customer_spend")  # doctest: +SKIP
+        """
+        from connectors.redis_store import RedisOnlineStore
+
+        view = self.plan.views.get(view_name)
+        if view is None:
+            raise InputDataError(
+                f"unknown view {view_name!r}; views: {', '.join(sorted(self.plan.views))}"
+            )
+        online = self.online_store
+        if not isinstance(online, RedisOnlineStore):
+            raise InputDataError("rebuild_online needs the Redis online store")
+        online.delete_keyspace(view.fingerprint)
+        result = rebuild_view(
+            self.plan, view_name, EventLogReader(self.config.event_log_root), online,
+            now_ms=time.time_ns() // 1_000_000, progress=progress,
+        )  # fmt: skip
+        dropped: dict[str, int] = {}
+        for fingerprint in read_retired(self.config.registry_path).get(view_name, []):
+            if fingerprint != view.fingerprint:
+                dropped[fingerprint] = online.delete_keyspace(fingerprint)
+        forget_retired(self.config.registry_path, view_name)
+        return RebuildOutcome(result=result, dropped_keys=dropped)
 
     # -- push ----------------------------------------------------------------------------
 
@@ -291,6 +335,14 @@ class FeatureStore:
         return OnlineResponse(
             result, full_feature_names=full_feature_names, with_freshness=with_freshness
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RebuildOutcome:
+    """What ``rebuild_online`` wrote and which retired keyspaces it dropped (fingerprint → keys)."""
+
+    result: RebuildResult
+    dropped_keys: dict[str, int]
 
 
 def _dtype(rows: list[list[Any]], j: int) -> Any:
