@@ -246,6 +246,10 @@ def build_app(
         web_enabled=False,
         topic_disable_leader=True,  # no <id>-__assignor-__leader topic: there are no tables
         broker_commit_interval=fopts.commit_interval_s,
+        # commit on the timer only: Faust's fetch loop would otherwise await a commit every
+        # 10,000 acks, and one commit that never returned (seen once, while another client
+        # deleted hundreds of topics) then stopped all fetching
+        broker_commit_every=1 << 30,
         broker_session_timeout=fopts.session_timeout_s,
         broker_heartbeat_interval=min(3.0, fopts.session_timeout_s / 5),
         stream_buffer_maxsize=max(fopts.stream_buffer, opts.batch_max),
