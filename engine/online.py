@@ -20,10 +20,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from engine.codec import decode_states, encode_states
-from engine.kernel.tiles import EntityTiles, TileLayout, merge_into
+from engine.kernel.tiles import EntityTiles, TileLayout, evict, merge_into
 from engine.keys import encode_key
 from engine.plan import ViewPlan
+from engine.ports import StateWrite
 
 PREFIX = "sk"
 NO_FENCE = -1
@@ -134,18 +137,6 @@ def encode_fields(
     return out
 
 
-def stale_tiles(layout: TileLayout, tiles: EntityTiles, now_ms: int) -> list[tuple[int, int]]:
-    """(hop, k) of tiles no window can read at any time >= ``now_ms``."""
-    stale: list[tuple[int, int]] = []
-    for group in layout.groups:
-        per_hop = tiles.by_hop.get(group.hop_ms)
-        if not per_hop:
-            continue
-        oldest = -(-now_ms // group.hop_ms) - group.longest_window_ms // group.hop_ms
-        stale.extend((group.hop_ms, k) for k in per_hop if k < oldest)
-    return stale
-
-
 def expire_at_ms(layout: TileLayout, tiles: EntityTiles) -> int | None:
     """When no window can use any of these tiles any more (None: lifetime state never expires)."""
     if layout.lifetime:
@@ -156,3 +147,26 @@ def expire_at_ms(layout: TileLayout, tiles: EntityTiles) -> int | None:
         if per_hop:
             horizon = max(horizon, (max(per_hop) + 1) * group.hop_ms + group.longest_window_ms)
     return horizon or None
+
+
+def entity_write(
+    view: ViewPlan,
+    entity: tuple[Any, ...],
+    partition: int,
+    state: PartitionState,
+    touched: Iterable[tuple[int, int]],
+    lifetime_touched: bool,
+    journal: list[list[int]],
+    now_ms: int,
+) -> StateWrite:
+    """The hash update for one entity's partition state: evicts tiles stale at ``now_ms``,
+    encodes the touched tiles, fence, write time and journal, and the key's expiry."""
+    stale = evict(view.layout, state.tiles, now_ms)
+    fields = encode_fields(view, partition, state, touched, lifetime_touched)
+    fields[f"j:{partition}"] = msgpack.packb(journal)
+    return StateWrite(
+        key=state_key(view, entity),
+        fields=fields,
+        delete=tuple(tile_field(partition, h, k) for h, k in stale),
+        expire_at_ms=expire_at_ms(view.layout, state.tiles),
+    )

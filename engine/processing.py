@@ -1,7 +1,7 @@
 """The one path from a logged source record to tile updates: transform → key → admission → fold.
 
-The stream worker calls ``apply_record`` per record; the backfill calls ``extract`` while it
-reads the log and ``apply_extracted`` in the order of its mode. Both are the same code.
+The stream worker, the backfill and rebuild-online call ``extract_all`` on each record and
+``apply_extracted`` to fold it (the backfill in the order of its mode): one implementation.
 """
 
 from __future__ import annotations

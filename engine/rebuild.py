@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgpack
-
-from engine.online import PartitionState, encode_fields, expire_at_ms, stale_tiles, state_key
+from engine.online import PartitionState, entity_write
 from engine.plan import Plan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite
 from engine.processing import EntityKey, apply_extracted, extract_all, row_groups
@@ -63,17 +61,12 @@ def rebuild_view(
                 progress(100_000)
         batch: list[StateWrite] = []
         for entity, state in states.items():
-            for hop, k in stale_tiles(view.layout, state.tiles, now_ms):
-                del state.tiles.by_hop[hop][k]
             touched = [(hop, k) for hop, tiles in state.tiles.by_hop.items() for k in tiles]
-            fields = encode_fields(view, partition, state, touched, True)
-            fields[f"j:{partition}"] = msgpack.packb([[state.fence, state.updated_ms]])
-            expire = expire_at_ms(view.layout, state.tiles)
-            if expire is not None and expire <= now_ms:
+            write = entity_write(view, entity, partition, state, touched, True,
+                                 [[state.fence, state.updated_ms]], now_ms)  # fmt: skip
+            if write.expire_at_ms is not None and write.expire_at_ms <= now_ms:
                 continue  # nothing of this entity can be read any more
-            batch.append(
-                StateWrite(key=state_key(view, entity), fields=fields, expire_at_ms=expire)
-            )
+            batch.append(write)
             if len(batch) >= _CHUNK:
                 store.write(batch)
                 written += len(batch)

@@ -191,21 +191,33 @@ def value_as_of(
     return [layout.aggregators[i].finalize(s) for i, s in zip(wanted, states, strict=True)]
 
 
-def evict(layout: TileLayout, tiles: EntityTiles, t_ms: int, slack: int = 0) -> None:
-    """Drop tiles no window can use at any time >= ``t_ms``.
+def stale_tiles(
+    layout: TileLayout, tiles: EntityTiles, t_ms: int, slack: int = 0
+) -> list[tuple[int, int]]:
+    """(hop, k) of tiles no window can use at any time >= ``t_ms``.
 
     A hop group is only scanned when it holds more than its window span plus ``slack``
     tiles, so calling this often is cheap.
     """
+    stale: list[tuple[int, int]] = []
     for group in layout.groups:
         per_hop = tiles.by_hop.get(group.hop_ms)
         span = group.longest_window_ms // group.hop_ms
         if not per_hop or len(per_hop) <= span + slack:
             continue
         oldest = -(-t_ms // group.hop_ms) - span
-        stale = [k for k in per_hop if k < oldest]
-        for k in stale:
-            del per_hop[k]
+        stale.extend((group.hop_ms, k) for k in per_hop if k < oldest)
+    return stale
+
+
+def evict(
+    layout: TileLayout, tiles: EntityTiles, t_ms: int, slack: int = 0
+) -> list[tuple[int, int]]:
+    """Drop the ``stale_tiles`` and return them."""
+    stale = stale_tiles(layout, tiles, t_ms, slack)
+    for hop, k in stale:
+        del tiles.by_hop[hop][k]
+    return stale
 
 
 def merge_into(layout: TileLayout, dst: EntityTiles, src: EntityTiles) -> None:

@@ -28,16 +28,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from engine.envelope import Envelope
-from engine.kernel.tiles import EntityTiles
-from engine.online import (
-    PartitionState,
-    encode_fields,
-    expire_at_ms,
-    parse_state,
-    stale_tiles,
-    state_key,
-    tile_field,
-)
+from engine.online import PartitionState, entity_write, parse_state, state_key
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
 from engine.processing import (
@@ -246,19 +237,12 @@ class BatchProcessor:
         writes: list[StateWrite] = []
         for ck, touch in touched.items():
             v, entity, partition = ck
-            view = self.views[v]
             state, journal = self._cache[ck]
             journal.append([state.fence, batch_p])
             del journal[:-JOURNAL_ENTRIES]
-            stale = stale_tiles(view.layout, state.tiles, batch_p)
-            for hop, k in stale:
-                del state.tiles.by_hop[hop][k]
-            fields = encode_fields(view, partition, state, touch.tiles, touch.lifetime)
-            fields[f"j:{partition}"] = msgpack.packb(journal)
             writes.append(
-                StateWrite(key=state_key(view, entity), fields=fields,
-                           delete=tuple(tile_field(partition, h, k) for h, k in stale),
-                           expire_at_ms=expire_at_ms(view.layout, state.tiles))
+                entity_write(self.views[v], entity, partition, state, touch.tiles,
+                             touch.lifetime, journal, batch_p)
             )  # fmt: skip
         if writes:
             self.online.write(writes)
@@ -276,13 +260,6 @@ class BatchProcessor:
             commits=commits, processed_at_ms=batch_p, records=count, refused=refused,
             applied=applied, late=late, fenced=fenced, entities_written=len(writes),
         )  # fmt: skip
-
-    # -- online reads of the cache (tests, diagnostics) -----------------------------------
-
-    def cached_tiles(self, view: str, entity: EntityKey, partition: int) -> EntityTiles | None:
-        v = next(i for i, vp in enumerate(self.views) if vp.name == view)
-        hit = self._cache.get((v, entity, partition))
-        return None if hit is None else hit[0].tiles
 
 
 def _journal_lookup(journal: list[list[int]], offset: int) -> int | None:
