@@ -398,6 +398,15 @@ class EventLogReader:
             total += sum(size for name, _, size in entries if _FILE_RE.match(name))
         return total
 
+    def usage(self, source: str) -> dict[int, tuple[int, int]]:
+        """Partition → (files, bytes) of ``source``'s log files (temp files excluded)."""
+        out: dict[int, tuple[int, int]] = {}
+        for partition in self.partitions(source):
+            entries = self._entries(self._partition_dir(source, partition)) or []
+            sizes = [size for name, _, size in entries if _FILE_RE.match(name)]
+            out[partition] = (len(sizes), sum(sizes))
+        return out
+
     def _iter_partitions(self, source: str, parts: list[int]) -> Iterator[Envelope]:
         for partition in parts:
             yield from self._iter_files(self._files(source, partition))

@@ -4,7 +4,7 @@ This module is the one boundary where confluent-kafka's exceptions are translate
 unreachable brokers, refused requests and failed deliveries become ``KafkaUnavailable``
 (an operator can act on it: start the broker, create the topic), invalid client settings
 become ``ConfigError``. Every client config is built by ``KafkaSettings.client_config``, the
-single place where security settings (SASL/SSL) will be added.
+single place where security settings (SASL/SSL, docs/security.md) enter a client config.
 
 Producers use ``partitioner=murmur2_random`` (the Java client's default, the same function as
 ``engine.keys.partition_for``) and ``enable.idempotence=true``.
@@ -13,17 +13,30 @@ Producers use ``partitioner=murmur2_random`` (the Java client's default, the sam
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: re-exported implicitly
+    AdminClient,
+    OffsetSpec,
+)
 from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it implicitly
 
 from engine.errors import ConfigError, KafkaUnavailable
 from engine.ports import DeadLetter
+from engine.secrets import Secret
 from engine.stream.core import SourceRecord
 
 if TYPE_CHECKING:
@@ -33,6 +46,7 @@ __all__ = [
     "DLQ_HEADERS",
     "KafkaBatchConsumer",
     "KafkaDeadLetterSink",
+    "KafkaOffsets",
     "KafkaPublisher",
     "KafkaSettings",
     "dead_letter_topic",
@@ -40,7 +54,9 @@ __all__ = [
     "group_id",
 ]
 
-START_HINT = "start a local broker with `bash scripts/services.sh up kafka`"
+START_HINT = (
+    "start a local broker with `skewless services up` (or `bash scripts/services.sh up kafka`)"
+)
 DLQ_HEADERS = (
     "skewless.reason",
     "skewless.reason_code",
@@ -73,6 +89,28 @@ _CONNECTIVITY = frozenset(
 )
 
 
+_CREDENTIALS_HINT = (
+    "check kafka.security_protocol, kafka.sasl_mechanism, kafka.sasl_username and "
+    "kafka.sasl_password (SKEWLESS_KAFKA_SECURITY_PROTOCOL, SKEWLESS_KAFKA_SASL_MECHANISM, "
+    "SKEWLESS_KAFKA_SASL_USERNAME, SKEWLESS_KAFKA_SASL_PASSWORD[_FILE])"
+)
+_TLS_HINT = (
+    "check kafka.security_protocol and kafka.ssl_ca_location / ssl_certificate_location / "
+    "ssl_key_location (SKEWLESS_KAFKA_SSL_*)"
+)
+_ACL_HINT = "the broker's ACLs do not allow this user the operation; see docs/security.md"
+_AUTH_HINTS = {
+    KafkaError._AUTHENTICATION: _CREDENTIALS_HINT,
+    KafkaError.SASL_AUTHENTICATION_FAILED: _CREDENTIALS_HINT,
+    KafkaError.ILLEGAL_SASL_STATE: _CREDENTIALS_HINT,
+    KafkaError.UNSUPPORTED_SASL_MECHANISM: _CREDENTIALS_HINT,
+    KafkaError._SSL: _TLS_HINT,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: _ACL_HINT,
+    KafkaError.GROUP_AUTHORIZATION_FAILED: _ACL_HINT,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: _ACL_HINT,
+}
+
+
 def dead_letter_topic(source: str) -> str:
     """The dead-letter topic of a source: ``skewless.<source>.dlq`` (DESIGN §4)."""
     return f"skewless.{source}.dlq"
@@ -95,11 +133,84 @@ class KafkaSettings:
     bootstrap_servers: str
     client_id: str = "skewless"
     timeout_s: float = 10.0  # admin requests, metadata checks, producer flushes
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: Secret | None = None  # repr shows Secret('***')
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    ssl_key_password: Secret | None = None
+    ssl_verify: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> KafkaSettings:
-        """The settings of ``kafka.bootstrap_servers`` / ``SKEWLESS_KAFKA_BOOTSTRAP``."""
-        return cls(bootstrap_servers=config.kafka_bootstrap, client_id=f"skewless.{config.project}")
+        """The brokers and security settings of the ``kafka`` section (and ``SKEWLESS_KAFKA_*``)."""
+        return cls(
+            bootstrap_servers=config.kafka_bootstrap,
+            client_id=f"skewless.{config.project}",
+            security_protocol=config.kafka_security_protocol,
+            sasl_mechanism=config.kafka_sasl_mechanism,
+            sasl_username=config.kafka_sasl_username,
+            sasl_password=config.kafka_sasl_password,
+            ssl_ca_location=config.kafka_ssl_ca_location,
+            ssl_certificate_location=config.kafka_ssl_certificate_location,
+            ssl_key_location=config.kafka_ssl_key_location,
+            ssl_key_password=config.kafka_ssl_key_password,
+            ssl_verify=config.kafka_ssl_verify,
+        )
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.upper().startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol.upper() in ("SSL", "SASL_SSL")
+
+    def security_config(self) -> dict[str, Any]:
+        """librdkafka's ``security.protocol``, ``sasl.*`` and ``ssl.*`` properties.
+
+        The returned dict holds the revealed passwords: hand it to a client, never log it.
+        """
+        conf: dict[str, Any] = {"security.protocol": self.security_protocol.upper()}
+        if self.uses_sasl:
+            conf["sasl.mechanism"] = self.sasl_mechanism.upper()
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.reveal() if self.sasl_password else ""
+        if self.uses_ssl:
+            for key, value in (
+                ("ssl.ca.location", self.ssl_ca_location),
+                ("ssl.certificate.location", self.ssl_certificate_location),
+                ("ssl.key.location", self.ssl_key_location),
+            ):
+                if value:
+                    conf[key] = value
+            if self.ssl_key_password:
+                conf["ssl.key.password"] = self.ssl_key_password.reveal()
+            if not self.ssl_verify:
+                conf["enable.ssl.certificate.verification"] = False
+                conf["ssl.endpoint.identification.algorithm"] = "none"
+        return conf
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The same TLS settings as an ``ssl.SSLContext`` (for aiokafka / the Faust runtime)."""
+        if not self.uses_ssl:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=self.ssl_ca_location or None)
+            if self.ssl_certificate_location:
+                ctx.load_cert_chain(
+                    self.ssl_certificate_location,
+                    self.ssl_key_location or None,
+                    password=self.ssl_key_password.reveal() if self.ssl_key_password else None,
+                )
+        except (OSError, ssl.SSLError) as exc:  # the text names the file, never the password
+            raise ConfigError(f"Kafka TLS settings for {self.describe()}: {exc}") from None
+        if not self.ssl_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     def client_config(self, **overrides: Any) -> dict[str, Any]:
         """The base config of every client; ``overrides`` use librdkafka's dotted names."""
@@ -107,6 +218,7 @@ class KafkaSettings:
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "logger": _LIBRDKAFKA_LOG,
+            **self.security_config(),
         }
         base.update(overrides)
         return base
@@ -138,6 +250,13 @@ class KafkaSettings:
         )
 
     def describe(self) -> str:
+        if self.uses_sasl:
+            return (
+                f"Kafka at {self.bootstrap_servers} ({self.security_protocol.upper()}, "
+                f"{self.sasl_mechanism.upper()} user {self.sasl_username!r})"
+            )
+        if self.uses_ssl:
+            return f"Kafka at {self.bootstrap_servers} (SSL)"
         return f"Kafka at {self.bootstrap_servers}"
 
 
@@ -152,15 +271,35 @@ def _error_of(exc: KafkaException) -> KafkaError | None:
 def _unavailable(settings: KafkaSettings, what: str, err: KafkaError | str) -> KafkaUnavailable:
     if isinstance(err, KafkaError):
         detail = f"{err.str()} ({err.name()})"
-        hint = (
-            f"is the broker running? {START_HINT}, or set kafka.bootstrap_servers / "
-            "SKEWLESS_KAFKA_BOOTSTRAP"
-            if err.code() in _CONNECTIVITY
-            else "see the broker log"
-        )
+        if err.code() in _CONNECTIVITY:
+            hint = (
+                f"is the broker running? {START_HINT}, or set kafka.bootstrap_servers / "
+                "SKEWLESS_KAFKA_BOOTSTRAP"
+            )
+            if settings.uses_sasl or settings.uses_ssl:
+                # librdkafka reports a refused login or handshake as a transport failure; the
+                # reason is in its log ("SASL authentication error", "SSL handshake failed")
+                hint += (
+                    "; if it runs, it may have refused the SASL login (librdkafka's log says "
+                    f"why): {_CREDENTIALS_HINT}"
+                    if settings.uses_sasl
+                    else f"; if it runs, the TLS handshake may have failed: {_TLS_HINT}"
+                )
+        else:
+            hint = _AUTH_HINTS.get(err.code(), "see the broker log")
     else:
         detail, hint = err, "see the broker log"
     return KafkaUnavailable(f"{settings.describe()}: {what} failed: {detail}; {hint}")
+
+
+def _refusal(client: Any, reported: Sequence[KafkaError]) -> KafkaError | None:
+    """The refused login or TLS handshake behind a request's transport failure, if any.
+
+    librdkafka tells only the error callback (served by ``poll``) why a broker connection
+    failed; the request itself just times out as a transport failure.
+    """
+    client.poll(0)
+    return next((e for e in reported if e.code() in _AUTH_HINTS), None)
 
 
 def _client(
@@ -179,12 +318,16 @@ def _client(
 
 
 def topic_partitions(settings: KafkaSettings, names: Iterable[str] | None = None) -> dict[str, int]:
-    """Partition counts of existing topics (all topics when ``names`` is None)."""
-    admin = _client(settings, AdminClient, settings.client_config())
+    """Partition counts of existing topics (all topics when ``names`` is None).
+
+    Every command that talks to Kafka asks this first, so a refused login surfaces here.
+    """
+    reported: list[KafkaError] = []
+    admin = _client(settings, AdminClient, settings.client_config(error_cb=reported.append))
     try:
         meta = admin.list_topics(timeout=settings.timeout_s)
     except KafkaException as exc:
-        err = _error_of(exc)
+        err = _refusal(admin, reported) or _error_of(exc)
         raise _unavailable(settings, "listing topics", err or str(exc)) from exc
     wanted = None if names is None else set(names)
     return {
@@ -369,7 +512,9 @@ class KafkaDeadLetterSink:
 
 
 def _letter(letter: DeadLetter) -> OutRecord:
+    # cut at a character boundary, so the header stays valid UTF-8
     reason = letter.reason.encode("utf-8")[:_MAX_REASON_BYTES]
+    reason = reason.decode("utf-8", "ignore").encode("utf-8")
     headers: Headers = [
         ("skewless.reason", reason),
         ("skewless.reason_code", letter.code.encode("ascii")),
@@ -508,3 +653,83 @@ class KafkaBatchConsumer:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: closing the consumer: %s", self.settings.describe(), exc)
+
+
+# -- offsets (status, lag) ----------------------------------------------------------------
+
+
+class KafkaOffsets:
+    """Watermarks of topics and committed offsets of a consumer group, read with the admin API.
+
+    Reading a group's offsets does not join the group, so asking never causes a rebalance.
+
+    Example:
+        >>> offsets = KafkaOffsets(KafkaSettings(bootstrap_servers="127.0.0.1:9092"))  # doctest: +SKIP
+        >>> marks = offsets.watermarks(["transactions"])  # doctest: +SKIP
+        >>> marks[("transactions", 0)]  # doctest: +SKIP
+        (0, 1250)
+        >>> offsets.committed("skewless.payments", marks)  # doctest: +SKIP
+        {('transactions', 0): 1200, ('transactions', 1): None, ...}
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._admin: Any = _client(settings, AdminClient, settings.client_config())
+
+    def watermarks(self, topics: Iterable[str]) -> dict[Partition, tuple[int, int]]:
+        """(low, high) offsets of every partition of each existing topic (missing ones are left
+        out): the partition retains ``high - low`` records and the next one gets ``high``."""
+        wanted = set(topics)
+        try:
+            meta = self._admin.list_topics(timeout=self.settings.timeout_s)
+        except KafkaException as exc:
+            raise _unavailable(self.settings, "listing topics", _error_of(exc) or str(exc)) from exc
+        tps = [
+            TopicPartition(name, p)
+            for name, t in sorted(meta.topics.items())
+            if name in wanted and t.error is None
+            for p in sorted(t.partitions)
+        ]
+        if not tps:
+            return {}
+        low = self._list_offsets(tps, OffsetSpec.earliest())  # type: ignore[no-untyped-call]  # untyped in confluent-kafka
+        high = self._list_offsets(tps, OffsetSpec.latest())  # type: ignore[no-untyped-call]  # untyped in confluent-kafka
+        return {tp: (low[tp], high[tp]) for tp in high}
+
+    def committed(self, group: str, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offset (next offset to read) per partition; None: no commit."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        if not tps:
+            return {}
+        what = f"reading the offsets of group {group!r}"
+        try:
+            futures = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, tps)], request_timeout=self.settings.timeout_s
+            )
+            result = futures[group].result(timeout=self.settings.timeout_s * 2)
+        except KafkaException as exc:
+            raise _unavailable(self.settings, what, _error_of(exc) or str(exc)) from exc
+        except TimeoutError as exc:
+            raise _unavailable(self.settings, what, "no answer in time") from exc
+        out: dict[Partition, int | None] = {}
+        for tp in result.topic_partitions:
+            if tp.error is not None:
+                raise _unavailable(self.settings, f"{what} ({tp.topic}[{tp.partition}])", tp.error)
+            out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
+        return out
+
+    def _list_offsets(self, tps: list[TopicPartition], spec: Any) -> dict[Partition, int]:
+        try:
+            futures = self._admin.list_offsets(
+                dict.fromkeys(tps, spec), request_timeout=self.settings.timeout_s
+            )
+            return {
+                (tp.topic, tp.partition): int(f.result(timeout=self.settings.timeout_s * 2).offset)
+                for tp, f in futures.items()
+            }
+        except KafkaException as exc:
+            raise _unavailable(
+                self.settings, "listing partition offsets", _error_of(exc) or str(exc)
+            ) from exc
+        except TimeoutError as exc:
+            raise _unavailable(self.settings, "listing partition offsets", "no answer in time") from exc

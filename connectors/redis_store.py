@@ -7,28 +7,31 @@ expiry. Expiry only ever moves later: ``PEXPIREAT … NX`` sets it on a key with
 ``PEXPIREAT … GT`` extends it (Redis ≥ 7.0), so a worker that owns only some of an entity's
 partitions never shortens what another partition still needs; ``PERSIST`` keeps lifetime state.
 
-redis-py exceptions are translated here, once, into ``OnlineStoreUnavailable``; messages name
-the address (``host:port/db``) and never the password.
+redis-py exceptions are translated here, once, into ``OnlineStoreUnavailable`` (refused
+credentials: ``OnlineStoreAuthError``); messages name the address (``host:port/db``) and the
+user, never the password. Credentials and TLS come from ``Config`` (docs/security.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from engine.errors import ConfigError, OnlineStoreUnavailable
+from engine.errors import ConfigError, OnlineStoreAuthError, OnlineStoreUnavailable
 from engine.online import keyspace_pattern
 from engine.online_read import Held
-from engine.ports import StateWrite
+from engine.ports import StateWrite, Watermark
+from engine.secrets import Secret, split_url_credentials
 
 if TYPE_CHECKING:
     from engine.config import Config
 
-__all__ = ["RedisOnlineStore"]
+__all__ = ["RedisOnlineStore", "RedisTls"]
 
 # Unchanged (1) when the field count and every mark field equal what the caller holds
 # (values framed as "<length>:<bytes>", "-" for a missing field), else the whole hash.
@@ -45,17 +48,49 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-START_HINT = "start a local Redis with `bash scripts/services.sh up redis`"
-AUTH_HINT = "check the credentials in redis.url / SKEWLESS_REDIS_URL"
+START_HINT = (
+    "start a local Redis with `skewless services up` (or `bash scripts/services.sh up redis`)"
+)
+AUTH_HINT = (
+    "check redis.password (SKEWLESS_REDIS_PASSWORD or SKEWLESS_REDIS_PASSWORD_FILE) and "
+    "redis.username (SKEWLESS_REDIS_USERNAME), or the user:password@ part of redis.url "
+    "(SKEWLESS_REDIS_URL)"
+)
 _SCAN_COUNT = 1000
 _UNLINK_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisTls:
+    """TLS settings of a ``rediss://`` connection (PEM files; empty = the system default)."""
+
+    ca_file: str = ""
+    cert_file: str = ""  # client certificate, for Redis with tls-auth-clients yes
+    key_file: str = ""
+    verify: bool = True  # False: accept any certificate (self-signed dev setups only)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """redis-py's ``ssl_*`` arguments."""
+        kwargs: dict[str, Any] = {
+            "ssl_cert_reqs": "required" if self.verify else "none",
+            "ssl_check_hostname": self.verify,
+        }
+        for name, value in (
+            ("ssl_ca_certs", self.ca_file),
+            ("ssl_certfile", self.cert_file),
+            ("ssl_keyfile", self.key_file),
+        ):
+            if value:
+                kwargs[name] = value
+        return kwargs
 
 
 class RedisOnlineStore:
     """Entity state hashes in one Redis database (DESIGN §4), for workers and online reads.
 
     ``url`` is a redis-py URL (``redis://[[user]:password@]host:port/db``, ``rediss://`` for
-    TLS, ``unix:///path?db=N``). One client with a connection pool is shared by all calls;
+    TLS, ``unix:///path?db=N``); ``username`` and ``password`` beat the URL's, ``tls`` turns
+    ``redis://`` into ``rediss://``. One client with a connection pool is shared by all calls;
     the instance is thread-safe as redis-py's pool is. A dropped connection (Redis
     restarted) is retried once at once; anything else raises ``OnlineStoreUnavailable``.
 
@@ -70,14 +105,35 @@ class RedisOnlineStore:
         self,
         url: str,
         *,
+        username: str | None = None,
+        password: Secret | str | None = None,
+        tls: RedisTls | None = None,
         socket_timeout_ms: int = 5_000,
         connect_timeout_ms: int = 2_000,
         max_connections: int = 64,
         client_name: str | None = "skewless",
     ) -> None:
+        url, url_user, url_password = split_url_credentials(url)  # explicit beats the URL's
+        user = username or url_user
+        secret = Secret(password) if isinstance(password, str) else password
+        secret = secret or url_password
+        if tls is not None and url.startswith("redis://"):
+            url = "rediss://" + url.removeprefix("redis://")
+        if url.startswith("rediss://"):
+            tls = tls or RedisTls()
+        if tls is not None and url.startswith("unix://"):
+            raise ConfigError("redis.tls is on but redis.url is a unix socket (unix://…)")
+        credentials: dict[str, Any] = {}
+        if user:
+            credentials["username"] = user
+        if secret:
+            credentials["password"] = secret.reveal()
+        if tls is not None:
+            credentials.update(tls.client_kwargs())
         try:
             client = redis.Redis.from_url(
                 url,
+                **credentials,
                 decode_responses=False,
                 socket_timeout=socket_timeout_ms / 1000,
                 socket_connect_timeout=connect_timeout_ms / 1000,
@@ -100,17 +156,31 @@ class RedisOnlineStore:
             ) from None
         self._client = client
         kwargs = client.connection_pool.connection_kwargs
-        self._secrets = tuple(
-            s for s in (kwargs.get("password"), kwargs.get("username")) if isinstance(s, str) and s
-        )
-        self.address = _address(kwargs)
+        self._secrets = tuple(s for s in (kwargs.get("password"),) if isinstance(s, str) and s)
+        self.user = user or "default"
+        self.address = _address(kwargs) + (" (TLS)" if tls is not None else "")
         self._revalidate = True
         self._script_sha: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> RedisOnlineStore:
-        """The store at ``config.redis_url`` (``redis.url`` / ``SKEWLESS_REDIS_URL``)."""
-        return cls(config.redis_url)
+        """The store at ``config.redis_url`` with the config's credentials and TLS settings."""
+        tls = (
+            RedisTls(
+                ca_file=config.redis_tls_ca_file,
+                cert_file=config.redis_tls_cert_file,
+                key_file=config.redis_tls_key_file,
+                verify=config.redis_tls_verify,
+            )
+            if config.redis_tls
+            else None
+        )
+        return cls(
+            config.redis_url,
+            username=config.redis_username or None,
+            password=config.redis_password,
+            tls=tls,
+        )
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self.address!r})"
@@ -131,10 +201,16 @@ class RedisOnlineStore:
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
 
-    def write(self, writes: Sequence[StateWrite]) -> None:
-        """Apply every write in one pipeline; each entity's fields are set by one ``HSET``."""
-        if not writes:
-            return
+    def write(
+        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+    ) -> list[bytes | None]:
+        """Apply every write in one pipeline; each entity's fields are set by one ``HSET``.
+
+        Then each mark is swapped with ``SET key value GET`` (Redis >= 6.2) in the same
+        pipeline; returns the marks' previous values (None where a key was missing).
+        """
+        if not writes and not marks:
+            return []
         pipe = self._client.pipeline(transaction=False)
         for w in writes:
             if w.fields:
@@ -146,10 +222,13 @@ class RedisOnlineStore:
             else:
                 pipe.pexpireat(w.key, w.expire_at_ms, nx=True)
                 pipe.pexpireat(w.key, w.expire_at_ms, gt=True)
+        for mark in marks:
+            pipe.set(mark.key, mark.value, get=True)
         try:
-            pipe.execute()
+            replies = pipe.execute()
         except redis.exceptions.RedisError as exc:
             self._unavailable("write pipeline", exc)
+        return cast(list[bytes | None], replies[len(replies) - len(marks) :])
 
     def load_changed(
         self, keys: Sequence[str], held: Sequence[Held | None]
@@ -245,6 +324,17 @@ class RedisOnlineStore:
         except redis.exceptions.RedisError as exc:
             self._unavailable("PING", exc)
 
+    def server_usage(self) -> tuple[int, int]:
+        """(bytes of memory the server uses, keys in this database): ``INFO memory``, ``DBSIZE``."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.info("memory")
+            pipe.dbsize()
+            info, size = pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("INFO", exc)
+        return int(info["used_memory"]), int(size)
+
     def scan_keys(self, pattern: str) -> Iterator[str]:
         """Keys matching a glob ``pattern``, by SCAN (never KEYS); a key may repeat once."""
         try:
@@ -284,9 +374,16 @@ class RedisOnlineStore:
         if isinstance(
             exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError
         ):
-            hint = AUTH_HINT
-        elif isinstance(exc, redis.exceptions.NoPermissionError):
-            hint = "the Redis user lacks a permission skewless needs (HGETALL, HSET, HDEL, PEXPIREAT, PERSIST, SCAN, UNLINK)"
+            given = "a password was given" if self._secrets else "no password was given"
+            raise OnlineStoreAuthError(
+                f"Redis at {self.address} refused the credentials of user {self.user!r} "
+                f"({given}; {what}): {detail}; {AUTH_HINT}"
+            ) from exc
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            hint = (
+                f"the Redis user {self.user!r} lacks a permission skewless needs (HGETALL, HSET, "
+                "HDEL, PEXPIREAT, PERSIST, SCAN, UNLINK)"
+            )
         elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
             hint = f"is it running? {START_HINT}, or set redis.url / SKEWLESS_REDIS_URL"
         else:

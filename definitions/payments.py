@@ -14,7 +14,7 @@ transactions = KafkaSource(
     key_fields=["customer_id"],
 )
 
-# Static FX rates: part of the transform's source code, hence of the fingerprint.
+# Static FX rates: the transform reads them, so their values are part of the view fingerprint.
 USD_PER_UNIT = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27, "JPY": 0.0067}
 
 

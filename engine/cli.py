@@ -9,12 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.durations import format_duration
 from engine.errors import InputDataError, SkewlessError
 from engine.plan import describe_window
+from engine.secrets import redact_url
 from engine.store import FeatureStore
+
+if TYPE_CHECKING:
+    from engine.metrics import MetricsServer
 
 EXIT_ERROR = 1
 
@@ -29,7 +33,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     status = {name: "new" for name in change.added}
     status.update({name: "CHANGED (rebuild online)" for name in change.changed})
     status.update({name: "unchanged" for name in change.unchanged})
-    print(f"repo {store.config.repo_path}  event log {store.config.event_log_root}")
+    print(f"repo {store.config.repo_path}  event log {redact_url(store.config.event_log_root)}")
     for name, view in sorted(store.plan.views.items()):
         lateness = (
             "unbounded"
@@ -86,7 +90,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     parts = ", ".join(f"p{p}={n}" for p, n in sorted(result.per_partition.items()))
     print(
         f"imported {result.rows} rows into {args.source} ({parts}) in {elapsed:.1f}s; "
-        f"log {store.config.event_log_root}"
+        f"log {redact_url(store.config.event_log_root)}"
     )
     return 0
 
@@ -223,6 +227,33 @@ def cmd_rebuild_online(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_UNVERIFIABLE = 3  # verify: no mismatch, but some values were still in flight
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    store = _store(args)
+    with tqdm(desc="verify: reading the log", unit=" records", disable=None) as bar:
+        report = store.verify(
+            sample=args.sample,
+            views=args.view,
+            seed=args.seed,
+            at_ms=args.at_ms,
+            retries=args.retries,
+            progress=lambda n: (bar.update(n), None)[1],
+        )
+    print(report.to_text())
+    if args.report:
+        path = Path(args.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report.to_markdown(), encoding="utf-8")
+        print(f"report written to {path}")
+    if report.mismatches:
+        return EXIT_ERROR
+    return 0 if report.ok else EXIT_UNVERIFIABLE
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.serve import run
 
@@ -268,7 +299,100 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     if args.batch_max < 1 or args.batch_timeout <= 0:
         raise InputDataError("--batch-max must be at least 1 and --batch-timeout above 0")
-    return WORKER_RUNTIMES[args.runtime](_store(args), args)
+    store = _store(args)
+    _check_online_credentials(store)
+    server = _serve_metrics(store, args)
+    try:
+        return WORKER_RUNTIMES[args.runtime](store, args)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _serve_metrics(store: FeatureStore, args: argparse.Namespace) -> MetricsServer | None:
+    """Start the Prometheus endpoint of ``--metrics-port`` (None without it); docs/metrics.md."""
+    if args.metrics_port is None:
+        return None
+    import logging
+
+    from connectors.kafka import group_id
+    from engine import metrics
+
+    server = metrics.serve(
+        args.metrics_port, host=args.metrics_host, lag=store.consumer_lag,
+        lag_interval_s=args.metrics_lag_interval,
+        info={"runtime": args.runtime, "group": group_id(store.config.project)},
+    )  # fmt: skip
+    logging.getLogger("skewless.worker").info("metrics on %s", server.url)
+    return server
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.status import render_text
+
+    if args.key_scan_limit < 0:
+        raise InputDataError("--key-scan-limit must be 0 (no limit) or more")
+    report = _store(args).status(key_scan_limit=args.key_scan_limit)
+    print(json.dumps(report.to_json(), indent=2) if args.json else render_text(report))
+    return 0 if report.ok else EXIT_ERROR
+
+
+def _check_online_credentials(store: FeatureStore) -> None:
+    """Stop at start-up, not in the batch retry loop, when Redis refuses the credentials.
+
+    Raises OnlineStoreAuthError (retrying cannot fix a wrong password). An unreachable Redis
+    is only a warning: the worker backs off until Redis answers (DESIGN §6).
+    """
+    import logging
+
+    from connectors.redis_store import RedisOnlineStore
+    from engine.errors import OnlineStoreAuthError, OnlineStoreUnavailable
+
+    online = RedisOnlineStore.from_config(store.config)
+    try:
+        online.ping()
+    except OnlineStoreAuthError:
+        raise
+    except OnlineStoreUnavailable as exc:
+        logging.getLogger("skewless.worker").warning("%s; starting anyway, batches retry", exc)
+    finally:
+        online.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import Demo, DemoOptions
+
+    options = DemoOptions(
+        events=args.events,
+        rate=args.rate,
+        workers=args.workers,
+        labels=args.labels,
+        out_dir=args.out,
+        report_dir=args.report_dir,
+        definitions=args.definitions,
+        redis_db=args.redis_db,
+        start_services=not args.no_services,
+        verify_sample=args.verify_sample,
+        seed=args.seed,
+    )
+    result, _ = Demo(options, sys.stdout).run()
+    if result.verify.mismatches:
+        print(
+            f"error: verify found {len(result.verify.mismatches)} mismatches; see the report",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from engine.config import load_config
+    from engine.services import run_services
+
+    config = load_config(Path(args.repo))  # the ports only: a broken definitions folder is fine
+    return run_services(args.action, config, target=args.target, purge=args.purge)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-timeout", type=float, default=0.05, help="seconds to wait for a batch (0.05)"
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint")
+    p.add_argument(
+        "--metrics-lag-interval", type=float, default=15.0, help="seconds between lag refreshes"
+    )
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("status", help="consumer lag, freshness, dead letters, log size, online keys")
+    p.add_argument("--json", action="store_true", help="print a JSON document")
+    p.add_argument(
+        "--key-scan-limit", type=int, default=1_000_000,
+        help="keys to SCAN before estimating the key counts (0: scan all)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("get", help="read fresh feature values from the online store (Redis)")
     p.add_argument(
         "items",
@@ -332,11 +470,149 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rebuild-online", help="refill a view's online keyspace from the event log")
     p.add_argument("view")
     p.set_defaults(func=cmd_rebuild_online)
+    p = sub.add_parser(
+        "verify",
+        help="check sampled online values against the event log's processing-time replay",
+        description="Read sampled entities online at T and replay the event log for them in "
+        "processing-time mode at T; print the consistency rate with every mismatch explained. "
+        "Exit 0 when every sampled value matched, 1 on a mismatch (or an error), 3 when values "
+        "were still in flight after every re-check.",
+    )
+    p.add_argument("--sample", type=int, default=200, help="entities per view (default 200)")
+    p.add_argument(
+        "--view", action="append", default=None, metavar="NAME", help="a view (repeat; default all)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="sample seed (default: random, printed)")
+    p.add_argument("--report", metavar="FILE.md", help="also write the report as Markdown")
+    p.add_argument(
+        "--at-ms", type=int, default=None, help="verify as of this epoch-ms time (default: now)"
+    )
+    p.add_argument(
+        "--retries", type=int, default=3, help="re-checks of in-flight entities (default 3)"
+    )
+    p.set_defaults(func=cmd_verify)
+    _demo_parser(sub)
+    p = sub.add_parser(
+        "services",
+        help="start, stop or check the local Kafka and Redis (scripts/services.sh)",
+        description="Run scripts/services.sh for the Kafka and Redis ports that --repo's "
+        "config names (127.0.0.1 only). `up` installs what is missing, starts both and waits "
+        "until they answer; `down` stops them (--purge: and deletes their data); `status` "
+        "exits 0 only when they run. See docs/services.md.",
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("target", nargs="?", choices=["kafka", "redis"], help="one service only")
+    p.add_argument("--purge", action="store_true", help="with down: delete the services' data")
+    p.set_defaults(func=cmd_services)
     return parser
+
+
+def _demo_parser(sub: Any) -> None:
+    from engine.demo import EXAMPLE_DEFINITIONS, DemoOptions
+
+    d = DemoOptions()
+    p = sub.add_parser(
+        "demo",
+        help="the whole engine on local Kafka and Redis in a few minutes, with a report",
+        description="Start (or find) the local services, apply a copy of the example "
+        "definitions with a topic of its own, start stream workers, stream generated payments "
+        "with a live display, read fresh features, build a point-in-time training set for "
+        "generated fraud labels, run verify, and write a Markdown report with PNG plots. "
+        "See docs/demo.md.",
+    )
+    p.add_argument(
+        "--events",
+        type=int,
+        default=d.events,
+        help=f"payments in all; the last third streams live (default {d.events:,})",
+    )
+    p.add_argument(
+        "--rate", type=int, default=d.rate, help=f"live payments per second (default {d.rate:,})"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help=f"stream worker processes (default {d.workers})",
+    )
+    p.add_argument(
+        "--labels",
+        type=int,
+        default=d.labels,
+        help=f"labelled payments in the training set (default {d.labels:,})",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default .skewless/demo/<run>)"
+    )
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="where the report goes (default <out>/report)"
+    )
+    p.add_argument(
+        "--definitions",
+        type=Path,
+        default=EXAMPLE_DEFINITIONS,
+        help="the payments example to copy (default: the checkout's definitions/)",
+    )
+    p.add_argument(
+        "--redis-db",
+        type=int,
+        default=d.redis_db,
+        help=f"Redis database of the demo's keys (default {d.redis_db})",
+    )
+    p.add_argument(
+        "--no-services",
+        action="store_true",
+        help="do not start Kafka and Redis: fail if they do not answer",
+    )
+    p.add_argument(
+        "--verify-sample",
+        type=int,
+        default=d.verify_sample,
+        help=f"entities per view that verify checks (default {d.verify_sample})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the generated data")
+    p.set_defaults(func=cmd_demo)
+
+
+def _quiet_client_logs(command: str) -> None:
+    """Keep librdkafka's connection logs off a one-shot command's terminal.
+
+    While a broker is down librdkafka logs every failed connection attempt (hundreds in the
+    10 s before a request times out); the command then reports the one translated error,
+    naming the address and how to start Kafka. Workers keep those logs (cmd_worker).
+    """
+    import logging
+
+    client = logging.getLogger("skewless.kafka.librdkafka")
+    if command == "worker":
+        client.addFilter(_RepeatFilter(window_s=60.0))
+    else:
+        client.addHandler(logging.NullHandler())
+        client.propagate = False
+
+
+class _RepeatFilter:
+    """Passes a log message once per ``window_s``: a broker that is down makes librdkafka log
+    the same connection failure many times a second."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: Any) -> bool:
+        text = record.getMessage()
+        now = time.monotonic()
+        if now - self._last.get(text, -self.window_s) < self.window_s:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[text] = now
+        return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_client_logs(args.command)
     try:
         return int(args.func(args))
     except SkewlessError as exc:

@@ -6,11 +6,16 @@ SkewlessError                      root of everything skewless raises on purpose
 ├── FeatureRefError (KeyError)     a "view:feature" reference names nothing in the plan
 ├── InputDataError (ValueError)    user data (entity_df, import rows) is malformed; names row and column
 ├── DecodeError (ValueError)       a record's bytes or fields cannot be decoded against its source schema
+│   └── RecordRefused              a source record the worker dead-letters; ``code`` names the rule
 ├── CodecError (ValueError)        stored accumulator/tile bytes are corrupt or of an unknown version
 ├── EventLogError (OSError)        the event log cannot be read or written
 │   └── EventLogMissing            no log exists yet for a source a backfill needs
+├── NothingToVerify (LookupError)  `verify` found no entity to check (the log applies nothing to the views)
 ├── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
-└── KafkaUnavailable (ConnectionError)        Kafka cannot be reached, or refused a request
+│   └── OnlineStoreAuthError                  Redis refused the credentials (wrong password, ACL)
+├── OnlineStateLost (RuntimeError) Redis lost a worker's state again and again, right after each rebuild
+├── KafkaUnavailable (ConnectionError)        Kafka cannot be reached, or refused a request
+└── ServicesError (RuntimeError)   the local Kafka/Redis of scripts/services.sh cannot be run
 """
 
 from __future__ import annotations
@@ -27,7 +32,12 @@ __all__ = [
     "FeatureRefError",
     "InputDataError",
     "KafkaUnavailable",
+    "NothingToVerify",
+    "OnlineStateLost",
+    "OnlineStoreAuthError",
     "OnlineStoreUnavailable",
+    "RecordRefused",
+    "ServicesError",
     "SkewlessError",
 ]
 
@@ -72,6 +82,18 @@ class DecodeError(SkewlessError, ValueError):
     """A record cannot be decoded against its source schema."""
 
 
+class RecordRefused(DecodeError):
+    """A source record that goes to the dead-letter topic instead of the online store and log.
+
+    ``code`` is one of ``engine.serde.REASON_CODES`` (the ``skewless.reason_code`` header and
+    the worker's ``refused`` counter); the message names the source, the field and the rule.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class CodecError(SkewlessError, ValueError):
     """Encoded accumulator or tile bytes are corrupt or of an unknown codec version."""
 
@@ -84,9 +106,34 @@ class EventLogMissing(EventLogError):
     """No event log exists for a source that a backfill needs."""
 
 
+class NothingToVerify(SkewlessError, LookupError):
+    """``verify`` has no entity to check: the log holds no record the views apply."""
+
+
 class OnlineStoreUnavailable(SkewlessError, ConnectionError):
     """The online store (Redis) cannot be reached."""
 
 
+class OnlineStoreAuthError(OnlineStoreUnavailable):
+    """Redis refused skewless's credentials (wrong password, unknown or disabled ACL user).
+
+    Retrying cannot help: the message names the address, the user and the settings to fix,
+    never the password.
+    """
+
+
+class OnlineStateLost(SkewlessError, RuntimeError):
+    """A worker found its online state lost right after each of several rebuilds from the log.
+
+    One loss is recovered in place (engine/stream/recovery.py); this is raised only when it
+    keeps happening, e.g. something keeps emptying Redis or another worker writes the same
+    partitions. The batch stays uncommitted and the runtime retries it.
+    """
+
+
 class KafkaUnavailable(SkewlessError, ConnectionError):
     """Kafka cannot be reached, or a broker refused what skewless asked (topic, produce, commit)."""
+
+
+class ServicesError(SkewlessError, RuntimeError):
+    """``skewless services`` / the demo could not run or start the local Kafka and Redis."""

@@ -8,6 +8,12 @@ Pure functions — no Redis client here. One hash per (view fingerprint, entity)
     f:<p>                fence: the last source offset of partition p applied to this entity
     u:<p>                processed_at (ms) of the newest write from partition p
 
+One small hash per view fingerprint records its writes, for ``skewless status``:
+
+    key   sk:stats:<fingerprint>       outside the entity keyspace ``sk:<fingerprint>:*``
+    e:<p>                event time (ms) of the newest event in partition p's last write
+    w:<p>                processed_at (ms) of partition p's last write
+
 Fields are namespaced by source partition, so the workers of different partitions never
 overwrite each other, even for a view whose entity is not the topic key; a read merges the
 partitions' tiles with the kernel's ``merge`` (associative and commutative). A changed
@@ -170,3 +176,43 @@ def entity_write(
         delete=tuple(tile_field(partition, h, k) for h, k in stale),
         expire_at_ms=expire_at_ms(view.layout, state.tiles),
     )
+
+
+# -- per-view write stats ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionWriteStats:
+    """What the last write of one source partition into a view recorded."""
+
+    newest_event_ms: int  # event time of the newest event that write applied
+    written_ms: int  # processed_at of that write
+
+
+def stats_key(fingerprint: str) -> str:
+    """Redis key of a view's write stats (never matched by ``keyspace_pattern``)."""
+    return f"{PREFIX}:stats:{fingerprint}"
+
+
+def stats_write(view: ViewPlan, newest_event_ms: Mapping[int, int], written_ms: int) -> StateWrite:
+    """The stats update of one batch: per source partition it applied events of, the newest
+    event time and the write time. One ``HSET`` riding in the batch's write pipeline."""
+    fields: dict[str, bytes] = {}
+    for partition, event_ms in newest_event_ms.items():
+        fields[f"e:{partition}"] = str(event_ms).encode()
+        fields[f"w:{partition}"] = str(written_ms).encode()
+    return StateWrite(key=stats_key(view.fingerprint), fields=fields)
+
+
+def parse_stats(fields: Mapping[Any, bytes]) -> dict[int, PartitionWriteStats]:
+    """Partition → stats from a view's stats hash (partitions missing a field are skipped)."""
+    raw: dict[int, dict[str, int]] = {}
+    for name, value in fields.items():
+        kind, _, p_text = _text(name).partition(":")
+        if kind in ("e", "w") and p_text.isdigit():
+            raw.setdefault(int(p_text), {})[kind] = int(value)
+    return {
+        p: PartitionWriteStats(newest_event_ms=got["e"], written_ms=got["w"])
+        for p, got in sorted(raw.items())
+        if "e" in got and "w" in got
+    }

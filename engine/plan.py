@@ -13,6 +13,7 @@ import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ class ViewPlan:
             if agg.feature == feature:
                 return i
         raise FeatureRefError(
-            f"view {self.name!r} has no feature {feature!r}; it has: {', '.join(self.features)}"
+            f"view {self.name!r} has no feature {feature!r}{_did_you_mean(feature, self.features)}; "
+            f"it has: {', '.join(self.features)}"
         )
 
 
@@ -117,26 +119,114 @@ class Plan:
         for ref in refs:
             view_name, sep, feature = str(ref).partition(":")
             if not sep or not view_name or not feature:
-                problems.append(f"feature ref {ref!r} is not of the form 'view:feature'")
+                named = self._views_with(view_name or feature)
+                hint = f" (did you mean {' or '.join(repr(r) for r in named)}?)" if named else ""
+                problems.append(f"feature ref {ref!r} is not of the form 'view:feature'{hint}")
                 continue
             view = self.views.get(view_name)
             if view is None:
                 problems.append(
-                    f"feature ref {ref!r}: no view {view_name!r}; "
+                    f"feature ref {ref!r}: no view {view_name!r}"
+                    f"{_did_you_mean(ref, self._refs_like(view_name, feature))}; "
                     f"views: {', '.join(sorted(self.views)) or '(none)'}"
                 )
                 continue
             try:
                 out.append((view, view.feature_index(feature)))
             except FeatureRefError as exc:
-                problems.append(f"feature ref {ref!r}: {exc}")
+                elsewhere = self._views_with(feature)
+                problem = str(exc)
+                if elsewhere:
+                    problem = (
+                        f"view {view_name!r} has no feature {feature!r}; it is a feature of "
+                        f"{' and '.join(repr(r) for r in elsewhere)}"
+                    )
+                problems.append(f"feature ref {ref!r}: {problem}")
         if problems:
             raise FeatureRefError("; ".join(problems))
         return out
 
+    def _views_with(self, feature: str) -> list[str]:
+        """``view:feature`` refs of every view that has a feature named ``feature``."""
+        return [f"{v}:{feature}" for v in sorted(self.views) if feature in self.views[v].features]
+
+    def _refs_like(self, view_name: str, feature: str) -> list[str]:
+        """Candidate refs for a ref whose view does not exist: close views, same feature."""
+        views = get_close_matches(view_name, list(self.views), n=3, cutoff=0.6)
+        views += [v for v in sorted(self.views) if feature in self.views[v].features]
+        return [f"{v}:{f}" for v in dict.fromkeys(views) for f in self.views[v].features]
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``candidates`` (difflib), else ``""``."""
+    close = get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 def _function_source(fn: Any) -> str:
     return textwrap.dedent(inspect.getsource(fn))
+
+
+_CONSTANT_TYPES = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _constant(value: Any, depth: int = 0) -> Any:
+    """A JSON-able canonical form of a constant value, or ``None`` when it is not one."""
+    if isinstance(value, _CONSTANT_TYPES):
+        return {"repr": repr(value)}
+    if depth < 4 and isinstance(value, list | tuple | frozenset | set):
+        items = [_constant(v, depth + 1) for v in value]
+        if all(i is not None for i in items):
+            kind = type(value).__name__
+            return {kind: sorted(items, key=repr) if isinstance(value, frozenset | set) else items}
+    if depth < 4 and isinstance(value, dict):
+        pairs = [(_constant(k, depth + 1), _constant(v, depth + 1)) for k, v in value.items()]
+        if all(k is not None and v is not None for k, v in pairs):
+            return {"dict": sorted(pairs, key=repr)}
+    return None
+
+
+def _code_names(code: Any) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            names |= _code_names(const)
+    return names
+
+
+def _function_fingerprint(fn: Any, seen: set[int] | None = None) -> dict[str, Any]:
+    """The source of ``fn`` plus what it reads from its module: constants by value and
+    module-level functions of the same module by their own fingerprint, so that changing
+    ``RATE = 1.1`` to ``1.2`` beside a transform changes the view's fingerprint too.
+    Imported modules and library objects are recorded by name only."""
+    seen = set() if seen is None else seen
+    seen.add(id(fn))
+    refs: dict[str, Any] = {}
+    module_globals = getattr(fn, "__globals__", {})
+    for name in sorted(_code_names(fn.__code__)):
+        if name not in module_globals:
+            continue
+        value = module_globals[name]
+        constant = _constant(value)
+        if constant is not None:
+            refs[name] = constant
+        elif inspect.isfunction(value) and value.__module__ == fn.__module__:
+            if id(value) not in seen:
+                try:
+                    refs[name] = _function_fingerprint(value, seen)
+                except (OSError, TypeError):
+                    refs[name] = {"function": value.__qualname__}
+        else:
+            refs[name] = {"object": f"{type(value).__module__}.{type(value).__qualname__}"}
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(
+                _constant(cell.cell_contents) or {"object": type(cell.cell_contents).__name__}
+            )
+        except ValueError:  # an empty cell
+            cells.append(None)
+    return {"source": _function_source(fn), "globals": refs, "closure": cells}
 
 
 def _fingerprint(
@@ -151,8 +241,8 @@ def _fingerprint(
             "timestamp_field": source.timestamp_field,
         },
         "entity": {"name": view.entity.name, "join_keys": list(view.entity.join_keys)},
-        "transform": _function_source(view.transform) if view.transform else None,
-        "filter": _function_source(view.filter) if view.filter else None,
+        "transform": _function_fingerprint(view.transform) if view.transform else None,
+        "filter": _function_fingerprint(view.filter) if view.filter else None,
         "columns": dict(sorted((view.columns or {}).items())),
         "aggregations": [
             [a.feature, a.column, a.function, a.window_ms, a.hop_ms, a.n] for a in aggs
@@ -332,7 +422,8 @@ def _compile_aggregation(
             view.location,
             subject,
             f"{here} function",
-            f"unknown function {agg.function!r}; known: {', '.join(FUNCTIONS)}",
+            f"unknown function {agg.function!r}{_did_you_mean(str(agg.function), FUNCTIONS)}; "
+            f"known: {', '.join(FUNCTIONS)}",
         )
         ok = False
     if agg.column not in columns:

@@ -45,6 +45,16 @@ class StateWrite:
     expire_at_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watermark:
+    """A string key swapped in the same pipeline as a batch's entity writes: set to ``value``,
+    its previous value handed back (``SET … GET``), so the writer sees at no extra round trip
+    whether the store still holds what it wrote last (engine/stream/recovery.py)."""
+
+    key: str
+    value: bytes
+
+
 @runtime_checkable
 class OnlineStateStore(Protocol):
     """The online store as the stream worker and the online reader see it."""
@@ -53,8 +63,11 @@ class OnlineStateStore(Protocol):
         """Every field of each key (empty dict for a missing key), in one round trip."""
         ...
 
-    def write(self, writes: Sequence[StateWrite]) -> None:
-        """Apply all writes in one pipeline; each entity's update is one atomic command.
+    def write(
+        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+    ) -> list[bytes | None]:
+        """Apply all writes, then set every mark, in one pipeline; each entity's update is one
+        atomic command. Returns each mark's previous value (None where it had none), in order.
 
         Raises OnlineStoreUnavailable when the store cannot be reached.
         """

@@ -18,7 +18,7 @@ from engine.errors import DecodeError, InputDataError
 from engine.frames import to_epoch_ms
 from engine.keys import encode_key
 from engine.plan import SourcePlan
-from engine.serde import SourceCodec
+from engine.serde import DecodeLimits, SourceCodec
 
 Rows = Sequence[Mapping[str, Any]] | pd.DataFrame
 _MAX_PROBLEMS = 20
@@ -50,15 +50,18 @@ def rows_of(source: SourcePlan, rows: Rows) -> list[Mapping[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
-def encode_rows(source: SourcePlan, rows: Rows, *, now_ms: int) -> list[tuple[bytes, bytes]]:
-    """(key, value) bytes per row, validated; raises InputDataError listing the bad rows.
+def encode_rows(
+    source: SourcePlan, rows: Rows, *, now_ms: int, limits: DecodeLimits | None = None
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) bytes per row, validated against the worker's ``limits`` too; raises
+    InputDataError listing the bad rows.
 
     Example:
         >>> encode_rows(plan.sources["transactions"], [{"customer_id": "c1", ...}],
         ...             now_ms=now)  # doctest: +SKIP
         [(b'c1', b'...')]
     """
-    codec = SourceCodec(source)
+    codec = SourceCodec(source, limits)
     out: list[tuple[bytes, bytes]] = []
     problems: list[str] = []
     for i, row in enumerate(rows_of(source, rows)):

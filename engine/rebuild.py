@@ -1,25 +1,35 @@
-"""Rebuild a view's online keyspace from the event log (after a definition change or a lost Redis).
+"""Rebuild online state from the event log: a whole view, or one source partition of some views.
 
 The log is replayed through the same ``processing.extract_all`` / ``apply_extracted`` the
 stream worker runs, admitting each record by its *logged* ``processed_at`` — so the rebuilt
 state is what the workers would have written under the current definition: per source
 partition, the tiles still in a window as of ``now``, the fence (last logged offset applied),
-the newest write time, and a journal entry. Workers of the view should be stopped while it
-runs; restarted, they continue from their committed offsets and the fences make them skip
-what the rebuild already holds.
+the newest write time, and a journal entry. The partition's watermark
+(``engine.watermarks``) is then set to the last logged offset.
+
+- ``rebuild_view`` (``skewless rebuild-online``) fills a view's fresh keyspace, every
+  partition. Workers of the view should be stopped while it runs; restarted, they continue
+  from their committed offsets and the fences make them skip what the rebuild already holds.
+- ``rebuild_partition`` (a worker that found its state lost, ``engine.stream.recovery``)
+  replaces, in place, the fields one source partition owns (``t:/l:/f:/u:/j:<p>``) in every
+  entity hash the log names for it, for several views in one pass over the log. The caller
+  must own the partition; the other partitions' fields are not touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from engine.online import PartitionState, entity_write
-from engine.plan import Plan
-from engine.ports import EventLogSource, OnlineStateStore, StateWrite
+from engine.plan import Plan, ViewPlan
+from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
 from engine.processing import EntityKey, apply_extracted, extract_all, row_groups
+from engine.watermarks import encode_watermark, watermark_key
 
 _CHUNK = 2_000
+_PROGRESS_STEP = 100_000
+_PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +42,115 @@ class RebuildResult:
     entities_written: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionRebuild:
+    """What ``rebuild_partition`` wrote: per view, the entity hashes it replaced."""
+
+    partition: int
+    records: int
+    last_offset: int | None  # the log's highest offset of the partition (None: empty)
+    entities_written: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Replay:
+    states: list[dict[EntityKey, PartitionState]]
+    records: int = 0
+    last_offset: int | None = None
+
+
+def _replay(
+    views: Sequence[ViewPlan],
+    plan: Plan,
+    log: EventLogSource,
+    partition: int,
+    progress: Callable[[int], None] | None,
+) -> _Replay:
+    """Every view's per-entity state of one log partition, as the workers computed it."""
+    source = plan.sources[views[0].source]
+    groups = row_groups(list(views))
+    out = _Replay(states=[{} for _ in views])
+    for envelope in log.read(source.name, partition):
+        out.records += 1
+        out.last_offset = envelope.offset
+        for v, item in extract_all(groups, source, envelope):
+            states = out.states[v]
+            state = states.get(item.entity)
+            if state is None:
+                state = states[item.entity] = PartitionState()
+            apply_extracted(views[v], state.tiles, item)
+            state.fence = item.offset
+            state.updated_ms = max(state.updated_ms, item.processed_at_ms)
+        if progress and out.records % _PROGRESS_STEP == 0:
+            progress(_PROGRESS_STEP)
+    if progress:
+        progress(out.records % _PROGRESS_STEP)
+    return out
+
+
+def _write_states(
+    view: ViewPlan,
+    partition: int,
+    states: Mapping[EntityKey, PartitionState],
+    store: OnlineStateStore,
+    now_ms: int,
+    *,
+    replace_fields: bool,
+) -> int:
+    """Write every entity's state of one partition in chunks; returns the hashes written.
+
+    A state of which nothing can be read any more (its key would expire at once) is skipped.
+    ``replace_fields``: load each hash first and also delete the partition's fields the new
+    state does not set (tiles a lost write had added), so the partition's fields end up
+    exactly the log's; an expired state is then written too if the hash holds any of them.
+    """
+    written = 0
+    items = list(states.items())
+    for start in range(0, len(items), _CHUNK):
+        writes = [
+            _entity_write(view, partition, entity, state, now_ms)
+            for entity, state in items[start : start + _CHUNK]
+        ]
+        if replace_fields:
+            held = store.load([w.key for w in writes])
+            batch = []
+            for write, fields in zip(writes, held, strict=True):
+                mine = _partition_fields(fields, partition)
+                if mine or not _expired(write, now_ms):
+                    stale = mine.difference(write.fields, write.delete)
+                    batch.append(replace(write, delete=(*write.delete, *sorted(stale))))
+        else:
+            batch = [w for w in writes if not _expired(w, now_ms)]
+        if batch:
+            store.write(batch)
+            written += len(batch)
+    return written
+
+
+def _expired(write: StateWrite, now_ms: int) -> bool:
+    return write.expire_at_ms is not None and write.expire_at_ms <= now_ms
+
+
+def _entity_write(
+    view: ViewPlan, partition: int, entity: EntityKey, state: PartitionState, now_ms: int
+) -> StateWrite:
+    touched = [(hop, k) for hop, tiles in state.tiles.by_hop.items() for k in tiles]
+    return entity_write(view, entity, partition, state, touched, True,
+                        [[state.fence, state.updated_ms]], now_ms)  # fmt: skip
+
+
+def _partition_fields(fields: Mapping[bytes, bytes], partition: int) -> set[str]:
+    """Names of the fields of a hash that source partition ``partition`` owns."""
+    mine = set()
+    wanted = str(partition)
+    for raw in fields:
+        name = raw.decode("utf-8", errors="replace")
+        kind, _, rest = name.partition(":")
+        if kind in _PARTITION_FIELDS and rest.partition(":")[0] == wanted:
+            mine.add(name)
+    return mine
+
+
 def rebuild_view(
     plan: Plan,
     view_name: str,
@@ -41,41 +160,53 @@ def rebuild_view(
     now_ms: int,
     progress: Callable[[int], None] | None = None,
 ) -> RebuildResult:
-    """Write every entity's state of ``view_name`` from the log into its current keyspace."""
+    """Write every entity's state of ``view_name`` from the log into its current keyspace
+    (expected empty), then set each partition's watermark to its last logged offset."""
     view = plan.views[view_name]
     source = plan.sources[view.source]
-    groups = row_groups([view])
     records = written = 0
     for partition in log.partitions(source.name):
-        states: dict[EntityKey, PartitionState] = {}
-        for envelope in log.read(source.name, partition):
-            records += 1
-            for _, item in extract_all(groups, source, envelope):
-                state = states.get(item.entity)
-                if state is None:
-                    state = states[item.entity] = PartitionState()
-                apply_extracted(view, state.tiles, item)
-                state.fence = item.offset
-                state.updated_ms = max(state.updated_ms, item.processed_at_ms)
-            if progress and records % 100_000 == 0:
-                progress(100_000)
-        batch: list[StateWrite] = []
-        for entity, state in states.items():
-            touched = [(hop, k) for hop, tiles in state.tiles.by_hop.items() for k in tiles]
-            write = entity_write(view, entity, partition, state, touched, True,
-                                 [[state.fence, state.updated_ms]], now_ms)  # fmt: skip
-            if write.expire_at_ms is not None and write.expire_at_ms <= now_ms:
-                continue  # nothing of this entity can be read any more
-            batch.append(write)
-            if len(batch) >= _CHUNK:
-                store.write(batch)
-                written += len(batch)
-                batch = []
-        if batch:
-            store.write(batch)
-            written += len(batch)
-    if progress:
-        progress(records % 100_000)
+        replay = _replay([view], plan, log, partition, progress)
+        records += replay.records
+        written += _write_states(
+            view, partition, replay.states[0], store, now_ms, replace_fields=False
+        )
+        if replay.last_offset is not None:
+            mark = Watermark(key=watermark_key(view, partition),
+                             value=encode_watermark(replay.last_offset))  # fmt: skip
+            store.write([], [mark])
     return RebuildResult(
         view=view_name, fingerprint=view.fingerprint, records=records, entities_written=written
+    )
+
+
+def rebuild_partition(
+    plan: Plan,
+    views: Sequence[ViewPlan],
+    partition: int,
+    log: EventLogSource,
+    store: OnlineStateStore,
+    *,
+    now_ms: int,
+) -> PartitionRebuild:
+    """Replace one source partition's fields of ``views`` (all of one source) from the log,
+    in place, then set their watermarks to the partition's last logged offset.
+
+    Entity hashes the log does not name keep their fields: only a write whose records the
+    log does not hold yet can have made them, and the fences make its replay consistent.
+    """
+    replay = _replay(views, plan, log, partition, None)
+    written: dict[str, int] = {}
+    for view, states in zip(views, replay.states, strict=True):
+        written[view.name] = _write_states(
+            view, partition, states, store, now_ms, replace_fields=True
+        )
+    if replay.last_offset is not None:
+        value = encode_watermark(replay.last_offset)
+        store.write([], [Watermark(key=watermark_key(v, partition), value=value) for v in views])
+    return PartitionRebuild(
+        partition=partition,
+        records=replay.records,
+        last_offset=replay.last_offset,
+        entities_written=written,
     )

@@ -1,7 +1,11 @@
 """Source record serde: decode Kafka values (schemaless Avro, Confluent wire format, JSON) into
-validated payloads, and encode payloads for producers. Every refusal is a DecodeError whose
-``code`` is stable (for metrics and the dead-letter ``skewless.reason_code`` header) and whose
-message says what was wrong, where, and what was expected.
+validated payloads, and encode payloads for producers.
+
+Every refusal is a ``RecordRefused`` whose ``code`` is one of ``REASON_CODES`` (stable: the
+worker's ``refused`` counter and the dead-letter ``skewless.reason_code`` header) and whose
+message names the source, the field and what was expected and got (docs/dead-letters.md).
+``decode`` raises nothing else: a payload it returns can be written to the event log as is
+and reads back equal, so a record is either refused here or never a poison pill later.
 """
 
 from __future__ import annotations
@@ -10,36 +14,94 @@ import io
 import json
 import math
 import struct
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import fastavro
 
-from engine.errors import DecodeError
+from engine.errors import RecordRefused
 from engine.plan import SourcePlan
 from engine.schema import plain_schema
 
+if TYPE_CHECKING:
+    from engine.config import Config
+
+__all__ = ["REASON_CODES", "DecodeLimits", "ReasonCode", "RecordRefused", "SourceCodec"]
+
+ReasonCode = Literal[
+    "null_value",
+    "oversized",
+    "bad_key",
+    "bad_magic",
+    "unknown_schema_id",
+    "bad_avro",
+    "bad_json",
+    "bad_utf8",
+    "missing_field",
+    "null_key",
+    "wrong_type",
+    "out_of_range",
+    "not_finite",
+    "bad_timestamp",
+    "future_timestamp",
+    "decoder_error",
+]
+REASON_CODES: tuple[str, ...] = typing.get_args(ReasonCode)
+
 _MAGIC = 0
+_HEADER = 5  # Confluent wire format: magic byte, then a big-endian 4-byte schema id
+_RANGES = {"int": (-(1 << 31), 1 << 31), "long": (-(1 << 63), 1 << 63)}
+_FLOAT32 = struct.Struct("<f")
+_MICROS_WINDOW_MS = 20 * 365 * 86_400_000  # µs read as ms: hint when it was recent as µs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DecodeLimits:
-    """Bounds beyond which a record is refused (DESIGN §6)."""
+    """Bounds beyond which a record is refused (DESIGN §6); ``decode.*`` in skewless.yaml."""
 
-    max_record_bytes: int = 1_048_576
+    max_record_bytes: int = 1_048_576  # key + value; Kafka's default message.max.bytes
     max_future_ms: int = 86_400_000  # event time at most a day ahead of the worker clock
 
+    @classmethod
+    def from_config(cls, config: Config) -> DecodeLimits:
+        """``decode.max_record_bytes`` and ``decode.max_future_ms`` of a repo's config."""
+        return cls(
+            max_record_bytes=config.decode_max_record_bytes,
+            max_future_ms=config.decode_max_future_ms,
+        )
 
-class RecordRefused(DecodeError):
-    """A record that goes to the dead-letter topic: ``code`` names the rule it broke."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+def _refuse(code: ReasonCode, source: str, text: str) -> RecordRefused:
+    return RecordRefused(code, f"source {source!r}: {text}")
 
 
-_INT_RANGE = (-(1 << 63), 1 << 63)
+def _show(value: Any, limit: int = 60) -> str:
+    """A short JSON-ish rendering of a field value for a message."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _looks_like(value: bytes, source: SourcePlan) -> str:
+    """A hint when a value seems written in another format than the source reads."""
+    confluent = value[:1] == b"\x00" and len(value) >= _HEADER
+    if source.format == "json":
+        return (
+            "; it starts like Confluent Avro: is the source's format 'avro'?" if confluent else ""
+        )
+    if value[:1] in (b"{", b"[") or value[:3] == b"\xef\xbb\xbf":
+        return "; it looks like JSON: is the source's format 'json'?"
+    if confluent and source.wire == "schemaless":
+        (schema_id,) = struct.unpack(">I", value[1:_HEADER])
+        return (
+            f"; it starts like Confluent wire format (magic byte 0, schema id {schema_id}): "
+            "is the source's wire 'confluent'?"
+        )
+    return ""
 
 
 class SourceCodec:
@@ -57,6 +119,7 @@ class SourceCodec:
         self._parsed = fastavro.parse_schema(self._plain)
         self._fields = source.fields
         self._floats = tuple(n for n, f in source.fields.items() if f.kind == "float")
+        self._keys = frozenset(source.key_fields)
         self._enums = {
             f["name"]: frozenset(f["type"]["symbols"])
             for f in self._plain["fields"]
@@ -66,27 +129,48 @@ class SourceCodec:
     # -- decoding ------------------------------------------------------------------------
 
     def decode(self, key: bytes | None, value: bytes | None, *, now_ms: int) -> dict[str, Any]:
-        """The validated payload of one Kafka record; raises RecordRefused."""
-        src = self.source
+        """The validated payload of one Kafka record; raises RecordRefused and nothing else."""
+        try:
+            return self._decode(key, value, now_ms)
+        except RecordRefused:
+            raise
+        except Exception as exc:  # an input no rule foresaw must not stall the partition
+            raise _refuse(
+                "decoder_error",
+                self.source.name,
+                f"the decoder failed on this record ({type(exc).__name__}: {exc}); this is a "
+                "skewless bug: please report it with this dead letter",
+            ) from exc
+
+    def _decode(self, key: bytes | None, value: bytes | None, now_ms: int) -> dict[str, Any]:
+        name = self.source.name
         if value is None:
-            raise RecordRefused(
-                "null_value", f"source {src.name!r}: record value is null (tombstone)"
+            raise _refuse(
+                "null_value", name, "record value is null (a tombstone); expected an event"
             )
         size = len(value) + (len(key) if key else 0)
         if size > self.limits.max_record_bytes:
-            raise RecordRefused(
+            raise _refuse(
                 "oversized",
-                f"source {src.name!r}: record is {size} bytes, over the "
-                f"{self.limits.max_record_bytes}-byte limit",
+                name,
+                f"record is {size} bytes (key {len(key) if key else 0} + value {len(value)}), "
+                f"over the {self.limits.max_record_bytes}-byte limit (decode.max_record_bytes)",
             )
-        if key is not None:
+        if key is not None and not key.isascii():
             try:
                 key.decode("utf-8")
-            except UnicodeDecodeError:
-                raise RecordRefused(
-                    "bad_key", f"source {src.name!r}: record key is not UTF-8: {key[:32]!r}"
+            except UnicodeDecodeError as exc:
+                raise _refuse(
+                    "bad_key",
+                    name,
+                    f"record key is not UTF-8 text (byte 0x{key[exc.start]:02x} at position "
+                    f"{exc.start}): {key[:32]!r}; expected the key fields as text "
+                    "(engine.keys.encode_key)",
                 ) from None
-        payload = self._decode_json(value) if src.format == "json" else self._decode_avro(value)
+        if self.source.format == "json":
+            payload = self._decode_json(value)
+        else:
+            payload = self._decode_avro(value)
         self._check(payload, now_ms)
         return payload
 
@@ -94,115 +178,221 @@ class SourceCodec:
         src = self.source
         body = value
         if src.wire == "confluent":
-            if len(value) < 5 or value[0] != _MAGIC:
-                got = f"0x{value[0]:02x}" if value else "an empty value"
-                raise RecordRefused(
+            if len(value) < _HEADER:
+                raise _refuse(
                     "bad_magic",
-                    f"source {src.name!r}: Confluent wire format starts with magic byte 0x00, "
-                    f"got {got}",
+                    src.name,
+                    f"value is {len(value)} bytes, shorter than the 5-byte Confluent wire-format "
+                    "header (magic byte 0x00 + 4-byte schema id)",
                 )
-            (schema_id,) = struct.unpack(">I", value[1:5])
+            if value[0] != _MAGIC:
+                hint = _looks_like(value, src) or "; is the producer writing schemaless Avro?"
+                raise _refuse(
+                    "bad_magic",
+                    src.name,
+                    f"Confluent wire format starts with magic byte 0x00, got 0x{value[0]:02x}"
+                    + hint,
+                )
+            (schema_id,) = struct.unpack(">I", value[1:_HEADER])
             if src.schema_id is not None and schema_id != src.schema_id:
-                raise RecordRefused(
+                raise _refuse(
                     "unknown_schema_id",
-                    f"source {src.name!r}: unknown schema id {schema_id} (this source reads "
-                    f"schema id {src.schema_id})",
+                    src.name,
+                    f"unknown schema id {schema_id}; this source reads schema id "
+                    f"{src.schema_id} (its schema_id in the definitions)",
                 )
-            body = value[5:]
+            body = value[_HEADER:]
         stream = io.BytesIO(body)
         try:
             record = fastavro.schemaless_reader(stream, self._parsed, None)
+        except UnicodeDecodeError as exc:
+            raise _refuse(
+                "bad_utf8",
+                src.name,
+                f"an Avro string is not UTF-8 text ({exc.reason} at byte {exc.start} of the "
+                "string)",
+            ) from exc
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ...
-            raise RecordRefused(
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise _refuse(
                 "bad_avro",
-                f"source {src.name!r}: truncated or malformed Avro ({type(exc).__name__}: {exc})",
+                src.name,
+                f"truncated or malformed Avro: decoding the {len(body)}-byte value with the "
+                f"source's schema failed at byte {stream.tell()} ({what})"
+                + _looks_like(value, src),
             ) from exc
         if stream.tell() != len(body):
-            raise RecordRefused(
+            hint = _looks_like(value, src)
+            raise _refuse(
                 "bad_avro",
-                f"source {src.name!r}: {len(body) - stream.tell()} bytes left after the Avro "
-                "record (wrong schema or corrupt value)",
+                src.name,
+                f"{len(body) - stream.tell()} of {len(body)} bytes left after the Avro record: "
+                "written with another schema, or corrupt" + hint,
             )
         if not isinstance(record, dict):  # pragma: no cover - a record schema yields dicts
-            raise RecordRefused("bad_avro", f"source {src.name!r}: Avro value is not a record")
+            raise _refuse("bad_avro", src.name, "the Avro value is not a record")
         return record
 
     def _decode_json(self, value: bytes) -> dict[str, Any]:
         src = self.source
         try:
-            record = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordRefused("bad_json", f"source {src.name!r}: invalid JSON ({exc})") from exc
+            text = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _refuse(
+                "bad_utf8",
+                src.name,
+                f"JSON value is not UTF-8 text (byte 0x{value[exc.start]:02x} at position "
+                f"{exc.start})" + _looks_like(value, src),
+            ) from None
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _refuse(
+                "bad_json", src.name, f"invalid JSON ({exc})" + _looks_like(value, src)
+            ) from exc
+        except RecursionError:
+            raise _refuse("bad_json", src.name, "JSON nested too deeply to decode") from None
+        except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
+            raise _refuse("bad_json", src.name, f"invalid JSON ({exc})") from exc
         if not isinstance(record, dict):
-            raise RecordRefused(
+            raise _refuse(
                 "bad_json",
-                f"source {src.name!r}: JSON value is a {type(record).__name__}, not an object",
+                src.name,
+                f"JSON value is {_a(record)} {_show(record, 40)}, expected an object with the "
+                "source's fields",
             )
         payload: dict[str, Any] = {}
         for name, spec in self._fields.items():
-            if name not in record or record[name] is None:
+            raw = record.get(name)
+            if raw is None:
+                missing = "missing" if name not in record else "null"
+                if name in self._keys:
+                    raise _refuse(
+                        "null_key",
+                        src.name,
+                        f"key field {name!r} is {missing}: the record has no entity",
+                    )
                 if not spec.nullable:
-                    missing = "missing" if name not in record else "null"
-                    raise RecordRefused(
+                    what = " (the event timestamp)" if name == src.timestamp_field else ""
+                    raise _refuse(
                         "missing_field",
-                        f"source {src.name!r}: field {name!r} is {missing}, but the schema "
-                        f"requires a {spec.avro_type}",
+                        src.name,
+                        f"field {name!r}{what} is {missing}, but the schema requires "
+                        f"{_an(spec.avro_type)}",
                     )
                 payload[name] = None
                 continue
-            payload[name] = self._json_value(name, spec.kind, spec.avro_type, record[name])
+            payload[name] = self._json_value(name, spec.kind, spec.avro_type, raw)
         return payload
 
     def _json_value(self, name: str, kind: str | None, avro_type: str, value: Any) -> Any:
-        ok = True
+        """The field's value as the log will store it (so online and backfill see the same)."""
+        src = self.source.name
         if kind == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            ok = ok and _INT_RANGE[0] <= value < _INT_RANGE[1]
+            if isinstance(value, int) and not isinstance(value, bool):
+                low, high = _RANGES.get(avro_type, _RANGES["long"])
+                if low <= value < high:
+                    return value
+                raise _refuse(
+                    "out_of_range",
+                    src,
+                    f"field {name!r} is {_show(value)}, outside the range of an Avro {avro_type} "
+                    f"[{low}, {high - 1}]",
+                )
         elif kind == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            value = float(value) if ok else value
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                    if avro_type == "float" and math.isfinite(number):  # the log keeps 32 bits
+                        number = _FLOAT32.unpack(_FLOAT32.pack(number))[0]
+                except OverflowError:
+                    raise _refuse(
+                        "out_of_range",
+                        src,
+                        f"field {name!r} is {_show(value)}, beyond the largest Avro {avro_type}",
+                    ) from None
+                return number
         elif kind == "str":
-            ok = isinstance(value, str) and (name not in self._enums or value in self._enums[name])
+            if isinstance(value, str):
+                if name in self._enums and value not in self._enums[name]:
+                    raise _refuse(
+                        "wrong_type",
+                        src,
+                        f"field {name!r} is {_show(value)}, not one of the enum's symbols "
+                        f"{sorted(self._enums[name])}",
+                    )
+                if not value.isascii():
+                    _utf8(src, name, value)
+                return value
         elif kind == "bool":
-            ok = isinstance(value, bool)
+            if isinstance(value, bool):
+                return value
+        elif kind == "bytes":  # Avro's JSON encoding: a string of code points 0..255
+            if isinstance(value, str):
+                try:
+                    return value.encode("latin-1")
+                except UnicodeEncodeError:
+                    raise _refuse(
+                        "wrong_type",
+                        src,
+                        f"field {name!r} expected bytes (a JSON string of code points 0-255, "
+                        f"Avro's JSON encoding), got {_show(value)}",
+                    ) from None
         else:
-            ok = False
-        if not ok:
-            raise RecordRefused(
+            raise _refuse(
                 "wrong_type",
-                f"source {self.source.name!r}: field {name!r} expected {avro_type}, "
-                f"got {json.dumps(value)[:60]}",
+                src,
+                f"field {name!r} has Avro type {avro_type!r}, which a JSON source carries only "
+                f"as null; got {_show(value)}",
             )
-        return value
+        raise _refuse(
+            "wrong_type",
+            src,
+            f"field {name!r} expected {_an(avro_type)}, got {_a(value)} {_show(value)}",
+        )
 
     def _check(self, payload: dict[str, Any], now_ms: int) -> None:
         src = self.source
         for name in self._floats:
             value = payload.get(name)
             if value is not None and not math.isfinite(value):
-                raise RecordRefused(
+                raise _refuse(
                     "not_finite",
-                    f"source {src.name!r}: field {name!r} is {value}, not a finite number",
+                    src.name,
+                    f"field {name!r} is {value}, not a finite number (send null for no value)",
                 )
-        raw_ts = payload.get(src.timestamp_field)
-        if raw_ts is None:  # pragma: no cover - the schema makes it required
-            raise RecordRefused("missing_field", f"source {src.name!r}: no timestamp")
-        ts = raw_ts // src.timestamp_divisor
-        if ts < 0:
-            raise RecordRefused(
-                "bad_timestamp",
-                f"source {src.name!r}: timestamp {src.timestamp_field!r}={raw_ts} is before 1970",
-            )
-        if ts > now_ms + self.limits.max_future_ms:
-            raise RecordRefused(
-                "future_timestamp",
-                f"source {src.name!r}: timestamp {src.timestamp_field!r}={raw_ts} is "
-                f"{(ts - now_ms) // 1000}s ahead of the worker clock (limit "
-                f"{self.limits.max_future_ms // 1000}s)",
-            )
         for key in src.key_fields:
             if payload.get(key) is None:
-                raise RecordRefused("null_key", f"source {src.name!r}: key field {key!r} is null")
+                raise _refuse(
+                    "null_key", src.name, f"key field {key!r} is null: the record has no entity"
+                )
+        field = src.timestamp_field
+        raw_ts = payload.get(field)
+        if raw_ts is None:  # pragma: no cover - the plan makes it a required long
+            raise _refuse("missing_field", src.name, f"timestamp field {field!r} is missing")
+        ts = raw_ts // src.timestamp_divisor
+        unit = "ms" if src.timestamp_divisor == 1 else "µs"
+        if ts < 0:
+            raise _refuse(
+                "bad_timestamp",
+                src.name,
+                f"timestamp {field!r}={raw_ts} is negative (before 1970); expected {unit} "
+                "since the Unix epoch",
+            )
+        limit = self.limits.max_future_ms
+        if ts > now_ms + limit:
+            hint = ""
+            if src.timestamp_divisor == 1 and now_ms - _MICROS_WINDOW_MS <= ts // 1000 <= now_ms:
+                hint = (
+                    "; it looks like microseconds: this source reads milliseconds (declare "
+                    "logicalType timestamp-micros if the producer writes µs)"
+                )
+            raise _refuse(
+                "future_timestamp",
+                src.name,
+                f"timestamp {field!r}={raw_ts} is {_duration(ts - now_ms)} ahead of the "
+                f"worker clock (limit {_duration(limit)}, decode.max_future_ms)" + hint,
+            )
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -215,3 +405,33 @@ class SourceCodec:
             out.write(struct.pack(">bI", _MAGIC, self.source.schema_id or 0))
         fastavro.schemaless_writer(out, self._parsed, dict(payload))
         return out.getvalue()
+
+
+def _utf8(source: str, name: str, value: str) -> None:
+    """Refuse a string the log cannot store: an unpaired surrogate (``"\\ud800"`` in JSON)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _refuse(
+            "bad_utf8",
+            source,
+            f"field {name!r} holds an unpaired surrogate {value[exc.start]!r} at position "
+            f"{exc.start}, which is not valid UTF-8 text",
+        ) from None
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if ms >= size:
+            return f"{ms / size:,.1f}{unit}"
+    return f"{ms / 1000:.1f}s"
+
+
+def _a(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "an array", dict: "an object", type(None): "null"}  # fmt: skip
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _an(avro_type: str) -> str:
+    return f"an {avro_type}" if avro_type[:1] in "aeiou" else f"a {avro_type}"

@@ -6,12 +6,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from connectors.eventlog import EventLogReader, EventLogWriter
-from connectors.kafka import KafkaPublisher, KafkaSettings, dead_letter_topic, ensure_topics
+from connectors.kafka import (
+    KafkaOffsets,
+    KafkaPublisher,
+    KafkaSettings,
+    dead_letter_topic,
+    ensure_topics,
+)
 from engine import backfill
 from engine.config import Config, load_config
 from engine.errors import InputDataError
@@ -31,7 +37,12 @@ from engine.registry import (
     read_retired,
     write_applied,
 )
+from engine.serde import DecodeLimits
 from engine.stream.core import wall_clock_ms
+
+if TYPE_CHECKING:
+    from engine.status import StatusReport
+    from engine.verify import VerifyReport
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,17 +67,21 @@ class FeatureStore:
         self.plan = plan
         self.config = config
         self._publisher: KafkaPublisher | None = None
+        self._offsets: KafkaOffsets | None = None
         self._online: OnlineStateStore | None = None
         self._read_cache = ReadCache()
 
     @classmethod
-    def from_repo(cls, path: str | Path = "definitions") -> FeatureStore:
+    def from_repo(
+        cls, path: str | Path = "definitions", *, environ: Mapping[str, str] | None = None
+    ) -> FeatureStore:
         """Load and validate the definitions in ``path`` and its ``skewless.yaml``.
 
+        ``environ`` replaces ``os.environ`` as the source of ``SKEWLESS_*`` overrides.
         Raises DefinitionError listing every problem, ConfigError for bad settings.
         """
         repo = Path(path)
-        config = load_config(repo)
+        config = load_config(repo, environ)
         loaded = load_definitions(repo)
         plan = compile_plan(
             loaded.entities,
@@ -169,7 +184,8 @@ class FeatureStore:
             raise InputDataError(
                 f"unknown source {source_name!r}; sources: {', '.join(sorted(self.plan.sources))}"
             )
-        records = encode_rows(source, rows, now_ms=wall_clock_ms())
+        limits = DecodeLimits.from_config(self.config)  # what the worker will accept
+        records = encode_rows(source, rows, now_ms=wall_clock_ms(), limits=limits)
         if self._publisher is None:
             self._publisher = KafkaPublisher(KafkaSettings.from_config(self.config))
         self._publisher.partitions(source.topic)  # a missing topic: say "run skewless apply"
@@ -335,6 +351,82 @@ class FeatureStore:
         return OnlineResponse(
             result, full_feature_names=full_feature_names, with_freshness=with_freshness
         )
+
+    # -- operations ----------------------------------------------------------------------
+
+    def verify(
+        self,
+        *,
+        sample: int = 200,
+        views: Sequence[str] | None = None,
+        seed: int | None = None,
+        at_ms: int | None = None,
+        retries: int = 3,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Sampled entities read online at T vs the processing-time replay of the log at T.
+
+        Every disagreement is explained; in-flight entities are re-checked. See
+        ``engine.verify.verify`` and docs/verify.md.
+
+        Example:
+            >>> report = store.verify(sample=100, seed=7)  # doctest: +SKIP
+            >>> report.rate, report.ok  # doctest: +SKIP
+            (1.0, True)
+        """
+        from engine import verify
+
+        registry = self.config.registry_path
+        return verify.run(
+            self.plan, self.online_store, EventLogReader(self.config.event_log_root),
+            sample=sample, views=views, seed=seed, at_ms=at_ms, retries=retries,
+            applied=read_applied(registry), retired=read_retired(registry), progress=progress,
+        )  # fmt: skip
+
+    def status(self, *, key_scan_limit: int | None = None, now_ms: int | None = None) -> StatusReport:
+        """Consumer lag, view freshness, dead letters, event-log size and online key counts.
+
+        Never raises for an unreachable service: the report marks it unavailable
+        (``report.ok`` is False) and holds everything else. See docs/status.md.
+
+        Example:
+            >>> report = store.status()  # doctest: +SKIP
+            >>> report.ok, report.lag[0].lag  # doctest: +SKIP
+            (True, 0)
+        """
+        import dataclasses
+
+        from connectors.kafka import group_id
+        from connectors.redis_store import RedisOnlineStore
+        from engine.secrets import redact_url
+        from engine.status import DEFAULT_KEY_SCAN_LIMIT, Connect, collect_status
+
+        cfg = self.config
+        settings = dataclasses.replace(KafkaSettings.from_config(cfg), timeout_s=5.0)
+        return collect_status(
+            self.plan,
+            group=group_id(cfg.project),
+            dead_letter_topic=dead_letter_topic,
+            kafka=Connect(address=settings.bootstrap_servers, open=lambda: KafkaOffsets(settings)),
+            online=Connect(address=redact_url(cfg.redis_url),
+                           open=lambda: RedisOnlineStore.from_config(cfg)),
+            log=Connect(address=redact_url(cfg.event_log_root),
+                        open=lambda: EventLogReader(cfg.event_log_root)),
+            now_ms=wall_clock_ms() if now_ms is None else now_ms,
+            key_scan_limit=DEFAULT_KEY_SCAN_LIMIT if key_scan_limit is None else key_scan_limit,
+        )  # fmt: skip
+
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """Records the workers' consumer group has not committed yet, per (topic, partition)
+        of every source topic. Raises KafkaUnavailable when Kafka cannot be reached."""
+        from connectors.kafka import group_id
+        from engine.status import consumer_lag
+
+        topics = sorted({self.plan.sources[v.source].topic for v in self.plan.views.values()})
+        if self._offsets is None:
+            self._offsets = KafkaOffsets(KafkaSettings.from_config(self.config))
+        lags = consumer_lag(self._offsets, group_id(self.config.project), topics)
+        return {tp: p.lag for tp, p in lags.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

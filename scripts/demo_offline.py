@@ -1,7 +1,9 @@
-"""Offline demo: generate payments history, import it, and build a point-in-time training set.
+"""Offline demo, no services needed: import generated payments history into the event log and
+build a point-in-time training set from it.
 
-Run through scripts/demo.sh. The streaming half (Kafka, workers, Redis online reads)
-joins this demo with the streaming path.
+    .venv/bin/python scripts/demo_offline.py [--events N] [--labels N]
+
+The full demo with Kafka, stream workers and Redis is `skewless demo` (scripts/demo.sh).
 """
 
 from __future__ import annotations
@@ -17,37 +19,7 @@ import numpy as np
 import pandas as pd
 
 from engine import FeatureStore
-
-DAY_MS = 86_400_000
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-
-
-def payments(n: int, customers: int, merchants: int, days: int, seed: int) -> pd.DataFrame:
-    """Card transactions with realistic disorder: out-of-order arrival, ties, null amounts."""
-    rng = np.random.default_rng(seed)
-    ts = START_MS + rng.integers(0, days * DAY_MS, n)
-    ts[rng.random(n) < 0.05] //= 60_000  # some on exact minute boundaries ...
-    ts[ts < START_MS] *= 60_000  # ... restored to the right epoch
-    amount = np.round(rng.lognormal(3.5, 1.0, n), 2)
-    frame = pd.DataFrame(
-        {
-            "transaction_id": [f"tx{i:08d}" for i in range(n)],
-            "customer_id": [f"c{i:05d}" for i in rng.zipf(1.3, n) % customers],
-            "merchant_id": [f"m{i:04d}" for i in rng.integers(0, merchants, n)],
-            "amount": amount,
-            "currency": rng.choice(["USD", "EUR", "GBP", "JPY"], n, p=[0.6, 0.25, 0.1, 0.05]),
-            "country": rng.choice(["US", "FR", "DE", "GB", "JP", "BR"], n),
-            "card_present": rng.random(n) < 0.55,
-            "ts": ts,
-        }
-    )
-    frame.loc[rng.random(n) < 0.01, "amount"] = None
-    # arrival order: mostly by time, with a jittered tail of late arrivals
-    arrival = ts + rng.exponential(2_000, n).astype("int64")
-    late = rng.random(n) < 0.02
-    arrival[late] += rng.integers(60_000, 6 * 3_600_000, late.sum())
-    frame["processed_at"] = arrival
-    return frame.iloc[np.argsort(arrival, kind="stable")].reset_index(drop=True)
+from engine.demo_data import payments
 
 
 def main() -> int:

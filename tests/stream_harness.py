@@ -254,10 +254,14 @@ def log_files(log_root: str, source: str) -> dict[str, int]:
     }
 
 
-def redis_dump(url: str) -> dict[bytes, dict[bytes, bytes]]:
+def redis_dump(url: str) -> dict[bytes, Any]:
+    """Every key of the database: a hash's fields, a string's value (watermarks)."""
     client = redis.Redis.from_url(url)
     try:
-        return {k: client.hgetall(k) for k in client.scan_iter(count=1000)}  # type: ignore[misc]
+        return {
+            k: client.hgetall(k) if client.type(k) == b"hash" else client.get(k)
+            for k in client.scan_iter(count=1000)
+        }
     finally:
         client.close()
 

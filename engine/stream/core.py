@@ -7,9 +7,14 @@ Per batch of source records:
 3. load the touched entities' state from the online store (one round trip) unless cached;
 4. skip what the store already holds (offset fences) and fold the rest into tiles with
    ``processing.apply_extracted``, admitting by the record's ``processed_at``;
-5. write every touched entity in one pipeline (tiles, fence, write time, journal);
+5. write every touched entity in one pipeline (tiles, fence, write time, journal), with
+   each view's write stats (``online.stats_write``: newest event time, write time);
 6. append the valid records to the event log; send the dead letters;
 7. hand back the offsets to commit — only after 5 and 6 are durable.
+
+With a ``StateRecovery`` (the workers' wiring), step 5 also swaps each (view, partition)
+watermark and checks what Redis handed back; state Redis lost is rebuilt in place from the
+log before the batch is retried (``engine.stream.recovery``, docs/reliability.md).
 
 ``processed_at`` of a batch is the worker clock when it starts; a record that the online
 store already holds from an earlier, unlogged attempt keeps the ``processed_at`` of that
@@ -23,12 +28,13 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 
 from engine.envelope import Envelope
-from engine.online import PartitionState, entity_write, parse_state, state_key
+from engine.errors import OnlineStateLost
+from engine.online import PartitionState, entity_write, parse_state, state_key, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
 from engine.processing import (
@@ -40,8 +46,11 @@ from engine.processing import (
     row_groups,
 )
 from engine.serde import DecodeLimits, RecordRefused, SourceCodec
+from engine.stream.recovery import LostState, StateRecovery, Watermarks
 
 JOURNAL_ENTRIES = 8
+REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
+_NO_EVENT = -(1 << 63)
 
 
 def wall_clock_ms() -> int:
@@ -71,6 +80,9 @@ class BatchOutcome:
     late: int
     fenced: int
     entities_written: int
+    # per source partition: event time of the newest event applied (for freshness metrics)
+    newest_event_ms: dict[int, int] = field(default_factory=dict)
+    rebuilt: int = 0  # (view, partition) states rebuilt from the log before this batch landed
 
 
 CacheKey = tuple[int, EntityKey, int]  # (view slot, entity, source partition)
@@ -103,6 +115,7 @@ class BatchProcessor:
         clock: Callable[[], int] = wall_clock_ms,
         limits: DecodeLimits | None = None,
         cache_entities: int = 200_000,
+        recovery: StateRecovery | None = None,
     ) -> None:
         self.plan = plan
         self.source = plan.sources[source]
@@ -115,6 +128,10 @@ class BatchProcessor:
         self.clock = clock
         self.cache_entities = cache_entities
         self._cache: OrderedDict[CacheKey, tuple[PartitionState, list[list[int]]]] = OrderedDict()
+        # without a recovery, no watermarks are written or checked
+        self.recovery = recovery
+        self._marks = Watermarks(self.views) if recovery is not None else None
+        self._lost: dict[int, list[LostState]] = {}  # partition → lost, awaiting a rebuild
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -123,9 +140,16 @@ class BatchProcessor:
         gone = set(partitions)
         for key in [k for k in self._cache if k[2] in gone]:
             del self._cache[key]
+        if self._marks is not None:
+            self._marks.forget(gone)
+        for p in gone:  # its next owner checks (and rebuilds) for itself
+            self._lost.pop(p, None)
 
     def forget_all(self) -> None:
         self._cache.clear()
+        if self._marks is not None:
+            self._marks.forget_all()
+        self._lost.clear()
 
     def _load(self, wanted: set[CacheKey]) -> None:
         missing = [k for k in wanted if k not in self._cache]
@@ -155,7 +179,48 @@ class BatchProcessor:
     # -- the batch -------------------------------------------------------------------------
 
     def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
-        """Process one batch; raises (leaving no trace in the cache) if a write fails."""
+        """Process one batch; raises (leaving no trace in the cache) if a write fails.
+
+        State found lost is rebuilt from the log and the batch retried, up to
+        ``REBUILD_ROUNDS`` times; a rebuild that fails raises, and the next call resumes it.
+        """
+        rebuilt = 0
+        for _ in range(REBUILD_ROUNDS + 1):
+            if self._lost:
+                rebuilt += self._rebuild_lost()
+            try:
+                outcome = self._process(records)
+            except _StateLost as exc:
+                for item in exc.lost:
+                    self._lost.setdefault(item.partition, []).append(item)
+                continue
+            return replace(outcome, rebuilt=rebuilt) if rebuilt else outcome
+        lost = "; ".join(i.reason for items in self._lost.values() for i in items)
+        raise OnlineStateLost(
+            f"source {self.source.name!r}: online state was lost again right after each of "
+            f"{REBUILD_ROUNDS} rebuilds from the event log ({lost}); is something emptying "
+            "Redis (FLUSHALL, eviction: set maxmemory-policy noeviction) or another worker "
+            "writing these partitions? The batch stays uncommitted and is retried"
+        )
+
+    def _rebuild_lost(self) -> int:
+        """Rebuild every partition found lost; returns the (view, partition) states rebuilt."""
+        assert self.recovery is not None and self._marks is not None
+        count = 0
+        for p in sorted(self._lost):
+            lost = self._lost[p]
+            names = {item.view for item in lost}
+            slots = [v for v, view in enumerate(self.views) if view.name in names]
+            result = self.recovery.rebuild([self.views[v] for v in slots], p, lost)
+            for key in [k for k in self._cache if k[2] == p and k[0] in slots]:
+                del self._cache[key]
+            for v in slots:
+                self._marks.rebuilt((v, p), result.last_offset)
+            del self._lost[p]
+            count += len(slots)
+        return count
+
+    def _process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         batch_p = self.clock()
         src = self.source
         envelopes: list[Envelope] = []
@@ -213,6 +278,7 @@ class BatchProcessor:
                 if first is not None:
                     recovered[e] = min(recovered.get(e, first), first)
         touched: dict[CacheKey, _Touch] = {}
+        newest: dict[tuple[int, int], int] = {}  # (view slot, partition) → newest event time
         applied = late = 0
         for e, v, item in pairs:
             ck = (v, item.entity, item.partition)
@@ -234,6 +300,8 @@ class BatchProcessor:
                 touch.tiles.add((group.hop_ms, item.event_time_ms // group.hop_ms))
             touch.lifetime = touch.lifetime or bool(view.layout.lifetime)
             applied += 1
+            if item.event_time_ms > newest.get((v, item.partition), _NO_EVENT):
+                newest[(v, item.partition)] = item.event_time_ms
         writes: list[StateWrite] = []
         for ck, touch in touched.items():
             v, entity, partition = ck
@@ -244,7 +312,25 @@ class BatchProcessor:
                 entity_write(self.views[v], entity, partition, state, touch.tiles,
                              touch.lifetime, journal, batch_p)
             )  # fmt: skip
-        if writes:
+        entities_written = len(writes)
+        by_view: dict[int, dict[int, int]] = {}
+        for (v, partition), event_ms in newest.items():
+            by_view.setdefault(v, {})[partition] = event_ms
+        writes.extend(stats_write(self.views[v], marks, batch_p) for v, marks in by_view.items())
+        if self._marks is not None and envelopes:
+            highest: dict[int, int] = {}
+            for env in envelopes:
+                highest[env.partition] = max(highest.get(env.partition, -1), env.offset)
+            pending = self._marks.prepare(highest, self.log)
+            try:
+                old = self.online.write(writes, [mark for _, mark, _ in pending])
+            except BaseException:
+                self._marks.failed(pending)
+                raise
+            lost = self._marks.confirm(pending, old)
+            if lost:
+                raise _StateLost(lost)
+        elif writes:
             self.online.write(writes)
         if envelopes:
             if recovered:
@@ -258,8 +344,24 @@ class BatchProcessor:
         self._trim_cache()
         return BatchOutcome(
             commits=commits, processed_at_ms=batch_p, records=count, refused=refused,
-            applied=applied, late=late, fenced=fenced, entities_written=len(writes),
+            applied=applied, late=late, fenced=fenced, entities_written=entities_written,
+            newest_event_ms=_newest_per_partition(newest),
         )  # fmt: skip
+
+
+def _newest_per_partition(newest: dict[tuple[int, int], int]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for (_, partition), event_ms in newest.items():
+        out[partition] = max(out.get(partition, event_ms), event_ms)
+    return out
+
+
+class _StateLost(Exception):
+    """The batch's write found state lost (raised before its log append)."""
+
+    def __init__(self, lost: list[LostState]) -> None:
+        super().__init__(f"{len(lost)} lost states")
+        self.lost = lost
 
 
 def _journal_lookup(journal: list[list[int]], offset: int) -> int | None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import faust
 
+from engine import metrics
 from engine.config import Config
 from engine.errors import KafkaUnavailable
 from engine.plan import Plan
@@ -44,7 +45,14 @@ from engine.ports import DeadLetterSink
 from engine.stream.core import BatchOutcome, SourceRecord, wall_clock_ms
 from engine.stream.kafka_runtime import SourceWiring, WorkerOptions, WorkerStats, build_worker
 
-__all__ = ["FaustOptions", "SourceRunner", "build_app", "run_faust_worker", "wire_sources"]
+__all__ = [
+    "FaustOptions",
+    "SourceRunner",
+    "broker_credentials",
+    "build_app",
+    "run_faust_worker",
+    "wire_sources",
+]
 
 log = logging.getLogger("skewless.worker")
 
@@ -136,6 +144,7 @@ class SourceRunner:
         opts = self.options
         async for events in stream.noack_take(opts.batch_max, within=opts.batch_timeout_s):
             records = [_record(e) for e in events]
+            started = time.perf_counter()
             try:
                 outcome = await self._process_until_done(records)
             except _Stopped as stop:
@@ -145,6 +154,7 @@ class SourceRunner:
                 raise
             for event in events:
                 await stream.ack(event)
+            metrics.observe_batch(self.topic, outcome, time.perf_counter() - started)
             self.stats.add(outcome)
             self.stats.batches += 1
             self._stats_log.maybe_log()
@@ -168,6 +178,7 @@ class SourceRunner:
                 attempt += 1
                 self.stats.retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                metrics.observe_failure(self.topic, exc, delay)
                 log.error(
                     "batch of %d records of %s (%s) failed, attempt %d: %s: %s — not acked; "
                     "retrying the same records in %.1fs",
@@ -181,6 +192,7 @@ class SourceRunner:
         if not partitions:
             return
         self.stats.rebalances += 1
+        metrics.observe_rebalance("revoked", [(self.topic, p) for p in partitions])
 
         def forget() -> None:
             self.wiring.processor.forget_partitions(partitions)
@@ -191,6 +203,7 @@ class SourceRunner:
 
     def on_assigned(self, partitions: set[int]) -> None:
         self.stats.rebalances += 1
+        metrics.observe_rebalance("assigned", [(self.topic, p) for p in partitions])
         log.info("assigned %s %s", self.topic, sorted(partitions))
 
     def close(self) -> None:
@@ -241,6 +254,7 @@ def build_app(
     app = faust.App(
         group_id(config.project),  # the app id is the consumer group: the same as --runtime kafka
         broker=[f"kafka://{host.strip()}" for host in config.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(config),
         store=fopts.store,
         datadir=str(datadir),
         web_enabled=False,
@@ -281,6 +295,27 @@ def build_app(
     app.on_partitions_revoked.connect(on_revoked)
     app.on_partitions_assigned.connect(on_assigned)
     return app, list(runners.values()), stats
+
+
+def broker_credentials(config: Config) -> faust.SASLCredentials | faust.SSLCredentials | None:
+    """The kafka section's SASL/SSL settings in Faust's (aiokafka's) form; None for PLAINTEXT.
+
+    The same settings as ``KafkaSettings.client_config`` gives librdkafka (docs/security.md).
+    """
+    from connectors.kafka import KafkaSettings
+
+    settings = KafkaSettings.from_config(config)
+    context = settings.ssl_context()
+    if settings.uses_sasl:
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.reveal() if settings.sasl_password else None,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism.upper(),
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def _check_topics(config: Config, topics: Iterable[str]) -> None:

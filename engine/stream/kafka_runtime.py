@@ -33,12 +33,15 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
+from engine import metrics
 from engine.config import Config
 from engine.envelope import Envelope
 from engine.errors import ConfigError, KafkaUnavailable
 from engine.plan import Plan
 from engine.ports import DeadLetterSink, EventLogSink, OnlineStateStore
+from engine.serde import DecodeLimits
 from engine.stream.core import BatchOutcome, BatchProcessor, SourceRecord, wall_clock_ms
+from engine.stream.recovery import StateRecovery
 
 log = logging.getLogger("skewless.worker")
 
@@ -99,6 +102,7 @@ class WorkerStats:
     commit_failures: int = 0
     retries: int = 0
     rebalances: int = 0
+    rebuilds: int = 0  # (view, partition) states found lost and rebuilt from the log
     last_commit_ms: int | None = None
     last_error: str | None = None
     started_ms: int = field(default_factory=wall_clock_ms)
@@ -110,6 +114,7 @@ class WorkerStats:
         self.late += outcome.late
         self.fenced += outcome.fenced
         self.entities_written += outcome.entities_written
+        self.rebuilds += outcome.rebuilt
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (``refused`` by reason code), e.g. for a metrics endpoint."""
@@ -125,6 +130,7 @@ class WorkerStats:
             "commit_failures": self.commit_failures,
             "retries": self.retries,
             "rebalances": self.rebalances,
+            "rebuilds": self.rebuilds,
             "last_commit_ms": self.last_commit_ms,
             "last_error": self.last_error,
             "started_ms": self.started_ms,
@@ -258,9 +264,11 @@ class KafkaWorker:
                 log.error("record of unexpected topic %r skipped", topic)
                 continue
             epochs = {(topic, p): self._epoch.get((topic, p)) for p in {r.partition for r in recs}}
+            started = time.perf_counter()
             outcome = self._process(wiring.processor, topic, recs, epochs)
             if outcome is None:
                 continue
+            metrics.observe_batch(topic, outcome, time.perf_counter() - started)
             self.stats.add(outcome)
             self.stats.batches += 1
             for p, next_offset in outcome.commits.items():
@@ -300,6 +308,7 @@ class KafkaWorker:
                 attempt += 1
                 self.stats.retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                metrics.observe_failure(topic, exc, delay)
                 log.error(
                     "batch of %d records of %s (%s) failed, attempt %d: %s: %s — not committed; "
                     "retrying the same records in %.1fs",
@@ -354,6 +363,7 @@ class KafkaWorker:
         except Exception as exc:
             # Not committing is safe: the records are replayed and the fences skip them.
             self.stats.commit_failures += 1
+            metrics.observe_commit(ok=False)
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("commit of %d partitions failed%s: %s — kept for the next commit",
                         len(pending), " at shutdown" if final else "", exc)  # fmt: skip
@@ -361,11 +371,13 @@ class KafkaWorker:
         self._pending.clear()
         self.stats.commits += 1
         self.stats.last_commit_ms = wall_clock_ms()
+        metrics.observe_commit(ok=True)
 
     # -- rebalances (called inside poll_batch / close, on this thread) -----------------
 
     def _on_assign(self, parts: list[Partition]) -> None:
         self.stats.rebalances += 1
+        metrics.observe_rebalance("assigned", parts)
         self._assigned.update(parts)
         for tp in parts:
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
@@ -373,6 +385,7 @@ class KafkaWorker:
 
     def _on_revoke(self, parts: list[Partition]) -> None:
         self.stats.rebalances += 1
+        metrics.observe_rebalance("revoked", parts)
         revoked = set(parts)
         mine = {tp: o for tp, o in self._pending.items() if tp in revoked}
         if mine and self._consumer is not None:
@@ -386,6 +399,7 @@ class KafkaWorker:
 
     def _on_lost(self, parts: list[Partition]) -> None:
         self.stats.rebalances += 1
+        metrics.observe_rebalance("lost", parts)
         self._release(parts, "lost")
 
     def _release(self, parts: list[Partition], how: str) -> None:
@@ -478,7 +492,7 @@ def build_worker(
     ``skewless.<source>.dlq`` topic; the log to ``event_log.root``; the group to
     ``skewless.<project>``.
     """
-    from connectors.eventlog import EventLogWriter
+    from connectors.eventlog import EventLogReader, EventLogWriter
     from connectors.kafka import (
         KafkaBatchConsumer,
         KafkaDeadLetterSink,
@@ -499,6 +513,10 @@ def build_worker(
         def dead_letters(source: str) -> DeadLetterSink:
             return KafkaDeadLetterSink(publisher, source)
 
+    limits = DecodeLimits.from_config(config)
+    # lost online state is rebuilt in place from the log (docs/reliability.md)
+    recovery = StateRecovery(plan, EventLogReader(config.event_log_root), online,
+                             log_root=config.event_log_root, clock=wall_clock_ms)  # fmt: skip
     sources: dict[str, SourceWiring] = {}
     for name, source in sorted(plan.sources.items()):
         if not any(v.source == name for v in plan.views.values()):
@@ -508,7 +526,8 @@ def build_worker(
             return EventLogWriter(config.event_log_root, name, dict(schema))
 
         owned = OwnedPartitionsLog(make_writer)
-        processor = BatchProcessor(plan, name, online=online, log=owned, dead=dead_letters(name))
+        processor = BatchProcessor(plan, name, online=online, log=owned, dead=dead_letters(name),
+                                   limits=limits, recovery=recovery)  # fmt: skip
         sources[source.topic] = SourceWiring(processor=processor, log=owned)
     topics = sorted(sources)
     if not topics:

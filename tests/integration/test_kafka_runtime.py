@@ -1,9 +1,9 @@
-"""The kafka runtime against the real broker and Redis: apply, push, worker, dead letters, drain,
-restart and a shared consumer group. Every test has its own topics, group and log."""
+"""The kafka runtime against the real broker and Redis: apply, push, worker, drain, restart and
+a shared consumer group (dead letters: test_bad_input.py). Every test has its own topics, group
+and log."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import redis
 
-from connectors.kafka import DLQ_HEADERS, KafkaSettings, dead_letter_topic, topic_partitions
+from connectors.kafka import KafkaSettings, dead_letter_topic, topic_partitions
 from engine.errors import InputDataError, KafkaUnavailable
 from engine.keys import encode_key, partition_for
 from engine.serde import SourceCodec
@@ -35,7 +35,6 @@ from tests.stream_harness import (
     end_offsets,
     log_files,
     logged,
-    produce_raw,
     read_topic,
     redis_dump,
     same,
@@ -154,46 +153,15 @@ def rows(n: int, seed: int, now_ms: int) -> list[dict[str, Any]]:
     return out
 
 
-def invalid_avro(codec: SourceCodec, now_ms: int) -> list[tuple[bytes | None, bytes | None, str]]:
-    good = {"customer_id": "c001", "merchant_id": "m1", "amount": 1.0, "ts": now_ms - 1000}
-    value = codec.encode(good)
-    return [
-        (b"c001", value[:-2], "bad_avro"),  # truncated
-        (b"c002", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "bad_avro"),
-        (None, codec.encode({**good, "customer_id": None}), "null_key"),
-        (b"c003", codec.encode({**good, "ts": now_ms + 3 * 86_400_000}), "future_timestamp"),
-        (b"c004", codec.encode({**good, "amount": float("nan")}), "not_finite"),
-        (b"c005", None, "null_value"),
-    ]
-
-
-def invalid_json(now_ms: int) -> list[tuple[bytes | None, bytes | None, str]]:
-    return [
-        (b"c001", b'{"customer_id": "c001", "amount": ', "bad_json"),
-        (b"c002", b'{"customer_id": "c002", "merchant_id": 5, "ts": 1}', "wrong_type"),
-        (b"c003", json.dumps({"customer_id": "c003", "ts": now_ms}).encode(), "missing_field"),
-    ]
-
-
-def publish(repo: Repo, n: int, seed: int) -> dict[tuple[str, int, int], tuple[Any, ...]]:
-    """Push ``n`` valid rows to each topic and produce the invalid ones raw, interleaved in
-    three rounds; return (topic, partition, offset) → (key, value, code) of each invalid one."""
-    now = int(time.time() * 1000)
-    codec = SourceCodec(repo.store.plan.sources[repo.avro])
-    bad: dict[tuple[str, int, int], tuple[Any, ...]] = {}
-    valid = rows(n, seed, now)
+def publish(repo: Repo, n: int, seed: int) -> None:
+    """Push ``n`` valid rows to each topic in three rounds. (Bad records mixed with valid ones,
+    for both runtimes, are tests/integration/test_bad_input.py's, from the catalogue in
+    tests/bad_inputs.py.)"""
+    valid = rows(n, seed, int(time.time() * 1000))
     for part in range(3):
         chunk = valid[part::3]
         assert repo.store.push(repo.avro, chunk) == len(chunk)
         assert repo.store.push(repo.json, pd.DataFrame(chunk)) == len(chunk)
-        for topic, records in (
-            (repo.avro, invalid_avro(codec, now)),
-            (repo.json, invalid_json(now)),
-        ):
-            where = produce_raw(repo.bootstrap, topic, [(k, v) for k, v, _ in records])
-            for (p, o), record in zip(where, records, strict=True):
-                bad[(topic, p, o)] = record
-    return bad
 
 
 def all_coordinates(bootstrap: str, topic: str) -> set[tuple[int, int]]:
@@ -316,20 +284,20 @@ def test_push_validates_every_row_and_keys_like_the_java_client(
 # -- the worker ------------------------------------------------------------------------------
 
 
-def test_worker_folds_logs_and_dead_letters_every_record(
+def test_worker_folds_and_logs_every_record(
     tmp_path: Path, kafka_service: str, stream_redis_url: str
 ) -> None:
     repo = Repo(tmp_path, kafka_service, stream_redis_url)
     repo.store.apply()
-    bad = publish(repo, 900, seed=3)
+    publish(repo, 900, seed=3)
     with WorkerThread(repo.store, WorkerOptions(batch_max=700)) as worker:
         wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
         worker.stop()
     stats = worker.worker.stats
-    assert stats.records == 2 * 900 + len(bad)
-    assert stats.refused == Counter(code for _, _, code in bad.values())
+    assert stats.records == 2 * 900
+    assert stats.refused == Counter()
     assert stats.retries == 0
-    check_log_exactly_once(repo, bad)
+    check_log_exactly_once(repo, {})
     t = int(time.time() * 1000)
     check_online_equals_backfill(repo, t, SPEND + SPEND_JSON)
     # and an independent fold: counts and exact sums by hand
@@ -341,19 +309,6 @@ def test_worker_folds_logs_and_dead_letters_every_record(
     expected = fold_by_hand(events, t)
     assert online["amount_count_1d"] == [expected[c][0] for c in CUSTOMERS]
     assert online["amount_count_lifetime"] == [expected[c][0] for c in CUSTOMERS]
-    # dead letters: every invalid record once per delivery, same bytes, reason headers
-    for source in (repo.avro, repo.json):
-        letters = read_topic(kafka_service, dead_letter_topic(source))
-        got = {}
-        for letter in letters:
-            assert set(DLQ_HEADERS) <= set(letter.headers)
-            h = letter.headers
-            assert h["skewless.source_topic"] == source.encode()
-            where = (source, int(h["skewless.source_partition"]), int(h["skewless.source_offset"]))
-            got[where] = (letter.key, letter.value, h["skewless.reason_code"].decode())
-            assert h["skewless.reason"], "empty reason"
-        want = {w: v for w, v in bad.items() if w[0] == source}
-        assert got == want
 
 
 def test_online_sums_match_an_exact_fold_by_hand(
@@ -503,7 +458,8 @@ def test_redis_outage_backs_off_without_committing_then_catches_up(
             check_log_exactly_once(repo, {})
             check_online_equals_backfill(repo, int(time.time() * 1000))
             client = redis.Redis.from_url(url)
-            assert client.dbsize() == len({e["customer_id"] for e in events})
+            entity_keys = set(client.scan_iter("sk:*:{*"))  # not the stats/watermark keys
+            assert len(entity_keys) == len({e["customer_id"] for e in events})
             client.close()
         finally:
             redis_proc.terminate()

@@ -174,6 +174,31 @@ def test_fingerprint_changes_with_what_changes_values(make_repo: Callable[..., P
     assert fp[3] != fp[0]
 
 
+def test_fingerprint_follows_module_constants_and_helpers(make_repo: Callable[..., Path]) -> None:
+    """A transform's value depends on the constants and helpers it reads, not only its text."""
+    body = """
+        RATES = {"EUR": {rate}}
+        UNRELATED = {unrelated}
+        def scale(x):
+            return x * {factor}
+        def clean(row):
+            return dict(row, amount=scale(row["amount"]) * RATES.get("EUR", 1.0))
+        v = FeatureView("v", entity=customer, source=tx, transform=clean,
+                        aggregations=[Aggregation("amount", "sum", window="1d")])
+    """
+
+    def fingerprint(rate: str, factor: str, unrelated: str) -> str:
+        text = body.replace("{rate}", rate).replace("{factor}", factor)
+        repo = make_repo(text.replace("{unrelated}", unrelated))
+        return FeatureStore.from_repo(repo).plan.views["v"].fingerprint
+
+    base = fingerprint("1.08", "2", "1")
+    assert fingerprint("1.08", "2", "1") == base
+    assert fingerprint("1.09", "2", "1") != base  # a constant the transform reads
+    assert fingerprint("1.08", "3", "1") != base  # a helper function it calls
+    assert fingerprint("1.08", "2", "2") == base  # a constant it never reads
+
+
 def test_feature_refs_resolve_or_fail_clearly(make_repo: Callable[..., Path]) -> None:
     repo = make_repo("""
         v = FeatureView("v", entity=customer, source=tx,

@@ -1,0 +1,33 @@
+"""Watermarks: per (view fingerprint, source partition), how far into the log Redis is known to hold.
+
+Pure functions — no Redis client here. One string key per view fingerprint and source partition:
+
+    key    sk:wm:<fingerprint>:<partition>     outside the entity keyspace ``sk:<fingerprint>:*``
+    value  the highest source offset of the partition that the writer had applied to the
+           view's state *or* that the event log held, as ASCII digits
+
+A worker swaps it (``SET … GET``) in the same pipeline as each batch's entity writes and
+before the batch's log append, so — unless Redis lost writes — a watermark is never below the
+highest offset the log holds for that partition, and never differs from what the partition's
+owner wrote last. ``engine.stream.recovery`` turns a violation into an in-place rebuild.
+"""
+
+from __future__ import annotations
+
+from engine.online import PREFIX
+from engine.plan import ViewPlan
+
+
+def watermark_key(view: ViewPlan, partition: int) -> str:
+    """Redis key of the watermark of ``view``'s state from one source partition."""
+    return f"{PREFIX}:wm:{view.fingerprint}:{partition}"
+
+
+def encode_watermark(offset: int) -> bytes:
+    return str(offset).encode("ascii")
+
+
+def decode_watermark(raw: bytes) -> int | None:
+    """The offset a watermark value holds, or None when it is not one (corrupt or foreign)."""
+    text = raw.decode("ascii", errors="replace")
+    return int(text) if text.isdigit() else None

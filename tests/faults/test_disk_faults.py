@@ -1,0 +1,124 @@
+"""The disk holding the event log full (ENOSPC) and then read-only (EROFS), mid-stream, on a
+real filesystem: a small tmpfs mounted for the log root (needs root; under ``CI=true`` a mount
+that fails is a failure, not a skip). While the fault lasts the worker commits nothing and
+backs off, retrying the same records; when it clears the worker resumes, and nothing is lost
+or duplicated."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import PrivateServices, unavailable
+from tests.faults.scenario import Run
+from tests.stream_harness import end_offsets, wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+EVENTS = int(os.environ.get("SKEWLESS_FAULT_EVENTS", "20000"))
+HOLD_S = 2.0  # how long the fault is watched after the worker began to back off
+
+
+def _mount(*args: str) -> None:
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(f"mount {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 32 MiB tmpfs of our own, unmounted at the end."""
+    where = tmp_path / "logfs"
+    where.mkdir()
+    try:
+        _mount("-t", "tmpfs", "-o", "size=32m,mode=0755", "tmpfs", str(where))
+    except OSError as exc:
+        unavailable(f"cannot mount a tmpfs for the event log (root needed): {exc}")
+    try:
+        yield where
+    finally:
+        with contextlib.suppress(OSError):
+            _mount("-o", "remount,rw", str(where))
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem is full."""
+    filler = disk / "filler"
+    block = b"\0" * (1 << 16)
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(block)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def remount(disk: Path, mode: str) -> None:
+    """``mount -o remount,<mode>``, retried while a file is open for writing (EBUSY)."""
+    for _ in range(100):
+        try:
+            _mount("-o", f"remount,{mode}", str(disk))
+            return
+        except OSError:
+            time.sleep(0.05)
+    _mount("-o", f"remount,{mode}", str(disk))
+
+
+def watch_stalled(run: Run, symptom: str) -> None:
+    """Once the worker backs off with ``symptom``: nothing is committed or logged while the
+    fault lasts, though records wait."""
+    wait_until(lambda: any(symptom in w.text() and "attempt 3" in w.text() for w in run.live()),
+               120, f"the worker to back off on {symptom!r}")  # fmt: skip
+    time.sleep(0.5)  # an offset committed just before the fault
+    committed, files = run.committed_and_logged()
+    time.sleep(HOLD_S)
+    assert run.committed_and_logged() == (committed, files)
+    ends = end_offsets(run.bootstrap, run.source)
+    assert any(end > committed.get(p, -1) for p, end in ends.items())  # records wait
+
+
+@pytest.mark.parametrize("runtime", ["kafka", "faust"])
+def test_log_disk_full_then_read_only(
+    runtime: str, tmp_path: Path, services: PrivateServices, small_disk: Path
+) -> None:
+    run = Run(tmp_path, bootstrap=services.bootstrap, redis_url=services.redis_url,
+              events=EVENTS, seed=404, runtime=runtime, log_root=str(small_disk))  # fmt: skip
+    try:
+        worker = run.start_worker()
+        wait_until(lambda: "assigned" in worker.text(), 120, "the worker's assignment")
+        run.push_in_background(chunk=500, pause_s=0.3)
+
+        run.wait_pushed(0.3)
+        filler = fill(small_disk)
+        watch_stalled(run, "No space left on device")
+        committed, _ = run.committed_and_logged()
+        filler.unlink()
+        wait_until(lambda: run.committed_and_logged()[0] != committed, 120, "commits to resume")
+
+        run.wait_pushed(0.6)
+        remount(small_disk, "ro")
+        try:
+            watch_stalled(run, "Read-only file system")
+            committed, _ = run.committed_and_logged()
+        finally:
+            remount(small_disk, "rw")
+        wait_until(lambda: run.committed_and_logged()[0] != committed, 120, "commits to resume")
+
+        run.finish()
+        assert run.stop_workers() == [0], run.log_tail()
+        report = run.check()
+    finally:
+        run.cleanup()
+    print(f"\n{runtime}: disk full then read-only, {report}")
+    assert not report.problems(), report.problems()

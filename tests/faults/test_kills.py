@@ -1,0 +1,55 @@
+"""SIGKILL at random moments while events flow (workers restarted each time), then one of two
+workers killed for good: its partitions move to the other. Both runtimes.
+
+Size: ``SKEWLESS_FAULT_EVENTS`` events (20,000) and ``SKEWLESS_FAULT_KILLS`` kills (5); the
+200k soak is ``benchmarks/soak.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import PrivateServices
+from tests.faults.scenario import Run, kill_loop
+from tests.stream_harness import wait_until
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+EVENTS = int(os.environ.get("SKEWLESS_FAULT_EVENTS", "20000"))
+KILLS = int(os.environ.get("SKEWLESS_FAULT_KILLS", "5"))
+
+
+@pytest.mark.parametrize("runtime", ["kafka", "faust"])
+def test_sigkills_then_one_worker_for_good(
+    runtime: str, tmp_path: Path, services: PrivateServices
+) -> None:
+    run = Run(tmp_path, bootstrap=services.bootstrap, redis_url=services.redis_url,
+              events=EVENTS, seed=101, runtime=runtime)  # fmt: skip
+    try:
+        run.start_worker()
+        run.start_worker()
+        wait_until(lambda: all("assigned" in w.text() for w in run.live()), 120, "two members")
+        # the last fifth waits until one worker is gone for good: the other must take it all
+        run.push_in_background(chunk=250, pause_s=0.6, hold_at=0.8)
+        kill_loop(run, KILLS, random.Random(7))
+        survivor, victim = run.live()
+        wait_until(lambda: "assigned" in victim.text(), 120, "the last victim's assignment")
+        run.kill(victim)  # for good
+        run.release.set()
+        run.finish()
+        whole = f"assigned {run.source} [0, 1, 2, 3]"
+        wait_until(lambda: whole in survivor.text(), 60, "the survivor to own every partition")
+        assert run.stop_workers() == [0], run.log_tail()
+        counts = re.findall(r"\]: (\d+) records", survivor.text())
+        assert counts and int(counts[-1]) > 0, survivor.text()[-3000:]
+        report = run.check()
+    finally:
+        run.cleanup()
+    print(f"\n{runtime}: {run.kills} SIGKILLs survived, {report}")
+    assert run.kills == KILLS + 1
+    assert not report.problems(), report.problems()
