@@ -4,7 +4,11 @@ Layout under ``root`` (a local path or any fsspec URL)::
 
     <root>/<source>/partition=<p>/<first_offset>-<last_offset>.avro
 
-Offsets are zero-padded to 20 digits, so lexical order is numeric order. A file is written
+Offsets are zero-padded to 20 digits. Imported history (``EventLogWriter.append_history``)
+takes offsets from ``HISTORY_BASE`` (-10**18) upwards, written with a leading ``-``: it
+sorts before everything a Kafka partition (offsets >= 0) can ever deliver and never
+collides with it, and successive imports keep their order. Readers sort files numerically.
+A file is written
 under a temporary name (``.tmp-<uuid>.avro``) in the same folder, flushed (and fsynced on a
 local disk), then renamed, so a reader never sees a partial file. Per partition, the writer
 drops every offset at or below the highest one the log already holds, so replaying a batch
@@ -29,7 +33,7 @@ import fastavro
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from engine.envelope import Envelope
+from engine.envelope import HISTORY_BASE, Envelope
 from engine.errors import EventLogError, EventLogMissing, SkewlessError
 from engine.schema import plain_schema
 
@@ -53,7 +57,9 @@ _META_RECORDS = "skewless.records"
 _OFFSET_DIGITS = 20
 _MAX_OFFSET = 10**_OFFSET_DIGITS - 1
 _TMP_PREFIX = ".tmp-"
-_FILE_RE = re.compile(r"^(\d{20})-(\d{20})\.avro$")
+_FILE_RE = re.compile(r"^(-?\d{20})-(-?\d{20})\.avro$")
+_BEFORE_ALL = -(10**_OFFSET_DIGITS)  # below every offset a file name can hold
+
 _PARTITION_RE = re.compile(r"^partition=(\d+)$")
 _PARTITION_PREFIX = "partition="
 # Blocks of ~64 KiB: fewer per-block calls on read than fastavro's 16 kB default,
@@ -189,6 +195,7 @@ class EventLogWriter:
                 f"event log for source {source_name!r}: payload schema is not valid Avro: {exc}"
             ) from exc
         self._high: dict[int, int | None] = {}
+        self._history_high: dict[int, int | None] = {}
 
     @property
     def source(self) -> str:
@@ -198,8 +205,52 @@ class EventLogWriter:
     def last_offset(self, partition: int) -> int | None:
         """Highest offset the log holds for ``partition``, or ``None`` when it holds none."""
         if partition not in self._high:
-            self._high[partition] = self._scan_partition(partition)
+            self._history_high[partition], self._high[partition] = self._scan_partition(partition)
         return self._high[partition]
+
+    def last_history_offset(self, partition: int) -> int | None:
+        """Highest imported-history offset (< 0) held for ``partition``, or ``None``."""
+        if partition not in self._history_high:
+            self._history_high[partition], self._high[partition] = self._scan_partition(partition)
+        return self._history_high[partition]
+
+    def append_history(self, records: Sequence[Envelope]) -> list[str]:
+        """Durably write imported history; return the paths written.
+
+        Per partition the offsets must be distinct, in ``[HISTORY_BASE, 0)`` and above
+        :meth:`last_history_offset` (the importer allocates them so), otherwise
+        ``EventLogError`` and nothing of that partition is written. Kafka offsets are never
+        negative, so history and a live stream of the same source never share an offset.
+        """
+        by_partition: dict[int, list[Envelope]] = {}
+        for rec in records:
+            by_partition.setdefault(rec.partition, []).append(rec)
+        batches = []
+        for partition in sorted(by_partition):
+            recs = sorted(by_partition[partition], key=_offset_of)
+            self._check_partition(partition)
+            held = self.last_history_offset(partition)
+            floor = HISTORY_BASE - 1 if held is None else held
+            offsets = [r.offset for r in recs]
+            if len(set(offsets)) != len(offsets) or offsets[0] <= floor or offsets[-1] >= 0:
+                raise EventLogError(
+                    f"event log for source {self._source!r} partition {partition}: history "
+                    f"offsets must be distinct, above {floor} and below 0, got "
+                    f"{offsets[0]}..{offsets[-1]}"
+                )
+            batches.append((partition, recs))
+        written: list[str] = []
+        for partition, recs in batches:
+            try:
+                written.append(self._write(partition, recs))
+            except EventLogError:
+                self._history_high.pop(partition, None)
+                self._high.pop(partition, None)
+                raise
+            self._history_high[partition] = recs[-1].offset
+            high = self._high.get(partition)
+            self._high[partition] = recs[-1].offset if high is None else max(high, recs[-1].offset)
+        return written
 
     def append(self, records: Sequence[Envelope]) -> list[str]:
         """Durably write ``records``, one new file per partition; return the paths written.
@@ -223,19 +274,23 @@ class EventLogWriter:
                 written.append(self._write(partition, fresh))
             except EventLogError:
                 # The rename may have landed before the failure (e.g. a failed folder
-                # fsync): forget the cached mark so the next call re-learns it from storage.
-                del self._high[partition]
+                # fsync): forget the cached marks so the next call re-learns them from storage.
+                self._high.pop(partition, None)
+                self._history_high.pop(partition, None)
                 raise
             self._high[partition] = fresh[-1].offset
         return written
 
-    def _fresh(self, partition: int, recs: list[Envelope]) -> list[Envelope]:
-        """Records of one partition above its high-water mark, ascending, each offset once."""
+    def _check_partition(self, partition: int) -> None:
         if not 0 <= partition < 2**31:
             raise EventLogError(
                 f"event log for source {self._source!r}: partition must be an int in "
                 f"[0, 2**31), got {partition!r}"
             )
+
+    def _fresh(self, partition: int, recs: list[Envelope]) -> list[Envelope]:
+        """Records of one partition above its high-water mark, ascending, each offset once."""
+        self._check_partition(partition)
         recs.sort(key=_offset_of)
         lowest, highest = recs[0].offset, recs[-1].offset
         if lowest < 0 or highest > _MAX_OFFSET:
@@ -245,7 +300,7 @@ class EventLogWriter:
                 f"be in [0, {_MAX_OFFSET}], got {bad}"
             )
         high = self.last_offset(partition)
-        floor = -1 if high is None else high
+        floor = -1 if high is None else max(high, -1)  # history below 0 never blocks a live offset
         fresh: list[Envelope] = []
         for rec in recs:
             if rec.offset > floor:
@@ -256,11 +311,13 @@ class EventLogWriter:
     def _partition_dir(self, partition: int) -> str:
         return f"{self._dir}/{_PARTITION_PREFIX}{partition}"
 
-    def _scan_partition(self, partition: int) -> int | None:
-        """Learn a partition's high-water mark from its file names; remove stale temp files."""
+    def _scan_partition(self, partition: int) -> tuple[int | None, int | None]:
+        """Learn a partition's highest history offset (< 0) and highest offset from its file
+        names; remove stale temp files."""
         folder = self._partition_dir(partition)
         try:
             names = _list_names(self._fs, folder)
+            history: int | None = None
             high: int | None = None
             for name in names:
                 match = _FILE_RE.match(name)
@@ -268,6 +325,8 @@ class EventLogWriter:
                     last = int(match.group(2))
                     if high is None or last > high:
                         high = last
+                    if last < 0 and (history is None or last > history):
+                        history = last
                 elif name.startswith(_TMP_PREFIX):
                     _remove_quietly(self._fs, f"{folder}/{name}")
         except Exception as exc:
@@ -275,12 +334,12 @@ class EventLogWriter:
                 f"cannot list event-log folder {self._url(folder)}: {exc}; check that log_root "
                 f"is reachable and readable"
             ) from exc
-        return high
+        return history, high
 
     def _write(self, partition: int, recs: list[Envelope]) -> str:
         """Write one partition's file under a temp name, make it durable, then rename it."""
         folder = self._partition_dir(partition)
-        name = f"{recs[0].offset:0{_OFFSET_DIGITS}d}-{recs[-1].offset:0{_OFFSET_DIGITS}d}.avro"
+        name = f"{_offset_name(recs[0].offset)}-{_offset_name(recs[-1].offset)}.avro"
         final = f"{folder}/{name}"
         tmp = f"{folder}/{_TMP_PREFIX}{uuid.uuid4().hex}.avro"
         rows = _rows(recs)
@@ -412,7 +471,7 @@ class EventLogReader:
             yield from self._iter_files(self._files(source, partition))
 
     def _iter_files(self, files: list[tuple[int, int, str]]) -> Iterator[Envelope]:
-        last = -1
+        last = _BEFORE_ALL
         for _, file_last, path in files:
             if file_last <= last:
                 continue  # wholly covered by files already read
@@ -616,6 +675,11 @@ def _list_names(fs: Any, folder: str) -> list[str]:
 
 def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _offset_name(offset: int) -> str:
+    """``offset`` zero-padded to 20 digits, with a leading ``-`` when negative (history)."""
+    return f"{offset:0{_OFFSET_DIGITS}d}" if offset >= 0 else f"-{-offset:0{_OFFSET_DIGITS}d}"
 
 
 def _offset_of(rec: Envelope) -> int:

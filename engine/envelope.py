@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+HISTORY_BASE = -(10**18)
+"""First offset of imported history in every partition: history fills ``[HISTORY_BASE, 0)``,
+below every offset (>= 0) Kafka gives the live stream of the same source."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Envelope:

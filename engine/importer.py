@@ -3,7 +3,9 @@
 A bad row makes the import write nothing and raise an InputDataError naming the row
 (0-based position in the input) and the problem. Rows are partitioned as a producer keyed
 by the source key would partition them (murmur2), and offsets follow input order within
-a partition, continuing after what the log already holds.
+a partition, continuing after earlier imports. Imported history takes offsets from
+``HISTORY_BASE`` (-10**18) up to 0, so it never collides with the offsets (>= 0) Kafka
+gives the live stream of the same source.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.envelope import Envelope
+from engine.envelope import HISTORY_BASE, Envelope
 from engine.errors import InputDataError
 from engine.keys import encode_key, partition_for
 from engine.plan import SourcePlan
-from engine.ports import EventLogSink
+from engine.ports import HistorySink
 from engine.schema import FieldSpec
 
 PROCESSED_AT = "processed_at"
@@ -171,50 +173,47 @@ def prepare_import(source: SourcePlan, df: pd.DataFrame) -> tuple[list[dict[str,
 def import_frame(
     source: SourcePlan,
     df: pd.DataFrame,
-    sink: EventLogSink,
+    sink: HistorySink,
     partitions: int,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
-    """Validate ``df`` against the source schema and append it to the log."""
+    """Validate ``df`` against the source schema and write it into the log as history.
+
+    Imported rows take offsets from ``HISTORY_BASE`` (-10**18) upwards, continuing after
+    earlier imports, in input row order within each partition: Kafka offsets are never
+    negative, so history and the live stream of the same source never collide, and history
+    sorts before the stream on an event-time tie.
+    """
     payloads, processed = prepare_import(source, df)
     divisor = source.timestamp_divisor
     ts_field = source.timestamp_field
     keys = source.key_fields
-    buckets: dict[int, list[Envelope]] = {}
-    next_offset: dict[int, int] = {}
-    files: list[str] = []
-    counts: dict[int, int] = {}
+    rows: dict[int, list[tuple[bytes, dict[str, Any], int]]] = {}
     for payload, processed_at in zip(payloads, processed, strict=True):
         key = encode_key([payload[k] for k in keys])
-        p = partition_for(key, partitions)
-        offset = next_offset.get(p)
-        if offset is None:
-            last = sink.last_offset(p)
-            offset = 0 if last is None else last + 1
-        next_offset[p] = offset + 1
-        bucket = buckets.setdefault(p, [])
-        bucket.append(
-            Envelope(
-                partition=p,
-                offset=offset,
-                key=key,
-                event_time_ms=int(payload[ts_field]) // divisor,
-                processed_at_ms=processed_at,
-                payload=payload,
+        rows.setdefault(partition_for(key, partitions), []).append((key, payload, processed_at))
+    files: list[str] = []
+    counts: dict[int, int] = {}
+    for p in sorted(rows):
+        part = rows[p]
+        held = sink.last_history_offset(p)
+        base = HISTORY_BASE if held is None else held + 1
+        if base + len(part) > 0:
+            raise InputDataError(
+                f"import into source {source.name!r} partition {p}: the history offset range "
+                f"is exhausted ({-base} offsets left, {len(part)} rows)"
             )
-        )
-        if len(bucket) >= _CHUNK:
-            files.extend(sink.append(bucket))
-            counts[p] = counts.get(p, 0) + len(bucket)
+        for start in range(0, len(part), _CHUNK):
+            chunk = [
+                Envelope(partition=p, offset=base + i, key=key,
+                         event_time_ms=int(payload[ts_field]) // divisor,
+                         processed_at_ms=processed_at, payload=payload)
+                for i, (key, payload, processed_at) in enumerate(part[start : start + _CHUNK], start)
+            ]  # fmt: skip
+            files.extend(sink.append_history(chunk))
             if progress:
-                progress(len(bucket))
-            buckets[p] = []
-    for p, bucket in buckets.items():
-        if bucket:
-            files.extend(sink.append(bucket))
-            counts[p] = counts.get(p, 0) + len(bucket)
-            if progress:
-                progress(len(bucket))
+                progress(len(chunk))
+        counts[p] = len(part)
     return ImportResult(
         source=source.name, rows=len(payloads), per_partition=counts, files=tuple(files)
     )

@@ -35,7 +35,7 @@ from engine.plan import ViewPlan
 from engine.ports import StateWrite
 
 PREFIX = "sk"
-NO_FENCE = -1
+NO_FENCE = -(1 << 63)  # below every offset: imported history has negative offsets
 
 
 def entity_text(entity: tuple[Any, ...]) -> str:

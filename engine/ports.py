@@ -22,6 +22,18 @@ class EventLogSink(Protocol):
         ...
 
 
+class HistorySink(Protocol):
+    """Where an import writes history of one source: offsets in [HISTORY_BASE, 0)."""
+
+    def append_history(self, records: Sequence[Envelope]) -> list[str]:
+        """Durably store ``records`` (offsets above ``last_history_offset``, below 0)."""
+        ...
+
+    def last_history_offset(self, partition: int) -> int | None:
+        """Highest history offset held for ``partition``, or ``None`` when it holds none."""
+        ...
+
+
 @runtime_checkable
 class EventLogSource(Protocol):
     """Where a backfill reads envelopes of a source back, partition by partition."""

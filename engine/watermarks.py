@@ -14,6 +14,8 @@ owner wrote last. ``engine.stream.recovery`` turns a violation into an in-place 
 
 from __future__ import annotations
 
+import re
+
 from engine.online import PREFIX
 from engine.plan import ViewPlan
 
@@ -23,11 +25,23 @@ def watermark_key(view: ViewPlan, partition: int) -> str:
     return f"{PREFIX}:wm:{view.fingerprint}:{partition}"
 
 
+_OFFSET = re.compile(r"-?[0-9]+")
+
+
+def watermark_pattern(fingerprint: str) -> str:
+    """SCAN pattern matching every watermark of one view fingerprint."""
+    return f"{PREFIX}:wm:{fingerprint}:*"
+
+
 def encode_watermark(offset: int) -> bytes:
     return str(offset).encode("ascii")
 
 
 def decode_watermark(raw: bytes) -> int | None:
-    """The offset a watermark value holds, or None when it is not one (corrupt or foreign)."""
+    """The offset a watermark value holds, or None when it is not one (corrupt or foreign).
+
+    Negative offsets are imported history (``EventLogWriter.append_history``): a partition whose
+    log holds nothing else has a negative last offset.
+    """
     text = raw.decode("ascii", errors="replace")
-    return int(text) if text.isdigit() else None
+    return int(text) if _OFFSET.fullmatch(text) else None

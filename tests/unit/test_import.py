@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.eventlog import EventLogReader
+from connectors.eventlog import EventLogReader, EventLogWriter
 from engine import FeatureStore, InputDataError
+from engine.envelope import HISTORY_BASE, Envelope
 from engine.keys import encode_key, partition_for
 
 VIEW = """
@@ -47,7 +48,8 @@ def test_rows_land_where_a_keyed_producer_puts_them(make_repo: Callable[..., Pat
         assert env.event_time_ms == row.ts == env.processed_at_ms
     for p in {e.partition for e in log}:
         in_p = [e for e in log if e.partition == p]
-        assert [e.offset for e in in_p] == list(range(len(in_p)))
+        # history offsets: consecutive from HISTORY_BASE, below any Kafka offset
+        assert [e.offset for e in in_p] == [HISTORY_BASE + i for i in range(len(in_p))]
         # offsets follow input row order within the partition
         assert [e.payload["qty"] for e in in_p] == sorted(e.payload["qty"] for e in in_p)
 
@@ -57,8 +59,27 @@ def test_second_import_continues_offsets(make_repo: Callable[..., Path]) -> None
     store.import_events("tx", frame(10))
     store.import_events("tx", frame(5).assign(processed_at=lambda d: d["ts"] + 5))
     log = list(EventLogReader(store.config.event_log_root).read("tx", 0))
-    assert [e.offset for e in log] == list(range(15))
+    assert [e.offset for e in log] == [HISTORY_BASE + i for i in range(15)]
     assert all(e.processed_at_ms == e.event_time_ms + 5 for e in log[10:])
+
+
+def test_history_and_live_offsets_never_collide(make_repo: Callable[..., Path]) -> None:
+    """Imported history stays below the stream's offsets, before or after the stream logs."""
+    store = FeatureStore.from_repo(make_repo(VIEW, yaml="kafka:\n  partitions: 1\n"))
+    store.import_events("tx", frame(4))
+    spec = dict(store.plan.sources["tx"].schema)
+    live = EventLogWriter(store.config.event_log_root, "tx", spec)
+    rows = frame(3).to_dict("records")
+    envelopes = [
+        Envelope(partition=0, offset=i, key=b"c", event_time_ms=int(r["ts"]),
+                 processed_at_ms=int(r["ts"]), payload={**r, "qty": int(r["qty"])})
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    written = live.append(envelopes)
+    assert len(written) == 1  # nothing of the live batch was taken for already held
+    store.import_events("tx", frame(2))  # more history after the stream started
+    log = list(EventLogReader(store.config.event_log_root).read("tx", 0))
+    assert [e.offset for e in log] == [*(HISTORY_BASE + i for i in range(6)), 0, 1, 2]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from connectors.eventlog import (
     EventLogWriter,
     envelope_schema,
 )
-from engine.envelope import Envelope
+from engine.envelope import HISTORY_BASE, Envelope
 from engine.errors import EventLogError, EventLogMissing
 from engine.ports import EventLogSink, EventLogSource
 
@@ -332,6 +332,25 @@ def test_negative_offset_is_rejected_without_writing(tmp_path: Path) -> None:
     with pytest.raises(EventLogError, match="offset must be"):
         writer.append([env(-1)])
     assert not (tmp_path / "tx").exists()
+
+
+def test_history_is_written_below_the_stream_and_read_back_first(tmp_path: Path) -> None:
+    """Imported history (negative offsets) and live offsets share a partition folder."""
+    writer = EventLogWriter(str(tmp_path), "tx", PAYLOAD_SCHEMA)
+    writer.append([env(0), env(1)])
+    writer.append_history([env(HISTORY_BASE), env(HISTORY_BASE + 1)])
+    names = log_files(tmp_path / "tx" / "partition=0")
+    assert "-01000000000000000000--00999999999999999999.avro" in names
+    with pytest.raises(EventLogError, match="history offsets must be"):
+        writer.append_history([env(HISTORY_BASE + 1)])  # already held
+    with pytest.raises(EventLogError, match="history offsets must be"):
+        writer.append_history([env(5)])  # not history
+    again = EventLogWriter(str(tmp_path), "tx", PAYLOAD_SCHEMA)  # re-learns from file names
+    assert again.last_history_offset(0) == HISTORY_BASE + 1
+    assert again.last_offset(0) == 1
+    assert again.append([env(1)]) == []  # the live high-water mark is unaffected by history
+    back = [e.offset for e in EventLogReader(str(tmp_path)).read("tx", 0)]
+    assert back == [HISTORY_BASE, HISTORY_BASE + 1, 0, 1]
 
 
 def test_invalid_partition_fails_the_call_before_anything_is_written(tmp_path: Path) -> None:
