@@ -21,6 +21,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -29,9 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.faults.conftest import PrivateServices  # noqa: E402
-from tests.faults.scenario import Run, kill_loop  # noqa: E402
-from tests.stream_harness import wait_until  # noqa: E402
+from tests.faults.conftest import PrivateServices
+from tests.faults.scenario import Run, kill_loop
+from tests.stream_harness import wait_until
 
 OUT = Path(__file__).resolve().parent / "out" / "soak.json"
 
@@ -133,16 +134,25 @@ def main() -> int:
                 print(f"  PROBLEM: {problem}", flush=True)
     finally:
         services.services("down", "--purge")
+    failed = any(r["problems"] for r in results)
+    if failed:
+        print(f"worker logs and repos kept in {root}", flush=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"machine": platform.platform(), "events": args.events, "kills": args.kills,
-             "results": results},
+            {
+                "machine": platform.platform(),
+                "events": args.events,
+                "kills": args.kills,
+                "results": results,
+            },
             indent=2,
-        )  # fmt: skip
+        )
         + "\n"
     )
-    return 1 if any(r["problems"] for r in results) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

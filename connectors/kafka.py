@@ -732,4 +732,6 @@ class KafkaOffsets:
                 self.settings, "listing partition offsets", _error_of(exc) or str(exc)
             ) from exc
         except TimeoutError as exc:
-            raise _unavailable(self.settings, "listing partition offsets", "no answer in time") from exc
+            raise _unavailable(
+                self.settings, "listing partition offsets", "no answer in time"
+            ) from exc

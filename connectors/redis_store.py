@@ -27,6 +27,7 @@ from engine.online import keyspace_pattern
 from engine.online_read import Held
 from engine.ports import StateWrite, Watermark
 from engine.secrets import Secret, split_url_credentials
+from engine.watermarks import watermark_pattern
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -348,15 +349,17 @@ class RedisOnlineStore:
         return len(set(self.scan_keys(keyspace_pattern(fingerprint))))
 
     def delete_keyspace(self, fingerprint: str) -> int:
-        """UNLINK every key of a view fingerprint in batches; returns how many were removed."""
+        """UNLINK every key of a view fingerprint (entity hashes, watermarks) in batches;
+        returns how many were removed."""
         removed = 0
         batch: list[str] = []
         try:
-            for key in self.scan_keys(keyspace_pattern(fingerprint)):
-                batch.append(key)
-                if len(batch) >= _UNLINK_BATCH:
-                    removed += int(self._client.unlink(*batch))
-                    batch.clear()
+            for pattern in (keyspace_pattern(fingerprint), watermark_pattern(fingerprint)):
+                for key in self.scan_keys(pattern):
+                    batch.append(key)
+                    if len(batch) >= _UNLINK_BATCH:
+                        removed += int(self._client.unlink(*batch))
+                        batch.clear()
             if batch:
                 removed += int(self._client.unlink(*batch))
         except redis.exceptions.RedisError as exc:
@@ -382,7 +385,7 @@ class RedisOnlineStore:
         if isinstance(exc, redis.exceptions.NoPermissionError):
             hint = (
                 f"the Redis user {self.user!r} lacks a permission skewless needs (HGETALL, HSET, "
-                "HDEL, PEXPIREAT, PERSIST, SCAN, UNLINK)"
+                "HDEL, PEXPIREAT, PERSIST, SET, SCAN, UNLINK)"
             )
         elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
             hint = f"is it running? {START_HINT}, or set redis.url / SKEWLESS_REDIS_URL"

@@ -441,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-lag-interval", type=float, default=15.0, help="seconds between lag refreshes"
     )
     p.set_defaults(func=cmd_worker)
-    p = sub.add_parser("status", help="consumer lag, freshness, dead letters, log size, online keys")
+    p = sub.add_parser(
+        "status", help="consumer lag, freshness, dead letters, log size, online keys"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON document")
     p.add_argument(
         "--key-scan-limit", type=int, default=1_000_000,

@@ -80,6 +80,7 @@ class WorkerMetrics:
         self.fenced = Counter("skewless_fenced", "Events skipped because the online store already held them (replays).", ["topic"], registry=r)  # fmt: skip
         self.refused = Counter("skewless_refused", "Records sent to the dead-letter topic, by reason code.", ["topic", "reason"], registry=r)  # fmt: skip
         self.entities = Counter("skewless_entities_written", "Entity hashes written to the online store.", ["topic"], registry=r)  # fmt: skip
+        self.rebuilds = Counter("skewless_state_rebuilds", "(view, partition) online states found lost (Redis emptied, restarted without its last writes, rolled back) and rebuilt from the event log.", ["topic"], registry=r)  # fmt: skip
         self.batches = Counter("skewless_batches", "Batches processed (online write, log append and dead letters durable).", ["topic"], registry=r)  # fmt: skip
         self.batch_seconds = Histogram("skewless_batch_duration_seconds", "Time to process a batch, from its first attempt to success (retries included).", ["topic"], buckets=_DURATION_BUCKETS, registry=r)  # fmt: skip
         self.freshness = Histogram("skewless_freshness_seconds", "Per batch and partition: wall clock when the batch was durable minus the event time of its newest applied event.", ["topic"], buckets=_FRESHNESS_BUCKETS, registry=r)  # fmt: skip
@@ -114,6 +115,8 @@ class WorkerMetrics:
             self.refused.labels(topic, reason).inc(n)
         self.entities.labels(topic).inc(outcome.entities_written)
         self.batches.labels(topic).inc()
+        if outcome.rebuilt:
+            self.rebuilds.labels(topic).inc(outcome.rebuilt)
         self.batch_seconds.labels(topic).observe(duration_s)
         for partition, event_ms in outcome.newest_event_ms.items():
             self.newest_event.labels(topic, str(partition)).set(event_ms / 1000)

@@ -383,7 +383,9 @@ class FeatureStore:
             applied=read_applied(registry), retired=read_retired(registry), progress=progress,
         )  # fmt: skip
 
-    def status(self, *, key_scan_limit: int | None = None, now_ms: int | None = None) -> StatusReport:
+    def status(
+        self, *, key_scan_limit: int | None = None, now_ms: int | None = None
+    ) -> StatusReport:
         """Consumer lag, view freshness, dead letters, event-log size and online key counts.
 
         Never raises for an unreachable service: the report marks it unavailable

@@ -112,6 +112,10 @@ def generate(n: int, seed: int, now_ms: int, codec: SourceCodec) -> Events:
     return Events(valid, invalid)
 
 
+_COUNTED_PROBLEMS = ("duplicates", "missing", "extra", "dead_missing", "dead_extra",
+                     "online_mismatches", "log_mismatches")  # fmt: skip
+
+
 @dataclass
 class Report:
     """What ``Run.check`` found; ``problems`` is empty for a run equal to an undisturbed one."""
@@ -133,10 +137,7 @@ class Report:
 
     def problems(self) -> list[str]:
         out = [
-            f"{name}: {getattr(self, name)}"
-            for name in ("duplicates", "missing", "extra", "dead_missing", "dead_extra",
-                         "online_mismatches", "log_mismatches")  # fmt: skip
-            if getattr(self, name)
+            f"{name}: {getattr(self, name)}" for name in _COUNTED_PROBLEMS if getattr(self, name)
         ]
         if self.values == 0:
             out.append("no value compared")
@@ -235,7 +236,9 @@ class Run:
                     if start + chunk >= len(valid):
                         mine, bad = mine + bad, []
                     if mine:
-                        where = produce_raw(self.bootstrap, self.source, [(k, v) for k, v, _ in mine])
+                        where = produce_raw(
+                            self.bootstrap, self.source, [(k, v) for k, v, _ in mine]
+                        )
                         self.invalid_at.update(zip(where, mine, strict=True))
                     self.pushed = min(len(valid), start + chunk)
                     if self.pushed < len(valid) and self.pushed >= hold > self.pushed - chunk:
@@ -330,10 +333,8 @@ class Run:
         view = self.store.plan.views[view_name]
         client = redis.Redis.from_url(self.redis_url)
         try:
-            fields = sorted(k.decode() for k in client.hkeys(state_key(view, (entity,))))
-            marks = {
-                k.decode(): client.get(k) for k in client.scan_iter(f"sk:wm:{view.fingerprint}:*")
-            }
+            fields = sorted(str(k) for k in client.hkeys(state_key(view, (entity,))))
+            marks = {str(k): client.get(k) for k in client.scan_iter(f"sk:wm:{view.fingerprint}:*")}
         finally:
             client.close()
         return f" (Redis holds fields {fields[:12]}, watermarks {marks})"
@@ -342,6 +343,11 @@ class Run:
         for w in self.live():
             w.kill()
         delete_topics(self.bootstrap, [self.source, dead_letter_topic(self.source)])
+
+
+def wait_assigned(worker: WorkerProcess, timeout_s: float = 120) -> None:
+    """Until the worker has been assigned partitions (once since it started)."""
+    wait_until(lambda: "assigned" in worker.text(), timeout_s, f"{worker.log_path.name} assigned")
 
 
 def kill_loop(
@@ -357,7 +363,7 @@ def kill_loop(
     for k in range(kills):
         live = run.live()
         victim = rng.choice(live)
-        wait_until(lambda v=victim: "assigned" in v.text(), 120, "the victim's assignment")
+        wait_assigned(victim)
         time.sleep(rng.uniform(0.2, max_delay_s))
         run.kill(victim)
         run.start_worker()

@@ -14,7 +14,7 @@ from tests.faults.conftest import PrivateServices
 from tests.faults.scenario import Run
 from tests.stream_harness import wait_until
 
-pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
 
 EVENTS = int(os.environ.get("SKEWLESS_FAULT_EVENTS", "20000"))
 

@@ -19,7 +19,7 @@ from tests.faults.conftest import PrivateServices
 from tests.faults.scenario import LOST_STATE, Run
 from tests.stream_harness import wait_until
 
-pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
 
 EVENTS = int(os.environ.get("SKEWLESS_FAULT_EVENTS", "20000"))
 
@@ -36,7 +36,7 @@ return out
 
 
 def snapshot(client: redis.Redis) -> list[Any]:
-    return list(client.eval(_SNAPSHOT, 0))  # type: ignore[arg-type]
+    return list(client.eval(_SNAPSHOT, 0))
 
 
 def roll_back(client: redis.Redis, snap: list[Any]) -> None:
@@ -95,6 +95,8 @@ def test_redis_restart_flushall_and_rollback(
         run.cleanup()
     logs = run.logs()
     rebuilt = logs.count("rebuilt partition")
-    print(f"\n{runtime}: {lost_lines(run)} lost states found, {rebuilt} partition rebuilds, {report}")
+    print(
+        f"\n{runtime}: {lost_lines(run)} lost states found, {rebuilt} partition rebuilds, {report}"
+    )
     assert rebuilt > 0 and "rebuilding partition" in logs
     assert not report.problems(), report.problems()

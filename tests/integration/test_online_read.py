@@ -30,7 +30,7 @@ from engine.envelope import Envelope
 from engine.errors import FeatureRefError, InputDataError
 from engine.keys import encode_key, partition_for
 from engine.online_read import read_online
-from engine.ports import DeadLetter, OnlineStateStore, StateWrite
+from engine.ports import DeadLetter, OnlineStateStore, StateWrite, Watermark
 from engine.serde import SourceCodec
 from engine.serve import make_app
 from engine.store import FeatureStore
@@ -157,8 +157,10 @@ class CountingStore:
         self.loads.append(len(keys))
         return self.inner.load(keys)
 
-    def write(self, writes: Sequence[StateWrite]) -> None:
-        self.inner.write(writes)
+    def write(
+        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+    ) -> list[bytes | None]:
+        return self.inner.write(writes, marks)
 
 
 @dataclass

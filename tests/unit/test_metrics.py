@@ -41,7 +41,9 @@ def value(m: WorkerMetrics, name: str, **labels: str) -> float | None:
 def test_a_batch_counts_records_outcomes_refusals_and_freshness() -> None:
     m = WorkerMetrics(CollectorRegistry())
     m.observe_batch("tx", outcome(), 0.02, now_ms=NOW)
-    m.observe_batch("tx", outcome(refused=Counter(bad_avro=1), newest_event_ms={}), 2.0, now_ms=NOW)
+    m.observe_batch(
+        "tx", outcome(refused=Counter(bad_avro=1), newest_event_ms={}, rebuilt=3), 2.0, now_ms=NOW
+    )
     assert value(m, "skewless_records_total", topic="tx") == 24
     assert value(m, "skewless_applied_total", topic="tx") == 28
     assert value(m, "skewless_late_total", topic="tx") == 2
@@ -50,6 +52,7 @@ def test_a_batch_counts_records_outcomes_refusals_and_freshness() -> None:
     assert value(m, "skewless_refused_total", topic="tx", reason="bad_avro") == 3
     assert value(m, "skewless_refused_total", topic="tx", reason="null_key") == 1
     assert value(m, "skewless_batches_total", topic="tx") == 2
+    assert value(m, "skewless_state_rebuilds_total", topic="tx") == 3
     assert value(m, "skewless_batch_duration_seconds_count", topic="tx") == 2
     assert value(m, "skewless_batch_duration_seconds_bucket", topic="tx", le="0.025") == 1
     assert value(m, "skewless_batch_duration_seconds_sum", topic="tx") == pytest.approx(2.02)

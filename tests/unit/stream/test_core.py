@@ -15,7 +15,7 @@ from engine import FeatureStore
 from engine.kernel.tiles import value_as_of
 from engine.keys import encode_key, partition_for
 from engine.online import merged, parse_state, state_key
-from engine.ports import DeadLetter, StateWrite
+from engine.ports import DeadLetter, StateWrite, Watermark
 from engine.serde import SourceCodec
 from engine.stream.core import BatchProcessor, SourceRecord
 
@@ -51,7 +51,10 @@ class FakeStore:
     def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         return [dict(self.hashes.get(k, {})) for k in keys]
 
-    def write(self, writes: Sequence[StateWrite]) -> None:
+    def write(
+        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+    ) -> list[bytes | None]:
+        assert not marks, "a processor without a recovery writes no watermarks"
         for n, w in enumerate(writes):
             if self.fail_after is not None and n >= self.fail_after:
                 self.fail_after = None
@@ -60,6 +63,7 @@ class FakeStore:
             h.update({k.encode(): v for k, v in w.fields.items()})
             for name in w.delete:
                 h.pop(name.encode(), None)
+        return []
 
 
 class FailingLog:

@@ -115,9 +115,7 @@ class Run:
                                    dead=self.letters, clock=self.clock, recovery=self.recovery)  # fmt: skip
         return self.core
 
-    def feed(
-        self, records: list[SourceRecord], fault: Callable[[int], None] | None = None
-    ) -> None:
+    def feed(self, records: list[SourceRecord], fault: Callable[[int], None] | None = None) -> None:
         for batch, start in enumerate(range(0, len(records), BATCH)):
             if fault:
                 fault(batch)
@@ -132,7 +130,9 @@ class Run:
 def check_exact(store: FeatureStore, run: Run, records: list[SourceRecord]) -> None:
     """Online state equals the processing-time backfill of the log; every record logged once
     or dead-lettered."""
-    last = max(e.processed_at_ms for e in EventLogReader(store.config.event_log_root).read_all("tx"))
+    last = max(
+        e.processed_at_ms for e in EventLogReader(store.config.event_log_root).read_all("tx")
+    )
     for t in (last + 1, last + 60_000, last + 7 * 60_000):
         online = online_values(store, run.online, entity_sets(), t)  # type: ignore[arg-type]
         assert online == backfill_values(store, entity_sets(), t)
@@ -225,12 +225,16 @@ def test_a_view_new_to_a_non_empty_log_fills_itself_from_the_log(
     extra = 'late = FeatureView("late", entity=customer, source=tx, aggregations=[\n' + (
         '    Aggregation("amount", "sum", window="1h")])\n'
     )
-    grown = FeatureStore.from_repo(make_repo(VIEWS + extra, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
+    grown = FeatureStore.from_repo(
+        make_repo(VIEWS + extra, yaml=f"kafka:\n  partitions: {PARTITIONS}\n")
+    )
     assert grown.config.event_log_root == store.config.event_log_root
     run = Run(grown, online)
     run.feed(records[450:])
     assert run.rebuilt == PARTITIONS  # only the new view's state was missing
-    last = max(e.processed_at_ms for e in EventLogReader(grown.config.event_log_root).read_all("tx"))
+    last = max(
+        e.processed_at_ms for e in EventLogReader(grown.config.event_log_root).read_all("tx")
+    )
     keys = {"late": [(f"c{i}",) for i in range(13)]}
     online_now = online_values(grown, online, keys, last + 1)  # type: ignore[arg-type]
     assert online_now == backfill_values(grown, keys, last + 1)
@@ -257,6 +261,8 @@ class _Log:
         (b"5", 5, False),
         (b"9", 5, False),  # Redis ahead of the log: written, not yet logged
         (b"junk", 5, True),
+        (None, -1, True),  # imported history only (negative offsets): not in Redis yet
+        (b"-1", -1, False),  # a rebuild of that history set it
     ],
 )
 def test_first_write_after_an_assignment_is_judged_against_the_log(
