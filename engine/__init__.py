@@ -4,6 +4,8 @@ Example:
     >>> from engine import Entity, KafkaSource, FeatureView, Aggregation, FeatureStore
 """
 
+import logging
+
 from engine.definitions import Aggregation, Entity, FeatureView, KafkaSource
 from engine.errors import (
     ConfigError,
@@ -13,6 +15,11 @@ from engine.errors import (
     InputDataError,
     SkewlessError,
 )
+
+# A library leaves logging to its application (Python logging HOWTO): without this, Python's
+# last-resort handler would print librdkafka's connection retries to stderr of every API user.
+# The CLI configures logging, so workers and commands still show what they log.
+logging.getLogger("skewless").addHandler(logging.NullHandler())
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -585,6 +585,8 @@ def _quiet_client_logs(command: str) -> None:
     """
     import logging
 
+    if command != "worker":  # the worker configures logging itself (cmd_worker)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     client = logging.getLogger("skewless.kafka.librdkafka")
     if command == "worker":
         client.addFilter(_RepeatFilter(window_s=60.0))
