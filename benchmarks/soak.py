@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.faults.conftest import PrivateServices
-from tests.faults.scenario import Run, kill_loop
+from tests.faults.scenario import Run, holds_partitions, kill_loop, wait_assigned
 from tests.stream_harness import wait_until
 
 OUT = Path(__file__).resolve().parent / "out" / "soak.json"
@@ -46,14 +46,15 @@ def soak(
     try:
         run.start_worker()
         run.start_worker()
-        wait_until(lambda: all("assigned" in w.text() for w in run.live()), 180, "two members")
+        wait_until(lambda: all(holds_partitions(w, run.source) for w in run.live()), 180,
+                   "two members")  # fmt: skip
         # paced so that events still flow during the kills; the last tenth waits for the
         # worker killed for good, so the survivor has to take over its partitions
         chunk = max(500, events // 100)
         run.push_in_background(chunk=chunk, pause_s=0.5, hold_at=0.9)
         kill_loop(run, kills, random.Random(seed))
         survivor, victim = run.live()
-        wait_until(lambda: "assigned" in victim.text(), 180, "the last victim's assignment")
+        wait_assigned(victim, run.source, 180)  # it holds partitions: they must move
         run.kill(victim)
         run.release.set()
         run.finish(timeout_s=1800)

@@ -10,12 +10,14 @@ fails under ``CI=true``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -83,6 +85,10 @@ def private_services() -> Iterator[PrivateServices]:
         os.environ.get("SKEWLESS_FAULT_SERVICES_DIR")
         or Path(tempfile.gettempdir()) / f"skewless-fault-services-{os.getuid()}"
     )
+    # One session at a time: a second one would purge and restart these services and empty
+    # Redis under the first one (its session start runs ``down --purge``, each test FLUSHALL),
+    # which the first could only see as online values gone missing.
+    lock = _session_lock(folder.with_name(folder.name + ".lock"))
     services = PrivateServices(
         folder=folder,
         kafka_port=int(os.environ.get("SKEWLESS_FAULT_KAFKA_PORT", "19092")),
@@ -99,7 +105,29 @@ def private_services() -> Iterator[PrivateServices]:
     try:
         yield services
     finally:
-        services.services("down", "--purge")
+        try:
+            services.services("down", "--purge")
+        finally:
+            lock.close()  # releases the flock
+
+
+def _session_lock(path: Path) -> IO[str]:
+    """An exclusive ``flock`` on ``path`` for this session; fails (CI) or skips when another
+    session holds it. Closing the file releases it (so does the process dying)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a")  # noqa: SIM115 - held open for the whole session
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        unavailable(
+            f"another test session holds {path}: it is using the private fault services "
+            f"(Kafka {os.environ.get('SKEWLESS_FAULT_KAFKA_PORT', '19092')}, Redis "
+            f"{os.environ.get('SKEWLESS_FAULT_REDIS_PORT', '16380')}) and this one would purge "
+            "them under it; wait for it, or give this session its own SKEWLESS_FAULT_SERVICES_DIR "
+            "and SKEWLESS_FAULT_*_PORT values"
+        )
+    return lock
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -190,6 +191,7 @@ class Run:
         self.release = threading.Event()  # see push_in_background's hold_at
         self._pusher: threading.Thread | None = None
         self._push_error: list[BaseException] = []
+        self._redis_run_id = self._redis_info("server").get("run_id")  # see _redis_history
 
     # -- workers --------------------------------------------------------------------------
 
@@ -326,7 +328,30 @@ class Run:
                                 f"{kind} {ref} of {entity} at {t}: {got!r} != undisturbed "
                                 f"{expected!r}" + self._held(ref.split(":")[0], entity)
                             )
+        if report.online_mismatches:
+            report.examples.insert(0, self._redis_history())
         return report
+
+    def _redis_info(self, section: str) -> dict[str, Any]:
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            return dict(client.info(section))
+        finally:
+            client.close()
+
+    def _redis_history(self) -> str:
+        """Whether Redis restarted since the run began, and the FLUSHALL/FLUSHDB it has run
+        since it started (for a failure message): a restart or a flush that this test did
+        not make — another session on the same private services — shows only as online
+        values gone missing, with no lost state for the workers to find."""
+        server, stats = self._redis_info("server"), self._redis_info("commandstats")
+        restarted = server.get("run_id") != self._redis_run_id
+        calls = {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("flushall", "flushdb")}
+        return (
+            f"Redis {'RESTARTED since the run began' if restarted else 'not restarted'} "
+            f"(up {server.get('uptime_in_seconds')} s); since it started: FLUSHALL x"
+            f"{calls['flushall']} (the fixture makes 1 per test), FLUSHDB x{calls['flushdb']}"
+        )
 
     def _held(self, view_name: str, entity: str) -> str:
         """What Redis holds of an entity and the view's watermarks (for a failure message)."""
@@ -345,9 +370,18 @@ class Run:
         delete_topics(self.bootstrap, [self.source, dead_letter_topic(self.source)])
 
 
-def wait_assigned(worker: WorkerProcess, timeout_s: float = 120) -> None:
-    """Until the worker has been assigned partitions (once since it started)."""
-    wait_until(lambda: "assigned" in worker.text(), timeout_s, f"{worker.log_path.name} assigned")
+def holds_partitions(worker: WorkerProcess, source: str) -> bool:
+    """Whether the worker has logged an assignment of at least one partition of ``source``
+    (both runtimes log ``assigned <source> [0, 2]``). A bare ``"assigned"`` is not enough:
+    aiokafka logs ``Revoking previously assigned partitions set()`` as a Faust worker joins,
+    before it holds anything."""
+    return re.search(rf"assigned {re.escape(source)} \[\d", worker.text()) is not None
+
+
+def wait_assigned(worker: WorkerProcess, source: str, timeout_s: float = 120) -> None:
+    """Until the worker has been assigned partitions of ``source`` (once since it started)."""
+    wait_until(lambda: holds_partitions(worker, source), timeout_s,
+               f"{worker.log_path.name} to be assigned partitions of {source}")  # fmt: skip
 
 
 def kill_loop(
@@ -363,7 +397,7 @@ def kill_loop(
     for k in range(kills):
         live = run.live()
         victim = rng.choice(live)
-        wait_assigned(victim)
+        wait_assigned(victim, run.source)
         time.sleep(rng.uniform(0.2, max_delay_s))
         run.kill(victim)
         run.start_worker()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import PrivateServices
-from tests.faults.scenario import Run, kill_loop
+from tests.faults.scenario import Run, holds_partitions, kill_loop, wait_assigned
 from tests.stream_harness import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
@@ -33,12 +33,13 @@ def test_sigkills_then_one_worker_for_good(
     try:
         run.start_worker()
         run.start_worker()
-        wait_until(lambda: all("assigned" in w.text() for w in run.live()), 120, "two members")
+        wait_until(lambda: all(holds_partitions(w, run.source) for w in run.live()), 120,
+                   "two members")  # fmt: skip
         # the last fifth waits until one worker is gone for good: the other must take it all
         run.push_in_background(chunk=250, pause_s=0.6, hold_at=0.8)
         kill_loop(run, KILLS, random.Random(7))
         survivor, victim = run.live()
-        wait_until(lambda: "assigned" in victim.text(), 120, "the last victim's assignment")
+        wait_assigned(victim, run.source)  # it holds partitions: they must move
         run.kill(victim)  # for good
         run.release.set()
         run.finish()
