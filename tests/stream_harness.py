@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import fastavro
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.kafka_runtime import KafkaWorker, WorkerOptions, build_worker
 
@@ -355,3 +357,69 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(30)
         self._log.close()
+
+
+# -- generated payments (the e2e parity test and the fault tests) ----------------------------
+
+Payment = dict[str, Any]
+Invalid = tuple[bytes | None, bytes | None, str]  # key, value, the reason code expected
+DAY_MS = 86_400_000
+
+
+def payment_events(
+    n: int,
+    rng: random.Random,
+    codec: SourceCodec,
+    *,
+    event_time: Callable[[random.Random, list[Payment]], int],
+    customers: list[str],
+    merchants: list[str],
+    invalid_kinds: Iterable[str],
+    now_ms: int,
+) -> tuple[list[Payment], list[Invalid]]:
+    """``n`` valid payments of the example schema, times from ``event_time(rng, so_far)``,
+    with null and extreme amounts; then ~1% invalid records drawn from ``invalid_kinds``
+    (``truncated``, ``garbage``, ``future_timestamp``, ``not_finite``, ``null_value``)."""
+    valid: list[Payment] = []
+    for i in range(n):
+        ts = event_time(rng, valid)
+        amount: float | None = round(rng.uniform(0.01, 2000), 2)
+        roll = rng.random()
+        if roll < 0.03:
+            amount = None
+        elif roll < 0.04:
+            amount = rng.choice([1e-9, 1e12, -0.0, 123456789.123456789])
+        valid.append(
+            {
+                "transaction_id": f"t{i}",
+                "customer_id": rng.choice(customers),
+                "merchant_id": rng.choice(merchants),
+                "amount": amount,
+                "currency": rng.choice(["USD", "EUR", "GBP", "JPY", "USD", "XXX"]),
+                "country": rng.choice(["DE", "FR", "US", "GB", "JP", "BR"]),
+                "card_present": rng.random() < 0.4,
+                "ts": ts,
+            }
+        )
+    kinds = list(invalid_kinds)
+    invalid: list[Invalid] = []
+    for _ in range(max(5, n // 100)):
+        base = dict(rng.choice(valid))
+        key = base["customer_id"].encode()
+        kind = rng.choice(kinds)
+        if kind == "truncated":
+            good = codec.encode(base)
+            invalid.append((key, good[: len(good) // 2], "bad_avro"))
+        elif kind == "garbage":
+            invalid.append((key, bytes(rng.randrange(256) | 0x80 for _ in range(12)), "bad_avro"))
+        elif kind == "future_timestamp":
+            future = now_ms + rng.randrange(2, 30) * DAY_MS
+            invalid.append((key, codec.encode({**base, "ts": future}), "future_timestamp"))
+        elif kind == "not_finite":
+            bad = rng.choice([math.nan, math.inf, -math.inf])
+            invalid.append((key, codec.encode({**base, "amount": bad}), "not_finite"))
+        elif kind == "null_value":
+            invalid.append((key, None, "null_value"))
+        else:
+            raise ValueError(f"unknown invalid kind {kind!r}")
+    return valid, invalid

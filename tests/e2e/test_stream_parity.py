@@ -7,7 +7,6 @@ Size: ``SKEWLESS_E2E_EVENTS`` events (default 20,000 for CI; the full run is 200
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import re
@@ -33,6 +32,7 @@ from tests.stream_harness import (
     delete_topics,
     end_offsets,
     logged,
+    payment_events,
     payments_repo,
     produce_raw,
     read_topic,
@@ -67,56 +67,25 @@ def generate(n: int, seed: int, now: int, codec: SourceCodec) -> Events:
     rng = random.Random(seed)
     customers = [f"c{i:06d}" for i in range(max(1000, n // 10))]
     merchants = [f"m{i:05d}" for i in range(max(100, n // 200))]
-    valid: list[dict[str, Any]] = []
-    for i in range(n):
+
+    def event_time(rng: random.Random, so_far: list[dict[str, Any]]) -> int:
         kind = rng.random()
         if kind < 0.6:
-            ts = now - rng.randrange(3 * 3_600_000)  # the last 3h: some late for a 2h lateness
-        elif kind < 0.7:
-            ts = now - rng.randrange(40 * DAY)  # up to 40 days: some later than every window
-        elif kind < 0.8:  # exactly on a tile boundary (10s, 5m, 1h or 1d)
+            return now - rng.randrange(3 * 3_600_000)  # the last 3h: some late for a 2h lateness
+        if kind < 0.7:
+            return now - rng.randrange(40 * DAY)  # up to 40 days: some later than every window
+        if kind < 0.8:  # exactly on a tile boundary (10s, 5m, 1h or 1d)
             hop = rng.choice([10_000, 300_000, 3_600_000, DAY])
-            ts = (now - rng.randrange(2 * DAY)) // hop * hop
-        elif valid:  # a tie with an earlier event, often of the same customer
-            ts = rng.choice(valid)["ts"]
-        else:
-            ts = now
-        amount: float | None = round(rng.uniform(0.01, 2000), 2)
-        roll = rng.random()
-        if roll < 0.03:
-            amount = None
-        elif roll < 0.04:
-            amount = rng.choice([1e-9, 1e12, -0.0, 123456789.123456789])
-        valid.append(
-            {
-                "transaction_id": f"t{i}",
-                "customer_id": rng.choice(customers),
-                "merchant_id": rng.choice(merchants),
-                "amount": amount,
-                "currency": rng.choice(["USD", "EUR", "GBP", "JPY", "USD", "XXX"]),
-                "country": rng.choice(["DE", "FR", "US", "GB", "JP", "BR"]),
-                "card_present": rng.random() < 0.4,
-                "ts": ts,
-            }
-        )
-    invalid: list[tuple[bytes | None, bytes | None, str]] = []
-    for _ in range(max(5, n // 100)):
-        base = dict(rng.choice(valid))
-        key = base["customer_id"].encode()
-        good = codec.encode(base)
-        kind = rng.randrange(5)
-        if kind == 0:
-            invalid.append((key, good[: len(good) // 2], "bad_avro"))
-        elif kind == 1:
-            invalid.append((key, bytes(rng.randrange(256) | 0x80 for _ in range(12)), "bad_avro"))
-        elif kind == 2:
-            future = now + rng.randrange(2, 30) * DAY
-            invalid.append((key, codec.encode({**base, "ts": future}), "future_timestamp"))
-        elif kind == 3:
-            bad = rng.choice([math.nan, math.inf, -math.inf])
-            invalid.append((key, codec.encode({**base, "amount": bad}), "not_finite"))
-        else:
-            invalid.append((key, None, "null_value"))
+            return (now - rng.randrange(2 * DAY)) // hop * hop
+        if so_far:  # a tie with an earlier event, often of the same customer
+            return int(rng.choice(so_far)["ts"])
+        return now
+
+    valid, invalid = payment_events(
+        n, rng, codec, event_time=event_time, customers=customers, merchants=merchants,
+        invalid_kinds=("truncated", "garbage", "future_timestamp", "not_finite", "null_value"),
+        now_ms=now,
+    )  # fmt: skip
     return Events(valid, invalid, customers, merchants)
 
 

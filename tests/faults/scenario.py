@@ -18,7 +18,6 @@ Shared by the fault tests (``tests/faults``) and the soak (``benchmarks/soak.py`
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import threading
@@ -40,6 +39,7 @@ from tests.stream_harness import (
     delete_topics,
     end_offsets,
     logged,
+    payment_events,
     payments_repo,
     produce_raw,
     read_topic,
@@ -64,52 +64,23 @@ class Events:
 def generate(n: int, seed: int, now_ms: int, codec: SourceCodec) -> Events:
     """``n`` valid events within the 15 minutes before ``now_ms`` and ~1% invalid records."""
     rng = random.Random(seed)
-    customers = [f"c{i:06d}" for i in range(max(200, n // 10))]
-    merchants = [f"m{i:05d}" for i in range(max(50, n // 200))]
-    valid: list[dict[str, Any]] = []
-    for i in range(n):
+
+    def event_time(rng: random.Random, so_far: list[dict[str, Any]]) -> int:
         kind = rng.random()
-        if kind < 0.8 or not valid:
-            ts = now_ms - rng.randrange(15 * MINUTE)
-        elif kind < 0.9:  # exactly on a tile boundary (10s, 1m, 5m)
+        if kind < 0.8 or not so_far:
+            return now_ms - rng.randrange(15 * MINUTE)
+        if kind < 0.9:  # exactly on a tile boundary (10s, 1m, 5m)
             hop = rng.choice([10_000, MINUTE, 5 * MINUTE])
-            ts = (now_ms - rng.randrange(15 * MINUTE)) // hop * hop
-        else:  # a tie with an earlier event, often of the same customer
-            ts = rng.choice(valid)["ts"]
-        amount: float | None = round(rng.uniform(0.01, 2000), 2)
-        roll = rng.random()
-        if roll < 0.03:
-            amount = None
-        elif roll < 0.04:
-            amount = rng.choice([1e-9, 1e12, -0.0, 123456789.123456789])
-        valid.append(
-            {
-                "transaction_id": f"t{i}",
-                "customer_id": rng.choice(customers),
-                "merchant_id": rng.choice(merchants),
-                "amount": amount,
-                "currency": rng.choice(["USD", "EUR", "GBP", "JPY", "USD", "XXX"]),
-                "country": rng.choice(["DE", "FR", "US", "GB", "JP", "BR"]),
-                "card_present": rng.random() < 0.4,
-                "ts": ts,
-            }
-        )
-    invalid: list[tuple[bytes | None, bytes | None, str]] = []
-    for _ in range(max(5, n // 100)):
-        base = dict(rng.choice(valid))
-        key = base["customer_id"].encode()
-        good = codec.encode(base)
-        kind = rng.randrange(4)
-        if kind == 0:
-            invalid.append((key, good[: len(good) // 2], "bad_avro"))
-        elif kind == 1:
-            future = now_ms + rng.randrange(2, 30) * 86_400_000
-            invalid.append((key, codec.encode({**base, "ts": future}), "future_timestamp"))
-        elif kind == 2:
-            bad = rng.choice([math.nan, math.inf, -math.inf])
-            invalid.append((key, codec.encode({**base, "amount": bad}), "not_finite"))
-        else:
-            invalid.append((key, None, "null_value"))
+            return (now_ms - rng.randrange(15 * MINUTE)) // hop * hop
+        return int(rng.choice(so_far)["ts"])  # a tie with an earlier event
+
+    valid, invalid = payment_events(
+        n, rng, codec, event_time=event_time,
+        customers=[f"c{i:06d}" for i in range(max(200, n // 10))],
+        merchants=[f"m{i:05d}" for i in range(max(50, n // 200))],
+        invalid_kinds=("truncated", "future_timestamp", "not_finite", "null_value"),
+        now_ms=now_ms,
+    )  # fmt: skip
     return Events(valid, invalid)
 
 
