@@ -330,6 +330,16 @@ def _compile_source(
         c.add(src.location, subject, "schema", str(exc))
         return None
     fields = field_specs(schema)
+    if src.format == "json":
+        for name, described in fields.items():
+            if described.kind is None:  # array, map, record, fixed, decimal, a multi-branch union
+                what = described.logical_type or described.avro_type
+                c.add(src.location, subject, "schema",
+                      f"field {name!r} has Avro type {what!r}, which a JSON source cannot "
+                      f"decode (every non-null value would be dead-lettered): remove it from "
+                      f"the source's schema (JSON keys the schema does not name are ignored) "
+                      f"or use format='avro'")  # fmt: skip
+                ok = False
     ts = fields.get(src.timestamp_field)
     divisor = 1
     if ts is None:

@@ -199,6 +199,36 @@ def test_fingerprint_follows_module_constants_and_helpers(make_repo: Callable[..
     assert fingerprint("1.08", "2", "2") == base  # a constant it never reads
 
 
+def test_json_source_with_a_field_it_cannot_decode_is_refused(
+    make_repo: Callable[..., Path],
+) -> None:
+    schema = {
+        "type": "record",
+        "name": "J",
+        "fields": [
+            {"name": "customer_id", "type": "string"},
+            {"name": "amount", "type": ["null", "double"], "default": None},
+            {"name": "tags", "type": {"type": "array", "items": "string"}},
+            {"name": "ts", "type": "long"},
+        ],
+    }
+    header = (
+        "from engine import Entity, KafkaSource, FeatureView, Aggregation\n"
+        'customer = Entity("customer", join_keys=["customer_id"])\n'
+        f'tx = KafkaSource("tx", schema={schema!r}, timestamp_field="ts", format="json")\n'
+    )
+    body = """
+        v = FeatureView("v", entity=customer, source=tx,
+                        aggregations=[Aggregation("amount", "sum", window="1d")])
+    """
+    (problem,) = problems(make_repo(body, header=header))
+    assert "source 'tx' schema: field 'tags' has Avro type 'array'" in problem
+    assert "format='avro'" in problem
+    # the same schema read as Avro is fine
+    avro = make_repo(body, header=header.replace(', format="json"', ""))
+    assert FeatureStore.from_repo(avro).plan.views["v"].features == ("amount_sum_1d",)
+
+
 def test_feature_refs_resolve_or_fail_clearly(make_repo: Callable[..., Path]) -> None:
     repo = make_repo("""
         v = FeatureView("v", entity=customer, source=tx,
