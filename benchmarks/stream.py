@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -201,21 +201,12 @@ def flush_redis() -> None:
 # -- 1. throughput ------------------------------------------------------------------------------
 
 
-def worker_throughput(
-    repo: Path, topic: str, total: int, runtime: str, batch_max: int
-) -> dict[str, Any]:
-    """One worker process on the backlog; rate between its first and its last commit."""
-    flush_redis()
-    store = FeatureStore.from_repo(repo)
-    store.apply()
-    CREATED.extend(store.topics())
-    group = f"skewless.{store.config.project}"
-    log = (WORK / f"worker-{repo.name}-{runtime}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--repo", str(repo), "worker", "--runtime", runtime,
-         "--batch-max", str(batch_max)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+def run_until_committed(
+    cmd: list[str], log: IO[bytes], group: str, topic: str, total: int, what: str
+) -> list[tuple[float, int]]:
+    """Run a worker command until ``group`` has committed ``total`` records of ``topic``;
+    return (time, records committed) at every change. Closes ``log``."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []
     try:
         deadline = time.monotonic() + 1800
@@ -232,7 +223,23 @@ def worker_throughput(
         proc.wait(120)
         log.close()
     if len(samples) < 2 or samples[-1][1] < total:
-        raise SystemExit(f"worker did not finish ({samples[-1:]}); see {log.name}")
+        raise SystemExit(f"{what} did not finish ({samples[-1:]}); see {log.name}")
+    return samples
+
+
+def worker_throughput(
+    repo: Path, topic: str, total: int, runtime: str, batch_max: int
+) -> dict[str, Any]:
+    """One worker process on the backlog; rate between its first and its last commit."""
+    flush_redis()
+    store = FeatureStore.from_repo(repo)
+    store.apply()
+    CREATED.extend(store.topics())
+    group = f"skewless.{store.config.project}"
+    log = (WORK / f"worker-{repo.name}-{runtime}.log").open("wb")
+    cmd = [sys.executable, "-m", "engine.cli", "--repo", str(repo), "worker", "--runtime",
+           runtime, "--batch-max", str(batch_max)]  # fmt: skip
+    samples = run_until_committed(cmd, log, group, topic, total, "worker")
     (t0, n0), (t1, n1) = samples[0], samples[-1]
     rate = (n1 - n0) / (t1 - t0)
     return {"runtime": runtime, "definitions": repo.name.split("_")[0], "records": total,

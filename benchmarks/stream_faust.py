@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 import uuid
@@ -46,12 +45,12 @@ from stream import (  # noqa: E402  # benchmarks/stream.py: one method for both 
     OUT,
     PARTITIONS,
     WORK,
-    committed_total,
     create_topic,
     events,
     flush_redis,
     make_repo,
     produce_backlog,
+    run_until_committed,
     worker_throughput,
 )
 
@@ -103,27 +102,8 @@ def noop_throughput(repo: Path, topic: str, total: int, batch_max: int) -> dict[
     store = FeatureStore.from_repo(repo)
     group = f"skewless.{store.config.project}"
     log = (WORK / f"worker-{repo.name}-faust-noop.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--noop-worker", str(repo), "--batch-max", str(batch_max)],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    samples: list[tuple[float, int]] = []
-    try:
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            done = committed_total(group, topic)
-            now = time.perf_counter()
-            if done and (not samples or done != samples[-1][1]):
-                samples.append((now, done))
-            if done >= total or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait(120)
-        log.close()
-    if len(samples) < 2 or samples[-1][1] < total:
-        raise SystemExit(f"no-op worker did not finish ({samples[-1:]}); see {log.name}")
+    cmd = [sys.executable, __file__, "--noop-worker", str(repo), "--batch-max", str(batch_max)]
+    samples = run_until_committed(cmd, log, group, topic, total, "no-op worker")
     (t0, n0), (t1, n1) = samples[0], samples[-1]
     return {"runtime": "faust no-op", "definitions": "none", "records": total,
             "measured_records": n1 - n0, "seconds": t1 - t0,

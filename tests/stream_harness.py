@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,19 @@ def payments_repo(root: Path, source: str, *, project: str, bootstrap: str, redi
         f"  partitions: 4\nredis:\n  url: {redis_url}\n"
     )
     return root
+
+
+@contextlib.contextmanager
+def flushed_redis_db(redis_url: str, db: int) -> Iterator[str]:
+    """The URL of database ``db`` on the Redis of ``redis_url``, flushed before and after."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.stream_harness import flushed_redis_db
+
 REPO = Path(__file__).resolve().parents[2]
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = int(os.environ.get("SKEWLESS_REDIS_PORT", "6379"))
@@ -66,13 +68,8 @@ def redis_service() -> str:
 @pytest.fixture
 def redis_url(redis_service: str) -> Iterator[str]:
     """The test database, empty at the start and the end of the test."""
-    client = redis.Redis.from_url(redis_service)
-    client.flushdb()
-    try:
-        yield redis_service
-    finally:
-        client.flushdb()
-        client.close()
+    with flushed_redis_db(redis_service, TEST_DB) as url:
+        yield url
 
 
 @pytest.fixture
@@ -129,11 +126,5 @@ def kafka_service() -> str:
 @pytest.fixture
 def stream_redis_url(redis_service: str) -> Iterator[str]:
     """Redis database 13, flushed at the start and the end of the test."""
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{STREAM_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(redis_service, STREAM_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()

@@ -25,7 +25,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import redis
 
 from connectors.kafka import DLQ_HEADERS, dead_letter_topic
 from engine.keys import encode_key
@@ -45,6 +44,7 @@ from tests.bad_inputs import (
 from tests.stream_harness import (
     WorkerProcess,
     delete_topics,
+    flushed_redis_db,
     logged,
     produce_raw,
     read_topic,
@@ -64,14 +64,8 @@ HOP_1H_MS = 300_000  # the default hop of a 1h window
 
 @pytest.fixture
 def bad_input_redis_url(redis_service: str) -> Iterator[str]:
-    url = redis_service.rsplit("/", 1)[0] + f"/{BAD_INPUT_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(redis_service, BAD_INPUT_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @dataclass

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 from PIL import Image
 
 from connectors.eventlog import EventLogReader
 from engine.demo import TRAINING_FEATURES
 from engine.store import FeatureStore
-from tests.stream_harness import delete_topics
+from tests.stream_harness import delete_topics, flushed_redis_db
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -32,14 +31,8 @@ EVENTS, RATE, LABELS = 3_000, 1_000, 400
 @pytest.fixture
 def demo_db(redis_service: str) -> Iterator[str]:
     """``redis://host:port/0`` of the shared Redis; database 5 is flushed before and after."""
-    base = redis_service.rsplit("/", 1)[0]
-    client = redis.Redis.from_url(f"{base}/{DEMO_DB}")
-    client.flushdb()
-    try:
-        yield f"{base}/0"
-    finally:
-        client.flushdb()
-        client.close()
+    with flushed_redis_db(redis_service, DEMO_DB):
+        yield f"{redis_service.rsplit('/', 1)[0]}/0"
 
 
 def test_demo_runs_every_step_and_writes_the_report(

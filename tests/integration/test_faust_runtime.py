@@ -35,6 +35,7 @@ from tests.stream_harness import (
     WorkerProcess,
     committed,
     end_offsets,
+    flushed_redis_db,
     log_files,
     logged,
     payments_repo,
@@ -56,14 +57,8 @@ CURRENCIES = ["USD", "EUR", "GBP", "JPY", "XXX"]  # XXX: dropped by the to_usd t
 
 @pytest.fixture
 def faust_redis_url(redis_service: str) -> Iterator[str]:
-    url = redis_service.rsplit("/", 1)[0] + f"/{FAUST_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(redis_service, FAUST_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @dataclass

@@ -27,13 +27,13 @@ from engine.online import stats_key
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.kafka_runtime import WorkerOptions
-from tests.integration.conftest import REDIS_HOST, REDIS_PORT
 from tests.stream_harness import (
     WorkerProcess,
     WorkerThread,
     committed,
     delete_topics,
     end_offsets,
+    flushed_redis_db,
     log_files,
     produce_raw,
     unique,
@@ -70,14 +70,8 @@ spend = FeatureView("spend", entity=customer, source=tx, aggregations=[
 @pytest.fixture
 def status_redis_url(redis_service: str) -> Iterator[str]:
     """Redis database 7, flushed at the start and the end of the test."""
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{STATUS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(redis_service, STATUS_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 class Repo:

@@ -25,8 +25,14 @@ from engine.online import state_key
 from engine.store import FeatureStore
 from engine.stream.kafka_runtime import WorkerOptions
 from engine.verify import VerifyReport
-from tests.integration.conftest import REDIS_HOST, REDIS_PORT
-from tests.stream_harness import WorkerThread, delete_topics, payments_repo, unique, wait_until
+from tests.stream_harness import (
+    WorkerThread,
+    delete_topics,
+    flushed_redis_db,
+    payments_repo,
+    unique,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -37,14 +43,8 @@ DAY = 86_400_000
 @pytest.fixture
 def verify_redis_url(redis_service: str) -> Iterator[str]:
     """Redis database 8, flushed at the start and the end of the test."""
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{VERIFY_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with flushed_redis_db(redis_service, VERIFY_DB) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture
