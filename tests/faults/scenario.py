@@ -161,6 +161,7 @@ class Run:
         self.gate.set()
         self.release = threading.Event()  # see push_in_background's hold_at
         self._pusher: threading.Thread | None = None
+        self._stopping = threading.Event()  # set by cleanup: a pusher still running stops
         self._push_error: list[BaseException] = []
         self._redis_run_id = self._redis_info("server").get("run_id")  # see _redis_history
 
@@ -204,6 +205,8 @@ class Run:
                 per_chunk = max(1, len(bad) * chunk // max(1, len(valid)))
                 for start in range(0, len(valid), chunk):
                     self.gate.wait()
+                    if self._stopping.is_set():
+                        return
                     self.store.push(self.source, valid[start : start + chunk])
                     mine, bad = bad[:per_chunk], bad[per_chunk:]
                     if start + chunk >= len(valid):
@@ -218,6 +221,8 @@ class Run:
                         self.release.wait()
                     time.sleep(pause_s)
             except BaseException as exc:
+                if self._stopping.is_set():  # the test is over (it failed): the topic is gone
+                    return
                 self._push_error.append(exc)
                 raise
 
@@ -336,6 +341,11 @@ class Run:
         return f" (Redis holds fields {fields[:12]}, watermarks {marks})"
 
     def cleanup(self) -> None:
+        self._stopping.set()
+        self.gate.set()
+        self.release.set()
+        if self._pusher is not None:
+            self._pusher.join(60)
         for w in self.live():
             w.kill()
         delete_topics(self.bootstrap, [self.source, dead_letter_topic(self.source)])

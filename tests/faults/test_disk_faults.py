@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.stream_harness import end_offsets, wait_until
 pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
 
 EVENTS = int(os.environ.get("SKEWLESS_FAULT_EVENTS", "20000"))
+FILLER = "filler"
 HOLD_S = 2.0  # how long the fault is watched after the worker began to back off
 
 
@@ -41,6 +44,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         _mount("-t", "tmpfs", "-o", "size=32m,mode=0755", "tmpfs", str(where))
     except OSError as exc:
         unavailable(f"cannot mount a tmpfs for the event log (root needed): {exc}")
+    # the file that fills the disk is made now, while the disk is empty: filling it later
+    # then needs no new inode, so the fault starts the same way whatever the log holds
+    (where / FILLER).touch()
     try:
         yield where
     finally:
@@ -51,17 +57,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(disk: Path) -> Path:
-    """Write a file until the filesystem is full."""
-    filler = disk / "filler"
+    """Append to the fixture's filler file until the filesystem is full."""
+    filler = disk / FILLER
     block = b"\0" * (1 << 16)
-    with open(filler, "wb") as fh:
-        try:
+    before = shutil.disk_usage(disk)
+    try:
+        with open(filler, "ab") as fh:
             while True:
                 fh.write(block)
                 fh.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC, exc
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, f"{exc}; {describe(disk, before)}"
+    assert filler.stat().st_size > 0 or before.free < len(block), describe(disk, before)
     return filler
+
+
+def describe(disk: Path, before: Any) -> str:
+    """What the small disk held (for a failure message)."""
+    files = [p for p in disk.rglob("*") if p.is_file()]
+    largest = sorted(files, key=lambda p: p.stat().st_size, reverse=True)[:5]
+    return (f"before filling: {before}; {len(files)} files, largest "
+            f"{[(str(p.relative_to(disk)), p.stat().st_size) for p in largest]}")  # fmt: skip
 
 
 def remount(disk: Path, mode: str) -> None:
@@ -103,7 +119,7 @@ def test_log_disk_full_then_read_only(
         filler = fill(small_disk)
         watch_stalled(run, "No space left on device")
         committed, _ = run.committed_and_logged()
-        filler.unlink()
+        filler.write_bytes(b"")  # the space comes back
         wait_until(lambda: run.committed_and_logged()[0] != committed, 120, "commits to resume")
 
         run.wait_pushed(0.6)
