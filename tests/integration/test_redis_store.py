@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
@@ -10,7 +11,7 @@ import redis
 
 from connectors.redis_store import RedisOnlineStore
 from engine.errors import ConfigError, OnlineStoreUnavailable
-from engine.ports import OnlineStateStore, StateWrite
+from engine.ports import OnlineStateStore, StateWrite, Watermark
 
 pytestmark = pytest.mark.redis
 
@@ -169,3 +170,72 @@ def test_load_changed_sends_only_changed_hashes(
     store.write([StateWrite(key=KEY, fields={"f:0": b"2"}, delete=("t:0:1000:2",))])
     assert store.load_changed([KEY], [held]) == [{**full, b"f:0": b"2"}]  # same count, new fence
     assert store.load_changed([], []) == []
+
+
+def _randomised_writes(rng: random.Random, now_ms: int, rounds: int) -> list[list[StateWrite]]:
+    batches = []
+    for _ in range(rounds):
+        batch = []
+        for e in rng.sample(range(40), rng.randrange(1, 30)):
+            fields = {f"t:{rng.randrange(3)}:1000:{rng.randrange(9)}": rng.randbytes(5)
+                      for _ in range(rng.randrange(0, 6))}  # fmt: skip
+            fields[f"f:{rng.randrange(3)}"] = b"%d" % rng.randrange(10**6)
+            expire = rng.choice([None, now_ms + rng.randrange(1, 10) * HOUR_MS])
+            delete = tuple(f"t:0:1000:{k}" for k in rng.sample(range(9), rng.randrange(3)))
+            batch.append(StateWrite(key=f"sk:0123456789abcdef:{{e{e}}}", fields=fields,
+                                    delete=delete, expire_at_ms=expire))  # fmt: skip
+        batches.append(batch)
+    return batches
+
+
+def _snapshot(client: redis.Redis) -> dict[bytes, tuple[dict[bytes, bytes], int]]:
+    return {k: (client.hgetall(k), client.pexpiretime(k)) for k in client.scan_iter("sk:0123456789abcdef:*")}
+
+
+def test_scripted_writes_equal_the_plain_pipeline(
+    store: RedisOnlineStore,
+    redis_client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same randomised writes (fields, deletes, expiries set, extended, persisted) through
+    the Lua chunks and through the pipeline fallback leave identical hashes and expiries;
+    chunks of a few arguments force many script calls per write."""
+    monkeypatch.setattr("connectors.redis_store._WRITE_CHUNK_ARGS", 7)
+    batches = _randomised_writes(random.Random(5), _now_ms(), rounds=12)
+    marks = [Watermark(key="sk:wm:test:0", value=b"%d" % i) for i in range(len(batches))]
+    olds = [store.write(batch, [mark]) for batch, mark in zip(batches, marks, strict=True)]
+    scripted = _snapshot(redis_client)
+    assert olds == [[None]] + [[m.value] for m in marks[:-1]]
+    redis_client.flushdb()
+    plain = RedisOnlineStore(redis_url)
+    plain._scripted_writes = False
+    olds = [plain.write(batch, [mark]) for batch, mark in zip(batches, marks, strict=True)]
+    assert olds == [[None]] + [[m.value] for m in marks[:-1]]
+    assert _snapshot(redis_client) == scripted
+    assert len(scripted) > 20 and any(ttl == -1 for _, ttl in scripted.values())
+    assert any(ttl > 0 for _, ttl in scripted.values())
+
+
+def test_writes_survive_a_flushed_script_cache(
+    store: RedisOnlineStore, redis_client: redis.Redis
+) -> None:
+    store.write([StateWrite(key=KEY, fields={"f:0": b"1"})])
+    redis_client.script_flush()  # what a restart or failover does: NOSCRIPT on the next call
+    store.write([StateWrite(key=KEY, fields={"f:0": b"2"})])
+    assert store.load([KEY]) == [{b"f:0": b"2"}]
+
+
+def test_a_user_without_scripting_writes_through_a_pipeline(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    user = f"noscript{random.randrange(10**6)}"
+    redis_client.acl_setuser(user, enabled=True, passwords=["+pw-noscript"], keys=["*"],
+                             commands=["+@all", "-@scripting"])  # fmt: skip
+    try:
+        store = RedisOnlineStore(redis_url, username=user, password="pw-noscript")
+        store.write([StateWrite(key=KEY, fields={"f:0": b"7"}, expire_at_ms=_now_ms() + HOUR_MS)])
+        assert store.load([KEY]) == [{b"f:0": b"7"}]
+        assert store._scripted_writes is False
+    finally:
+        redis_client.acl_deluser(user)
