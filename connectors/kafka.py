@@ -550,8 +550,12 @@ class KafkaBatchConsumer:
     ) -> None:
         self.settings = settings
         self.group = group
+        self._failed_commits: dict[Partition, int] = {}
+        self._failed_reason = ""
         self._consumer: Any = _client(
-            settings, Consumer, settings.consumer_config(group, **overrides)
+            settings,
+            Consumer,
+            settings.consumer_config(group, on_commit=self._on_commit, **overrides),
         )
 
         def assign(_c: Any, parts: list[TopicPartition]) -> None:
@@ -607,23 +611,29 @@ class KafkaBatchConsumer:
                 "%s: consumer error: %s (%s)", self.settings.describe(), err.str(), err.name()
             )
 
-    def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Synchronously commit ``offsets`` (next offset to read per partition).
+    def commit(self, offsets: Mapping[Partition, int], *, wait: bool = True) -> None:
+        """Commit ``offsets`` (next offset to read per partition).
 
-        Raises KafkaUnavailable if the broker refused or could not be reached — e.g. the group
-        rebalanced and these partitions now belong to another member.
+        ``wait=True``: synchronously; raises KafkaUnavailable if the broker refused or could
+        not be reached — e.g. the group rebalanced and these partitions now belong to another
+        member. ``wait=False``: the request is queued and this returns at once (a synchronous
+        commit costs a broker round trip per batch, milliseconds the next batch would wait);
+        librdkafka sends commits in order, and an asynchronous one that fails is reported by
+        ``failed_commits`` after a later ``poll_batch``.
         """
         if not offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            result = self._consumer.commit(offsets=tps, asynchronous=False)
+            result = self._consumer.commit(offsets=tps, asynchronous=not wait)
         except KafkaException as exc:
             raise _unavailable(
                 self.settings,
                 f"committing offsets of group {self.group!r}",
                 _error_of(exc) or str(exc),
             ) from exc
+        if not wait:
+            return
         failed = [tp for tp in result or () if tp.error is not None]
         if failed:
             tp = failed[0]
@@ -632,6 +642,23 @@ class KafkaBatchConsumer:
                 f"committing {tp.topic}[{tp.partition}]@{tp.offset} of group {self.group!r}",
                 tp.error,
             )
+
+    def failed_commits(self) -> tuple[dict[Partition, int], str]:
+        """Offsets whose asynchronous commit failed since the last call (and why), drained."""
+        failed, self._failed_commits = self._failed_commits, {}
+        reason, self._failed_reason = self._failed_reason, ""
+        return failed, reason
+
+    def _on_commit(self, err: Any, parts: list[TopicPartition]) -> None:
+        """librdkafka's commit report (served inside ``poll_batch``/``commit``)."""
+        for tp in parts:
+            error = tp.error or err
+            if error is None:
+                continue
+            key = (tp.topic, tp.partition)
+            if tp.offset > self._failed_commits.get(key, -1):
+                self._failed_commits[key] = tp.offset
+            self._failed_reason = str(error)
 
     def assignment(self) -> list[Partition]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]

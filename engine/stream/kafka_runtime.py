@@ -54,7 +54,9 @@ class BatchConsumer(Protocol):
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[SourceRecord]: ...
 
-    def commit(self, offsets: Mapping[Partition, int]) -> None: ...
+    def commit(self, offsets: Mapping[Partition, int], *, wait: bool = True) -> None: ...
+
+    def failed_commits(self) -> tuple[dict[Partition, int], str]: ...
 
     def pause_all(self) -> None: ...
 
@@ -191,6 +193,7 @@ class KafkaWorker:
         self._assigned: set[Partition] = set()
         self._epoch: dict[Partition, int] = {}  # bumped on every assignment of a partition
         self._pending: dict[Partition, int] = {}  # processed, not yet committed
+        self._committed: dict[Partition, int] = {}  # the last offset asked to be committed
         self._stash: list[SourceRecord] = []  # fetched while a failed batch waited
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
@@ -354,12 +357,27 @@ class KafkaWorker:
         return True
 
     def _commit_pending(self, *, final: bool = False) -> None:
+        """Commit what the processed batches allow: asynchronously after a batch (the next
+        one need not wait a broker round trip), synchronously at shutdown. An asynchronous
+        commit that failed is queued again unless a later offset is already pending."""
+        if self._consumer is None:
+            return
+        failed, reason = self._consumer.failed_commits()
+        if failed:
+            self.stats.commit_failures += 1
+            metrics.observe_commit(ok=False)
+            self.stats.last_error = f"commit failed: {reason}"
+            log.warning("asynchronous commit of %d partitions failed: %s — queued again",
+                        len(failed), reason)  # fmt: skip
+            for tp, offset in failed.items():
+                if offset > self._pending.get(tp, -1) and offset >= self._committed.get(tp, -1):
+                    self._pending[tp] = offset
         pending = {tp: o for tp, o in self._pending.items() if tp in self._assigned}
         self._pending = pending
-        if not pending or self._consumer is None:
+        if not pending:
             return
         try:
-            self._consumer.commit(pending)
+            self._consumer.commit(pending, wait=final)
         except Exception as exc:
             # Not committing is safe: the records are replayed and the fences skip them.
             self.stats.commit_failures += 1
@@ -368,6 +386,7 @@ class KafkaWorker:
             log.warning("commit of %d partitions failed%s: %s — kept for the next commit",
                         len(pending), " at shutdown" if final else "", exc)  # fmt: skip
             return
+        self._committed.update(pending)
         self._pending.clear()
         self.stats.commits += 1
         self.stats.last_commit_ms = wall_clock_ms()
@@ -387,7 +406,10 @@ class KafkaWorker:
         self.stats.rebalances += 1
         metrics.observe_rebalance("revoked", parts)
         revoked = set(parts)
-        mine = {tp: o for tp, o in self._pending.items() if tp in revoked}
+        # what was committed asynchronously is committed again, synchronously: the new owner
+        # then starts where this worker stopped, even if an asynchronous commit failed
+        mine = {tp: o for tp, o in self._committed.items() if tp in revoked}
+        mine.update((tp, o) for tp, o in self._pending.items() if tp in revoked)
         if mine and self._consumer is not None:
             try:
                 self._consumer.commit(mine)
@@ -407,6 +429,7 @@ class KafkaWorker:
         self._assigned -= gone
         for tp in gone:
             self._pending.pop(tp, None)
+            self._committed.pop(tp, None)
         by_topic: dict[str, list[int]] = {}
         for topic, p in gone:
             by_topic.setdefault(topic, []).append(p)

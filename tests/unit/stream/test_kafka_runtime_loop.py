@@ -76,6 +76,8 @@ class ScriptedConsumer:
         self.pauses = 0
         self.commits: list[dict[tuple[str, int], int]] = []
         self.fail_commits = 0
+        self.fail_async = 0  # asynchronous commits to fail (reported by failed_commits)
+        self.failed: dict[tuple[str, int], int] = {}
         self.closed = False
         self.on_assign: PartitionsCallback = lambda parts: None
         self.on_revoke: PartitionsCallback = lambda parts: None
@@ -105,11 +107,19 @@ class ScriptedConsumer:
             return []
         return self.batches.pop(0)
 
-    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def commit(self, offsets: Mapping[tuple[str, int], int], *, wait: bool = True) -> None:
         if self.fail_commits:
             self.fail_commits -= 1
             raise ConnectionError("coordinator unavailable")
+        if not wait and self.fail_async:
+            self.fail_async -= 1
+            self.failed.update(offsets)  # reported by the next failed_commits()
+            return
         self.commits.append(dict(offsets))
+
+    def failed_commits(self) -> tuple[dict[tuple[str, int], int], str]:
+        failed, self.failed = self.failed, {}
+        return failed, "REBALANCE_IN_PROGRESS" if failed else ""
 
     def pause_all(self) -> None:
         self.paused = True
@@ -182,6 +192,17 @@ def test_a_failed_commit_is_kept_and_sent_with_the_next_one() -> None:
     stats = worker.run(stop)
     assert consumer.commits == [{(TOPIC, 0): 1, (TOPIC, 1): 1}]
     assert stats.commit_failures == 1
+
+
+def test_a_failed_asynchronous_commit_is_queued_again_unless_superseded() -> None:
+    processor = FakeProcessor()
+    worker, consumer, stop = worker_for(processor, [[rec(0, 0)], [rec(1, 0)], [rec(1, 1)]])
+    consumer.fail_async = 2  # both partitions' first asynchronous commits fail
+    stats = worker.run(stop)
+    # partition 0's failed offset 1 is sent again; partition 1's failed 1 was superseded by 2
+    assert consumer.commits[-1] == {(TOPIC, 0): 1, (TOPIC, 1): 2}
+    assert all(offsets.get((TOPIC, 1), 2) == 2 for offsets in consumer.commits)
+    assert stats.commit_failures >= 1
 
 
 def test_stop_while_a_batch_keeps_failing_leaves_it_uncommitted_after_the_drain_timeout() -> None:
