@@ -88,12 +88,6 @@ class BatchOutcome:
 CacheKey = tuple[int, EntityKey, int]  # (view slot, entity, source partition)
 
 
-@dataclass(slots=True)
-class _Touch:
-    tiles: set[tuple[int, int]] = field(default_factory=set)
-    lifetime: bool = False
-
-
 class BatchProcessor:
     """Turns batches of one source's records into online writes, log appends and dead letters.
 
@@ -268,49 +262,53 @@ class BatchProcessor:
         count: int,
     ) -> BatchOutcome:
         # processed_at per record: an earlier attempt's, if the store already applied it
+        cache = self._cache
+        keys = [(v, item.entity, item.partition) for _, v, item in pairs]
+        held = [cache[ck] for ck in keys]
         recovered: dict[int, int] = {}
         fenced = 0
-        for e, v, item in pairs:
-            state, journal = self._cache[(v, item.entity, item.partition)]
+        for (e, _, item), (state, journal) in zip(pairs, held, strict=True):
             if item.offset <= state.fence:
                 fenced += 1
                 first = _journal_lookup(journal, item.offset)
                 if first is not None:
                     recovered[e] = min(recovered.get(e, first), first)
-        touched: dict[CacheKey, _Touch] = {}
+        touched: dict[CacheKey, set[int]] = {}  # event times applied per cache entry
         newest: dict[tuple[int, int], int] = {}  # (view slot, partition) → newest event time
         applied = late = 0
-        for e, v, item in pairs:
-            ck = (v, item.entity, item.partition)
-            state, journal = self._cache[ck]
+        views = self.views
+        for (e, v, item), ck, (state, _) in zip(pairs, keys, held, strict=True):
             if item.offset <= state.fence:
                 continue
-            p_e = recovered.get(e, batch_p)
-            view = self.views[v]
-            if not is_admitted(view, item.event_time_ms, p_e):
+            p_e = recovered.get(e, batch_p) if recovered else batch_p
+            view = views[v]
+            et = item.event_time_ms
+            if not is_admitted(view, et, p_e):
                 late += 1
                 continue
             apply_extracted(view, state.tiles, item)
             state.fence = item.offset
-            state.updated_ms = max(state.updated_ms, p_e)
-            touch = touched.get(ck)
-            if touch is None:
-                touch = touched[ck] = _Touch()
-            for group in view.layout.groups:
-                touch.tiles.add((group.hop_ms, item.event_time_ms // group.hop_ms))
-            touch.lifetime = touch.lifetime or bool(view.layout.lifetime)
+            if p_e > state.updated_ms:
+                state.updated_ms = p_e
+            times = touched.get(ck)
+            if times is None:
+                times = touched[ck] = set()
+            times.add(et)
             applied += 1
-            if item.event_time_ms > newest.get((v, item.partition), _NO_EVENT):
-                newest[(v, item.partition)] = item.event_time_ms
+            if et > newest.get((v, item.partition), _NO_EVENT):
+                newest[(v, item.partition)] = et
         writes: list[StateWrite] = []
-        for ck, touch in touched.items():
+        for ck, times in touched.items():
             v, entity, partition = ck
-            state, journal = self._cache[ck]
+            state, journal = cache[ck]
             journal.append([state.fence, batch_p])
             del journal[:-JOURNAL_ENTRIES]
+            layout = views[v].layout
+            hops = [group.hop_ms for group in layout.groups]
+            tiles = {(hop, t // hop) for t in times for hop in hops}
             writes.append(
-                entity_write(self.views[v], entity, partition, state, touch.tiles,
-                             touch.lifetime, journal, batch_p)
+                entity_write(views[v], entity, partition, state, tiles,
+                             bool(layout.lifetime), journal, batch_p)
             )  # fmt: skip
         entities_written = len(writes)
         by_view: dict[int, dict[int, int]] = {}
