@@ -5,7 +5,8 @@ The loop (one thread; everything below happens inside it, rebalance callbacks in
 1. ``consume`` up to ``batch_max`` records (waiting at most ``batch_timeout_s``);
 2. per source topic, ``BatchProcessor.process`` — online write, log append and dead letters
    are durable when it returns;
-3. commit the next offsets of every partition in the batch, synchronously.
+3. commit the next offsets of every partition in the batch — queued asynchronously, so the
+   next ``consume`` need not wait a broker round trip; synchronously at revoke and stop.
 
 A failing batch (Redis or Kafka unreachable, the log not writable, anything else) is retried
 — the same records, never a subset skipped, never committed before it succeeds — with
