@@ -1,8 +1,9 @@
 """The Redis online store: ``engine.ports.OnlineStateStore`` over redis-py, one round trip per call.
 
 Every call is one round trip: ``load`` pipelines one ``HGETALL`` per key, ``write`` applies
-(in Lua chunks, or a pipeline where scripts are not allowed) per entity one ``HSET`` (tiles, fence, write time and journal together, so a reader or a
-replaying worker never sees tiles without their fence), an ``HDEL`` of evicted tiles and the
+(in Lua chunks, or a pipeline where scripts are not allowed) per entity one ``HSET`` (tiles,
+fence, write time and journal together, so a reader or a replaying worker never sees tiles
+without their fence), an ``HDEL`` of evicted tiles and the
 expiry. Expiry only ever moves later: ``PEXPIREAT … NX`` sets it on a key without one, then
 ``PEXPIREAT … GT`` extends it (Redis ≥ 7.0), so a worker that owns only some of an entity's
 partitions never shortens what another partition still needs; ``PERSIST`` keeps lifetime state.
