@@ -29,6 +29,19 @@ def encode_states(aggregators: Sequence[Aggregator], states: Sequence[Any]) -> b
 
 def decode_states(aggregators: Sequence[Aggregator], data: bytes) -> list[Any]:
     """Inverse of ``encode_states``; raises CodecError on corrupt or foreign bytes."""
+    plain = decode_plain(data, len(aggregators))
+    try:
+        return [agg.from_plain(p) for agg, p in zip(aggregators, plain, strict=True)]
+    except (ValueError, TypeError, IndexError) as exc:
+        raise CodecError(f"corrupt accumulator state: {exc}") from exc
+
+
+def decode_plain(data: bytes, count: int) -> list[Any]:
+    """The ``count`` plain forms inside ``encode_states`` bytes, not yet turned into states.
+
+    For readers that merge plain forms directly (``Aggregator.merge_plain``); raises
+    CodecError on corrupt or foreign bytes, an unknown version or a wrong state count.
+    """
     try:
         version, plain = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (
@@ -41,12 +54,9 @@ def decode_states(aggregators: Sequence[Aggregator], data: bytes) -> list[Any]:
         raise CodecError(f"cannot decode accumulator bytes: {exc}") from exc
     if version != VERSION:
         raise CodecError(f"accumulator codec version {version!r} is not supported (want {VERSION})")
-    if not isinstance(plain, list) or len(plain) != len(aggregators):
+    if type(plain) is not list or len(plain) != count:
         raise CodecError(
             f"encoded tile holds {len(plain) if isinstance(plain, list) else '?'} states, "
-            f"expected {len(aggregators)}"
+            f"expected {count}"
         )
-    try:
-        return [agg.from_plain(p) for agg, p in zip(aggregators, plain, strict=True)]
-    except (ValueError, TypeError, IndexError) as exc:
-        raise CodecError(f"corrupt accumulator state: {exc}") from exc
+    return plain

@@ -74,38 +74,55 @@ def parse_state(
 
     Raises CodecError when a tile field holds bytes of an unknown codec version.
     """
-    layout = view.layout
-    hop_groups = {g.hop_ms: i for i, g in enumerate(layout.groups)}
+    members = view.layout.hop_aggregators  # hop -> its group's aggregators; -1: lifetime
     states: dict[int, PartitionState] = {}
     for raw_name, value in fields.items():
-        name = _text(raw_name)
-        kind, _, rest = name.partition(":")
-        p_text, _, tail = rest.partition(":")
-        if not p_text.isdigit():
+        parsed = _field_name(raw_name)
+        if parsed is None:
             continue
-        p = int(p_text)
+        kind, p, hop, k = parsed
         if partition is not None and p != partition:
             continue
         state = states.get(p)
         if state is None:
             state = states[p] = PartitionState()
         if kind == "t":
-            hop_text, _, k_text = tail.partition(":")
-            g = hop_groups.get(int(hop_text))
-            if g is None:  # pragma: no cover - the fingerprint pins the layout
+            aggs = members.get(hop) if hop > 0 else None
+            if aggs is None:  # pragma: no cover - the fingerprint pins the layout
                 continue
-            aggs = [layout.aggregators[i] for i in layout.groups[g].members]
-            state.tiles.by_hop.setdefault(int(hop_text), {})[int(k_text)] = decode_states(
-                aggs, value
-            )
+            state.tiles.by_hop.setdefault(hop, {})[k] = decode_states(aggs, value)
         elif kind == "l":
-            aggs = [layout.aggregators[i] for i in layout.lifetime]
-            state.tiles.lifetime = decode_states(aggs, value)
+            state.tiles.lifetime = decode_states(members[-1], value)
         elif kind == "f":
             state.fence = int(value)
         elif kind == "u":
             state.updated_ms = int(value)
     return states
+
+
+_FIELD_NAMES: dict[Any, tuple[str, int, int, int] | None] = {}
+
+
+def _field_name(name: bytes | str) -> tuple[str, int, int, int] | None:
+    """``(kind, partition, hop, k)`` of a state field name (hop and k 0 but for tiles);
+    None for a name without a partition. Memoized: names repeat across entities."""
+    try:
+        return _FIELD_NAMES[name]
+    except KeyError:
+        pass
+    kind, _, rest = _text(name).partition(":")
+    p_text, _, tail = rest.partition(":")
+    parsed: tuple[str, int, int, int] | None = None
+    if p_text.isdigit():
+        if kind == "t":
+            hop_text, _, k_text = tail.partition(":")
+            parsed = (kind, int(p_text), int(hop_text), int(k_text))
+        else:
+            parsed = (kind, int(p_text), 0, 0)
+    if len(_FIELD_NAMES) >= 1 << 17:
+        _FIELD_NAMES.clear()
+    _FIELD_NAMES[name] = parsed
+    return parsed
 
 
 def merged(view: ViewPlan, states: Iterable[PartitionState]) -> EntityTiles:

@@ -2,11 +2,13 @@
 
 The read path (DESIGN §3, "an online read at wall time t returns the processing-time value
 at t"): resolve the refs (memoized per tuple of refs), build each (view, entity) key with
-``engine.online.state_key``, fetch every hash with ONE ``OnlineStateStore.load``, parse the
-partitions' tiles with ``engine.online.parse_state``, merge partitions with
-``engine.online.merged`` and finalize the window as of ``now_ms`` with the kernel's
-``value_as_of`` — the same function the backfill uses. A missing entity reads as an empty
-window (counts and sums 0, everything else None); it is not an error.
+``engine.online.state_key``, fetch every hash with ONE ``OnlineStateStore.load``, and
+evaluate each hash as of ``now_ms`` with ``engine.online_eval.WindowReader``: only the tiles
+the requested windows cover (``kernel.tiles.window_tiles``, the bounds the backfill's
+``window_states`` uses) are decoded, and the kernel's ``merge_plain``/``finalize`` merge
+them over tiles and partitions — equal, bit for bit, to ``value_as_of`` over
+``engine.online.merged(parse_state(...))``. A missing entity reads as an empty window
+(counts and sums 0, everything else None); it is not an error.
 
 Freshness of a (row, view) is the newest ``processed_at`` any partition wrote for that
 entity (``u:<p>`` fields), in epoch milliseconds — a timestamp, not an age; None when the
@@ -27,9 +29,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from engine.errors import InputDataError
+from engine.errors import CodecError, InputDataError
 from engine.kernel.tiles import value_as_of
-from engine.online import merged, parse_state, state_key
+from engine.online import state_key
+from engine.online_eval import WindowAt, WindowReader
 from engine.plan import Plan, ViewPlan
 from engine.ports import OnlineStateStore
 
@@ -65,6 +68,7 @@ class ViewRead:
     columns: tuple[int, ...]  # output column of each index
     key_kinds: tuple[str | None, ...]  # "str"/"int" per join key (None: declared by a transform)
     hops_ms: tuple[int, ...]  # the layout's hop groups: the window moves only at their boundaries
+    reader: WindowReader  # evaluates a hash; memoizes what field names mean (never a value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +153,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
                 columns=tuple(columns),
                 key_kinds=kinds,
                 hops_ms=tuple(g.hop_ms for g in view.layout.groups),
+                reader=WindowReader(view, tuple(indices)),
             )
         )
     return ReadPlan(
@@ -223,6 +228,7 @@ def read_online(
     for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
         view = read.view
         layout = view.layout
+        at = read.reader.at(now_ms)
         done: dict[int, tuple[list[Any], int | None]] = {}
         fresh: list[int | None] = [None] * n
         for r, slot in enumerate(slots):
@@ -231,7 +237,7 @@ def read_online(
                 fields = hashes[slot]
                 if cache is None:
                     got = (
-                        _evaluate(view, fields, now_ms, read.indices)
+                        _evaluate(at, slot_keys[slot], fields)
                         if fields
                         else (value_as_of(layout, None, now_ms, read.indices), None)
                     )
@@ -243,7 +249,7 @@ def read_online(
                     key = slot_keys[slot]
                     got = cache.get(key, read.indices, fields, ends)
                     if got is None:
-                        got = _evaluate(view, fields, now_ms, read.indices)
+                        got = _evaluate(at, key, fields)
                         cache.put(key, read.indices, fields, ends, got)
                 done[slot] = got
             row_values, fresh[r] = got
@@ -257,18 +263,13 @@ def read_online(
 
 
 def _evaluate(
-    view: ViewPlan, fields: Mapping[bytes, bytes], now_ms: int, indices: tuple[int, ...]
+    at: WindowAt, key: str, fields: Mapping[bytes, bytes]
 ) -> tuple[list[Any], int | None]:
-    """One entity's values as of ``now_ms`` and its freshness, from its stored hash."""
-    states = parse_state(view, fields)
-    if len(states) == 1:  # one partition: its tiles are the entity's tiles
-        (state,) = states.values()
-        tiles = state.tiles
-        updated = state.updated_ms
-    else:
-        tiles = merged(view, states.values())
-        updated = max(s.updated_ms for s in states.values())
-    return value_as_of(view.layout, tiles, now_ms, indices), updated or None
+    """One entity's values and freshness from its hash; a corrupt tile's error names ``key``."""
+    try:
+        return at.evaluate(fields)
+    except CodecError as exc:
+        raise CodecError(f"Redis key {key!r}: {exc}") from exc
 
 
 Held = tuple[int, tuple[tuple[bytes, bytes], ...]]

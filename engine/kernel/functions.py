@@ -10,6 +10,10 @@ Contract for each ``Aggregator``:
 - ``finalize(state)`` returns the feature value (the empty-window default for ``init()``).
 - ``to_plain`` / ``from_plain`` convert a state to and from a msgpack-able structure of
   ints (≤ 64 bit), floats, strings, bytes, bools, None and lists, for the tile codec.
+- ``merge_plain(state, plains)`` merges stored plain forms into ``state``: by definition
+  ``state = merge(state, from_plain(p))`` for each ``p``, which it is for most functions;
+  count, sum, mean/variance/stddev and min/max do the same arithmetic without building the
+  intermediate states (the online reader merges thousands of tiles per call).
 
 Exactness: every finite double is a dyadic rational n / 2**k, so float sums are kept exactly
 as ``[m, k]`` meaning m / 2**k (k grows only to the finest unit seen, so the integers stay
@@ -20,15 +24,18 @@ int/int division. Mean and variance divide exact moments, rounding once.
 from __future__ import annotations
 
 import math
+import operator
 from bisect import insort
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from engine.kernel.hll import Sketch
 
 Order = tuple[int, int, int]
 """(event_time_ms, partition, offset): the total order of source records."""
+
+_S = TypeVar("_S")
 
 ColumnKind = Literal["int", "float", "str", "bool", "bytes"]
 NUMERIC: frozenset[str] = frozenset({"int", "float"})
@@ -50,6 +57,7 @@ class Aggregator(Protocol):
     def finalize(self, state: Any) -> Any: ...
     def to_plain(self, state: Any) -> Any: ...
     def from_plain(self, plain: Any) -> Any: ...
+    def merge_plain(self, state: Any, plains: Sequence[Any]) -> Any: ...
 
 
 def _int_plain(x: int) -> int | bytes:
@@ -62,6 +70,14 @@ def _int_from_plain(p: int | bytes) -> int:
     if isinstance(p, int):
         return p
     return int.from_bytes(p, "big", signed=True)
+
+
+def _merge_each(agg: Aggregator, state: _S, plains: Sequence[Any]) -> _S:
+    """``merge_plain`` by its definition: one ``merge(state, from_plain(p))`` per plain form."""
+    merge, from_plain = agg.merge, agg.from_plain
+    for plain in plains:
+        state = merge(state, from_plain(plain))
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +107,9 @@ class Count:
     def from_plain(self, plain: Any) -> int:
         return int(plain)
 
+    def merge_plain(self, state: int, plains: Sequence[Any]) -> int:
+        return state + sum(map(int, plains))
+
 
 @dataclass(frozen=True, slots=True)
 class IntSum:
@@ -116,6 +135,9 @@ class IntSum:
 
     def from_plain(self, plain: Any) -> int:
         return _int_from_plain(plain)
+
+    def merge_plain(self, state: int, plains: Sequence[Any]) -> int:
+        return state + sum(map(_int_from_plain, plains))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +180,12 @@ class FloatSum:
     def from_plain(self, plain: Any) -> list[int]:
         return [_int_from_plain(plain[0]), int(plain[1])]
 
+    def merge_plain(self, state: list[int], plains: Sequence[Any]) -> list[int]:
+        if plains:
+            ms, ks = zip(*plains, strict=True)
+            state[0], state[1] = _exact_sum(state[0], state[1], ms, ks)
+        return state
+
 
 def _exact_add(state: list[int], at: int, m: int, k: int) -> None:
     """state[at] / 2**state[at+1] += m / 2**k, exactly (the smaller unit wins)."""
@@ -167,6 +195,19 @@ def _exact_add(state: list[int], at: int, m: int, k: int) -> None:
     else:
         state[at] = (state[at] << (k - s)) + m
         state[at + 1] = k
+
+
+def _exact_sum(m: int, k: int, ms: Sequence[int | bytes], ks: Sequence[Any]) -> tuple[int, int]:
+    """m / 2**k + the sum of plain ``ms[i] / 2**ks[i]``, as ``(m', k')``: exactly what a chain
+    of ``_exact_add`` gives, as k' is the finest unit seen and m' the sum in that unit."""
+    units = list(map(int, ks))
+    top = max(k, *units)
+    shifts = list(map(top.__sub__, units))
+    try:
+        total = sum(map(operator.lshift, ms, shifts))
+    except TypeError:  # a sum beyond 64 bits is stored as bytes (``_int_plain``)
+        total = sum(map(operator.lshift, map(_int_from_plain, ms), shifts))
+    return (m << (top - k)) + total, top
 
 
 def _exact_plain(m: int, k: int) -> list[int | bytes]:
@@ -228,6 +269,15 @@ class Moments:
         return [int(plain[0]), _int_from_plain(plain[1]), int(plain[2]),
                 _int_from_plain(plain[3]), int(plain[4])]  # fmt: skip
 
+    def merge_plain(self, state: list[int], plains: Sequence[Any]) -> list[int]:
+        if plains:
+            ns, m1s, k1s, m2s, k2s = zip(*plains, strict=True)
+            state[0] += sum(map(int, ns))
+            state[1], state[2] = _exact_sum(state[1], state[2], m1s, k1s)
+            if self.function != "mean":  # a mean never adds squares: they stay 0 / 2**0
+                state[3], state[4] = _exact_sum(state[3], state[4], m2s, k2s)
+        return state
+
 
 # ---------------------------------------------------------------------------------------------
 # min and max
@@ -273,6 +323,12 @@ class Extreme:
     def from_plain(self, plain: Any) -> Any:
         return plain
 
+    def merge_plain(self, state: Any, plains: Sequence[Any]) -> Any:
+        merge = self.merge  # from_plain is the identity
+        for plain in plains:
+            state = merge(state, plain)
+        return state
+
 
 # ---------------------------------------------------------------------------------------------
 # first, last, first_n, last_n: ordered by (event_time, partition, offset)
@@ -309,6 +365,9 @@ class Edge:
 
     def from_plain(self, plain: Any) -> Any:
         return None if plain is None else list(plain)
+
+    def merge_plain(self, state: Any, plains: Sequence[Any]) -> Any:
+        return _merge_each(self, state, plains)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +409,9 @@ class EdgeN:
     def from_plain(self, plain: Any) -> list[list[Any]]:
         return [list(item) for item in plain]
 
+    def merge_plain(self, state: list[list[Any]], plains: Sequence[Any]) -> list[list[Any]]:
+        return _merge_each(self, state, plains)
+
 
 def _order_of(item: list[Any]) -> Order:
     return (item[0], item[1], item[2])
@@ -384,6 +446,9 @@ class CountDistinct:
     def from_plain(self, plain: Any) -> set[Any]:
         return set(plain)
 
+    def merge_plain(self, state: set[Any], plains: Sequence[Any]) -> set[Any]:
+        return _merge_each(self, state, plains)
+
 
 @dataclass(frozen=True, slots=True)
 class ApproxCountDistinct:
@@ -413,6 +478,9 @@ class ApproxCountDistinct:
         for index, rank in zip(plain[0], plain[1], strict=True):
             sketch.set(index, rank)
         return sketch
+
+    def merge_plain(self, state: Sketch, plains: Sequence[Any]) -> Sketch:
+        return _merge_each(self, state, plains)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -136,6 +136,16 @@ def fold(
                 tile[j] = add(tile[j], value, order)
 
 
+def window_tiles(hop_ms: int, window_ms: int, t_ms: int) -> tuple[int, int]:
+    """``(start, end)``: a window ``W`` of hop ``H`` as of ``t`` merges tiles ``start <= k < end``.
+
+    ``end = ceil(t / H)`` and ``start = end - W / H`` (DESIGN §3). The one definition of a
+    window's tiles: ``window_states`` and the online reader's hash evaluation both use it.
+    """
+    end = -(-t_ms // hop_ms)
+    return end - window_ms // hop_ms, end
+
+
 def window_states(
     layout: TileLayout,
     tiles: EntityTiles | None,
@@ -163,10 +173,8 @@ def window_states(
                 if per_hop:
                     window = layout.windows_ms[i]
                     assert window is not None
-                    span = window // hop
-                    end = -(-t_ms // hop)
-                    start = end - span
-                    if len(per_hop) <= span:
+                    start, end = window_tiles(hop, window, t_ms)
+                    if len(per_hop) <= end - start:
                         for k, tile in per_hop.items():
                             if start <= k < end:
                                 acc = agg.merge(acc, tile[j])
