@@ -223,14 +223,10 @@ class RedisOnlineStore:
         if not keys:
             return []
         try:
-            if len(keys) == 1:
-                return [cast(dict[bytes, bytes], self._client.hgetall(keys[0]))]
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            return cast(list[dict[bytes, bytes]], pipe.execute())
+            replies = self._run_packed([(None, (b"HGETALL", key.encode())) for key in keys])
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
+        return [_hash(reply) for reply in replies]
 
     def write(
         self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
@@ -390,16 +386,8 @@ class RedisOnlineStore:
                 commands.append(
                     (_REVALIDATE_LUA, (b"1", name, b"%d" % count, blob, *(n for n, _ in pairs)))
                 )
-        out: list[dict[bytes, bytes] | None] = []
-        for reply in self._run_packed(commands):
-            if isinstance(reply, dict):
-                out.append(reply)
-            elif isinstance(reply, list):
-                it = iter(reply)
-                out.append(dict(zip(it, it, strict=True)))
-            else:
-                out.append(None)  # 1: unchanged since the caller's read
-        return out
+        # an integer reply (1): unchanged since the caller's read
+        return [None if isinstance(r, int) else _hash(r) for r in self._run_packed(commands)]
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -484,6 +472,14 @@ class RedisOnlineStore:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _hash(reply: Any) -> dict[bytes, bytes]:
+    """An ``HGETALL`` reply as a dict (RESP2 sends a flat list of fields and values)."""
+    if isinstance(reply, dict):
+        return reply
+    it = iter(reply)
+    return dict(zip(it, it, strict=True))
 
 
 def _pack(args: Sequence[bytes]) -> bytes:

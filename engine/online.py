@@ -22,14 +22,21 @@ definition has a new fingerprint, hence a fresh keyspace.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from engine.codec import decode_states, encode_states
-from engine.kernel.tiles import EntityTiles, TileLayout, evict, merge_into
+from engine.kernel.tiles import (
+    EntityTiles,
+    TileLayout,
+    evict,
+    merge_into,
+    next_stale_ms,
+    stale_at_ms,
+)
 from engine.keys import encode_key
 from engine.plan import ViewPlan
 from engine.ports import StateWrite
@@ -61,6 +68,8 @@ class PartitionState:
     tiles: EntityTiles = field(default_factory=EntityTiles)
     fence: int = NO_FENCE
     updated_ms: int = 0
+    # when the oldest tile becomes stale: a write at or after it evicts (0: not known yet)
+    evict_at_ms: int = 0
 
 
 def _text(value: bytes | str) -> str:
@@ -177,14 +186,29 @@ def entity_write(
     entity: tuple[Any, ...],
     partition: int,
     state: PartitionState,
-    touched: Iterable[tuple[int, int]],
+    touched: Collection[tuple[int, int]],
     lifetime_touched: bool,
     journal: list[list[int]],
     now_ms: int,
 ) -> StateWrite:
     """The hash update for one entity's partition state: evicts tiles stale at ``now_ms``,
-    encodes the touched tiles, fence, write time and journal, and the key's expiry."""
-    stale = evict(view.layout, state.tiles, now_ms)
+    encodes the touched tiles, fence, write time and journal, and the key's expiry.
+
+    Eviction scans the tiles only once the oldest may be stale (``state.evict_at_ms``, kept
+    up to date with the tiles this write touched), so a write usually pays one comparison
+    per touched tile, and no stale tile outlives the next write after it went stale."""
+    layout = view.layout
+    evict_at = state.evict_at_ms
+    spans = layout.spans
+    for hop, k in touched:  # a tile made by this batch may be older than the oldest held
+        at = stale_at_ms(hop, spans[hop], k)
+        if at < evict_at:
+            evict_at = at
+    stale: list[tuple[int, int]] = []
+    if now_ms >= evict_at:
+        stale = evict(layout, state.tiles, now_ms)
+        evict_at = next_stale_ms(layout, state.tiles)
+    state.evict_at_ms = evict_at
     fields = encode_fields(view, partition, state, touched, lifetime_touched)
     fields[f"j:{partition}"] = msgpack.packb(journal)
     return StateWrite(

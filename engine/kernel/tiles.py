@@ -40,6 +40,7 @@ class TileLayout:
     folds: tuple[tuple[int, int, tuple[tuple[int, int, Any, bool], ...]], ...] = field(init=False)
     inits: dict[int, tuple[Any, ...]] = field(init=False)  # group (-1: lifetime) -> init functions
     hop_aggregators: dict[int, tuple[Aggregator, ...]] = field(init=False)  # hop (-1: lifetime)
+    spans: dict[int, int] = field(init=False)  # hop -> tiles its longest window spans
 
     def __post_init__(self) -> None:
         by_hop: dict[int, list[int]] = {}
@@ -90,6 +91,8 @@ class TileLayout:
         by_hop_aggs = {g.hop_ms: tuple(aggs[i] for i in g.members) for g in groups}
         by_hop_aggs[-1] = tuple(aggs[i] for i in lifetime)
         object.__setattr__(self, "hop_aggregators", by_hop_aggs)
+        spans = {g.hop_ms: g.longest_window_ms // g.hop_ms for g in groups}
+        object.__setattr__(self, "spans", spans)
 
     def new_tile(self, group: int) -> list[Any]:
         return [init() for init in self.inits[group]]
@@ -204,18 +207,40 @@ def stale_tiles(
 ) -> list[tuple[int, int]]:
     """(hop, k) of tiles no window can use at any time >= ``t_ms``.
 
-    A hop group is only scanned when it holds more than its window span plus ``slack``
-    tiles, so calling this often is cheap.
+    A hop group holding at most its window span plus ``slack`` tiles is scanned only when
+    its oldest tile is stale (one ``min`` over the keys), so calling this often is cheap.
     """
     stale: list[tuple[int, int]] = []
     for group in layout.groups:
         per_hop = tiles.by_hop.get(group.hop_ms)
-        span = group.longest_window_ms // group.hop_ms
-        if not per_hop or len(per_hop) <= span + slack:
+        if not per_hop:
             continue
+        span = group.longest_window_ms // group.hop_ms
         oldest = -(-t_ms // group.hop_ms) - span
+        if len(per_hop) <= span + slack and min(per_hop) >= oldest:
+            continue
         stale.extend((group.hop_ms, k) for k in per_hop if k < oldest)
     return stale
+
+
+def stale_at_ms(hop_ms: int, span: int, k: int) -> int:
+    """The first time at which tile ``k`` of a hop group whose longest window spans ``span``
+    tiles is stale: ``k < ceil(t / hop) - span`` first holds at ``(k + span) * hop + 1``."""
+    return (k + span) * hop_ms + 1
+
+
+def next_stale_ms(layout: TileLayout, tiles: EntityTiles) -> int:
+    """When the first of these tiles becomes stale (``NEVER_MS`` when none can)."""
+    earliest = NEVER_MS
+    for group in layout.groups:
+        per_hop = tiles.by_hop.get(group.hop_ms)
+        if per_hop:
+            at = stale_at_ms(group.hop_ms, group.longest_window_ms // group.hop_ms, min(per_hop))
+            earliest = min(earliest, at)
+    return earliest
+
+
+NEVER_MS = 1 << 62  # a time no tile reaches
 
 
 def evict(

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from engine.kernel.functions import make_aggregator
-from engine.kernel.tiles import EntityTiles, TileLayout, evict, fold, value_as_of
+from engine.kernel.tiles import (
+    NEVER_MS,
+    EntityTiles,
+    TileLayout,
+    evict,
+    fold,
+    next_stale_ms,
+    stale_at_ms,
+    value_as_of,
+)
 
 H = 60_000  # 1m hop
 W = 10 * H  # 10m window
@@ -39,3 +48,23 @@ def test_evict_keeps_what_a_later_window_needs() -> None:
     evict(lay, tiles, 30 * H)
     assert len(tiles.by_hop[H]) == 10
     assert value_as_of(lay, tiles, 30 * H) == before
+
+
+def test_a_sparse_group_loses_its_stale_tiles_too() -> None:
+    """Fewer tiles than the window spans does not mean none is stale."""
+    lay, tiles = layout(), EntityTiles()
+    for k in (0, 3, 25):
+        fold(lay, tiles, (1, 1), k * H, (k * H, 0, k))
+    assert sorted(evict(lay, tiles, 30 * H)) == [(H, 0), (H, 3)]
+    assert list(tiles.by_hop[H]) == [25]
+
+
+def test_next_stale_ms_is_the_first_moment_a_tile_is_stale() -> None:
+    lay, tiles = layout(), EntityTiles()
+    assert next_stale_ms(lay, tiles) == NEVER_MS
+    for k in (7, 4, 9):
+        fold(lay, tiles, (1, 1), k * H, (k * H, 0, k))
+    at = next_stale_ms(lay, tiles)
+    assert at == stale_at_ms(H, W // H, 4)
+    assert evict(lay, tiles, at - 1) == []  # tile 4 still in the window at at - 1
+    assert evict(lay, tiles, at) == [(H, 4)]
