@@ -189,7 +189,10 @@ def _randomised_writes(rng: random.Random, now_ms: int, rounds: int) -> list[lis
 
 
 def _snapshot(client: redis.Redis) -> dict[bytes, tuple[dict[bytes, bytes], int]]:
-    return {k: (client.hgetall(k), client.pexpiretime(k)) for k in client.scan_iter("sk:0123456789abcdef:*")}
+    return {
+        k: (client.hgetall(k), client.pexpiretime(k))
+        for k in client.scan_iter("sk:0123456789abcdef:*")
+    }
 
 
 def test_scripted_writes_equal_the_plain_pipeline(
