@@ -251,9 +251,11 @@ class FeatureStore:
                 f"entity_df has no timestamp column {timestamp_column!r} "
                 f"(columns: {', '.join(map(str, entity_df.columns))}); pass timestamp_column=..."
             )
-        times = to_epoch_ms(entity_df[timestamp_column], timestamp_column).tolist()
+        times = to_epoch_ms(entity_df[timestamp_column], timestamp_column)
         grouped = backfill.requests_by_view(refs)
         requests: list[backfill.ViewRequest] = []
+        # views with the same join keys share one entity table (no tuple per row)
+        entities_by_keys: dict[tuple[str, ...], backfill.EntityColumns] = {}
         for view_name, indices in grouped.items():
             view = self.plan.views[view_name]
             missing = [k for k in view.join_keys if k not in entity_df.columns]
@@ -262,17 +264,20 @@ class FeatureStore:
                     f"entity_df lacks join key column(s) {missing} of entity {view.entity!r} "
                     f"needed by view {view_name!r}"
                 )
-            key_columns = [entity_df[k].tolist() for k in view.join_keys]
-            for column, values in zip(view.join_keys, key_columns, strict=True):
-                nulls = [i for i, v in enumerate(values) if v is None or v != v]
-                if nulls:
-                    raise InputDataError(
-                        f"entity_df column {column!r} row {nulls[0]}: null join key"
-                    )
+            entities = entities_by_keys.get(view.join_keys)
+            if entities is None:
+                key_columns = [entity_df[k].tolist() for k in view.join_keys]
+                for column, values in zip(view.join_keys, key_columns, strict=True):
+                    nulls = [i for i, v in enumerate(values) if v is None or v != v]
+                    if nulls:
+                        raise InputDataError(
+                            f"entity_df column {column!r} row {nulls[0]}: null join key"
+                        )
+                entities = entities_by_keys[view.join_keys] = backfill.EntityColumns(key_columns)
             requests.append(
                 backfill.ViewRequest(
                     view=view_name,
-                    entities=list(zip(*key_columns, strict=True)),
+                    entities=entities,
                     times_ms=times,
                     indices=indices,
                 )
@@ -280,7 +285,7 @@ class FeatureStore:
         log = EventLogReader(self.config.event_log_root)
         for source in sorted({self.plan.views[r.view].source for r in requests}):
             log.partitions(source)  # raises EventLogMissing saying how to create the log
-        values = backfill.run(
+        values = backfill.run_columns(
             self.plan,
             log,
             requests,
@@ -290,7 +295,7 @@ class FeatureStore:
             progress=progress,
         )
         columns: dict[str, pd.Series] = {}
-        for request, rows in zip(requests, values, strict=True):
+        for request, arrays in zip(requests, values, strict=True):
             view = self.plan.views[request.view]
             for j, index in enumerate(request.indices):
                 feature = view.aggregations[index].feature
@@ -300,9 +305,7 @@ class FeatureStore:
                         f"output column {column!r} already exists in entity_df or is requested "
                         "twice; use full_feature_names=True"
                     )
-                columns[column] = pd.Series(
-                    [row[j] for row in rows], index=entity_df.index, dtype=_dtype(rows, j)
-                )
+                columns[column] = pd.Series(arrays[j], index=entity_df.index)
         return pd.concat([entity_df, pd.DataFrame(columns, index=entity_df.index)], axis=1)
 
     # -- online reads --------------------------------------------------------------------
@@ -437,15 +440,3 @@ class RebuildOutcome:
 
     result: RebuildResult
     dropped_keys: dict[str, int]
-
-
-def _dtype(rows: list[list[Any]], j: int) -> Any:
-    """int64 for all-int columns, float64 for numbers with nulls, object otherwise."""
-    sample = [row[j] for row in rows]
-    if all(type(v) is int and -(1 << 63) <= v < (1 << 63) for v in sample):
-        return "int64"
-    if all(v is None or type(v) in (int, float) for v in sample) and any(
-        type(v) is float for v in sample
-    ):
-        return "float64"
-    return object
