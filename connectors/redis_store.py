@@ -24,7 +24,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from engine.errors import ConfigError, OnlineStoreAuthError, OnlineStoreUnavailable
+from engine.errors import (
+    ConfigError,
+    OnlineStoreAuthError,
+    OnlineStoreUnavailable,
+    OnlineWriteConflict,
+)
 from engine.online import keyspace_pattern
 from engine.online_read import Held
 from engine.ports import StateWrite, Watermark
@@ -52,29 +57,48 @@ return redis.call('HGETALL', KEYS[1])
 """
 
 # Entity writes of one batch chunk (see RedisOnlineStore.write), one per key in KEYS; ARGV
-# holds per key: field count, delete count, expiry (ms; empty = no expiry),
-# the field/value pairs, the fields to delete. Same commands as the pipeline fallback.
+# holds per key: field count, delete count, expiry (ms; empty = no expiry), the check (''
+# none, '0' the field must be absent, '1' it must hold the value), the checked field and
+# value, then the field/value pairs and the fields to delete. A write whose checked field
+# holds something else — neither the expected value nor what this write sets (a retried
+# write) — is skipped and its index returned; an absent field passes (the key expired, or
+# Redis lost it: the watermarks tell those apart). Otherwise the same commands as the
+# pipeline fallback.
 _WRITE_LUA = """
-local n = #KEYS
+local refused = {}
 local a = 1
-for i = 1, n do
+for i = 1, #KEYS do
   local key = KEYS[i]
   local nf = tonumber(ARGV[a])
   local nd = tonumber(ARGV[a + 1])
   local at = ARGV[a + 2]
-  a = a + 3
-  if nf > 0 then redis.call('HSET', key, unpack(ARGV, a, a + 2 * nf - 1)) end
-  a = a + 2 * nf
-  if nd > 0 then redis.call('HDEL', key, unpack(ARGV, a, a + nd - 1)) end
-  a = a + nd
-  if at == '' then
-    redis.call('PERSIST', key)
-  else
-    redis.call('PEXPIREAT', key, at, 'NX')
-    redis.call('PEXPIREAT', key, at, 'GT')
+  local check = ARGV[a + 3]
+  local first = a + 6
+  local ok = true
+  if check ~= '' then
+    local current = redis.call('HGET', key, ARGV[a + 4])
+    if current and (check == '0' or current ~= ARGV[a + 5]) then
+      ok = false
+      for f = first, first + 2 * nf - 2, 2 do
+        if ARGV[f] == ARGV[a + 4] and ARGV[f + 1] == current then ok = true end
+      end
+    end
   end
+  if ok then
+    if nf > 0 then redis.call('HSET', key, unpack(ARGV, first, first + 2 * nf - 1)) end
+    if nd > 0 then redis.call('HDEL', key, unpack(ARGV, first + 2 * nf, first + 2 * nf + nd - 1)) end
+    if at == '' then
+      redis.call('PERSIST', key)
+    else
+      redis.call('PEXPIREAT', key, at, 'NX')
+      redis.call('PEXPIREAT', key, at, 'GT')
+    end
+  else
+    refused[#refused + 1] = i
+  end
+  a = first + 2 * nf + nd
 end
-return n
+return refused
 """
 _WRITE_CHUNK_ARGS = 4000  # arguments per script call: each call blocks Redis ~1 ms at most
 
@@ -285,11 +309,18 @@ class RedisOnlineStore:
             argv.append(b"%d" % len(fields))
             argv.append(b"%d" % len(w.delete))
             argv.append(b"" if w.expire_at_ms is None else b"%d" % w.expire_at_ms)
+            if w.expect is None:
+                argv += (b"", b"", b"")
+            else:
+                field, value = w.expect
+                argv += (
+                    (b"0", field.encode(), b"") if value is None else (b"1", field.encode(), value)
+                )
             for name, value in fields.items():
                 argv.append(name.encode())
                 argv.append(value)
             argv.extend(name.encode() for name in w.delete)
-            size += 4 + 2 * len(fields) + len(w.delete)
+            size += 7 + 2 * len(fields) + len(w.delete)
         if keys:
             chunks.append((keys, argv))
         commands: list[tuple[str | None, Sequence[bytes]]] = [
@@ -297,7 +328,15 @@ class RedisOnlineStore:
         ]
         commands.extend((None, (b"SET", mark.key.encode(), mark.value, b"GET")) for mark in marks)
         replies = self._run_packed(commands)
-        return [r if isinstance(r, bytes) else None for r in replies[len(chunks) :]]
+        previous = [r if isinstance(r, bytes) else None for r in replies[len(chunks) :]]
+        refused = [
+            keys_[int(i) - 1].decode()
+            for (keys_, _), reply in zip(chunks, replies, strict=False)
+            for i in reply
+        ]
+        if refused:
+            raise OnlineWriteConflict(refused, previous)
+        return previous
 
     def _run_packed(self, commands: Sequence[tuple[str | None, Sequence[bytes]]]) -> list[Any]:
         """Send ``commands`` at once on one pooled connection, packed by hiredis, and read

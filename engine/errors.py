@@ -14,6 +14,7 @@ SkewlessError                      root of everything skewless raises on purpose
 ├── OnlineStoreUnavailable (ConnectionError)  Redis cannot be reached
 │   └── OnlineStoreAuthError                  Redis refused the credentials (wrong password, ACL)
 ├── OnlineStateLost (RuntimeError) Redis lost a worker's state again and again, right after each rebuild
+├── OnlineWriteConflict (RuntimeError) another writer moved an entity's fence since this worker read it
 ├── KafkaUnavailable (ConnectionError)        Kafka cannot be reached, or refused a request
 └── ServicesError (RuntimeError)   the local Kafka/Redis of scripts/services.sh cannot be run
 """
@@ -34,6 +35,7 @@ __all__ = [
     "KafkaUnavailable",
     "NothingToVerify",
     "OnlineStateLost",
+    "OnlineWriteConflict",
     "OnlineStoreAuthError",
     "OnlineStoreUnavailable",
     "RecordRefused",
@@ -129,6 +131,27 @@ class OnlineStateLost(SkewlessError, RuntimeError):
     keeps happening, e.g. something keeps emptying Redis or another worker writes the same
     partitions. The batch stays uncommitted and the runtime retries it.
     """
+
+
+class OnlineWriteConflict(SkewlessError, RuntimeError):
+    """Entity writes refused because the stored fence of their source partition is not the one
+    the writer read: another worker wrote them since (the partition changed owner while this
+    worker was still processing — a "zombie" write), or Redis lost or rolled back state.
+
+    The other writes of the call were applied; ``previous`` holds the watermarks' previous
+    values as ``OnlineStateStore.write`` returns them, ``keys`` the refused keys. The batch
+    must not be committed: the runtime retries it, dropping partitions it no longer owns.
+    """
+
+    def __init__(self, keys: Iterable[str], previous: list[bytes | None]) -> None:
+        self.keys = tuple(keys)
+        self.previous = previous
+        shown = ", ".join(self.keys[:3]) + (" …" if len(self.keys) > 3 else "")
+        super().__init__(
+            f"{len(self.keys)} entity write(s) refused: their partition fence in Redis moved "
+            f"since this worker read it ({shown}); another worker owns the partition now, or "
+            "Redis lost state — nothing of this batch is committed and it is retried"
+        )
 
 
 class KafkaUnavailable(SkewlessError, ConnectionError):

@@ -190,9 +190,13 @@ def entity_write(
     lifetime_touched: bool,
     journal: list[list[int]],
     now_ms: int,
+    expect_fence: int | None = None,
 ) -> StateWrite:
     """The hash update for one entity's partition state: evicts tiles stale at ``now_ms``,
     encodes the touched tiles, fence, write time and journal, and the key's expiry.
+
+    With ``expect_fence`` (the partition's fence the writer read before this batch) the write
+    is a compare-and-set: the store refuses it if another writer moved the fence since.
 
     Eviction scans the tiles only once the oldest may be stale (``state.evict_at_ms``, kept
     up to date with the tiles this write touched), so a write usually pays one comparison
@@ -216,6 +220,9 @@ def entity_write(
         fields=fields,
         delete=tuple(tile_field(partition, h, k) for h, k in stale),
         expire_at_ms=expire_at_ms(view.layout, state.tiles),
+        expect=None
+        if expect_fence is None
+        else (f"f:{partition}", None if expect_fence == NO_FENCE else str(expect_fence).encode()),
     )
 
 

@@ -55,6 +55,9 @@ class StateWrite:
     fields: Mapping[str, bytes]
     delete: tuple[str, ...] = ()
     expire_at_ms: int | None = None
+    # compare-and-set: (field, the value it must hold, None = absent) or None for no check;
+    # a write whose check fails is not applied and ``write`` raises OnlineWriteConflict
+    expect: tuple[str, bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,7 +84,9 @@ class OnlineStateStore(Protocol):
         """Apply all writes, then set every mark, in one pipeline; each entity's update is one
         atomic command. Returns each mark's previous value (None where it had none), in order.
 
-        Raises OnlineStoreUnavailable when the store cannot be reached.
+        Raises OnlineStoreUnavailable when the store cannot be reached, and
+        OnlineWriteConflict (after applying the rest and setting the marks) when a write's
+        ``expect`` does not hold — a store that cannot check (no scripting) applies it.
         """
         ...
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 import msgpack
 
 from engine.envelope import Envelope
-from engine.errors import OnlineStateLost
+from engine.errors import OnlineStateLost, OnlineWriteConflict
 from engine.online import PartitionState, entity_write, parse_state, state_key, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
@@ -274,6 +274,7 @@ class BatchProcessor:
                 if first is not None:
                     recovered[e] = min(recovered.get(e, first), first)
         touched: dict[CacheKey, set[int]] = {}  # event times applied per cache entry
+        prior: dict[CacheKey, int] = {}  # each touched entry's fence before this batch
         newest: dict[tuple[int, int], int] = {}  # (view slot, partition) → newest event time
         applied = late = 0
         views = self.views
@@ -286,13 +287,14 @@ class BatchProcessor:
             if not is_admitted(view, et, p_e):
                 late += 1
                 continue
+            times = touched.get(ck)
+            if times is None:
+                times = touched[ck] = set()
+                prior[ck] = state.fence  # what the write checks is still in Redis
             apply_extracted(view, state.tiles, item)
             state.fence = item.offset
             if p_e > state.updated_ms:
                 state.updated_ms = p_e
-            times = touched.get(ck)
-            if times is None:
-                times = touched[ck] = set()
             times.add(et)
             applied += 1
             if et > newest.get((v, item.partition), _NO_EVENT):
@@ -308,7 +310,7 @@ class BatchProcessor:
             tiles = {(hop, t // hop) for t in times for hop in hops}
             writes.append(
                 entity_write(views[v], entity, partition, state, tiles,
-                             bool(layout.lifetime), journal, batch_p)
+                             bool(layout.lifetime), journal, batch_p, prior[ck])
             )  # fmt: skip
         entities_written = len(writes)
         by_view: dict[int, dict[int, int]] = {}
@@ -322,6 +324,12 @@ class BatchProcessor:
             pending = self._marks.prepare(highest, self.log)
             try:
                 old = self.online.write(writes, [mark for _, mark, _ in pending])
+            except OnlineWriteConflict as conflict:
+                # the marks were swapped: lost state explains refused fences first
+                lost = self._marks.confirm(pending, conflict.previous)
+                if lost:
+                    raise _StateLost(lost) from conflict
+                raise
             except BaseException:
                 self._marks.failed(pending)
                 raise

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from connectors.redis_store import RedisOnlineStore
-from engine.errors import ConfigError, OnlineStoreUnavailable
+from engine.errors import ConfigError, OnlineStoreUnavailable, OnlineWriteConflict
 from engine.ports import OnlineStateStore, StateWrite, Watermark
 
 pytestmark = pytest.mark.redis
@@ -242,3 +242,43 @@ def test_a_user_without_scripting_writes_through_a_pipeline(
         assert store._scripted_writes is False
     finally:
         redis_client.acl_deluser(user)
+
+
+def test_a_write_whose_fence_moved_is_refused_and_the_rest_applied(
+    store: RedisOnlineStore,
+) -> None:
+    """Compare-and-set on the partition fence: a writer that read fence 5 cannot overwrite
+    what another writer did since (fence 9); the batch's other writes and marks still land."""
+    other = "sk:0123456789abcdef:{c2}"
+    store.write([StateWrite(key=KEY, fields={"t:0:1000:1": b"new", "f:0": b"9"})])
+    mark = Watermark(key="sk:wm:test:cas", value=b"42")
+    with pytest.raises(OnlineWriteConflict) as caught:
+        store.write(
+            [
+                StateWrite(key=KEY, fields={"t:0:1000:1": b"zombie", "f:0": b"7"},
+                           expect=("f:0", b"5")),
+                StateWrite(key=other, fields={"f:0": b"3"}, expect=("f:0", None)),
+            ],
+            [mark],
+        )  # fmt: skip
+    assert caught.value.keys == (KEY,)
+    assert caught.value.previous == [None]  # the mark was swapped all the same
+    assert "1 entity write(s) refused" in str(caught.value)
+    assert store.load([KEY, other]) == [
+        {b"t:0:1000:1": b"new", b"f:0": b"9"},
+        {b"f:0": b"3"},
+    ]
+    assert store.write([], [mark]) == [b"42"]
+
+
+def test_a_retried_write_and_an_expired_key_pass_the_fence_check(
+    store: RedisOnlineStore,
+) -> None:
+    write = StateWrite(key=KEY, fields={"f:0": b"7", "t:0:1000:1": b"a"}, expect=("f:0", b"5"))
+    store.write([StateWrite(key=KEY, fields={"f:0": b"5"})])
+    store.write([write])
+    store.write([write])  # applied before, reply lost, sent again: the fence is its own
+    assert store.load([KEY]) == [{b"f:0": b"7", b"t:0:1000:1": b"a"}]
+    gone = "sk:0123456789abcdef:{expired}"  # the key expired since the writer read it
+    store.write([StateWrite(key=gone, fields={"f:0": b"8"}, expect=("f:0", b"6"))])
+    assert store.load([gone]) == [{b"f:0": b"8"}]
