@@ -118,20 +118,21 @@ class WindowAt:
     def __init__(self, reader: WindowReader, t_ms: int) -> None:
         self._reader = reader
         groups = reader.view.layout.groups
-        # per requested aggregation, the first tile of its window (lifetime: None)
-        starts = [
-            None if g < 0 else window_tiles(groups[g].hop_ms, window, t_ms)[0]
+        # per requested aggregation, its window's tiles (lifetime: None)
+        bounds = [
+            None if g < 0 else window_tiles(groups[g].hop_ms, window, t_ms)
             for _, g, _, window, _ in reader._wanted
         ]
+        starts = [None if b is None else b[0] for b in bounds]
         # per layout group, the tiles some requested window merges: lows[g] <= k < ends[g]
         # (an empty range for a group no requested aggregation lives in)
         lows = [0] * len(groups)
         ends = [0] * len(groups)
-        for (_, g, _, _, _), start in zip(reader._wanted, starts, strict=True):
-            if start is not None:
-                end = -(-t_ms // groups[g].hop_ms)
-                lows[g] = min(lows[g], start) if ends[g] == end else start
-                ends[g] = end
+        for (_, g, _, _, _), b in zip(reader._wanted, bounds, strict=True):
+            if b is not None:
+                low, high = b
+                lows[g] = min(lows[g], low) if ends[g] == high else low
+                ends[g] = high
         self.lows = tuple(lows)
         self.ends = tuple(ends)
         # distinct windows as (group, start), a start at its group's low being None (no
