@@ -25,7 +25,7 @@ from typing import Any
 from engine.codec import decode_plain
 from engine.errors import CodecError
 from engine.kernel.functions import Aggregator
-from engine.kernel.tiles import window_tiles
+from engine.kernel.tiles import window_end, window_tiles
 from engine.plan import ViewPlan
 
 __all__ = ["WindowAt", "WindowReader"]
@@ -81,7 +81,7 @@ class WindowReader:
 
         A ``WindowAt`` depends on ``t_ms`` only through ``ceil(t_ms / hop)`` per hop group,
         so the last one is reused while those are unchanged."""
-        marks = tuple(-(-t_ms // hop) for hop in self._hops)
+        marks = tuple(window_end(hop, t_ms) for hop in self._hops)
         last = self._last
         if last is not None and last[0] == marks:
             return last[1]

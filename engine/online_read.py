@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from engine.errors import CodecError, InputDataError
-from engine.kernel.tiles import value_as_of
+from engine.kernel.tiles import value_as_of, window_end
 from engine.online import state_key
 from engine.online_eval import WindowAt, WindowReader
 from engine.plan import Plan, ViewPlan
@@ -207,7 +207,7 @@ def read_online(
                 slot = keys[key] = len(keys)
             slots.append(slot)
         row_keys.append(slots)
-        all_ends.append(tuple(-(-now_ms // h) for h in read.hops_ms))
+        all_ends.append(tuple(window_end(h, now_ms) for h in read.hops_ms))
     slot_keys = list(keys)
     hashes: Sequence[Mapping[bytes, bytes] | None] = []
     confirmed: dict[int, tuple[list[Any], int | None]] = {}  # held values, by slot

@@ -139,13 +139,18 @@ def fold(
                 tile[j] = add(tile[j], value, order)
 
 
+def window_end(hop_ms: int, t_ms: int) -> int:
+    """``ceil(t / H)``: windows of hop ``H`` as of ``t`` end before this tile (DESIGN §3)."""
+    return -(-t_ms // hop_ms)
+
+
 def window_tiles(hop_ms: int, window_ms: int, t_ms: int) -> tuple[int, int]:
     """``(start, end)``: a window ``W`` of hop ``H`` as of ``t`` merges tiles ``start <= k < end``.
 
     ``end = ceil(t / H)`` and ``start = end - W / H`` (DESIGN §3). The one definition of a
     window's tiles: ``window_states`` and the online reader's hash evaluation both use it.
     """
-    end = -(-t_ms // hop_ms)
+    end = window_end(hop_ms, t_ms)
     return end - window_ms // hop_ms, end
 
 
@@ -216,7 +221,7 @@ def stale_tiles(
         if not per_hop:
             continue
         span = group.longest_window_ms // group.hop_ms
-        oldest = -(-t_ms // group.hop_ms) - span
+        oldest = window_end(group.hop_ms, t_ms) - span
         if len(per_hop) <= span + slack and min(per_hop) >= oldest:
             continue
         stale.extend((group.hop_ms, k) for k in per_hop if k < oldest)
