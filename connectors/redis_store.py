@@ -15,9 +15,9 @@ user, never the password. Credentials and TLS come from ``Config`` (docs/securit
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import hiredis
 import redis
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from engine.config import Config
 
 __all__ = ["RedisOnlineStore", "RedisTls"]
+
+_T = TypeVar("_T")
 
 # Unchanged (1) when the field count and every mark field equal what the caller holds
 # (values framed as "<length>:<bytes>", "-" for a missing field), else the whole hash.
@@ -213,8 +215,7 @@ class RedisOnlineStore:
         self._secrets = tuple(s for s in (kwargs.get("password"),) if isinstance(s, str) and s)
         self.user = user or "default"
         self.address = _address(kwargs) + (" (TLS)" if tls is not None else "")
-        self._revalidate = True
-        self._scripted_writes = True
+        self._scripts_allowed = True  # False once Redis refused this user a script (ACL)
         self._shas: dict[str, bytes] = {}  # Lua source -> SHA1 in Redis' script cache
 
     @classmethod
@@ -267,13 +268,9 @@ class RedisOnlineStore:
         """
         if not writes and not marks:
             return []
-        if self._scripted_writes:
-            try:
-                return self._write_scripted(writes, marks)
-            except redis.exceptions.NoPermissionError:
-                self._scripted_writes = False  # this user may not run scripts: a pipeline
-            except redis.exceptions.RedisError as exc:
-                self._unavailable("write (EVALSHA)", exc)
+        done = self._scripted(lambda: self._write_scripted(writes, marks), "write (EVALSHA)")
+        if done is not None:
+            return done
         pipe = self._client.pipeline(transaction=False)
         for w in writes:
             if w.fields:
@@ -400,14 +397,24 @@ class RedisOnlineStore:
         """
         if not keys:
             return []
-        if self._revalidate and any(h is not None for h in held):
-            try:
-                return self._load_changed(keys, held)
-            except redis.exceptions.NoPermissionError:
-                self._revalidate = False  # this user may not run scripts: plain reads
-            except redis.exceptions.RedisError as exc:
-                self._unavailable("EVALSHA", exc)
+        if any(h is not None for h in held):
+            got = self._scripted(lambda: self._load_changed(keys, held), "EVALSHA")
+            if got is not None:
+                return got
         return list(self.load(keys))
+
+    def _scripted(self, call: Callable[[], _T], what: str) -> _T | None:
+        """``call()``, which runs Lua scripts; None when this user may not run scripts (an
+        ACL without ``@scripting``: learned once, then the caller's plain commands)."""
+        if not self._scripts_allowed:
+            return None
+        try:
+            return call()
+        except redis.exceptions.NoPermissionError:
+            self._scripts_allowed = False
+            return None
+        except redis.exceptions.RedisError as exc:
+            self._unavailable(what, exc)
 
     def _load_changed(
         self, keys: Sequence[str], held: Sequence[Held | None]

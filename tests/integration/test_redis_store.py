@@ -212,7 +212,7 @@ def test_scripted_writes_equal_the_plain_pipeline(
     assert olds == [[None]] + [[m.value] for m in marks[:-1]]
     redis_client.flushdb()
     plain = RedisOnlineStore(redis_url)
-    plain._scripted_writes = False
+    plain._scripts_allowed = False
     olds = [plain.write(batch, [mark]) for batch, mark in zip(batches, marks, strict=True)]
     assert olds == [[None]] + [[m.value] for m in marks[:-1]]
     assert _snapshot(redis_client) == scripted
@@ -239,7 +239,7 @@ def test_a_user_without_scripting_writes_through_a_pipeline(
         store = RedisOnlineStore(redis_url, username=user, password="pw-noscript")
         store.write([StateWrite(key=KEY, fields={"f:0": b"7"}, expire_at_ms=_now_ms() + HOUR_MS)])
         assert store.load([KEY]) == [{b"f:0": b"7"}]
-        assert store._scripted_writes is False
+        assert store._scripts_allowed is False
     finally:
         redis_client.acl_deluser(user)
 
