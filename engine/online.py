@@ -86,7 +86,7 @@ def parse_state(
     members = view.layout.hop_aggregators  # hop -> its group's aggregators; -1: lifetime
     states: dict[int, PartitionState] = {}
     for raw_name, value in fields.items():
-        parsed = _field_name(raw_name)
+        parsed = field_name(raw_name)
         if parsed is None:
             continue
         kind, p, hop, k = parsed
@@ -112,7 +112,7 @@ def parse_state(
 _FIELD_NAMES: dict[Any, tuple[str, int, int, int] | None] = {}
 
 
-def _field_name(name: bytes | str) -> tuple[str, int, int, int] | None:
+def field_name(name: bytes | str) -> tuple[str, int, int, int] | None:
     """``(kind, partition, hop, k)`` of a state field name (hop and k 0 but for tiles);
     None for a name without a partition. Memoized: names repeat across entities."""
     try:
@@ -125,8 +125,11 @@ def _field_name(name: bytes | str) -> tuple[str, int, int, int] | None:
     if p_text.isdigit():
         if kind == "t":
             hop_text, _, k_text = tail.partition(":")
-            parsed = (kind, int(p_text), int(hop_text), int(k_text))
-        else:
+            try:
+                parsed = (kind, int(p_text), int(hop_text), int(k_text))
+            except ValueError:  # not a tile field of this layout
+                parsed = None
+        elif not tail:
             parsed = (kind, int(p_text), 0, 0)
     if len(_FIELD_NAMES) >= 1 << 17:
         _FIELD_NAMES.clear()

@@ -26,6 +26,7 @@ from engine.codec import decode_plain
 from engine.errors import CodecError
 from engine.kernel.functions import Aggregator
 from engine.kernel.tiles import window_end, window_tiles
+from engine.online import field_name
 from engine.plan import ViewPlan
 
 __all__ = ["WindowAt", "WindowReader"]
@@ -92,21 +93,17 @@ class WindowReader:
     def classify(self, name: bytes | str) -> tuple[int, int]:
         """``(group, k)`` of a tile field of this view's layout, ``(-1, 0)`` for a lifetime
         field, ``(-2, 0)`` for a write time, ``(-3, 0)`` for anything else."""
-        parts = (name if isinstance(name, bytes) else name.encode()).split(b":")
-        if len(parts) < 2 or not parts[1].isdigit():
+        parsed = field_name(name)
+        if parsed is None:
             return _SKIP
-        kind = parts[0]
-        if kind == b"t" and len(parts) == 4 and parts[2].isdigit():
-            g = self._hop_group.get(int(parts[2]))
-            try:
-                return _SKIP if g is None else (g, int(parts[3]))
-            except ValueError:
-                return _SKIP
-        if len(parts) == 2:
-            if kind == b"u":
-                return (_UPDATED, 0)
-            if kind == b"l":
-                return (_LIFETIME, 0)
+        kind, _, hop, k = parsed
+        if kind == "t":
+            g = self._hop_group.get(hop)
+            return _SKIP if g is None else (g, k)
+        if kind == "u":
+            return (_UPDATED, 0)
+        if kind == "l":
+            return (_LIFETIME, 0)
         return _SKIP
 
 
