@@ -576,14 +576,22 @@ class KafkaBatchConsumer:
         self._last_error_log = 0.0
 
     def poll_batch(self, max_records: int, timeout_s: float) -> list[SourceRecord]:
-        """Up to ``max_records`` records (fewer after ``timeout_s``); serves rebalances.
+        """Up to ``max_records`` records; serves rebalances.
 
+        Records the client already holds are handed out at once (natural batching: under
+        load a batch is what arrived while the previous one was processed). Only when it
+        holds none does this wait, until ``max_records`` arrive or ``timeout_s`` passes, so
+        an idle worker still gathers a trickle into batches (librdkafka's ``consume(n,
+        timeout)`` waits like that even with records in hand).
         Per-partition errors the client reports (a broker restarting, a topic deleted) are
         logged at most every 5 s and skipped — they are not records; a fatal client error
         raises KafkaUnavailable.
         """
+        consumer = self._consumer
         try:
-            messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+            messages = consumer.consume(num_messages=max_records, timeout=0)
+            if not messages:
+                messages = consumer.consume(num_messages=max_records, timeout=timeout_s)
         except KafkaException as exc:
             raise _unavailable(self.settings, "consuming", _error_of(exc) or str(exc)) from exc
         out: list[SourceRecord] = []

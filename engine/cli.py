@@ -430,7 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=sorted(WORKER_RUNTIMES), default="kafka")
     p.add_argument("--batch-max", type=int, default=5000, help="records per batch (default 5000)")
     p.add_argument(
-        "--batch-timeout", type=float, default=0.05, help="seconds to wait for a batch (0.05)"
+        "--batch-timeout",
+        type=float,
+        default=0.05,
+        help="seconds an idle worker waits for a batch to fill (0.05)",
     )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument(

@@ -2,7 +2,8 @@
 
 The loop (one thread; everything below happens inside it, rebalance callbacks included):
 
-1. ``consume`` up to ``batch_max`` records (waiting at most ``batch_timeout_s``);
+1. take up to ``batch_max`` records: those already fetched at once, else wait at most
+   ``batch_timeout_s`` for a batch (``KafkaBatchConsumer.poll_batch``);
 2. per source topic, ``BatchProcessor.process`` — online write, log append and dead letters
    are durable when it returns;
 3. commit the next offsets of every partition in the batch — queued asynchronously, so the
