@@ -61,6 +61,7 @@ _MAX_OFFSET = 10**_OFFSET_DIGITS - 1
 _TMP_PREFIX = ".tmp-"
 _FILE_RE = re.compile(r"^(-?\d{20})-(-?\d{20})\.avro$")
 _BEFORE_ALL = -(10**_OFFSET_DIGITS)  # below every offset a file name can hold
+_RELISTS = 20  # listings of one partition read before files vanishing under it is an error
 
 _PARTITION_RE = re.compile(r"^partition=(\d+)$")
 _PARTITION_PREFIX = "partition="
@@ -451,8 +452,7 @@ class EventLogReader:
         lazily, one file open at a time. A partition without a folder yields nothing.
         """
         self._source_entries(source)
-        files = self._files(source, partition)
-        return self._iter_files(files)
+        return self._iter_partition(source, partition, self._files(source, partition))
 
     def read_all(self, source: str) -> Iterator[Envelope]:
         """Envelopes of every partition of ``source``, partition by partition."""
@@ -486,15 +486,45 @@ class EventLogReader:
 
     def _iter_partitions(self, source: str, parts: list[int]) -> Iterator[Envelope]:
         for partition in parts:
-            yield from self._iter_files(self._files(source, partition))
+            yield from self._iter_partition(source, partition, self._files(source, partition))
 
-    def _iter_files(self, files: list[tuple[int, int, str]]) -> Iterator[Envelope]:
+    def _iter_partition(
+        self, source: str, partition: int, files: list[tuple[int, int, str]]
+    ) -> Iterator[Envelope]:
+        """The records of ``files`` in offset order; when a file was compacted away after
+        the listing (``EventLogCompactor``), the partition is listed again and reading goes
+        on after the last offset handed out."""
         last = _BEFORE_ALL
+        for _ in range(_RELISTS):
+            reading = _Reading(last)
+            try:
+                yield from self._iter_files(files, reading)
+                return
+            except FileNotFoundError:
+                last = reading.last
+                files = self._files(source, partition)
+        raise EventLogError(
+            f"event log for source {source!r} partition {partition}: files kept vanishing "
+            f"while being read ({_RELISTS} listings); is something deleting them?"
+        )
+
+    def _iter_files(
+        self, files: list[tuple[int, int, str]], reading: _Reading
+    ) -> Iterator[Envelope]:
+        last = reading.last
         for _, file_last, path in files:
             if file_last <= last:
                 continue  # wholly covered by files already read
             try:
-                with self._fs.open(path, "rb") as raw:
+                raw_file = self._fs.open(path, "rb")
+            except FileNotFoundError:
+                raise  # compacted away since the listing: the caller lists again
+            except Exception as exc:
+                raise EventLogError(
+                    f"cannot read event-log file {self._url(path)}: {type(exc).__name__}: {exc}"
+                ) from exc
+            try:
+                with raw_file as raw:
                     avro = fastavro.reader(raw)
                     _check_header(avro.metadata, self._url(path))
                     # Hot loop: one dict lookup per field, one Envelope per record.
@@ -502,7 +532,7 @@ class EventLogReader:
                         offset = rec["offset"]
                         if offset <= last:
                             continue  # overlapping files (not written by a sane writer)
-                        last = offset
+                        last = reading.last = offset
                         env = _new_object(Envelope)
                         _set_partition(env, rec["partition"])
                         _set_offset(env, offset)
@@ -561,8 +591,7 @@ class EventLogReader:
             match = _FILE_RE.match(name)
             if match:
                 files.append((int(match.group(1)), int(match.group(2)), f"{folder}/{name}"))
-        files.sort()
-        return files
+        return uncovered(files)
 
     def _entries(self, folder: str) -> list[tuple[str, str, int]] | None:
         """(name, type, size) of a folder's children, or ``None`` if the folder is missing."""
@@ -596,6 +625,28 @@ def _filesystem(root: str) -> tuple[Any, str]:
             f"use a local path or an fsspec URL whose filesystem package is installed"
         ) from exc
     return fs, str(path)
+
+
+class _Reading:
+    """The last offset a partition read handed out (kept across re-listings)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+
+def uncovered(files: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """``(first, last, path)`` files sorted by offsets, without those whose range lies inside
+    another's (what a compaction that stopped before removing its inputs leaves)."""
+    out: list[tuple[int, int, str]] = []
+    reach = _BEFORE_ALL
+    for first, last, path in sorted(files, key=lambda f: (f[0], -f[1], f[2])):
+        if last <= reach:
+            continue
+        out.append((first, last, path))
+        reach = last
+    return out
 
 
 def _check_source_name(source: str) -> None:

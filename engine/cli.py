@@ -227,6 +227,22 @@ def cmd_rebuild_online(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact_log(args: argparse.Namespace) -> int:
+    store = _store(args)
+    done = store.compact_log(
+        args.source, small_records=args.small_records, target_records=args.target_records
+    )
+    if not done:
+        print("the event log holds no partition to compact yet")
+    for c in done:
+        extra = f", {c.leftovers_removed} leftover files removed" if c.leftovers_removed else ""
+        print(
+            f"{c.source} partition {c.partition}: {c.files_before} → {c.files_after} files "
+            f"({c.records_merged} records merged{extra})"
+        )
+    return 0
+
+
 EXIT_UNVERIFIABLE = 3  # verify: no mismatch, but some values were still in flight
 
 
@@ -472,6 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=6566)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "compact-log", help="merge the event log's small files (safe beside workers)"
+    )
+    p.add_argument("source", nargs="?", help="one source (default: every source)")
+    p.add_argument("--small-records", type=int, default=10_000, help="files below this merge")
+    p.add_argument("--target-records", type=int, default=100_000, help="records per merged file")
+    p.set_defaults(func=cmd_compact_log)
     p = sub.add_parser("rebuild-online", help="refill a view's online keyspace from the event log")
     p.add_argument("view")
     p.set_defaults(func=cmd_rebuild_online)

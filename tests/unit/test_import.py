@@ -158,3 +158,26 @@ def test_null_amount_allowed_and_csv_and_parquet(
         store.import_events("tx", tmp_path / "missing.csv")
     with pytest.raises(InputDataError, match="unknown source 'nope'"):
         store.import_events("nope", df)
+
+
+def test_compact_log_merges_each_import_file_and_the_cli_says_so(
+    make_repo: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    repo = make_repo(VIEW, yaml="kafka:\n  partitions: 2\n")
+    store = FeatureStore.from_repo(repo)
+    for i in range(4):
+        store.import_events("tx", frame(20).assign(qty=lambda d, i=i: d["qty"] + 100 * i))
+    log = EventLogReader(store.config.event_log_root)
+    before = [(e.partition, e.offset, e.payload) for e in log.read_all("tx")]
+    assert [n for n, _ in log.usage("tx").values()] == [4, 4]
+
+    assert main(["--repo", str(repo), "compact-log"]) == 0
+
+    out = capsys.readouterr().out
+    assert "tx partition 0: 4 → 1 files" in out and "tx partition 1: 4 → 1 files" in out
+    assert [n for n, _ in log.usage("tx").values()] == [1, 1]
+    assert [(e.partition, e.offset, e.payload) for e in log.read_all("tx")] == before
+    with pytest.raises(InputDataError, match="unknown source 'nope'; sources: tx"):
+        store.compact_log("nope")

@@ -267,7 +267,9 @@ def test_reader_never_yields_an_offset_twice_when_files_overlap(tmp_path: Path) 
     back = list(EventLogReader(str(tmp_path)).read("tx", 0))
 
     assert [e.offset for e in back] == list(range(13))
-    assert [e.payload["amount"] for e in back[5:]] == [1.5] * 5 + [2.0] * 3
+    # 5..9 lies inside 5..12: the wider file is read, the other skipped (as a compaction's
+    # leftovers are), so what comes back does not depend on which file was written first
+    assert [e.payload["amount"] for e in back[5:]] == [2.0] * 8
 
 
 # ---------------------------------------------------------------- temp files

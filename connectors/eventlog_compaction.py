@@ -1,0 +1,286 @@
+"""Merging an event-log partition's small files into larger ones, without a moment of loss.
+
+A stream worker writes one file per partition per batch, so a partition fed at a low rate
+with short batches collects thousands of small files (DESIGN §4 names each file by its
+first and last offset). ``EventLogCompactor.compact`` replaces each run of consecutive small
+files by one file holding the same records in the same order:
+
+1. write the merged file under a temporary name (``.compact-<uuid>.avro``), fsync it;
+2. rename it to ``<first offset of the run>-<last offset of the run>.avro``, fsync the folder;
+3. delete the run's files.
+
+Between 2 and 3 the merged file and its inputs are both listed; readers skip a file whose
+offset range lies inside another's (``eventlog.uncovered``), so a crash there leaves
+nothing counted twice, and the next compaction deletes the leftovers. A reader that listed
+the files before step 3 and then finds one gone lists the partition again and goes on after
+the last offset it handed out. The writer only ever adds files above the partition's
+highest offset and the compactor only merges files already there, so a compaction can run
+beside the partition's live worker. One compaction per partition at a time: on a local disk
+a lock file (``.compact.lock``) enforces it.
+
+Example:
+    >>> from engine.envelope import Envelope
+    >>> from connectors.eventlog import EventLogReader, EventLogWriter
+    >>> schema = {"type": "record", "name": "Order",
+    ...           "fields": [{"name": "amount", "type": "double"}]}
+    >>> writer = EventLogWriter("memory://doc-compact", "orders", schema)
+    >>> for o in range(3):
+    ...     _ = writer.append([Envelope(partition=0, offset=o, key=None, event_time_ms=o,
+    ...                                 processed_at_ms=o, payload={"amount": 1.0})])
+    >>> done = EventLogCompactor("memory://doc-compact").compact("orders", 0)
+    >>> done.files_before, done.files_after, done.records_merged
+    (3, 1, 3)
+    >>> [e.offset for e in EventLogReader("memory://doc-compact").read("orders", 0)]
+    [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import fastavro
+from fsspec.implementations.local import LocalFileSystem
+
+from connectors.eventlog import (
+    _FILE_RE,
+    _META_RECORDS,
+    _META_SOURCE,
+    _META_VERSION,
+    _PARTITION_PREFIX,
+    _SYNC_INTERVAL,
+    ENVELOPE_VERSION,
+    _check_header,
+    _check_source_name,
+    _filesystem,
+    _fsync_dir,
+    _list_names,
+    _offset_name,
+    _remove_quietly,
+    uncovered,
+)
+from engine.errors import EventLogError
+
+__all__ = ["Compaction", "EventLogCompactor"]
+
+_COMPACT_PREFIX = ".compact-"
+_LOCK_NAME = ".compact.lock"
+_DEFLATE_LEVEL = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compaction:
+    """What one ``compact`` call did to one partition."""
+
+    source: str
+    partition: int
+    files_before: int
+    files_after: int
+    records_merged: int  # records moved into new files
+    leftovers_removed: int  # files inside another's range, left by an interrupted compaction
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    first: int
+    last: int
+    path: str
+    records: int
+    schema: str  # the header's schema text: only files with the same schema are merged
+    codec: str
+
+
+class EventLogCompactor:
+    """Merges runs of small event-log files; see the module docstring for the protocol."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root.rstrip("/")
+        self._fs, root_path = _filesystem(root)
+        self._root_path = root_path.rstrip("/")
+        self._local = isinstance(self._fs, LocalFileSystem)
+
+    def compact(
+        self,
+        source: str,
+        partition: int,
+        *,
+        small_records: int = 10_000,
+        target_records: int = 100_000,
+    ) -> Compaction:
+        """Merge each run of at least two consecutive files of fewer than ``small_records``
+        records into files of up to ``target_records`` records."""
+        _check_source_name(source)
+        if small_records < 1 or target_records < 1:
+            raise EventLogError(
+                f"compaction: small_records and target_records must be at least 1, got "
+                f"{small_records} and {target_records}"
+            )
+        folder = f"{self._root_path}/{source}/{_PARTITION_PREFIX}{partition}"
+        with self._locked(folder):
+            names = _list_names(self._fs, folder)
+            for name in names:
+                if name.startswith(_COMPACT_PREFIX):  # an interrupted compaction's temp file
+                    _remove_quietly(self._fs, f"{folder}/{name}")
+            listed = []
+            for name in names:
+                match = _FILE_RE.match(name)
+                if match:
+                    listed.append((int(match.group(1)), int(match.group(2)), f"{folder}/{name}"))
+            kept = uncovered(listed)
+            leftovers = {path for _, _, path in listed} - {path for _, _, path in kept}
+            for path in sorted(leftovers):
+                self._fs.rm_file(path)
+            files = [self._describe(first, last, path) for first, last, path in kept]
+            merged = 0
+            after = len(files)
+            for run in _runs(files, small_records, target_records):
+                self._merge(folder, source, run)
+                merged += sum(f.records for f in run)
+                after -= len(run) - 1
+        return Compaction(
+            source=source,
+            partition=partition,
+            files_before=len(listed),
+            files_after=after,
+            records_merged=merged,
+            leftovers_removed=len(leftovers),
+        )
+
+    def _describe(self, first: int, last: int, path: str) -> _File:
+        try:
+            with self._fs.open(path, "rb") as raw:
+                avro = fastavro.reader(raw)
+                meta = avro.metadata
+                _check_header(meta, self._url(path))
+                return _File(
+                    first=first,
+                    last=last,
+                    path=path,
+                    records=int(meta.get(_META_RECORDS, "0")),
+                    schema=str(meta.get("avro.schema", "")),
+                    codec=str(meta.get("avro.codec", "null")),
+                )
+        except EventLogError:
+            raise
+        except Exception as exc:
+            raise EventLogError(
+                f"compaction: cannot read event-log file {self._url(path)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _merge(self, folder: str, source: str, run: list[_File]) -> None:
+        final = f"{folder}/{_offset_name(run[0].first)}-{_offset_name(run[-1].last)}.avro"
+        tmp = f"{folder}/{_COMPACT_PREFIX}{uuid.uuid4().hex}.avro"
+        expected = sum(f.records for f in run)
+        counted = [0]
+        metadata = {
+            _META_VERSION: ENVELOPE_VERSION,
+            _META_SOURCE: source,
+            _META_RECORDS: str(expected),
+        }
+        try:
+            with self._fs.open(run[0].path, "rb") as raw:
+                schema = fastavro.reader(raw).writer_schema
+            codec = run[0].codec
+            with self._fs.open(tmp, "wb") as out:
+                fastavro.writer(
+                    out,
+                    fastavro.parse_schema(schema),
+                    self._rows(run, counted),
+                    codec=codec,
+                    codec_compression_level=_DEFLATE_LEVEL if codec == "deflate" else None,
+                    sync_interval=_SYNC_INTERVAL,
+                    metadata=metadata,
+                )
+                out.flush()
+                if self._local:
+                    os.fsync(out.fileno())
+            if counted[0] != expected:
+                raise EventLogError(
+                    f"compaction: files {self._url(run[0].path)} .. {self._url(run[-1].path)} "
+                    f"hold {counted[0]} records, their headers say {expected}; left as they were"
+                )
+            self._fs.mv(tmp, final)
+            if self._local:
+                _fsync_dir(folder)
+        except Exception as exc:
+            _remove_quietly(self._fs, tmp)
+            if isinstance(exc, EventLogError):
+                raise
+            raise EventLogError(
+                f"compaction: cannot merge {len(run)} files into {self._url(final)}: "
+                f"{type(exc).__name__}: {exc}; the files are left as they were"
+            ) from exc
+        for f in run:
+            self._fs.rm_file(f.path)
+        if self._local:
+            _fsync_dir(folder)
+
+    def _rows(self, run: list[_File], counted: list[int]) -> Iterator[dict[str, Any]]:
+        last = None
+        for f in run:
+            with self._fs.open(f.path, "rb") as raw:
+                for rec in cast(Iterator[dict[str, Any]], fastavro.reader(raw)):
+                    offset = rec["offset"]
+                    if last is not None and offset <= last:
+                        raise EventLogError(
+                            f"compaction: offset {offset} of {self._url(f.path)} is not above "
+                            f"{last}; the files overlap, left as they were"
+                        )
+                    last = offset
+                    counted[0] += 1
+                    yield rec
+
+    @contextlib.contextmanager
+    def _locked(self, folder: str) -> Iterator[None]:
+        if not self._local:
+            yield  # object storage has no lock: run one compactor per partition
+            return
+        import fcntl
+
+        if not os.path.isdir(folder):
+            yield
+            return
+        with open(os.path.join(folder, _LOCK_NAME), "a+b") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise EventLogError(
+                    f"compaction of {self._url(folder)} is already running in another "
+                    f"process; wait for it to finish"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _url(self, fs_path: str) -> str:
+        return self._root + fs_path[len(self._root_path) :]
+
+
+def _runs(files: list[_File], small: int, target: int) -> Iterator[list[_File]]:
+    """Runs of at least two consecutive small files with one schema and codec, each run
+    holding at most ``target`` records."""
+    run: list[_File] = []
+    total = 0
+    for f in files:
+        fits = (
+            f.records < small
+            and run
+            and f.schema == run[0].schema
+            and f.codec == run[0].codec
+            and total + f.records <= target
+        )
+        if fits:
+            run.append(f)
+            total += f.records
+            continue
+        if len(run) >= 2:
+            yield run
+        run, total = ([f], f.records) if f.records < small else ([], 0)
+    if len(run) >= 2:
+        yield run
