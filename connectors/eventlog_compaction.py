@@ -54,10 +54,12 @@ from connectors.eventlog import (
     _PARTITION_PREFIX,
     _SYNC_INTERVAL,
     ENVELOPE_VERSION,
+    Codec,
     _check_header,
     _check_source_name,
     _filesystem,
     _fsync_dir,
+    _level,
     _list_names,
     _offset_name,
     _remove_quietly,
@@ -69,7 +71,6 @@ __all__ = ["Compaction", "EventLogCompactor"]
 
 _COMPACT_PREFIX = ".compact-"
 _LOCK_NAME = ".compact.lock"
-_DEFLATE_LEVEL = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,7 +193,7 @@ class EventLogCompactor:
                     fastavro.parse_schema(schema),
                     self._rows(run, counted),
                     codec=codec,
-                    codec_compression_level=_DEFLATE_LEVEL if codec == "deflate" else None,
+                    codec_compression_level=_level(cast(Codec, codec)),  # as the header says
                     sync_interval=_SYNC_INTERVAL,
                     metadata=metadata,
                 )
