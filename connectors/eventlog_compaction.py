@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -184,8 +185,7 @@ class EventLogCompactor:
             _META_RECORDS: str(expected),
         }
         try:
-            with self._fs.open(run[0].path, "rb") as raw:
-                schema = fastavro.reader(raw).writer_schema
+            schema = json.loads(run[0].schema)  # the header's text, read by _describe
             codec = run[0].codec
             with self._fs.open(tmp, "wb") as out:
                 fastavro.writer(
