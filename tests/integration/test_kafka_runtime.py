@@ -475,3 +475,38 @@ def test_worker_refuses_to_start_before_apply(
     with pytest.raises(KafkaUnavailable, match=r"do not exist; run `skewless apply`"):
         WorkerThread(repo.store)
     assert main(["--repo", str(repo.path), "worker"]) == 1
+
+
+def test_compacting_the_log_beside_a_live_worker_loses_and_repeats_nothing(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    """Compactions and full reads of the log run while the worker appends small files."""
+    from connectors.eventlog import EventLogReader
+
+    repo = Repo(tmp_path, kafka_service, stream_redis_url, partitions=2)
+    repo.store.apply()
+    valid = rows(600, 11, int(time.time() * 1000))
+    reader = EventLogReader(repo.log_root)
+    merged = reads = 0
+    with WorkerThread(repo.store, WorkerOptions(batch_max=15, batch_timeout_s=0.005)) as worker:
+        for part in range(12):
+            chunk = valid[part::12]
+            assert repo.store.push(repo.avro, chunk) == len(chunk)
+            assert repo.store.push(repo.json, pd.DataFrame(chunk)) == len(chunk)
+            for done in repo.store.compact_log(small_records=40, target_records=200):
+                merged += done.records_merged
+            for source in (repo.avro, repo.json):
+                if source in reader.sources():
+                    offsets = [(e.partition, e.offset) for e in reader.read_all(source)]
+                    assert len(offsets) == len(set(offsets)), "a read saw a record twice"
+                    reads += 1
+        wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
+        worker.stop()
+    assert worker.worker.stats.records == 2 * 600
+    repo.store.compact_log(small_records=40, target_records=200)
+    assert merged > 0 and reads > 0
+    again = repo.store.compact_log(small_records=40, target_records=200)
+    assert [c.records_merged for c in again] == [0] * len(again)  # nothing left to merge
+    assert sum(c.files_after for c in again) < worker.worker.stats.batches
+    check_log_exactly_once(repo, {})  # every file read on its own: no leftover copies either
+    check_online_equals_backfill(repo, int(time.time() * 1000), SPEND + SPEND_JSON)
