@@ -489,10 +489,14 @@ def test_compacting_the_log_beside_a_live_worker_loses_and_repeats_nothing(
     reader = EventLogReader(repo.log_root)
     merged = reads = 0
     with WorkerThread(repo.store, WorkerOptions(batch_max=15, batch_timeout_s=0.005)) as worker:
+        pushed = 0
         for part in range(12):
             chunk = valid[part::12]
             assert repo.store.push(repo.avro, chunk) == len(chunk)
             assert repo.store.push(repo.json, pd.DataFrame(chunk)) == len(chunk)
+            pushed += 2 * len(chunk)
+            # the round's small files are logged before this round's compaction
+            wait_until(lambda n=pushed: worker.worker.stats.records >= n, 60, "the round logged")
             for done in repo.store.compact_log(small_records=40, target_records=200):
                 merged += done.records_merged
             for source in (repo.avro, repo.json):
