@@ -1,0 +1,19 @@
+//! The PyO3 face of skewless-core, imported as `engine._native`.
+//!
+//! Every bulk call takes a batch (columns or raw bytes), releases the GIL while the core
+//! works, and maps core errors onto `engine.errors` exceptions.
+
+use pyo3::prelude::*;
+
+mod avro;
+mod kernel;
+mod sweep;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    kernel::register(m)?;
+    avro::register(m)?;
+    sweep::register(m)?;
+    Ok(())
+}
