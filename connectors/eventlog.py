@@ -459,6 +459,28 @@ class EventLogReader:
         parts = self.partitions(source)
         return self._iter_partitions(source, parts)
 
+    def files(self, source: str, partition: int) -> list[tuple[int, int, str]]:
+        """Final files of a partition as ``(first offset, last offset, path)``, by offset,
+        without files whose range lies inside another's; empty without a folder."""
+        self._source_entries(source)
+        return self._files(source, partition)
+
+    def read_file(self, path: str) -> bytes:
+        """The bytes of a file ``files`` listed (the native core decodes them).
+
+        Raises FileNotFoundError when a compaction removed it since the listing (list
+        again), EventLogError when it cannot be read.
+        """
+        try:
+            with self._fs.open(path, "rb") as raw:
+                return bytes(raw.read())
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise EventLogError(
+                f"cannot read event-log file {self._url(path)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def count(self, source: str) -> int:
         """Number of records of ``source``, from file headers (no record is decoded)."""
         total = 0

@@ -1,59 +1,43 @@
-"""The backfill runner: replay the event log through the kernel to get features as of each label.
+"""The backfill runner: replay the event log through the native core's sweep, one value per label.
 
-For each log partition the runner sweeps the partition's labels in time order: before a
-label at ``t`` exactly the records with clock ``< t`` (event time or processing time, by
-mode) have been folded — the same ``processing.apply_extracted`` the stream worker runs —
-and the window is merged with the same ``kernel.tiles.window_states`` the online reader
-runs. Partitions run in parallel processes; their per-label states merge (associative,
-commutative) into one value.
+Every label gets each wanted feature as of its own time ``t``: exactly the admitted records
+whose clock (event time or processing time, by mode) is ``< t`` are folded, with the same
+kernel the stream worker and the online reader use (``engine._native``, DESIGN §3 and §8).
 
-Each partition is read twice and never held in memory. The first pass notes which
-labelled entities the partition holds and, per block of ``_BLOCK`` records, the smallest
-clock and whether the block is in clock order. The second pass streams the records
-again: a label at ``t`` is read as soon as no record still to come can have a clock
-``< t`` (the minimum over the remaining blocks says so, and inside a block in clock order
-the current record's clock), so a log in clock order is folded as it streams. A record
-that arrives before a label it must not see waits in a heap, which spills sorted runs to
-temporary files beyond ``spill_items`` (an external merge) when the log is far out of
-clock order.
+How it runs (docs/backfill.md):
 
-Memory per partition process: the live tiles of entities that still have a label ahead in
-the partition (an entity's tiles are dropped after its last label, records at or after it
-are skipped), the partition's labels as numpy arrays, the records waiting for a label (none
-for a log in clock order) and the output columns — one byte plus one 8-byte value per label
-and feature. The parent holds the labels as numpy arrays (entity codes and times) and the
-output columns.
+1. The labels' entities become codes, one table per distinct set of join-key columns.
+2. Views that see the same rows (same source, join keys, transform and filter) form a row
+   group. A group without a transform or filter is *native*: the core decodes the event-log
+   files itself and keeps, per group, the records of labelled entities that some label can
+   still see, as compact columns. A group with a row transform or filter is fed by Python
+   (the slow path): each logged record goes through the transform, then its keys and
+   inputs go to the core in chunks.
+3. Partitions are read concurrently by ``workers`` threads; decoding runs in the core with
+   the GIL released, so threads (not forked processes) give the parallelism.
+4. ``finish`` sorts each group's records by (entity, clock) and each view's labels by
+   (entity, time), and sweeps every entity on its own, in parallel inside the core. An
+   entity's records from all partitions meet there, so views keyed by another entity than
+   their topic need no merge step, and the result does not depend on the thread count, the
+   partitioning or the order in which files were read.
 """
 
 from __future__ import annotations
 
-import gc
-import heapq
-import itertools
-import multiprocessing
-import os
-import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
-import msgpack
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import CodecError, EventLogError
-from engine.kernel.tiles import EntityTiles, evict, window_states
-from engine.plan import Plan, SourcePlan, ViewPlan
+from engine import _native
+from engine.errors import EventLogError
+from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
-from engine.processing import (
-    EntityKey,
-    Extracted,
-    RowGroup,
-    apply_extracted,
-    extract_all,
-    row_groups,
-)
+from engine.processing import EntityKey, view_row
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
@@ -61,16 +45,25 @@ Progress = Callable[[int, int], None]
 """Called with (records read since the last call, partitions finished since the last call)."""
 
 DEFAULT_SPILL_ITEMS = 1_000_000
-"""Extracted records waiting for a label (out of clock order) held in memory before spilling."""
+"""Accepted for compatibility; the native sweep holds only the records some label can see."""
 
-_SWEEP_EVERY = 250_000  # folds between eviction passes over every entity
-_BLOCK = 1024  # records per clock block of the first pass
-_LABEL_CHUNK = 65_536  # labels turned into Python ints at a time
-_RESULT_VERSION = 2
-_INF = (1 << 63) - 1  # above every clock
+_ROWS_CHUNK = 65_536  # records of a Python-fed group handed to the core at a time
 _I64_MIN, _I64_END = -(1 << 63), 1 << 63
 
 Int64s = npt.NDArray[np.int64]
+
+
+@runtime_checkable
+class LogFiles(Protocol):
+    """An event log whose files the core can decode itself (``EventLogReader``)."""
+
+    def files(self, source: str, partition: int) -> list[tuple[int, int, str]]:
+        """Final files of a partition as (first offset, last offset, path), by offset."""
+        ...
+
+    def read_file(self, path: str) -> bytes:
+        """A file's bytes; FileNotFoundError when it was compacted away since listing."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,26 +121,8 @@ class _Table:
 
 @dataclass(frozen=True, slots=True)
 class _Labels:
-    table: int  # index into _Job.tables
+    table: int  # index into the tables
     times: Int64s
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    plan: Plan
-    log: EventLogSource
-    requests: tuple[ViewRequest, ...]
-    tables: tuple[_Table, ...]
-    labels: tuple[_Labels, ...]  # per request
-    mode: Mode
-    include_late: bool
-    # per request: the entity is the topic key, so each lives in one partition and the
-    # worker may finalize; the parent verifies no label arrives twice
-    local: tuple[bool, ...]
-    spill_items: int
-
-
-_JOB: _Job | None = None  # handed to forked workers; never pickled
 
 
 def _tables(requests: Sequence[ViewRequest]) -> tuple[tuple[_Table, ...], tuple[_Labels, ...]]:
@@ -233,6 +208,24 @@ class _Column:
         self.others: dict[int, Any] = {}
         self.default = default  # the value of a _BIG/_OBJECT row without an entry in others
 
+    @classmethod
+    def from_native(cls, n: int, kinds: bytes, bits: bytes, objects: list[Any]) -> _Column:
+        """The core's output column (kinds 0 None, 1 int64, 2 float64, 3 object)."""
+        column = cls.__new__(cls)
+        column.kinds = np.frombuffer(kinds, dtype=np.uint8).copy()
+        column.bits = np.frombuffer(bits, dtype=np.int64).copy()
+        if len(column.kinds) != n:
+            raise ValueError(f"native sweep gave {len(column.kinds)} values for {n} labels")
+        column.others = {}
+        column.default = None
+        native_object = column.kinds == 3
+        column.kinds[native_object] = _OBJECT
+        for i, value in objects:
+            if type(value) is int:  # an exact integer sum beyond int64
+                column.kinds[i] = _BIG
+            column.others[i] = value
+        return column
+
     def put(
         self,
         idx: Int64s,
@@ -302,466 +295,6 @@ class _Column:
 
 
 # ------------------------------------------------------------------------------------------
-# one partition
-
-
-@dataclass(frozen=True, slots=True)
-class _SlotResult:
-    """What one partition gives for one request: label indices and their values."""
-
-    request: int
-    indices: array[int]
-    columns: list[_ColumnWriter] | None  # finalized values (local requests)
-    states: list[list[Any]] | None  # merged window states, per label (other requests)
-
-
-@dataclass(frozen=True, slots=True)
-class _PartitionResult:
-    read: int
-    slots: list[_SlotResult]
-
-
-@dataclass(frozen=True, slots=True)
-class _Scan:
-    """The first pass over a partition."""
-
-    records: int
-    seen: list[set[int]]  # per table: codes of labelled entities the partition holds
-    # suffix minimum of clocks per block: low[b] <= every clock of blocks b, b+1, ...
-    low: list[int]
-    in_order: bytearray  # per block: 1 if its clocks never decrease
-
-
-def _sweep(job: _Job, source: str, partition: int) -> _PartitionResult:
-    """Per-label results from one partition.
-
-    The cyclic garbage collector is paused while it runs: the sweep allocates millions of
-    small acyclic containers, and each generation-2 pass would walk all of them.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _sweep_partition(job, source, partition)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _sweep_partition(job: _Job, source: str, partition: int) -> _PartitionResult:
-    plan = job.plan
-    src = plan.sources[source]
-    mine = [r for r, req in enumerate(job.requests) if plan.views[req.view].source == source]
-    views = [plan.views[job.requests[r].view] for r in mine]
-    groups = row_groups(views)
-    scan = _scan(job, src, partition, mine, groups)
-    return _replay(job, src, partition, mine, views, groups, scan)
-
-
-def _scan(
-    job: _Job, src: SourcePlan, partition: int, mine: list[int], groups: Sequence[RowGroup]
-) -> _Scan:
-    """Pass 1: which labelled entities the partition holds, and its clocks per block.
-
-    Seen entities are a superset (admission and filters are not applied for views
-    without a transform or filter): a label of an entity that gets no tiles reads
-    nothing. Views with a transform or filter are extracted as in pass 2.
-    """
-    slot_table = [job.labels[r].table for r in mine]
-    seen: list[set[int]] = [set() for _ in job.tables]
-    plain: list[tuple[tuple[str, ...], list[tuple[dict[EntityKey, int], set[int]]]]] = []
-    custom: list[RowGroup] = []
-    for group in groups:
-        if group.transform is None and group.filter is None:
-            tables = sorted({slot_table[m] for m, _ in group.members})
-            plain.append((group.join_keys, [(job.tables[t].keys, seen[t]) for t in tables]))
-        else:
-            custom.append(group)
-    include_late = job.include_late
-    by_event_time = job.mode == "event_time"
-    ts, divisor = src.timestamp_field, src.timestamp_divisor
-    block_min: list[int] = []
-    in_order = bytearray()
-    lowest, previous, ordered, left = _INF, -_INF, 1, _BLOCK
-    records = 0
-    for envelope in job.log.read(src.name, partition):
-        records += 1
-        payload = envelope.payload
-        # the clock extract_all gives the record's items
-        clock = payload[ts] // divisor if by_event_time else envelope.processed_at_ms
-        if clock < lowest:
-            lowest = clock
-        if clock < previous:
-            ordered = 0
-        previous = clock
-        left -= 1
-        if not left:
-            block_min.append(lowest)
-            in_order.append(ordered)
-            lowest, previous, ordered, left = _INF, -_INF, 1, _BLOCK
-        for join_keys, lookups in plain:
-            try:
-                entity = tuple(map(payload.__getitem__, join_keys))
-            except KeyError:
-                continue
-            for keys, found in lookups:
-                code = keys.get(entity)
-                if code is not None:
-                    found.add(code)
-        if custom:
-            for m, item in extract_all(custom, src, envelope, include_late=include_late):
-                t = slot_table[m]
-                code = job.tables[t].keys.get(item.entity)
-                if code is not None:
-                    seen[t].add(code)
-    if left != _BLOCK:
-        block_min.append(lowest)
-        in_order.append(ordered)
-    low = [_INF] * (len(block_min) + 1)
-    for b in range(len(block_min) - 1, -1, -1):
-        low[b] = min(block_min[b], low[b + 1])
-    return _Scan(records, seen, low, in_order)
-
-
-class _Held:
-    """Records that arrived ahead of a pending label, by clock; sorted runs spill to disk."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self.heap: list[tuple[int, int, int, int, Extracted]] = []
-        self.heads: list[tuple[int, int, int, int, Extracted, int]] = []  # one per run
-        self.runs: list[Iterator[tuple[int, int, int, Extracted]]] = []
-        self.seq = itertools.count()
-        self.folder: tempfile.TemporaryDirectory[str] | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.heap) or bool(self.heads)
-
-    def push(self, clock: int, m: int, code: int, item: Extracted) -> None:
-        heapq.heappush(self.heap, (clock, next(self.seq), m, code, item))
-        if len(self.heap) > self.limit:
-            self._spill()
-
-    def lowest(self) -> int:
-        a = self.heap[0][0] if self.heap else _INF
-        b = self.heads[0][0] if self.heads else _INF
-        return a if a < b else b
-
-    def pop(self) -> tuple[int, int, Extracted]:
-        if self.heads and (not self.heap or self.heads[0][:2] < self.heap[0][:2]):
-            _, _, m, code, item, run = heapq.heappop(self.heads)
-            self._advance(run)
-            return m, code, item
-        _, _, m, code, item = heapq.heappop(self.heap)
-        return m, code, item
-
-    def _advance(self, run: int) -> None:
-        got = next(self.runs[run], None)
-        if got is not None:
-            clock, m, code, item = got
-            heapq.heappush(self.heads, (clock, next(self.seq), m, code, item, run))
-
-    def _spill(self) -> None:
-        self.heap.sort()
-        if self.folder is None:
-            self.folder = tempfile.TemporaryDirectory(prefix="skewless-backfill-")
-        path = os.path.join(self.folder.name, f"run-{len(self.runs)}.msgpack")
-        packer = msgpack.Packer(use_bin_type=True)
-        with open(path, "wb") as fh:
-            for clock, _, m, code, x in self.heap:
-                fh.write(packer.pack((clock, m, code, x.entity, x.values, x.event_time_ms,
-                                      x.processed_at_ms, x.partition, x.offset)))  # fmt: skip
-        self.heap = []
-        self.runs.append(_read_run(path))
-        self._advance(len(self.runs) - 1)
-
-    def close(self) -> None:
-        for run in self.runs:
-            close = getattr(run, "close", None)
-            if close is not None:
-                close()
-        if self.folder is not None:
-            self.folder.cleanup()
-
-
-def _read_run(path: str) -> Iterator[tuple[int, int, int, Extracted]]:
-    with open(path, "rb") as fh:
-        for clock, m, code, entity, values, et, pt, partition, offset in msgpack.Unpacker(
-            fh, raw=False, use_list=False
-        ):
-            yield clock, m, code, Extracted(entity=entity, values=values, event_time_ms=et,
-                                            processed_at_ms=pt, partition=partition,
-                                            offset=offset)  # fmt: skip
-
-
-def _partition_labels(
-    job: _Job, mine: list[int], scan: _Scan
-) -> tuple[
-    Iterator[tuple[int, int, int, int]],
-    list[dict[EntityKey, tuple[int, int]]],
-    list[dict[int, int]],
-]:
-    """This partition's labels as (t, slot, label index, entity code) in time order, and
-    per slot: entity -> (code, time of its last label), and code -> number of labels."""
-    present = []
-    for t, table in enumerate(job.tables):
-        flags = np.zeros(len(table.keys), dtype=np.bool_)
-        if scan.seen[t]:
-            flags[np.fromiter(scan.seen[t], dtype=np.int64, count=len(scan.seen[t]))] = True
-        present.append(flags)
-    parts: list[tuple[Int64s, Int64s, Int64s, Int64s]] = []
-    last: list[dict[EntityKey, tuple[int, int]]] = []
-    count: list[dict[int, int]] = []
-    for m, r in enumerate(mine):
-        labels = job.labels[r]
-        codes = job.tables[labels.table].codes
-        idx = np.flatnonzero(present[labels.table][codes]).astype(np.int64)
-        times, entity = labels.times[idx], codes[idx]
-        parts.append((times, np.full(len(idx), m, dtype=np.int64), idx, entity))
-        unique, inverse = np.unique(entity, return_inverse=True)
-        latest = np.full(len(unique), _I64_MIN, dtype=np.int64)
-        np.maximum.at(latest, inverse, times)
-        keys = unique.tolist()
-        entities = job.tables[labels.table].entities
-        last.append({entities[c]: (c, t) for c, t in zip(keys, latest.tolist(), strict=True)})
-        count.append(dict(zip(keys, np.bincount(inverse, minlength=len(unique)).tolist(),
-                              strict=True)))  # fmt: skip
-    merged = [np.concatenate([p[k] for p in parts]) for k in range(4)]
-    order = np.argsort(merged[0], kind="stable")  # (t, slot, index): the order labels are read
-    columns = [c[order] for c in merged]
-
-    def stream() -> Iterator[tuple[int, int, int, int]]:
-        for lo in range(0, len(order), _LABEL_CHUNK):
-            hi = lo + _LABEL_CHUNK
-            yield from zip(*(c[lo:hi].tolist() for c in columns), strict=True)
-
-    return stream(), last, count
-
-
-class _Reader:
-    """Pass 2 state: tiles per slot, the pending labels and what was read for them."""
-
-    def __init__(
-        self,
-        job: _Job,
-        mine: list[int],
-        views: list[ViewPlan],
-        labels: Iterator[tuple[int, int, int, int]],
-        counts: list[dict[int, int]],
-    ) -> None:
-        self.views = views
-        self.indices = [job.requests[r].indices for r in mine]
-        self.state: list[dict[int, EntityTiles]] = [{} for _ in mine]
-        self.counts = counts
-        self.labels = labels
-        self.pending = next(labels, None)
-        self.emitted = -_INF  # time of the last label read
-        local = [job.local[r] for r in mine]
-        self.finalizers = [
-            [view.layout.aggregators[k].finalize for k in self.indices[m]] if local[m] else None
-            for m, view in enumerate(views)
-        ]
-        self.found = [array("q") for _ in mine]
-        self.columns = [
-            [_ColumnWriter() for _ in self.indices[m]] if local[m] else None
-            for m in range(len(mine))
-        ]
-        self.states: list[list[list[Any]] | None] = [
-            None if local[m] else [] for m in range(len(mine))
-        ]
-        self.held = _Held(job.spill_items)
-
-    @property
-    def next_time(self) -> int:
-        return _INF if self.pending is None else self.pending[0]
-
-    def fold(self, m: int, code: int, item: Extracted) -> None:
-        state = self.state[m]
-        tiles = state.get(code)
-        if tiles is None:
-            tiles = state[code] = EntityTiles()
-        apply_extracted(self.views[m], tiles, item)
-
-    def read_until(self, low: int) -> int:
-        """Read every pending label at or before ``low``; returns the next label's time."""
-        held = self.held
-        while self.pending is not None and self.pending[0] <= low:
-            t, m, i, code = self.pending
-            while held and held.lowest() < t:
-                self.fold(*held.pop())
-            state = self.state[m]
-            tiles = state.get(code)
-            if tiles is not None:
-                view = self.views[m]
-                evict(view.layout, tiles, t)
-                states = window_states(view.layout, tiles, t, self.indices[m])
-                self.found[m].append(i)
-                finalize = self.finalizers[m]
-                if finalize is None:
-                    self.states[m].append(states)  # type: ignore[union-attr]
-                else:
-                    for writer, f, s in zip(self.columns[m], finalize, states, strict=True):  # type: ignore[arg-type]
-                        writer.add(f(s))
-            left = self.counts[m][code] - 1
-            if left:
-                self.counts[m][code] = left
-            else:  # the entity's last label here: its tiles serve no one any more
-                del self.counts[m][code]
-                state.pop(code, None)
-            self.emitted = t
-            self.pending = next(self.labels, None)
-        following = self.next_time
-        while held and held.lowest() < following:
-            self.fold(*held.pop())
-        return following
-
-    def sweep(self, t_ms: int) -> None:
-        """Evict, from every entity, tiles no label at or after ``t_ms`` can use."""
-        for view, per_entity in zip(self.views, self.state, strict=True):
-            for tiles in per_entity.values():
-                evict(view.layout, tiles, t_ms)
-
-
-def _replay(
-    job: _Job,
-    src: SourcePlan,
-    partition: int,
-    mine: list[int],
-    views: list[ViewPlan],
-    groups: Sequence[RowGroup],
-    scan: _Scan,
-) -> _PartitionResult:
-    """Pass 2: stream the partition again, folding records and reading labels in time order."""
-    labels, last, counts = _partition_labels(job, mine, scan)
-    reader = _Reader(job, mine, views, labels, counts)
-    states = reader.state
-    held = reader.held
-    include_late = job.include_late
-    by_event_time = job.mode == "event_time"
-    ts, divisor = src.timestamp_field, src.timestamp_divisor
-    low_of, in_order = scan.low, scan.in_order
-    t_next = reader.next_time
-    b, left, low, ordered, after = -1, 0, -_INF, 0, _INF
-    folds, sweep_at = 0, _SWEEP_EVERY
-    records = itertools.islice(job.log.read(src.name, partition), scan.records)
-    try:
-        for envelope in records:
-            if t_next == _INF:
-                break  # every label of the partition is read
-            if not left:
-                b += 1
-                left = _BLOCK
-                after = low_of[b + 1]
-                ordered = in_order[b]
-                if not ordered:
-                    low = low_of[b]
-            left -= 1
-            payload = envelope.payload
-            clock = payload[ts] // divisor if by_event_time else envelope.processed_at_ms
-            if ordered:
-                low = clock if clock < after else after
-            if t_next <= low:
-                t_next = reader.read_until(low)
-            if clock < reader.emitted:
-                raise EventLogError(
-                    f"event log partition {src.name}/{partition} changed while the backfill "
-                    f"read it: a record at offset {envelope.offset} has clock {clock} before "
-                    f"a label already read at {reader.emitted}; rerun the backfill"
-                )
-            for m, item in extract_all(groups, src, envelope, include_late=include_late):
-                hit = last[m].get(item.entity)
-                if hit is None:
-                    continue  # no label of this entity in this partition
-                code, until = hit
-                if clock >= until:
-                    continue  # no label of the entity after the record
-                if clock < t_next:
-                    state = states[m]
-                    tiles = state.get(code)
-                    if tiles is None:
-                        tiles = state[code] = EntityTiles()
-                    apply_extracted(views[m], tiles, item)
-                    folds += 1
-                    if folds >= sweep_at:
-                        # entities without an upcoming label soon still shed stale tiles
-                        reader.sweep(t_next)
-                        sweep_at += _SWEEP_EVERY
-                else:
-                    held.push(clock, m, code, item)
-        reader.read_until(_INF)
-    finally:
-        held.close()
-    slots = [
-        _SlotResult(r, reader.found[m], reader.columns[m], reader.states[m])
-        for m, r in enumerate(mine)
-    ]
-    return _PartitionResult(scan.records, slots)
-
-
-# ------------------------------------------------------------------------------------------
-# worker processes: one msgpack blob per partition (never pickle)
-
-
-def _encoded_sweep(task: tuple[str, int]) -> bytes:
-    """Worker-process entry: sweep one partition; one msgpack blob back."""
-    job = _JOB
-    assert job is not None, "backfill worker started without a job"
-    result = _sweep(job, *task)
-    slots: list[Any] = []
-    for slot in result.slots:
-        req = job.requests[slot.request]
-        if slot.columns is not None:
-            body: Any = [
-                (bytes(w.kinds), w.ints.tobytes(), w.floats.tobytes(),
-                 [_BigInt.wrap(v) if type(v) is int else v for v in w.others])
-                for w in slot.columns
-            ]  # fmt: skip
-        else:
-            aggs = job.plan.views[req.view].layout.aggregators
-            body = [
-                [aggs[k].to_plain(s) for k, s in zip(req.indices, states, strict=True)]
-                for states in slot.states or ()
-            ]
-        slots.append((slot.request, slot.columns is not None, slot.indices.tobytes(), body))
-    return bytes(msgpack.packb((_RESULT_VERSION, result.read, slots), use_bin_type=True))
-
-
-class _BigInt:
-    """msgpack carries ints in [-2**63, 2**64); exact sums of long columns may exceed that."""
-
-    CODE = 1
-
-    @staticmethod
-    def wrap(value: int) -> int | msgpack.ExtType:
-        if -(1 << 63) <= value < (1 << 64):
-            return value
-        length = (value.bit_length() + 8) // 8
-        return msgpack.ExtType(_BigInt.CODE, value.to_bytes(length, "big", signed=True))
-
-    @staticmethod
-    def hook(code: int, data: bytes) -> Any:
-        if code != _BigInt.CODE:
-            raise CodecError(f"unknown msgpack extension {code} in a backfill worker result")
-        return int.from_bytes(data, "big", signed=True)
-
-
-def _decode_result(blob: bytes) -> tuple[int, list[Any]]:
-    version, read, slots = msgpack.unpackb(
-        blob, raw=False, strict_map_key=True, ext_hook=_BigInt.hook
-    )
-    if version != _RESULT_VERSION:
-        raise CodecError(f"backfill worker result version {version} (expected {_RESULT_VERSION})")
-    return int(read), slots
-
-
-class _Collisions(Exception):
-    """A label of a 'local' request came from two partitions: its entity spans partitions."""
-
-    def __init__(self, requests: set[int]) -> None:
-        super().__init__(sorted(requests))
-        self.requests = requests
-
-
-# ------------------------------------------------------------------------------------------
 # the runner
 
 
@@ -779,10 +312,9 @@ def run(
     """Finalized feature values: ``result[r][label][j]`` for request r's j-th index.
 
     Labels whose entity has no admitted event before their time get the empty-window
-    defaults. Results are bit-identical for any worker count and spill size.
+    defaults. Results are bit-identical for any worker count.
     """
-    columns = _run_checked(plan, log, requests, mode, include_late, workers, progress,
-                           spill_items)  # fmt: skip
+    columns = _execute(plan, log, requests, mode, include_late, workers, progress)
     rows: list[list[Any]] = []
     for req, cols in zip(requests, columns, strict=True):
         values = [c.to_list() for c in cols]
@@ -807,12 +339,26 @@ def run_columns(
     An array is int64 when every value is an int that fits, float64 (NaN for None) when
     every value is a number or None and one is a float, object otherwise.
     """
-    columns = _run_checked(plan, log, requests, mode, include_late, workers, progress,
-                           spill_items)  # fmt: skip
+    columns = _execute(plan, log, requests, mode, include_late, workers, progress)
     return [[c.to_numpy() for c in cols] for cols in columns]
 
 
-def _run_checked(
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Views that see the same rows: what the core's group spec says, plus the Python side."""
+
+    source: str
+    table: int
+    join_keys: tuple[str, ...]
+    first_view: ViewPlan  # its transform and filter are the group's
+    inputs: list[str]  # payload (or transformed row) fields the group's views read
+
+    @property
+    def native(self) -> bool:
+        return self.first_view.transform is None and self.first_view.filter is None
+
+
+def _execute(
     plan: Plan,
     log: EventLogSource,
     requests: Sequence[ViewRequest],
@@ -820,139 +366,196 @@ def _run_checked(
     include_late: bool,
     workers: int,
     progress: Progress | None,
-    spill_items: int,
 ) -> list[list[_Column]]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    local = tuple(
-        plan.views[r.view].join_keys == plan.sources[plan.views[r.view].source].key_fields
-        for r in requests
-    )
     tables, labels = _tables(requests)
-    job = _Job(plan, log, tuple(requests), tables, labels, mode, include_late, local,
-               spill_items)  # fmt: skip
-    try:
-        return _run(job, workers, progress)
-    except _Collisions as exc:
-        # an entity's events span partitions (the topic grew, or a producer keyed it
-        # differently): redo those views merging states across partitions
-        local = tuple(flag and r not in exc.requests for r, flag in enumerate(local))
-        job = _Job(plan, log, tuple(requests), tables, labels, mode, include_late, local,
-                   spill_items)  # fmt: skip
-        return _run(job, workers, None)
-
-
-def _run(job: _Job, workers: int, progress: Progress | None) -> list[list[_Column]]:
-    global _JOB
-    sources = sorted({job.plan.views[r.view].source for r in job.requests})
-    tasks = [(s, p) for s in sources for p in job.log.partitions(s)]
+    groups: list[_Group] = []
+    group_of: dict[tuple[Any, ...], int] = {}
+    view_specs: list[tuple[Any, ...]] = []
+    view_of: dict[tuple[str, int], int] = {}
+    request_specs: list[tuple[Any, ...]] = []
+    for req, lab in zip(requests, labels, strict=True):
+        view = plan.views[req.view]
+        gkey = (view.source, view.transform, view.filter, view.join_keys, lab.table)
+        g = group_of.get(gkey)
+        if g is None:
+            g = group_of[gkey] = len(groups)
+            groups.append(_Group(view.source, lab.table, view.join_keys, view, []))
+        group = groups[g]
+        v = view_of.get((view.name, g))
+        if v is None:
+            v = view_of[(view.name, g)] = len(view_specs)
+            inputs = []
+            for column in view.input_columns:
+                if column not in group.inputs:
+                    group.inputs.append(column)
+                inputs.append(group.inputs.index(column))
+            kinds = view.input_kinds or ("str",) * len(view.aggregations)
+            functions = [(a.function, kind, a.n, a.window_ms, a.hop_ms)
+                         for a, kind in zip(view.aggregations, kinds, strict=True)]  # fmt: skip
+            view_specs.append((g, functions, inputs, view.allowed_lateness_ms))
+        codes = tables[lab.table].codes
+        request_specs.append((v, codes.tobytes(), lab.times.tobytes(), list(req.indices)))
+    sweep = _native.Sweep(
+        mode,
+        include_late,
+        [[_key(e) for e in t.entities] for t in tables],
+        [(g.source, g.table, list(g.join_keys), list(g.inputs), g.native) for g in groups],
+        view_specs,
+        request_specs,
+    )
+    tasks = [(s, p) for s in sorted({g.source for g in groups}) for p in log.partitions(s)]
+    reader = _Reader(plan, log, sweep, groups, progress)
     if workers <= 1 or len(tasks) <= 1:
-        results = _Results(job)
         for task in tasks:
-            result = _sweep(job, *task)
-            results.absorb(result)
-            if progress:
-                progress(result.read, 1)
-        return results.finish()
-    _JOB = job
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(min(workers, len(tasks))) as pool:
-            # the workers are forked by now: none of them holds a copy of the output
-            results = _Results(job)
-            for blob in pool.imap_unordered(_encoded_sweep, tasks):
-                read = results.absorb_blob(blob)
-                del blob
-                if progress:
-                    progress(read, 1)
-    finally:
-        _JOB = None
-    return results.finish()
+            reader.partition(*task)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            for _ in pool.map(lambda task: reader.partition(*task), tasks):
+                pass
+    out = sweep.finish()
+    return [
+        [_Column.from_native(len(req.entities), *col) for col in cols]
+        for req, cols in zip(requests, out, strict=True)
+    ]
 
 
-class _Results:
-    """The output columns, filled as partitions finish (in any order)."""
+def _key(entity: EntityKey) -> tuple[Any, ...]:
+    """A label's key as the core matches it: str and int parts; an integral float is the
+    int it equals (as Python's ``==`` has it); any other part can match no record."""
+    parts: list[Any] = []
+    for part in entity:
+        if isinstance(part, float) and part.is_integer():
+            parts.append(int(part))
+        elif isinstance(part, (str, int)):
+            parts.append(part)
+        else:
+            parts.append("\x00unmatchable:" + repr(part))  # no logged key is a str like this
+    return tuple(parts)
 
-    def __init__(self, job: _Job) -> None:
-        plan, requests = job.plan, job.requests
-        self.local = job.local
-        self.aggs = [
-            [plan.views[req.view].layout.aggregators[k] for k in req.indices] for req in requests
-        ]
-        self.columns = [
-            [_Column(len(req.entities), a.finalize(a.init())) for a in self.aggs[r]]
-            for r, req in enumerate(requests)
-        ]
-        # local requests: labels already written, to notice an entity in two partitions
-        self.filled = [np.zeros(len(req.entities) if flag else 0, dtype=np.bool_)
-                       for req, flag in zip(requests, job.local, strict=True)]  # fmt: skip
-        # other requests: merged window states per label, finalized at the end
-        self.merged: list[dict[int, list[Any]]] = [{} for _ in requests]
-        self.collided: set[int] = set()
 
-    def absorb(self, result: _PartitionResult) -> None:
-        """A partition swept in this process."""
-        for slot in result.slots:
-            idx = np.frombuffer(slot.indices, dtype=np.int64)
-            if slot.columns is not None:
-                self._mark(slot.request, idx)
-                for column, writer in zip(self.columns[slot.request], slot.columns, strict=True):
-                    column.write(idx, writer)
-            else:
-                self._merge(slot.request, idx, slot.states or [], plain=False)
+class _Reader:
+    """Feeds one partition's records to the sweep: log files natively, transforms in Python."""
 
-    def absorb_blob(self, blob: bytes) -> int:
-        """A partition swept by a worker (``_encoded_sweep``); returns the records it read."""
-        read, slots = _decode_result(blob)
-        for r, finalized, idx_bytes, body in slots:
-            idx = np.frombuffer(idx_bytes, dtype=np.int64)
-            if not finalized:
-                self._merge(r, idx, body, plain=True)
-                continue
-            self._mark(r, idx)
-            for column, (kinds, ints, floats, others) in zip(self.columns[r], body, strict=True):
-                column.put(
-                    idx,
-                    np.frombuffer(kinds, dtype=np.uint8),
-                    np.frombuffer(ints, dtype=np.int64),
-                    np.frombuffer(floats, dtype=np.float64),
-                    others,
-                )
-        return read
+    def __init__(
+        self,
+        plan: Plan,
+        log: EventLogSource,
+        sweep: Any,
+        groups: list[_Group],
+        progress: Progress | None,
+    ) -> None:
+        self.plan = plan
+        self.log = log
+        self.sweep = sweep
+        self.groups = groups
+        self.progress = progress
+        self.files = isinstance(log, LogFiles)
 
-    def _mark(self, r: int, idx: Int64s) -> None:
-        filled = self.filled[r]
-        if bool(filled[idx].any()):
-            self.collided.add(r)
-        filled[idx] = True
+    def partition(self, source: str, partition: int) -> None:
+        src = self.plan.sources[source]
+        mine = [g for g, group in enumerate(self.groups) if group.source == source]
+        native = [g for g in mine if self.groups[g].native]
+        fed = [g for g in mine if g not in native]
+        read = 0
+        if self.files and native:
+            read = self._files(source, partition, src.timestamp_field, src.timestamp_divisor)
+            envelope_groups = fed
+        else:
+            envelope_groups = mine
+        if envelope_groups:
+            counted = self._envelopes(source, partition, envelope_groups)
+            if not read:
+                read = counted
+                self.sweep.note_read(counted)
+        if self.progress is not None:
+            self.progress(read, 1)
 
-    def _merge(self, r: int, idx: Int64s, rows: Sequence[Sequence[Any]], plain: bool) -> None:
-        aggs, held = self.aggs[r], self.merged[r]
-        for i, out in zip(idx.tolist(), rows, strict=True):
-            if plain:
-                out = [a.from_plain(p) for a, p in zip(aggs, out, strict=True)]
-            before = held.get(i)
-            if before is None:
-                held[i] = list(out)
-            else:
-                held[i] = [a.merge(h, s) for a, h, s in zip(aggs, before, out, strict=True)]
+    def _files(self, source: str, partition: int, ts_field: str, divisor: int) -> int:
+        log = self.log
+        assert isinstance(log, LogFiles)
+        high = _I64_MIN  # below every offset
+        read = 0
+        for _ in range(20):
+            try:
+                for _, last, path in log.files(source, partition):
+                    if last <= high:
+                        continue  # wholly covered by files already read
+                    data = log.read_file(path)
+                    try:
+                        high, taken = self.sweep.add_log_file(
+                            source, partition, data, high, ts_field, divisor
+                        )
+                    except ValueError as exc:
+                        raise EventLogError(f"cannot read event-log file {path}: {exc}") from exc
+                    read += taken
+                return read
+            except FileNotFoundError:
+                continue  # compacted away since the listing: list again, go on after `high`
+        raise EventLogError(
+            f"event log for source {source!r} partition {partition}: files kept vanishing "
+            f"while being read (20 listings); is something deleting them?"
+        )
 
-    def finish(self) -> list[list[_Column]]:
-        """The columns; raises _Collisions if a local request got a label twice."""
-        if self.collided:
-            raise _Collisions(self.collided)
-        for r, held in enumerate(self.merged):
-            if not held:
-                continue
-            found = sorted(held)
-            writers = [_ColumnWriter() for _ in self.aggs[r]]
-            for i in found:
-                for writer, a, s in zip(writers, self.aggs[r], held.pop(i), strict=True):
-                    writer.add(a.finalize(s))
-            idx = np.asarray(found, dtype=np.int64)
-            for column, writer in zip(self.columns[r], writers, strict=True):
-                column.write(idx, writer)
-        return self.columns
+    def _envelopes(self, source: str, partition: int, groups: list[int]) -> int:
+        """The slow path: records through Python (transforms, filters, logs without files)."""
+        src = self.plan.sources[source]
+        ts, divisor = src.timestamp_field, src.timestamp_divisor
+        chunks = {g: _Chunk(len(self.groups[g].join_keys), len(self.groups[g].inputs))
+                  for g in groups}  # fmt: skip
+        count = 0
+        for envelope in self.log.read(source, partition):
+            count += 1
+            payload = envelope.payload
+            et = payload[ts] // divisor
+            for g in groups:
+                group = self.groups[g]
+                row: dict[str, Any] | None = payload
+                if not group.native:
+                    row = view_row(group.first_view, payload)
+                    if row is None:
+                        continue
+                chunk = chunks[g]
+                chunk.add(envelope.offset, et, envelope.processed_at_ms,
+                          [row.get(k) for k in group.join_keys],
+                          [row.get(c) for c in group.inputs])  # fmt: skip
+                if len(chunk) >= _ROWS_CHUNK:
+                    chunk.flush(self.sweep, g, partition)
+        for g, chunk in chunks.items():
+            chunk.flush(self.sweep, g, partition)
+        return count
+
+
+class _Chunk:
+    """Records of one group waiting to go to the core as columns."""
+
+    def __init__(self, keys: int, inputs: int) -> None:
+        self.offsets = array("q")
+        self.event_time = array("q")
+        self.processed_at = array("q")
+        self.keys: list[list[Any]] = [[] for _ in range(keys)]
+        self.inputs: list[list[Any]] = [[] for _ in range(inputs)]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def add(self, offset: int, et: int, pt: int, keys: list[Any], inputs: list[Any]) -> None:
+        self.offsets.append(offset)
+        self.event_time.append(et)
+        self.processed_at.append(pt)
+        for column, value in zip(self.keys, keys, strict=True):
+            column.append(value)
+        for column, value in zip(self.inputs, inputs, strict=True):
+            column.append(value)
+
+    def flush(self, sweep: Any, group: int, partition: int) -> None:
+        if not len(self):
+            return
+        sweep.add_rows(group, partition, self.offsets.tobytes(), self.event_time.tobytes(),
+                       self.processed_at.tobytes(), [("any", c) for c in self.keys],
+                       [("any", c) for c in self.inputs])  # fmt: skip
+        self.__init__(len(self.keys), len(self.inputs))  # type: ignore[misc]
 
 
 def requests_by_view(refs: Sequence[tuple[ViewPlan, int]]) -> Mapping[str, tuple[int, ...]]:

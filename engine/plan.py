@@ -84,6 +84,7 @@ class ViewPlan:
     location: str
     input_columns: tuple[str, ...]  # the column each aggregation reads, in order
     float_inputs: tuple[int, ...]  # aggregations whose column holds floats
+    input_kinds: tuple[str, ...] = ()  # column kind each aggregation reads (int/float/str/bool/bytes)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -728,6 +729,7 @@ def compile_plan(
             location=c.where(view.location),
             input_columns=tuple(a.column for a in aggs),
             float_inputs=tuple(i for i, a in enumerate(aggs) if columns[a.column] == "float"),
+            input_kinds=tuple(columns[a.column] or "str" for a in aggs),
         )
     if c.problems:
         raise DefinitionError(c.problems)

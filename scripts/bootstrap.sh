@@ -3,6 +3,15 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "bootstrap: the native kernel (native/, Rust) needs cargo >= 1.85 to build from source." >&2
+  echo "  Install Rust (https://rustup.rs), or install a prebuilt wheel instead:" >&2
+  echo "  pip install skewless-*.whl  (see README, 'Without a Rust toolchain')" >&2
+  exit 1
+fi
 py=""
 for candidate in python3.13 python3.12 python3.11 python3; do
   if command -v "$candidate" >/dev/null 2>&1 &&
@@ -16,8 +25,13 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 stamp=.venv/.skewless-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: installing skewless and dev dependencies into .venv"
+native_changed() {
+  # the extension is rebuilt when any Rust source is newer than the installed stamp
+  [ -n "$(find native -newer "$stamp" \( -name '*.rs' -o -name 'Cargo.toml' -o -name 'Cargo.lock' \) -print -quit)" ]
+}
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -e engine/_native.abi3.so ] ||
+   native_changed; then
+  echo "bootstrap: installing skewless (building the native kernel with cargo) and dev dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev,bench]"
   touch "$stamp"

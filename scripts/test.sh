@@ -7,6 +7,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/bootstrap.sh
+if ! command -v cargo >/dev/null 2>&1; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+echo "== rust (native kernel: fmt, clippy, tests)"
+(cd native && cargo fmt --all --check && cargo clippy --all-targets -- -D warnings && cargo test -q)
+echo "== release wheel in a fresh venv without cargo"
+bash scripts/wheel_smoke.sh
 echo "== services (real Kafka and Redis on 127.0.0.1)"
 bash scripts/services.sh up
 echo "== ruff"

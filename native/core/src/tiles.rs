@@ -1,1 +1,193 @@
-//! TODO
+//! Tile layouts, folding rows into an entity's tiles, and windows as of `t` (DESIGN §3).
+//!
+//! Tile `k` of hop `H` holds the events with `k*H <= event_time < (k+1)*H`. The value of a
+//! window `W` as of `t` merges tiles `ceil(t/H) - W/H .. ceil(t/H) - 1`; a lifetime
+//! aggregation keeps one accumulator. Which events are folded before `t` (event time or
+//! processing time) is the caller's business.
+
+use std::collections::BTreeMap;
+
+use crate::agg::{Agg, Input, State};
+use crate::error::KernelError;
+use crate::value::{Order, Value};
+
+/// The aggregations of one view that share a hop: one tile holds one state per member.
+#[derive(Clone, Debug)]
+pub struct HopGroup {
+    pub hop_ms: i64,
+    /// Aggregation indices, in view order.
+    pub members: Vec<usize>,
+    /// Tiles the group's longest window spans (`W / H`).
+    pub span: i64,
+}
+
+/// How a view's aggregations map onto tiles; built once per view.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub aggs: Vec<Agg>,
+    pub windows_ms: Vec<Option<i64>>,
+    pub groups: Vec<HopGroup>,
+    /// Aggregation indices of the lifetime accumulator.
+    pub lifetime: Vec<usize>,
+    /// Where aggregation `i` lives: `(Some(group) | None for lifetime, position)`.
+    pub slots: Vec<(Option<usize>, usize)>,
+}
+
+impl Layout {
+    /// Group aggregations by hop (ascending), lifetime ones apart. `windows_ms[i]` and
+    /// `hops_ms[i]` are both `None` for a lifetime aggregation; otherwise `hop` divides
+    /// the window.
+    pub fn new(
+        aggs: Vec<Agg>,
+        windows_ms: Vec<Option<i64>>,
+        hops_ms: Vec<Option<i64>>,
+    ) -> Result<Layout, KernelError> {
+        if aggs.len() != windows_ms.len() || aggs.len() != hops_ms.len() {
+            return Err(KernelError::Layout(format!(
+                "{} aggregations, {} windows and {} hops (expected one of each per aggregation)",
+                aggs.len(),
+                windows_ms.len(),
+                hops_ms.len()
+            )));
+        }
+        let mut by_hop: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        let mut lifetime = Vec::new();
+        for (i, (window, hop)) in windows_ms.iter().zip(&hops_ms).enumerate() {
+            match (window, hop) {
+                (None, _) => lifetime.push(i),
+                (Some(w), Some(h)) if *h > 0 && *w > 0 && w % h == 0 => {
+                    by_hop.entry(*h).or_default().push(i)
+                }
+                _ => {
+                    return Err(KernelError::Layout(format!(
+                        "aggregation {i}: window {window:?} ms and hop {hop:?} ms (the hop must \
+                         be positive and divide the window)"
+                    )))
+                }
+            }
+        }
+        let mut slots = vec![(None, 0); aggs.len()];
+        let groups: Vec<HopGroup> = by_hop
+            .into_iter()
+            .enumerate()
+            .map(|(g, (hop_ms, members))| {
+                let longest = members.iter().filter_map(|&i| windows_ms[i]).max().unwrap_or(0);
+                for (j, &i) in members.iter().enumerate() {
+                    slots[i] = (Some(g), j);
+                }
+                HopGroup { hop_ms, members, span: longest / hop_ms }
+            })
+            .collect();
+        for (j, &i) in lifetime.iter().enumerate() {
+            slots[i] = (None, j);
+        }
+        Ok(Layout { aggs, windows_ms, groups, lifetime, slots })
+    }
+
+    fn new_tile(&self, members: &[usize]) -> Box<[State]> {
+        members.iter().map(|&i| self.aggs[i].init()).collect()
+    }
+}
+
+/// `ceil(t / H)`: windows of hop `H` as of `t` end before this tile.
+#[inline]
+pub fn window_end(hop_ms: i64, t_ms: i64) -> i64 {
+    -((-t_ms).div_euclid(hop_ms))
+}
+
+/// `(start, end)`: a window `W` of hop `H` as of `t` merges tiles `start <= k < end`.
+#[inline]
+pub fn window_tiles(hop_ms: i64, window_ms: i64, t_ms: i64) -> (i64, i64) {
+    let end = window_end(hop_ms, t_ms);
+    (end - window_ms / hop_ms, end)
+}
+
+/// The live tiles of one (view, entity).
+#[derive(Clone, Debug, Default)]
+pub struct EntityTiles {
+    by_group: Vec<BTreeMap<i64, Box<[State]>>>,
+    lifetime: Option<Box<[State]>>,
+}
+
+impl EntityTiles {
+    /// No tiles yet.
+    pub fn new(layout: &Layout) -> EntityTiles {
+        EntityTiles { by_group: vec![BTreeMap::new(); layout.groups.len()], lifetime: None }
+    }
+
+    /// Number of live tiles (lifetime accumulator included).
+    pub fn len(&self) -> usize {
+        self.by_group.iter().map(BTreeMap::len).sum::<usize>() + usize::from(self.lifetime.is_some())
+    }
+
+    /// `true` when nothing was folded (or everything was evicted).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fold one admitted event: `input(i)` is aggregation `i`'s input.
+    #[inline]
+    pub fn fold<'a>(
+        &mut self,
+        layout: &Layout,
+        event_time_ms: i64,
+        order: Order,
+        input: impl Fn(usize) -> Input<'a>,
+    ) {
+        for (g, group) in layout.groups.iter().enumerate() {
+            let k = event_time_ms.div_euclid(group.hop_ms);
+            let tile = self.by_group[g]
+                .entry(k)
+                .or_insert_with(|| layout.new_tile(&group.members));
+            for (state, &i) in tile.iter_mut().zip(&group.members) {
+                layout.aggs[i].add(state, input(i), order);
+            }
+        }
+        if !layout.lifetime.is_empty() {
+            let tile = self.lifetime.get_or_insert_with(|| layout.new_tile(&layout.lifetime));
+            for (state, &i) in tile.iter_mut().zip(&layout.lifetime) {
+                layout.aggs[i].add(state, input(i), order);
+            }
+        }
+    }
+
+    /// Drop the tiles no window can use at any time `>= t_ms`.
+    pub fn evict(&mut self, layout: &Layout, t_ms: i64) {
+        for (tiles, group) in self.by_group.iter_mut().zip(&layout.groups) {
+            let oldest = window_end(group.hop_ms, t_ms) - group.span;
+            while let Some(entry) = tiles.first_entry() {
+                if *entry.key() >= oldest {
+                    break;
+                }
+                entry.remove();
+            }
+        }
+    }
+
+    /// The merged (not finalized) state of aggregation `i`'s window as of `t_ms`.
+    pub fn window_state(&self, layout: &Layout, i: usize, t_ms: i64) -> State {
+        let agg = &layout.aggs[i];
+        let mut acc = agg.init();
+        match layout.slots[i] {
+            (None, j) => {
+                if let Some(tile) = &self.lifetime {
+                    agg.merge(&mut acc, &tile[j]);
+                }
+            }
+            (Some(g), j) => {
+                let hop = layout.groups[g].hop_ms;
+                let window = layout.windows_ms[i].unwrap_or(hop);
+                let (start, end) = window_tiles(hop, window, t_ms);
+                for (_, tile) in self.by_group[g].range(start..end) {
+                    agg.merge(&mut acc, &tile[j]);
+                }
+            }
+        }
+        acc
+    }
+
+    /// The value of aggregation `i` as of `t_ms`.
+    pub fn value(&self, layout: &Layout, i: usize, t_ms: i64) -> Value {
+        layout.aggs[i].finalize(&self.window_state(layout, i, t_ms))
+    }
+}

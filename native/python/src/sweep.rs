@@ -1,5 +1,324 @@
-use pyo3::prelude::*;
+//! `Sweep`: the backfill's native sweep (see `skewless_core::sweep`), driven from
+//! `engine.backfill`. Files and columns go in once per file or chunk; the GIL is released
+//! while the core decodes and sweeps.
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use std::sync::Mutex;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyTuple};
+
+use skewless_core::agg::{Agg, Func};
+use skewless_core::columns::{Column, ColumnData};
+use skewless_core::sweep::{decode_log_file, GroupSpec, KeyBuf, KeyTable, Mode, RequestSpec, Sweep, ViewSpec};
+use skewless_core::tiles::Layout;
+use skewless_core::value::{Kind, Value};
+
+use crate::kernel::value_to_py;
+
+fn err(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+fn i64s(data: &[u8], what: &str) -> PyResult<Vec<i64>> {
+    if data.len() % 8 != 0 {
+        return Err(err(format!("{what}: {} bytes is not a whole number of int64", data.len())));
+    }
+    Ok(data.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().unwrap())).collect())
+}
+
+/// One label-table key (a tuple of str/int) into the key encoding the core matches.
+fn encode_key(key: &Bound<'_, PyAny>, buf: &mut KeyBuf) -> PyResult<()> {
+    buf.clear();
+    let parts = key.cast::<PyTuple>().map_err(|_| err("an entity key must be a tuple"))?;
+    for part in parts.iter() {
+        if let Ok(s) = part.extract::<&str>() {
+            buf.push_str(s);
+        } else if let Ok(i) = part.extract::<i64>() {
+            buf.push_int(i);
+        } else {
+            return Err(err(format!("entity key part {part} is neither a str nor an int64")));
+        }
+    }
     Ok(())
 }
+
+/// A scalar from Python: None, bool, int (int64), float, str, bytes; anything else
+/// (containers, ints beyond int64) can be neither a key nor an aggregation input: null.
+fn plain_value(x: &Bound<'_, PyAny>) -> PyResult<Value> {
+    Ok(if x.is_none() {
+        Value::Null
+    } else if x.is_instance_of::<PyBool>() {
+        Value::Bool(x.extract::<bool>()?)
+    } else if x.is_instance_of::<PyInt>() {
+        x.extract::<i64>().map_or(Value::Null, Value::Int)
+    } else if x.is_instance_of::<PyFloat>() {
+        Value::Float(x.extract::<f64>()?)
+    } else if let Ok(s) = x.extract::<&str>() {
+        Value::Str(s.into())
+    } else if x.is_instance_of::<PyBytes>() {
+        Value::Bytes(x.extract::<&[u8]>()?.into())
+    } else {
+        Value::Null
+    })
+}
+
+/// A column from a Python list (None = null) of the given kind.
+fn column_from_list(kind: &str, values: &Bound<'_, PyList>) -> PyResult<Column> {
+    let n = values.len();
+    let mut valid = Vec::with_capacity(n);
+    let data = match kind {
+        "int" => {
+            let mut v = Vec::with_capacity(n);
+            for x in values.iter() {
+                valid.push(!x.is_none());
+                v.push(if x.is_none() { 0 } else { x.extract::<i64>()? });
+            }
+            ColumnData::Int(v)
+        }
+        "float" => {
+            let mut v = Vec::with_capacity(n);
+            for x in values.iter() {
+                valid.push(!x.is_none());
+                v.push(if x.is_none() { 0.0 } else { x.extract::<f64>()? });
+            }
+            ColumnData::Float(v)
+        }
+        "bool" => {
+            let mut v = Vec::with_capacity(n);
+            for x in values.iter() {
+                valid.push(!x.is_none());
+                v.push(!x.is_none() && x.extract::<bool>()?);
+            }
+            ColumnData::Bool(v)
+        }
+        "str" | "bytes" => {
+            let mut offsets = Vec::with_capacity(n + 1);
+            offsets.push(0i64);
+            let mut data = Vec::new();
+            for x in values.iter() {
+                valid.push(!x.is_none());
+                if !x.is_none() {
+                    if kind == "str" {
+                        data.extend_from_slice(x.extract::<&str>()?.as_bytes());
+                    } else {
+                        data.extend_from_slice(x.extract::<&[u8]>()?);
+                    }
+                }
+                offsets.push(data.len() as i64);
+            }
+            if kind == "str" {
+                ColumnData::Str { offsets, data }
+            } else {
+                ColumnData::Bytes { offsets, data }
+            }
+        }
+        "any" => {
+            let mut v = Vec::with_capacity(n);
+            for x in values.iter() {
+                valid.push(!x.is_none());
+                v.push(plain_value(&x)?);
+            }
+            ColumnData::Value(v)
+        }
+        other => return Err(err(format!("unknown column kind {other:?}"))),
+    };
+    Ok(Column { data, valid: Some(valid) })
+}
+
+/// The sweep behind a lock: files decode in parallel (GIL released, no lock held), then
+/// each decoded batch is kept under the lock.
+#[pyclass(module = "engine._native", name = "Sweep")]
+pub struct PySweep {
+    inner: Mutex<Option<Sweep>>,
+}
+
+impl PySweep {
+    fn with<T>(&self, f: impl FnOnce(&mut Sweep) -> PyResult<T>) -> PyResult<T> {
+        let mut guard = self.inner.lock().map_err(|_| err("a sweep call panicked earlier"))?;
+        f(guard.as_mut().ok_or_else(|| err("this sweep has finished"))?)
+    }
+}
+
+#[pymethods]
+impl PySweep {
+    /// See `engine/_native.pyi`.
+    #[new]
+    #[pyo3(signature = (mode, include_late, tables, groups, views, requests))]
+    fn new(
+        mode: &str,
+        include_late: bool,
+        tables: &Bound<'_, PyList>,
+        groups: &Bound<'_, PyList>,
+        views: &Bound<'_, PyList>,
+        requests: &Bound<'_, PyList>,
+    ) -> PyResult<PySweep> {
+        let mode = match mode {
+            "event_time" => Mode::EventTime,
+            "processing_time" => Mode::ProcessingTime,
+            other => return Err(err(format!("unknown mode {other:?}"))),
+        };
+        let mut buf = KeyBuf::default();
+        let mut key_tables = Vec::with_capacity(tables.len());
+        for table in tables.iter() {
+            let mut t = KeyTable::default();
+            for key in table.cast::<PyList>()?.iter() {
+                encode_key(&key, &mut buf)?;
+                t.insert(&buf.0);
+            }
+            key_tables.push(t);
+        }
+        let mut group_specs = Vec::new();
+        for g in groups.iter() {
+            let (source, table, key_fields, input_fields, native): (
+                String,
+                usize,
+                Vec<String>,
+                Vec<String>,
+                bool,
+            ) = g.extract()?;
+            group_specs.push(GroupSpec { source, table, key_fields, input_fields, native });
+        }
+        let mut view_specs = Vec::new();
+        for v in views.iter() {
+            let (group, functions, inputs, lateness): (
+                usize,
+                Vec<(String, String, Option<u32>, Option<i64>, Option<i64>)>,
+                Vec<usize>,
+                Option<i64>,
+            ) = v.extract()?;
+            let mut aggs = Vec::new();
+            let mut windows = Vec::new();
+            let mut hops = Vec::new();
+            for (name, kind, n, window, hop) in functions {
+                let func = Func::parse(&name, n)
+                    .ok_or_else(|| err(format!("unknown aggregation function {name:?}")))?;
+                let kind = Kind::parse(&kind)
+                    .ok_or_else(|| err(format!("unknown column kind {kind:?}")))?;
+                aggs.push(Agg::new(func, kind).map_err(err)?);
+                windows.push(window);
+                hops.push(hop);
+            }
+            let layout = Layout::new(aggs, windows, hops).map_err(err)?;
+            view_specs.push(ViewSpec { group, layout, inputs, allowed_lateness_ms: lateness });
+        }
+        let mut request_specs = Vec::new();
+        for r in requests.iter() {
+            let (view, codes, times, indices): (usize, Vec<u8>, Vec<u8>, Vec<usize>) =
+                r.extract()?;
+            let codes = i64s(&codes, "entity codes")?
+                .into_iter()
+                .map(|c| u32::try_from(c).map_err(|_| err(format!("entity code {c} out of range"))))
+                .collect::<PyResult<Vec<u32>>>()?;
+            let times_ms = i64s(&times, "label times")?;
+            request_specs.push(RequestSpec { view, codes, times_ms, indices });
+        }
+        let sweep =
+            Sweep::new(mode, include_late, key_tables, group_specs, view_specs, request_specs)
+                .map_err(err)?;
+        Ok(PySweep { inner: Mutex::new(Some(sweep)) })
+    }
+
+    /// Container column names the natively read groups of `source` need.
+    fn projection(&self, source: &str, ts_field: &str) -> PyResult<Vec<String>> {
+        self.with(|s| Ok(s.projection(source, ts_field)))
+    }
+
+    /// Decode one event-log file of `source` (GIL released, in parallel with other calls)
+    /// and keep what its native groups need; returns `(highest offset seen, records taken)`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_log_file(
+        &self,
+        py: Python<'_>,
+        source: &str,
+        partition: i32,
+        data: &Bound<'_, PyBytes>,
+        after_offset: i64,
+        ts_field: &str,
+        divisor: i64,
+    ) -> PyResult<(i64, u64)> {
+        let projection = self.with(|s| Ok(s.projection(source, ts_field)))?;
+        let bytes = data.as_bytes();
+        let batch = py.detach(|| decode_log_file(bytes, &projection)).map_err(err)?;
+        py.detach(|| {
+            self.with(|s| {
+                s.add_log_batch(source, partition, &batch, after_offset, ts_field, divisor)
+                    .map_err(err)
+            })
+        })
+    }
+
+    /// Rows a caller extracted (after a transform) for a group.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rows(
+        &self,
+        group: usize,
+        partition: i32,
+        offsets: Vec<u8>,
+        event_time: Vec<u8>,
+        processed_at: Vec<u8>,
+        keys: Vec<(String, Bound<'_, PyList>)>,
+        inputs: Vec<(String, Bound<'_, PyList>)>,
+    ) -> PyResult<()> {
+        let offsets = i64s(&offsets, "offsets")?;
+        let event_time = i64s(&event_time, "event times")?;
+        let processed_at = i64s(&processed_at, "processed_at")?;
+        let keys = keys
+            .iter()
+            .map(|(k, v)| column_from_list(k, v))
+            .collect::<PyResult<Vec<_>>>()?;
+        let inputs = inputs
+            .iter()
+            .map(|(k, v)| column_from_list(k, v))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.with(|s| {
+            s.add_rows(group, partition, &offsets, &event_time, &processed_at, &keys, &inputs)
+                .map_err(err)
+        })
+    }
+
+    /// Count records read by the caller (for progress and totals).
+    fn note_read(&self, records: u64) -> PyResult<()> {
+        self.with(|s| {
+            s.note_read(records);
+            Ok(())
+        })
+    }
+
+    /// Records read so far.
+    #[getter]
+    fn records_read(&self) -> PyResult<u64> {
+        self.with(|s| Ok(s.records_read()))
+    }
+
+    /// Sweep; per request, per wanted aggregation: `(kinds, bits, objects)` where `kinds`
+    /// (uint8 bytes: 0 None, 1 int64, 2 float64, 3 object) and `bits` (int64 bytes) cover
+    /// every label and `objects` lists `(label, value)` for kind 3.
+    fn finish<'py>(&self, py: Python<'py>) -> PyResult<Vec<Vec<Bound<'py, PyTuple>>>> {
+        let taken = self.inner.lock().map_err(|_| err("a sweep call panicked earlier"))?.take();
+        let sweep = taken.ok_or_else(|| err("this sweep has finished"))?;
+        let results = py.detach(move || sweep.finish());
+        let mut out = Vec::with_capacity(results.len());
+        for request in results {
+            let mut cols = Vec::with_capacity(request.len());
+            for col in request {
+                let kinds = PyBytes::new(py, &col.kinds);
+                let bits: Vec<u8> = col.bits.iter().flat_map(|b| b.to_ne_bytes()).collect();
+                let bits = PyBytes::new(py, &bits);
+                let objects = PyList::empty(py);
+                for (i, v) in &col.objects {
+                    objects.append((*i, value_to_py(py, v)?))?;
+                }
+                cols.push(PyTuple::new(py, [kinds.into_any(), bits.into_any(), objects.into_any()])?);
+            }
+            out.push(cols);
+        }
+        Ok(out)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySweep>()?;
+    Ok(())
+}
+
