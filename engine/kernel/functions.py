@@ -257,7 +257,13 @@ class Moments:
             return None
         # sample variance (n*S2 - S1^2) / (n (n-1)) over a common denominator, one rounding
         numerator = ((n * m2) << (2 * k1)) - ((m1 * m1) << k2)
-        variance = numerator / ((n * (n - 1)) << (k2 + 2 * k1))
+        denominator = (n * (n - 1)) << (k2 + 2 * k1)
+        try:
+            variance = numerator / denominator
+        except OverflowError:  # beyond the double range (docs/semantics.md, "Overflow")
+            if self.function == "variance":
+                return math.inf
+            return _sqrt_ratio(numerator, denominator)
         if self.function == "variance":
             return variance
         return math.sqrt(variance)
@@ -277,6 +283,25 @@ class Moments:
             if self.function != "mean":  # a mean never adds squares: they stay 0 / 2**0
                 state[3], state[4] = _exact_sum(state[3], state[4], m2s, k2s)
         return state
+
+
+def _sqrt_ratio(a: int, b: int) -> float:
+    """sqrt(a / b) correctly rounded (ties to even; ``inf`` beyond the double range), for
+    ``a >= 0``, ``b > 0`` and a root in the normal range (the caller's overflowing variances):
+    the integer root of a / b scaled to at least 112 bits, with a sticky bit for what the
+    floors dropped."""
+    s = max(0, (113 + b.bit_length() - a.bit_length()) // 2 + 1)
+    scaled, rest = divmod(a << (2 * s), b)
+    q = math.isqrt(scaled)
+    sticky = rest != 0 or q * q != scaled
+    drop = q.bit_length() - 53  # q has at least 56 bits, so drop >= 3
+    kept, low, half = q >> drop, q & ((1 << drop) - 1), 1 << (drop - 1)
+    if low > half or (low == half and (sticky or kept & 1)):
+        kept += 1
+    try:
+        return math.ldexp(float(kept), drop - s)
+    except OverflowError:
+        return math.inf
 
 
 # ---------------------------------------------------------------------------------------------

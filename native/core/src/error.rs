@@ -11,7 +11,9 @@ pub enum KernelError {
     #[error("unknown column kind {name:?}: expected one of int, float, str, bool, bytes")]
     UnknownKind { name: String },
     /// A function over a column kind it does not accept (e.g. `sum` over `str`).
-    #[error("aggregation function {function} does not accept a {kind} column: expected {expected}")]
+    #[error(
+        "aggregation function {function} does not accept a {kind} column: expected {expected}"
+    )]
     KindNotAllowed {
         function: &'static str,
         kind: &'static str,
