@@ -1,14 +1,14 @@
-"""Backfill streaming: clock blocks, the waiting heap and its spill, what the sweep keeps.
+"""Backfill sweep: out-of-order logs, threads, compaction races, what the sweep keeps.
 
-The runner reads each partition twice (engine/backfill.py): pass 1 notes clock minima per
-block, pass 2 reads a label as soon as no remaining record can precede it. These tests
-shrink the block size and the spill budget so the paths a 10M-event log takes show up on
-the brute-force reference's 3,000 events, and check the memory-bounding rules directly.
+The runner hands every record to the native sweep (engine/backfill.py), which sorts each
+entity's records by clock, so a log far out of clock order needs no waiting heap. These
+tests check that on the brute-force reference's 3,000 events, with one and two threads,
+on the native file path and on the Python (envelope) path, and check the rules about
+which records a label may see.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import struct
 from collections.abc import Callable, Iterator
@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from connectors.eventlog import EventLogReader
 from engine import FeatureStore, backfill
 from engine.envelope import Envelope
-from engine.errors import EventLogError
 from tests.unit.test_backfill_reference import (
     ALL_REFS,
     VIEWS,
@@ -49,79 +49,104 @@ def _backfill(w: World, mode: str, include_late: bool, workers: int) -> pd.DataF
     )
 
 
-@pytest.fixture
-def spills(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count spilled runs (in this process) and spill after 3 waiting records."""
-    count: list[int] = []
-    spill = backfill._Held._spill
-
-    def counted(self: backfill._Held) -> None:
-        count.append(len(self.heap))
-        spill(self)
-
-    monkeypatch.setattr(backfill._Held, "_spill", counted)
-    monkeypatch.setattr(
-        backfill, "run_columns", functools.partial(backfill.run_columns, spill_items=3)
-    )
-    return count
-
-
-@pytest.mark.parametrize("block", [1, 7])
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize(
     ("mode", "include_late"), [("event_time", False), ("processing_time", True)]
 )
-def test_small_blocks_and_spills_equal_reference(
+def test_out_of_order_log_equals_reference(
     world: World,  # noqa: F811
-    spills: list[int],
-    monkeypatch: pytest.MonkeyPatch,
-    block: int,
+    workers: int,
     mode: str,
     include_late: bool,
 ) -> None:
     """The log is out of clock order (local swaps, 5% stragglers at the end, processing
-    delays): records wait for labels and spill, and every value still matches."""
-    monkeypatch.setattr(backfill, "_BLOCK", block)
-    out = _backfill(world, mode, include_late, workers=1)
+    delays), read by one or two threads: every value still matches the reference."""
+    out = _backfill(world, mode, include_late, workers=workers)
     problems = mismatches(engine_values(out, ALL_REFS), world.reference(mode, include_late),
                           world.labels)  # fmt: skip
     assert not problems, _report(problems)
-    assert spills, "no record waited: the test did not reach the spill path"
 
 
-def test_small_blocks_two_workers_equal_reference(
-    world: World,  # noqa: F811
-    spills: list[int],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(backfill, "_BLOCK", 5)  # forked workers inherit it
-    out = _backfill(world, "event_time", False, workers=2)
-    want = world.reference("event_time", False)
-    problems = mismatches(engine_values(out, ALL_REFS), want, world.labels)
-    assert not problems, _report(problems)
-
-
-def test_log_in_clock_order_streams_without_waiting(
+def test_log_in_clock_order_equals_reference(
     world: World,  # noqa: F811
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Imported in event-time order, no record ever waits for a label: pass 2 folds as it
-    reads, so memory does not grow with the log."""
+    """The same events imported in event-time order give the reference values too."""
     store = FeatureStore.from_repo(make_reference_repo(tmp_path / "repo", VIEWS))
     rows = world.rows.sort_values("ts", kind="stable").reset_index(drop=True)
     store.import_events("tx", rows)
     ordered = World(store, rows, read_log(store, rows), world.labels)
+    out = _backfill(ordered, "event_time", False, workers=1)
+    want = ordered.reference("event_time", False)
+    problems = mismatches(engine_values(out, ALL_REFS), want, ordered.labels)
+    assert not problems, _report(problems)
 
-    def refuse(*args: Any) -> None:
-        raise AssertionError("a record waited in a log that is in clock order")
 
-    monkeypatch.setattr(backfill._Held, "push", refuse)
-    for block in (1, 7, 1024):
-        monkeypatch.setattr(backfill, "_BLOCK", block)
-        out = _backfill(ordered, "event_time", False, workers=1)
-        want = ordered.reference("event_time", False)
-        problems = mismatches(engine_values(out, ALL_REFS), want, ordered.labels)
-        assert not problems, _report(problems)
+class _Envelopes:
+    """The same log as an ``EventLogSource`` without files: the Python (envelope) path."""
+
+    def __init__(self, log: EventLogReader) -> None:
+        self.log = log
+
+    def partitions(self, source: str) -> list[int]:
+        return self.log.partitions(source)
+
+    def read(self, source: str, partition: int) -> Iterator[Envelope]:
+        return self.log.read(source, partition)
+
+
+def test_envelope_path_equals_file_path(world: World) -> None:  # noqa: F811
+    """A log the core cannot read files of (verify's kept records, fakes) goes through
+    Python; the values are the same as the native file path's."""
+    store = world.store
+    refs = store.plan.resolve(ALL_REFS)
+    frame = world.labels.frame()
+    times = np.asarray(frame["event_timestamp"].astype("int64") // 10**6, dtype=np.int64)
+    requests = []
+    for view, indices in backfill.requests_by_view(refs).items():
+        keys = store.plan.views[view].join_keys
+        entities = backfill.EntityColumns([frame[k].tolist() for k in keys])
+        requests.append(backfill.ViewRequest(view=view, entities=entities, times_ms=times,
+                                             indices=indices))  # fmt: skip
+    log = EventLogReader(store.config.event_log_root)
+    native = backfill.run(store.plan, log, requests, mode="event_time", workers=2)
+    python = backfill.run(store.plan, _Envelopes(log), requests, mode="event_time", workers=1)
+    assert [[list(map(_bits, row)) for row in req] for req in native] == [
+        [list(map(_bits, row)) for row in req] for req in python
+    ]
+
+
+class _Compacting(EventLogReader):
+    """Each file vanishes the first time it is read, as if a compaction merged it away."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.vanished: set[str] = set()
+
+    def read_file(self, path: str) -> bytes:
+        if path not in self.vanished:
+            self.vanished.add(path)
+            raise FileNotFoundError(path)
+        return super().read_file(path)
+
+
+def test_files_vanishing_mid_read_are_listed_again(world: World) -> None:  # noqa: F811
+    """A compaction that removes a file after the listing: the partition is listed again
+    and reading goes on after the last offset taken; nothing is lost or read twice."""
+    store = world.store
+    requests = [backfill.ViewRequest(view=v, entities=backfill.EntityColumns(
+        [world.labels.frame()[k].tolist() for k in store.plan.views[v].join_keys]),
+        times_ms=np.asarray(world.labels.frame()["event_timestamp"].astype("int64") // 10**6),
+        indices=tuple(range(len(store.plan.views[v].aggregations))))
+        for v in sorted(store.plan.views)]  # fmt: skip
+    root = store.config.event_log_root
+    want = backfill.run(store.plan, EventLogReader(root), requests, mode="event_time")
+    flaky = _Compacting(root)
+    got = backfill.run(store.plan, flaky, requests, mode="event_time")
+    assert flaky.vanished, "no file vanished: the test did not reach the relisting path"
+    assert [[list(map(_bits, row)) for row in req] for req in got] == [
+        [list(map(_bits, row)) for row in req] for req in want
+    ]
 
 
 VIEW = """
@@ -143,18 +168,16 @@ def _envelope(offset: int, customer: str, amount: float, ts: int) -> Envelope:
 
 
 class _Log:
-    """An ``EventLogSource`` of one partition; ``second`` (if given) is what pass 2 reads."""
+    """An ``EventLogSource`` of one partition."""
 
-    def __init__(self, first: list[Envelope], second: list[Envelope] | None = None) -> None:
-        self.reads = [first, second if second is not None else first]
-        self.count = 0
+    def __init__(self, events: list[Envelope]) -> None:
+        self.events = events
 
     def partitions(self, source: str) -> list[int]:
         return [0]
 
     def read(self, source: str, partition: int) -> Iterator[Envelope]:
-        self.count += 1
-        return iter(self.reads[min(self.count, 2) - 1])
+        return iter(self.events)
 
 
 @pytest.fixture
@@ -171,20 +194,10 @@ def _request(view: str, entities: list[str], times: list[int]) -> backfill.ViewR
     )
 
 
-def test_entity_tiles_dropped_after_its_last_label(
-    plan: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Records at or after an entity's last label are not folded; filtered views agree."""
+def test_labels_see_only_earlier_records(plan: Any) -> None:
+    """Records at or after a label are never seen by it (filtered views agree); records
+    after an entity's last label change nothing."""
     events = [_envelope(k, "a" if k % 2 else "b", float(k), T0 + k * MIN) for k in range(100)]
-    folded: list[str] = []
-    apply = backfill.apply_extracted
-
-    def counting(view: Any, tiles: Any, item: Any) -> None:
-        folded.append(item.entity[0])
-        apply(view, tiles, item)
-
-    monkeypatch.setattr(backfill, "apply_extracted", counting)
-    monkeypatch.setattr(backfill, "_BLOCK", 8)
     t_a, t_b = T0 + 20 * MIN, T0 + 90 * MIN
     requests = [_request("v", ["a", "b", "a"], [t_a, t_b, t_a]),
                 _request("big", ["a", "b"], [t_a, t_b])]  # fmt: skip
@@ -195,21 +208,15 @@ def test_entity_tiles_dropped_after_its_last_label(
     assert got[0] == [[float(sum(odd)), len(odd)], [float(sum(window_b)), len(even)],
                       [float(sum(odd)), len(odd)]]  # fmt: skip
     assert got[1] == [[float(sum(k for k in odd if k > 2))], [float(sum(window_b))]]
-    # each view folds a's 10 events before its label, never the 40 after; b's 45 likewise
-    assert folded.count("a") == 10 + sum(k > 2 for k in odd)
-    assert folded.count("b") == 45 + sum(k > 2 for k in even)
+    shorter = backfill.run(plan, _Log(events[:90]), requests, mode="event_time", workers=1)
+    assert shorter == got
 
 
-def test_log_changing_between_passes_is_an_error(plan: Any) -> None:
-    first = [_envelope(k, "a", 1.0, T0 + k * MIN) for k in (0, 10, 20)]
-    second = [_envelope(k, "a", 1.0, T0 + k * MIN) for k in (0, 20, 5)]
-    request = _request("v", ["a", "a"], [T0 + 15 * MIN, T0 + 25 * MIN])
-    with pytest.raises(EventLogError, match="changed while the backfill read it"):
-        backfill.run(plan, _Log(first, second), [request], mode="event_time", workers=1)
-    # appended records (pass 2 sees more) are ignored: the backfill reads what pass 1 saw
-    grown = [*first, _envelope(30, "a", 1.0, T0)]
-    got = backfill.run(plan, _Log(first, grown), [request], mode="event_time", workers=1)
-    assert got == [[[2.0, 2], [3.0, 3]]]
+def test_a_record_at_the_label_time_is_not_seen(plan: Any) -> None:
+    events = [_envelope(k, "a", 1.0, T0 + k * MIN) for k in (0, 10, 20)]
+    request = _request("v", ["a", "a"], [T0 + 10 * MIN, T0 + 10 * MIN + 1])
+    got = backfill.run(plan, _Log(events), [request], mode="event_time", workers=1)
+    assert got == [[[1.0, 1], [2.0, 2]]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -455,46 +455,33 @@ impl Sweep {
     }
 
     /// Sweep every request; per request, one [`OutColumn`] per wanted aggregation.
-    pub fn finish(self) -> Vec<Vec<OutColumn>> {
+    pub fn finish(mut self) -> Vec<Vec<OutColumn>> {
         let by_event_time = self.mode == Mode::EventTime;
-        // per group: record indices sorted by (entity, clock)
-        let orders: Vec<Vec<u32>> = self
-            .rows
-            .par_iter()
-            .map(|rows| {
-                let clock = if by_event_time { &rows.event_time } else { &rows.processed_at };
-                let mut perm: Vec<u32> = (0..rows.code.len() as u32).collect();
-                perm.par_sort_unstable_by_key(|&i| (rows.code[i as usize], clock[i as usize]));
-                perm
-            })
-            .collect();
+        // each group's records physically sorted by (entity, clock): the sweep then reads
+        // them in order, without an indirection per record
+        let rows = std::mem::take(&mut self.rows);
+        self.rows = rows.into_par_iter().map(|r| sorted(r, by_event_time)).collect();
         self.requests
             .iter()
             .map(|req| {
                 let view = &self.views[req.view];
-                let rows = &self.rows[view.group];
-                self.sweep_request(req, view, rows, &orders[view.group])
+                self.sweep_request(req, view, &self.rows[view.group])
             })
             .collect()
     }
 
-    fn sweep_request(
-        &self,
-        req: &RequestSpec,
-        view: &ViewSpec,
-        rows: &Rows,
-        perm: &[u32],
-    ) -> Vec<OutColumn> {
+    fn sweep_request(&self, req: &RequestSpec, view: &ViewSpec, rows: &Rows) -> Vec<OutColumn> {
         let n = req.codes.len();
-        let mut labels: Vec<u32> = (0..n as u32).collect();
-        labels.par_sort_unstable_by_key(|&i| (req.codes[i as usize], req.times_ms[i as usize]));
+        let mut labels: Vec<(u32, i64, u32)> =
+            (0..n).map(|i| (req.codes[i], req.times_ms[i], i as u32)).collect();
+        labels.par_sort_unstable();
         // chunks of whole entities, a few per thread so threads stay busy
         let target = (n / (rayon::current_num_threads() * 16)).max(1024);
         let mut bounds = vec![0usize];
         let mut at = target;
         while at < n {
-            let code = req.codes[labels[at] as usize];
-            while at < n && req.codes[labels[at] as usize] == code {
+            let code = labels[at].0;
+            while at < n && labels[at].0 == code {
                 at += 1;
             }
             if at < n {
@@ -509,7 +496,7 @@ impl Sweep {
         for wave in chunks.chunks(rayon::current_num_threads() * 4) {
             let results: Vec<Vec<(u32, Vec<Value>)>> = wave
                 .par_iter()
-                .map(|&(lo, hi)| self.sweep_chunk(req, view, rows, perm, &labels[lo..hi]))
+                .map(|&(lo, hi)| self.sweep_chunk(req, view, rows, &labels[lo..hi]))
                 .collect();
             for chunk in results {
                 for (label, values) in chunk {
@@ -522,37 +509,35 @@ impl Sweep {
         out
     }
 
+    /// Labels (sorted by entity, then time) of whole entities.
     fn sweep_chunk(
         &self,
         req: &RequestSpec,
         view: &ViewSpec,
         rows: &Rows,
-        perm: &[u32],
-        labels: &[u32],
+        labels: &[(u32, i64, u32)],
     ) -> Vec<(u32, Vec<Value>)> {
         let layout = &view.layout;
-        let by_event_time = self.mode == Mode::EventTime;
-        let clock = if by_event_time { &rows.event_time } else { &rows.processed_at };
+        let clock = if self.mode == Mode::EventTime { &rows.event_time } else { &rows.processed_at };
         let lateness = if self.include_late { None } else { view.allowed_lateness_ms };
         let inputs: Vec<Option<&Column>> =
             view.inputs.iter().map(|&c| rows.inputs[c].as_ref()).collect();
         let mut out = Vec::with_capacity(labels.len());
         let mut l = 0;
         while l < labels.len() {
-            let code = req.codes[labels[l] as usize];
+            let code = labels[l].0;
             let mut end = l;
-            while end < labels.len() && req.codes[labels[end] as usize] == code {
+            while end < labels.len() && labels[end].0 == code {
                 end += 1;
             }
-            // this entity's records: a contiguous run of perm (sorted by code)
-            let lo = perm.partition_point(|&i| rows.code[i as usize] < code);
-            let hi = lo + perm[lo..].partition_point(|&i| rows.code[i as usize] == code);
+            // this entity's records: a contiguous run (rows are sorted by code)
+            let lo = rows.code.partition_point(|&c| c < code);
+            let hi = lo + rows.code[lo..].partition_point(|&c| c == code);
             let mut tiles = EntityTiles::new(layout);
             let mut r = lo;
-            for &label in &labels[l..end] {
-                let t = req.times_ms[label as usize];
-                while r < hi && clock[perm[r] as usize] < t {
-                    let row = perm[r] as usize;
+            for &(_, t, label) in &labels[l..end] {
+                while r < hi && clock[r] < t {
+                    let row = r;
                     r += 1;
                     let (et, pt) = (rows.event_time[row], rows.processed_at[row]);
                     if let Some(late) = lateness {
@@ -573,7 +558,41 @@ impl Sweep {
     }
 }
 
-/// Decode an event-log file, materialising only `projection` (see [`Sweep::projection`]).
+/// `rows` reordered by (entity code, clock).
+fn sorted(rows: Rows, by_event_time: bool) -> Rows {
+    let clock = if by_event_time { &rows.event_time } else { &rows.processed_at };
+    let mut keys: Vec<(u32, i64, u32)> =
+        (0..rows.code.len()).map(|i| (rows.code[i], clock[i], i as u32)).collect();
+    keys.par_sort_unstable();
+    let idx: Vec<usize> = keys.iter().map(|k| k.2 as usize).collect();
+    drop(keys);
+    let gather = |v: &[i64]| idx.iter().map(|&i| v[i]).collect::<Vec<i64>>();
+    let inputs = rows
+        .inputs
+        .iter()
+        .zip(&rows.pending_nulls)
+        .map(|(col, &pending)| {
+            col.as_ref().map(|col| {
+                let mut out = Column::empty_like(&col.data);
+                out.extend_gather(col, &idx);
+                debug_assert_eq!(pending, 0);
+                out
+            })
+        })
+        .collect();
+    Rows {
+        code: idx.iter().map(|&i| rows.code[i]).collect(),
+        event_time: gather(&rows.event_time),
+        processed_at: gather(&rows.processed_at),
+        partition: idx.iter().map(|&i| rows.partition[i]).collect(),
+        offset: gather(&rows.offset),
+        inputs,
+        pending_nulls: vec![0; rows.pending_nulls.len()],
+    }
+}
+
+/// Decode an event-log file, materialising only `projection` (see [`Sweep::projection`]);
+/// refuses a file whose header names another envelope version.
 pub fn decode_log_file(bytes: &[u8], projection: &[String]) -> Result<Batch, KernelError> {
     let names: Vec<&str> = projection.iter().map(String::as_str).collect();
     let (batch, metadata) = read_container(bytes, Some(&names))
