@@ -172,7 +172,10 @@ class FloatSum:
         return a
 
     def finalize(self, state: list[int]) -> float:
-        return state[0] / (1 << state[1])
+        try:
+            return state[0] / (1 << state[1])
+        except OverflowError:  # an exact sum beyond the double range: IEEE overflow
+            return math.copysign(math.inf, state[0])
 
     def to_plain(self, state: list[int]) -> Any:
         return _exact_plain(state[0], state[1])

@@ -12,8 +12,14 @@ pub enum ColumnData {
     Int(Vec<i64>),
     Float(Vec<f64>),
     Bool(Vec<bool>),
-    Str { offsets: Vec<i64>, data: Vec<u8> },
-    Bytes { offsets: Vec<i64>, data: Vec<u8> },
+    Str {
+        offsets: Vec<i64>,
+        data: Vec<u8>,
+    },
+    Bytes {
+        offsets: Vec<i64>,
+        data: Vec<u8>,
+    },
     /// Nested or mixed types (records, arrays, maps, unions of several non-null types).
     Value(Vec<Value>),
 }
@@ -110,7 +116,10 @@ pub struct Batch {
 impl Batch {
     /// The column called `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
-        self.names.iter().position(|n| n == name).map(|i| &self.columns[i])
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.columns[i])
     }
 }
 
@@ -121,11 +130,20 @@ impl Column {
             ColumnData::Int(_) => ColumnData::Int(Vec::new()),
             ColumnData::Float(_) => ColumnData::Float(Vec::new()),
             ColumnData::Bool(_) => ColumnData::Bool(Vec::new()),
-            ColumnData::Str { .. } => ColumnData::Str { offsets: vec![0], data: Vec::new() },
-            ColumnData::Bytes { .. } => ColumnData::Bytes { offsets: vec![0], data: Vec::new() },
+            ColumnData::Str { .. } => ColumnData::Str {
+                offsets: vec![0],
+                data: Vec::new(),
+            },
+            ColumnData::Bytes { .. } => ColumnData::Bytes {
+                offsets: vec![0],
+                data: Vec::new(),
+            },
             ColumnData::Value(_) => ColumnData::Value(Vec::new()),
         };
-        Column { data, valid: Some(Vec::new()) }
+        Column {
+            data,
+            valid: Some(Vec::new()),
+        }
     }
 
     /// Append the cells `idx` of `src`, whose cell type must be this column's.
@@ -137,11 +155,17 @@ impl Column {
             (ColumnData::Bool(d), ColumnData::Bool(s)) => d.extend(idx.iter().map(|&i| s[i])),
             (
                 ColumnData::Str { offsets, data },
-                ColumnData::Str { offsets: so, data: sd },
+                ColumnData::Str {
+                    offsets: so,
+                    data: sd,
+                },
             )
             | (
                 ColumnData::Bytes { offsets, data },
-                ColumnData::Bytes { offsets: so, data: sd },
+                ColumnData::Bytes {
+                    offsets: so,
+                    data: sd,
+                },
             ) => {
                 for &i in idx {
                     data.extend_from_slice(&sd[so[i] as usize..so[i + 1] as usize]);

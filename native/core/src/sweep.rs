@@ -163,7 +163,11 @@ pub const OUT_OBJECT: u8 = 3;
 
 impl OutColumn {
     fn new(n: usize) -> OutColumn {
-        OutColumn { kinds: vec![OUT_NONE; n], bits: vec![0; n], objects: Vec::new() }
+        OutColumn {
+            kinds: vec![OUT_NONE; n],
+            bits: vec![0; n],
+            objects: Vec::new(),
+        }
     }
 
     fn put(&mut self, i: usize, value: Value) {
@@ -237,7 +241,9 @@ impl Sweep {
                 *slot = (*slot).max(t);
             }
             if let Some(&i) = req.indices.iter().find(|&&i| i >= view.layout.aggs.len()) {
-                return Err(KernelError::Sweep(format!("request {r}: no aggregation {i}")));
+                return Err(KernelError::Sweep(format!(
+                    "request {r}: no aggregation {i}"
+                )));
             }
         }
         let rows = groups
@@ -248,7 +254,17 @@ impl Sweep {
                 ..Rows::default()
             })
             .collect();
-        Ok(Sweep { mode, include_late, tables, last_label, groups, views, requests, rows, read: 0 })
+        Ok(Sweep {
+            mode,
+            include_late,
+            tables,
+            last_label,
+            groups,
+            views,
+            requests,
+            rows,
+            read: 0,
+        })
     }
 
     /// Records read so far (each record once, whatever the number of groups).
@@ -261,7 +277,11 @@ impl Sweep {
     pub fn projection(&self, source: &str, ts_field: &str) -> Vec<String> {
         let mut out: Vec<String> = ENVELOPE.iter().map(|s| s.to_string()).collect();
         out.push(format!("payload.{ts_field}"));
-        for g in self.groups.iter().filter(|g| g.native && g.source == source) {
+        for g in self
+            .groups
+            .iter()
+            .filter(|g| g.native && g.source == source)
+        {
             for f in g.key_fields.iter().chain(&g.input_fields) {
                 let name = format!("payload.{f}");
                 if !out.contains(&name) {
@@ -287,9 +307,9 @@ impl Sweep {
         divisor: i64,
     ) -> Result<(i64, u64), KernelError> {
         let need = |name: &str| {
-            batch.column(name).ok_or_else(|| {
-                KernelError::Sweep(format!("event-log file has no column {name:?}"))
-            })
+            batch
+                .column(name)
+                .ok_or_else(|| KernelError::Sweep(format!("event-log file has no column {name:?}")))
         };
         let offsets = int_column(need("offset")?, "offset")?;
         let mut keep: Vec<usize> = Vec::with_capacity(batch.rows);
@@ -303,7 +323,11 @@ impl Sweep {
         let ts_name = format!("payload.{ts_field}");
         let ts = need(&ts_name)?;
         let raw_ts = int_column(ts, &ts_name)?;
-        if ts.valid.as_ref().is_some_and(|v| keep.iter().any(|&i| !v[i])) {
+        if ts
+            .valid
+            .as_ref()
+            .is_some_and(|v| keep.iter().any(|&i| !v[i]))
+        {
             return Err(KernelError::Sweep(format!(
                 "event-log file holds a record whose timestamp field {ts_field:?} is null"
             )));
@@ -316,8 +340,11 @@ impl Sweep {
                 continue;
             }
             let group = self.groups[g].clone();
-            let keys: Vec<Option<&Column>> =
-                group.key_fields.iter().map(|f| batch.column(&format!("payload.{f}"))).collect();
+            let keys: Vec<Option<&Column>> = group
+                .key_fields
+                .iter()
+                .map(|f| batch.column(&format!("payload.{f}")))
+                .collect();
             let inputs: Vec<Option<&Column>> = group
                 .input_fields
                 .iter()
@@ -416,7 +443,9 @@ impl Sweep {
                     _ => continue 'row, // a missing or null key: no entity
                 }
             }
-            let Some(code) = table.get(&buf.0) else { continue };
+            let Some(code) = table.get(&buf.0) else {
+                continue;
+            };
             let (et, pt) = (event_time(i), processed_at(i));
             let clock = if by_event_time { et } else { pt };
             if clock >= last[code as usize] {
@@ -436,7 +465,10 @@ impl Sweep {
                     if !col.extend_gather(src, &kept) {
                         return Err(KernelError::Sweep(format!(
                             "payload field {:?} changed type between event-log files",
-                            self.groups[g].input_fields.get(c).map_or("?", String::as_str)
+                            self.groups[g]
+                                .input_fields
+                                .get(c)
+                                .map_or("?", String::as_str)
                         )));
                     }
                 }
@@ -460,7 +492,10 @@ impl Sweep {
         // each group's records physically sorted by (entity, clock): the sweep then reads
         // them in order, without an indirection per record
         let rows = std::mem::take(&mut self.rows);
-        self.rows = rows.into_par_iter().map(|r| sorted(r, by_event_time)).collect();
+        self.rows = rows
+            .into_par_iter()
+            .map(|r| sorted(r, by_event_time))
+            .collect();
         self.requests
             .iter()
             .map(|req| {
@@ -472,8 +507,9 @@ impl Sweep {
 
     fn sweep_request(&self, req: &RequestSpec, view: &ViewSpec, rows: &Rows) -> Vec<OutColumn> {
         let n = req.codes.len();
-        let mut labels: Vec<(u32, i64, u32)> =
-            (0..n).map(|i| (req.codes[i], req.times_ms[i], i as u32)).collect();
+        let mut labels: Vec<(u32, i64, u32)> = (0..n)
+            .map(|i| (req.codes[i], req.times_ms[i], i as u32))
+            .collect();
         labels.par_sort_unstable();
         // chunks of whole entities, a few per thread so threads stay busy
         let target = (n / (rayon::current_num_threads() * 16)).max(1024);
@@ -518,10 +554,21 @@ impl Sweep {
         labels: &[(u32, i64, u32)],
     ) -> Vec<(u32, Vec<Value>)> {
         let layout = &view.layout;
-        let clock = if self.mode == Mode::EventTime { &rows.event_time } else { &rows.processed_at };
-        let lateness = if self.include_late { None } else { view.allowed_lateness_ms };
-        let inputs: Vec<Option<&Column>> =
-            view.inputs.iter().map(|&c| rows.inputs[c].as_ref()).collect();
+        let clock = if self.mode == Mode::EventTime {
+            &rows.event_time
+        } else {
+            &rows.processed_at
+        };
+        let lateness = if self.include_late {
+            None
+        } else {
+            view.allowed_lateness_ms
+        };
+        let inputs: Vec<Option<&Column>> = view
+            .inputs
+            .iter()
+            .map(|&c| rows.inputs[c].as_ref())
+            .collect();
         let mut out = Vec::with_capacity(labels.len());
         let mut l = 0;
         while l < labels.len() {
@@ -549,7 +596,11 @@ impl Sweep {
                     tiles.fold(layout, et, order, |i| input_at(inputs[i], row));
                 }
                 tiles.evict(layout, t);
-                let values = req.indices.iter().map(|&i| tiles.value(layout, i, t)).collect();
+                let values = req
+                    .indices
+                    .iter()
+                    .map(|&i| tiles.value(layout, i, t))
+                    .collect();
                 out.push((label, values));
             }
             l = end;
@@ -560,9 +611,14 @@ impl Sweep {
 
 /// `rows` reordered by (entity code, clock).
 fn sorted(rows: Rows, by_event_time: bool) -> Rows {
-    let clock = if by_event_time { &rows.event_time } else { &rows.processed_at };
-    let mut keys: Vec<(u32, i64, u32)> =
-        (0..rows.code.len()).map(|i| (rows.code[i], clock[i], i as u32)).collect();
+    let clock = if by_event_time {
+        &rows.event_time
+    } else {
+        &rows.processed_at
+    };
+    let mut keys: Vec<(u32, i64, u32)> = (0..rows.code.len())
+        .map(|i| (rows.code[i], clock[i], i as u32))
+        .collect();
     keys.par_sort_unstable();
     let idx: Vec<usize> = keys.iter().map(|k| k.2 as usize).collect();
     drop(keys);
@@ -597,7 +653,10 @@ pub fn decode_log_file(bytes: &[u8], projection: &[String]) -> Result<Batch, Ker
     let names: Vec<&str> = projection.iter().map(String::as_str).collect();
     let (batch, metadata) = read_container(bytes, Some(&names))
         .map_err(|e| KernelError::Sweep(format!("event-log file: {e}")))?;
-    let version = metadata.iter().find(|(k, _)| k == ENVELOPE_VERSION_KEY).map(|(_, v)| v);
+    let version = metadata
+        .iter()
+        .find(|(k, _)| k == ENVELOPE_VERSION_KEY)
+        .map(|(_, v)| v);
     if version.map(Vec::as_slice) != Some(ENVELOPE_VERSION.as_bytes()) {
         return Err(KernelError::Sweep(format!(
             "envelope version {:?}, this skewless reads {ENVELOPE_VERSION:?}; it was written \
@@ -636,6 +695,8 @@ fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
 fn int_column<'a>(col: &'a Column, name: &str) -> Result<&'a [i64], KernelError> {
     match &col.data {
         ColumnData::Int(v) => Ok(v),
-        _ => Err(KernelError::Sweep(format!("envelope field {name:?} is not a long"))),
+        _ => Err(KernelError::Sweep(format!(
+            "envelope field {name:?} is not a long"
+        ))),
     }
 }

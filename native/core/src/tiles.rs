@@ -71,17 +71,31 @@ impl Layout {
             .into_iter()
             .enumerate()
             .map(|(g, (hop_ms, members))| {
-                let longest = members.iter().filter_map(|&i| windows_ms[i]).max().unwrap_or(0);
+                let longest = members
+                    .iter()
+                    .filter_map(|&i| windows_ms[i])
+                    .max()
+                    .unwrap_or(0);
                 for (j, &i) in members.iter().enumerate() {
                     slots[i] = (Some(g), j);
                 }
-                HopGroup { hop_ms, members, span: longest / hop_ms }
+                HopGroup {
+                    hop_ms,
+                    members,
+                    span: longest / hop_ms,
+                }
             })
             .collect();
         for (j, &i) in lifetime.iter().enumerate() {
             slots[i] = (None, j);
         }
-        Ok(Layout { aggs, windows_ms, groups, lifetime, slots })
+        Ok(Layout {
+            aggs,
+            windows_ms,
+            groups,
+            lifetime,
+            slots,
+        })
     }
 
     fn new_tile(&self, members: &[usize]) -> Box<[State]> {
@@ -112,12 +126,16 @@ pub struct EntityTiles {
 impl EntityTiles {
     /// No tiles yet.
     pub fn new(layout: &Layout) -> EntityTiles {
-        EntityTiles { by_group: vec![BTreeMap::new(); layout.groups.len()], lifetime: None }
+        EntityTiles {
+            by_group: vec![BTreeMap::new(); layout.groups.len()],
+            lifetime: None,
+        }
     }
 
     /// Number of live tiles (lifetime accumulator included).
     pub fn len(&self) -> usize {
-        self.by_group.iter().map(BTreeMap::len).sum::<usize>() + usize::from(self.lifetime.is_some())
+        self.by_group.iter().map(BTreeMap::len).sum::<usize>()
+            + usize::from(self.lifetime.is_some())
     }
 
     /// `true` when nothing was folded (or everything was evicted).
@@ -144,7 +162,9 @@ impl EntityTiles {
             }
         }
         if !layout.lifetime.is_empty() {
-            let tile = self.lifetime.get_or_insert_with(|| layout.new_tile(&layout.lifetime));
+            let tile = self
+                .lifetime
+                .get_or_insert_with(|| layout.new_tile(&layout.lifetime));
             for (state, &i) in tile.iter_mut().zip(&layout.lifetime) {
                 layout.aggs[i].add(state, input(i), order);
             }

@@ -10,7 +10,9 @@ use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyTuple};
 
 use skewless_core::agg::{Agg, Func};
 use skewless_core::columns::{Column, ColumnData};
-use skewless_core::sweep::{decode_log_file, GroupSpec, KeyBuf, KeyTable, Mode, RequestSpec, Sweep, ViewSpec};
+use skewless_core::sweep::{
+    decode_log_file, GroupSpec, KeyBuf, KeyTable, Mode, RequestSpec, Sweep, ViewSpec,
+};
 use skewless_core::tiles::Layout;
 use skewless_core::value::{Kind, Value};
 
@@ -22,22 +24,32 @@ fn err(e: impl std::fmt::Display) -> PyErr {
 
 fn i64s(data: &[u8], what: &str) -> PyResult<Vec<i64>> {
     if data.len() % 8 != 0 {
-        return Err(err(format!("{what}: {} bytes is not a whole number of int64", data.len())));
+        return Err(err(format!(
+            "{what}: {} bytes is not a whole number of int64",
+            data.len()
+        )));
     }
-    Ok(data.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().unwrap())).collect())
+    Ok(data
+        .chunks_exact(8)
+        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 /// One label-table key (a tuple of str/int) into the key encoding the core matches.
 fn encode_key(key: &Bound<'_, PyAny>, buf: &mut KeyBuf) -> PyResult<()> {
     buf.clear();
-    let parts = key.cast::<PyTuple>().map_err(|_| err("an entity key must be a tuple"))?;
+    let parts = key
+        .cast::<PyTuple>()
+        .map_err(|_| err("an entity key must be a tuple"))?;
     for part in parts.iter() {
         if let Ok(s) = part.extract::<&str>() {
             buf.push_str(s);
         } else if let Ok(i) = part.extract::<i64>() {
             buf.push_int(i);
         } else {
-            return Err(err(format!("entity key part {part} is neither a str nor an int64")));
+            return Err(err(format!(
+                "entity key part {part} is neither a str nor an int64"
+            )));
         }
     }
     Ok(())
@@ -80,7 +92,11 @@ fn column_from_list(kind: &str, values: &Bound<'_, PyList>) -> PyResult<Column> 
             let mut v = Vec::with_capacity(n);
             for x in values.iter() {
                 valid.push(!x.is_none());
-                v.push(if x.is_none() { 0.0 } else { x.extract::<f64>()? });
+                v.push(if x.is_none() {
+                    0.0
+                } else {
+                    x.extract::<f64>()?
+                });
             }
             ColumnData::Float(v)
         }
@@ -123,11 +139,19 @@ fn column_from_list(kind: &str, values: &Bound<'_, PyList>) -> PyResult<Column> 
         }
         other => return Err(err(format!("unknown column kind {other:?}"))),
     };
-    Ok(Column { data, valid: Some(valid) })
+    Ok(Column {
+        data,
+        valid: Some(valid),
+    })
 }
 
 /// The sweep behind a lock: files decode in parallel (GIL released, no lock held), then
 /// each decoded batch is kept under the lock.
+/// `(function, kind, n, window_ms, hop_ms)` of one aggregation.
+type AggArgs = (String, String, Option<u32>, Option<i64>, Option<i64>);
+/// `(group, aggregations, input per aggregation, allowed lateness ms)` of one view.
+type ViewArgs = (usize, Vec<AggArgs>, Vec<usize>, Option<i64>);
+
 #[pyclass(module = "engine._native", name = "Sweep")]
 pub struct PySweep {
     inner: Mutex<Option<Sweep>>,
@@ -135,8 +159,13 @@ pub struct PySweep {
 
 impl PySweep {
     fn with<T>(&self, f: impl FnOnce(&mut Sweep) -> PyResult<T>) -> PyResult<T> {
-        let mut guard = self.inner.lock().map_err(|_| err("a sweep call panicked earlier"))?;
-        f(guard.as_mut().ok_or_else(|| err("this sweep has finished"))?)
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| err("a sweep call panicked earlier"))?;
+        f(guard
+            .as_mut()
+            .ok_or_else(|| err("this sweep has finished"))?)
     }
 }
 
@@ -177,16 +206,17 @@ impl PySweep {
                 Vec<String>,
                 bool,
             ) = g.extract()?;
-            group_specs.push(GroupSpec { source, table, key_fields, input_fields, native });
+            group_specs.push(GroupSpec {
+                source,
+                table,
+                key_fields,
+                input_fields,
+                native,
+            });
         }
         let mut view_specs = Vec::new();
         for v in views.iter() {
-            let (group, functions, inputs, lateness): (
-                usize,
-                Vec<(String, String, Option<u32>, Option<i64>, Option<i64>)>,
-                Vec<usize>,
-                Option<i64>,
-            ) = v.extract()?;
+            let (group, functions, inputs, lateness): ViewArgs = v.extract()?;
             let mut aggs = Vec::new();
             let mut windows = Vec::new();
             let mut hops = Vec::new();
@@ -200,7 +230,12 @@ impl PySweep {
                 hops.push(hop);
             }
             let layout = Layout::new(aggs, windows, hops).map_err(err)?;
-            view_specs.push(ViewSpec { group, layout, inputs, allowed_lateness_ms: lateness });
+            view_specs.push(ViewSpec {
+                group,
+                layout,
+                inputs,
+                allowed_lateness_ms: lateness,
+            });
         }
         let mut request_specs = Vec::new();
         for r in requests.iter() {
@@ -211,12 +246,25 @@ impl PySweep {
                 .map(|c| u32::try_from(c).map_err(|_| err(format!("entity code {c} out of range"))))
                 .collect::<PyResult<Vec<u32>>>()?;
             let times_ms = i64s(&times, "label times")?;
-            request_specs.push(RequestSpec { view, codes, times_ms, indices });
+            request_specs.push(RequestSpec {
+                view,
+                codes,
+                times_ms,
+                indices,
+            });
         }
-        let sweep =
-            Sweep::new(mode, include_late, key_tables, group_specs, view_specs, request_specs)
-                .map_err(err)?;
-        Ok(PySweep { inner: Mutex::new(Some(sweep)) })
+        let sweep = Sweep::new(
+            mode,
+            include_late,
+            key_tables,
+            group_specs,
+            view_specs,
+            request_specs,
+        )
+        .map_err(err)?;
+        Ok(PySweep {
+            inner: Mutex::new(Some(sweep)),
+        })
     }
 
     /// Container column names the natively read groups of `source` need.
@@ -239,7 +287,9 @@ impl PySweep {
     ) -> PyResult<(i64, u64)> {
         let projection = self.with(|s| Ok(s.projection(source, ts_field)))?;
         let bytes = data.as_bytes();
-        let batch = py.detach(|| decode_log_file(bytes, &projection)).map_err(err)?;
+        let batch = py
+            .detach(|| decode_log_file(bytes, &projection))
+            .map_err(err)?;
         py.detach(|| {
             self.with(|s| {
                 s.add_log_batch(source, partition, &batch, after_offset, ts_field, divisor)
@@ -272,8 +322,16 @@ impl PySweep {
             .map(|(k, v)| column_from_list(k, v))
             .collect::<PyResult<Vec<_>>>()?;
         self.with(|s| {
-            s.add_rows(group, partition, &offsets, &event_time, &processed_at, &keys, &inputs)
-                .map_err(err)
+            s.add_rows(
+                group,
+                partition,
+                &offsets,
+                &event_time,
+                &processed_at,
+                &keys,
+                &inputs,
+            )
+            .map_err(err)
         })
     }
 
@@ -295,7 +353,11 @@ impl PySweep {
     /// (uint8 bytes: 0 None, 1 int64, 2 float64, 3 object) and `bits` (int64 bytes) cover
     /// every label and `objects` lists `(label, value)` for kind 3.
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Vec<Vec<Bound<'py, PyTuple>>>> {
-        let taken = self.inner.lock().map_err(|_| err("a sweep call panicked earlier"))?.take();
+        let taken = self
+            .inner
+            .lock()
+            .map_err(|_| err("a sweep call panicked earlier"))?
+            .take();
         let sweep = taken.ok_or_else(|| err("this sweep has finished"))?;
         let results = py.detach(move || sweep.finish());
         let mut out = Vec::with_capacity(results.len());
@@ -309,7 +371,10 @@ impl PySweep {
                 for (i, v) in &col.objects {
                     objects.append((*i, value_to_py(py, v)?))?;
                 }
-                cols.push(PyTuple::new(py, [kinds.into_any(), bits.into_any(), objects.into_any()])?);
+                cols.push(PyTuple::new(
+                    py,
+                    [kinds.into_any(), bits.into_any(), objects.into_any()],
+                )?);
             }
             out.push(cols);
         }
@@ -321,4 +386,3 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySweep>()?;
     Ok(())
 }
-
