@@ -52,3 +52,69 @@ def decode_datums(
 ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
     """Decode schemaless datums of record schema ``schema_json``: ``(columns, errors)``; a
     datum that fails adds no row and is listed in ``errors`` as ``(index, reason)``."""
+
+# --- backfill sweep (native/python/src/sweep.rs) ---------------------------------------------
+# Driven by engine/backfill.py; see native/core/src/sweep.rs for the semantics.
+
+class Sweep:
+    """The backfill's point-in-time sweep over replayed records and labels."""
+
+    def __init__(
+        self,
+        mode: str,
+        include_late: bool,
+        tables: list[list[tuple[Any, ...]]],
+        groups: list[tuple[str, int, list[str], list[str], bool]],
+        views: list[
+            tuple[
+                int,
+                list[tuple[str, str, int | None, int | None, int | None]],
+                list[int],
+                int | None,
+            ]
+        ],
+        requests: list[tuple[int, bytes, bytes, list[int]]],
+    ) -> None:
+        """``tables``: per table, its distinct entity keys (tuples of str/int) in code order;
+        ``groups``: (source, table, key fields, input fields, native); ``views``: (group,
+        [(function, kind, n, window_ms, hop_ms)], input index per aggregation, allowed
+        lateness ms); ``requests``: (view, int64 entity codes, int64 times, indices)."""
+
+    def projection(self, source: str, ts_field: str) -> list[str]:
+        """Container columns the native groups of ``source`` read."""
+
+    def add_log_file(
+        self,
+        source: str,
+        partition: int,
+        data: bytes,
+        after_offset: int,
+        ts_field: str,
+        divisor: int,
+    ) -> tuple[int, int]:
+        """Decode one event-log file (GIL released) and keep what the native groups need;
+        returns (highest offset seen, records taken). Raises ValueError on a bad file."""
+
+    def add_rows(
+        self,
+        group: int,
+        partition: int,
+        offsets: bytes,
+        event_time: bytes,
+        processed_at: bytes,
+        keys: list[tuple[str, list[Any]]],
+        inputs: list[tuple[str, list[Any]]],
+    ) -> None:
+        """Rows a caller extracted (after a transform): int64 buffers and (kind, values)
+        columns, kind one of int/float/str/bool/bytes/any."""
+
+    def note_read(self, records: int) -> None:
+        """Count records read by the caller."""
+
+    @property
+    def records_read(self) -> int:
+        """Records read so far."""
+
+    def finish(self) -> list[list[tuple[bytes, bytes, list[tuple[int, Any]]]]]:
+        """Sweep (GIL released); per request and wanted aggregation: (uint8 kinds, int64
+        bits, [(label, object)]) with kinds 0 None, 1 int64, 2 float64, 3 object."""

@@ -511,11 +511,12 @@ class _Reader:
             et = payload[ts] // divisor
             for g in groups:
                 group = self.groups[g]
-                row: dict[str, Any] | None = payload
+                row = payload
                 if not group.native:
-                    row = view_row(group.first_view, payload)
-                    if row is None:
+                    transformed = view_row(group.first_view, payload)
+                    if transformed is None:
                         continue
+                    row = transformed
                 chunk = chunks[g]
                 chunk.add(envelope.offset, et, envelope.processed_at_ms,
                           [row.get(k) for k in group.join_keys],

@@ -84,7 +84,9 @@ class ViewPlan:
     location: str
     input_columns: tuple[str, ...]  # the column each aggregation reads, in order
     float_inputs: tuple[int, ...]  # aggregations whose column holds floats
-    input_kinds: tuple[str, ...] = ()  # column kind each aggregation reads (int/float/str/bool/bytes)
+    input_kinds: tuple[
+        str, ...
+    ] = ()  # column kind each aggregation reads (int/float/str/bool/bytes)
 
     @property
     def features(self) -> tuple[str, ...]:
