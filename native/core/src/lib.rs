@@ -13,6 +13,7 @@
 //! - [`columns`]: typed columns with validity, the unit every batch call carries;
 //! - [`tiles`]: tile layouts, folding rows into tiles, windows as of `t`;
 //! - [`avro`]: schema-driven Avro decoding (datums, container files) into columns;
+//! - [`source`]: source records (Kafka values) decoded and validated into columns;
 //! - [`sweep`]: the backfill's point-in-time sweep over replayed records and labels.
 
 pub mod agg;
@@ -21,6 +22,7 @@ pub mod columns;
 pub mod error;
 pub mod exact;
 pub mod hll;
+pub mod source;
 pub mod sweep;
 pub mod tiles;
 pub mod value;

@@ -6,7 +6,10 @@
 use pyo3::prelude::*;
 
 mod avro;
+mod columns;
 mod kernel;
+mod logwrite;
+mod source;
 mod sweep;
 
 #[pymodule]
@@ -14,6 +17,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     kernel::register(m)?;
     avro::register(m)?;
+    columns::register(m)?;
+    source::register(m)?;
+    logwrite::register(m)?;
     sweep::register(m)?;
     Ok(())
 }
