@@ -118,3 +118,51 @@ class Sweep:
     def finish(self) -> list[list[tuple[bytes, bytes, list[tuple[int, Any]]]]]:
         """Sweep (GIL released); per request and wanted aggregation: (uint8 kinds, int64
         bits, [(label, object)]) with kinds 0 None, 1 int64, 2 float64, 3 object."""
+
+# --- source records decoded in batches (native/python/src/source.rs) ---------------------
+# Driven by engine.serde.SourceCodec.decode_batch, which builds the reason texts.
+
+class Columns:
+    """A decoded batch held natively (immutable), passed to other native calls as is."""
+
+    @property
+    def rows(self) -> int:
+        """Number of rows."""
+
+    @property
+    def names(self) -> list[str]:
+        """Column names, in order."""
+
+    def __len__(self) -> int: ...
+    def column(self, name: str) -> list[Any]:
+        """One column's cells as Python objects (None for nulls); KeyError if absent."""
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        """Every row as a dict ``{name: value}`` (the slow path)."""
+
+class SourceDecoder:
+    """Decodes batches of one Avro source's Kafka records into ``Columns``."""
+
+    def __init__(
+        self,
+        schema_json: str,
+        format: str,
+        wire: str,
+        schema_id: int | None,
+        key_fields: list[str],
+        timestamp_field: str,
+        timestamp_divisor: int,
+        float_fields: list[str],
+        max_record_bytes: int,
+        max_future_ms: int,
+    ) -> None:
+        """``schema_json``: the plain schema (``engine.schema.plain_schema``); ``format``
+        must be ``avro``; ``wire`` ``schemaless`` or ``confluent``. Raises ValueError when
+        the source cannot be decoded natively."""
+
+    def decode_batch(
+        self, keys: list[bytes | None], values: list[bytes | None], now_ms: int
+    ) -> tuple[Columns, list[int], list[tuple[int, str]]]:
+        """Decode ``(keys[i], values[i])`` with the GIL released: ``(columns, kept,
+        refused)``, the input index of each kept row and ``(index, reason code)`` for every
+        other record, both ascending. Raises ValueError when the lengths differ."""

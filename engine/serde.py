@@ -6,21 +6,27 @@ worker's ``refused`` counter and the dead-letter ``skewless.reason_code`` header
 message names the source, the field and what was expected and got (docs/dead-letters.md).
 ``decode`` raises nothing else: a payload it returns can be written to the event log as is
 and reads back equal, so a record is either refused here or never a poison pill later.
+
+``decode_batch`` does the same for a batch of records in one native call (DESIGN §8): the
+valid records come back as native ``Columns``, the refused ones with the ``RecordRefused``
+``decode`` gives them (Python re-decodes each refused record to build the reason text).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 import struct
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import fastavro
 
+from engine import _native
 from engine.errors import RecordRefused
 from engine.plan import SourcePlan
 from engine.schema import plain_schema
@@ -28,7 +34,14 @@ from engine.schema import plain_schema
 if TYPE_CHECKING:
     from engine.config import Config
 
-__all__ = ["REASON_CODES", "DecodeLimits", "ReasonCode", "RecordRefused", "SourceCodec"]
+__all__ = [
+    "REASON_CODES",
+    "DecodeLimits",
+    "DecodedBatch",
+    "ReasonCode",
+    "RecordRefused",
+    "SourceCodec",
+]
 
 ReasonCode = Literal[
     "null_value",
@@ -55,6 +68,7 @@ _HEADER = 5  # Confluent wire format: magic byte, then a big-endian 4-byte schem
 _RANGES = {"int": (-(1 << 31), 1 << 31), "long": (-(1 << 63), 1 << 63)}
 _FLOAT32 = struct.Struct("<f")
 _MICROS_WINDOW_MS = 20 * 365 * 86_400_000  # µs read as ms: hint when it was recent as µs
+_NO_SIZE_LIMIT = (1 << 64) - 1  # re-encoded payloads were size-checked as received
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +85,19 @@ class DecodeLimits:
             max_record_bytes=config.decode_max_record_bytes,
             max_future_ms=config.decode_max_future_ms,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecodedBatch:
+    """A decoded batch: the valid records' columns and who was refused.
+
+    ``columns`` row ``r`` is input record ``kept[r]`` (``kept`` ascending); every other input
+    index is in ``refused`` (ascending), with the exact ``RecordRefused`` ``decode`` raises.
+    """
+
+    columns: _native.Columns
+    kept: list[int]
+    refused: list[tuple[int, RecordRefused]]
 
 
 def _refuse(code: ReasonCode, source: str, text: str) -> RecordRefused:
@@ -126,6 +153,43 @@ class SourceCodec:
             if isinstance(f["type"], dict) and f["type"].get("type") == "enum"
         }
 
+    # -- native decoders (built on first use: ``decode`` never needs them) ---------------
+
+    def _native_decoder(
+        self, *, wire: str, schema_id: int | None, max_record_bytes: int
+    ) -> _native.SourceDecoder:
+        source = self.source
+        return _native.SourceDecoder(
+            json.dumps(self._plain),
+            "avro",
+            wire,
+            schema_id,
+            list(source.key_fields),
+            source.timestamp_field,
+            source.timestamp_divisor,
+            list(self._floats),
+            max_record_bytes,
+            self.limits.max_future_ms,
+        )
+
+    @functools.cached_property
+    def _wire(self) -> _native.SourceDecoder | None:
+        """Reads an Avro source's records as they arrive (None for JSON sources)."""
+        if self.source.format != "avro":
+            return None
+        return self._native_decoder(
+            wire=self.source.wire,
+            schema_id=self.source.schema_id,
+            max_record_bytes=self.limits.max_record_bytes,
+        )
+
+    @functools.cached_property
+    def _replay(self) -> _native.SourceDecoder:
+        """Reads payloads ``decode`` accepted, re-encoded as schemaless Avro."""
+        return self._native_decoder(
+            wire="schemaless", schema_id=None, max_record_bytes=_NO_SIZE_LIMIT
+        )
+
     # -- decoding ------------------------------------------------------------------------
 
     def decode(self, key: bytes | None, value: bytes | None, *, now_ms: int) -> dict[str, Any]:
@@ -141,6 +205,86 @@ class SourceCodec:
                 f"the decoder failed on this record ({type(exc).__name__}: {exc}); this is a "
                 "skewless bug: please report it with this dead letter",
             ) from exc
+
+    def decode_batch(
+        self, keys: Sequence[bytes | None], values: Sequence[bytes | None], *, now_ms: int
+    ) -> DecodedBatch:
+        """The valid records of a batch as native columns, and each other record's refusal.
+
+        Avro sources decode natively in one call with the GIL released. A record the core
+        refuses is decoded again by ``decode``, whose ``RecordRefused`` (code and text) is
+        the one reported. Should ``decode`` accept a record the core refused, its payload is
+        kept: re-encoded as schemaless Avro and decoded with the batch's other valid records
+        by a second native call, so ``columns`` always holds every record ``decode`` accepts.
+        JSON sources take the slow path: ``decode`` per record, then the accepted payloads
+        re-encoded as Avro and decoded natively into columns.
+
+        Example:
+            >>> batch = codec.decode_batch(keys, values, now_ms=now_ms)  # doctest: +SKIP
+            >>> batch.columns.rows == len(batch.kept)  # doctest: +SKIP
+            True
+        """
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys for {len(values)} values: expected one per value")
+        if self._wire is None:
+            return self._decode_slowly(keys, values, now_ms)
+        columns, kept, codes = self._wire.decode_batch(list(keys), list(values), now_ms)
+        refused: list[tuple[int, RecordRefused]] = []
+        rescued: dict[int, dict[str, Any]] = {}
+        for index, _code in codes:
+            try:
+                rescued[index] = self.decode(keys[index], values[index], now_ms=now_ms)
+            except RecordRefused as exc:  # the reason Python gives wins over the core's code
+                refused.append((index, exc))
+        if not rescued:
+            return DecodedBatch(columns=columns, kept=kept, refused=refused)
+        header = _HEADER if self.source.wire == "confluent" else 0
+        datums = {i: typing.cast(bytes, values[i])[header:] for i in kept}
+        datums.update((i, self._datum(payload)) for i, payload in rescued.items())
+        return self._replayed(datums, refused, now_ms)
+
+    def _decode_slowly(
+        self, keys: Sequence[bytes | None], values: Sequence[bytes | None], now_ms: int
+    ) -> DecodedBatch:
+        """``decode`` per record; the accepted payloads become columns natively."""
+        datums: dict[int, bytes] = {}
+        refused: list[tuple[int, RecordRefused]] = []
+        for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            try:
+                datums[index] = self._datum(self.decode(key, value, now_ms=now_ms))
+            except RecordRefused as exc:
+                refused.append((index, exc))
+        return self._replayed(datums, refused, now_ms)
+
+    def _datum(self, payload: dict[str, Any]) -> bytes:
+        """A payload ``decode`` accepted, as a schemaless Avro datum."""
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, self._parsed, payload)
+        return out.getvalue()
+
+    def _replayed(
+        self, datums: dict[int, bytes], refused: list[tuple[int, RecordRefused]], now_ms: int
+    ) -> DecodedBatch:
+        """Columns of the accepted records' datums (by input index), with ``refused``."""
+        order = sorted(datums)
+        columns, kept, codes = self._replay.decode_batch(
+            [None] * len(order), [datums[i] for i in order], now_ms
+        )
+        for row, code in codes:  # pragma: no cover - the checks are decode's own
+            refused.append(
+                (
+                    order[row],
+                    _refuse(
+                        "decoder_error",
+                        self.source.name,
+                        f"the native decoder refused ({code}) a record the Python decoder "
+                        "accepted; this is a skewless bug: please report it with this dead "
+                        "letter",
+                    ),
+                )
+            )
+        refused.sort(key=lambda item: item[0])
+        return DecodedBatch(columns=columns, kept=[order[r] for r in kept], refused=refused)
 
     def _decode(self, key: bytes | None, value: bytes | None, now_ms: int) -> dict[str, Any]:
         name = self.source.name
