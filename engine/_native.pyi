@@ -140,6 +140,11 @@ class Columns:
     def to_pylist(self) -> list[dict[str, Any]]:
         """Every row as a dict ``{name: value}`` (the slow path)."""
 
+    @staticmethod
+    def from_rows(names: list[str], kinds: list[str | None], rows: list[dict[str, Any]]) -> Columns:
+        """Columns ``names`` of kinds int/float/str/bool/bytes (None: any scalar) from row
+        dicts: the bridge for records decoded in Python."""
+
 class SourceDecoder:
     """Decodes batches of one Avro source's Kafka records into ``Columns``."""
 
@@ -166,3 +171,68 @@ class SourceDecoder:
         """Decode ``(keys[i], values[i])`` with the GIL released: ``(columns, kept,
         refused)``, the input index of each kept row and ``(index, reason code)`` for every
         other record, both ascending. Raises ValueError when the lengths differ."""
+
+# --- online state (native/python/src/online.rs) ---------------------------------------------
+
+_AggSpec = tuple[str, str, int | None, int | None, int | None]
+
+class OnlineCore:
+    """The stream worker's online state for one source: cached entity tiles, batch folds
+    and the Redis hash writes they produce (native/core/src/online.rs)."""
+
+    def __init__(
+        self,
+        views: list[tuple[str, list[_AggSpec], int, list[int], int | None]],
+        groups: list[tuple[list[str], list[str]]],
+        capacity: int,
+    ) -> None: ...
+    @property
+    def cached(self) -> int: ...
+    def prepare(
+        self,
+        partitions: bytes,
+        offsets: bytes,
+        event_time: bytes,
+        payload: Columns | None,
+        fed: dict[int, tuple[list[list[Any]], list[list[Any]]]],
+    ) -> list[tuple[str, int, int, str]]:
+        """Extract the batch's entities; ``(redis key, view, partition, entity)`` to load."""
+
+    def load(self, entries: list[tuple[int, int, str, dict[bytes, bytes]]]) -> None:
+        """Cache loaded hashes (raises engine.errors.CodecError on foreign tile bytes)."""
+
+    def apply(
+        self, batch_p: int
+    ) -> tuple[
+        list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]],
+        int,
+        int,
+        int,
+        dict[tuple[int, int], int],
+        dict[int, int],
+    ]:
+        """Fold the prepared batch: (writes, applied, late, fenced, newest, recovered)."""
+
+    def replay(self, processed_at: bytes) -> None:
+        """Rebuild mode: fold the prepared batch admitting by the logged processed_at."""
+
+    def replay_writes(
+        self, now_ms: int
+    ) -> list[
+        tuple[
+            int,
+            tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None],
+        ]
+    ]:
+        """Rebuild mode: one write per cached entry; empties the cache."""
+
+    def discard_prepared(self) -> None: ...
+    def forget_partitions(self, partitions: list[int]) -> None: ...
+    def forget_views(self, views: list[int], partition: int) -> None: ...
+    def forget_all(self) -> None: ...
+
+def online_values(
+    functions: list[_AggSpec], hashes: list[dict[Any, bytes]], t_ms: int, indices: list[int]
+) -> list[list[Any]]:
+    """Values as of ``t_ms`` of many entities from their hashes (engine.errors.CodecError
+    on a corrupt tile a requested window uses)."""

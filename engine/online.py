@@ -17,29 +17,24 @@ One small hash per view fingerprint records its writes, for ``skewless status``:
 Fields are namespaced by source partition, so the workers of different partitions never
 overwrite each other, even for a view whose entity is not the topic key; a read merges the
 partitions' tiles with the kernel's ``merge`` (associative and commutative). A changed
-definition has a new fingerprint, hence a fresh keyspace.
+definition — or a new tile codec version — has a new fingerprint, hence a fresh keyspace.
+
+Tiles are encoded, folded, evicted and evaluated by the native core
+(``native/core/src/online.rs`` and ``codec.rs``); this module keeps the names and the
+Python side of the layout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from engine.codec import decode_states, encode_states
-from engine.kernel.tiles import (
-    EntityTiles,
-    TileLayout,
-    evict,
-    merge_into,
-    next_stale_ms,
-    stale_at_ms,
-)
+from engine import _native
 from engine.keys import encode_key
 from engine.plan import ViewPlan
 from engine.ports import StateWrite
+from engine.processing import RowGroup, row_groups
 
 PREFIX = "sk"
 NO_FENCE = -(1 << 63)  # below every offset: imported history has negative offsets
@@ -63,13 +58,10 @@ def keyspace_pattern(fingerprint: str) -> str:
 
 @dataclass(slots=True)
 class PartitionState:
-    """What one source partition has contributed to an entity: tiles, fence, last write."""
+    """What one source partition has written for an entity: its fence and last write time."""
 
-    tiles: EntityTiles = field(default_factory=EntityTiles)
     fence: int = NO_FENCE
     updated_ms: int = 0
-    # when the oldest tile becomes stale: a write at or after it evicts (0: not known yet)
-    evict_at_ms: int = 0
 
 
 def _text(value: bytes | str) -> str:
@@ -79,30 +71,22 @@ def _text(value: bytes | str) -> str:
 def parse_state(
     view: ViewPlan, fields: Mapping[Any, bytes], partition: int | None = None
 ) -> dict[int, PartitionState]:
-    """Partition states from a hash (only ``partition``'s when given).
+    """Partition fences and write times from a hash (only ``partition``'s when given).
 
-    Raises CodecError when a tile field holds bytes of an unknown codec version.
+    Tiles are the native core's business (``values_at``); this reads the marks only.
     """
-    members = view.layout.hop_aggregators  # hop -> its group's aggregators; -1: lifetime
     states: dict[int, PartitionState] = {}
     for raw_name, value in fields.items():
         parsed = field_name(raw_name)
         if parsed is None:
             continue
-        kind, p, hop, k = parsed
+        kind, p, _, _ = parsed
         if partition is not None and p != partition:
             continue
         state = states.get(p)
         if state is None:
             state = states[p] = PartitionState()
-        if kind == "t":
-            aggs = members.get(hop) if hop > 0 else None
-            if aggs is None:  # pragma: no cover - the fingerprint pins the layout
-                continue
-            state.tiles.by_hop.setdefault(hop, {})[k] = decode_states(aggs, value)
-        elif kind == "l":
-            state.tiles.lifetime = decode_states(members[-1], value)
-        elif kind == "f":
+        if kind == "f":
             state.fence = int(value)
         elif kind == "u":
             state.updated_ms = int(value)
@@ -137,96 +121,76 @@ def field_name(name: bytes | str) -> tuple[str, int, int, int] | None:
     return parsed
 
 
-def merged(view: ViewPlan, states: Iterable[PartitionState]) -> EntityTiles:
-    """One entity's tiles merged over every partition that contributed."""
-    out = EntityTiles()
-    for state in states:
-        merge_into(view.layout, out, state.tiles)
-    return out
-
-
 def tile_field(partition: int, hop_ms: int, k: int) -> str:
     return f"t:{partition}:{hop_ms}:{k}"
 
 
-def encode_fields(
+# -- the native core's view of a layout --------------------------------------------------------
+
+AggSpec = tuple[str, str, int | None, int | None, int | None]
+
+
+def functions_of(view: ViewPlan) -> list[AggSpec]:
+    """``(function, column kind, n, window_ms, hop_ms)`` per aggregation, for the core."""
+    kinds = view.input_kinds or ("str",) * len(view.aggregations)
+    return [(a.function, kind, a.n, a.window_ms, a.hop_ms)
+            for a, kind in zip(view.aggregations, kinds, strict=True)]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSpec:
+    """The views of one source as the native ``OnlineCore`` takes them, and their row groups
+    (views sharing a transform, filter and join keys; slot = position in ``views``)."""
+
+    groups: tuple[RowGroup, ...]
+    group_inputs: tuple[tuple[str, ...], ...]  # per group: the fields its views aggregate
+    views: tuple[
+        tuple[Any, ...], ...
+    ]  # per view: (fingerprint, functions, group, inputs, lateness)
+
+    def new_core(self, capacity: int) -> Any:
+        groups = [(list(g.join_keys), list(inputs))
+                  for g, inputs in zip(self.groups, self.group_inputs, strict=True)]  # fmt: skip
+        return _native.OnlineCore(list(self.views), groups, capacity)
+
+
+def core_spec(views: Sequence[ViewPlan]) -> CoreSpec:
+    """The ``CoreSpec`` of ``views`` (all of one source)."""
+    groups = row_groups(views)
+    group_of = {slot: g for g, group in enumerate(groups) for slot, _ in group.members}
+    inputs: list[list[str]] = [[] for _ in groups]
+    specs: list[tuple[Any, ...]] = []
+    for slot, view in enumerate(views):
+        g = group_of[slot]
+        at = []
+        for column in view.input_columns:
+            if column not in inputs[g]:
+                inputs[g].append(column)
+            at.append(inputs[g].index(column))
+        specs.append((view.fingerprint, functions_of(view), g, at, view.allowed_lateness_ms))
+    return CoreSpec(groups, tuple(map(tuple, inputs)), tuple(specs))
+
+
+def write_of(raw: tuple[Any, ...]) -> StateWrite:
+    """A ``StateWrite`` from the core's ``(key, fields, delete, expire_at_ms, expect)``."""
+    key, fields, delete, expire_at_ms, expect = raw
+    return StateWrite(key=key, fields=fields, delete=tuple(delete), expire_at_ms=expire_at_ms,
+                      expect=None if expect is None else (expect[0], expect[1]))  # fmt: skip
+
+
+def values_at(
     view: ViewPlan,
-    partition: int,
-    state: PartitionState,
-    touched: Iterable[tuple[int, int]],
-    lifetime_touched: bool,
-) -> dict[str, bytes]:
-    """Fields to HSET for the tiles a batch touched, with the fence and write time."""
-    members = view.layout.hop_aggregators
-    by_hop = state.tiles.by_hop
-    out: dict[str, bytes] = {}
-    for hop, k in touched:
-        tile = by_hop.get(hop, {}).get(k)
-        if tile is None:
-            continue  # evicted in the same batch
-        out[f"t:{partition}:{hop}:{k}"] = encode_states(members[hop], tile)
-    if lifetime_touched and state.tiles.lifetime is not None:
-        out[f"l:{partition}"] = encode_states(members[-1], state.tiles.lifetime)
-    out[f"f:{partition}"] = str(state.fence).encode()
-    out[f"u:{partition}"] = str(state.updated_ms).encode()
-    return out
+    hashes: Sequence[Mapping[Any, bytes]],
+    t_ms: int,
+    indices: Sequence[int] | None = None,
+) -> list[list[Any]]:
+    """Feature values as of ``t_ms`` of many entities of ``view``, from their stored hashes
+    (empty for a missing entity: the empty-window defaults), in one native call.
 
-
-def expire_at_ms(layout: TileLayout, tiles: EntityTiles) -> int | None:
-    """When no window can use any of these tiles any more (None: lifetime state never expires)."""
-    if layout.lifetime:
-        return None
-    horizon = 0
-    for group in layout.groups:
-        per_hop = tiles.by_hop.get(group.hop_ms)
-        if per_hop:
-            horizon = max(horizon, (max(per_hop) + 1) * group.hop_ms + group.longest_window_ms)
-    return horizon or None
-
-
-def entity_write(
-    view: ViewPlan,
-    entity: tuple[Any, ...],
-    partition: int,
-    state: PartitionState,
-    touched: Collection[tuple[int, int]],
-    lifetime_touched: bool,
-    journal: list[list[int]],
-    now_ms: int,
-    expect_fence: int | None = None,
-) -> StateWrite:
-    """The hash update for one entity's partition state: evicts tiles stale at ``now_ms``,
-    encodes the touched tiles, fence, write time and journal, and the key's expiry.
-
-    With ``expect_fence`` (the partition's fence the writer read before this batch) the write
-    is a compare-and-set: the store refuses it if another writer moved the fence since.
-
-    Eviction scans the tiles only once the oldest may be stale (``state.evict_at_ms``, kept
-    up to date with the tiles this write touched), so a write usually pays one comparison
-    per touched tile, and no stale tile outlives the next write after it went stale."""
-    layout = view.layout
-    evict_at = state.evict_at_ms
-    spans = layout.spans
-    for hop, k in touched:  # a tile made by this batch may be older than the oldest held
-        at = stale_at_ms(hop, spans[hop], k)
-        if at < evict_at:
-            evict_at = at
-    stale: list[tuple[int, int]] = []
-    if now_ms >= evict_at:
-        stale = evict(layout, state.tiles, now_ms)
-        evict_at = next_stale_ms(layout, state.tiles)
-    state.evict_at_ms = evict_at
-    fields = encode_fields(view, partition, state, touched, lifetime_touched)
-    fields[f"j:{partition}"] = msgpack.packb(journal)
-    return StateWrite(
-        key=state_key(view, entity),
-        fields=fields,
-        delete=tuple(tile_field(partition, h, k) for h, k in stale),
-        expire_at_ms=expire_at_ms(view.layout, state.tiles),
-        expect=None
-        if expect_fence is None
-        else (f"f:{partition}", None if expect_fence == NO_FENCE else str(expect_fence).encode()),
-    )
+    Raises CodecError when a tile holds bytes of another codec version or is corrupt.
+    """
+    wanted = list(range(len(view.aggregations)) if indices is None else indices)
+    return _native.online_values(functions_of(view), [dict(h) for h in hashes], t_ms, wanted)
 
 
 # -- per-view write stats ---------------------------------------------------------------------

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from engine.errors import CodecError, InputDataError
-from engine.kernel.tiles import value_as_of, window_end
-from engine.online import state_key
+from engine.kernel.tiles import window_end
+from engine.online import state_key, values_at
 from engine.online_eval import WindowAt, WindowReader
 from engine.plan import Plan, ViewPlan
 from engine.ports import OnlineStateStore
@@ -227,7 +227,6 @@ def read_online(
     freshness: dict[str, list[int | None]] = {}
     for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
         view = read.view
-        layout = view.layout
         at = read.reader.at(now_ms)
         done: dict[int, tuple[list[Any], int | None]] = {}
         fresh: list[int | None] = [None] * n
@@ -239,12 +238,12 @@ def read_online(
                     got = (
                         _evaluate(at, slot_keys[slot], fields)
                         if fields
-                        else (value_as_of(layout, None, now_ms, read.indices), None)
+                        else (values_at(view, [{}], now_ms, read.indices)[0], None)
                     )
                 elif fields is None:  # unchanged since the cached read (load_changed)
                     got = confirmed[slot]
                 elif not fields:
-                    got = (value_as_of(layout, None, now_ms, read.indices), None)
+                    got = (values_at(view, [{}], now_ms, read.indices)[0], None)
                 else:
                     key = slot_keys[slot]
                     got = cache.get(key, read.indices, fields, ends)

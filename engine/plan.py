@@ -36,6 +36,8 @@ _COLUMN_TYPES = {
     "bytes": "bytes",
 }
 _MAX_N = 1000
+TILE_CODEC_VERSION = 2
+"""Version of the native core's online tile codec (``native/core/src/codec.rs``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,6 +253,9 @@ def _fingerprint(
             [a.feature, a.column, a.function, a.window_ms, a.hop_ms, a.n] for a in aggs
         ],
         "allowed_lateness_ms": lateness_ms,
+        # the online tile codec: a new version is a new keyspace, rebuilt from the log
+        # (`skewless plan` lists the views; `skewless rebuild-online` fills them)
+        "tile_codec": TILE_CODEC_VERSION,
     }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,7 +1,8 @@
 """Rebuild online state from the event log: a whole view, or one source partition of some views.
 
-The log is replayed through the same ``processing.extract_all`` / ``apply_extracted`` the
-stream worker runs, admitting each record by its *logged* ``processed_at`` — so the rebuilt
+The log is replayed through the native core the stream worker runs (``OnlineCore`` in
+replay mode: the same row groups, transforms, keys, folds and tile codec), admitting each
+record by its *logged* ``processed_at`` — so the rebuilt
 state is what the workers would have written under the current definition: per source
 partition, the tiles still in a window as of ``now``, the fence (last logged offset applied),
 the newest write time, and a journal entry. The partition's watermark
@@ -18,16 +19,22 @@ the newest write time, and a journal entry. The partition's watermark
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
-from engine.online import PartitionState, entity_write
-from engine.plan import Plan, ViewPlan
+from engine import _native
+from engine.envelope import Envelope
+from engine.keys import encode_key
+from engine.online import CoreSpec, core_spec, write_of
+from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
-from engine.processing import EntityKey, apply_extracted, extract_all, row_groups
+from engine.processing import view_row
 from engine.watermarks import encode_watermark, watermark_key
 
 _CHUNK = 2_000
+_REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _PROGRESS_STEP = 100_000
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
 
@@ -54,7 +61,7 @@ class PartitionRebuild:
 
 @dataclass(slots=True)
 class _Replay:
-    states: list[dict[EntityKey, PartitionState]]
+    writes: list[list[StateWrite]]  # per view, one write per entity
     records: int = 0
     last_offset: int | None = None
 
@@ -65,33 +72,70 @@ def _replay(
     log: EventLogSource,
     partition: int,
     progress: Callable[[int], None] | None,
+    now_ms: int,
 ) -> _Replay:
-    """Every view's per-entity state of one log partition, as the workers computed it."""
+    """Every view's per-entity write of one log partition, as the workers computed it."""
     source = plan.sources[views[0].source]
-    groups = row_groups(list(views))
-    out = _Replay(states=[{} for _ in views])
+    spec = core_spec(list(views))
+    core = spec.new_core(1 << 62)
+    out = _Replay(writes=[[] for _ in views])
+    batch: list[Envelope] = []
     for envelope in log.read(source.name, partition):
-        out.records += 1
+        batch.append(envelope)
         out.last_offset = envelope.offset
-        for v, item in extract_all(groups, source, envelope):
-            states = out.states[v]
-            state = states.get(item.entity)
-            if state is None:
-                state = states[item.entity] = PartitionState()
-            apply_extracted(views[v], state.tiles, item)
-            state.fence = item.offset
-            state.updated_ms = max(state.updated_ms, item.processed_at_ms)
-        if progress and out.records % _PROGRESS_STEP == 0:
-            progress(_PROGRESS_STEP)
-    if progress:
-        progress(out.records % _PROGRESS_STEP)
+        if len(batch) >= _REPLAY_BATCH:
+            _fold(core, spec, source, batch)
+            out.records += len(batch)
+            if progress:
+                progress(len(batch))
+            batch = []
+    if batch:
+        _fold(core, spec, source, batch)
+        out.records += len(batch)
+        if progress:
+            progress(len(batch))
+    for v, raw in core.replay_writes(now_ms):
+        out.writes[v].append(write_of(raw))
     return out
 
 
+def _fold(core: Any, spec: CoreSpec, source: SourcePlan, batch: list[Envelope]) -> None:
+    names = list(source.fields)
+    kinds = [f.kind for f in source.fields.values()]
+    ts, divisor = source.timestamp_field, source.timestamp_divisor
+    fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
+    for g, group in enumerate(spec.groups):
+        if group.transform is None and group.filter is None:
+            continue
+        view = group.members[0][1]
+        keys: list[Any] = []
+        inputs: list[list[Any]] = [[] for _ in spec.group_inputs[g]]
+        for env in batch:
+            row = view_row(view, env.payload)
+            entity = None
+            if row is not None:
+                try:
+                    entity = tuple(row[k] for k in group.join_keys)
+                except KeyError:
+                    entity = None
+            ok = entity is not None and None not in entity
+            keys.append(encode_key(entity).decode("utf-8") if ok and entity else None)
+            for column, name in zip(inputs, spec.group_inputs[g], strict=True):
+                column.append(row.get(name) if ok and row is not None else None)
+        fed[g] = ([keys], inputs)
+    core.prepare(
+        array("q", (e.partition for e in batch)).tobytes(),
+        array("q", (e.offset for e in batch)).tobytes(),
+        array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
+        _native.Columns.from_rows(names, kinds, [e.payload for e in batch]),
+        fed,
+    )
+    core.replay(array("q", (e.processed_at_ms for e in batch)).tobytes())
+
+
 def _write_states(
-    view: ViewPlan,
+    writes: list[StateWrite],
     partition: int,
-    states: Mapping[EntityKey, PartitionState],
     store: OnlineStateStore,
     now_ms: int,
     *,
@@ -105,22 +149,18 @@ def _write_states(
     exactly the log's; an expired state is then written too if the hash holds any of them.
     """
     written = 0
-    items = list(states.items())
-    for start in range(0, len(items), _CHUNK):
-        writes = [
-            _entity_write(view, partition, entity, state, now_ms)
-            for entity, state in items[start : start + _CHUNK]
-        ]
+    for start in range(0, len(writes), _CHUNK):
+        chunk = writes[start : start + _CHUNK]
         if replace_fields:
-            held = store.load([w.key for w in writes])
+            held = store.load([w.key for w in chunk])
             batch = []
-            for write, fields in zip(writes, held, strict=True):
+            for write, fields in zip(chunk, held, strict=True):
                 mine = _partition_fields(fields, partition)
                 if mine or not _expired(write, now_ms):
                     stale = mine.difference(write.fields, write.delete)
                     batch.append(replace(write, delete=(*write.delete, *sorted(stale))))
         else:
-            batch = [w for w in writes if not _expired(w, now_ms)]
+            batch = [w for w in chunk if not _expired(w, now_ms)]
         if batch:
             store.write(batch)
             written += len(batch)
@@ -129,14 +169,6 @@ def _write_states(
 
 def _expired(write: StateWrite, now_ms: int) -> bool:
     return write.expire_at_ms is not None and write.expire_at_ms <= now_ms
-
-
-def _entity_write(
-    view: ViewPlan, partition: int, entity: EntityKey, state: PartitionState, now_ms: int
-) -> StateWrite:
-    touched = [(hop, k) for hop, tiles in state.tiles.by_hop.items() for k in tiles]
-    return entity_write(view, entity, partition, state, touched, True,
-                        [[state.fence, state.updated_ms]], now_ms)  # fmt: skip
 
 
 def _partition_fields(fields: Mapping[bytes, bytes], partition: int) -> set[str]:
@@ -166,11 +198,9 @@ def rebuild_view(
     source = plan.sources[view.source]
     records = written = 0
     for partition in log.partitions(source.name):
-        replay = _replay([view], plan, log, partition, progress)
+        replay = _replay([view], plan, log, partition, progress, now_ms)
         records += replay.records
-        written += _write_states(
-            view, partition, replay.states[0], store, now_ms, replace_fields=False
-        )
+        written += _write_states(replay.writes[0], partition, store, now_ms, replace_fields=False)
         if replay.last_offset is not None:
             mark = Watermark(key=watermark_key(view, partition),
                              value=encode_watermark(replay.last_offset))  # fmt: skip
@@ -195,12 +225,10 @@ def rebuild_partition(
     Entity hashes the log does not name keep their fields: only a write whose records the
     log does not hold yet can have made them, and the fences make its replay consistent.
     """
-    replay = _replay(views, plan, log, partition, None)
+    replay = _replay(views, plan, log, partition, None, now_ms)
     written: dict[str, int] = {}
-    for view, states in zip(views, replay.states, strict=True):
-        written[view.name] = _write_states(
-            view, partition, states, store, now_ms, replace_fields=True
-        )
+    for view, writes in zip(views, replay.writes, strict=True):
+        written[view.name] = _write_states(writes, partition, store, now_ms, replace_fields=True)
     if replay.last_offset is not None:
         value = encode_watermark(replay.last_offset)
         store.write([], [Watermark(key=watermark_key(v, partition), value=value) for v in views])

@@ -25,30 +25,24 @@ safe: fences make the store idempotent and the log drops offsets it already hold
 
 from __future__ import annotations
 
+import gc
 import time
-from collections import Counter, OrderedDict
+from array import array
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-
-import msgpack
+from typing import Any
 
 from engine.envelope import Envelope
 from engine.errors import OnlineStateLost, OnlineWriteConflict
-from engine.online import PartitionState, entity_write, parse_state, state_key, stats_write
+from engine.keys import encode_key
+from engine.online import core_spec, stats_write, write_of
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
-from engine.processing import (
-    EntityKey,
-    Extracted,
-    apply_extracted,
-    extract_all,
-    is_admitted,
-    row_groups,
-)
-from engine.serde import DecodeLimits, RecordRefused, SourceCodec
+from engine.processing import view_row
+from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
 
-JOURNAL_ENTRIES = 8
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
 _NO_EVENT = -(1 << 63)
 
@@ -85,9 +79,6 @@ class BatchOutcome:
     rebuilt: int = 0  # (view, partition) states rebuilt from the log before this batch landed
 
 
-CacheKey = tuple[int, EntityKey, int]  # (view slot, entity, source partition)
-
-
 class BatchProcessor:
     """Turns batches of one source's records into online writes, log appends and dead letters.
 
@@ -114,14 +105,14 @@ class BatchProcessor:
         self.plan = plan
         self.source = plan.sources[source]
         self.views: list[ViewPlan] = [v for v in plan.views.values() if v.source == source]
-        self._groups = row_groups(self.views)
+        self._spec = core_spec(self.views)
+        self._core = self._spec.new_core(cache_entities)
         self.codec = SourceCodec(self.source, limits)
         self.online = online
         self.log = log
         self.dead = dead
         self.clock = clock
         self.cache_entities = cache_entities
-        self._cache: OrderedDict[CacheKey, tuple[PartitionState, list[list[int]]]] = OrderedDict()
         # without a recovery, no watermarks are written or checked
         self.recovery = recovery
         self._marks = Watermarks(self.views) if recovery is not None else None
@@ -132,43 +123,22 @@ class BatchProcessor:
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop cached state of partitions this worker no longer owns (after a revoke)."""
         gone = set(partitions)
-        for key in [k for k in self._cache if k[2] in gone]:
-            del self._cache[key]
+        self._core.forget_partitions(sorted(gone))
         if self._marks is not None:
             self._marks.forget(gone)
         for p in gone:  # its next owner checks (and rebuilds) for itself
             self._lost.pop(p, None)
 
     def forget_all(self) -> None:
-        self._cache.clear()
+        self._core.forget_all()
         if self._marks is not None:
             self._marks.forget_all()
         self._lost.clear()
 
-    def _load(self, wanted: set[CacheKey]) -> None:
-        missing = [k for k in wanted if k not in self._cache]
-        if not missing:
-            for k in wanted:
-                self._cache.move_to_end(k)
-            return
-        by_key: dict[str, list[CacheKey]] = {}
-        for ck in missing:
-            by_key.setdefault(state_key(self.views[ck[0]], ck[1]), []).append(ck)
-        names = list(by_key)
-        hashes = self.online.load(names)
-        for name, fields in zip(names, hashes, strict=True):
-            for ck in by_key[name]:
-                view = self.views[ck[0]]
-                state = parse_state(view, fields, ck[2]).get(ck[2], PartitionState())
-                raw = fields.get(f"j:{ck[2]}".encode())
-                journal = [list(e) for e in msgpack.unpackb(raw)] if raw else []
-                self._cache[ck] = (state, journal)
-        for k in wanted:
-            self._cache.move_to_end(k)
-
-    def _trim_cache(self) -> None:
-        while len(self._cache) > self.cache_entities:
-            self._cache.popitem(last=False)
+    @property
+    def cached_entities(self) -> int:
+        """(view, entity, partition) states held in the native cache."""
+        return int(self._core.cached)
 
     # -- the batch -------------------------------------------------------------------------
 
@@ -178,6 +148,17 @@ class BatchProcessor:
         State found lost is rebuilt from the log and the batch retried, up to
         ``REBUILD_ROUNDS`` times; a rebuild that fails raises, and the next call resumes it.
         """
+        # the cyclic collector is paused for the batch: it allocates many small acyclic
+        # objects, and each collection would walk every live object of the process
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._process_rounds(records)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _process_rounds(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         rebuilt = 0
         for _ in range(REBUILD_ROUNDS + 1):
             if self._lost:
@@ -206,8 +187,7 @@ class BatchProcessor:
             names = {item.view for item in lost}
             slots = [v for v, view in enumerate(self.views) if view.name in names]
             result = self.recovery.rebuild([self.views[v] for v in slots], p, lost)
-            for key in [k for k in self._cache if k[2] == p and k[0] in slots]:
-                del self._cache[key]
+            self._core.forget_views(slots, p)
             for v in slots:
                 self._marks.rebuilt((v, p), result.last_offset)
             del self._lost[p]
@@ -223,95 +203,86 @@ class BatchProcessor:
         commits: dict[int, int] = {}
         for rec in records:
             commits[rec.partition] = max(commits.get(rec.partition, 0), rec.offset + 1)
-            try:
-                payload = self.codec.decode(rec.key, rec.value, now_ms=batch_p)
-            except RecordRefused as exc:
-                refused[exc.code] += 1
-                letters.append(
-                    DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                               key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
-                )  # fmt: skip
-                continue
+        decoded = self.codec.decode_batch(
+            [rec.key for rec in records], [rec.value for rec in records], now_ms=batch_p
+        )
+        for i, exc in decoded.refused:
+            rec = records[i]
+            refused[exc.code] += 1
+            letters.append(
+                DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                           key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
+            )  # fmt: skip
+        columns = decoded.columns
+        payloads = columns.to_pylist()
+        ts, divisor = src.timestamp_field, src.timestamp_divisor
+        for i, payload in zip(decoded.kept, payloads, strict=True):
+            rec = records[i]
             envelopes.append(
                 Envelope(partition=rec.partition, offset=rec.offset, key=rec.key,
-                         event_time_ms=payload[src.timestamp_field] // src.timestamp_divisor,
-                         processed_at_ms=batch_p, payload=payload)
+                         event_time_ms=payload[ts] // divisor, processed_at_ms=batch_p,
+                         payload=payload)
             )  # fmt: skip
-        pairs: list[tuple[int, int, Extracted]] = []
-        wanted: set[CacheKey] = set()
-        for e, env in enumerate(envelopes):
-            for v, item in extract_all(self._groups, src, env, include_late=True):
-                pairs.append((e, v, item))
-                wanted.add((v, item.entity, item.partition))
+        core = self._core
         try:
-            self._load(wanted)
-            return self._apply(batch_p, envelopes, pairs, letters, refused, commits, len(records))
+            missing = core.prepare(
+                array("q", (e.partition for e in envelopes)).tobytes(),
+                array("q", (e.offset for e in envelopes)).tobytes(),
+                array("q", (e.event_time_ms for e in envelopes)).tobytes(),
+                columns,
+                self._fed(envelopes),
+            )  # fmt: skip
+            if missing:
+                hashes = self.online.load(list(dict.fromkeys(m[0] for m in missing)))
+                by_key = dict(zip(dict.fromkeys(m[0] for m in missing), hashes, strict=True))
+                core.load([(v, p, entity, by_key[key]) for key, v, p, entity in missing])
+            return self._apply(batch_p, envelopes, letters, refused, commits, len(records))
         except BaseException:
-            for ck in wanted:  # the cache may hold half-applied effects: reload next time
-                self._cache.pop(ck, None)
+            core.discard_prepared()  # half-applied effects: reload from the store next time
             raise
+
+    def _fed(self, envelopes: list[Envelope]) -> dict[int, tuple[list[Any], list[list[Any]]]]:
+        """Key and input columns of the row groups with a transform or filter: the rows go
+        through the view's Python code (the slow path); one key column of entity texts."""
+        fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
+        for g, group in enumerate(self._spec.groups):
+            if group.transform is None and group.filter is None:
+                continue
+            view = group.members[0][1]
+            names = self._spec.group_inputs[g]
+            keys: list[Any] = []
+            inputs: list[list[Any]] = [[] for _ in names]
+            for env in envelopes:
+                row = view_row(view, env.payload)
+                entity = None
+                if row is not None:
+                    try:
+                        entity = tuple(row[k] for k in group.join_keys)
+                    except KeyError:
+                        entity = None
+                if entity is None or None in entity:
+                    keys.append(None)
+                    for column in inputs:
+                        column.append(None)
+                    continue
+                keys.append(encode_key(entity).decode("utf-8"))
+                assert row is not None  # an entity came from it
+                for column, name in zip(inputs, names, strict=True):
+                    column.append(row.get(name))
+            fed[g] = ([keys], inputs)
+        return fed
 
     def _apply(
         self,
         batch_p: int,
         envelopes: list[Envelope],
-        pairs: list[tuple[int, int, Extracted]],
         letters: list[DeadLetter],
         refused: Counter[str],
         commits: dict[int, int],
         count: int,
     ) -> BatchOutcome:
-        # processed_at per record: an earlier attempt's, if the store already applied it
-        cache = self._cache
-        keys = [(v, item.entity, item.partition) for _, v, item in pairs]
-        held = [cache[ck] for ck in keys]
-        recovered: dict[int, int] = {}
-        fenced = 0
-        for (e, _, item), (state, journal) in zip(pairs, held, strict=True):
-            if item.offset <= state.fence:
-                fenced += 1
-                first = _journal_lookup(journal, item.offset)
-                if first is not None:
-                    recovered[e] = min(recovered.get(e, first), first)
-        touched: dict[CacheKey, set[int]] = {}  # event times applied per cache entry
-        prior: dict[CacheKey, int] = {}  # each touched entry's fence before this batch
-        newest: dict[tuple[int, int], int] = {}  # (view slot, partition) → newest event time
-        applied = late = 0
-        views = self.views
-        for (e, v, item), ck, (state, _) in zip(pairs, keys, held, strict=True):
-            if item.offset <= state.fence:
-                continue
-            p_e = recovered.get(e, batch_p) if recovered else batch_p
-            view = views[v]
-            et = item.event_time_ms
-            if not is_admitted(view, et, p_e):
-                late += 1
-                continue
-            times = touched.get(ck)
-            if times is None:
-                times = touched[ck] = set()
-                prior[ck] = state.fence  # what the write checks is still in Redis
-            apply_extracted(view, state.tiles, item)
-            state.fence = item.offset
-            if p_e > state.updated_ms:
-                state.updated_ms = p_e
-            times.add(et)
-            applied += 1
-            if et > newest.get((v, item.partition), _NO_EVENT):
-                newest[(v, item.partition)] = et
-        writes: list[StateWrite] = []
-        for ck, times in touched.items():
-            v, entity, partition = ck
-            state, journal = cache[ck]
-            journal.append([state.fence, batch_p])
-            del journal[:-JOURNAL_ENTRIES]
-            layout = views[v].layout
-            hops = [group.hop_ms for group in layout.groups]
-            tiles = {(hop, t // hop) for t in times for hop in hops}
-            writes.append(
-                entity_write(views[v], entity, partition, state, tiles,
-                             bool(layout.lifetime), journal, batch_p, prior[ck])
-            )  # fmt: skip
+        raw, applied, late, fenced, newest, recovered = self._core.apply(batch_p)
+        writes: list[StateWrite] = [write_of(w) for w in raw]
         entities_written = len(writes)
         by_view: dict[int, dict[int, int]] = {}
         for (v, partition), event_ms in newest.items():
@@ -347,7 +318,6 @@ class BatchProcessor:
             self.log.append(envelopes)
         if letters:
             self.dead.send(letters)
-        self._trim_cache()
         return BatchOutcome(
             commits=commits, processed_at_ms=batch_p, records=count, refused=refused,
             applied=applied, late=late, fenced=fenced, entities_written=entities_written,
@@ -368,14 +338,6 @@ class _StateLost(Exception):
     def __init__(self, lost: list[LostState]) -> None:
         super().__init__(f"{len(lost)} lost states")
         self.lost = lost
-
-
-def _journal_lookup(journal: list[list[int]], offset: int) -> int | None:
-    """processed_at of the write that first applied ``offset`` (None if older than the journal)."""
-    for fence, processed_at in journal:
-        if offset <= fence:
-            return processed_at
-    return None
 
 
 def _with_processed_at(env: Envelope, processed_at_ms: int) -> Envelope:

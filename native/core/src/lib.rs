@@ -10,18 +10,22 @@
 //! - [`exact`]: exact dyadic arithmetic (sums, moments) rounded once, correctly;
 //! - [`hll`]: the HyperLogLog sketch of `approx_count_distinct`;
 //! - [`agg`]: the 13 aggregation functions as monoids;
+//! - [`codec`]: the versioned binary tile codec of the online state;
 //! - [`columns`]: typed columns with validity, the unit every batch call carries;
 //! - [`tiles`]: tile layouts, folding rows into tiles, windows as of `t`;
 //! - [`avro`]: schema-driven Avro decoding (datums, container files) into columns;
 //! - [`source`]: source records (Kafka values) decoded and validated into columns;
+//! - [`online`]: the worker's cached entity state, batch folds and Redis hash writes;
 //! - [`sweep`]: the backfill's point-in-time sweep over replayed records and labels.
 
 pub mod agg;
 pub mod avro;
+pub mod codec;
 pub mod columns;
 pub mod error;
 pub mod exact;
 pub mod hll;
+pub mod online;
 pub mod source;
 pub mod sweep;
 pub mod tiles;

@@ -184,6 +184,92 @@ impl EntityTiles {
         }
     }
 
+    /// Drop the tiles stale at `t_ms` and return them as `(group, k)`.
+    pub fn evict_stale(&mut self, layout: &Layout, t_ms: i64) -> Vec<(usize, i64)> {
+        let mut out = Vec::new();
+        for (g, (tiles, group)) in self.by_group.iter_mut().zip(&layout.groups).enumerate() {
+            let oldest = window_end(group.hop_ms, t_ms) - group.span;
+            while let Some(entry) = tiles.first_entry() {
+                if *entry.key() >= oldest {
+                    break;
+                }
+                out.push((g, *entry.key()));
+                entry.remove();
+            }
+        }
+        out
+    }
+
+    /// The tile indices held in group `g`, ascending.
+    pub fn keys(&self, g: usize) -> Vec<i64> {
+        self.by_group.get(g).map(|t| t.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Tile `k` of group `g`, if held.
+    pub fn tile(&self, g: usize, k: i64) -> Option<&[State]> {
+        self.by_group.get(g)?.get(&k).map(|t| &t[..])
+    }
+
+    /// The lifetime accumulators, if any were folded.
+    pub fn lifetime_tile(&self) -> Option<&[State]> {
+        self.lifetime.as_deref()
+    }
+
+    /// The oldest and newest tile index held in group `g`.
+    pub fn oldest(&self, g: usize) -> Option<i64> {
+        self.by_group.get(g)?.keys().next().copied()
+    }
+
+    /// See [`EntityTiles::oldest`].
+    pub fn newest(&self, g: usize) -> Option<i64> {
+        self.by_group.get(g)?.keys().next_back().copied()
+    }
+
+    /// Put a decoded tile in place (loading state).
+    pub fn insert_tile(&mut self, g: usize, k: i64, tile: Box<[State]>) {
+        self.by_group[g].insert(k, tile);
+    }
+
+    /// Put decoded lifetime accumulators in place (loading state).
+    pub fn set_lifetime(&mut self, tile: Box<[State]>) {
+        self.lifetime = Some(tile);
+    }
+
+    /// Merge one decoded tile (of another partition) into tile `k` of group `g`.
+    pub fn merge_tile(&mut self, layout: &Layout, g: usize, k: i64, theirs: &[State]) {
+        let group = &layout.groups[g];
+        let ours = self.by_group[g].entry(k).or_insert_with(|| layout.new_tile(&group.members));
+        for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&group.members) {
+            layout.aggs[i].merge(state, their);
+        }
+    }
+
+    /// Merge decoded lifetime accumulators (of another partition) into these.
+    pub fn merge_lifetime(&mut self, layout: &Layout, theirs: &[State]) {
+        let ours = self.lifetime.get_or_insert_with(|| layout.new_tile(&layout.lifetime));
+        for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&layout.lifetime) {
+            layout.aggs[i].merge(state, their);
+        }
+    }
+
+    /// Merge another partition's tiles of the same entity into these.
+    pub fn merge_from(&mut self, layout: &Layout, other: &EntityTiles) {
+        for (g, group) in layout.groups.iter().enumerate() {
+            for (k, theirs) in &other.by_group[g] {
+                let ours = self.by_group[g].entry(*k).or_insert_with(|| layout.new_tile(&group.members));
+                for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&group.members) {
+                    layout.aggs[i].merge(state, their);
+                }
+            }
+        }
+        if let Some(theirs) = &other.lifetime {
+            let ours = self.lifetime.get_or_insert_with(|| layout.new_tile(&layout.lifetime));
+            for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&layout.lifetime) {
+                layout.aggs[i].merge(state, their);
+            }
+        }
+    }
+
     /// The merged (not finalized) state of aggregation `i`'s window as of `t_ms`.
     pub fn window_state(&self, layout: &Layout, i: usize, t_ms: i64) -> State {
         let agg = &layout.aggs[i];

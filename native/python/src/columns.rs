@@ -6,7 +6,8 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use skewless_core::columns::Batch;
+use skewless_core::columns::{Batch, Column, ColumnData};
+use skewless_core::value::Value;
 
 use crate::kernel::value_to_py;
 
@@ -22,8 +23,123 @@ impl PyColumns {
     }
 }
 
+/// A typed column from one field of many row dicts (a missing key or None is null; a
+/// value of another type than `kind` raises TypeError naming the field).
+fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) -> PyResult<Column> {
+    let n = rows.len();
+    let mut valid = Vec::with_capacity(n);
+    let key = pyo3::types::PyString::new(rows.py(), name);
+    let cells: Vec<Option<Bound<'_, PyAny>>> = rows
+        .iter()
+        .map(|row| {
+            let row = row.cast_into::<PyDict>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err("rows must be dicts")
+            })?;
+            Ok(row.get_item(&key)?.filter(|v| !v.is_none()))
+        })
+        .collect::<PyResult<_>>()?;
+    let wrong = |v: &Bound<'_, PyAny>| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "field {name:?}: expected {}, got {}",
+            kind.unwrap_or("a value"),
+            v.get_type().name().map(|s| s.to_string()).unwrap_or_default()
+        ))
+    };
+    let data = match kind {
+        Some("int") => {
+            let mut v = Vec::with_capacity(n);
+            for c in &cells {
+                valid.push(c.is_some());
+                v.push(match c { Some(x) => x.extract::<i64>().map_err(|_| wrong(x))?, None => 0 });
+            }
+            ColumnData::Int(v)
+        }
+        Some("float") => {
+            let mut v = Vec::with_capacity(n);
+            for c in &cells {
+                valid.push(c.is_some());
+                v.push(match c { Some(x) => x.extract::<f64>().map_err(|_| wrong(x))?, None => 0.0 });
+            }
+            ColumnData::Float(v)
+        }
+        Some("bool") => {
+            let mut v = Vec::with_capacity(n);
+            for c in &cells {
+                valid.push(c.is_some());
+                v.push(match c { Some(x) => x.extract::<bool>().map_err(|_| wrong(x))?, None => false });
+            }
+            ColumnData::Bool(v)
+        }
+        Some("str") | Some("bytes") => {
+            let mut offsets = Vec::with_capacity(n + 1);
+            offsets.push(0i64);
+            let mut data = Vec::new();
+            for c in &cells {
+                valid.push(c.is_some());
+                if let Some(x) = c {
+                    if kind == Some("str") {
+                        data.extend_from_slice(x.extract::<&str>().map_err(|_| wrong(x))?.as_bytes());
+                    } else {
+                        data.extend_from_slice(x.extract::<&[u8]>().map_err(|_| wrong(x))?);
+                    }
+                }
+                offsets.push(data.len() as i64);
+            }
+            if kind == Some("str") {
+                ColumnData::Str { offsets, data }
+            } else {
+                ColumnData::Bytes { offsets, data }
+            }
+        }
+        _ => {
+            let mut v = Vec::with_capacity(n);
+            for c in &cells {
+                valid.push(c.is_some());
+                v.push(match c {
+                    None => Value::Null,
+                    Some(x) => scalar(x),
+                });
+            }
+            ColumnData::Value(v)
+        }
+    };
+    Ok(Column { data, valid: Some(valid) })
+}
+
+/// A Python scalar as a Value (containers and ints beyond int64 are not aggregatable: Null).
+fn scalar(x: &Bound<'_, PyAny>) -> Value {
+    if let Ok(b) = x.cast::<pyo3::types::PyBool>() {
+        Value::Bool(b.is_true())
+    } else if x.is_instance_of::<pyo3::types::PyInt>() {
+        x.extract::<i64>().map_or(Value::Null, Value::Int)
+    } else if let Ok(f) = x.cast::<pyo3::types::PyFloat>() {
+        Value::Float(f.value())
+    } else if let Ok(s) = x.extract::<&str>() {
+        Value::Str(s.into())
+    } else if let Ok(b) = x.cast::<pyo3::types::PyBytes>() {
+        Value::Bytes(b.as_bytes().into())
+    } else {
+        Value::Null
+    }
+}
+
 #[pymethods]
 impl PyColumns {
+    /// Columns `names` (of engine column kinds `kinds`: int/float/str/bool/bytes, None for
+    /// anything else) from row dicts — the bridge for records decoded in Python.
+    #[staticmethod]
+    fn from_rows(names: Vec<String>, kinds: Vec<Option<String>>, rows: &Bound<'_, PyList>) -> PyResult<PyColumns> {
+        if names.len() != kinds.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err("one kind per name"));
+        }
+        let columns = names
+            .iter()
+            .zip(&kinds)
+            .map(|(n, k)| column_from_rows(n, k.as_deref(), rows))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyColumns::new(Batch { names, columns, rows: rows.len() }))
+    }
+
     /// Number of rows.
     #[getter]
     fn rows(&self) -> usize {

@@ -9,6 +9,7 @@ mod avro;
 mod columns;
 mod kernel;
 mod logwrite;
+mod online;
 mod source;
 mod sweep;
 
@@ -20,6 +21,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     columns::register(m)?;
     source::register(m)?;
     logwrite::register(m)?;
+    online::register(m)?;
     sweep::register(m)?;
     Ok(())
 }

@@ -12,9 +12,8 @@ import pytest
 
 from connectors.eventlog import EventLogReader, EventLogWriter
 from engine import FeatureStore
-from engine.kernel.tiles import value_as_of
 from engine.keys import encode_key, partition_for
-from engine.online import merged, parse_state, state_key
+from engine.online import state_key, values_at
 from engine.ports import DeadLetter, StateWrite, Watermark
 from engine.serde import SourceCodec
 from engine.stream.core import BatchProcessor, SourceRecord
@@ -128,8 +127,8 @@ def online_values(
     for view_name, keys in entities.items():
         view = store.plan.views[view_name]
         for entity in keys:
-            states = parse_state(view, fake.hashes.get(state_key(view, entity), {}))
-            out[(view_name, entity)] = value_as_of(view.layout, merged(view, states.values()), t_ms)
+            fields = fake.hashes.get(state_key(view, entity), {})
+            out[(view_name, entity)] = values_at(view, [fields], t_ms)[0]
     return out
 
 

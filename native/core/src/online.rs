@@ -1,0 +1,895 @@
+//! The stream worker's online state, natively: entity tiles cached per (view, entity,
+//! source partition), folded a batch at a time, and the Redis hash writes they produce.
+//!
+//! The layout is `engine/online.py`'s (DESIGN §4): one hash per (view fingerprint, entity)
+//!
+//! ```text
+//! key   sk:<fingerprint>:{<entity>}     (braces: the Redis Cluster hash tag)
+//! t:<p>:<hop_ms>:<k>   tile k of a hop group from source partition p (codec v2)
+//! l:<p>                lifetime accumulators from partition p
+//! f:<p>                fence: last source offset of p applied (decimal text)
+//! u:<p>                processed_at (ms) of the newest write from p (decimal text)
+//! j:<p>                journal: msgpack [[fence, processed_at], ...] of p's last writes
+//! ```
+//!
+//! A batch runs in two calls: [`OnlineCore::prepare`] extracts every view's entity from
+//! the batch's columns and lists the cache entries to load from Redis; after
+//! [`OnlineCore::load`] of those hashes, [`OnlineCore::apply`] skips what fences say the
+//! store already holds (recovering an earlier attempt's processed_at from the journal),
+//! admits by lateness, folds, and returns one write per touched entity. Semantics are those
+//! of the Python batch core this replaces, bit for bit.
+
+use std::collections::HashMap;
+
+use crate::agg::{Agg, Input};
+use crate::codec::{decode_tile, encode_tile, CodecError};
+use crate::columns::{Column, ColumnData};
+use crate::tiles::{window_end, EntityTiles, Layout};
+use crate::value::Value;
+
+/// No offset applied yet (below every offset: imported history has negative offsets).
+pub const NO_FENCE: i64 = i64::MIN;
+/// Journal entries kept per (entity, partition).
+pub const JOURNAL_ENTRIES: usize = 8;
+/// A time no tile reaches.
+pub const NEVER_MS: i64 = 1 << 62;
+
+/// Views that see the same rows: same join keys and transform.
+#[derive(Clone, Debug)]
+pub struct OnlineGroup {
+    pub key_fields: Vec<String>,
+    pub input_fields: Vec<String>,
+}
+
+/// One view of the source.
+#[derive(Clone, Debug)]
+pub struct OnlineView {
+    pub fingerprint: String,
+    pub layout: Layout,
+    pub group: usize,
+    /// Per aggregation: index into the group's inputs.
+    pub inputs: Vec<usize>,
+    pub allowed_lateness_ms: Option<i64>,
+}
+
+/// What one source partition contributed to one entity of one view.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub tiles: EntityTiles,
+    pub fence: i64,
+    pub updated_ms: i64,
+    /// When the oldest tile becomes stale (0: not known yet).
+    pub evict_at_ms: i64,
+    pub journal: Vec<(i64, i64)>,
+    used: u64,
+}
+
+impl Entry {
+    fn new(layout: &Layout) -> Entry {
+        Entry {
+            tiles: EntityTiles::new(layout),
+            fence: NO_FENCE,
+            updated_ms: 0,
+            evict_at_ms: 0,
+            journal: Vec::new(),
+            used: 0,
+        }
+    }
+}
+
+/// A cache key: (view, source partition, entity text).
+pub type CacheKey = (u32, i32, Box<str>);
+
+/// One entity hash update (see `engine.ports.StateWrite`).
+#[derive(Clone, Debug, Default)]
+pub struct Write {
+    pub key: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+    pub delete: Vec<String>,
+    pub expire_at_ms: Option<i64>,
+    /// Compare-and-set: (field, the value it must hold; None = absent).
+    pub expect: Option<(String, Option<Vec<u8>>)>,
+}
+
+/// What `apply` did.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub writes: Vec<Write>,
+    pub applied: u64,
+    pub late: u64,
+    pub fenced: u64,
+    /// (view, partition) → event time of the newest event applied.
+    pub newest: Vec<((u32, i32), i64)>,
+    /// event row → processed_at of the earlier attempt that applied it.
+    pub recovered: Vec<(u32, i64)>,
+}
+
+/// One (event, view) pair of a prepared batch.
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    row: u32,
+    view: u32,
+    /// Index into `prepared_keys`.
+    key: u32,
+}
+
+/// The per-event envelope columns of a batch.
+#[derive(Clone, Debug, Default)]
+pub struct Events {
+    pub partition: Vec<i32>,
+    pub offset: Vec<i64>,
+    pub event_time: Vec<i64>,
+}
+
+/// Per group: its key and input columns for the batch's rows.
+pub struct GroupColumns<'a> {
+    pub keys: Vec<&'a Column>,
+    pub inputs: Vec<Option<&'a Column>>,
+}
+
+/// The worker's native online state for one source.
+pub struct OnlineCore {
+    views: Vec<OnlineView>,
+    groups: Vec<OnlineGroup>,
+    cache: HashMap<CacheKey, Entry>,
+    capacity: usize,
+    tick: u64,
+    // the prepared batch
+    pairs: Vec<Pair>,
+    prepared_keys: Vec<CacheKey>,
+    events: Events,
+    inputs: Vec<Vec<Option<Column>>>, // per group: its input columns (owned copies)
+}
+
+impl OnlineCore {
+    /// A core for `views` (grouped by `groups`) caching at most `capacity` entries.
+    pub fn new(views: Vec<OnlineView>, groups: Vec<OnlineGroup>, capacity: usize) -> OnlineCore {
+        OnlineCore {
+            views,
+            groups,
+            cache: HashMap::new(),
+            capacity: capacity.max(1),
+            tick: 0,
+            pairs: Vec::new(),
+            prepared_keys: Vec::new(),
+            events: Events::default(),
+            inputs: Vec::new(),
+        }
+    }
+
+    pub fn views(&self) -> &[OnlineView] {
+        &self.views
+    }
+
+    pub fn groups(&self) -> &[OnlineGroup] {
+        &self.groups
+    }
+
+    /// Entries cached now.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Extract every group's entities from the batch; returns the cache keys not yet
+    /// cached (their hashes must be loaded with [`OnlineCore::load`] before `apply`).
+    /// `groups[g]` holds group g's key and input columns (after its transform), one cell
+    /// per event; a null or missing key means the view drops the event.
+    pub fn prepare(&mut self, events: Events, groups: &[GroupColumns<'_>]) -> Vec<CacheKey> {
+        self.pairs.clear();
+        self.prepared_keys.clear();
+        let mut index: HashMap<CacheKey, u32> = HashMap::new();
+        let n = events.offset.len();
+        let mut text = String::new();
+        for (g, cols) in groups.iter().enumerate() {
+            let members: Vec<u32> = (0..self.views.len() as u32)
+                .filter(|&v| self.views[v as usize].group == g)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            for row in 0..n {
+                if !entity_text(&cols.keys, row, &mut text) {
+                    continue;
+                }
+                let partition = events.partition[row];
+                for &v in &members {
+                    let ck: CacheKey = (v, partition, text.as_str().into());
+                    let next = self.prepared_keys.len() as u32;
+                    let key = *index.entry(ck.clone()).or_insert_with(|| {
+                        self.prepared_keys.push(ck);
+                        next
+                    });
+                    self.pairs.push(Pair { row: row as u32, view: v, key });
+                }
+            }
+        }
+        self.inputs = groups
+            .iter()
+            .map(|cols| cols.inputs.iter().map(|c| c.map(|c| (*c).clone())).collect())
+            .collect();
+        self.events = events;
+        self.tick += 1;
+        let tick = self.tick;
+        let mut missing = Vec::new();
+        for ck in &self.prepared_keys {
+            match self.cache.get_mut(ck) {
+                Some(entry) => entry.used = tick,
+                None => missing.push(ck.clone()),
+            }
+        }
+        missing
+    }
+
+    /// The Redis key of a cache key.
+    pub fn redis_key(&self, ck: &CacheKey) -> String {
+        format!("sk:{}:{{{}}}", self.views[ck.0 as usize].fingerprint, escape(&ck.2))
+    }
+
+    /// Cache the state `fields` (a loaded hash) holds for `ck`'s partition.
+    pub fn load(&mut self, ck: CacheKey, fields: &[(&[u8], &[u8])]) -> Result<(), CodecError> {
+        let view = &self.views[ck.0 as usize];
+        let mut entry = parse_partition(view, ck.1, fields)?;
+        entry.used = self.tick;
+        self.cache.insert(ck, entry);
+        Ok(())
+    }
+
+    /// Forget the cache entries the prepared batch touched (after a failed write: they
+    /// may hold half-applied effects and are loaded again next time).
+    pub fn discard_prepared(&mut self) {
+        for ck in &self.prepared_keys {
+            self.cache.remove(ck);
+        }
+    }
+
+    /// Forget the entries of `partitions` (revoked from this worker).
+    pub fn forget_partitions(&mut self, partitions: &[i32]) {
+        self.cache.retain(|k, _| !partitions.contains(&k.1));
+    }
+
+    /// Forget the entries of some views in one partition (rebuilt from the log).
+    pub fn forget_views(&mut self, views: &[u32], partition: i32) {
+        self.cache.retain(|k, _| !(k.1 == partition && views.contains(&k.0)));
+    }
+
+    /// Forget everything.
+    pub fn forget_all(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Fold the prepared batch at `batch_p` (the batch's processed_at) and build its writes.
+    pub fn apply(&mut self, batch_p: i64) -> Result<Applied, CodecError> {
+        let mut out = Applied::default();
+        for ck in &self.prepared_keys {
+            if !self.cache.contains_key(ck) {
+                return Err(CodecError(format!("entry {ck:?} was not loaded before apply")));
+            }
+        }
+        // pass 1: what the store already holds, and when an earlier attempt applied it
+        let mut recovered: HashMap<u32, i64> = HashMap::new();
+        for pair in &self.pairs {
+            let entry = &self.cache[&self.prepared_keys[pair.key as usize]];
+            let offset = self.events.offset[pair.row as usize];
+            if offset <= entry.fence {
+                out.fenced += 1;
+                if let Some(first) = journal_lookup(&entry.journal, offset) {
+                    let held = recovered.entry(pair.row).or_insert(first);
+                    *held = (*held).min(first);
+                }
+            }
+        }
+        // pass 2: fold what is new
+        let mut touched: HashMap<u32, (i64, Vec<i64>)> = HashMap::new(); // key → (prior fence, event times)
+        let mut touched_order: Vec<u32> = Vec::new();
+        let mut newest: HashMap<(u32, i32), i64> = HashMap::new();
+        for pair in &self.pairs {
+            let row = pair.row as usize;
+            let ck = &self.prepared_keys[pair.key as usize];
+            let view = &self.views[pair.view as usize];
+            let entry = self.cache.get_mut(ck).expect("checked above");
+            let offset = self.events.offset[row];
+            if offset <= entry.fence {
+                continue;
+            }
+            let p_e = recovered.get(&pair.row).copied().unwrap_or(batch_p);
+            let et = self.events.event_time[row];
+            if let Some(late) = view.allowed_lateness_ms {
+                if et < p_e.saturating_sub(late) {
+                    out.late += 1;
+                    continue;
+                }
+            }
+            let times = touched.entry(pair.key).or_insert_with(|| {
+                touched_order.push(pair.key);
+                (entry.fence, Vec::new())
+            });
+            let partition = self.events.partition[row];
+            let inputs = &self.inputs[view.group];
+            entry.tiles.fold(&view.layout, et, (et, partition, offset), |i| {
+                input_at(inputs[view.inputs[i]].as_ref(), row)
+            });
+            entry.fence = offset;
+            if p_e > entry.updated_ms {
+                entry.updated_ms = p_e;
+            }
+            times.1.push(et);
+            out.applied += 1;
+            let slot = newest.entry((pair.view, partition)).or_insert(i64::MIN);
+            if et > *slot {
+                *slot = et;
+            }
+        }
+        for key in touched_order {
+            let (prior, times) = touched.remove(&key).expect("recorded");
+            let ck = self.prepared_keys[key as usize].clone();
+            let redis_key = self.redis_key(&ck);
+            let view = &self.views[ck.0 as usize];
+            let entry = self.cache.get_mut(&ck).expect("checked above");
+            entry.journal.push((entry.fence, batch_p));
+            if entry.journal.len() > JOURNAL_ENTRIES {
+                let cut = entry.journal.len() - JOURNAL_ENTRIES;
+                entry.journal.drain(..cut);
+            }
+            let mut tiles: Vec<(usize, i64)> = Vec::new();
+            for (g, group) in view.layout.groups.iter().enumerate() {
+                for &t in &times {
+                    tiles.push((g, t.div_euclid(group.hop_ms)));
+                }
+            }
+            tiles.sort_unstable();
+            tiles.dedup();
+            out.writes.push(entity_write(view, &ck, redis_key, entry, &tiles, batch_p, Some(prior)));
+        }
+        let mut newest: Vec<((u32, i32), i64)> = newest.into_iter().collect();
+        newest.sort_unstable();
+        out.newest = newest;
+        let mut rec: Vec<(u32, i64)> = recovered.into_iter().collect();
+        rec.sort_unstable();
+        out.recovered = rec;
+        self.trim();
+        Ok(out)
+    }
+
+    /// Rebuild mode (`engine.rebuild`): fold the prepared batch as the workers did, each
+    /// record admitted by its *logged* `processed_at`; no fences are checked (the log holds
+    /// each offset once). Entries not cached start empty. Nothing is trimmed: call
+    /// [`OnlineCore::replay_writes`] at the end of the partition.
+    pub fn replay(&mut self, processed_at: &[i64]) {
+        for ck in &self.prepared_keys {
+            if !self.cache.contains_key(ck) {
+                let entry = Entry::new(&self.views[ck.0 as usize].layout);
+                self.cache.insert(ck.clone(), entry);
+            }
+        }
+        for pair in &self.pairs {
+            let row = pair.row as usize;
+            let view = &self.views[pair.view as usize];
+            let (et, pt) = (self.events.event_time[row], processed_at[row]);
+            if let Some(late) = view.allowed_lateness_ms {
+                if et < pt.saturating_sub(late) {
+                    continue;
+                }
+            }
+            let entry = self.cache.get_mut(&self.prepared_keys[pair.key as usize]).expect("added");
+            let partition = self.events.partition[row];
+            let offset = self.events.offset[row];
+            let inputs = &self.inputs[view.group];
+            entry.tiles.fold(&view.layout, et, (et, partition, offset), |i| {
+                input_at(inputs[view.inputs[i]].as_ref(), row)
+            });
+            entry.fence = offset;
+            entry.updated_ms = entry.updated_ms.max(pt);
+        }
+    }
+
+    /// Rebuild mode: one write per cached entry (every tile, the fence, the write time and
+    /// a one-entry journal), evicting what is stale at `now_ms`; empties the cache.
+    pub fn replay_writes(&mut self, now_ms: i64) -> Vec<(u32, Write)> {
+        let mut keys: Vec<CacheKey> = self.cache.keys().cloned().collect();
+        keys.sort_unstable();
+        let mut out = Vec::with_capacity(keys.len());
+        for ck in keys {
+            let mut entry = self.cache.remove(&ck).expect("listed");
+            let view = &self.views[ck.0 as usize];
+            let touched: Vec<(usize, i64)> = (0..view.layout.groups.len())
+                .flat_map(|g| entry.tiles.keys(g).into_iter().map(move |k| (g, k)))
+                .collect();
+            entry.journal = vec![(entry.fence, entry.updated_ms)];
+            let key = self.redis_key(&ck);
+            out.push((ck.0, entity_write(view, &ck, key, &mut entry, &touched, now_ms, None)));
+        }
+        out
+    }
+
+    fn trim(&mut self) {
+        if self.cache.len() <= self.capacity {
+            return;
+        }
+        // drop the least recently used down to 90 % of the capacity (amortised)
+        let keep = self.capacity * 9 / 10;
+        let mut ages: Vec<u64> = self.cache.values().map(|e| e.used).collect();
+        let drop = ages.len() - keep;
+        ages.select_nth_unstable(drop - 1);
+        let cutoff = ages[drop - 1];
+        let mut left = drop;
+        self.cache.retain(|_, e| {
+            if left > 0 && e.used <= cutoff {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// The write of one entity's partition state (`engine.online.entity_write`): evicts tiles
+/// stale at `now_ms`, encodes the touched tiles that remain, the lifetime accumulators,
+/// fence, write time and journal, and the key's expiry; `expect`: the fence the writer read.
+pub fn entity_write(
+    view: &OnlineView,
+    ck: &CacheKey,
+    redis_key: String,
+    entry: &mut Entry,
+    touched: &[(usize, i64)],
+    now_ms: i64,
+    expect: Option<i64>,
+) -> Write {
+    let layout = &view.layout;
+    let p = ck.1;
+    let mut evict_at = if entry.evict_at_ms == 0 { NEVER_MS } else { entry.evict_at_ms };
+    if entry.evict_at_ms == 0 {
+        evict_at = next_stale_ms(layout, &entry.tiles);
+    }
+    for &(g, k) in touched {
+        let group = &layout.groups[g];
+        let at = stale_at_ms(group.hop_ms, group.span, k);
+        if at < evict_at {
+            evict_at = at;
+        }
+    }
+    let mut stale = Vec::new();
+    if now_ms >= evict_at {
+        stale = entry.tiles.evict_stale(layout, now_ms);
+        evict_at = next_stale_ms(layout, &entry.tiles);
+    }
+    entry.evict_at_ms = evict_at;
+    let mut fields = Vec::with_capacity(touched.len() + 4);
+    for &(g, k) in touched {
+        if let Some(tile) = entry.tiles.tile(g, k) {
+            let mut bytes = Vec::new();
+            encode_tile(tile, &mut bytes);
+            fields.push((format!("t:{p}:{}:{k}", layout.groups[g].hop_ms), bytes));
+        }
+    }
+    if let Some(lifetime) = entry.tiles.lifetime_tile() {
+        let mut bytes = Vec::new();
+        encode_tile(lifetime, &mut bytes);
+        fields.push((format!("l:{p}"), bytes));
+    }
+    fields.push((format!("f:{p}"), entry.fence.to_string().into_bytes()));
+    fields.push((format!("u:{p}"), entry.updated_ms.to_string().into_bytes()));
+    fields.push((format!("j:{p}"), pack_journal(&entry.journal)));
+    Write {
+        key: redis_key,
+        fields,
+        delete: stale
+            .iter()
+            .map(|&(g, k)| format!("t:{p}:{}:{k}", layout.groups[g].hop_ms))
+            .collect(),
+        expire_at_ms: expire_at_ms(layout, &entry.tiles),
+        expect: expect.map(|fence| {
+            (
+                format!("f:{p}"),
+                if fence == NO_FENCE { None } else { Some(fence.to_string().into_bytes()) },
+            )
+        }),
+    }
+}
+
+/// The first time at which tile `k` of a hop group spanning `span` tiles is stale.
+pub fn stale_at_ms(hop_ms: i64, span: i64, k: i64) -> i64 {
+    (k + span) * hop_ms + 1
+}
+
+/// When the first held tile becomes stale (`NEVER_MS` when none can).
+pub fn next_stale_ms(layout: &Layout, tiles: &EntityTiles) -> i64 {
+    let mut earliest = NEVER_MS;
+    for (g, group) in layout.groups.iter().enumerate() {
+        if let Some(k) = tiles.oldest(g) {
+            earliest = earliest.min(stale_at_ms(group.hop_ms, group.span, k));
+        }
+    }
+    earliest
+}
+
+/// When no window can use any held tile any more (`None`: lifetime state never expires).
+pub fn expire_at_ms(layout: &Layout, tiles: &EntityTiles) -> Option<i64> {
+    if !layout.lifetime.is_empty() {
+        return None;
+    }
+    let mut horizon = 0;
+    for (g, group) in layout.groups.iter().enumerate() {
+        if let Some(k) = tiles.newest(g) {
+            horizon = horizon.max((k + 1) * group.hop_ms + group.span * group.hop_ms);
+        }
+    }
+    (horizon != 0).then_some(horizon)
+}
+
+/// The state partition `p` holds in a loaded hash (an empty entry when it holds none).
+pub fn parse_partition(
+    view: &OnlineView,
+    p: i32,
+    fields: &[(&[u8], &[u8])],
+) -> Result<Entry, CodecError> {
+    let layout = &view.layout;
+    let mut entry = Entry::new(layout);
+    for &(name, value) in fields {
+        let Some((kind, part, hop, k)) = field_name(name) else { continue };
+        if part != p {
+            continue;
+        }
+        match kind {
+            b't' => {
+                let Some(g) = layout.groups.iter().position(|g| g.hop_ms == hop) else {
+                    continue;
+                };
+                let aggs: Vec<&Agg> =
+                    layout.groups[g].members.iter().map(|&i| &layout.aggs[i]).collect();
+                entry.tiles.insert_tile(g, k, decode_tile(&aggs, value)?);
+            }
+            b'l' => {
+                let aggs: Vec<&Agg> = layout.lifetime.iter().map(|&i| &layout.aggs[i]).collect();
+                entry.tiles.set_lifetime(decode_tile(&aggs, value)?);
+            }
+            b'f' => entry.fence = parse_int(value)?,
+            b'u' => entry.updated_ms = parse_int(value)?,
+            b'j' => entry.journal = unpack_journal(value)?,
+            _ => {}
+        }
+    }
+    Ok(entry)
+}
+
+/// Every partition's state in a loaded hash, by partition.
+pub fn parse_all(
+    view: &OnlineView,
+    fields: &[(&[u8], &[u8])],
+) -> Result<Vec<(i32, Entry)>, CodecError> {
+    let mut parts: Vec<i32> = fields
+        .iter()
+        .filter_map(|(name, _)| field_name(name).map(|f| f.1))
+        .collect();
+    parts.sort_unstable();
+    parts.dedup();
+    parts.into_iter().map(|p| Ok((p, parse_partition(view, p, fields)?))).collect()
+}
+
+/// Feature values as of `t_ms` from the tiles of every partition in one hash (an online
+/// read): only the tiles a requested window covers (and the lifetime accumulators when a
+/// lifetime aggregation is requested) are decoded; partitions merge tile by tile.
+pub fn evaluate(
+    view: &OnlineView,
+    fields: &[(&[u8], &[u8])],
+    t_ms: i64,
+    indices: &[usize],
+) -> Result<Vec<Value>, CodecError> {
+    let layout = &view.layout;
+    let mut low: Vec<Option<i64>> = vec![None; layout.groups.len()];
+    let ends: Vec<i64> = layout.groups.iter().map(|g| window_end(g.hop_ms, t_ms)).collect();
+    let mut lifetime = false;
+    for &i in indices {
+        match layout.slots[i] {
+            (None, _) => lifetime = true,
+            (Some(g), _) => {
+                let hop = layout.groups[g].hop_ms;
+                let start = ends[g] - layout.windows_ms[i].unwrap_or(hop) / hop;
+                low[g] = Some(low[g].map_or(start, |l: i64| l.min(start)));
+            }
+        }
+    }
+    let mut merged = EntityTiles::new(layout);
+    for &(name, value) in fields {
+        let Some((kind, _, hop, k)) = field_name(name) else { continue };
+        let named = |e: CodecError| {
+            CodecError(format!("field {:?}: {}", String::from_utf8_lossy(name), e.0))
+        };
+        match kind {
+            b't' => {
+                let Some(g) = layout.groups.iter().position(|g| g.hop_ms == hop) else {
+                    continue;
+                };
+                match low[g] {
+                    Some(l) if l <= k && k < ends[g] => {}
+                    _ => continue,
+                }
+                let aggs: Vec<&Agg> =
+                    layout.groups[g].members.iter().map(|&i| &layout.aggs[i]).collect();
+                let tile = decode_tile(&aggs, value).map_err(named)?;
+                merged.merge_tile(layout, g, k, &tile);
+            }
+            b'l' if lifetime => {
+                let aggs: Vec<&Agg> = layout.lifetime.iter().map(|&i| &layout.aggs[i]).collect();
+                let tile = decode_tile(&aggs, value).map_err(named)?;
+                merged.merge_lifetime(layout, &tile);
+            }
+            _ => {}
+        }
+    }
+    Ok(indices.iter().map(|&i| merged.value(layout, i, t_ms)).collect())
+}
+
+fn parse_int(v: &[u8]) -> Result<i64, CodecError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CodecError(format!("not a decimal integer: {v:?}")))
+}
+
+/// `(kind, partition, hop, k)` of a state field name; `None` for others.
+pub fn field_name(name: &[u8]) -> Option<(u8, i32, i64, i64)> {
+    let text = std::str::from_utf8(name).ok()?;
+    let mut parts = text.split(':');
+    let kind = parts.next()?;
+    let p: i32 = parts.next()?.parse().ok()?;
+    if p < 0 {
+        return None;
+    }
+    match kind {
+        "t" => {
+            let hop: i64 = parts.next()?.parse().ok()?;
+            let k: i64 = parts.next()?.parse().ok()?;
+            parts.next().is_none().then_some((b't', p, hop, k))
+        }
+        "l" | "f" | "u" | "j" => {
+            parts.next().is_none().then_some((kind.as_bytes()[0], p, 0, 0))
+        }
+        _ => None,
+    }
+}
+
+fn journal_lookup(journal: &[(i64, i64)], offset: i64) -> Option<i64> {
+    journal.iter().find(|(fence, _)| offset <= *fence).map(|&(_, pt)| pt)
+}
+
+/// Escape the hash-tag braces (and `%`) of an entity's text, as `engine.online.entity_text`.
+pub fn escape(text: &str) -> String {
+    if !text.contains(['%', '{', '}']) {
+        return text.to_string();
+    }
+    text.replace('%', "%25").replace('{', "%7B").replace('}', "%7D")
+}
+
+/// The entity text of row `row` (`engine.keys.encode_key`): a single key's text, or a
+/// compact JSON array of several; `false` when a key is null or not a str/int.
+pub fn entity_text(keys: &[&Column], row: usize, out: &mut String) -> bool {
+    out.clear();
+    if keys.len() == 1 {
+        return push_key(keys[0], row, out, false);
+    }
+    out.push('[');
+    for (i, col) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if !push_key(col, row, out, true) {
+            return false;
+        }
+    }
+    out.push(']');
+    true
+}
+
+fn push_key(col: &Column, row: usize, out: &mut String, json: bool) -> bool {
+    use std::fmt::Write as _;
+    if !col.is_valid(row) {
+        return false;
+    }
+    let s: &str = match &col.data {
+        ColumnData::Int(v) => {
+            let _ = write!(out, "{}", v[row]);
+            return true;
+        }
+        ColumnData::Str { .. } => match col.str_at(row) {
+            Some(s) => s,
+            None => return false,
+        },
+        ColumnData::Value(v) => match &v[row] {
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+                return true;
+            }
+            Value::Str(s) => s,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    if json {
+        json_string(s, out);
+    } else {
+        out.push_str(s);
+    }
+    true
+}
+
+/// A JSON string as Python's `json.dumps(..., ensure_ascii=False)` writes it.
+fn json_string(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[inline]
+fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
+    let Some(col) = col else { return Input::Null };
+    if !col.is_valid(row) {
+        return Input::Null;
+    }
+    match &col.data {
+        ColumnData::Int(v) => Input::Int(v[row]),
+        ColumnData::Float(v) => Input::Float(v[row]),
+        ColumnData::Bool(v) => Input::Bool(v[row]),
+        ColumnData::Str { .. } => col.str_at(row).map_or(Input::Null, Input::Str),
+        ColumnData::Bytes { offsets, data } => {
+            Input::Bytes(&data[offsets[row] as usize..offsets[row + 1] as usize])
+        }
+        ColumnData::Value(v) => match &v[row] {
+            Value::Int(i) => Input::Int(*i),
+            Value::Float(f) => Input::Float(*f),
+            Value::Bool(b) => Input::Bool(*b),
+            Value::Str(s) => Input::Str(s),
+            Value::Bytes(b) => Input::Bytes(b),
+            _ => Input::Null,
+        },
+    }
+}
+
+// -- the journal's msgpack form: an array of [int, int] -----------------------------------
+
+fn pack_int(x: i64, out: &mut Vec<u8>) {
+    if (0..128).contains(&x) {
+        out.push(x as u8);
+    } else if (-32..0).contains(&x) {
+        out.push(x as i8 as u8);
+    } else if x >= 0 {
+        if x <= u8::MAX as i64 {
+            out.push(0xcc);
+            out.push(x as u8);
+        } else if x <= u16::MAX as i64 {
+            out.push(0xcd);
+            out.extend_from_slice(&(x as u16).to_be_bytes());
+        } else if x <= u32::MAX as i64 {
+            out.push(0xce);
+            out.extend_from_slice(&(x as u32).to_be_bytes());
+        } else {
+            out.push(0xcf);
+            out.extend_from_slice(&(x as u64).to_be_bytes());
+        }
+    } else if x >= i8::MIN as i64 {
+        out.push(0xd0);
+        out.push(x as i8 as u8);
+    } else if x >= i16::MIN as i64 {
+        out.push(0xd1);
+        out.extend_from_slice(&(x as i16).to_be_bytes());
+    } else if x >= i32::MIN as i64 {
+        out.push(0xd2);
+        out.extend_from_slice(&(x as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&x.to_be_bytes());
+    }
+}
+
+/// The journal as msgpack `[[fence, processed_at], ...]` (what `msgpack.packb` writes).
+pub fn pack_journal(journal: &[(i64, i64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + journal.len() * 20);
+    out.push(0x90 | journal.len().min(15) as u8);
+    for &(a, b) in journal.iter().take(15) {
+        out.push(0x92);
+        pack_int(a, &mut out);
+        pack_int(b, &mut out);
+    }
+    out
+}
+
+fn unpack_int(buf: &mut &[u8]) -> Option<i64> {
+    let (&b, rest) = buf.split_first()?;
+    *buf = rest;
+    let take = |buf: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        if buf.len() < n {
+            return None;
+        }
+        let (h, t) = buf.split_at(n);
+        *buf = t;
+        Some(h.to_vec())
+    };
+    Some(match b {
+        0x00..=0x7f => b as i64,
+        0xe0..=0xff => b as i8 as i64,
+        0xcc => take(buf, 1)?[0] as i64,
+        0xcd => u16::from_be_bytes(take(buf, 2)?.try_into().ok()?) as i64,
+        0xce => u32::from_be_bytes(take(buf, 4)?.try_into().ok()?) as i64,
+        0xcf => u64::from_be_bytes(take(buf, 8)?.try_into().ok()?) as i64,
+        0xd0 => take(buf, 1)?[0] as i8 as i64,
+        0xd1 => i16::from_be_bytes(take(buf, 2)?.try_into().ok()?) as i64,
+        0xd2 => i32::from_be_bytes(take(buf, 4)?.try_into().ok()?) as i64,
+        0xd3 => i64::from_be_bytes(take(buf, 8)?.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+/// Inverse of [`pack_journal`].
+pub fn unpack_journal(bytes: &[u8]) -> Result<Vec<(i64, i64)>, CodecError> {
+    let bad = || CodecError(format!("journal field is not msgpack [[int, int], ...]: {bytes:?}"));
+    let mut buf = bytes;
+    let (&head, rest) = buf.split_first().ok_or_else(bad)?;
+    buf = rest;
+    let n = match head {
+        0x90..=0x9f => (head & 0x0f) as usize,
+        0xdc => {
+            if buf.len() < 2 {
+                return Err(bad());
+            }
+            let n = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+            buf = &buf[2..];
+            n
+        }
+        _ => return Err(bad()),
+    };
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (&pair, rest) = buf.split_first().ok_or_else(bad)?;
+        buf = rest;
+        if pair != 0x92 {
+            return Err(bad());
+        }
+        let a = unpack_int(&mut buf).ok_or_else(bad)?;
+        let b = unpack_int(&mut buf).ok_or_else(bad)?;
+        out.push((a, b));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_roundtrips_through_msgpack_ints() {
+        let j = vec![(0, 1), (-1, 200), (70_000, -40_000), (i64::MAX, i64::MIN), (5_000_000_000, 1)];
+        assert_eq!(unpack_journal(&pack_journal(&j)).unwrap(), j);
+        assert!(unpack_journal(b"x").is_err());
+    }
+
+    #[test]
+    fn field_names() {
+        assert_eq!(field_name(b"t:3:3600000:12"), Some((b't', 3, 3_600_000, 12)));
+        assert_eq!(field_name(b"f:0"), Some((b'f', 0, 0, 0)));
+        assert_eq!(field_name(b"w:0"), None);
+        assert_eq!(field_name(b"t:x:1:2"), None);
+    }
+
+    #[test]
+    fn escaping_and_json_keys() {
+        assert_eq!(escape("a{b}%"), "a%7Bb%7D%25");
+        let mut s = String::new();
+        json_string("q\"\\\n\u{1}é", &mut s);
+        assert_eq!(s, "\"q\\\"\\\\\\n\\u0001é\"");
+    }
+}

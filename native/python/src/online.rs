@@ -1,0 +1,365 @@
+//! `OnlineCore`: the stream worker's native online state (see `skewless_core::online`),
+//! and `online_values`, the online reader's window evaluation from Redis hash bytes.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use skewless_core::agg::{Agg, Func};
+use skewless_core::columns::{Column, ColumnData};
+use skewless_core::online::{
+    evaluate, CacheKey, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView, Write,
+};
+use skewless_core::tiles::Layout;
+use skewless_core::value::{Kind, Value};
+
+use crate::columns::PyColumns;
+use crate::kernel::value_to_py;
+
+fn err(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
+    match py.import("engine.errors").and_then(|m| m.getattr("CodecError")) {
+        Ok(cls) => match cls.call1((e.to_string(),)) {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(x) => x,
+        },
+        Err(x) => x,
+    }
+}
+
+fn i64s(data: &[u8], what: &str) -> PyResult<Vec<i64>> {
+    if data.len() % 8 != 0 {
+        return Err(err(format!("{what}: {} bytes is not a whole number of int64", data.len())));
+    }
+    Ok(data.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().unwrap())).collect())
+}
+
+/// `(function, kind, n, window_ms, hop_ms)` of one aggregation.
+pub type AggArgs = (String, String, Option<u32>, Option<i64>, Option<i64>);
+
+/// A tile layout from aggregation specs.
+pub fn layout_of(functions: Vec<AggArgs>) -> PyResult<Layout> {
+    let mut aggs = Vec::new();
+    let mut windows = Vec::new();
+    let mut hops = Vec::new();
+    for (name, kind, n, window, hop) in functions {
+        let func =
+            Func::parse(&name, n).ok_or_else(|| err(format!("unknown aggregation function {name:?}")))?;
+        let kind = Kind::parse(&kind).ok_or_else(|| err(format!("unknown column kind {kind:?}")))?;
+        aggs.push(Agg::new(func, kind).map_err(err)?);
+        windows.push(window);
+        hops.push(hop);
+    }
+    Layout::new(aggs, windows, hops).map_err(err)
+}
+
+/// A view spec: `(fingerprint, aggregations, group, input per aggregation, lateness)`.
+type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
+
+fn view_of(args: ViewArgs) -> PyResult<OnlineView> {
+    let (fingerprint, functions, group, inputs, lateness) = args;
+    Ok(OnlineView { fingerprint, layout: layout_of(functions)?, group, inputs, allowed_lateness_ms: lateness })
+}
+
+/// A Python scalar as a Value (containers and ints beyond int64 → Null).
+fn plain_value(x: &Bound<'_, PyAny>) -> Value {
+    if x.is_none() {
+        Value::Null
+    } else if let Ok(b) = x.cast::<pyo3::types::PyBool>() {
+        Value::Bool(b.is_true())
+    } else if x.is_instance_of::<pyo3::types::PyInt>() {
+        x.extract::<i64>().map_or(Value::Null, Value::Int)
+    } else if let Ok(f) = x.cast::<pyo3::types::PyFloat>() {
+        Value::Float(f.value())
+    } else if let Ok(s) = x.extract::<&str>() {
+        Value::Str(s.into())
+    } else if let Ok(b) = x.cast::<PyBytes>() {
+        Value::Bytes(b.as_bytes().into())
+    } else {
+        Value::Null
+    }
+}
+
+fn any_column(values: &Bound<'_, PyList>) -> Column {
+    let mut v = Vec::with_capacity(values.len());
+    let mut valid = Vec::with_capacity(values.len());
+    for x in values.iter() {
+        let value = plain_value(&x);
+        valid.push(!value.is_null());
+        v.push(value);
+    }
+    Column { data: ColumnData::Value(v), valid: Some(valid) }
+}
+
+fn fields_of<'a>(hash: &'a Bound<'_, PyDict>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(hash.len());
+    for (k, v) in hash.iter() {
+        let k: Vec<u8> = if let Ok(s) = k.extract::<&str>() { s.as_bytes().to_vec() } else { k.extract::<Vec<u8>>()? };
+        let v: Vec<u8> = if let Ok(s) = v.extract::<&str>() { s.as_bytes().to_vec() } else { v.extract::<Vec<u8>>()? };
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, expect | None)`.
+fn write_to_py<'py>(py: Python<'py>, w: &Write) -> PyResult<Bound<'py, PyTuple>> {
+    let fields = PyDict::new(py);
+    for (name, bytes) in &w.fields {
+        fields.set_item(name, PyBytes::new(py, bytes))?;
+    }
+    let expect = match &w.expect {
+        None => py.None().into_bound(py),
+        Some((f, v)) => {
+            (f.as_str(), v.as_ref().map(|b| PyBytes::new(py, b))).into_pyobject(py)?.into_any()
+        }
+    };
+    PyTuple::new(
+        py,
+        [
+            w.key.as_str().into_pyobject(py)?.into_any(),
+            fields.into_any(),
+            PyList::new(py, &w.delete)?.into_any(),
+            w.expire_at_ms.into_pyobject(py)?.into_any(),
+            expect,
+        ],
+    )
+}
+
+#[pyclass(module = "engine._native", name = "OnlineCore")]
+pub struct PyOnlineCore {
+    inner: std::sync::Mutex<OnlineCore>,
+}
+
+impl PyOnlineCore {
+    fn with<T>(&self, f: impl FnOnce(&mut OnlineCore) -> PyResult<T>) -> PyResult<T> {
+        let mut guard = self.inner.lock().map_err(|_| err("an OnlineCore call panicked earlier"))?;
+        f(&mut guard)
+    }
+}
+
+#[pymethods]
+impl PyOnlineCore {
+    #[new]
+    fn new(views: Vec<ViewArgs>, groups: Vec<(Vec<String>, Vec<String>)>, capacity: usize) -> PyResult<Self> {
+        let views = views.into_iter().map(view_of).collect::<PyResult<Vec<_>>>()?;
+        let groups = groups
+            .into_iter()
+            .map(|(key_fields, input_fields)| OnlineGroup { key_fields, input_fields })
+            .collect();
+        Ok(PyOnlineCore { inner: std::sync::Mutex::new(OnlineCore::new(views, groups, capacity)) })
+    }
+
+    /// Entries cached now.
+    #[getter]
+    fn cached(&self) -> PyResult<usize> {
+        self.with(|c| Ok(c.cached()))
+    }
+
+    /// Extract the batch's entities; returns `(redis key, view, partition, entity)` of every
+    /// entry to load. `payload` gives the columns of groups not in `fed` (by field name);
+    /// `fed[g] = (key columns, input columns)` as lists (after a transform).
+    #[pyo3(signature = (partitions, offsets, event_time, payload, fed))]
+    fn prepare<'py>(
+        &self,
+        py: Python<'py>,
+        partitions: Vec<u8>,
+        offsets: Vec<u8>,
+        event_time: Vec<u8>,
+        payload: Option<PyRef<'py, PyColumns>>,
+        fed: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let partition: Vec<i32> = i64s(&partitions, "partitions")?.into_iter().map(|p| p as i32).collect();
+        let offset = i64s(&offsets, "offsets")?;
+        let event_time = i64s(&event_time, "event times")?;
+        let n = offset.len();
+        if partition.len() != n || event_time.len() != n {
+            return Err(err("prepare: partitions, offsets and event times differ in length"));
+        }
+        let groups: Vec<OnlineGroup> = self.with(|c| Ok(c.groups().to_vec()))?;
+        // owned columns for fed groups; payload columns are borrowed
+        let mut owned: Vec<(Vec<Column>, Vec<Column>)> = Vec::new();
+        let mut owned_at: Vec<Option<usize>> = Vec::new();
+        for g in 0..groups.len() {
+            match fed.get_item(g)? {
+                Some(spec) => {
+                    let (keys, inputs): (Vec<Bound<'py, PyList>>, Vec<Bound<'py, PyList>>) = spec.extract()?;
+                    let keys: Vec<Column> = keys.iter().map(any_column).collect();
+                    let inputs: Vec<Column> = inputs.iter().map(any_column).collect();
+                    if keys.iter().chain(&inputs).any(|c| c.len() != n) {
+                        return Err(err(format!("prepare: group {g}'s columns are not {n} long")));
+                    }
+                    owned_at.push(Some(owned.len()));
+                    owned.push((keys, inputs));
+                }
+                None => owned_at.push(None),
+            }
+        }
+        let batch = payload.as_ref().map(|p| p.batch.clone());
+        if let Some(b) = &batch {
+            if b.rows != n {
+                return Err(err(format!("prepare: payload has {} rows for {n} events", b.rows)));
+            }
+        }
+        let null_col = Column { data: ColumnData::Value(vec![Value::Null; n]), valid: Some(vec![false; n]) };
+        let mut cols: Vec<GroupColumns<'_>> = Vec::with_capacity(groups.len());
+        for (g, group) in groups.iter().enumerate() {
+            if let Some(at) = owned_at[g] {
+                let (keys, inputs) = &owned[at];
+                cols.push(GroupColumns { keys: keys.iter().collect(), inputs: inputs.iter().map(Some).collect() });
+            } else {
+                let Some(b) = &batch else {
+                    return Err(err(format!("prepare: group {g} has neither payload columns nor fed columns")));
+                };
+                cols.push(GroupColumns {
+                    keys: group.key_fields.iter().map(|f| b.column(f).unwrap_or(&null_col)).collect(),
+                    inputs: group.input_fields.iter().map(|f| b.column(f)).collect(),
+                });
+            }
+        }
+        let events = Events { partition, offset, event_time };
+        let missing = self.with(|c| Ok(c.prepare(events, &cols)))?;
+        let out = PyList::empty(py);
+        for ck in missing {
+            let key = self.with(|c| Ok(c.redis_key(&ck)))?;
+            out.append((key, ck.0, ck.1, &*ck.2))?;
+        }
+        Ok(out)
+    }
+
+    /// Cache loaded hashes: `(view, partition, entity, fields)` per entry `prepare` listed.
+    fn load(&self, py: Python<'_>, entries: Vec<(u32, i32, String, Bound<'_, PyDict>)>) -> PyResult<()> {
+        for (view, partition, entity, hash) in entries {
+            let fields = fields_of(&hash)?;
+            let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let ck: CacheKey = (view, partition, entity.into());
+            self.with(|c| c.load(ck, &refs).map_err(|e| codec_err(py, e)))?;
+        }
+        Ok(())
+    }
+
+    /// Fold the prepared batch; returns `(writes, applied, late, fenced, newest, recovered)`:
+    /// writes as `(key, {field: bytes}, [deleted fields], expire_at_ms|None, expect|None)`,
+    /// newest as `{(view, partition): event_ms}`, recovered as `{event row: processed_at}`.
+    fn apply<'py>(&self, py: Python<'py>, batch_p: i64) -> PyResult<Bound<'py, PyTuple>> {
+        let applied = self.with(|c| py.detach(|| c.apply(batch_p)).map_err(|e| codec_err(py, e)))?;
+        let writes = PyList::empty(py);
+        for w in &applied.writes {
+            writes.append(write_to_py(py, w)?)?;
+        }
+        let newest = PyDict::new(py);
+        for ((v, p), ms) in &applied.newest {
+            newest.set_item((v, p), ms)?;
+        }
+        let recovered = PyDict::new(py);
+        for (row, pt) in &applied.recovered {
+            recovered.set_item(row, pt)?;
+        }
+        PyTuple::new(
+            py,
+            [
+                writes.into_any(),
+                applied.applied.into_pyobject(py)?.into_any(),
+                applied.late.into_pyobject(py)?.into_any(),
+                applied.fenced.into_pyobject(py)?.into_any(),
+                newest.into_any(),
+                recovered.into_any(),
+            ],
+        )
+    }
+
+    /// Rebuild mode: fold the prepared batch admitting each record by its logged
+    /// processed_at (int64 buffer, one per event).
+    fn replay(&self, py: Python<'_>, processed_at: Vec<u8>) -> PyResult<()> {
+        let pt = i64s(&processed_at, "processed_at")?;
+        self.with(|c| {
+            py.detach(|| c.replay(&pt));
+            Ok(())
+        })
+    }
+
+    /// Rebuild mode: `(view, write)` per cached entry, writes as in `apply`; empties the cache.
+    fn replay_writes<'py>(&self, py: Python<'py>, now_ms: i64) -> PyResult<Bound<'py, PyList>> {
+        let writes = self.with(|c| Ok(py.detach(|| c.replay_writes(now_ms))))?;
+        let out = PyList::empty(py);
+        for (v, w) in &writes {
+            out.append((v, write_to_py(py, w)?))?;
+        }
+        Ok(out)
+    }
+
+    /// Forget the entries the prepared batch touched (after a failed write).
+    fn discard_prepared(&self) -> PyResult<()> {
+        self.with(|c| {
+            c.discard_prepared();
+            Ok(())
+        })
+    }
+
+    fn forget_partitions(&self, partitions: Vec<i32>) -> PyResult<()> {
+        self.with(|c| {
+            c.forget_partitions(&partitions);
+            Ok(())
+        })
+    }
+
+    fn forget_views(&self, views: Vec<u32>, partition: i32) -> PyResult<()> {
+        self.with(|c| {
+            c.forget_views(&views, partition);
+            Ok(())
+        })
+    }
+
+    fn forget_all(&self) -> PyResult<()> {
+        self.with(|c| {
+            c.forget_all();
+            Ok(())
+        })
+    }
+}
+
+/// Feature values as of `t_ms` for many entities of one view, straight from the hashes
+/// Redis returned (each a dict of field → bytes; empty for a missing entity).
+#[pyfunction]
+fn online_values<'py>(
+    py: Python<'py>,
+    functions: Vec<AggArgs>,
+    hashes: Vec<Bound<'py, PyDict>>,
+    t_ms: i64,
+    indices: Vec<usize>,
+) -> PyResult<Bound<'py, PyList>> {
+    let view = OnlineView {
+        fingerprint: String::new(),
+        layout: layout_of(functions)?,
+        group: 0,
+        inputs: vec![],
+        allowed_lateness_ms: None,
+    };
+    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> = hashes.iter().map(fields_of).collect::<PyResult<_>>()?;
+    let results: Vec<Result<Vec<Value>, String>> = py.detach(|| {
+        all.iter()
+            .map(|fields| {
+                let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                evaluate(&view, &refs, t_ms, &indices).map_err(|e| e.to_string())
+            })
+            .collect()
+    });
+    let out = PyList::empty(py);
+    for r in results {
+        let values = r.map_err(|e| codec_err(py, e))?;
+        let row = PyList::empty(py);
+        for v in &values {
+            row.append(value_to_py(py, v)?)?;
+        }
+        out.append(row)?;
+    }
+    Ok(out)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyOnlineCore>()?;
+    m.add_function(wrap_pyfunction!(online_values, m)?)?;
+    Ok(())
+}
