@@ -34,10 +34,11 @@ import numpy as np
 import numpy.typing as npt
 
 from engine import _native
+from engine.envelope import Envelope
 from engine.errors import EventLogError
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
-from engine.processing import EntityKey, view_row
+from engine.processing import EntityKey, RowGroup, group_rows
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
@@ -354,8 +355,15 @@ class _Group:
     inputs: list[str]  # payload (or transformed row) fields the group's views read
 
     @property
+    def row_group(self) -> RowGroup:
+        view = self.first_view
+        return RowGroup(transform=view.transform, filter=view.filter, join_keys=self.join_keys,
+                        members=((0, view),), batch_transform=view.batch_transform)  # fmt: skip
+
+    @property
     def native(self) -> bool:
-        return self.first_view.transform is None and self.first_view.filter is None
+        view = self.first_view
+        return view.transform is None and view.filter is None and view.batch_transform is None
 
 
 def _execute(
@@ -377,7 +385,8 @@ def _execute(
     request_specs: list[tuple[Any, ...]] = []
     for req, lab in zip(requests, labels, strict=True):
         view = plan.views[req.view]
-        gkey = (view.source, view.transform, view.filter, view.join_keys, lab.table)
+        gkey = (view.source, view.transform, view.filter, view.batch_transform, view.join_keys,
+                lab.table)  # fmt: skip
         g = group_of.get(gkey)
         if g is None:
             g = group_of[gkey] = len(groups)
@@ -502,30 +511,33 @@ class _Reader:
         """The slow path: records through Python (transforms, filters, logs without files)."""
         src = self.plan.sources[source]
         ts, divisor = src.timestamp_field, src.timestamp_divisor
-        chunks = {g: _Chunk(len(self.groups[g].join_keys), len(self.groups[g].inputs))
-                  for g in groups}  # fmt: skip
         count = 0
+        batch: list[Envelope] = []
         for envelope in self.log.read(source, partition):
             count += 1
-            payload = envelope.payload
-            et = payload[ts] // divisor
-            for g in groups:
-                group = self.groups[g]
-                row = payload
-                if not group.native:
-                    transformed = view_row(group.first_view, payload)
-                    if transformed is None:
-                        continue
-                    row = transformed
-                chunk = chunks[g]
-                chunk.add(envelope.offset, et, envelope.processed_at_ms,
-                          [row.get(k) for k in group.join_keys],
-                          [row.get(c) for c in group.inputs])  # fmt: skip
-                if len(chunk) >= _ROWS_CHUNK:
-                    chunk.flush(self.sweep, g, partition)
-        for g, chunk in chunks.items():
-            chunk.flush(self.sweep, g, partition)
+            batch.append(envelope)
+            if len(batch) >= _ROWS_CHUNK:
+                self._feed(batch, groups, partition, ts, divisor)
+                batch = []
+        if batch:
+            self._feed(batch, groups, partition, ts, divisor)
         return count
+
+    def _feed(
+        self, batch: list[Envelope], groups: list[int], partition: int, ts: str, divisor: int
+    ) -> None:
+        payloads = [e.payload for e in batch]
+        for g in groups:
+            group = self.groups[g]
+            rows = group_rows(group.row_group, payloads)
+            chunk = _Chunk(len(group.join_keys), len(group.inputs))
+            for envelope, row in zip(batch, rows, strict=True):
+                if row is None:
+                    continue
+                chunk.add(envelope.offset, envelope.payload[ts] // divisor,
+                          envelope.processed_at_ms, [row.get(k) for k in group.join_keys],
+                          [row.get(c) for c in group.inputs])  # fmt: skip
+            chunk.flush(self.sweep, g, partition)
 
 
 class _Chunk:

@@ -117,7 +117,11 @@ class FeatureView:
     """Aggregations of one source's events per entity.
 
     ``transform(row) -> row | None`` reshapes a decoded payload (``None`` drops it);
-    ``filter(row) -> bool`` keeps rows after the transform. Both must be plain, named
+    ``filter(row) -> bool`` keeps rows after the transform. ``batch_transform(df) -> df``
+    is the vectorized form (the fast path): a pandas DataFrame of a batch of payloads in, a
+    DataFrame out whose index is a subset of the input's (a dropped index drops that
+    record); it must compute each row from that row alone. A view has a row transform
+    (with or without a filter) or a batch transform, not both. All are plain, named
     functions: their source code is part of the view's fingerprint. Columns a transform
     adds are declared in ``columns`` as Avro primitive types. ``allowed_lateness``
     overrides the default (the longest finite window).
@@ -139,6 +143,7 @@ class FeatureView:
     aggregations: Sequence[Aggregation]
     transform: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
     filter: Callable[[dict[str, Any]], bool] | None = None
+    batch_transform: Callable[[Any], Any] | None = None
     columns: Mapping[str, str] | None = None
     allowed_lateness: str | None = None
     description: str = ""

@@ -86,9 +86,10 @@ class ViewPlan:
     location: str
     input_columns: tuple[str, ...]  # the column each aggregation reads, in order
     float_inputs: tuple[int, ...]  # aggregations whose column holds floats
-    input_kinds: tuple[
-        str, ...
-    ] = ()  # column kind each aggregation reads (int/float/str/bool/bytes)
+    # the column kind each aggregation reads (int/float/str/bool/bytes)
+    input_kinds: tuple[str, ...] = ()
+    # the vectorized transform: a pandas DataFrame of a batch in, a DataFrame out
+    batch_transform: Callable[[Any], Any] | None = None
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -248,6 +249,9 @@ def _fingerprint(
         "entity": {"name": view.entity.name, "join_keys": list(view.entity.join_keys)},
         "transform": _function_fingerprint(view.transform) if view.transform else None,
         "filter": _function_fingerprint(view.filter) if view.filter else None,
+        "batch_transform": (
+            _function_fingerprint(view.batch_transform) if view.batch_transform else None
+        ),
         "columns": dict(sorted((view.columns or {}).items())),
         "aggregations": [
             [a.feature, a.column, a.function, a.window_ms, a.hop_ms, a.n] for a in aggs
@@ -661,6 +665,18 @@ def compile_plan(
             continue
         functions_ok = _check_function(c, view, "transform", view.transform)
         functions_ok = _check_function(c, view, "filter", view.filter) and functions_ok
+        functions_ok = (
+            _check_function(c, view, "batch_transform", view.batch_transform) and functions_ok
+        )
+        if view.batch_transform is not None and (view.transform or view.filter):
+            c.add(
+                view.location,
+                subject,
+                "batch_transform",
+                "a view has a row transform/filter or a batch transform, not both (a batch "
+                "transform filters by dropping rows)",
+            )
+            functions_ok = False
         source = source_plans.get(view.source.name)
         if source is None:
             continue  # its problems are already reported
@@ -737,6 +753,7 @@ def compile_plan(
             input_columns=tuple(a.column for a in aggs),
             float_inputs=tuple(i for i, a in enumerate(aggs) if columns[a.column] == "float"),
             input_kinds=tuple(columns[a.column] or "str" for a in aggs),
+            batch_transform=view.batch_transform,
         )
     if c.problems:
         raise DefinitionError(c.problems)

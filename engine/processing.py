@@ -1,7 +1,10 @@
-"""The one path from a logged source record to tile updates: transform → key → admission → fold.
+"""What a view sees of a source record: transform → key → aggregation inputs, and admission.
 
-The stream worker, the backfill and rebuild-online call ``extract_all`` on each record and
-``apply_extracted`` to fold it (the backfill in the order of its mode): one implementation.
+The native core folds; this module runs the user's code. ``group_columns`` turns a batch of
+payloads into a row group's key texts and input columns for the core — row transforms and
+filters row by row (the slow path), batch transforms on a DataFrame per batch — and is what
+the stream worker, the backfill and rebuild-online all call, so every path drops and
+reshapes a record the same way. ``extract_all`` is the per-record form (``verify``).
 """
 
 from __future__ import annotations
@@ -9,11 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.envelope import Envelope
 from engine.kernel.tiles import EntityTiles, fold
+from engine.keys import encode_key
 from engine.plan import SourcePlan, ViewPlan
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EntityKey = tuple[Any, ...]
 
@@ -47,6 +54,9 @@ def view_row(view: ViewPlan, payload: dict[str, Any]) -> dict[str, Any] | None:
     A transform or filter that raises drops the record for this view only; the record
     stays in the log, so every path drops it the same way.
     """
+    if view.batch_transform is not None:
+        rows = batch_rows(view, [payload])
+        return rows[0]
     row: dict[str, Any] | None = payload
     try:
         if view.transform is not None:
@@ -98,6 +108,12 @@ class RowGroup:
     filter: Callable[[dict[str, Any]], bool] | None
     join_keys: tuple[str, ...]
     members: tuple[tuple[int, ViewPlan], ...]  # (caller's slot, view)
+    batch_transform: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+
+    @property
+    def native(self) -> bool:
+        """No user code: the core reads keys and inputs straight from the payload."""
+        return self.transform is None and self.filter is None and self.batch_transform is None
 
 
 def row_groups(views: Sequence[ViewPlan]) -> tuple[RowGroup, ...]:
@@ -105,13 +121,106 @@ def row_groups(views: Sequence[ViewPlan]) -> tuple[RowGroup, ...]:
 
     The slot of a view is its position in ``views``.
     """
-    groups: dict[tuple[Any, Any, tuple[str, ...]], list[tuple[int, ViewPlan]]] = {}
+    groups: dict[tuple[Any, Any, tuple[str, ...], Any], list[tuple[int, ViewPlan]]] = {}
     for slot, view in enumerate(views):
-        groups.setdefault((view.transform, view.filter, view.join_keys), []).append((slot, view))
+        key = (view.transform, view.filter, view.join_keys, view.batch_transform)
+        groups.setdefault(key, []).append((slot, view))
     return tuple(
-        RowGroup(transform=t, filter=f, join_keys=k, members=tuple(m))
-        for (t, f, k), m in groups.items()
+        RowGroup(transform=t, filter=f, join_keys=k, members=tuple(m), batch_transform=b)
+        for (t, f, k, b), m in groups.items()
     )
+
+
+def batch_rows(view: ViewPlan, payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """The rows a view with a batch transform sees: ``payloads[i]`` → its transformed row, or
+    None when the transform dropped it.
+
+    The transform gets one DataFrame of the batch (a copy; index 0..n-1) and returns one
+    whose index is a subset of it (a dropped index drops that record). If it raises or
+    returns anything else, each record is retried alone in a one-row frame and the records
+    that still fail are dropped for this view only — the same rows as a row transform that
+    raised, whatever else shared the batch.
+    """
+    import pandas as pd
+
+    fn = view.batch_transform
+    assert fn is not None
+    if not payloads:
+        return []
+    frame = pd.DataFrame.from_records(list(payloads), index=range(len(payloads)))
+    try:
+        return _rows_of(fn(frame.copy()), len(payloads), range(len(payloads)))
+    except Exception:  # user code: fall back to one record at a time
+        out: list[dict[str, Any] | None] = []
+        for i in range(len(payloads)):
+            one = frame.iloc[i : i + 1]
+            try:
+                out.extend(_rows_of(fn(one.copy()), 1, range(i, i + 1)))
+            except Exception:
+                out.append(None)
+        return out
+
+
+def _rows_of(result: Any, n: int, index: range) -> list[dict[str, Any] | None]:
+    import pandas as pd
+
+    if not isinstance(result, pd.DataFrame):
+        raise TypeError(f"a batch transform must return a DataFrame, got {type(result).__name__}")
+    if not result.index.is_unique or not set(result.index).issubset(index):
+        raise ValueError("a batch transform's index must be a subset of its input's")
+    out: list[dict[str, Any] | None] = [None] * n
+    records = result.to_dict("records")
+    for label, row in zip(result.index, records, strict=True):
+        out[int(label) - index.start] = {str(k): _plain(v) for k, v in row.items()}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A DataFrame cell as the plain value a row transform would give (NaN/NaT → None)."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    item = getattr(value, "item", None)  # numpy scalars
+    if item is not None and not isinstance(value, (str, bytes)):
+        value = item()
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    return value
+
+
+def group_rows(
+    group: RowGroup, payloads: Sequence[dict[str, Any]]
+) -> Sequence[dict[str, Any] | None]:
+    """The rows a row group's views see of ``payloads`` (None: dropped for them)."""
+    if group.native:
+        return payloads
+    view = group.members[0][1]
+    if group.batch_transform is not None:
+        return batch_rows(view, payloads)
+    return [view_row(view, payload) for payload in payloads]
+
+
+def group_columns(
+    group: RowGroup, input_names: Sequence[str], payloads: Sequence[dict[str, Any]]
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """A row group's entity texts (one key column: ``engine.keys.encode_key`` of the join
+    keys, None when the view drops the record or a key is missing/null) and its input
+    columns, for the native core's ``prepare`` — from the rows its user code produces."""
+    rows = group_rows(group, payloads)
+    keys: list[Any] = []
+    inputs: list[list[Any]] = [[] for _ in input_names]
+    for row in rows:
+        entity = None if row is None else _entity(group.join_keys, row)
+        if entity is None or row is None:
+            keys.append(None)
+            for column in inputs:
+                column.append(None)
+            continue
+        keys.append(encode_key(entity).decode("utf-8"))
+        for column, name in zip(inputs, input_names, strict=True):
+            column.append(row.get(name))
+    return [keys], inputs
 
 
 def extract_all(
@@ -134,7 +243,7 @@ def extract_all(
             if not members:
                 continue
         row = payload
-        if group.transform is not None or group.filter is not None:
+        if not group.native:
             transformed = view_row(members[0][1], payload)
             if transformed is None:
                 continue

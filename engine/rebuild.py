@@ -26,11 +26,10 @@ from typing import Any
 
 from engine import _native
 from engine.envelope import Envelope
-from engine.keys import encode_key
 from engine.online import CoreSpec, core_spec, write_of
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
-from engine.processing import view_row
+from engine.processing import group_columns
 from engine.watermarks import encode_watermark, watermark_key
 
 _CHUNK = 2_000
@@ -103,31 +102,17 @@ def _fold(core: Any, spec: CoreSpec, source: SourcePlan, batch: list[Envelope]) 
     names = list(source.fields)
     kinds = [f.kind for f in source.fields.values()]
     ts, divisor = source.timestamp_field, source.timestamp_divisor
-    fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
-    for g, group in enumerate(spec.groups):
-        if group.transform is None and group.filter is None:
-            continue
-        view = group.members[0][1]
-        keys: list[Any] = []
-        inputs: list[list[Any]] = [[] for _ in spec.group_inputs[g]]
-        for env in batch:
-            row = view_row(view, env.payload)
-            entity = None
-            if row is not None:
-                try:
-                    entity = tuple(row[k] for k in group.join_keys)
-                except KeyError:
-                    entity = None
-            ok = entity is not None and None not in entity
-            keys.append(encode_key(entity).decode("utf-8") if ok and entity else None)
-            for column, name in zip(inputs, spec.group_inputs[g], strict=True):
-                column.append(row.get(name) if ok and row is not None else None)
-        fed[g] = ([keys], inputs)
+    payloads = [e.payload for e in batch]
+    fed = {
+        g: group_columns(group, spec.group_inputs[g], payloads)
+        for g, group in enumerate(spec.groups)
+        if not group.native
+    }
     core.prepare(
         array("q", (e.partition for e in batch)).tobytes(),
         array("q", (e.offset for e in batch)).tobytes(),
         array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
-        _native.Columns.from_rows(names, kinds, [e.payload for e in batch]),
+        _native.Columns.from_rows(names, kinds, payloads),
         fed,
     )
     core.replay(array("q", (e.processed_at_ms for e in batch)).tobytes())

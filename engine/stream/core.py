@@ -35,11 +35,10 @@ from typing import Any
 
 from engine.envelope import Envelope
 from engine.errors import OnlineStateLost, OnlineWriteConflict
-from engine.keys import encode_key
 from engine.online import core_spec, stats_write, write_of
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
-from engine.processing import view_row
+from engine.processing import group_columns
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
 
@@ -242,35 +241,14 @@ class BatchProcessor:
             raise
 
     def _fed(self, envelopes: list[Envelope]) -> dict[int, tuple[list[Any], list[list[Any]]]]:
-        """Key and input columns of the row groups with a transform or filter: the rows go
-        through the view's Python code (the slow path); one key column of entity texts."""
-        fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
-        for g, group in enumerate(self._spec.groups):
-            if group.transform is None and group.filter is None:
-                continue
-            view = group.members[0][1]
-            names = self._spec.group_inputs[g]
-            keys: list[Any] = []
-            inputs: list[list[Any]] = [[] for _ in names]
-            for env in envelopes:
-                row = view_row(view, env.payload)
-                entity = None
-                if row is not None:
-                    try:
-                        entity = tuple(row[k] for k in group.join_keys)
-                    except KeyError:
-                        entity = None
-                if entity is None or None in entity:
-                    keys.append(None)
-                    for column in inputs:
-                        column.append(None)
-                    continue
-                keys.append(encode_key(entity).decode("utf-8"))
-                assert row is not None  # an entity came from it
-                for column, name in zip(inputs, names, strict=True):
-                    column.append(row.get(name))
-            fed[g] = ([keys], inputs)
-        return fed
+        """Key and input columns of the row groups with user code (transforms, filters)."""
+        payloads = [env.payload for env in envelopes]
+        spec = self._spec
+        return {
+            g: group_columns(group, spec.group_inputs[g], payloads)
+            for g, group in enumerate(spec.groups)
+            if not group.native
+        }
 
     def _apply(
         self,

@@ -1,0 +1,171 @@
+"""Batch (vectorized) transforms: a DataFrame in, a DataFrame out, applied identically by the
+stream worker, the backfill and rebuild-online — and equal to the same logic as a row transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from connectors.eventlog import EventLogReader
+from engine import FeatureStore
+from engine.errors import DefinitionError
+from engine.processing import batch_rows, row_groups
+from engine.rebuild import rebuild_view
+from tests.unit.stream.test_core import (
+    PARTITIONS,
+    T0,
+    FakeStore,
+    backfill_values,
+    make_records,
+    online_values,
+    run,
+)
+
+VIEWS = """
+import pandas as pd
+
+def double_big(row):
+    if row["amount"] is not None and row["amount"] > 1e8:
+        return None
+    row["amount2"] = None if row["amount"] is None else row["amount"] * 2
+    return row
+
+def double_big_batch(batch):
+    kept = batch[~(batch["amount"] > 1e8)].copy()
+    kept["amount2"] = kept["amount"] * 2
+    return kept
+
+def fragile_batch(batch):
+    if (batch["amount"] > 1e8).any():
+        raise ValueError("a big amount somewhere in the batch")
+    out = batch.copy()
+    out["amount2"] = out["amount"] * 2
+    return out
+
+AGGS = [
+    Aggregation("amount2", "sum", window="5m", hop="1m"),
+    Aggregation("amount2", "max", window="10m", hop="1m"),
+    Aggregation("qty", "last", window="lifetime"),
+    Aggregation("customer_id", "count_distinct", window="5m", hop="1m"),
+]
+rowwise = FeatureView("rowwise", entity=customer, source=tx, transform=double_big,
+                      columns={"amount2": "double"}, aggregations=AGGS)
+batched = FeatureView("batched", entity=customer, source=tx, batch_transform=double_big_batch,
+                      columns={"amount2": "double"}, aggregations=AGGS)
+fragile = FeatureView("fragile", entity=customer, source=tx, batch_transform=fragile_batch,
+                      columns={"amount2": "double"}, aggregations=AGGS)
+"""
+CUSTOMERS = [(f"c{i}",) for i in range(13)]
+
+
+class _MarkingStore(FakeStore):
+    """The unit tests' store, taking the watermarks a rebuild writes."""
+
+    def write(self, writes, marks=()):  # type: ignore[no-untyped-def]
+        self.marks = list(marks)
+        return super().write(writes)
+
+
+@pytest.fixture
+def store(make_repo: Callable[..., Path]) -> FeatureStore:
+    return FeatureStore.from_repo(make_repo(VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
+
+
+def test_batch_and_row_transforms_agree_on_every_path(store: FeatureStore) -> None:
+    records = make_records(store, 600, seed=5)
+    fake, _ = run(store, records)
+    end = T0 + 20_000 * (len(records) // 37 + 2)
+    entities = {name: CUSTOMERS for name in ("rowwise", "batched", "fragile")}
+    for t in (end, end + 60_000, end + 7 * 60_000):
+        online = online_values(store, fake, entities, t)
+        backfill = backfill_values(store, entities, t)
+        assert online == backfill  # the worker and the backfill apply the batch transform alike
+        for (c,) in CUSTOMERS:
+            assert online[("batched", (c,))] == online[("rowwise", (c,))]
+        assert sum(1 for (v, _), vals in online.items() if v == "batched" and vals[0]) > 3
+    # a batch transform that raises on a batch is retried row by row: the rows that fail
+    # alone are dropped (the big amounts, as the row transform drops them), the rest kept
+    for (c,) in CUSTOMERS:
+        assert online[("fragile", (c,))] == online[("rowwise", (c,))]
+    # rebuild-online replays the log through the same transforms
+    rebuilt = _MarkingStore()
+    for name in ("rowwise", "batched", "fragile"):
+        rebuild_view(store.plan, name, EventLogReader(store.config.event_log_root), rebuilt,
+                     now_ms=end)  # fmt: skip
+    again = online_values(store, rebuilt, entities, end + 60_000)
+    assert again == online_values(store, fake, entities, end + 60_000)
+
+
+def test_batch_rows_keep_index_subsets_and_plain_values(store: FeatureStore) -> None:
+    view = store.plan.views["batched"]
+    payloads = [
+        {"customer_id": "c1", "merchant_id": "m", "amount": 1.5, "qty": 3, "ts": T0},
+        {"customer_id": "c2", "merchant_id": "m", "amount": 2e9, "qty": 4, "ts": T0},
+        {"customer_id": "c3", "merchant_id": "m", "amount": None, "qty": 5, "ts": T0},
+    ]
+    rows = batch_rows(view, payloads)
+    assert rows[1] is None  # dropped by the transform
+    assert rows[0] is not None and rows[0]["amount2"] == 3.0 and type(rows[0]["qty"]) is int
+    assert rows[2] is not None and rows[2]["amount2"] is None  # NaN becomes None
+    group = next(g for g in row_groups([view]) if g.batch_transform is not None)
+    assert not group.native
+
+
+def test_a_batch_transform_returning_rows_not_in_its_input_is_dropped_row_by_row(
+    make_repo: Callable[..., Path],
+) -> None:
+    body = """
+def invent(batch):
+    return pd.DataFrame({"customer_id": ["x"], "amount": [1.0]}, index=[10_000])
+v = FeatureView("v", entity=customer, source=tx, batch_transform=invent,
+                aggregations=[Aggregation("amount", "sum", window="1h")])
+"""
+    store = FeatureStore.from_repo(make_repo("import pandas as pd\n" + body))
+    payload = {"customer_id": "c1", "merchant_id": "m", "amount": 1.5, "qty": 3, "ts": T0}
+    assert batch_rows(store.plan.views["v"], [payload, payload]) == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            'v = FeatureView("v", entity=customer, source=tx, transform=f, batch_transform=f,'
+            ' aggregations=[Aggregation("amount", "sum", window="1h")])',
+            "a row transform/filter or a batch transform, not both",
+        ),
+        (
+            'v = FeatureView("v", entity=customer, source=tx, batch_transform=lambda b: b,'
+            ' aggregations=[Aggregation("amount", "sum", window="1h")])',
+            "batch_transform: a lambda cannot be fingerprinted",
+        ),
+    ],
+)
+def test_batch_transform_definition_errors(
+    make_repo: Callable[..., Path], body: str, message: str
+) -> None:
+    repo = make_repo("def f(x):\n    return x\n" + body)
+    with pytest.raises(DefinitionError, match=message):
+        FeatureStore.from_repo(repo)
+
+
+def test_changing_a_batch_transform_changes_the_fingerprint(
+    make_repo: Callable[..., Path], tmp_path: Path
+) -> None:
+    one = FeatureStore.from_repo(make_repo(VIEWS)).plan.views["batched"].fingerprint
+    changed = VIEWS.replace("* 2\n    return kept", "* 3\n    return kept")
+    assert changed != VIEWS
+    (tmp_path / "repo" / "defs.py").unlink()
+    two = FeatureStore.from_repo(make_repo(changed)).plan.views["batched"].fingerprint
+    assert one != two
+
+
+def test_frames_are_copies(store: FeatureStore) -> None:
+    """A transform that mutates its input frame cannot change what other groups see."""
+    payloads = [{"customer_id": "c1", "merchant_id": "m", "amount": 1.0, "qty": 1, "ts": T0}]
+    before = pd.DataFrame.from_records(payloads)
+    batch_rows(store.plan.views["batched"], payloads)
+    assert payloads[0]["amount"] == 1.0 and before.equals(pd.DataFrame.from_records(payloads))
