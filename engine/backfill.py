@@ -38,7 +38,7 @@ from engine.envelope import Envelope
 from engine.errors import EventLogError
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
-from engine.processing import EntityKey, RowGroup, group_rows
+from engine.processing import EntityKey, RowGroup, group_cells
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
@@ -529,46 +529,16 @@ class _Reader:
         payloads = [e.payload for e in batch]
         for g in groups:
             group = self.groups[g]
-            rows = group_rows(group.row_group, payloads)
-            chunk = _Chunk(len(group.join_keys), len(group.inputs))
-            for envelope, row in zip(batch, rows, strict=True):
-                if row is None:
-                    continue
-                chunk.add(envelope.offset, envelope.payload[ts] // divisor,
-                          envelope.processed_at_ms, [row.get(k) for k in group.join_keys],
-                          [row.get(c) for c in group.inputs])  # fmt: skip
-            chunk.flush(self.sweep, g, partition)
-
-
-class _Chunk:
-    """Records of one group waiting to go to the core as columns."""
-
-    def __init__(self, keys: int, inputs: int) -> None:
-        self.offsets = array("q")
-        self.event_time = array("q")
-        self.processed_at = array("q")
-        self.keys: list[list[Any]] = [[] for _ in range(keys)]
-        self.inputs: list[list[Any]] = [[] for _ in range(inputs)]
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def add(self, offset: int, et: int, pt: int, keys: list[Any], inputs: list[Any]) -> None:
-        self.offsets.append(offset)
-        self.event_time.append(et)
-        self.processed_at.append(pt)
-        for column, value in zip(self.keys, keys, strict=True):
-            column.append(value)
-        for column, value in zip(self.inputs, inputs, strict=True):
-            column.append(value)
-
-    def flush(self, sweep: Any, group: int, partition: int) -> None:
-        if not len(self):
-            return
-        sweep.add_rows(group, partition, self.offsets.tobytes(), self.event_time.tobytes(),
-                       self.processed_at.tobytes(), [("any", c) for c in self.keys],
-                       [("any", c) for c in self.inputs])  # fmt: skip
-        self.__init__(len(self.keys), len(self.inputs))  # type: ignore[misc]
+            keys, inputs = group_cells(group.row_group, group.inputs, payloads)
+            self.sweep.add_rows(
+                g,
+                partition,
+                array("q", (e.offset for e in batch)).tobytes(),
+                array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
+                array("q", (e.processed_at_ms for e in batch)).tobytes(),
+                [("any", c) for c in keys],
+                [("any", c) for c in inputs],
+            )
 
 
 def requests_by_view(refs: Sequence[tuple[ViewPlan, int]]) -> Mapping[str, tuple[int, ...]]:

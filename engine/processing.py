@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.envelope import Envelope
-from engine.kernel.tiles import EntityTiles, fold
 from engine.keys import encode_key
 from engine.plan import SourcePlan, ViewPlan
 
@@ -162,12 +161,8 @@ def batch_rows(view: ViewPlan, payloads: Sequence[dict[str, Any]]) -> list[dict[
 
 
 def _rows_of(result: Any, n: int, index: range) -> list[dict[str, Any] | None]:
-    import pandas as pd
 
-    if not isinstance(result, pd.DataFrame):
-        raise TypeError(f"a batch transform must return a DataFrame, got {type(result).__name__}")
-    if not result.index.is_unique or not set(result.index).issubset(index):
-        raise ValueError("a batch transform's index must be a subset of its input's")
+    _check_result(result, index)
     out: list[dict[str, Any] | None] = [None] * n
     records = result.to_dict("records")
     for label, row in zip(result.index, records, strict=True):
@@ -201,26 +196,81 @@ def group_rows(
     return [view_row(view, payload) for payload in payloads]
 
 
+def group_cells(
+    group: RowGroup, input_names: Sequence[str], payloads: Sequence[dict[str, Any]]
+) -> tuple[list[list[Any]], list[list[Any]]]:
+    """A row group's join-key columns and input columns over ``payloads`` (one cell per
+    payload; None where the view drops the record or the field is missing). A batch
+    transform's output is read column by column, never as a dict per row."""
+    n = len(payloads)
+    names = [*group.join_keys, *input_names]
+    if group.batch_transform is not None:
+        cells = _batch_cells(group.members[0][1], payloads, names)
+    else:
+        rows = group_rows(group, payloads)
+        cells = [[None if row is None else row.get(name) for row in rows] for name in names]
+    keys, inputs = cells[: len(group.join_keys)], cells[len(group.join_keys) :]
+    for column in keys:  # a NaN key (a batch transform's missing value) is no entity
+        for i, value in enumerate(column):
+            if isinstance(value, float) and value != value:
+                column[i] = None
+    assert all(len(c) == n for c in cells)
+    return keys, inputs
+
+
+def _batch_cells(
+    view: ViewPlan, payloads: Sequence[dict[str, Any]], names: Sequence[str]
+) -> list[list[Any]]:
+    import pandas as pd
+
+    fn = view.batch_transform
+    assert fn is not None
+    n = len(payloads)
+    if not n:
+        return [[] for _ in names]
+    frame = pd.DataFrame.from_records(list(payloads), index=range(n))
+    try:
+        result = fn(frame.copy())
+        _check_result(result, range(n))
+    except Exception:  # user code: one record at a time, as a row transform
+        rows = batch_rows(view, payloads)
+        return [[None if row is None else row.get(name) for row in rows] for name in names]
+    at = result.index.tolist()
+    out: list[list[Any]] = []
+    for name in names:
+        column: list[Any] = [None] * n
+        if name in result.columns:
+            for i, value in zip(at, result[name].tolist(), strict=True):
+                column[i] = value
+        out.append(column)
+    return out
+
+
+def _check_result(result: Any, index: range) -> None:
+    import pandas as pd
+
+    if not isinstance(result, pd.DataFrame):
+        raise TypeError(f"a batch transform must return a DataFrame, got {type(result).__name__}")
+    if not result.index.is_unique or not set(result.index).issubset(index):
+        raise ValueError("a batch transform's index must be a subset of its input's")
+
+
 def group_columns(
     group: RowGroup, input_names: Sequence[str], payloads: Sequence[dict[str, Any]]
 ) -> tuple[list[list[Any]], list[list[Any]]]:
     """A row group's entity texts (one key column: ``engine.keys.encode_key`` of the join
     keys, None when the view drops the record or a key is missing/null) and its input
-    columns, for the native core's ``prepare`` — from the rows its user code produces."""
-    rows = group_rows(group, payloads)
-    keys: list[Any] = []
-    inputs: list[list[Any]] = [[] for _ in input_names]
-    for row in rows:
-        entity = None if row is None else _entity(group.join_keys, row)
-        if entity is None or row is None:
-            keys.append(None)
+    columns, for the native core's ``prepare``."""
+    keys, inputs = group_cells(group, input_names, payloads)
+    texts: list[Any] = []
+    for i, entity in enumerate(zip(*keys, strict=True)):
+        if None in entity:
+            texts.append(None)
             for column in inputs:
-                column.append(None)
-            continue
-        keys.append(encode_key(entity).decode("utf-8"))
-        for column, name in zip(inputs, input_names, strict=True):
-            column.append(row.get(name))
-    return [keys], inputs
+                column[i] = None
+        else:
+            texts.append(encode_key(entity).decode("utf-8"))
+    return [texts], inputs
 
 
 def extract_all(
@@ -258,30 +308,3 @@ def extract_all(
                                  offset=envelope.offset))
             )  # fmt: skip
     return out
-
-
-def apply_extracted(view: ViewPlan, tiles: EntityTiles, item: Extracted) -> None:
-    """Fold an extracted record into its entity's tiles."""
-    fold(
-        view.layout,
-        tiles,
-        item.values,
-        item.event_time_ms,
-        (item.event_time_ms, item.partition, item.offset),
-    )
-
-
-def apply_record(
-    view: ViewPlan,
-    source: SourcePlan,
-    envelope: Envelope,
-    tiles_for: Callable[[EntityKey], EntityTiles],
-    *,
-    include_late: bool = False,
-) -> EntityKey | None:
-    """Extract and fold one record; returns the entity it touched (None if none)."""
-    item = extract(view, source, envelope, include_late=include_late)
-    if item is None:
-        return None
-    apply_extracted(view, tiles_for(item.entity), item)
-    return item.entity

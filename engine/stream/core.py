@@ -2,11 +2,14 @@
 
 Per batch of source records:
 
-1. decode and validate each record (refused ones become dead letters with a reason);
-2. run every view's transform/key extraction (``processing.extract``) on each record;
+1. decode and validate the batch natively (``SourceCodec.decode_batch``: columns; refused
+   records become dead letters with a reason);
+2. run the user code of views with a transform or filter (``processing.group_columns``:
+   batch transforms once per batch, row transforms per row); the native ``OnlineCore``
+   extracts every view's entity and inputs from the columns (``prepare``);
 3. load the touched entities' state from the online store (one round trip) unless cached;
-4. skip what the store already holds (offset fences) and fold the rest into tiles with
-   ``processing.apply_extracted``, admitting by the record's ``processed_at``;
+4. in the core (``apply``): skip what the store already holds (offset fences), fold the
+   rest into tiles admitting by the record's ``processed_at``, evict, encode (codec v2);
 5. write every touched entity in one pipeline (tiles, fence, write time, journal), with
    each view's write stats (``online.stats_write``: newest event time, write time);
 6. append the valid records to the event log; send the dead letters;
