@@ -16,7 +16,7 @@ import random
 import re
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from connectors.eventlog import EventLogWriter
+from engine import backfill
 from engine.cli import main as cli_main
 from engine.envelope import Envelope
 from engine.errors import CodecError, FeatureRefError, InputDataError
-from engine.kernel.tiles import value_as_of
 from engine.keys import encode_key, partition_for
-from engine.online import merged, parse_state, state_key
+from engine.online import state_key, values_at
 from engine.online_eval import WindowReader
 from engine.online_read import read_online
 from engine.ports import DeadLetter, OnlineStateStore, StateWrite, Watermark
@@ -140,6 +140,20 @@ class ListLog:
         return self._high.get(partition)
 
 
+class LogSource:
+    """A ``ListLog``'s records as an ``EventLogSource`` for the backfill."""
+
+    def __init__(self, log: ListLog) -> None:
+        self.log = log
+
+    def partitions(self, source: str) -> list[int]:
+        return sorted({env.partition for env in self.log.records})
+
+    def read(self, source: str, partition: int) -> Iterator[Envelope]:
+        held = [env for env in self.log.records if env.partition == partition]
+        return iter(sorted(held, key=lambda env: env.offset))
+
+
 class ListDeadLetters:
     """DeadLetterSink keeping letters in memory."""
 
@@ -187,7 +201,7 @@ class Scenario:
 
 
 def _events(base_ms: int, rng: random.Random) -> list[dict[str, Any]]:
-    events = []
+    events: list[dict[str, Any]] = []
     for _ in range(420):
         amount = None if rng.random() < 0.08 else round(rng.uniform(-5, 500), rng.choice([0, 2, 7]))
         events.append(
@@ -384,7 +398,7 @@ def test_freshness_is_the_newest_write(scenario: Scenario) -> None:
     # a customer's newest logged event may have been late (not applied): at most that
     fresh = resp.freshness_ms["customer_spend"]
     for row, value in zip(ROWS[:8], fresh, strict=True):
-        assert value is not None and scenario.base_ms <= value <= newest[row["customer_id"]]
+        assert value is not None and scenario.base_ms <= value <= newest[str(row["customer_id"])]
     assert max(v for v in fresh if v is not None) == scenario.last_processed_ms
     assert resp.to_dict()["amount_sum_1h__freshness_ms"] == fresh
 
@@ -549,25 +563,42 @@ def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
     ]
 
 
-def test_hash_evaluation_equals_parsed_tiles_on_real_hashes(scenario: Scenario) -> None:
-    """The reader's evaluation of each stored hash (``WindowReader``) equals ``value_as_of``
-    over ``parse_state`` + ``merged`` — store_sales' entities span source partitions."""
+def test_hash_evaluation_equals_values_at_and_the_replay_on_real_hashes(
+    scenario: Scenario,
+) -> None:
+    """The reader's evaluation of each stored hash (``WindowReader``, for index subsets) equals
+    ``values_at`` of all indices, projected, and the processing-time replay of the scenario's
+    log (what the online store served, by definition) — store_sales' entities span source
+    partitions."""
     plan, online = scenario.store.plan, scenario.store.online_store
     end = scenario.last_processed_ms + 1
+    times = (end, -(-end // MINUTE) * MINUTE, end + 7 * MINUTE, end + 61 * MINUTE, end + DAY)
     checked = 0
+    hashes: list[dict[bytes, bytes]] = []
     for view_name, entities in (("customer_spend", CUSTOMERS), ("store_sales", STORES)):
         view = plan.views[view_name]
-        hashes = online.load([state_key(view, (e,)) for e in entities])
         every = tuple(range(len(view.aggregations)))
-        for indices in (every, every[::-1][:3]):
+        hashes = online.load([state_key(view, (e,)) for e in entities])
+        assert all(hashes), f"{view_name}: an entity without online state"
+        request = backfill.ViewRequest(view=view_name,
+                                       entities=[(e,) for t in times for e in entities],
+                                       times_ms=[t for t in times for _ in entities],
+                                       indices=every)  # fmt: skip
+        (replay,) = backfill.run(plan, LogSource(scenario.log), [request], mode="processing_time")
+        for at, t in enumerate(times):
+            full = values_at(view, hashes, t)
+            for entity, all_values, logged in zip(
+                entities, full, replay[at * len(entities) : (at + 1) * len(entities)], strict=True
+            ):
+                assert repr(all_values) == repr(logged), f"{view_name} {entity} at t={t}"
+        for indices in (every, every[::-1][:3], every[1::2]):
             reader = WindowReader(view, indices)
-            for t in (end, end + 7 * MINUTE, end + 61 * MINUTE, end + DAY):
-                for fields in hashes:
-                    states = parse_state(view, fields)
-                    want = value_as_of(view.layout, merged(view, states.values()), t, indices)
+            for t in times:
+                for fields, all_values in zip(hashes, values_at(view, hashes, t), strict=True):
+                    want = [all_values[i] for i in indices]
                     assert repr(reader.at(t).evaluate(fields)[0]) == repr(want)
                     checked += 1
-    assert checked == 2 * 4 * (len(CUSTOMERS) + len(STORES))
+    assert checked == 3 * len(times) * (len(CUSTOMERS) + len(STORES))
     spans = [len({n.split(b":")[1] for n in h if n.startswith(b"t:")}) for h in hashes]
     assert max(spans) > 1  # a store's tiles come from several partitions
 
