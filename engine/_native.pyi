@@ -236,3 +236,35 @@ def online_values(
 ) -> list[list[Any]]:
     """Values as of ``t_ms`` of many entities from their hashes (engine.errors.CodecError
     on a corrupt tile a requested window uses)."""
+
+# -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------
+
+def write_log_file(
+    schema_json: str,
+    metadata: dict[str, Any],
+    codec: str,
+    level: int,
+    partition: int,
+    offsets: Any,
+    keys: Any,
+    event_time: Any,
+    processed_at: Any,
+    payload: Columns | dict[str, Any],
+    *,
+    rows: Any = None,
+    sync: bytes | None = None,
+    block_bytes: int = 65536,
+) -> bytes:
+    """One event-log Avro container file of envelopes, encoded from columns (GIL released).
+
+    ``offsets``/``event_time``/``processed_at``/``rows``: int64 bytes or numpy arrays;
+    ``keys``: list of bytes/None, a pyarrow binary/string array, or None (all null);
+    ``payload``: a Columns or {field: pyarrow/numpy array, or list of Python objects}.
+    Header: ``metadata``, then avro.codec, then avro.schema (fastavro's order). Raises
+    engine.errors.EventLogError naming the field and row that cannot be written."""
+
+def columns_from_arrays(arrays: dict[str, Any]) -> Columns:
+    """{name: pyarrow/numpy array or list} held natively (one copy of the buffers)."""
+
+def kafka_partitions(keys: Any, partitions: int) -> Any:
+    """numpy int64 partition of each key as engine.keys.partition_for picks it (-1: null)."""

@@ -16,6 +16,7 @@
 mod container;
 mod decode;
 mod schema;
+pub mod write;
 
 pub use container::read_container;
 pub use decode::DatumDecoder;
@@ -65,4 +66,6 @@ pub enum AvroError {
     },
     #[error("avro container: {0}")]
     Container(String),
+    #[error("avro write: {0}")]
+    Encode(String),
 }
