@@ -79,23 +79,37 @@ pub fn decode_tile(aggs: &[&Agg], bytes: &[u8]) -> Result<Box<[State]>, CodecErr
         return Err(bad(format!(
             "tile written by codec version {} (first byte 0x{version:02x}); this core reads \
              version {VERSION}: rebuild the view's online state (skewless rebuild-online)",
-            if version == 0x92 { "1 (msgpack)".to_string() } else { "unknown".into() }
+            if version == 0x92 {
+                "1 (msgpack)".to_string()
+            } else {
+                "unknown".into()
+            }
         )));
     }
     let count = take_u16(&mut rest)? as usize;
     if count != aggs.len() {
-        return Err(bad(format!("tile holds {count} states, expected {}", aggs.len())));
+        return Err(bad(format!(
+            "tile holds {count} states, expected {}",
+            aggs.len()
+        )));
     }
     let mut out = Vec::with_capacity(count);
     for agg in aggs {
         let state = decode_state(&mut rest)?;
         if tag(&state) != tag(&agg.init()) {
-            return Err(bad(format!("a state of tag {} where {} expected", tag(&state), agg.func.name())));
+            return Err(bad(format!(
+                "a state of tag {} where {} expected",
+                tag(&state),
+                agg.func.name()
+            )));
         }
         out.push(state);
     }
     if !rest.is_empty() {
-        return Err(bad(format!("{} bytes left after the tile's states", rest.len())));
+        return Err(bad(format!(
+            "{} bytes left after the tile's states",
+            rest.len()
+        )));
     }
     Ok(out.into_boxed_slice())
 }
@@ -153,7 +167,10 @@ fn decode_state(buf: &mut &[u8]) -> Result<State, CodecError> {
     Ok(match t {
         T_COUNT => State::Count(take_u64(buf)?),
         T_SUM => State::Sum(take_exact(buf)?),
-        T_MEAN => State::Mean { n: take_u64(buf)?, s1: take_exact(buf)? },
+        T_MEAN => State::Mean {
+            n: take_u64(buf)?,
+            s1: take_exact(buf)?,
+        },
         T_MOMENTS => State::Moments(Box::new(Moments {
             n: take_u64(buf)?,
             s1: take_exact(buf)?,
@@ -220,7 +237,11 @@ fn encode_order(o: &Order, out: &mut Vec<u8>) {
 }
 
 fn decode_order(buf: &mut &[u8]) -> Result<Order, CodecError> {
-    Ok((take_u64(buf)? as i64, take_u32(buf)? as i32, take_u64(buf)? as i64))
+    Ok((
+        take_u64(buf)? as i64,
+        take_u32(buf)? as i32,
+        take_u64(buf)? as i64,
+    ))
 }
 
 fn encode_held(h: &Held, out: &mut Vec<u8>) {
@@ -354,15 +375,21 @@ fn take_u8(buf: &mut &[u8]) -> Result<u8, CodecError> {
 }
 
 fn take_u16(buf: &mut &[u8]) -> Result<u16, CodecError> {
-    Ok(u16::from_le_bytes(take(buf, 2)?.try_into().expect("2 bytes")))
+    Ok(u16::from_le_bytes(
+        take(buf, 2)?.try_into().expect("2 bytes"),
+    ))
 }
 
 fn take_u32(buf: &mut &[u8]) -> Result<u32, CodecError> {
-    Ok(u32::from_le_bytes(take(buf, 4)?.try_into().expect("4 bytes")))
+    Ok(u32::from_le_bytes(
+        take(buf, 4)?.try_into().expect("4 bytes"),
+    ))
 }
 
 fn take_u64(buf: &mut &[u8]) -> Result<u64, CodecError> {
-    Ok(u64::from_le_bytes(take(buf, 8)?.try_into().expect("8 bytes")))
+    Ok(u64::from_le_bytes(
+        take(buf, 8)?.try_into().expect("8 bytes"),
+    ))
 }
 
 fn take_exact(buf: &mut &[u8]) -> Result<Exact, CodecError> {
@@ -398,8 +425,18 @@ mod tests {
 
     #[test]
     fn every_function_roundtrips() {
-        let floats = [Input::Float(1e300), Input::Float(-0.0), Input::Float(0.1), Input::Null];
-        let strs = [Input::Str("b"), Input::Str("é"), Input::Str("a"), Input::Null];
+        let floats = [
+            Input::Float(1e300),
+            Input::Float(-0.0),
+            Input::Float(0.1),
+            Input::Null,
+        ];
+        let strs = [
+            Input::Str("b"),
+            Input::Str("é"),
+            Input::Str("a"),
+            Input::Null,
+        ];
         for func in [
             Func::Count,
             Func::Sum,
@@ -432,6 +469,9 @@ mod tests {
         let sum = Agg::new(Func::Sum, Kind::Int).unwrap();
         let mut bytes = Vec::new();
         encode_tile(&[sum.init()], &mut bytes);
-        assert!(decode_tile(&[&agg], &bytes).is_err(), "a sum tile is not a count tile");
+        assert!(
+            decode_tile(&[&agg], &bytes).is_err(),
+            "a sum tile is not a count tile"
+        );
     }
 }

@@ -410,6 +410,64 @@ pub fn sqrt_ratio_to_f64(a: &BigUint, b: &BigUint, x: i64) -> f64 {
     round_big(false, &q, sticky, -s)
 }
 
+impl Exact {
+    /// `m · 2^e` from a big integer (kept small when it fits an `i128`).
+    pub fn from_parts(m: BigInt, e: i32) -> Exact {
+        match i128::try_from(&m) {
+            Ok(small) => {
+                let (lo, hi) = split(small);
+                Exact(Repr::Small { lo, hi, e })
+            }
+            Err(_) => Exact(Repr::Big(Box::new((m, e)))),
+        }
+    }
+
+    /// Append the codec form: `e` as 4 bytes LE, the mantissa's length (u16 LE), then the
+    /// mantissa as signed little-endian bytes (`engine` tile codec v2).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let (m, e) = match &self.0 {
+            Repr::Small { lo, hi, e } => {
+                let v = join(*lo, *hi);
+                let bytes = v.to_le_bytes();
+                // shortest two's complement prefix that keeps the sign
+                let mut n = 16;
+                while n > 1 {
+                    let top = bytes[n - 1];
+                    let below_sign = bytes[n - 2] & 0x80;
+                    if (top == 0 && below_sign == 0) || (top == 0xff && below_sign != 0) {
+                        n -= 1;
+                    } else {
+                        break;
+                    }
+                }
+                out.extend_from_slice(&e.to_le_bytes());
+                out.extend_from_slice(&(n as u16).to_le_bytes());
+                out.extend_from_slice(&bytes[..n]);
+                return;
+            }
+            Repr::Big(b) => (b.0.to_signed_bytes_le(), b.1),
+        };
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(&(m.len() as u16).to_le_bytes());
+        out.extend_from_slice(&m);
+    }
+
+    /// Read what [`Exact::encode`] wrote; `None` when the bytes end early.
+    pub fn decode(buf: &mut &[u8]) -> Option<Exact> {
+        if buf.len() < 6 {
+            return None;
+        }
+        let e = i32::from_le_bytes(buf[..4].try_into().ok()?);
+        let n = u16::from_le_bytes(buf[4..6].try_into().ok()?) as usize;
+        if buf.len() < 6 + n || n == 0 {
+            return None;
+        }
+        let m = BigInt::from_signed_bytes_le(&buf[6..6 + n]);
+        *buf = &buf[6 + n..];
+        Some(Exact::from_parts(m, e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,63 +615,5 @@ mod tests {
         }
         assert_eq!(s.to_i128(), Some(4 * i64::MAX as i128));
         assert_eq!(std::mem::size_of::<Exact>(), 24);
-    }
-}
-
-impl Exact {
-    /// `m · 2^e` from a big integer (kept small when it fits an `i128`).
-    pub fn from_parts(m: BigInt, e: i32) -> Exact {
-        match i128::try_from(&m) {
-            Ok(small) => {
-                let (lo, hi) = split(small);
-                Exact(Repr::Small { lo, hi, e })
-            }
-            Err(_) => Exact(Repr::Big(Box::new((m, e)))),
-        }
-    }
-
-    /// Append the codec form: `e` as 4 bytes LE, the mantissa's length (u16 LE), then the
-    /// mantissa as signed little-endian bytes (`engine` tile codec v2).
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let (m, e) = match &self.0 {
-            Repr::Small { lo, hi, e } => {
-                let v = join(*lo, *hi);
-                let bytes = v.to_le_bytes();
-                // shortest two's complement prefix that keeps the sign
-                let mut n = 16;
-                while n > 1 {
-                    let top = bytes[n - 1];
-                    let below_sign = bytes[n - 2] & 0x80;
-                    if (top == 0 && below_sign == 0) || (top == 0xff && below_sign != 0) {
-                        n -= 1;
-                    } else {
-                        break;
-                    }
-                }
-                out.extend_from_slice(&e.to_le_bytes());
-                out.extend_from_slice(&(n as u16).to_le_bytes());
-                out.extend_from_slice(&bytes[..n]);
-                return;
-            }
-            Repr::Big(b) => (b.0.to_signed_bytes_le(), b.1),
-        };
-        out.extend_from_slice(&e.to_le_bytes());
-        out.extend_from_slice(&(m.len() as u16).to_le_bytes());
-        out.extend_from_slice(&m);
-    }
-
-    /// Read what [`Exact::encode`] wrote; `None` when the bytes end early.
-    pub fn decode(buf: &mut &[u8]) -> Option<Exact> {
-        if buf.len() < 6 {
-            return None;
-        }
-        let e = i32::from_le_bytes(buf[..4].try_into().ok()?);
-        let n = u16::from_le_bytes(buf[4..6].try_into().ok()?) as usize;
-        if buf.len() < 6 + n || n == 0 {
-            return None;
-        }
-        let m = BigInt::from_signed_bytes_le(&buf[6..6 + n]);
-        *buf = &buf[6 + n..];
-        Some(Exact::from_parts(m, e))
     }
 }

@@ -199,13 +199,22 @@ impl OnlineCore {
                         self.prepared_keys.push(ck);
                         next
                     });
-                    self.pairs.push(Pair { row: row as u32, view: v, key });
+                    self.pairs.push(Pair {
+                        row: row as u32,
+                        view: v,
+                        key,
+                    });
                 }
             }
         }
         self.inputs = groups
             .iter()
-            .map(|cols| cols.inputs.iter().map(|c| c.map(|c| (*c).clone())).collect())
+            .map(|cols| {
+                cols.inputs
+                    .iter()
+                    .map(|c| c.map(|c| (*c).clone()))
+                    .collect()
+            })
             .collect();
         self.events = events;
         self.tick += 1;
@@ -222,7 +231,11 @@ impl OnlineCore {
 
     /// The Redis key of a cache key.
     pub fn redis_key(&self, ck: &CacheKey) -> String {
-        format!("sk:{}:{{{}}}", self.views[ck.0 as usize].fingerprint, escape(&ck.2))
+        format!(
+            "sk:{}:{{{}}}",
+            self.views[ck.0 as usize].fingerprint,
+            escape(&ck.2)
+        )
     }
 
     /// Cache the state `fields` (a loaded hash) holds for `ck`'s partition.
@@ -249,7 +262,8 @@ impl OnlineCore {
 
     /// Forget the entries of some views in one partition (rebuilt from the log).
     pub fn forget_views(&mut self, views: &[u32], partition: i32) {
-        self.cache.retain(|k, _| !(k.1 == partition && views.contains(&k.0)));
+        self.cache
+            .retain(|k, _| !(k.1 == partition && views.contains(&k.0)));
     }
 
     /// Forget everything.
@@ -262,7 +276,9 @@ impl OnlineCore {
         let mut out = Applied::default();
         for ck in &self.prepared_keys {
             if !self.cache.contains_key(ck) {
-                return Err(CodecError(format!("entry {ck:?} was not loaded before apply")));
+                return Err(CodecError(format!(
+                    "entry {ck:?} was not loaded before apply"
+                )));
             }
         }
         // pass 1: what the store already holds, and when an earlier attempt applied it
@@ -305,9 +321,11 @@ impl OnlineCore {
             });
             let partition = self.events.partition[row];
             let inputs = &self.inputs[view.group];
-            entry.tiles.fold(&view.layout, et, (et, partition, offset), |i| {
-                input_at(inputs[view.inputs[i]].as_ref(), row)
-            });
+            entry
+                .tiles
+                .fold(&view.layout, et, (et, partition, offset), |i| {
+                    input_at(inputs[view.inputs[i]].as_ref(), row)
+                });
             entry.fence = offset;
             if p_e > entry.updated_ms {
                 entry.updated_ms = p_e;
@@ -338,7 +356,15 @@ impl OnlineCore {
             }
             tiles.sort_unstable();
             tiles.dedup();
-            out.writes.push(entity_write(view, &ck, redis_key, entry, &tiles, batch_p, Some(prior)));
+            out.writes.push(entity_write(
+                view,
+                &ck,
+                redis_key,
+                entry,
+                &tiles,
+                batch_p,
+                Some(prior),
+            ));
         }
         let mut newest: Vec<((u32, i32), i64)> = newest.into_iter().collect();
         newest.sort_unstable();
@@ -370,13 +396,18 @@ impl OnlineCore {
                     continue;
                 }
             }
-            let entry = self.cache.get_mut(&self.prepared_keys[pair.key as usize]).expect("added");
+            let entry = self
+                .cache
+                .get_mut(&self.prepared_keys[pair.key as usize])
+                .expect("added");
             let partition = self.events.partition[row];
             let offset = self.events.offset[row];
             let inputs = &self.inputs[view.group];
-            entry.tiles.fold(&view.layout, et, (et, partition, offset), |i| {
-                input_at(inputs[view.inputs[i]].as_ref(), row)
-            });
+            entry
+                .tiles
+                .fold(&view.layout, et, (et, partition, offset), |i| {
+                    input_at(inputs[view.inputs[i]].as_ref(), row)
+                });
             entry.fence = offset;
             entry.updated_ms = entry.updated_ms.max(pt);
         }
@@ -396,7 +427,10 @@ impl OnlineCore {
                 .collect();
             entry.journal = vec![(entry.fence, entry.updated_ms)];
             let key = self.redis_key(&ck);
-            out.push((ck.0, entity_write(view, &ck, key, &mut entry, &touched, now_ms, None)));
+            out.push((
+                ck.0,
+                entity_write(view, &ck, key, &mut entry, &touched, now_ms, None),
+            ));
         }
         out
     }
@@ -437,7 +471,11 @@ pub fn entity_write(
 ) -> Write {
     let layout = &view.layout;
     let p = ck.1;
-    let mut evict_at = if entry.evict_at_ms == 0 { NEVER_MS } else { entry.evict_at_ms };
+    let mut evict_at = if entry.evict_at_ms == 0 {
+        NEVER_MS
+    } else {
+        entry.evict_at_ms
+    };
     if entry.evict_at_ms == 0 {
         evict_at = next_stale_ms(layout, &entry.tiles);
     }
@@ -481,7 +519,11 @@ pub fn entity_write(
         expect: expect.map(|fence| {
             (
                 format!("f:{p}"),
-                if fence == NO_FENCE { None } else { Some(fence.to_string().into_bytes()) },
+                if fence == NO_FENCE {
+                    None
+                } else {
+                    Some(fence.to_string().into_bytes())
+                },
             )
         }),
     }
@@ -526,7 +568,9 @@ pub fn parse_partition(
     let layout = &view.layout;
     let mut entry = Entry::new(layout);
     for &(name, value) in fields {
-        let Some((kind, part, hop, k)) = field_name(name) else { continue };
+        let Some((kind, part, hop, k)) = field_name(name) else {
+            continue;
+        };
         if part != p {
             continue;
         }
@@ -535,8 +579,11 @@ pub fn parse_partition(
                 let Some(g) = layout.groups.iter().position(|g| g.hop_ms == hop) else {
                     continue;
                 };
-                let aggs: Vec<&Agg> =
-                    layout.groups[g].members.iter().map(|&i| &layout.aggs[i]).collect();
+                let aggs: Vec<&Agg> = layout.groups[g]
+                    .members
+                    .iter()
+                    .map(|&i| &layout.aggs[i])
+                    .collect();
                 entry.tiles.insert_tile(g, k, decode_tile(&aggs, value)?);
             }
             b'l' => {
@@ -563,7 +610,10 @@ pub fn parse_all(
         .collect();
     parts.sort_unstable();
     parts.dedup();
-    parts.into_iter().map(|p| Ok((p, parse_partition(view, p, fields)?))).collect()
+    parts
+        .into_iter()
+        .map(|p| Ok((p, parse_partition(view, p, fields)?)))
+        .collect()
 }
 
 /// Feature values as of `t_ms` from the tiles of every partition in one hash (an online
@@ -577,7 +627,11 @@ pub fn evaluate(
 ) -> Result<Vec<Value>, CodecError> {
     let layout = &view.layout;
     let mut low: Vec<Option<i64>> = vec![None; layout.groups.len()];
-    let ends: Vec<i64> = layout.groups.iter().map(|g| window_end(g.hop_ms, t_ms)).collect();
+    let ends: Vec<i64> = layout
+        .groups
+        .iter()
+        .map(|g| window_end(g.hop_ms, t_ms))
+        .collect();
     let mut lifetime = false;
     for &i in indices {
         match layout.slots[i] {
@@ -591,9 +645,15 @@ pub fn evaluate(
     }
     let mut merged = EntityTiles::new(layout);
     for &(name, value) in fields {
-        let Some((kind, _, hop, k)) = field_name(name) else { continue };
+        let Some((kind, _, hop, k)) = field_name(name) else {
+            continue;
+        };
         let named = |e: CodecError| {
-            CodecError(format!("field {:?}: {}", String::from_utf8_lossy(name), e.0))
+            CodecError(format!(
+                "field '{}': cannot decode: {}",
+                String::from_utf8_lossy(name),
+                e.0
+            ))
         };
         match kind {
             b't' => {
@@ -604,8 +664,11 @@ pub fn evaluate(
                     Some(l) if l <= k && k < ends[g] => {}
                     _ => continue,
                 }
-                let aggs: Vec<&Agg> =
-                    layout.groups[g].members.iter().map(|&i| &layout.aggs[i]).collect();
+                let aggs: Vec<&Agg> = layout.groups[g]
+                    .members
+                    .iter()
+                    .map(|&i| &layout.aggs[i])
+                    .collect();
                 let tile = decode_tile(&aggs, value).map_err(named)?;
                 merged.merge_tile(layout, g, k, &tile);
             }
@@ -617,7 +680,10 @@ pub fn evaluate(
             _ => {}
         }
     }
-    Ok(indices.iter().map(|&i| merged.value(layout, i, t_ms)).collect())
+    Ok(indices
+        .iter()
+        .map(|&i| merged.value(layout, i, t_ms))
+        .collect())
 }
 
 fn parse_int(v: &[u8]) -> Result<i64, CodecError> {
@@ -642,15 +708,19 @@ pub fn field_name(name: &[u8]) -> Option<(u8, i32, i64, i64)> {
             let k: i64 = parts.next()?.parse().ok()?;
             parts.next().is_none().then_some((b't', p, hop, k))
         }
-        "l" | "f" | "u" | "j" => {
-            parts.next().is_none().then_some((kind.as_bytes()[0], p, 0, 0))
-        }
+        "l" | "f" | "u" | "j" => parts
+            .next()
+            .is_none()
+            .then_some((kind.as_bytes()[0], p, 0, 0)),
         _ => None,
     }
 }
 
 fn journal_lookup(journal: &[(i64, i64)], offset: i64) -> Option<i64> {
-    journal.iter().find(|(fence, _)| offset <= *fence).map(|&(_, pt)| pt)
+    journal
+        .iter()
+        .find(|(fence, _)| offset <= *fence)
+        .map(|&(_, pt)| pt)
 }
 
 /// Escape the hash-tag braces (and `%`) of an entity's text, as `engine.online.entity_text`.
@@ -658,7 +728,9 @@ pub fn escape(text: &str) -> String {
     if !text.contains(['%', '{', '}']) {
         return text.to_string();
     }
-    text.replace('%', "%25").replace('{', "%7B").replace('}', "%7D")
+    text.replace('%', "%25")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
 }
 
 /// The entity text of row `row` (`engine.keys.encode_key`): a single key's text, or a
@@ -836,7 +908,11 @@ fn unpack_int(buf: &mut &[u8]) -> Option<i64> {
 
 /// Inverse of [`pack_journal`].
 pub fn unpack_journal(bytes: &[u8]) -> Result<Vec<(i64, i64)>, CodecError> {
-    let bad = || CodecError(format!("journal field is not msgpack [[int, int], ...]: {bytes:?}"));
+    let bad = || {
+        CodecError(format!(
+            "journal field is not msgpack [[int, int], ...]: {bytes:?}"
+        ))
+    };
     let mut buf = bytes;
     let (&head, rest) = buf.split_first().ok_or_else(bad)?;
     buf = rest;
@@ -872,14 +948,23 @@ mod tests {
 
     #[test]
     fn journal_roundtrips_through_msgpack_ints() {
-        let j = vec![(0, 1), (-1, 200), (70_000, -40_000), (i64::MAX, i64::MIN), (5_000_000_000, 1)];
+        let j = vec![
+            (0, 1),
+            (-1, 200),
+            (70_000, -40_000),
+            (i64::MAX, i64::MIN),
+            (5_000_000_000, 1),
+        ];
         assert_eq!(unpack_journal(&pack_journal(&j)).unwrap(), j);
         assert!(unpack_journal(b"x").is_err());
     }
 
     #[test]
     fn field_names() {
-        assert_eq!(field_name(b"t:3:3600000:12"), Some((b't', 3, 3_600_000, 12)));
+        assert_eq!(
+            field_name(b"t:3:3600000:12"),
+            Some((b't', 3, 3_600_000, 12))
+        );
         assert_eq!(field_name(b"f:0"), Some((b'f', 0, 0, 0)));
         assert_eq!(field_name(b"w:0"), None);
         assert_eq!(field_name(b"t:x:1:2"), None);

@@ -202,7 +202,10 @@ impl EntityTiles {
 
     /// The tile indices held in group `g`, ascending.
     pub fn keys(&self, g: usize) -> Vec<i64> {
-        self.by_group.get(g).map(|t| t.keys().copied().collect()).unwrap_or_default()
+        self.by_group
+            .get(g)
+            .map(|t| t.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Tile `k` of group `g`, if held.
@@ -238,7 +241,9 @@ impl EntityTiles {
     /// Merge one decoded tile (of another partition) into tile `k` of group `g`.
     pub fn merge_tile(&mut self, layout: &Layout, g: usize, k: i64, theirs: &[State]) {
         let group = &layout.groups[g];
-        let ours = self.by_group[g].entry(k).or_insert_with(|| layout.new_tile(&group.members));
+        let ours = self.by_group[g]
+            .entry(k)
+            .or_insert_with(|| layout.new_tile(&group.members));
         for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&group.members) {
             layout.aggs[i].merge(state, their);
         }
@@ -246,7 +251,9 @@ impl EntityTiles {
 
     /// Merge decoded lifetime accumulators (of another partition) into these.
     pub fn merge_lifetime(&mut self, layout: &Layout, theirs: &[State]) {
-        let ours = self.lifetime.get_or_insert_with(|| layout.new_tile(&layout.lifetime));
+        let ours = self
+            .lifetime
+            .get_or_insert_with(|| layout.new_tile(&layout.lifetime));
         for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&layout.lifetime) {
             layout.aggs[i].merge(state, their);
         }
@@ -256,14 +263,18 @@ impl EntityTiles {
     pub fn merge_from(&mut self, layout: &Layout, other: &EntityTiles) {
         for (g, group) in layout.groups.iter().enumerate() {
             for (k, theirs) in &other.by_group[g] {
-                let ours = self.by_group[g].entry(*k).or_insert_with(|| layout.new_tile(&group.members));
+                let ours = self.by_group[g]
+                    .entry(*k)
+                    .or_insert_with(|| layout.new_tile(&group.members));
                 for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&group.members) {
                     layout.aggs[i].merge(state, their);
                 }
             }
         }
         if let Some(theirs) = &other.lifetime {
-            let ours = self.lifetime.get_or_insert_with(|| layout.new_tile(&layout.lifetime));
+            let ours = self
+                .lifetime
+                .get_or_insert_with(|| layout.new_tile(&layout.lifetime));
             for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&layout.lifetime) {
                 layout.aggs[i].merge(state, their);
             }

@@ -19,7 +19,9 @@ pub struct PyColumns {
 
 impl PyColumns {
     pub fn new(batch: Batch) -> PyColumns {
-        PyColumns { batch: Arc::new(batch) }
+        PyColumns {
+            batch: Arc::new(batch),
+        }
     }
 }
 
@@ -32,9 +34,9 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
     let cells: Vec<Option<Bound<'_, PyAny>>> = rows
         .iter()
         .map(|row| {
-            let row = row.cast_into::<PyDict>().map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err("rows must be dicts")
-            })?;
+            let row = row
+                .cast_into::<PyDict>()
+                .map_err(|_| pyo3::exceptions::PyTypeError::new_err("rows must be dicts"))?;
             Ok(row.get_item(&key)?.filter(|v| !v.is_none()))
         })
         .collect::<PyResult<_>>()?;
@@ -42,7 +44,10 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
         pyo3::exceptions::PyTypeError::new_err(format!(
             "field {name:?}: expected {}, got {}",
             kind.unwrap_or("a value"),
-            v.get_type().name().map(|s| s.to_string()).unwrap_or_default()
+            v.get_type()
+                .name()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
         ))
     };
     let data = match kind {
@@ -50,7 +55,10 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
             let mut v = Vec::with_capacity(n);
             for c in &cells {
                 valid.push(c.is_some());
-                v.push(match c { Some(x) => x.extract::<i64>().map_err(|_| wrong(x))?, None => 0 });
+                v.push(match c {
+                    Some(x) => x.extract::<i64>().map_err(|_| wrong(x))?,
+                    None => 0,
+                });
             }
             ColumnData::Int(v)
         }
@@ -58,7 +66,10 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
             let mut v = Vec::with_capacity(n);
             for c in &cells {
                 valid.push(c.is_some());
-                v.push(match c { Some(x) => x.extract::<f64>().map_err(|_| wrong(x))?, None => 0.0 });
+                v.push(match c {
+                    Some(x) => x.extract::<f64>().map_err(|_| wrong(x))?,
+                    None => 0.0,
+                });
             }
             ColumnData::Float(v)
         }
@@ -66,7 +77,10 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
             let mut v = Vec::with_capacity(n);
             for c in &cells {
                 valid.push(c.is_some());
-                v.push(match c { Some(x) => x.extract::<bool>().map_err(|_| wrong(x))?, None => false });
+                v.push(match c {
+                    Some(x) => x.extract::<bool>().map_err(|_| wrong(x))?,
+                    None => false,
+                });
             }
             ColumnData::Bool(v)
         }
@@ -78,7 +92,9 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
                 valid.push(c.is_some());
                 if let Some(x) = c {
                     if kind == Some("str") {
-                        data.extend_from_slice(x.extract::<&str>().map_err(|_| wrong(x))?.as_bytes());
+                        data.extend_from_slice(
+                            x.extract::<&str>().map_err(|_| wrong(x))?.as_bytes(),
+                        );
                     } else {
                         data.extend_from_slice(x.extract::<&[u8]>().map_err(|_| wrong(x))?);
                     }
@@ -103,7 +119,10 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
             ColumnData::Value(v)
         }
     };
-    Ok(Column { data, valid: Some(valid) })
+    Ok(Column {
+        data,
+        valid: Some(valid),
+    })
 }
 
 /// A Python scalar as a Value (containers and ints beyond int64 are not aggregatable: Null).
@@ -128,7 +147,11 @@ impl PyColumns {
     /// Columns `names` (of engine column kinds `kinds`: int/float/str/bool/bytes, None for
     /// anything else) from row dicts — the bridge for records decoded in Python.
     #[staticmethod]
-    fn from_rows(names: Vec<String>, kinds: Vec<Option<String>>, rows: &Bound<'_, PyList>) -> PyResult<PyColumns> {
+    fn from_rows(
+        names: Vec<String>,
+        kinds: Vec<Option<String>>,
+        rows: &Bound<'_, PyList>,
+    ) -> PyResult<PyColumns> {
         if names.len() != kinds.len() {
             return Err(pyo3::exceptions::PyValueError::new_err("one kind per name"));
         }
@@ -137,7 +160,11 @@ impl PyColumns {
             .zip(&kinds)
             .map(|(n, k)| column_from_rows(n, k.as_deref(), rows))
             .collect::<PyResult<Vec<_>>>()?;
-        Ok(PyColumns::new(Batch { names, columns, rows: rows.len() }))
+        Ok(PyColumns::new(Batch {
+            names,
+            columns,
+            rows: rows.len(),
+        }))
     }
 
     /// Number of rows.
@@ -158,9 +185,10 @@ impl PyColumns {
 
     /// One column's cells as Python objects (None for nulls): the slow path.
     fn column<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyList>> {
-        let col = self.batch.column(name).ok_or_else(|| {
-            pyo3::exceptions::PyKeyError::new_err(format!("no column {name:?}"))
-        })?;
+        let col = self
+            .batch
+            .column(name)
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("no column {name:?}")))?;
         let out = PyList::empty(py);
         for i in 0..self.batch.rows {
             out.append(value_to_py(py, &col.value_at(i))?)?;

@@ -21,7 +21,10 @@ fn err(e: impl std::fmt::Display) -> PyErr {
 }
 
 fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
-    match py.import("engine.errors").and_then(|m| m.getattr("CodecError")) {
+    match py
+        .import("engine.errors")
+        .and_then(|m| m.getattr("CodecError"))
+    {
         Ok(cls) => match cls.call1((e.to_string(),)) {
             Ok(exc) => PyErr::from_value(exc),
             Err(x) => x,
@@ -32,9 +35,15 @@ fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
 
 fn i64s(data: &[u8], what: &str) -> PyResult<Vec<i64>> {
     if data.len() % 8 != 0 {
-        return Err(err(format!("{what}: {} bytes is not a whole number of int64", data.len())));
+        return Err(err(format!(
+            "{what}: {} bytes is not a whole number of int64",
+            data.len()
+        )));
     }
-    Ok(data.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().unwrap())).collect())
+    Ok(data
+        .chunks_exact(8)
+        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 /// `(function, kind, n, window_ms, hop_ms)` of one aggregation.
@@ -46,9 +55,10 @@ pub fn layout_of(functions: Vec<AggArgs>) -> PyResult<Layout> {
     let mut windows = Vec::new();
     let mut hops = Vec::new();
     for (name, kind, n, window, hop) in functions {
-        let func =
-            Func::parse(&name, n).ok_or_else(|| err(format!("unknown aggregation function {name:?}")))?;
-        let kind = Kind::parse(&kind).ok_or_else(|| err(format!("unknown column kind {kind:?}")))?;
+        let func = Func::parse(&name, n)
+            .ok_or_else(|| err(format!("unknown aggregation function {name:?}")))?;
+        let kind =
+            Kind::parse(&kind).ok_or_else(|| err(format!("unknown column kind {kind:?}")))?;
         aggs.push(Agg::new(func, kind).map_err(err)?);
         windows.push(window);
         hops.push(hop);
@@ -61,7 +71,13 @@ type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
 
 fn view_of(args: ViewArgs) -> PyResult<OnlineView> {
     let (fingerprint, functions, group, inputs, lateness) = args;
-    Ok(OnlineView { fingerprint, layout: layout_of(functions)?, group, inputs, allowed_lateness_ms: lateness })
+    Ok(OnlineView {
+        fingerprint,
+        layout: layout_of(functions)?,
+        group,
+        inputs,
+        allowed_lateness_ms: lateness,
+    })
 }
 
 /// A Python scalar as a Value (containers and ints beyond int64 → Null).
@@ -91,14 +107,25 @@ fn any_column(values: &Bound<'_, PyList>) -> Column {
         valid.push(!value.is_null());
         v.push(value);
     }
-    Column { data: ColumnData::Value(v), valid: Some(valid) }
+    Column {
+        data: ColumnData::Value(v),
+        valid: Some(valid),
+    }
 }
 
-fn fields_of<'a>(hash: &'a Bound<'_, PyDict>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
+fn fields_of(hash: &Bound<'_, PyDict>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::with_capacity(hash.len());
     for (k, v) in hash.iter() {
-        let k: Vec<u8> = if let Ok(s) = k.extract::<&str>() { s.as_bytes().to_vec() } else { k.extract::<Vec<u8>>()? };
-        let v: Vec<u8> = if let Ok(s) = v.extract::<&str>() { s.as_bytes().to_vec() } else { v.extract::<Vec<u8>>()? };
+        let k: Vec<u8> = if let Ok(s) = k.extract::<&str>() {
+            s.as_bytes().to_vec()
+        } else {
+            k.extract::<Vec<u8>>()?
+        };
+        let v: Vec<u8> = if let Ok(s) = v.extract::<&str>() {
+            s.as_bytes().to_vec()
+        } else {
+            v.extract::<Vec<u8>>()?
+        };
         out.push((k, v));
     }
     Ok(out)
@@ -112,9 +139,9 @@ fn write_to_py<'py>(py: Python<'py>, w: &Write) -> PyResult<Bound<'py, PyTuple>>
     }
     let expect = match &w.expect {
         None => py.None().into_bound(py),
-        Some((f, v)) => {
-            (f.as_str(), v.as_ref().map(|b| PyBytes::new(py, b))).into_pyobject(py)?.into_any()
-        }
+        Some((f, v)) => (f.as_str(), v.as_ref().map(|b| PyBytes::new(py, b)))
+            .into_pyobject(py)?
+            .into_any(),
     };
     PyTuple::new(
         py,
@@ -135,7 +162,10 @@ pub struct PyOnlineCore {
 
 impl PyOnlineCore {
     fn with<T>(&self, f: impl FnOnce(&mut OnlineCore) -> PyResult<T>) -> PyResult<T> {
-        let mut guard = self.inner.lock().map_err(|_| err("an OnlineCore call panicked earlier"))?;
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| err("an OnlineCore call panicked earlier"))?;
         f(&mut guard)
     }
 }
@@ -143,13 +173,25 @@ impl PyOnlineCore {
 #[pymethods]
 impl PyOnlineCore {
     #[new]
-    fn new(views: Vec<ViewArgs>, groups: Vec<(Vec<String>, Vec<String>)>, capacity: usize) -> PyResult<Self> {
-        let views = views.into_iter().map(view_of).collect::<PyResult<Vec<_>>>()?;
+    fn new(
+        views: Vec<ViewArgs>,
+        groups: Vec<(Vec<String>, Vec<String>)>,
+        capacity: usize,
+    ) -> PyResult<Self> {
+        let views = views
+            .into_iter()
+            .map(view_of)
+            .collect::<PyResult<Vec<_>>>()?;
         let groups = groups
             .into_iter()
-            .map(|(key_fields, input_fields)| OnlineGroup { key_fields, input_fields })
+            .map(|(key_fields, input_fields)| OnlineGroup {
+                key_fields,
+                input_fields,
+            })
             .collect();
-        Ok(PyOnlineCore { inner: std::sync::Mutex::new(OnlineCore::new(views, groups, capacity)) })
+        Ok(PyOnlineCore {
+            inner: std::sync::Mutex::new(OnlineCore::new(views, groups, capacity)),
+        })
     }
 
     /// Entries cached now.
@@ -171,12 +213,17 @@ impl PyOnlineCore {
         payload: Option<PyRef<'py, PyColumns>>,
         fed: &Bound<'py, PyDict>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let partition: Vec<i32> = i64s(&partitions, "partitions")?.into_iter().map(|p| p as i32).collect();
+        let partition: Vec<i32> = i64s(&partitions, "partitions")?
+            .into_iter()
+            .map(|p| p as i32)
+            .collect();
         let offset = i64s(&offsets, "offsets")?;
         let event_time = i64s(&event_time, "event times")?;
         let n = offset.len();
         if partition.len() != n || event_time.len() != n {
-            return Err(err("prepare: partitions, offsets and event times differ in length"));
+            return Err(err(
+                "prepare: partitions, offsets and event times differ in length",
+            ));
         }
         let groups: Vec<OnlineGroup> = self.with(|c| Ok(c.groups().to_vec()))?;
         // owned columns for fed groups; payload columns are borrowed
@@ -185,11 +232,14 @@ impl PyOnlineCore {
         for g in 0..groups.len() {
             match fed.get_item(g)? {
                 Some(spec) => {
-                    let (keys, inputs): (Vec<Bound<'py, PyList>>, Vec<Bound<'py, PyList>>) = spec.extract()?;
+                    let (keys, inputs): (Vec<Bound<'py, PyList>>, Vec<Bound<'py, PyList>>) =
+                        spec.extract()?;
                     let keys: Vec<Column> = keys.iter().map(any_column).collect();
                     let inputs: Vec<Column> = inputs.iter().map(any_column).collect();
                     if keys.iter().chain(&inputs).any(|c| c.len() != n) {
-                        return Err(err(format!("prepare: group {g}'s columns are not {n} long")));
+                        return Err(err(format!(
+                            "prepare: group {g}'s columns are not {n} long"
+                        )));
                     }
                     owned_at.push(Some(owned.len()));
                     owned.push((keys, inputs));
@@ -200,26 +250,45 @@ impl PyOnlineCore {
         let batch = payload.as_ref().map(|p| p.batch.clone());
         if let Some(b) = &batch {
             if b.rows != n {
-                return Err(err(format!("prepare: payload has {} rows for {n} events", b.rows)));
+                return Err(err(format!(
+                    "prepare: payload has {} rows for {n} events",
+                    b.rows
+                )));
             }
         }
-        let null_col = Column { data: ColumnData::Value(vec![Value::Null; n]), valid: Some(vec![false; n]) };
+        let null_col = Column {
+            data: ColumnData::Value(vec![Value::Null; n]),
+            valid: Some(vec![false; n]),
+        };
         let mut cols: Vec<GroupColumns<'_>> = Vec::with_capacity(groups.len());
         for (g, group) in groups.iter().enumerate() {
             if let Some(at) = owned_at[g] {
                 let (keys, inputs) = &owned[at];
-                cols.push(GroupColumns { keys: keys.iter().collect(), inputs: inputs.iter().map(Some).collect() });
+                cols.push(GroupColumns {
+                    keys: keys.iter().collect(),
+                    inputs: inputs.iter().map(Some).collect(),
+                });
             } else {
                 let Some(b) = &batch else {
-                    return Err(err(format!("prepare: group {g} has neither payload columns nor fed columns")));
+                    return Err(err(format!(
+                        "prepare: group {g} has neither payload columns nor fed columns"
+                    )));
                 };
                 cols.push(GroupColumns {
-                    keys: group.key_fields.iter().map(|f| b.column(f).unwrap_or(&null_col)).collect(),
+                    keys: group
+                        .key_fields
+                        .iter()
+                        .map(|f| b.column(f).unwrap_or(&null_col))
+                        .collect(),
                     inputs: group.input_fields.iter().map(|f| b.column(f)).collect(),
                 });
             }
         }
-        let events = Events { partition, offset, event_time };
+        let events = Events {
+            partition,
+            offset,
+            event_time,
+        };
         let missing = self.with(|c| Ok(c.prepare(events, &cols)))?;
         let out = PyList::empty(py);
         for ck in missing {
@@ -230,7 +299,11 @@ impl PyOnlineCore {
     }
 
     /// Cache loaded hashes: `(view, partition, entity, fields)` per entry `prepare` listed.
-    fn load(&self, py: Python<'_>, entries: Vec<(u32, i32, String, Bound<'_, PyDict>)>) -> PyResult<()> {
+    fn load(
+        &self,
+        py: Python<'_>,
+        entries: Vec<(u32, i32, String, Bound<'_, PyDict>)>,
+    ) -> PyResult<()> {
         for (view, partition, entity, hash) in entries {
             let fields = fields_of(&hash)?;
             let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
@@ -244,7 +317,8 @@ impl PyOnlineCore {
     /// writes as `(key, {field: bytes}, [deleted fields], expire_at_ms|None, expect|None)`,
     /// newest as `{(view, partition): event_ms}`, recovered as `{event row: processed_at}`.
     fn apply<'py>(&self, py: Python<'py>, batch_p: i64) -> PyResult<Bound<'py, PyTuple>> {
-        let applied = self.with(|c| py.detach(|| c.apply(batch_p)).map_err(|e| codec_err(py, e)))?;
+        let applied =
+            self.with(|c| py.detach(|| c.apply(batch_p)).map_err(|e| codec_err(py, e)))?;
         let writes = PyList::empty(py);
         for w in &applied.writes {
             writes.append(write_to_py(py, w)?)?;
@@ -337,11 +411,13 @@ fn online_values<'py>(
         inputs: vec![],
         allowed_lateness_ms: None,
     };
-    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> = hashes.iter().map(fields_of).collect::<PyResult<_>>()?;
+    let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
+        hashes.iter().map(fields_of).collect::<PyResult<_>>()?;
     let results: Vec<Result<Vec<Value>, String>> = py.detach(|| {
         all.iter()
             .map(|fields| {
-                let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+                let refs: Vec<(&[u8], &[u8])> =
+                    fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
                 evaluate(&view, &refs, t_ms, &indices).map_err(|e| e.to_string())
             })
             .collect()
