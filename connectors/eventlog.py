@@ -403,6 +403,80 @@ class EventLogWriter:
         self._high[partition] = int(batch.offsets[-1])
         return [path]
 
+    def append_batch_columns(
+        self,
+        partitions: np.ndarray,
+        offsets: np.ndarray,
+        keys: list[bytes | None] | None,
+        event_time_ms: np.ndarray,
+        processed_at_ms: np.ndarray,
+        payload: Any,
+    ) -> list[str]:
+        """The columnar twin of :meth:`append` for a worker's batch spanning partitions:
+        record ``i`` is in ``partitions[i]`` and is payload row ``i``. Per partition, the
+        same dedup rule as ``append_columns``; on a local disk the partitions' files are
+        written concurrently (their fsyncs overlap). On failure raises ``EventLogError``
+        naming a file that failed; failed partitions keep no new file and their high-water
+        marks do not move (the others' files stand), so retrying the batch is safe."""
+        parts = _int64s(partitions)
+        offs = _int64s(offsets)
+        times = _int64s(event_time_ms)
+        processed = _int64s(processed_at_ms)
+        jobs: list[tuple[int, EnvelopeColumns, np.ndarray]] = []
+        for partition in sorted(set(parts.tolist())):
+            self._check_partition(partition)
+            idx = np.flatnonzero(parts == partition)
+            mine = offs[idx]
+            lowest, highest = int(mine.min()), int(mine.max())
+            if lowest < 0 or highest > _MAX_OFFSET:
+                bad = lowest if lowest < 0 else highest
+                raise EventLogError(
+                    f"event log for source {self._source!r} partition {partition}: offset "
+                    f"must be in [0, {_MAX_OFFSET}], got {bad}"
+                )
+            high = self.last_offset(partition)
+            floor = -1 if high is None else max(high, -1)
+            order = np.argsort(mine, kind="stable")
+            ranked = mine[order]
+            keep = ranked > floor
+            keep[1:] &= ranked[1:] != ranked[:-1]
+            rows = idx[order[keep]]
+            if not len(rows):
+                continue
+            batch = EnvelopeColumns(
+                partition=partition,
+                offsets=offs[rows],
+                keys=None if keys is None else [keys[i] for i in rows.tolist()],
+                event_time_ms=times[rows],
+                processed_at_ms=processed[rows],
+                payload=payload,
+            )
+            jobs.append((partition, batch, rows))
+
+        def write(job: tuple[int, EnvelopeColumns, np.ndarray]) -> tuple[str, EventLogError | None]:
+            try:
+                return self._write_columns(*job), None
+            except EventLogError as exc:
+                return "", exc
+
+        if self._local and len(jobs) > 1:
+            outcomes = list(_writer_pool().map(write, jobs))
+        else:
+            outcomes = [write(job) for job in jobs]
+        written: list[str] = []
+        failure: EventLogError | None = None
+        for (partition, batch, _), (path, error) in zip(jobs, outcomes, strict=True):
+            if error is None:
+                written.append(path)
+                self._high[partition] = int(batch.offsets[-1])
+            else:
+                self._high.pop(partition, None)
+                self._history_high.pop(partition, None)
+                failure = failure or error
+        if failure is not None:
+            raise failure
+        return written
+
     def append(self, records: Sequence[Envelope]) -> list[str]:
         """Durably write ``records``, one new file per partition; return the paths written.
 

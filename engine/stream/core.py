@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import gc
 import time
-from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from engine.envelope import Envelope
 from engine.errors import OnlineStateLost, OnlineWriteConflict
@@ -199,7 +201,6 @@ class BatchProcessor:
     def _process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         batch_p = self.clock()
         src = self.source
-        envelopes: list[Envelope] = []
         letters: list[DeadLetter] = []
         refused: Counter[str] = Counter()
         commits: dict[int, int] = {}
@@ -215,48 +216,39 @@ class BatchProcessor:
                 DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
                            key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
             )  # fmt: skip
-        columns = decoded.columns
-        payloads = columns.to_pylist()
-        ts, divisor = src.timestamp_field, src.timestamp_divisor
-        for i, payload in zip(decoded.kept, payloads, strict=True):
-            rec = records[i]
-            envelopes.append(
-                Envelope(partition=rec.partition, offset=rec.offset, key=rec.key,
-                         event_time_ms=payload[ts] // divisor, processed_at_ms=batch_p,
-                         payload=payload)
-            )  # fmt: skip
+        kept = _Kept.of(records, decoded.kept, decoded.columns, src.timestamp_field,
+                        src.timestamp_divisor)  # fmt: skip
         core = self._core
         try:
             missing = core.prepare(
-                array("q", (e.partition for e in envelopes)).tobytes(),
-                array("q", (e.offset for e in envelopes)).tobytes(),
-                array("q", (e.event_time_ms for e in envelopes)).tobytes(),
-                columns,
-                self._fed(envelopes),
-            )  # fmt: skip
+                kept.partitions.tobytes(),
+                kept.offsets.tobytes(),
+                kept.event_time.tobytes(),
+                kept.columns,
+                self._fed(kept),
+            )
             if missing:
                 hashes = self.online.load(list(dict.fromkeys(m[0] for m in missing)))
                 by_key = dict(zip(dict.fromkeys(m[0] for m in missing), hashes, strict=True))
                 core.load([(v, p, entity, by_key[key]) for key, v, p, entity in missing])
-            return self._apply(batch_p, envelopes, letters, refused, commits, len(records))
+            return self._apply(batch_p, kept, letters, refused, commits, len(records))
         except BaseException:
             core.discard_prepared()  # half-applied effects: reload from the store next time
             raise
 
-    def _fed(self, envelopes: list[Envelope]) -> dict[int, tuple[list[Any], list[list[Any]]]]:
+    def _fed(self, kept: _Kept) -> dict[int, tuple[list[Any], list[list[Any]]]]:
         """Key and input columns of the row groups with user code (transforms, filters)."""
-        payloads = [env.payload for env in envelopes]
         spec = self._spec
-        return {
-            g: group_columns(group, spec.group_inputs[g], payloads)
-            for g, group in enumerate(spec.groups)
-            if not group.native
-        }
+        fed = [g for g, group in enumerate(spec.groups) if not group.native]
+        if not fed:
+            return {}
+        payloads = kept.payloads()
+        return {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads) for g in fed}
 
     def _apply(
         self,
         batch_p: int,
-        envelopes: list[Envelope],
+        kept: _Kept,
         letters: list[DeadLetter],
         refused: Counter[str],
         commits: dict[int, int],
@@ -269,10 +261,11 @@ class BatchProcessor:
         for (v, partition), event_ms in newest.items():
             by_view.setdefault(v, {})[partition] = event_ms
         writes.extend(stats_write(self.views[v], marks, batch_p) for v, marks in by_view.items())
-        if self._marks is not None and envelopes:
-            highest: dict[int, int] = {}
-            for env in envelopes:
-                highest[env.partition] = max(highest.get(env.partition, -1), env.offset)
+        if self._marks is not None and len(kept):
+            highest = {
+                int(p): int(kept.offsets[kept.partitions == p].max())
+                for p in np.unique(kept.partitions)
+            }
             pending = self._marks.prepare(highest, self.log)
             try:
                 old = self.online.write(writes, [mark for _, mark, _ in pending])
@@ -290,13 +283,11 @@ class BatchProcessor:
                 raise _StateLost(lost)
         elif writes:
             self.online.write(writes)
-        if envelopes:
-            if recovered:
-                envelopes = [
-                    env if e not in recovered else _with_processed_at(env, recovered[e])
-                    for e, env in enumerate(envelopes)
-                ]
-            self.log.append(envelopes)
+        if len(kept):
+            processed_at = np.full(len(kept), batch_p, dtype=np.int64)
+            for row, first in recovered.items():  # an earlier attempt's processed_at
+                processed_at[row] = first
+            self._append(kept, processed_at)
         if letters:
             self.dead.send(letters)
         return BatchOutcome(
@@ -304,6 +295,76 @@ class BatchProcessor:
             applied=applied, late=late, fenced=fenced, entities_written=entities_written,
             newest_event_ms=_newest_per_partition(newest),
         )  # fmt: skip
+
+    def _append(self, kept: _Kept, processed_at: npt.NDArray[np.int64]) -> None:
+        """Log the batch's valid records: natively from the decoded columns when the log
+        can (``EventLogWriter.append_batch_columns``), as envelopes otherwise."""
+        columnar = getattr(self.log, "append_batch_columns", None)
+        if columnar is not None:
+            columnar(kept.partitions, kept.offsets, kept.keys, kept.event_time, processed_at,
+                     kept.columns)  # fmt: skip
+            return
+        self.log.append(
+            [
+                Envelope(
+                    partition=int(p),
+                    offset=int(o),
+                    key=k,
+                    event_time_ms=int(t),
+                    processed_at_ms=int(pt),
+                    payload=payload,
+                )
+                for p, o, k, t, pt, payload in zip(
+                    kept.partitions,
+                    kept.offsets,
+                    kept.keys,
+                    kept.event_time,
+                    processed_at,
+                    kept.payloads(),
+                    strict=True,
+                )
+            ]
+        )
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A batch's valid records, as columns: record ``i`` is payload row ``i``."""
+
+    partitions: npt.NDArray[np.int64]
+    offsets: npt.NDArray[np.int64]
+    keys: list[bytes | None]
+    event_time: npt.NDArray[np.int64]
+    columns: Any  # engine._native.Columns
+    _payloads: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        records: Sequence[SourceRecord],
+        kept: Sequence[int],
+        columns: Any,
+        ts_field: str,
+        divisor: int,
+    ) -> _Kept:
+        chosen = [records[i] for i in kept]
+        raw_ts = np.asarray(columns.column(ts_field) if kept else [], dtype=np.int64)
+        return cls(
+            partitions=np.fromiter((r.partition for r in chosen), np.int64, len(chosen)),
+            offsets=np.fromiter((r.offset for r in chosen), np.int64, len(chosen)),
+            keys=[r.key for r in chosen],
+            event_time=raw_ts // divisor,
+            columns=columns,
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def payloads(self) -> list[dict[str, Any]]:
+        """The records as dicts (the slow path: user code, logs without columns)."""
+        if self._payloads is None:
+            self._payloads = self.columns.to_pylist()
+        return self._payloads
 
 
 def _newest_per_partition(newest: dict[tuple[int, int], int]) -> dict[int, int]:
@@ -319,9 +380,3 @@ class _StateLost(Exception):
     def __init__(self, lost: list[LostState]) -> None:
         super().__init__(f"{len(lost)} lost states")
         self.lost = lost
-
-
-def _with_processed_at(env: Envelope, processed_at_ms: int) -> Envelope:
-    return Envelope(partition=env.partition, offset=env.offset, key=env.key,
-                    event_time_ms=env.event_time_ms, processed_at_ms=processed_at_ms,
-                    payload=env.payload)  # fmt: skip
