@@ -113,9 +113,8 @@ class EntityColumns(Sequence[EntityKey]):
 
 @dataclass(frozen=True, slots=True)
 class _Table:
-    """Distinct entities of some requests: key -> code, code -> key, and each label's code."""
+    """Distinct entities of some requests (code -> key) and each label's code."""
 
-    keys: dict[EntityKey, int]
     entities: list[EntityKey]
     codes: Int64s
 
@@ -135,15 +134,8 @@ def _tables(requests: Sequence[ViewRequest]) -> tuple[tuple[_Table, ...], tuple[
     for req in requests:
         t = by_entities.get(id(req.entities))
         if t is None:
-            keys: dict[EntityKey, int] = {}
-            setdefault = keys.setdefault
-            codes = np.fromiter(
-                (setdefault(e, len(keys)) for e in req.entities),
-                dtype=np.int64,
-                count=len(req.entities),
-            )
             t = by_entities[id(req.entities)] = len(tables)
-            tables.append(_Table(keys, list(keys), codes))
+            tables.append(_encode(req.entities))
         got = times.get(id(req.times_ms))
         if got is None:
             got = times[id(req.times_ms)] = np.asarray(req.times_ms, dtype=np.int64)
@@ -154,6 +146,62 @@ def _tables(requests: Sequence[ViewRequest]) -> tuple[tuple[_Table, ...], tuple[
             )
         labels.append(_Labels(t, got))
     return tuple(tables), tuple(labels)
+
+
+def _encode(entities: Sequence[EntityKey]) -> _Table:
+    """Each label's entity as a code into the distinct entities (in order of first sight)."""
+    if isinstance(entities, EntityColumns):
+        table = _encode_columns(entities.columns)
+        if table is not None:
+            return table
+    keys: dict[EntityKey, int] = {}
+    setdefault = keys.setdefault
+    codes = np.fromiter(
+        (setdefault(e, len(keys)) for e in entities), dtype=np.int64, count=len(entities)
+    )
+    return _Table(list(keys), codes)
+
+
+def _encode_columns(columns: Sequence[Sequence[Any]]) -> _Table | None:
+    """``_encode`` by Arrow's hash encoding when every key column is all str or all int64
+    (where Arrow's equality is Python's); ``None`` otherwise (bools, floats, mixed types)."""
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    parts: list[tuple[Int64s, list[Any]]] = []
+    for column in columns:
+        try:
+            array = pa.array(column)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return None
+        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+                or pa.types.is_int64(array.type)) or array.null_count:  # fmt: skip
+            return None
+        encoded = array.dictionary_encode()
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        parts.append((codes, encoded.dictionary.to_pylist()))
+    if len(parts) == 1:
+        codes, distinct = parts[0]
+        return _Table([(v,) for v in distinct], codes)
+    combined = np.zeros(len(parts[0][0]), dtype=np.int64)
+    room = 1
+    for codes, distinct in parts:
+        room *= max(len(distinct), 1)
+        if room >= 1 << 62:
+            return None  # too many combinations for one int64: the dict way
+        combined = combined * len(distinct) + codes
+    encoded = pa.array(combined).dictionary_encode()
+    first = encoded.dictionary.to_numpy()
+    # the distinct combinations back to one index per part (last part varies fastest)
+    index: list[Int64s] = []
+    for _, distinct in reversed(parts):
+        index.append(first % len(distinct))
+        first = first // len(distinct)
+    index.reverse()
+    values = [[distinct[i] for i in idx.tolist()]
+              for idx, (_, distinct) in zip(index, parts, strict=True)]  # fmt: skip
+    entities = list(zip(*values, strict=True))
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return _Table(entities, codes)
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,24 +2,33 @@
 //!
 //! Records are added partition by partition (decoded natively from event-log files, or as
 //! columns a caller extracted after a Python transform). Only records of labelled entities
-//! that some label can still see are kept, as compact columns per row group (views sharing
-//! a key and a transform). `finish` then sorts each group's records by (entity, clock) and
-//! each request's labels by (entity, time) and sweeps every entity on its own, in parallel:
-//! before a label at `t` exactly the admitted records with clock `< t` are folded (clock:
-//! event time or processing time, by mode), and the label reads its windows as of `t`
-//! (DESIGN §3). Entities are independent, so the result does not depend on the thread
-//! count, the partitioning or the order records were added in.
+//! that some label can still see, and that some view admits, are kept, as compact columns per
+//! row group (views sharing a key and a transform; [`rows`]). `finish` then orders each
+//! group's records by (entity, clock) and each request's labels by (entity, time) — counting
+//! sorts over the entity codes — and sweeps every entity on its own, in parallel ([`entity`]):
+//! a label at `t` sees exactly the admitted records with clock `< t` (clock: event time or
+//! processing time, by mode) and reads its windows as of `t` (DESIGN §3). In event-time mode
+//! a window is one run of the entity's records and is folded by a sliding fold ([`sliding`]);
+//! in processing-time mode records go into the kernel's tiles. Entities are independent and
+//! every aggregation is a monoid, so the result does not depend on the thread count, the
+//! partitioning or the order records were added in.
 
-use std::collections::HashMap;
+mod entity;
+mod out;
+mod rows;
+mod sliding;
 
 use rayon::prelude::*;
 
-use crate::agg::Input;
+use crate::agg::Func;
 use crate::avro::read_container;
 use crate::columns::{Batch, Column, ColumnData};
 use crate::error::KernelError;
-use crate::tiles::{EntityTiles, Layout};
+use crate::tiles::Layout;
 use crate::value::Value;
+use entity::{EntitySweep, LabelOrder, Plan};
+use out::{Objects, Slots};
+use rows::{Carry, Interner, Rows};
 
 /// Which clock decides what a label at `t` sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,23 +37,23 @@ pub enum Mode {
     ProcessingTime,
 }
 
-/// Entity keys of the labels: key bytes → code. Keys are encoded by [`KeyBuf`].
+/// Entity keys of the labels: key bytes → code (in order of insertion). Keys are encoded by
+/// [`KeyBuf`].
 #[derive(Clone, Debug, Default)]
 pub struct KeyTable {
-    codes: HashMap<Box<[u8]>, u32>,
+    codes: Interner,
 }
 
 impl KeyTable {
     /// The code of `key`, added if new.
     pub fn insert(&mut self, key: &[u8]) -> u32 {
-        let next = self.codes.len() as u32;
-        *self.codes.entry(key.into()).or_insert(next)
+        self.codes.intern(key)
     }
 
     /// The code of `key`, if a label has it.
     #[inline]
     pub fn get(&self, key: &[u8]) -> Option<u32> {
-        self.codes.get(key).copied()
+        self.codes.find(key)
     }
 
     /// Number of distinct keys.
@@ -54,7 +63,7 @@ impl KeyTable {
 
     /// `true` when no key was added.
     pub fn is_empty(&self) -> bool {
-        self.codes.is_empty()
+        self.codes.len() == 0
     }
 }
 
@@ -67,8 +76,14 @@ impl KeyBuf {
         self.0.clear();
     }
     pub fn push_str(&mut self, s: &str) {
+        // the length as LEB128: short keys stay short (the table's footprint is its speed)
         self.0.push(b's');
-        self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        let mut n = s.len();
+        while n >= 0x80 {
+            self.0.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        self.0.push(n as u8);
         self.0.extend_from_slice(s.as_bytes());
     }
     pub fn push_int(&mut self, i: i64) {
@@ -133,19 +148,6 @@ pub struct RequestSpec {
     pub indices: Vec<usize>,
 }
 
-/// Records kept for one group, as columns.
-#[derive(Debug, Default)]
-struct Rows {
-    code: Vec<u32>,
-    event_time: Vec<i64>,
-    processed_at: Vec<i64>,
-    partition: Vec<i32>,
-    offset: Vec<i64>,
-    inputs: Vec<Option<Column>>,
-    /// Per input: rows kept before its first file that had the field (nulls to prepend).
-    pending_nulls: Vec<usize>,
-}
-
 /// One feature's values in label order: a kind byte and 8 value bits per label, objects
 /// aside (the layout `engine.backfill` turns into numpy arrays).
 #[derive(Debug, Default)]
@@ -169,35 +171,43 @@ impl OutColumn {
             objects: Vec::new(),
         }
     }
-
-    fn put(&mut self, i: usize, value: Value) {
-        match value {
-            Value::Null => self.kinds[i] = OUT_NONE,
-            Value::Int(v) => {
-                self.kinds[i] = OUT_INT;
-                self.bits[i] = v;
-            }
-            Value::Float(v) => {
-                self.kinds[i] = OUT_FLOAT;
-                self.bits[i] = v.to_bits() as i64;
-            }
-            other => {
-                self.kinds[i] = OUT_OBJECT;
-                self.objects.push((i as u32, other));
-            }
-        }
-    }
 }
+
+/// How a view decides which kept records it admits (DESIGN §3, admission).
+#[derive(Clone, Copy, Debug)]
+enum Admit {
+    /// Every kept record (`include_late`, or a view without a finite lateness).
+    All,
+    /// Records whose mask has this bit.
+    Mask(u8),
+    /// Records with `event_time >= processed_at - lateness` (more lateness classes in the
+    /// group than mask bits: the processing time is kept).
+    Late(i64),
+}
+
+/// What a group keeps besides codes, event times and inputs, and why.
+#[derive(Clone, Debug)]
+struct GroupPlan {
+    carry: Carry,
+    /// Distinct finite lateness of the group's views: mask bit `b` is class `b`.
+    classes: Vec<i64>,
+    /// A record no view admits (late for the most lenient view) is not kept.
+    drop_late: Option<i64>,
+}
+
+/// Masks hold at most this many lateness classes.
+const MASK_BITS: usize = 8;
 
 /// The sweep: specs, label tables, and the records kept so far.
 pub struct Sweep {
     mode: Mode,
-    include_late: bool,
     tables: Vec<KeyTable>,
     /// Per table, per code: the latest label time (records at or after it serve no label).
     last_label: Vec<Vec<i64>>,
     groups: Vec<GroupSpec>,
+    plans: Vec<GroupPlan>,
     views: Vec<ViewSpec>,
+    admits: Vec<Admit>,
     requests: Vec<RequestSpec>,
     rows: Vec<Rows>,
     read: u64,
@@ -233,6 +243,12 @@ impl Sweep {
                     req.times_ms.len()
                 )));
             }
+            if req.codes.len() > u32::MAX as usize {
+                return Err(KernelError::Sweep(format!(
+                    "request {r}: {} labels (at most 2^32 - 1 per call)",
+                    req.codes.len()
+                )));
+            }
             let last = &mut last_label[group.table];
             for (&c, &t) in req.codes.iter().zip(&req.times_ms) {
                 let slot = last.get_mut(c as usize).ok_or_else(|| {
@@ -246,21 +262,87 @@ impl Sweep {
                 )));
             }
         }
+        for (v, view) in views.iter().enumerate() {
+            if view.group >= groups.len() {
+                return Err(KernelError::Sweep(format!(
+                    "view {v}: no group {}",
+                    view.group
+                )));
+            }
+            let inputs = groups[view.group].input_fields.len();
+            if view.inputs.len() != view.layout.aggs.len()
+                || view.inputs.iter().any(|&c| c >= inputs)
+            {
+                return Err(KernelError::Sweep(format!(
+                    "view {v}: inputs {:?} for {} aggregations over {inputs} group inputs",
+                    view.inputs,
+                    view.layout.aggs.len()
+                )));
+            }
+        }
+        let mut plans = Vec::with_capacity(groups.len());
+        let mut admits = vec![Admit::All; views.len()];
+        for g in 0..groups.len() {
+            let members: Vec<usize> = (0..views.len()).filter(|&v| views[v].group == g).collect();
+            let mut classes: Vec<i64> = Vec::new();
+            let mut lenient = false; // a view admits every record
+            for &v in &members {
+                match views[v].allowed_lateness_ms {
+                    Some(late) if !include_late => {
+                        if !classes.contains(&late) {
+                            classes.push(late);
+                        }
+                    }
+                    _ => lenient = true,
+                }
+            }
+            let masked = !classes.is_empty() && classes.len() <= MASK_BITS;
+            for &v in &members {
+                admits[v] = match views[v].allowed_lateness_ms {
+                    Some(late) if !include_late => match classes.iter().position(|&c| c == late) {
+                        Some(b) if masked => Admit::Mask(1 << b),
+                        _ => Admit::Late(late),
+                    },
+                    _ => Admit::All,
+                };
+            }
+            let order = members.iter().any(|&v| {
+                views[v].layout.aggs.iter().any(|a| {
+                    matches!(
+                        a.func,
+                        Func::First | Func::Last | Func::FirstN(_) | Func::LastN(_)
+                    )
+                })
+            });
+            let carry = Carry {
+                processed_at: mode == Mode::ProcessingTime || classes.len() > MASK_BITS,
+                order,
+                mask: masked,
+            };
+            let drop_late = if lenient {
+                None
+            } else {
+                classes.iter().copied().max()
+            };
+            plans.push(GroupPlan {
+                carry,
+                classes,
+                drop_late,
+            });
+        }
         let rows = groups
             .iter()
-            .map(|g| Rows {
-                inputs: vec![None; g.input_fields.len()],
-                pending_nulls: vec![0; g.input_fields.len()],
-                ..Rows::default()
-            })
+            .zip(&plans)
+            .map(|(g, plan)| Rows::new(plan.carry, g.input_fields.len()))
             .collect();
         Ok(Sweep {
             mode,
-            include_late,
             tables,
             last_label,
             groups,
+            plans,
             views,
+            admits,
             requests,
             rows,
             read: 0,
@@ -333,13 +415,12 @@ impl Sweep {
             )));
         }
         let divisor = divisor.max(1);
-        let event_time: Vec<i64> = raw_ts.iter().map(|&t| t.div_euclid(divisor)).collect();
         let processed_at = int_column(need("processed_at")?, "processed_at")?;
         for g in 0..self.groups.len() {
             if !self.groups[g].native || self.groups[g].source != source {
                 continue;
             }
-            let group = self.groups[g].clone();
+            let group = &self.groups[g];
             let keys: Vec<Option<&Column>> = group
                 .key_fields
                 .iter()
@@ -357,7 +438,7 @@ impl Sweep {
                 &keys,
                 &inputs,
                 |i| offsets[i],
-                |i| event_time[i],
+                |i| raw_ts[i].div_euclid(divisor),
                 |i| processed_at[i],
             )?;
         }
@@ -432,6 +513,7 @@ impl Sweep {
         let table = &self.tables[self.groups[g].table];
         let last = &self.last_label[self.groups[g].table];
         let by_event_time = self.mode == Mode::EventTime;
+        let plan = &self.plans[g];
         let rows = &mut self.rows[g];
         let mut buf = KeyBuf::default();
         let mut kept: Vec<usize> = Vec::new();
@@ -451,36 +533,41 @@ impl Sweep {
             if clock >= last[code as usize] {
                 continue; // no label of this entity can see it
             }
+            if plan
+                .drop_late
+                .is_some_and(|late| et < pt.saturating_sub(late))
+            {
+                continue; // too late for every view of the group
+            }
             kept.push(i);
             rows.code.push(code);
             rows.event_time.push(et);
-            rows.processed_at.push(pt);
-            rows.partition.push(partition);
-            rows.offset.push(offset(i));
-        }
-        for (c, src) in inputs.iter().enumerate() {
-            let slot = &mut rows.inputs[c];
-            match (slot.as_mut(), src) {
-                (Some(col), Some(src)) => {
-                    if !col.extend_gather(src, &kept) {
-                        return Err(KernelError::Sweep(format!(
-                            "payload field {:?} changed type between event-log files",
-                            self.groups[g]
-                                .input_fields
-                                .get(c)
-                                .map_or("?", String::as_str)
-                        )));
+            if plan.carry.processed_at {
+                rows.processed_at.push(pt);
+            }
+            if plan.carry.order {
+                rows.partition.push(partition);
+                rows.offset.push(offset(i));
+            }
+            if plan.carry.mask {
+                let mut mask = 0u8;
+                for (b, &late) in plan.classes.iter().enumerate() {
+                    if et >= pt.saturating_sub(late) {
+                        mask |= 1 << b;
                     }
                 }
-                (Some(col), None) => col.push_nulls(kept.len()),
-                (None, Some(src)) => {
-                    let mut col = Column::empty_like(&src.data);
-                    col.push_nulls(std::mem::take(&mut rows.pending_nulls[c]));
-                    col.extend_gather(src, &kept);
-                    *slot = Some(col);
-                }
-                // the field is absent from this file (an older schema): nulls
-                (None, None) => rows.pending_nulls[c] += kept.len(),
+                rows.mask.push(mask);
+            }
+        }
+        for (c, src) in inputs.iter().enumerate() {
+            if !rows.inputs[c].extend(*src, &kept) {
+                return Err(KernelError::Sweep(format!(
+                    "payload field {:?} changed type between event-log files",
+                    self.groups[g]
+                        .input_fields
+                        .get(c)
+                        .map_or("?", String::as_str)
+                )));
             }
         }
         Ok(())
@@ -489,161 +576,99 @@ impl Sweep {
     /// Sweep every request; per request, one [`OutColumn`] per wanted aggregation.
     pub fn finish(mut self) -> Vec<Vec<OutColumn>> {
         let by_event_time = self.mode == Mode::EventTime;
-        // each group's records physically sorted by (entity, clock): the sweep then reads
-        // them in order, without an indirection per record
-        let rows = std::mem::take(&mut self.rows);
-        self.rows = rows
-            .into_par_iter()
-            .map(|r| sorted(r, by_event_time))
-            .collect();
-        self.requests
-            .iter()
-            .map(|req| {
-                let view = &self.views[req.view];
-                self.sweep_request(req, view, &self.rows[view.group])
-            })
-            .collect()
-    }
-
-    fn sweep_request(&self, req: &RequestSpec, view: &ViewSpec, rows: &Rows) -> Vec<OutColumn> {
-        let n = req.codes.len();
-        let mut labels: Vec<(u32, i64, u32)> = (0..n)
-            .map(|i| (req.codes[i], req.times_ms[i], i as u32))
-            .collect();
-        labels.par_sort_unstable();
-        // chunks of whole entities, a few per thread so threads stay busy
-        let target = (n / (rayon::current_num_threads() * 16)).max(1024);
-        let mut bounds = vec![0usize];
-        let mut at = target;
-        while at < n {
-            let code = labels[at].0;
-            while at < n && labels[at].0 == code {
-                at += 1;
-            }
-            if at < n {
-                bounds.push(at);
-            }
-            at += target;
+        // each group's records physically ordered by (entity, clock): an entity's records
+        // are then one run, read in order
+        for (g, rows) in self.rows.iter_mut().enumerate() {
+            rows.sort(self.tables[self.groups[g].table].len(), by_event_time);
         }
-        bounds.push(n);
-        let mut out: Vec<OutColumn> = req.indices.iter().map(|_| OutColumn::new(n)).collect();
-        let chunks: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
-        // a wave of chunks at a time bounds the values held before they are scattered
-        for wave in chunks.chunks(rayon::current_num_threads() * 4) {
-            let results: Vec<Vec<(u32, Vec<Value>)>> = wave
-                .par_iter()
-                .map(|&(lo, hi)| self.sweep_chunk(req, view, rows, &labels[lo..hi]))
-                .collect();
-            for chunk in results {
-                for (label, values) in chunk {
-                    for (col, value) in out.iter_mut().zip(values) {
-                        col.put(label as usize, value);
-                    }
+        // requests over the same labels (several views of one entity) share their order
+        let mut orders: Vec<(usize, std::sync::Arc<LabelOrder>)> = Vec::new();
+        let mut out = Vec::with_capacity(self.requests.len());
+        for (r, req) in self.requests.iter().enumerate() {
+            let view = &self.views[req.view];
+            let table = self.groups[view.group].table;
+            let same = orders.iter().find(|(o, _)| {
+                let other = &self.requests[*o];
+                self.groups[self.views[other.view].group].table == table
+                    && other.codes == req.codes
+                    && other.times_ms == req.times_ms
+            });
+            let order = match same {
+                Some((_, order)) => order.clone(),
+                None => {
+                    let order = std::sync::Arc::new(LabelOrder::new(
+                        &req.codes,
+                        &req.times_ms,
+                        self.tables[table].len(),
+                    ));
+                    orders.push((r, order.clone()));
+                    order
                 }
-            }
+            };
+            out.push(self.sweep_request(req, &order));
         }
         out
     }
 
-    /// Labels (sorted by entity, then time) of whole entities.
-    fn sweep_chunk(
-        &self,
-        req: &RequestSpec,
-        view: &ViewSpec,
-        rows: &Rows,
-        labels: &[(u32, i64, u32)],
-    ) -> Vec<(u32, Vec<Value>)> {
-        let layout = &view.layout;
-        let clock = if self.mode == Mode::EventTime {
-            &rows.event_time
-        } else {
-            &rows.processed_at
-        };
-        let lateness = if self.include_late {
-            None
-        } else {
-            view.allowed_lateness_ms
-        };
-        let inputs: Vec<Option<&Column>> = view
-            .inputs
-            .iter()
-            .map(|&c| rows.inputs[c].as_ref())
-            .collect();
-        let mut out = Vec::with_capacity(labels.len());
-        let mut l = 0;
-        while l < labels.len() {
-            let code = labels[l].0;
-            let mut end = l;
-            while end < labels.len() && labels[end].0 == code {
-                end += 1;
+    fn sweep_request(&self, req: &RequestSpec, labels: &LabelOrder) -> Vec<OutColumn> {
+        let view = &self.views[req.view];
+        let rows = &self.rows[view.group];
+        let n = req.codes.len();
+        let mut out: Vec<OutColumn> = req.indices.iter().map(|_| OutColumn::new(n)).collect();
+        let plan = Plan::new(view, &req.indices);
+        let admit = self.admits[req.view];
+        // pieces of whole entities, a few per thread so threads stay busy
+        let entities = labels.starts.len() - 1;
+        let weight = |e: usize| labels.of(e).len() + rows.of(e).len();
+        let total: usize = (0..entities).map(weight).sum();
+        let target = (total / (rayon::current_num_threads() * 16)).max(4096);
+        let mut pieces = Vec::new();
+        let (mut from, mut acc) = (0, 0);
+        for e in 0..entities {
+            acc += weight(e);
+            if acc >= target {
+                pieces.push(from..e + 1);
+                (from, acc) = (e + 1, 0);
             }
-            // this entity's records: a contiguous run (rows are sorted by code)
-            let lo = rows.code.partition_point(|&c| c < code);
-            let hi = lo + rows.code[lo..].partition_point(|&c| c == code);
-            let mut tiles = EntityTiles::new(layout);
-            let mut r = lo;
-            for &(_, t, label) in &labels[l..end] {
-                while r < hi && clock[r] < t {
-                    let row = r;
-                    r += 1;
-                    let (et, pt) = (rows.event_time[row], rows.processed_at[row]);
-                    if let Some(late) = lateness {
-                        if et < pt.saturating_sub(late) {
+        }
+        if from < entities {
+            pieces.push(from..entities);
+        }
+        let objects: Vec<Vec<Objects>> = {
+            let slots: Vec<Slots> = out.iter_mut().map(Slots::new).collect();
+            pieces
+                .into_par_iter()
+                .map(|piece| {
+                    let mut objects: Vec<Objects> = vec![Vec::new(); slots.len()];
+                    let mut entity = EntitySweep::new(&plan, view, rows, admit);
+                    for e in piece {
+                        let labels = labels.entity(e);
+                        if labels.times.is_empty() {
                             continue;
                         }
+                        let range = rows.of(e);
+                        match self.mode {
+                            Mode::EventTime => {
+                                entity.event_time(range, labels, &slots, &mut objects)
+                            }
+                            Mode::ProcessingTime => {
+                                entity.processing_time(range, labels, &slots, &mut objects)
+                            }
+                        }
                     }
-                    let order = (et, rows.partition[row], rows.offset[row]);
-                    tiles.fold(layout, et, order, |i| input_at(inputs[i], row));
-                }
-                tiles.evict(layout, t);
-                let values = req
-                    .indices
-                    .iter()
-                    .map(|&i| tiles.value(layout, i, t))
-                    .collect();
-                out.push((label, values));
+                    objects
+                })
+                .collect()
+        };
+        for piece in objects {
+            for (col, objects) in out.iter_mut().zip(piece) {
+                col.objects.extend(objects);
             }
-            l = end;
+        }
+        for col in &mut out {
+            col.objects.sort_unstable_by_key(|(i, _)| *i);
         }
         out
-    }
-}
-
-/// `rows` reordered by (entity code, clock).
-fn sorted(rows: Rows, by_event_time: bool) -> Rows {
-    let clock = if by_event_time {
-        &rows.event_time
-    } else {
-        &rows.processed_at
-    };
-    let mut keys: Vec<(u32, i64, u32)> = (0..rows.code.len())
-        .map(|i| (rows.code[i], clock[i], i as u32))
-        .collect();
-    keys.par_sort_unstable();
-    let idx: Vec<usize> = keys.iter().map(|k| k.2 as usize).collect();
-    drop(keys);
-    let gather = |v: &[i64]| idx.iter().map(|&i| v[i]).collect::<Vec<i64>>();
-    let inputs = rows
-        .inputs
-        .iter()
-        .zip(&rows.pending_nulls)
-        .map(|(col, &pending)| {
-            col.as_ref().map(|col| {
-                let mut out = Column::empty_like(&col.data);
-                out.extend_gather(col, &idx);
-                debug_assert_eq!(pending, 0);
-                out
-            })
-        })
-        .collect();
-    Rows {
-        code: idx.iter().map(|&i| rows.code[i]).collect(),
-        event_time: gather(&rows.event_time),
-        processed_at: gather(&rows.processed_at),
-        partition: idx.iter().map(|&i| rows.partition[i]).collect(),
-        offset: gather(&rows.offset),
-        inputs,
-        pending_nulls: vec![0; rows.pending_nulls.len()],
     }
 }
 
@@ -667,36 +692,258 @@ pub fn decode_log_file(bytes: &[u8], projection: &[String]) -> Result<Batch, Ker
     Ok(batch)
 }
 
-#[inline]
-fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
-    let Some(col) = col else { return Input::Null };
-    if !col.is_valid(row) {
-        return Input::Null;
-    }
-    match &col.data {
-        ColumnData::Int(v) => Input::Int(v[row]),
-        ColumnData::Float(v) => Input::Float(v[row]),
-        ColumnData::Bool(v) => Input::Bool(v[row]),
-        ColumnData::Str { .. } => col.str_at(row).map_or(Input::Null, Input::Str),
-        ColumnData::Bytes { offsets, data } => {
-            Input::Bytes(&data[offsets[row] as usize..offsets[row + 1] as usize])
-        }
-        ColumnData::Value(v) => match &v[row] {
-            Value::Int(i) => Input::Int(*i),
-            Value::Float(f) => Input::Float(*f),
-            Value::Bool(b) => Input::Bool(*b),
-            Value::Str(s) => Input::Str(s),
-            Value::Bytes(b) => Input::Bytes(b),
-            _ => Input::Null,
-        },
-    }
-}
-
 fn int_column<'a>(col: &'a Column, name: &str) -> Result<&'a [i64], KernelError> {
     match &col.data {
         ColumnData::Int(v) => Ok(v),
         _ => Err(KernelError::Sweep(format!(
             "envelope field {name:?} is not a long"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agg::{Agg, Input};
+    use crate::tiles::EntityTiles;
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n.max(1)
+        }
+    }
+
+    fn str_column(values: &[Option<String>]) -> Column {
+        let mut offsets = vec![0i64];
+        let mut data = Vec::new();
+        for v in values {
+            data.extend_from_slice(v.as_deref().unwrap_or("").as_bytes());
+            offsets.push(data.len() as i64);
+        }
+        Column {
+            data: ColumnData::Str { offsets, data },
+            valid: Some(values.iter().map(Option::is_some).collect()),
+        }
+    }
+
+    /// A view of every function over a float and a str input, windows of several hops.
+    fn layout() -> (Layout, Vec<usize>) {
+        let h = 3_600_000;
+        // (function, kind, n, window, hop, input)
+        type Spec = (
+            &'static str,
+            &'static str,
+            Option<u32>,
+            Option<i64>,
+            Option<i64>,
+            usize,
+        );
+        let specs: Vec<Spec> = vec![
+            ("sum", "float", None, Some(h), Some(h / 12), 0),
+            ("sum", "float", None, Some(24 * h), Some(h), 0),
+            ("count", "float", None, Some(24 * h), Some(h), 0),
+            ("mean", "float", None, Some(7 * 24 * h), Some(24 * h), 0),
+            ("variance", "float", None, Some(7 * 24 * h), Some(24 * h), 0),
+            ("stddev", "float", None, Some(2 * h), Some(h), 0),
+            ("min", "float", None, Some(24 * h), Some(h), 0),
+            ("max", "str", None, Some(6 * h), Some(h), 1),
+            ("first", "str", None, Some(24 * h), Some(h), 1),
+            ("last", "float", None, Some(3 * h), Some(h), 0),
+            ("first_n", "float", Some(3), Some(24 * h), Some(h), 0),
+            ("last_n", "str", Some(2), Some(7 * 24 * h), Some(24 * h), 1),
+            ("count_distinct", "str", None, Some(24 * h), Some(h), 1),
+            (
+                "approx_count_distinct",
+                "str",
+                None,
+                Some(7 * 24 * h),
+                Some(h),
+                1,
+            ),
+            ("count", "float", None, None, None, 0),
+            ("last", "str", None, None, None, 1),
+            ("sum", "float", None, None, None, 0),
+        ];
+        let aggs = specs
+            .iter()
+            .map(|s| Agg::parse(s.0, s.1, s.2).unwrap())
+            .collect();
+        let layout = Layout::new(
+            aggs,
+            specs.iter().map(|s| s.3).collect(),
+            specs.iter().map(|s| s.4).collect(),
+        )
+        .unwrap();
+        (layout, specs.iter().map(|s| s.5).collect())
+    }
+
+    /// The sweep equals a brute force over the kernel's tiles: per label, every admitted
+    /// record with clock < t folded into tiles, the window merged as of t.
+    #[test]
+    fn sweep_equals_tiles_per_label() {
+        let mut rng = Rng(11);
+        let h = 3_600_000i64;
+        for case in 0..200 {
+            let mode = if case % 2 == 0 {
+                Mode::EventTime
+            } else {
+                Mode::ProcessingTime
+            };
+            let include_late = case % 5 == 4;
+            let entities = 1 + rng.below(12) as usize;
+            let span = [3 * h, 48 * h, 20 * 24 * h][case % 3];
+            let (layout, inputs) = layout();
+            let lateness = [Some(2 * h), Some(24 * h), None][case % 3];
+            let mut table = KeyTable::default();
+            let mut buf = KeyBuf::default();
+            for e in 0..entities {
+                buf.clear();
+                buf.push_str(&format!("e{e}"));
+                table.insert(&buf.0);
+            }
+            let labels = 1 + rng.below(60) as usize;
+            let codes: Vec<u32> = (0..labels)
+                .map(|_| rng.below(entities as u64) as u32)
+                .collect();
+            // on a coarse grid (and a millisecond off it) so records and labels meet tile
+            // and window boundaries exactly
+            let grid = h / 4;
+            let at = |rng: &mut Rng, from: i64| {
+                from + rng.below((span / grid) as u64) as i64 * grid + rng.below(3) as i64 - 1
+            };
+            let times: Vec<i64> = (0..labels).map(|_| at(&mut rng, -span / 4)).collect();
+            let n = rng.below(400) as usize;
+            let et: Vec<i64> = (0..n).map(|_| at(&mut rng, -span / 3)).collect();
+            let pt: Vec<i64> = et
+                .iter()
+                .map(|&t| t + rng.below(3 * h as u64) as i64 - h / 2)
+                .collect();
+            let offsets: Vec<i64> = (0..n as i64).collect();
+            let keys: Vec<Option<String>> = (0..n)
+                .map(|_| Some(format!("e{}", rng.below(entities as u64 + 1))))
+                .collect();
+            let amounts: Vec<f64> = (0..n)
+                .map(|_| (rng.below(2000) as f64 - 700.0) / 8.0)
+                .collect();
+            let amount = Column {
+                data: ColumnData::Float(amounts.clone()),
+                valid: Some((0..n).map(|_| rng.below(10) != 0).collect()),
+            };
+            let words: Vec<Option<String>> = (0..n)
+                .map(|_| (rng.below(8) != 0).then(|| format!("w{}", rng.below(9))))
+                .collect();
+            let word = str_column(&words);
+            let group = GroupSpec {
+                source: "s".into(),
+                table: 0,
+                key_fields: vec!["k".into()],
+                input_fields: vec!["amount".into(), "word".into()],
+                native: false,
+            };
+            let view = ViewSpec {
+                group: 0,
+                layout: layout.clone(),
+                inputs: inputs.clone(),
+                allowed_lateness_ms: lateness,
+            };
+            let wanted: Vec<usize> = (0..layout.aggs.len()).rev().collect();
+            let request = RequestSpec {
+                view: 0,
+                codes: codes.clone(),
+                times_ms: times.clone(),
+                indices: wanted.clone(),
+            };
+            let mut sweep = Sweep::new(
+                mode,
+                include_late,
+                vec![table],
+                vec![group],
+                vec![view],
+                vec![request],
+            )
+            .unwrap();
+            // in two chunks, the second from another partition
+            let cut = n / 2;
+            for (lo, hi, partition) in [(0, cut, 0), (cut, n, 1)] {
+                let idx: Vec<usize> = (lo..hi).collect();
+                let take = |c: &Column| {
+                    let mut cells = Column::empty_like(&c.data);
+                    cells.extend_gather(c, &idx);
+                    cells
+                };
+                sweep
+                    .add_rows(
+                        0,
+                        partition,
+                        &offsets[lo..hi],
+                        &et[lo..hi],
+                        &pt[lo..hi],
+                        &[str_column(&keys[lo..hi])],
+                        &[take(&amount), take(&word)],
+                    )
+                    .unwrap();
+            }
+            let got = sweep.finish().pop().unwrap();
+            for (l, (&code, &t)) in codes.iter().zip(&times).enumerate() {
+                let mut tiles = EntityTiles::new(&layout);
+                for r in 0..n {
+                    let clock = if mode == Mode::EventTime {
+                        et[r]
+                    } else {
+                        pt[r]
+                    };
+                    let late = lateness.filter(|_| !include_late);
+                    if keys[r].as_deref() != Some(&format!("e{code}"))
+                        || clock >= t
+                        || late.is_some_and(|late| et[r] < pt[r] - late)
+                    {
+                        continue;
+                    }
+                    let partition = i32::from(r >= cut);
+                    tiles.fold(
+                        &layout,
+                        et[r],
+                        (et[r], partition, offsets[r]),
+                        |i| match inputs[i] {
+                            0 if amount.is_valid(r) => Input::Float(amounts[r]),
+                            1 => words[r].as_deref().map_or(Input::Null, Input::Str),
+                            _ => Input::Null,
+                        },
+                    );
+                }
+                tiles.evict(&layout, t);
+                for (j, &i) in wanted.iter().enumerate() {
+                    let want = tiles.value(&layout, i, t);
+                    let col = &got[j];
+                    let have = match col.kinds[l] {
+                        OUT_NONE => Value::Null,
+                        OUT_INT => Value::Int(col.bits[l]),
+                        OUT_FLOAT => Value::Float(f64::from_bits(col.bits[l] as u64)),
+                        _ => col
+                            .objects
+                            .iter()
+                            .find(|(at, _)| *at as usize == l)
+                            .unwrap()
+                            .1
+                            .clone(),
+                    };
+                    let same = match (&have, &want) {
+                        (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+                        (a, b) => a == b,
+                    };
+                    assert!(
+                        same,
+                        "case {case} {mode:?} label {l} (e{code} at {t}) agg {i} \
+                         ({:?}): sweep {have:?}, tiles {want:?}",
+                        layout.aggs[i].func
+                    );
+                }
+            }
+        }
     }
 }
