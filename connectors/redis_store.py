@@ -32,7 +32,7 @@ from engine.errors import (
 )
 from engine.online import keyspace_pattern
 from engine.online_read import Held
-from engine.ports import StateWrite, Watermark
+from engine.ports import PackedWrites, StateWrite, Watermark
 from engine.secrets import Secret, split_url_credentials
 from engine.watermarks import watermark_pattern
 
@@ -293,6 +293,11 @@ class RedisOnlineStore:
     def _write_scripted(
         self, writes: Sequence[StateWrite], marks: Sequence[Watermark]
     ) -> list[bytes | None]:
+        original = writes if isinstance(writes, PackedWrites) else None
+        packed: list[tuple[int, int, int, bytes]] = []
+        if isinstance(writes, PackedWrites):  # entity writes the native core packed already
+            packed = writes.script_chunks(_WRITE_CHUNK_ARGS)
+            writes = writes.extra
         chunks: list[tuple[list[bytes], list[bytes]]] = []  # (keys, argv) per script call
         keys: list[bytes] = []
         argv: list[bytes] = []
@@ -320,22 +325,35 @@ class RedisOnlineStore:
             size += 7 + 2 * len(fields) + len(w.delete)
         if keys:
             chunks.append((keys, argv))
-        commands: list[tuple[str | None, Sequence[bytes]]] = [
-            (_WRITE_LUA, (b"%d" % len(k), *k, *a)) for k, a in chunks
+        commands: list[tuple[str | None, Sequence[bytes] | _Prepacked]] = [
+            (_WRITE_LUA, _Prepacked(elements, body)) for elements, _, _, body in packed
         ]
+        commands.extend((_WRITE_LUA, (b"%d" % len(k), *k, *a)) for k, a in chunks)
         commands.extend((None, (b"SET", mark.key.encode(), mark.value, b"GET")) for mark in marks)
         replies = self._run_packed(commands)
-        previous = [r if isinstance(r, bytes) else None for r in replies[len(chunks) :]]
-        refused = [
+        scripts = len(packed) + len(chunks)
+        previous = [r if isinstance(r, bytes) else None for r in replies[scripts:]]
+        refused = (
+            [
+                original.key(first + int(i) - 1)
+                for (_, first, _, _), reply in zip(packed, replies, strict=False)
+                for i in reply
+            ]
+            if original is not None
+            else []
+        )
+        refused += [
             keys_[int(i) - 1].decode()
-            for (keys_, _), reply in zip(chunks, replies, strict=False)
+            for (keys_, _), reply in zip(chunks, replies[len(packed) :], strict=False)
             for i in reply
         ]
         if refused:
             raise OnlineWriteConflict(refused, previous)
         return previous
 
-    def _run_packed(self, commands: Sequence[tuple[str | None, Sequence[bytes]]]) -> list[Any]:
+    def _run_packed(
+        self, commands: Sequence[tuple[str | None, Sequence[bytes] | _Prepacked]]
+    ) -> list[Any]:
         """Send ``commands`` at once on one pooled connection, packed by hiredis, and read
         one reply each. A command with a script (``(lua, args)``) runs as ``EVALSHA sha
         *args``; scripts missing from Redis' cache (restart, failover) are loaded and the
@@ -345,7 +363,16 @@ class RedisOnlineStore:
         for attempt in (0, 1):
             packed: list[bytes] = []
             for lua, args in commands:
-                if lua is None:
+                if isinstance(args, _Prepacked):  # numkeys, keys and argv packed natively
+                    assert lua is not None
+                    sha = self._sha(lua)
+                    head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (
+                        args.elements + 2,
+                        len(sha),
+                        sha,
+                    )
+                    packed.append(head + args.body)
+                elif lua is None:
                     packed.append(_pack(args))
                 else:
                     packed.append(_pack((b"EVALSHA", self._sha(lua), *args)))
@@ -526,6 +553,14 @@ def _hash(reply: Any) -> dict[bytes, bytes]:
         return reply
     it = iter(reply)
     return dict(zip(it, it, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepacked:
+    """A script call's arguments already in RESP (``elements`` bulk strings in ``body``)."""
+
+    elements: int
+    body: bytes
 
 
 def _pack(args: Sequence[bytes]) -> bytes:

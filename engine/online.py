@@ -171,6 +171,37 @@ def core_spec(views: Sequence[ViewPlan]) -> CoreSpec:
     return CoreSpec(groups, tuple(map(tuple, inputs)), tuple(specs))
 
 
+class EntityWrites(Sequence[StateWrite]):
+    """A batch's writes: the entity writes the native core built (``engine._native.Writes``,
+    packed into script calls natively by stores that can, ``PackedWrites``) and ``extra``
+    writes built in Python. As a sequence it yields every write as a ``StateWrite``.
+    """
+
+    __slots__ = ("_all", "extra", "native")
+
+    def __init__(self, native: Any, extra: Sequence[StateWrite] = ()) -> None:
+        self.native = native
+        self.extra = list(extra)
+        self._all: list[StateWrite] | None = None
+
+    def _materialized(self) -> list[StateWrite]:
+        if self._all is None:
+            self._all = [*map(write_of, self.native.to_list()), *self.extra]
+        return self._all
+
+    def __len__(self) -> int:
+        return len(self.native) + len(self.extra)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._materialized()[i]
+
+    def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
+        return list(self.native.script_chunks(max_args))
+
+    def key(self, i: int) -> str:
+        return str(self.native.key(i))
+
+
 def write_of(raw: tuple[Any, ...]) -> StateWrite:
     """A ``StateWrite`` from the core's ``(key, fields, delete, expire_at_ms, expect)``."""
     key, fields, delete, expire_at_ms, expect = raw

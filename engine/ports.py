@@ -71,6 +71,23 @@ class Watermark:
 
 
 @runtime_checkable
+@runtime_checkable
+class PackedWrites(Protocol):
+    """Entity writes whose script calls the native core has already packed (a store may send
+    them as they are); iterating gives the same writes as ``StateWrite`` objects."""
+
+    extra: Sequence[StateWrite]  # writes that are not packed (e.g. per-view stats)
+
+    def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
+        """``(elements, first write, writes, RESP body)`` per call of the store's write script."""
+        ...
+
+    def key(self, i: int) -> str:
+        """The key of packed write ``i``."""
+        ...
+
+
+@runtime_checkable
 class OnlineStateStore(Protocol):
     """The online store as the stream worker and the online reader see it."""
 

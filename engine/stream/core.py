@@ -40,9 +40,9 @@ import numpy.typing as npt
 
 from engine.envelope import Envelope
 from engine.errors import OnlineStateLost, OnlineWriteConflict
-from engine.online import core_spec, stats_write, write_of
+from engine.online import EntityWrites, core_spec, stats_write
 from engine.plan import Plan, ViewPlan
-from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, StateWrite
+from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore
 from engine.processing import group_columns
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
@@ -255,12 +255,13 @@ class BatchProcessor:
         count: int,
     ) -> BatchOutcome:
         raw, applied, late, fenced, newest, recovered = self._core.apply(batch_p)
-        writes: list[StateWrite] = [write_of(w) for w in raw]
-        entities_written = len(writes)
+        entities_written = len(raw)
         by_view: dict[int, dict[int, int]] = {}
         for (v, partition), event_ms in newest.items():
             by_view.setdefault(v, {})[partition] = event_ms
-        writes.extend(stats_write(self.views[v], marks, batch_p) for v, marks in by_view.items())
+        writes = EntityWrites(
+            raw, [stats_write(self.views[v], marks, batch_p) for v, marks in by_view.items()]
+        )
         if self._marks is not None and len(kept):
             highest = {
                 int(p): int(kept.offsets[kept.partitions == p].max())

@@ -559,6 +559,90 @@ pub fn expire_at_ms(layout: &Layout, tiles: &EntityTiles) -> Option<i64> {
     (horizon != 0).then_some(horizon)
 }
 
+/// One script call's worth of entity writes, as the `_WRITE_LUA` script of
+/// `connectors/redis_store.py` takes them: `body` is the RESP bulk strings of `numkeys`, the
+/// keys, then per write its field count, delete count, expiry, check, checked field and
+/// value, field/value pairs and deleted fields; `elements` counts them.
+#[derive(Clone, Debug)]
+pub struct ScriptChunk {
+    pub elements: usize,
+    pub first: usize,
+    pub count: usize,
+    pub body: Vec<u8>,
+}
+
+fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Group `writes` into script calls of about `max_args` arguments (a call starts a new
+/// chunk once the current one holds `max_args` or more, as the Python packer does).
+pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < writes.len() {
+        let mut size = 0;
+        let mut end = start;
+        while end < writes.len() && size < max_args {
+            let w = &writes[end];
+            size += 7 + 2 * w.fields.len() + w.delete.len();
+            end += 1;
+        }
+        let chunk = &writes[start..end];
+        let mut body = Vec::with_capacity(size * 24);
+        bulk(&mut body, chunk.len().to_string().as_bytes());
+        for w in chunk {
+            bulk(&mut body, w.key.as_bytes());
+        }
+        let mut elements = 1 + chunk.len();
+        for w in chunk {
+            bulk(&mut body, w.fields.len().to_string().as_bytes());
+            bulk(&mut body, w.delete.len().to_string().as_bytes());
+            match w.expire_at_ms {
+                None => bulk(&mut body, b""),
+                Some(at) => bulk(&mut body, at.to_string().as_bytes()),
+            }
+            match &w.expect {
+                None => {
+                    bulk(&mut body, b"");
+                    bulk(&mut body, b"");
+                    bulk(&mut body, b"");
+                }
+                Some((field, None)) => {
+                    bulk(&mut body, b"0");
+                    bulk(&mut body, field.as_bytes());
+                    bulk(&mut body, b"");
+                }
+                Some((field, Some(value))) => {
+                    bulk(&mut body, b"1");
+                    bulk(&mut body, field.as_bytes());
+                    bulk(&mut body, value);
+                }
+            }
+            for (name, value) in &w.fields {
+                bulk(&mut body, name.as_bytes());
+                bulk(&mut body, value);
+            }
+            for name in &w.delete {
+                bulk(&mut body, name.as_bytes());
+            }
+            elements += 6 + 2 * w.fields.len() + w.delete.len();
+        }
+        out.push(ScriptChunk {
+            elements,
+            first: start,
+            count: chunk.len(),
+            body,
+        });
+        start = end;
+    }
+    out
+}
+
 /// The state partition `p` holds in a loaded hash (an empty entry when it holds none).
 pub fn parse_partition(
     view: &OnlineView,

@@ -8,7 +8,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use skewless_core::agg::{Agg, Func};
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{
-    evaluate, CacheKey, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView, Write,
+    evaluate, script_chunks, CacheKey, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView,
+    Write,
 };
 use skewless_core::tiles::Layout;
 use skewless_core::value::{Kind, Value};
@@ -153,6 +154,48 @@ fn write_to_py<'py>(py: Python<'py>, w: &Write) -> PyResult<Bound<'py, PyTuple>>
             expect,
         ],
     )
+}
+
+/// A batch's entity writes, held natively: packed into script calls by the core
+/// (`script_chunks`), or turned into Python tuples for other stores (`to_list`).
+#[pyclass(module = "engine._native", name = "Writes", frozen)]
+pub struct PyWrites {
+    writes: Vec<Write>,
+}
+
+#[pymethods]
+impl PyWrites {
+    fn __len__(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, expect | None)` each.
+    fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for w in &self.writes {
+            out.append(write_to_py(py, w)?)?;
+        }
+        Ok(out)
+    }
+
+    /// The Redis key of write `i`.
+    fn key(&self, i: usize) -> PyResult<String> {
+        self.writes
+            .get(i)
+            .map(|w| w.key.clone())
+            .ok_or_else(|| err(format!("no write {i}")))
+    }
+
+    /// `(elements, first write, writes, RESP body)` per script call of about `max_args`
+    /// arguments (see `skewless_core::online::script_chunks`).
+    fn script_chunks<'py>(&self, py: Python<'py>, max_args: usize) -> PyResult<Bound<'py, PyList>> {
+        let chunks = py.detach(|| script_chunks(&self.writes, max_args));
+        let out = PyList::empty(py);
+        for c in chunks {
+            out.append((c.elements, c.first, c.count, PyBytes::new(py, &c.body)))?;
+        }
+        Ok(out)
+    }
 }
 
 #[pyclass(module = "engine._native", name = "OnlineCore")]
@@ -319,10 +362,12 @@ impl PyOnlineCore {
     fn apply<'py>(&self, py: Python<'py>, batch_p: i64) -> PyResult<Bound<'py, PyTuple>> {
         let applied =
             self.with(|c| py.detach(|| c.apply(batch_p)).map_err(|e| codec_err(py, e)))?;
-        let writes = PyList::empty(py);
-        for w in &applied.writes {
-            writes.append(write_to_py(py, w)?)?;
-        }
+        let writes = Bound::new(
+            py,
+            PyWrites {
+                writes: applied.writes,
+            },
+        )?;
         let newest = PyDict::new(py);
         for ((v, p), ms) in &applied.newest {
             newest.set_item((v, p), ms)?;
@@ -418,7 +463,7 @@ fn online_values<'py>(
             .map(|fields| {
                 let refs: Vec<(&[u8], &[u8])> =
                     fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                evaluate(&view, &refs, t_ms, &indices).map_err(|e| e.to_string())
+                evaluate(&view, &refs, t_ms, &indices).map_err(|e| e.0)
             })
             .collect()
     });
@@ -436,6 +481,7 @@ fn online_values<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyOnlineCore>()?;
+    m.add_class::<PyWrites>()?;
     m.add_function(wrap_pyfunction!(online_values, m)?)?;
     Ok(())
 }
