@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxBuildHasher;
+
 use crate::agg::{Agg, Input};
 use crate::codec::{decode_tile, encode_tile, CodecError};
 use crate::columns::{Column, ColumnData};
@@ -131,7 +133,7 @@ pub struct GroupColumns<'a> {
 pub struct OnlineCore {
     views: Vec<OnlineView>,
     groups: Vec<OnlineGroup>,
-    cache: HashMap<CacheKey, Entry>,
+    cache: HashMap<CacheKey, Entry, FxBuildHasher>,
     capacity: usize,
     tick: u64,
     // the prepared batch
@@ -147,7 +149,7 @@ impl OnlineCore {
         OnlineCore {
             views,
             groups,
-            cache: HashMap::new(),
+            cache: HashMap::default(),
             capacity: capacity.max(1),
             tick: 0,
             pairs: Vec::new(),
@@ -177,7 +179,7 @@ impl OnlineCore {
     pub fn prepare(&mut self, events: Events, groups: &[GroupColumns<'_>]) -> Vec<CacheKey> {
         self.pairs.clear();
         self.prepared_keys.clear();
-        let mut index: HashMap<CacheKey, u32> = HashMap::new();
+        let mut index: HashMap<CacheKey, u32, FxBuildHasher> = HashMap::default();
         let n = events.offset.len();
         let mut text = String::new();
         for (g, cols) in groups.iter().enumerate() {
@@ -282,7 +284,7 @@ impl OnlineCore {
             }
         }
         // pass 1: what the store already holds, and when an earlier attempt applied it
-        let mut recovered: HashMap<u32, i64> = HashMap::new();
+        let mut recovered: HashMap<u32, i64, FxBuildHasher> = HashMap::default();
         for pair in &self.pairs {
             let entry = &self.cache[&self.prepared_keys[pair.key as usize]];
             let offset = self.events.offset[pair.row as usize];
@@ -295,9 +297,9 @@ impl OnlineCore {
             }
         }
         // pass 2: fold what is new
-        let mut touched: HashMap<u32, (i64, Vec<i64>)> = HashMap::new(); // key → (prior fence, event times)
+        let mut touched: HashMap<u32, (i64, Vec<i64>), FxBuildHasher> = HashMap::default(); // key → (prior fence, event times)
         let mut touched_order: Vec<u32> = Vec::new();
-        let mut newest: HashMap<(u32, i32), i64> = HashMap::new();
+        let mut newest: HashMap<(u32, i32), i64, FxBuildHasher> = HashMap::default();
         for pair in &self.pairs {
             let row = pair.row as usize;
             let ck = &self.prepared_keys[pair.key as usize];
