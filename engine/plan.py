@@ -20,7 +20,7 @@ from typing import Any
 from engine.definitions import Aggregation, Entity, FeatureView, KafkaSource
 from engine.durations import LIFETIME, default_hop_ms, format_duration, parse_duration
 from engine.errors import DefinitionError, FeatureRefError
-from engine.kernel.functions import FUNCTIONS, make_aggregator
+from engine.kernel.functions import FUNCTIONS
 from engine.kernel.tiles import TileLayout
 from engine.schema import FieldSpec, field_specs, load_schema
 
@@ -732,9 +732,6 @@ def compile_plan(
         if failed or not functions_ok:
             continue
         layout = TileLayout(
-            aggregators=tuple(
-                make_aggregator(a.function, columns[a.column] or "str", a.n) for a in aggs
-            ),
             windows_ms=tuple(a.window_ms for a in aggs),
             hops_ms=tuple(a.hop_ms for a in aggs),
         )

