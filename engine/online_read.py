@@ -3,11 +3,10 @@
 The read path (DESIGN §3, "an online read at wall time t returns the processing-time value
 at t"): resolve the refs (memoized per tuple of refs), build each (view, entity) key with
 ``engine.online.state_key``, fetch every hash with ONE ``OnlineStateStore.load``, and
-evaluate each hash as of ``now_ms`` with ``engine.online_eval.WindowReader``: only the tiles
-the requested windows cover (``kernel.tiles.window_tiles``, the bounds the backfill's
-``window_states`` uses) are decoded, and the kernel's ``merge_plain``/``finalize`` merge
-them over tiles and partitions — equal, bit for bit, to ``value_as_of`` over
-``engine.online.merged(parse_state(...))``. A missing entity reads as an empty window
+evaluate each hash as of ``now_ms`` with ``engine.online_eval.WindowReader``: the native core
+decodes only the tiles the requested windows cover (``ceil(t/H) - W/H <= k < ceil(t/H)``,
+the bounds the backfill's sweep uses), merges them over tiles and partitions and finalizes —
+the same kernel the worker folds with and the backfill replays. A missing entity reads as an empty window
 (counts and sums 0, everything else None); it is not an error.
 
 Freshness of a (row, view) is the newest ``processed_at`` any partition wrote for that

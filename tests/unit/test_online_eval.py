@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from engine import backfill
 from engine.envelope import Envelope
 from engine.errors import CodecError
-from engine.kernel.tiles import value_as_of
 from engine.keys import encode_key
 from engine.online import state_key, tile_field
 from engine.online_eval import WindowReader
@@ -28,6 +27,8 @@ from engine.plan import ViewPlan
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
+from tests.reference.functions import make_aggregator
+from tests.reference.tiles import TileLayout, value_as_of
 from tests.unit.stream.test_core import FakeStore, Letters
 
 MINUTE = 60_000
@@ -251,11 +252,22 @@ def test_windows_move_with_t(store: FeatureStore, view: ViewPlan) -> None:
     assert WindowReader(view, (1, 0)).at(T0 + 9 * MINUTE).evaluate(fields)[0] == [2, 7.5]
 
 
+def _reference_layout(view: ViewPlan) -> TileLayout:
+    """The view's layout in the reference (pure-Python) kernel."""
+    kinds = view.input_kinds
+    return TileLayout(
+        aggregators=tuple(make_aggregator(a.function, k, a.n)
+                          for a, k in zip(view.aggregations, kinds, strict=True)),
+        windows_ms=view.layout.windows_ms,
+        hops_ms=view.layout.hops_ms,
+    )  # fmt: skip
+
+
 def test_missing_and_foreign_fields(store: FeatureStore, view: ViewPlan) -> None:
     reader = WindowReader(view, (0, 1, 16))
     empty = reader.at(T0).evaluate({})
     # the empty-window defaults, as the Python kernel (the parity oracle) gives them
-    assert empty == (value_as_of(view.layout, None, T0, (0, 1, 16)), None)
+    assert empty == (value_as_of(_reference_layout(view), None, T0, (0, 1, 16)), None)
     assert empty[0] == [0, 0, None]
     stream = Stream(store)
     stream.batch(T0 + 30_000, [(2, "c1", T0, 1.5, 1, "m1")])
