@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reference.codec import decode_states, encode_states
 from engine.errors import CodecError
+from tests.reference.codec import decode_states, encode_states
 from tests.reference.functions import FUNCTIONS, Aggregator, make_aggregator
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
