@@ -360,48 +360,12 @@ class EventLogWriter:
         selected natively, not copied). On failure raises ``EventLogError``; the partition
         keeps no new file and its high-water mark does not move.
         """
-        self._check_partition(partition)
         offs = _int64s(offsets)
-        if not len(offs):
-            return []
-        lowest, highest = int(offs.min()), int(offs.max())
-        if lowest < 0 or highest > _MAX_OFFSET:
-            bad = lowest if lowest < 0 else highest
-            raise EventLogError(
-                f"event log for source {self._source!r} partition {partition}: offset must "
-                f"be in [0, {_MAX_OFFSET}], got {bad}"
-            )
-        high = self.last_offset(partition)
-        floor = -1 if high is None else max(high, -1)
-        order = np.argsort(offs, kind="stable")
-        ranked = offs[order]
-        keep = ranked > floor
-        keep[1:] &= ranked[1:] != ranked[:-1]  # a repeated offset: its first record only
-        rows = order[keep]
-        if not len(rows):
-            return []
-        if keys is None:
-            picked = None
-        elif isinstance(keys, list):
-            picked = [keys[i] for i in rows.tolist()]
-        else:
-            picked = keys.take(rows)
-        batch = EnvelopeColumns(
-            partition=partition,
-            offsets=offs[rows],
-            keys=picked,
-            event_time_ms=_int64s(event_time_ms)[rows],
-            processed_at_ms=_int64s(processed_at_ms)[rows],
-            payload=payload,
-        )
-        try:
-            path = self._write_columns(partition, batch, rows)
-        except EventLogError:
-            self._high.pop(partition, None)
-            self._history_high.pop(partition, None)
-            raise
-        self._high[partition] = int(batch.offsets[-1])
-        return [path]
+        return self.append_batch_columns(
+            np.full(len(offs), partition, dtype=np.int64), offs,
+            keys if keys is None or isinstance(keys, list) else keys.to_pylist(),
+            event_time_ms, processed_at_ms, payload,
+        )  # fmt: skip
 
     def append_batch_columns(
         self,

@@ -67,6 +67,12 @@ return redis.call('HGETALL', KEYS[1])
 # Redis lost it: the watermarks tell those apart). Otherwise the same commands as the
 # pipeline fallback.
 _WRITE_LUA = """
+local function each(cmd, key, first, last)
+  -- unpack() is bounded by Lua's stack: send long argument lists in slices (even sizes)
+  for s = first, last, 1000 do
+    redis.call(cmd, key, unpack(ARGV, s, math.min(s + 999, last)))
+  end
+end
 local refused = {}
 local a = 1
 for i = 1, #KEYS do
@@ -87,8 +93,8 @@ for i = 1, #KEYS do
     end
   end
   if ok then
-    if nf > 0 then redis.call('HSET', key, unpack(ARGV, first, first + 2 * nf - 1)) end
-    if nd > 0 then redis.call('HDEL', key, unpack(ARGV, first + 2 * nf, first + 2 * nf + nd - 1)) end
+    if nf > 0 then each('HSET', key, first, first + 2 * nf - 1) end
+    if nd > 0 then each('HDEL', key, first + 2 * nf, first + 2 * nf + nd - 1) end
     if at == '' then
       redis.call('PERSIST', key)
     else

@@ -83,13 +83,13 @@ def _replay(
         batch.append(envelope)
         out.last_offset = envelope.offset
         if len(batch) >= _REPLAY_BATCH:
-            _fold(core, spec, source, batch)
+            _fold(core, spec, source, batch, now_ms)
             out.records += len(batch)
             if progress:
                 progress(len(batch))
             batch = []
     if batch:
-        _fold(core, spec, source, batch)
+        _fold(core, spec, source, batch, now_ms)
         out.records += len(batch)
         if progress:
             progress(len(batch))
@@ -98,7 +98,9 @@ def _replay(
     return out
 
 
-def _fold(core: Any, spec: CoreSpec, source: SourcePlan, batch: list[Envelope]) -> None:
+def _fold(
+    core: Any, spec: CoreSpec, source: SourcePlan, batch: list[Envelope], now_ms: int
+) -> None:
     names = list(source.fields)
     kinds = [f.kind for f in source.fields.values()]
     ts, divisor = source.timestamp_field, source.timestamp_divisor
@@ -115,7 +117,7 @@ def _fold(core: Any, spec: CoreSpec, source: SourcePlan, batch: list[Envelope]) 
         _native.Columns.from_rows(names, kinds, payloads),
         fed,
     )
-    core.replay(array("q", (e.processed_at_ms for e in batch)).tobytes())
+    core.replay(array("q", (e.processed_at_ms for e in batch)).tobytes(), now_ms)
 
 
 def _write_states(

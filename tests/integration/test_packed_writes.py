@@ -63,19 +63,29 @@ def _dump(client: redis.Redis) -> dict[bytes, Any]:
     return out
 
 
-def test_packed_writes_equal_python_packed_writes(
-    make_repo: Callable[..., Path], redis_url: str
-) -> None:
+def _processed(
+    make_repo: Callable[..., Path], records: int, seed: int, batch: int, cache: int
+) -> list[Any]:
+    """Run generated records through a worker core; every write list it handed the store."""
     store = FeatureStore.from_repo(make_repo(VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
     capture = _Capture()
     log = EventLogWriter(store.config.event_log_root, "tx", dict(store.plan.sources["tx"].schema))
     clock = iter(range(T0, T0 + 10**9, 20_000))
     core = BatchProcessor(store.plan, "tx", online=capture, log=log, dead=Letters(),
-                          clock=lambda: next(clock), cache_entities=5)  # fmt: skip
-    records = make_records(store, 400, seed=3)
-    for start in range(0, len(records), 53):
-        core.process(records[start : start + 53])
-    batches = [b for b in capture.batches if isinstance(b, PackedWrites)]
+                          clock=lambda: next(clock), cache_entities=cache)  # fmt: skip
+    made = make_records(store, records, seed=seed)
+    for start in range(0, len(made), batch):
+        core.process(made[start : start + batch])
+    return capture.batches
+
+
+def test_packed_writes_equal_python_packed_writes(
+    make_repo: Callable[..., Path], redis_url: str
+) -> None:
+    batches = [
+        b for b in _processed(make_repo, 400, seed=3, batch=53, cache=5)
+        if isinstance(b, PackedWrites)
+    ]  # fmt: skip
     assert len(batches) > 5 and sum(len(b) for b in batches) > 100
     client = redis.Redis.from_url(redis_url)
     packed_store = RedisOnlineStore(redis_url)
@@ -93,23 +103,15 @@ def test_packed_writes_equal_python_packed_writes(
 def test_a_refused_packed_write_names_its_key(
     make_repo: Callable[..., Path], redis_url: str
 ) -> None:
-    store = FeatureStore.from_repo(make_repo(VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
-    capture = _Capture()
-    log = EventLogWriter(store.config.event_log_root, "tx", dict(store.plan.sources["tx"].schema))
-    clock = iter(range(T0, T0 + 10**9, 20_000))
-    core = BatchProcessor(store.plan, "tx", online=capture, log=log, dead=Letters(),
-                          clock=lambda: next(clock))  # fmt: skip
-    records = make_records(store, 120, seed=4)
-    core.process(records[:60])
-    core.process(records[60:])
-    second = capture.batches[-1]
+    batches = _processed(make_repo, 120, seed=4, batch=60, cache=200_000)
+    second = batches[-1]
     assert isinstance(second, EntityWrites)
     checked = [w for w in second if w.expect is not None and w.expect[1] is not None]
     assert checked, "no compare-and-set in the second batch"
     victim = checked[len(checked) // 2]
     client = redis.Redis.from_url(redis_url)
     redis_store = RedisOnlineStore(redis_url)
-    redis_store.write(capture.batches[0])
+    redis_store.write(batches[0])
     client.hset(victim.key, victim.expect[0], b"999999")  # another owner moved the fence
     with pytest.raises(OnlineWriteConflict) as info:
         redis_store.write(second)

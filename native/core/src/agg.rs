@@ -131,6 +131,21 @@ pub enum Input<'a> {
     Bytes(&'a [u8]),
 }
 
+impl Value {
+    /// This value as an aggregation input (lists, maps and wide integers are no input: Null).
+    #[inline]
+    pub fn as_input(&self) -> Input<'_> {
+        match self {
+            Value::Int(i) => Input::Int(*i),
+            Value::Float(f) => Input::Float(*f),
+            Value::Bool(b) => Input::Bool(*b),
+            Value::Str(s) => Input::Str(s),
+            Value::Bytes(b) => Input::Bytes(b),
+            _ => Input::Null,
+        }
+    }
+}
+
 /// A value held by min/max/first/last/first_n/last_n.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Held {

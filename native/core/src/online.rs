@@ -380,9 +380,11 @@ impl OnlineCore {
 
     /// Rebuild mode (`engine.rebuild`): fold the prepared batch as the workers did, each
     /// record admitted by its *logged* `processed_at`; no fences are checked (the log holds
-    /// each offset once). Entries not cached start empty. Nothing is trimmed: call
+    /// each offset once). Entries not cached start empty; tiles of the touched entries that
+    /// are stale at `now_ms` (the rebuild's write time) are dropped as the replay goes, so
+    /// memory holds the live tiles only. Nothing is trimmed: call
     /// [`OnlineCore::replay_writes`] at the end of the partition.
-    pub fn replay(&mut self, processed_at: &[i64]) {
+    pub fn replay(&mut self, processed_at: &[i64], now_ms: i64) {
         for ck in &self.prepared_keys {
             if !self.cache.contains_key(ck) {
                 let entry = Entry::new(&self.views[ck.0 as usize].layout);
@@ -412,6 +414,12 @@ impl OnlineCore {
                 });
             entry.fence = offset;
             entry.updated_ms = entry.updated_ms.max(pt);
+        }
+        for ck in &self.prepared_keys {
+            let layout = &self.views[ck.0 as usize].layout;
+            if let Some(entry) = self.cache.get_mut(ck) {
+                entry.tiles.evict_stale(layout, now_ms);
+            }
         }
     }
 
@@ -907,14 +915,7 @@ fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
         ColumnData::Bytes { offsets, data } => {
             Input::Bytes(&data[offsets[row] as usize..offsets[row + 1] as usize])
         }
-        ColumnData::Value(v) => match &v[row] {
-            Value::Int(i) => Input::Int(*i),
-            Value::Float(f) => Input::Float(*f),
-            Value::Bool(b) => Input::Bool(*b),
-            Value::Str(s) => Input::Str(s),
-            Value::Bytes(b) => Input::Bytes(b),
-            _ => Input::Null,
-        },
+        ColumnData::Value(v) => v[row].as_input(),
     }
 }
 

@@ -6,10 +6,11 @@
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::convert::value_to_py;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use skewless_core::avro::{self, AvroError, DatumDecoder, Schema};
 use skewless_core::columns::{Batch, ColumnData};
-use skewless_core::value::Value;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_container, m)?)?;
@@ -37,32 +38,6 @@ fn bitmap<'py>(py: Python<'py>, bits: &[bool]) -> Bound<'py, PyBytes> {
         out[i >> 3] |= u8::from(b) << (i & 7);
     }
     PyBytes::new(py, &out)
-}
-
-fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
-        Value::Int(i) => i.into_pyobject(py)?.into_any(),
-        Value::Float(f) => f.into_pyobject(py)?.into_any(),
-        Value::Str(s) => s.into_pyobject(py)?.into_any(),
-        Value::Bytes(b) => PyBytes::new(py, b).into_any(),
-        Value::Wide(w) => w.into_pyobject(py)?.into_any(),
-        Value::List(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(value_to_py(py, item)?)?;
-            }
-            list.into_any()
-        }
-        Value::Map(entries) => {
-            let dict = PyDict::new(py);
-            for (k, item) in entries {
-                dict.set_item(&**k, value_to_py(py, item)?)?;
-            }
-            dict.into_any()
-        }
-    })
 }
 
 /// The batch's columns as a dict (pyarrow arrays; lists for `Value` columns).

@@ -9,6 +9,7 @@ use pyo3::types::{PyDict, PyList};
 use skewless_core::columns::{Batch, Column, ColumnData};
 use skewless_core::value::Value;
 
+use crate::convert::scalar;
 use crate::kernel::value_to_py;
 
 /// A batch of rows as named columns (`skewless_core::columns::Batch`), immutable.
@@ -123,23 +124,6 @@ fn column_from_rows(name: &str, kind: Option<&str>, rows: &Bound<'_, PyList>) ->
         data,
         valid: Some(valid),
     })
-}
-
-/// A Python scalar as a Value (containers and ints beyond int64 are not aggregatable: Null).
-fn scalar(x: &Bound<'_, PyAny>) -> Value {
-    if let Ok(b) = x.cast::<pyo3::types::PyBool>() {
-        Value::Bool(b.is_true())
-    } else if x.is_instance_of::<pyo3::types::PyInt>() {
-        x.extract::<i64>().map_or(Value::Null, Value::Int)
-    } else if let Ok(f) = x.cast::<pyo3::types::PyFloat>() {
-        Value::Float(f.value())
-    } else if let Ok(s) = x.extract::<&str>() {
-        Value::Str(s.into())
-    } else if let Ok(b) = x.cast::<pyo3::types::PyBytes>() {
-        Value::Bytes(b.as_bytes().into())
-    } else {
-        Value::Null
-    }
 }
 
 #[pymethods]

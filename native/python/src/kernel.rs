@@ -5,10 +5,12 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+
+pub use crate::convert::value_to_py;
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyString};
 use skewless_core::agg::{Agg, Input, State};
 use skewless_core::error::KernelError;
-use skewless_core::value::{Order, Value};
+use skewless_core::value::Order;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fold_finalize, m)?)?;
@@ -74,33 +76,6 @@ impl Owned {
             Owned::Bytes(b) => Input::Bytes(b),
         }
     }
-}
-
-/// A kernel value as a Python object (int of any size, float, str, bytes, bool, list, dict, None).
-pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        Value::Int(x) => x.into_pyobject(py)?.into_any(),
-        Value::Float(x) => PyFloat::new(py, *x).into_any(),
-        Value::Str(s) => PyString::new(py, s).into_any(),
-        Value::Bytes(b) => PyBytes::new(py, b).into_any(),
-        Value::Wide(x) => x.into_pyobject(py)?.into_any(),
-        Value::List(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(value_to_py(py, item)?)?;
-            }
-            list.into_any()
-        }
-        Value::Map(entries) => {
-            let dict = PyDict::new(py);
-            for (k, item) in entries {
-                dict.set_item(&**k, value_to_py(py, item)?)?;
-            }
-            dict.into_any()
-        }
-    })
 }
 
 #[allow(clippy::too_many_arguments)]

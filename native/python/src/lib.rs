@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod avro;
 mod columns;
+mod convert;
 mod kernel;
 mod logwrite;
 mod online;

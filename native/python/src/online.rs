@@ -1,7 +1,6 @@
 //! `OnlineCore`: the stream worker's native online state (see `skewless_core::online`),
 //! and `online_values`, the online reader's window evaluation from Redis hash bytes.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
@@ -15,11 +14,8 @@ use skewless_core::tiles::Layout;
 use skewless_core::value::{Kind, Value};
 
 use crate::columns::PyColumns;
+use crate::convert::{err, i64s, scalar};
 use crate::kernel::value_to_py;
-
-fn err(e: impl std::fmt::Display) -> PyErr {
-    PyValueError::new_err(e.to_string())
-}
 
 fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
     match py
@@ -32,19 +28,6 @@ fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
         },
         Err(x) => x,
     }
-}
-
-fn i64s(data: &[u8], what: &str) -> PyResult<Vec<i64>> {
-    if data.len() % 8 != 0 {
-        return Err(err(format!(
-            "{what}: {} bytes is not a whole number of int64",
-            data.len()
-        )));
-    }
-    Ok(data
-        .chunks_exact(8)
-        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
-        .collect())
 }
 
 /// `(function, kind, n, window_ms, hop_ms)` of one aggregation.
@@ -81,30 +64,11 @@ fn view_of(args: ViewArgs) -> PyResult<OnlineView> {
     })
 }
 
-/// A Python scalar as a Value (containers and ints beyond int64 → Null).
-fn plain_value(x: &Bound<'_, PyAny>) -> Value {
-    if x.is_none() {
-        Value::Null
-    } else if let Ok(b) = x.cast::<pyo3::types::PyBool>() {
-        Value::Bool(b.is_true())
-    } else if x.is_instance_of::<pyo3::types::PyInt>() {
-        x.extract::<i64>().map_or(Value::Null, Value::Int)
-    } else if let Ok(f) = x.cast::<pyo3::types::PyFloat>() {
-        Value::Float(f.value())
-    } else if let Ok(s) = x.extract::<&str>() {
-        Value::Str(s.into())
-    } else if let Ok(b) = x.cast::<PyBytes>() {
-        Value::Bytes(b.as_bytes().into())
-    } else {
-        Value::Null
-    }
-}
-
 fn any_column(values: &Bound<'_, PyList>) -> Column {
     let mut v = Vec::with_capacity(values.len());
     let mut valid = Vec::with_capacity(values.len());
     for x in values.iter() {
-        let value = plain_value(&x);
+        let value = scalar(&x);
         valid.push(!value.is_null());
         v.push(value);
     }
@@ -391,10 +355,10 @@ impl PyOnlineCore {
 
     /// Rebuild mode: fold the prepared batch admitting each record by its logged
     /// processed_at (int64 buffer, one per event).
-    fn replay(&self, py: Python<'_>, processed_at: Vec<u8>) -> PyResult<()> {
+    fn replay(&self, py: Python<'_>, processed_at: Vec<u8>, now_ms: i64) -> PyResult<()> {
         let pt = i64s(&processed_at, "processed_at")?;
         self.with(|c| {
-            py.detach(|| c.replay(&pt));
+            py.detach(|| c.replay(&pt, now_ms));
             Ok(())
         })
     }

@@ -4,9 +4,8 @@
 
 use std::sync::Mutex;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use skewless_core::agg::{Agg, Func};
 use skewless_core::columns::{Column, ColumnData};
@@ -14,26 +13,10 @@ use skewless_core::sweep::{
     decode_log_file, GroupSpec, KeyBuf, KeyTable, Mode, RequestSpec, Sweep, ViewSpec,
 };
 use skewless_core::tiles::Layout;
-use skewless_core::value::{Kind, Value};
+use skewless_core::value::Kind;
 
+use crate::convert::{err, i64s, scalar};
 use crate::kernel::value_to_py;
-
-fn err(e: impl std::fmt::Display) -> PyErr {
-    PyValueError::new_err(e.to_string())
-}
-
-fn i64s(data: &[u8], what: &str) -> PyResult<Vec<i64>> {
-    if data.len() % 8 != 0 {
-        return Err(err(format!(
-            "{what}: {} bytes is not a whole number of int64",
-            data.len()
-        )));
-    }
-    Ok(data
-        .chunks_exact(8)
-        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
-        .collect())
-}
 
 /// One label-table key (a tuple of str/int) into the key encoding the core matches.
 fn encode_key(key: &Bound<'_, PyAny>, buf: &mut KeyBuf) -> PyResult<()> {
@@ -53,26 +36,6 @@ fn encode_key(key: &Bound<'_, PyAny>, buf: &mut KeyBuf) -> PyResult<()> {
         }
     }
     Ok(())
-}
-
-/// A scalar from Python: None, bool, int (int64), float, str, bytes; anything else
-/// (containers, ints beyond int64) can be neither a key nor an aggregation input: null.
-fn plain_value(x: &Bound<'_, PyAny>) -> PyResult<Value> {
-    Ok(if x.is_none() {
-        Value::Null
-    } else if x.is_instance_of::<PyBool>() {
-        Value::Bool(x.extract::<bool>()?)
-    } else if x.is_instance_of::<PyInt>() {
-        x.extract::<i64>().map_or(Value::Null, Value::Int)
-    } else if x.is_instance_of::<PyFloat>() {
-        Value::Float(x.extract::<f64>()?)
-    } else if let Ok(s) = x.extract::<&str>() {
-        Value::Str(s.into())
-    } else if x.is_instance_of::<PyBytes>() {
-        Value::Bytes(x.extract::<&[u8]>()?.into())
-    } else {
-        Value::Null
-    })
 }
 
 /// A column from a Python list (None = null) of the given kind.
@@ -133,7 +96,7 @@ fn column_from_list(kind: &str, values: &Bound<'_, PyList>) -> PyResult<Column> 
             let mut v = Vec::with_capacity(n);
             for x in values.iter() {
                 valid.push(!x.is_none());
-                v.push(plain_value(&x)?);
+                v.push(scalar(&x));
             }
             ColumnData::Value(v)
         }

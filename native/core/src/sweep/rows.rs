@@ -284,14 +284,7 @@ impl Cells {
                 NULL_ID => Input::Null,
                 id => Input::Bytes(dict.get(id)),
             },
-            Cells::Value(v) => match &v[row] {
-                Value::Int(i) => Input::Int(*i),
-                Value::Float(f) => Input::Float(*f),
-                Value::Bool(b) => Input::Bool(*b),
-                Value::Str(s) => Input::Str(s),
-                Value::Bytes(b) => Input::Bytes(b),
-                _ => Input::Null,
-            },
+            Cells::Value(v) => v[row].as_input(),
         }
     }
 
