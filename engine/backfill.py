@@ -28,14 +28,14 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from engine import _native
 from engine.envelope import Envelope
-from engine.errors import EventLogError
+from engine.log_files import LogFiles, read_partition
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
 from engine.processing import EntityKey, RowGroup, group_cells
@@ -52,19 +52,6 @@ _ROWS_CHUNK = 65_536  # records of a Python-fed group handed to the core at a ti
 _I64_MIN, _I64_END = -(1 << 63), 1 << 63
 
 Int64s = npt.NDArray[np.int64]
-
-
-@runtime_checkable
-class LogFiles(Protocol):
-    """An event log whose files the core can decode itself (``EventLogReader``)."""
-
-    def files(self, source: str, partition: int) -> list[tuple[int, int, str]]:
-        """Final files of a partition as (first offset, last offset, path), by offset."""
-        ...
-
-    def read_file(self, path: str) -> bytes:
-        """A file's bytes; FileNotFoundError when it was compacted away since listing."""
-        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -532,28 +519,17 @@ class _Reader:
     def _files(self, source: str, partition: int, ts_field: str, divisor: int) -> int:
         log = self.log
         assert isinstance(log, LogFiles)
-        high = _I64_MIN  # below every offset
         read = 0
-        for _ in range(20):
-            try:
-                for _, last, path in log.files(source, partition):
-                    if last <= high:
-                        continue  # wholly covered by files already read
-                    data = log.read_file(path)
-                    try:
-                        high, taken = self.sweep.add_log_file(
-                            source, partition, data, high, ts_field, divisor
-                        )
-                    except ValueError as exc:
-                        raise EventLogError(f"cannot read event-log file {path}: {exc}") from exc
-                    read += taken
-                return read
-            except FileNotFoundError:
-                continue  # compacted away since the listing: list again, go on after `high`
-        raise EventLogError(
-            f"event log for source {source!r} partition {partition}: files kept vanishing "
-            f"while being read (20 listings); is something deleting them?"
-        )
+
+        def take(data: bytes, high: int) -> int:
+            nonlocal read
+            high, taken = self.sweep.add_log_file(source, partition, data, high, ts_field,
+                                                  divisor)  # fmt: skip
+            read += taken
+            return int(high)
+
+        read_partition(log, source, partition, take)
+        return read
 
     def _envelopes(self, source: str, partition: int, groups: list[int]) -> int:
         """The slow path: records through Python (transforms, filters, logs without files)."""

@@ -24,8 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from engine import _native
 from engine.envelope import Envelope
+from engine.log_files import LogFiles, read_partition
 from engine.online import CoreSpec, core_spec, write_of
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
@@ -78,24 +81,86 @@ def _replay(
     spec = core_spec(list(views))
     core = spec.new_core(1 << 62)
     out = _Replay(writes=[[] for _ in views])
-    batch: list[Envelope] = []
-    for envelope in log.read(source.name, partition):
-        batch.append(envelope)
-        out.last_offset = envelope.offset
-        if len(batch) >= _REPLAY_BATCH:
+    if isinstance(log, LogFiles):  # the core decodes the files: no record object in Python
+
+        def take(data: bytes, high: int) -> int:
+            taken, last = _fold_file(core, spec, source, partition, data, high, now_ms)
+            out.records += taken
+            if last is not None:
+                out.last_offset = last
+            if progress and taken:
+                progress(taken)
+            return high if last is None else last
+
+        read_partition(log, source.name, partition, take)
+    else:
+        batch: list[Envelope] = []
+        for envelope in log.read(source.name, partition):
+            batch.append(envelope)
+            out.last_offset = envelope.offset
+            if len(batch) >= _REPLAY_BATCH:
+                _fold(core, spec, source, batch, now_ms)
+                out.records += len(batch)
+                if progress:
+                    progress(len(batch))
+                batch = []
+        if batch:
             _fold(core, spec, source, batch, now_ms)
             out.records += len(batch)
             if progress:
                 progress(len(batch))
-            batch = []
-    if batch:
-        _fold(core, spec, source, batch, now_ms)
-        out.records += len(batch)
-        if progress:
-            progress(len(batch))
     for v, raw in core.replay_writes(now_ms):
         out.writes[v].append(write_of(raw))
     return out
+
+
+def _fold_file(
+    core: Any,
+    spec: CoreSpec,
+    source: SourcePlan,
+    partition: int,
+    data: bytes,
+    high: int,
+    now_ms: int,
+) -> tuple[int, int | None]:
+    """Fold one event-log file's records above ``high``; (records taken, highest offset)."""
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
+    offsets = np.asarray(arrays["offset"], dtype=np.int64)
+    if not len(offsets):
+        return 0, None
+    before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
+    keep = offsets > before  # each offset once, above what earlier files gave
+    if not keep.any():
+        return 0, None
+    mask = pa.array(keep)
+    payload = {
+        name.removeprefix("payload."): array.filter(mask) if isinstance(array, pa.Array)
+        else [v for v, k in zip(array, keep, strict=True) if k]
+        for name, array in arrays.items() if name.startswith("payload.")
+    }  # fmt: skip
+    columns = _native.columns_from_arrays(payload)
+    kept_offsets = offsets[keep]
+    raw_ts = np.asarray(payload[source.timestamp_field], dtype=np.int64)
+    fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
+    if any(not group.native for group in spec.groups):
+        payloads = columns.to_pylist()
+        fed = {
+            g: group_columns(group, spec.group_inputs[g], payloads)
+            for g, group in enumerate(spec.groups)
+            if not group.native
+        }
+    core.prepare(
+        np.full(len(kept_offsets), partition, dtype=np.int64).tobytes(),
+        kept_offsets.tobytes(),
+        (raw_ts // source.timestamp_divisor).tobytes(),
+        columns,
+        fed,
+    )
+    processed = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
+    core.replay(processed.tobytes(), now_ms)
+    return len(kept_offsets), int(kept_offsets.max())
 
 
 def _fold(
