@@ -16,7 +16,7 @@ from typing import Any
 
 from engine import _native
 from engine.errors import CodecError
-from engine.kernel.tiles import window_end
+from engine.kernel.tiles import window_end, window_tiles
 from engine.online import field_name, functions_of
 from engine.plan import ViewPlan
 
@@ -59,6 +59,24 @@ class WindowAt:
     def __init__(self, reader: WindowReader, t_ms: int) -> None:
         self._reader = reader
         self.t_ms = t_ms
+
+    def uses(self, name: bytes | str) -> bool:
+        """Whether ``evaluate`` decodes the field ``name``: a tile some requested window as of
+        ``t`` covers, or the lifetime accumulators when a lifetime feature is requested."""
+        parsed = field_name(name)
+        if parsed is None:
+            return False
+        kind, _, hop, k = parsed
+        view = self._reader.view
+        for i in self._reader.indices:
+            window, tile_hop = view.layout.windows_ms[i], view.layout.hops_ms[i]
+            if kind == "l" and window is None:
+                return True
+            if kind == "t" and window is not None and tile_hop == hop:
+                start, end = window_tiles(hop, window, self.t_ms)
+                if start <= k < end:
+                    return True
+        return False
 
     def evaluate(self, fields: Mapping[Any, bytes]) -> tuple[list[Any], int | None]:
         """The requested values (in request order) and the newest write time (None: none).

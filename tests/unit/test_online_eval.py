@@ -248,6 +248,12 @@ def test_windows_move_with_t(store: FeatureStore, view: ViewPlan) -> None:
     # 5m tile holding T0 is (tiles are the unit, DESIGN §3)
     assert reader.at(T0).evaluate(fields)[0] == [0, 2]
     assert reader.at(T0 + HOUR + 5 * MINUTE).evaluate(fields)[0] == [0, 0]
+    # which fields an evaluation decodes: the tiles its windows cover as of t, nothing else
+    tile_1m = f"t:0:{MINUTE}:{T0 // MINUTE}".encode()
+    assert reader.at(T0 + 9 * MINUTE).uses(tile_1m)
+    assert not reader.at(T0 + 11 * MINUTE).uses(tile_1m)
+    assert not reader.at(T0).uses(tile_1m)
+    assert not reader.at(T0 + 9 * MINUTE).uses(b"f:0") and not reader.at(T0).uses(b"l:0")
     assert WindowReader(view, (1,)).at(T0 + 9 * MINUTE).evaluate(fields)[0] == [2]
     assert WindowReader(view, (1, 0)).at(T0 + 9 * MINUTE).evaluate(fields)[0] == [2, 7.5]
 
