@@ -221,7 +221,8 @@ def values_at(
     Raises CodecError when a tile holds bytes of another codec version or is corrupt.
     """
     wanted = list(range(len(view.aggregations)) if indices is None else indices)
-    return _native.online_values(functions_of(view), [dict(h) for h in hashes], t_ms, wanted)
+    got = _native.online_values(functions_of(view), [dict(h) for h in hashes], t_ms, wanted)
+    return [values for values, _ in got]
 
 
 # -- per-view write stats ---------------------------------------------------------------------

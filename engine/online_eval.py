@@ -91,20 +91,12 @@ class WindowAt:
         """``evaluate`` for many entities in one native call."""
         reader = self._reader
         try:
-            values = _native.online_values(
-                reader._functions, [dict(h) for h in hashes], self.t_ms, reader.indices
+            got = _native.online_values(
+                reader._functions,
+                [h if type(h) is dict else dict(h) for h in hashes],
+                self.t_ms,
+                reader.indices,
             )
         except CodecError as exc:
             raise CodecError(f"view {reader.view.name!r}: {exc}") from exc
-        return [(v, _updated(h)) for v, h in zip(values, hashes, strict=True)]
-
-
-def _updated(fields: Mapping[Any, bytes]) -> int | None:
-    newest = 0
-    for name, value in fields.items():
-        parsed = field_name(name)
-        if parsed is not None and parsed[0] == "u":
-            written = int(value)
-            if written > newest:
-                newest = written
-    return newest or None
+        return [(list(values), updated) for values, updated in got]

@@ -228,29 +228,33 @@ def read_online(
         view = read.view
         at = read.reader.at(now_ms)
         done: dict[int, tuple[list[Any], int | None]] = {}
+        pending: list[int] = []  # slots to evaluate, in one native call
+        empty: tuple[list[Any], int | None] | None = None
+        for slot in dict.fromkeys(slots):
+            fields = hashes[slot]
+            if fields is None:  # unchanged since the cached read (load_changed)
+                done[slot] = confirmed[slot]
+            elif not fields:
+                if empty is None:
+                    empty = (values_at(view, [{}], now_ms, read.indices)[0], None)
+                done[slot] = (list(empty[0]), None)
+            else:
+                got = None
+                if cache is not None:
+                    got = cache.get(slot_keys[slot], read.indices, fields, ends)
+                if got is None:
+                    pending.append(slot)
+                else:
+                    done[slot] = got
+        if pending:
+            for slot, got in zip(pending, _evaluate_many(at, slot_keys, hashes, pending),
+                                 strict=True):  # fmt: skip
+                done[slot] = got
+                if cache is not None:
+                    cache.put(slot_keys[slot], read.indices, hashes[slot], ends, got)  # type: ignore[arg-type]
         fresh: list[int | None] = [None] * n
         for r, slot in enumerate(slots):
-            got = done.get(slot)
-            if got is None:
-                fields = hashes[slot]
-                if cache is None:
-                    got = (
-                        _evaluate(at, slot_keys[slot], fields)
-                        if fields
-                        else (values_at(view, [{}], now_ms, read.indices)[0], None)
-                    )
-                elif fields is None:  # unchanged since the cached read (load_changed)
-                    got = confirmed[slot]
-                elif not fields:
-                    got = (values_at(view, [{}], now_ms, read.indices)[0], None)
-                else:
-                    key = slot_keys[slot]
-                    got = cache.get(key, read.indices, fields, ends)
-                    if got is None:
-                        got = _evaluate(at, key, fields)
-                        cache.put(key, read.indices, fields, ends, got)
-                done[slot] = got
-            row_values, fresh[r] = got
+            row_values, fresh[r] = done[slot]
             for c, value in zip(read.columns, row_values, strict=True):
                 values[c][r] = value
         freshness[view.name] = fresh
@@ -260,14 +264,23 @@ def read_online(
     )
 
 
-def _evaluate(
-    at: WindowAt, key: str, fields: Mapping[bytes, bytes]
-) -> tuple[list[Any], int | None]:
-    """One entity's values and freshness from its hash; a corrupt tile's error names ``key``."""
+def _evaluate_many(
+    at: WindowAt,
+    keys: Sequence[str],
+    hashes: Sequence[Mapping[bytes, bytes] | None],
+    slots: Sequence[int],
+) -> list[tuple[list[Any], int | None]]:
+    """The values and freshness of many entities' hashes in one native call; a corrupt
+    tile's error names its Redis key."""
     try:
-        return at.evaluate(fields)
-    except CodecError as exc:
-        raise CodecError(f"Redis key {key!r}: {exc}") from exc
+        return at.evaluate_many([hashes[s] or {} for s in slots])
+    except CodecError:
+        for slot in slots:  # find the entity whose tile failed, to name it
+            try:
+                at.evaluate(hashes[slot] or {})
+            except CodecError as exc:
+                raise CodecError(f"Redis key {keys[slot]!r}: {exc}") from exc
+        raise
 
 
 Held = tuple[int, tuple[tuple[bytes, bytes], ...]]

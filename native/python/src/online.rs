@@ -78,19 +78,25 @@ fn any_column(values: &Bound<'_, PyList>) -> Column {
     }
 }
 
+/// The bytes of a `bytes` (memcpy) or `str` (UTF-8) hash field or value.
+fn bytes_of(x: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = x.cast::<PyBytes>() {
+        Ok(b.as_bytes().to_vec())
+    } else if let Ok(s) = x.extract::<&str>() {
+        Ok(s.as_bytes().to_vec())
+    } else {
+        Err(err(format!(
+            "a hash field or value must be bytes or str, got {}",
+            x.get_type()
+        )))
+    }
+}
+
 fn fields_of(hash: &Bound<'_, PyDict>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::with_capacity(hash.len());
     for (k, v) in hash.iter() {
-        let k: Vec<u8> = if let Ok(s) = k.extract::<&str>() {
-            s.as_bytes().to_vec()
-        } else {
-            k.extract::<Vec<u8>>()?
-        };
-        let v: Vec<u8> = if let Ok(s) = v.extract::<&str>() {
-            s.as_bytes().to_vec()
-        } else {
-            v.extract::<Vec<u8>>()?
-        };
+        let k = bytes_of(&k)?;
+        let v = bytes_of(&v)?;
         out.push((k, v));
     }
     Ok(out)
@@ -404,7 +410,8 @@ impl PyOnlineCore {
 }
 
 /// Feature values as of `t_ms` for many entities of one view, straight from the hashes
-/// Redis returned (each a dict of field → bytes; empty for a missing entity).
+/// Redis returned (each a dict of field → bytes; empty for a missing entity): per hash
+/// `(values, newest write time or None)`.
 #[pyfunction]
 fn online_values<'py>(
     py: Python<'py>,
@@ -422,25 +429,37 @@ fn online_values<'py>(
     };
     let all: Vec<Vec<(Vec<u8>, Vec<u8>)>> =
         hashes.iter().map(fields_of).collect::<PyResult<_>>()?;
-    let results: Vec<Result<Vec<Value>, String>> = py.detach(|| {
+    let results: Vec<Result<(Vec<Value>, i64), String>> = py.detach(|| {
         all.iter()
             .map(|fields| {
                 let refs: Vec<(&[u8], &[u8])> =
                     fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-                evaluate(&view, &refs, t_ms, &indices).map_err(|e| e.0)
+                let values = evaluate(&view, &refs, t_ms, &indices).map_err(|e| e.0)?;
+                Ok((values, newest_write(&refs)))
             })
             .collect()
     });
     let out = PyList::empty(py);
     for r in results {
-        let values = r.map_err(|e| codec_err(py, e))?;
+        let (values, updated) = r.map_err(|e| codec_err(py, e))?;
         let row = PyList::empty(py);
         for v in &values {
             row.append(value_to_py(py, v)?)?;
         }
-        out.append(row)?;
+        let updated = (updated > 0).then_some(updated);
+        out.append((row, updated))?;
     }
     Ok(out)
+}
+
+/// The newest processed_at any partition wrote (`u:<p>` fields; 0 when none).
+fn newest_write(fields: &[(&[u8], &[u8])]) -> i64 {
+    fields
+        .iter()
+        .filter(|(name, _)| name.starts_with(b"u:"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok()?.parse::<i64>().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
