@@ -213,6 +213,16 @@ pub struct Sweep {
     read: u64,
 }
 
+/// What one event-log file gives the native groups: per group its kept rows and their
+/// entity codes; the highest offset seen and the records taken.
+#[derive(Debug)]
+pub struct Selection {
+    groups: Vec<(usize, Vec<usize>, Vec<u32>)>,
+    high: i64,
+    records: u64,
+    divisor: i64,
+}
+
 /// The envelope layout this core reads (`connectors/eventlog.py`, file header metadata).
 pub const ENVELOPE_VERSION: &str = "1";
 const ENVELOPE_VERSION_KEY: &str = "skewless.envelope_version";
@@ -374,20 +384,18 @@ impl Sweep {
         out
     }
 
-    /// Keep what the native groups of `source` need from one decoded event-log file of
-    /// `partition` ([`decode_log_file`]). Records at or below `after_offset` are skipped
-    /// (already read from another file). The event time is the payload's `ts_field`
-    /// floored by `divisor` to milliseconds. Returns the highest offset seen (or
-    /// `after_offset`) and the number of records taken.
-    pub fn add_log_batch(
-        &mut self,
+    /// What the native groups of `source` keep of one decoded event-log file of
+    /// `partition` ([`decode_log_file`]); read-only (see [`Sweep::add_selection`]).
+    /// Records at or below `after_offset` are skipped (already read from another file).
+    /// The event time is the payload's `ts_field` floored by `divisor` to milliseconds.
+    pub fn select_log_batch(
+        &self,
         source: &str,
-        partition: i32,
         batch: &Batch,
         after_offset: i64,
         ts_field: &str,
         divisor: i64,
-    ) -> Result<(i64, u64), KernelError> {
+    ) -> Result<Selection, KernelError> {
         let need = |name: &str| {
             batch
                 .column(name)
@@ -416,34 +424,85 @@ impl Sweep {
         }
         let divisor = divisor.max(1);
         let processed_at = int_column(need("processed_at")?, "processed_at")?;
-        for g in 0..self.groups.len() {
-            if !self.groups[g].native || self.groups[g].source != source {
+        let mut groups = Vec::new();
+        for (g, group) in self.groups.iter().enumerate() {
+            if !group.native || group.source != source {
                 continue;
             }
-            let group = &self.groups[g];
             let keys: Vec<Option<&Column>> = group
                 .key_fields
                 .iter()
                 .map(|f| batch.column(&format!("payload.{f}")))
                 .collect();
-            let inputs: Vec<Option<&Column>> = group
-                .input_fields
+            let (rows, codes) = self.select_rows(
+                g,
+                &keep,
+                &keys,
+                |i| raw_ts[i].div_euclid(divisor),
+                |i| processed_at[i],
+            );
+            groups.push((g, rows, codes));
+        }
+        Ok(Selection {
+            groups,
+            high,
+            records: keep.len() as u64,
+            divisor,
+        })
+    }
+
+    /// Append what [`Sweep::select_log_batch`] selected of `batch` (the same file).
+    pub fn add_selection(
+        &mut self,
+        partition: i32,
+        batch: &Batch,
+        selection: &Selection,
+        ts_field: &str,
+    ) -> Result<(i64, u64), KernelError> {
+        let need = |name: &str| {
+            batch
+                .column(name)
+                .ok_or_else(|| KernelError::Sweep(format!("event-log file has no column {name:?}")))
+        };
+        let offsets = int_column(need("offset")?, "offset")?;
+        let raw_ts = int_column(need(&format!("payload.{ts_field}"))?, ts_field)?;
+        let processed_at = int_column(need("processed_at")?, "processed_at")?;
+        let divisor = selection.divisor;
+        for (g, rows, codes) in &selection.groups {
+            let input_fields = self.groups[*g].input_fields.clone();
+            let inputs: Vec<Option<&Column>> = input_fields
                 .iter()
                 .map(|f| batch.column(&format!("payload.{f}")))
                 .collect();
-            self.keep_rows(
-                g,
+            self.push_rows(
+                *g,
                 partition,
-                &keep,
-                &keys,
+                rows,
+                codes,
                 &inputs,
                 |i| offsets[i],
                 |i| raw_ts[i].div_euclid(divisor),
                 |i| processed_at[i],
             )?;
         }
-        self.read += keep.len() as u64;
-        Ok((high, keep.len() as u64))
+        self.read += selection.records;
+        Ok((selection.high, selection.records))
+    }
+
+    /// [`Sweep::select_log_batch`] then [`Sweep::add_selection`]: keep what the native
+    /// groups of `source` need from one decoded event-log file of `partition`. Returns the
+    /// highest offset seen (or `after_offset`) and the number of records taken.
+    pub fn add_log_batch(
+        &mut self,
+        source: &str,
+        partition: i32,
+        batch: &Batch,
+        after_offset: i64,
+        ts_field: &str,
+        divisor: i64,
+    ) -> Result<(i64, u64), KernelError> {
+        let selection = self.select_log_batch(source, batch, after_offset, ts_field, divisor)?;
+        self.add_selection(partition, batch, &selection, ts_field)
     }
 
     /// Keep rows extracted by the caller (after a transform) for group `group`.
@@ -498,25 +557,24 @@ impl Sweep {
         self.read += records;
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn keep_rows(
-        &mut self,
+    /// The rows of `candidates` group `g` keeps, with their entity codes: a labelled
+    /// entity, a clock before the entity's last label, admitted by some view. Read-only, so
+    /// files decoded on several threads select at once.
+    fn select_rows(
+        &self,
         g: usize,
-        partition: i32,
         candidates: &[usize],
         keys: &[Option<&Column>],
-        inputs: &[Option<&Column>],
-        offset: impl Fn(usize) -> i64,
         event_time: impl Fn(usize) -> i64,
         processed_at: impl Fn(usize) -> i64,
-    ) -> Result<(), KernelError> {
+    ) -> (Vec<usize>, Vec<u32>) {
         let table = &self.tables[self.groups[g].table];
         let last = &self.last_label[self.groups[g].table];
         let by_event_time = self.mode == Mode::EventTime;
         let plan = &self.plans[g];
-        let rows = &mut self.rows[g];
         let mut buf = KeyBuf::default();
         let mut kept: Vec<usize> = Vec::new();
+        let mut codes: Vec<u32> = Vec::new();
         'row: for &i in candidates {
             buf.clear();
             for key in keys {
@@ -540,6 +598,28 @@ impl Sweep {
                 continue; // too late for every view of the group
             }
             kept.push(i);
+            codes.push(code);
+        }
+        (kept, codes)
+    }
+
+    /// Append the rows `select_rows` kept to group `g`'s columns.
+    #[allow(clippy::too_many_arguments)]
+    fn push_rows(
+        &mut self,
+        g: usize,
+        partition: i32,
+        kept: &[usize],
+        codes: &[u32],
+        inputs: &[Option<&Column>],
+        offset: impl Fn(usize) -> i64,
+        event_time: impl Fn(usize) -> i64,
+        processed_at: impl Fn(usize) -> i64,
+    ) -> Result<(), KernelError> {
+        let plan = &self.plans[g];
+        let rows = &mut self.rows[g];
+        for (&i, &code) in kept.iter().zip(codes) {
+            let (et, pt) = (event_time(i), processed_at(i));
             rows.code.push(code);
             rows.event_time.push(et);
             if plan.carry.processed_at {
@@ -560,7 +640,7 @@ impl Sweep {
             }
         }
         for (c, src) in inputs.iter().enumerate() {
-            if !rows.inputs[c].extend(*src, &kept) {
+            if !rows.inputs[c].extend(*src, kept) {
                 return Err(KernelError::Sweep(format!(
                     "payload field {:?} changed type between event-log files",
                     self.groups[g]
@@ -571,6 +651,31 @@ impl Sweep {
             }
         }
         Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn keep_rows(
+        &mut self,
+        g: usize,
+        partition: i32,
+        candidates: &[usize],
+        keys: &[Option<&Column>],
+        inputs: &[Option<&Column>],
+        offset: impl Fn(usize) -> i64,
+        event_time: impl Fn(usize) -> i64,
+        processed_at: impl Fn(usize) -> i64,
+    ) -> Result<(), KernelError> {
+        let (kept, codes) = self.select_rows(g, candidates, keys, &event_time, &processed_at);
+        self.push_rows(
+            g,
+            partition,
+            &kept,
+            &codes,
+            inputs,
+            offset,
+            event_time,
+            processed_at,
+        )
     }
 
     /// Sweep every request; per request, one [`OutColumn`] per wanted aggregation.

@@ -2,7 +2,7 @@
 //! `engine.backfill`. Files and columns go in once per file or chunk; the GIL is released
 //! while the core decodes and sweeps.
 
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -117,17 +117,28 @@ type ViewArgs = (usize, Vec<AggArgs>, Vec<usize>, Option<i64>);
 
 #[pyclass(module = "engine._native", name = "Sweep")]
 pub struct PySweep {
-    inner: Mutex<Option<Sweep>>,
+    inner: RwLock<Option<Sweep>>,
 }
 
 impl PySweep {
     fn with<T>(&self, f: impl FnOnce(&mut Sweep) -> PyResult<T>) -> PyResult<T> {
         let mut guard = self
             .inner
-            .lock()
+            .write()
             .map_err(|_| err("a sweep call panicked earlier"))?;
         f(guard
             .as_mut()
+            .ok_or_else(|| err("this sweep has finished"))?)
+    }
+
+    /// Shared access: calls that only read (selecting a file's records) run at once.
+    fn read<T>(&self, f: impl FnOnce(&Sweep) -> PyResult<T>) -> PyResult<T> {
+        let guard = self
+            .inner
+            .read()
+            .map_err(|_| err("a sweep call panicked earlier"))?;
+        f(guard
+            .as_ref()
             .ok_or_else(|| err("this sweep has finished"))?)
     }
 }
@@ -226,7 +237,7 @@ impl PySweep {
         )
         .map_err(err)?;
         Ok(PySweep {
-            inner: Mutex::new(Some(sweep)),
+            inner: RwLock::new(Some(sweep)),
         })
     }
 
@@ -253,9 +264,16 @@ impl PySweep {
         let batch = py
             .detach(|| decode_log_file(bytes, &projection))
             .map_err(err)?;
+        // selecting (key lookups) under the shared lock, appending under the exclusive one
+        let selection = py.detach(|| {
+            self.read(|s| {
+                s.select_log_batch(source, &batch, after_offset, ts_field, divisor)
+                    .map_err(err)
+            })
+        })?;
         py.detach(|| {
             self.with(|s| {
-                s.add_log_batch(source, partition, &batch, after_offset, ts_field, divisor)
+                s.add_selection(partition, &batch, &selection, ts_field)
                     .map_err(err)
             })
         })
@@ -318,7 +336,7 @@ impl PySweep {
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Vec<Vec<Bound<'py, PyTuple>>>> {
         let taken = self
             .inner
-            .lock()
+            .write()
             .map_err(|_| err("a sweep call panicked earlier"))?
             .take();
         let sweep = taken.ok_or_else(|| err("this sweep has finished"))?;
