@@ -36,7 +36,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast
 
 import fastavro
 import fsspec
@@ -56,6 +56,8 @@ __all__ = [
     "EventLogWriter",
     "envelope_schema",
 ]
+
+_Job = TypeVar("_Job")
 
 Codec = Literal["null", "deflate"]
 """Avro block codecs that need no extra package."""
@@ -386,7 +388,7 @@ class EventLogWriter:
         offs = _int64s(offsets)
         times = _int64s(event_time_ms)
         processed = _int64s(processed_at_ms)
-        jobs: list[tuple[int, EnvelopeColumns, np.ndarray]] = []
+        jobs: list[tuple[int, tuple[EnvelopeColumns, np.ndarray]]] = []
         for partition in sorted(set(parts.tolist())):
             self._check_partition(partition)
             idx = np.flatnonzero(parts == partition)
@@ -415,31 +417,12 @@ class EventLogWriter:
                 processed_at_ms=processed[rows],
                 payload=payload,
             )
-            jobs.append((partition, batch, rows))
-
-        def write(job: tuple[int, EnvelopeColumns, np.ndarray]) -> tuple[str, EventLogError | None]:
-            try:
-                return self._write_columns(*job), None
-            except EventLogError as exc:
-                return "", exc
-
-        if self._local and len(jobs) > 1:
-            outcomes = list(_writer_pool().map(write, jobs))
-        else:
-            outcomes = [write(job) for job in jobs]
-        written: list[str] = []
-        failure: EventLogError | None = None
-        for (partition, batch, _), (path, error) in zip(jobs, outcomes, strict=True):
-            if error is None:
-                written.append(path)
-                self._high[partition] = int(batch.offsets[-1])
-            else:
-                self._high.pop(partition, None)
-                self._history_high.pop(partition, None)
-                failure = failure or error
-        if failure is not None:
-            raise failure
-        return written
+            jobs.append((partition, (batch, rows)))
+        return self._write_partitions(
+            jobs,
+            lambda partition, job: self._write_columns(partition, *job),
+            lambda job: int(job[0].offsets[-1]),
+        )
 
     def append(self, records: Sequence[Envelope]) -> list[str]:
         """Durably write ``records``, one new file per partition; return the paths written.
@@ -458,33 +441,47 @@ class EventLogWriter:
         # Validate and dedup every partition before writing any of them.
         batches = [(p, self._fresh(p, by_partition[p])) for p in sorted(by_partition)]
         batches = [(p, fresh) for p, fresh in batches if fresh]
-        if self._local and len(batches) > 1:
-            # The partitions' files are written at once: their fsyncs then share the
-            # filesystem's journal commits instead of waiting for one each, in turn.
-            outcomes = list(_writer_pool().map(self._write_outcome, batches))
+        return self._write_partitions(batches, self._write, lambda fresh: fresh[-1].offset)
+
+    def _write_partitions(
+        self,
+        jobs: Sequence[tuple[int, _Job]],
+        write: Callable[[int, _Job], str],
+        last_of: Callable[[_Job], int],
+    ) -> list[str]:
+        """Write one file per ``(partition, job)``; return the paths written.
+
+        On a local filesystem the partitions' files are written at once: their fsyncs then
+        share the filesystem's journal commits instead of waiting for one each, in turn. A
+        written partition's high-water mark moves to ``last_of(job)``; a failed one keeps no
+        new file, and its cached marks are forgotten (the rename may have landed before the
+        failure, e.g. a failed folder fsync) so the next call re-learns them from storage.
+        The first failure is raised after every partition was tried.
+        """
+
+        def attempt(item: tuple[int, _Job]) -> tuple[str, EventLogError | None]:
+            try:
+                return write(*item), None
+            except EventLogError as exc:
+                return "", exc
+
+        if self._local and len(jobs) > 1:
+            outcomes = list(_writer_pool().map(attempt, jobs))
         else:
-            outcomes = [self._write_outcome(batch) for batch in batches]
+            outcomes = [attempt(item) for item in jobs]
         written: list[str] = []
         failure: EventLogError | None = None
-        for (partition, fresh), (path, error) in zip(batches, outcomes, strict=True):
+        for (partition, job), (path, error) in zip(jobs, outcomes, strict=True):
             if error is None:
                 written.append(path)
-                self._high[partition] = fresh[-1].offset
+                self._high[partition] = last_of(job)
             else:
-                # The rename may have landed before the failure (e.g. a failed folder
-                # fsync): forget the cached marks so the next call re-learns them from storage.
                 self._high.pop(partition, None)
                 self._history_high.pop(partition, None)
                 failure = failure or error
         if failure is not None:
             raise failure
         return written
-
-    def _write_outcome(self, batch: tuple[int, list[Envelope]]) -> tuple[str, EventLogError | None]:
-        try:
-            return self._write(*batch), None
-        except EventLogError as exc:
-            return "", exc
 
     def _check_partition(self, partition: int) -> None:
         if not 0 <= partition < 2**31:
