@@ -28,6 +28,7 @@ int-milliseconds rule.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
@@ -71,7 +72,12 @@ _META_RECORDS = "skewless.records"
 _OFFSET_DIGITS = 20
 _MAX_OFFSET = 10**_OFFSET_DIGITS - 1
 _TMP_PREFIX = ".tmp-"
-_FILE_RE = re.compile(r"^(-?\d{20})-(-?\d{20})\.avro$")
+# <first>-<last>.avro (no owner epoch: imports, workers before owner epochs) or
+# <first>-<last>.e<epoch>.avro (written by the owner of the partition's epoch <epoch>)
+_FILE_RE = re.compile(r"^(-?\d{20})-(-?\d{20})(?:\.e(\d+))?\.avro$")
+# an owner epoch's start marker: the epoch's owner logs from offset <start> on (empty file)
+_MARKER_PREFIX = "_epoch-"
+_MARKER_RE = re.compile(r"^_epoch-(\d+)-from-(-?\d+)$")
 _BEFORE_ALL = -(10**_OFFSET_DIGITS)  # below every offset a file name can hold
 _RELISTS = 20  # listings of one partition read before files vanishing under it is an error
 
@@ -216,6 +222,7 @@ class EventLogWriter:
         )
         self._high: dict[int, int | None] = {}
         self._history_high: dict[int, int | None] = {}
+        self._epoch: dict[int, int] = {}  # owner epoch per partition (begin_epoch); 0: none
 
     @property
     def source(self) -> str:
@@ -514,34 +521,58 @@ class EventLogWriter:
         return f"{self._dir}/{_PARTITION_PREFIX}{partition}"
 
     def _scan_partition(self, partition: int) -> tuple[int | None, int | None]:
-        """Learn a partition's highest history offset (< 0) and highest offset from its file
-        names; remove stale temp files."""
+        """Learn a partition's highest history offset (< 0) and highest offset from its live
+        file names (files of fenced owner epochs do not count: ``read_listing``).
+
+        Temp files are left alone: one may be another writer's in-flight file (a zombie's,
+        whose file the epoch rule will ignore); compaction removes old ones."""
         folder = self._partition_dir(partition)
         try:
-            names = _list_names(self._fs, folder)
-            history: int | None = None
-            high: int | None = None
-            for name in names:
-                match = _FILE_RE.match(name)
-                if match:
-                    last = int(match.group(2))
-                    if high is None or last > high:
-                        high = last
-                    if last < 0 and (history is None or last > history):
-                        history = last
-                elif name.startswith(_TMP_PREFIX):
-                    _remove_quietly(self._fs, f"{folder}/{name}")
+            listing = read_listing(folder, _list_names(self._fs, folder))
         except Exception as exc:
             raise EventLogError(
                 f"cannot list event-log folder {self._url(folder)}: {exc}; check that log_root "
                 f"is reachable and readable"
             ) from exc
+        history: int | None = None
+        high: int | None = None
+        for _, last, _ in listing.live:
+            if high is None or last > high:
+                high = last
+            if last < 0 and (history is None or last > history):
+                history = last
         return history, high
+
+    def max_epoch(self, partition: int) -> int:
+        """The highest owner epoch a marker or file of ``partition`` carries (0: none)."""
+        folder = self._partition_dir(partition)
+        try:
+            return read_listing(folder, _list_names(self._fs, folder)).max_epoch
+        except Exception as exc:
+            raise EventLogError(
+                f"cannot list event-log folder {self._url(folder)}: {exc}; check that log_root "
+                f"is reachable and readable"
+            ) from exc
+
+    def begin_epoch(self, partition: int, epoch: int, start: int) -> None:
+        """Start owner ``epoch`` of ``partition``: from now on this writer's files carry it,
+        and a durable marker says that this epoch logs from offset ``start`` on, so readers
+        ignore what an earlier (fenced) owner wrote at or past ``start``
+        (docs/reliability.md#owner-epochs). The partition's high-water mark is re-learned."""
+        self._check_partition(partition)
+        if epoch < 1:
+            raise EventLogError(f"owner epoch must be at least 1, got {epoch}")
+        folder = self._partition_dir(partition)
+        final = f"{folder}/{marker_name(epoch, start)}"
+        self._commit(partition, final, lambda out: None)
+        self._epoch[partition] = epoch
+        self._high.pop(partition, None)
+        self._history_high.pop(partition, None)
 
     def _write(self, partition: int, recs: list[Envelope]) -> str:
         """Write one partition's file under a temp name, make it durable, then rename it."""
         folder = self._partition_dir(partition)
-        name = f"{_offset_name(recs[0].offset)}-{_offset_name(recs[-1].offset)}.avro"
+        name = file_name(recs[0].offset, recs[-1].offset, self._epoch.get(partition, 0))
         final = f"{folder}/{name}"
         tmp = f"{folder}/{_TMP_PREFIX}{uuid.uuid4().hex}.avro"
         rows = _rows(recs)
@@ -588,7 +619,7 @@ class EventLogWriter:
         offsets = _int64s(batch.offsets)
         first, last = int(offsets[0]), int(offsets[-1])
         folder = self._partition_dir(partition)
-        final = f"{folder}/{_offset_name(first)}-{_offset_name(last)}.avro"
+        final = f"{folder}/{file_name(first, last, self._epoch.get(partition, 0))}"
         metadata = {
             _META_VERSION: ENVELOPE_VERSION,
             _META_SOURCE: self._source,
@@ -846,14 +877,11 @@ class EventLogReader:
         return entries
 
     def _files(self, source: str, partition: int) -> list[tuple[int, int, str]]:
-        """Final files of a partition as (first, last, fs path), sorted by offsets."""
+        """Live files of a partition as (first, last, fs path), sorted by offsets: files of
+        fenced owner epochs are left out (``read_listing``)."""
         folder = self._partition_dir(source, partition)
-        files = []
-        for name, _, _ in self._entries(folder) or []:
-            match = _FILE_RE.match(name)
-            if match:
-                files.append((int(match.group(1)), int(match.group(2)), f"{folder}/{name}"))
-        return uncovered(files)
+        names = [name for name, _, _ in self._entries(folder) or []]
+        return read_listing(folder, names).live
 
     def _entries(self, folder: str) -> list[tuple[str, str, int]] | None:
         """(name, type, size) of a folder's children, or ``None`` if the folder is missing."""
@@ -896,6 +924,89 @@ class _Reading:
 
     def __init__(self, last: int) -> None:
         self.last = last
+
+
+def epoch_of(name: str) -> int | None:
+    """The owner epoch of a log file name (0 for a file without one), None if not a log file."""
+    match = _FILE_RE.match(name)
+    if match is None:
+        return None
+    return int(match.group(3) or 0)
+
+
+def file_name(first: int, last: int, epoch: int = 0) -> str:
+    """The name of a log file of offsets ``first..last`` written under owner ``epoch``."""
+    tail = f".e{epoch}" if epoch else ""
+    return f"{_offset_name(first)}-{_offset_name(last)}{tail}.avro"
+
+
+def marker_name(epoch: int, start: int) -> str:
+    """The name of the marker saying that owner ``epoch`` logs from offset ``start`` on."""
+    return f"{_MARKER_PREFIX}{epoch}-from-{start}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listing:
+    """A partition folder read with the owner-epoch rule (docs/reliability.md#owner-epochs).
+
+    Each epoch's marker names the offset its owner logs from; a file of epoch ``e`` whose
+    first offset is at or past the start of any later epoch was written by an owner that
+    had been fenced (a zombie, or a worker killed before its commit): readers ignore it.
+    """
+
+    live: list[tuple[int, int, str]]  # (first, last, path), read in this order
+    fenced: list[str]  # paths readers ignore; compaction deletes them
+    sealed_below: int | None  # the latest epoch's start: no later marker can fence below it
+    max_epoch: int  # highest epoch of a marker or file (0: none)
+
+
+def read_listing(folder: str, names: Iterable[str]) -> Listing:
+    """Split a partition folder's ``names`` into live and fenced files (see ``Listing``)."""
+    files: list[tuple[int, int, int, str]] = []
+    starts: dict[int, int] = {}
+    for name in names:
+        match = _FILE_RE.match(name)
+        if match:
+            epoch = int(match.group(3) or 0)
+            files.append((int(match.group(1)), int(match.group(2)), epoch, f"{folder}/{name}"))
+            continue
+        marker = _MARKER_RE.match(name)
+        if marker:
+            epoch, start = int(marker.group(1)), int(marker.group(2))
+            starts[epoch] = min(start, starts.get(epoch, start))
+    limit = _epoch_limits(starts)
+    live: list[tuple[int, int, str]] = []
+    fenced: list[str] = []
+    for first, last, epoch, path in files:
+        if first >= limit(epoch):
+            fenced.append(path)
+        else:
+            live.append((first, last, path))
+    newest = max(starts) if starts else None
+    return Listing(
+        live=uncovered(live),
+        fenced=sorted(fenced),
+        sealed_below=None if newest is None else starts[newest],
+        max_epoch=max([0, *starts, *(f[2] for f in files)]),
+    )
+
+
+def _epoch_limits(starts: dict[int, int]) -> Callable[[int], int]:
+    """``limit(e)``: the lowest start of an epoch later than ``e`` (no limit: past all)."""
+    ordered = sorted(starts.items())
+    suffix_min: list[int] = []
+    running = _MAX_OFFSET + 1
+    for _, start in reversed(ordered):
+        running = min(running, start)
+        suffix_min.append(running)
+    suffix_min.reverse()
+    epochs = [e for e, _ in ordered]
+
+    def limit(epoch: int) -> int:
+        i = bisect.bisect_right(epochs, epoch)
+        return suffix_min[i] if i < len(epochs) else _MAX_OFFSET + 1
+
+    return limit
 
 
 def uncovered(files: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:

@@ -40,7 +40,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -54,6 +54,7 @@ from connectors.eventlog import (
     _META_VERSION,
     _PARTITION_PREFIX,
     _SYNC_INTERVAL,
+    _TMP_PREFIX,
     ENVELOPE_VERSION,
     Codec,
     _check_header,
@@ -62,9 +63,10 @@ from connectors.eventlog import (
     _fsync_dir,
     _level,
     _list_names,
-    _offset_name,
     _remove_quietly,
-    uncovered,
+    epoch_of,
+    file_name,
+    read_listing,
 )
 from engine.errors import EventLogError
 
@@ -72,6 +74,7 @@ __all__ = ["Compaction", "EventLogCompactor"]
 
 _COMPACT_PREFIX = ".compact-"
 _LOCK_NAME = ".compact.lock"
+STALE_TEMP_S = 3600.0  # a writer's temp file older than this was left by a crash: removed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +87,8 @@ class Compaction:
     files_after: int
     records_merged: int  # records moved into new files
     leftovers_removed: int  # files inside another's range, left by an interrupted compaction
+    fenced_removed: int = 0  # files of fenced owner epochs, which readers ignore
+    temps_removed: int = 0  # writers' temp files older than STALE_TEMP_S (crashed writers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ class _File:
     last: int
     path: str
     records: int
+    epoch: int  # owner epoch of the file (0: none)
     schema: str  # the header's schema text: only files with the same schema are merged
     codec: str
 
@@ -112,9 +118,16 @@ class EventLogCompactor:
         *,
         small_records: int = 10_000,
         target_records: int = 100_000,
+        committed: int | Callable[[], int | None] | None = None,
     ) -> Compaction:
         """Merge each run of at least two consecutive files of fewer than ``small_records``
-        records into files of up to ``target_records`` records."""
+        records into files of up to ``target_records`` records.
+
+        ``committed``: the consumer group's committed offset of the partition, if known (or a
+        function giving it, called only when the partition has owner epochs).
+        With owner epochs only files that no later epoch can fence are merged: those below
+        the newest epoch's start, and those below ``committed`` (the next owner starts at a
+        committed offset, and commits only move forward)."""
         _check_source_name(source)
         if small_records < 1 or target_records < 1:
             raise EventLogError(
@@ -127,19 +140,38 @@ class EventLogCompactor:
             for name in names:
                 if name.startswith(_COMPACT_PREFIX):  # an interrupted compaction's temp file
                     _remove_quietly(self._fs, f"{folder}/{name}")
+            temps = [f"{folder}/{n}" for n in names if n.startswith(_TMP_PREFIX)]
+            stale = [path for path in temps if self._older_than(path, STALE_TEMP_S)]
+            for path in stale:
+                _remove_quietly(self._fs, path)
             listed = []
             for name in names:
                 match = _FILE_RE.match(name)
                 if match:
                     listed.append((int(match.group(1)), int(match.group(2)), f"{folder}/{name}"))
-            kept = uncovered(listed)
-            leftovers = {path for _, _, path in listed} - {path for _, _, path in kept}
+            listing = read_listing(folder, names)
+            for path in listing.fenced:  # readers ignore them: an owner that had been fenced
+                self._fs.rm_file(path)
+            kept = listing.live
+            leftovers = (
+                {path for _, _, path in listed}
+                - {path for _, _, path in kept}
+                - set(listing.fenced)
+            )
             for path in sorted(leftovers):
                 self._fs.rm_file(path)
             files = [self._describe(first, last, path) for first, last, path in kept]
             merged = 0
             after = len(files)
-            for run in _runs(files, small_records, target_records):
+            # Files the partition's current owner may still be fenced within stay as they are:
+            # only what lies below the newest epoch's start is sealed (the next epoch starts
+            # at or after it). A partition without owner epochs is merged as before.
+            sealed = listing.sealed_below
+            if sealed is not None:
+                offset = committed() if callable(committed) else committed
+                if offset is not None:
+                    sealed = max(sealed, offset)
+            for run in _runs(files, small_records, target_records, sealed):
                 self._merge(folder, source, run)
                 merged += sum(f.records for f in run)
                 after -= len(run) - 1
@@ -150,6 +182,8 @@ class EventLogCompactor:
             files_after=after,
             records_merged=merged,
             leftovers_removed=len(leftovers),
+            fenced_removed=len(listing.fenced),
+            temps_removed=len(stale),
         )
 
     def _describe(self, first: int, last: int, path: str) -> _File:
@@ -163,6 +197,7 @@ class EventLogCompactor:
                     last=last,
                     path=path,
                     records=int(meta.get(_META_RECORDS, "0")),
+                    epoch=epoch_of(path.rsplit("/", 1)[-1]) or 0,
                     schema=str(meta.get("avro.schema", "")),
                     codec=str(meta.get("avro.codec", "null")),
                 )
@@ -175,7 +210,8 @@ class EventLogCompactor:
             ) from exc
 
     def _merge(self, folder: str, source: str, run: list[_File]) -> None:
-        final = f"{folder}/{_offset_name(run[0].first)}-{_offset_name(run[-1].last)}.avro"
+        epoch = max(f.epoch for f in run)  # the run's valid records stay valid under it
+        final = f"{folder}/{file_name(run[0].first, run[-1].last, epoch)}"
         tmp = f"{folder}/{_COMPACT_PREFIX}{uuid.uuid4().hex}.avro"
         expected = sum(f.records for f in run)
         counted = [0]
@@ -236,6 +272,21 @@ class EventLogCompactor:
                     counted[0] += 1
                     yield rec
 
+    def _older_than(self, path: str, seconds: float) -> bool:
+        """Whether ``path`` was last modified more than ``seconds`` ago (False if unknown)."""
+        import time
+
+        try:
+            info = self._fs.info(path)
+        except FileNotFoundError:
+            return False
+        stamp = info.get("mtime") or info.get("created") or info.get("LastModified")
+        if stamp is None:
+            return False
+        if hasattr(stamp, "timestamp"):
+            stamp = stamp.timestamp()
+        return time.time() - float(stamp) > seconds
+
     @contextlib.contextmanager
     def _locked(self, folder: str) -> Iterator[None]:
         if not self._local:
@@ -263,12 +314,19 @@ class EventLogCompactor:
         return self._root + fs_path[len(self._root_path) :]
 
 
-def _runs(files: list[_File], small: int, target: int) -> Iterator[list[_File]]:
+def _runs(
+    files: list[_File], small: int, target: int, sealed_below: int | None = None
+) -> Iterator[list[_File]]:
     """Runs of at least two consecutive small files with one schema and codec, each run
-    holding at most ``target`` records."""
+    holding at most ``target`` records; with ``sealed_below``, only files wholly below it."""
     run: list[_File] = []
     total = 0
     for f in files:
+        if sealed_below is not None and f.last >= sealed_below:
+            if len(run) >= 2:
+                yield run
+            run, total = [], 0
+            continue
         fits = (
             f.records < small
             and run

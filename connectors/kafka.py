@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import confluent_kafka
 from confluent_kafka import (
     Consumer,
     ConsumerGroupTopicPartitions,
@@ -65,6 +67,7 @@ DLQ_HEADERS = (
     "skewless.source_offset",
 )
 _MAX_REASON_BYTES = 4096
+_CGMD_MAGIC = b"CGMDv2:"  # librdkafka's serialized consumer group metadata, version 2
 _LIBRDKAFKA_LOG = logging.getLogger("skewless.kafka.librdkafka")
 log = logging.getLogger("skewless.kafka")
 
@@ -558,8 +561,14 @@ class KafkaBatchConsumer:
             settings.consumer_config(group, on_commit=self._on_commit, **overrides),
         )
 
-        def assign(_c: Any, parts: list[TopicPartition]) -> None:
+        def assign(consumer: Any, parts: list[TopicPartition]) -> None:
             on_assign([(tp.topic, tp.partition) for tp in parts])
+            # librdkafka keeps a partition's pause across assignments: one paused while this
+            # worker backed off, then revoked and given back, would stay paused for good
+            # (issue 11). Assign here (the binding then skips its own assign) and resume.
+            consumer.assign(parts)
+            if parts:
+                consumer.resume(parts)
 
         def revoke(_c: Any, parts: list[TopicPartition]) -> None:
             on_revoke([(tp.topic, tp.partition) for tp in parts])
@@ -670,6 +679,23 @@ class KafkaBatchConsumer:
 
     def assignment(self) -> list[Partition]:
         return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+
+    def generation(self) -> int | None:
+        """The consumer-group generation of the current assignment, or None before the first.
+
+        Read from librdkafka's consumer group metadata (``rd_kafka_consumer_group_metadata``,
+        serialized as ``CGMDv2:`` + the generation id in host byte order + group id + member
+        id); Kafka gives every rebalance a higher generation (engine/stream/ownership.py).
+        """
+        raw = self._consumer.consumer_group_metadata()
+        if not isinstance(raw, bytes) or not raw.startswith(_CGMD_MAGIC):
+            raise KafkaUnavailable(
+                f"{self.settings.describe()}: unexpected consumer group metadata from "
+                f"librdkafka {confluent_kafka.libversion()[0]} (expected {_CGMD_MAGIC!r}…); "
+                "owner epochs need the group generation"
+            )
+        (generation,) = struct.unpack_from("=i", raw, len(_CGMD_MAGIC))
+        return generation if generation > 0 else None
 
     def pause_all(self) -> None:
         """Stop fetching from every assigned partition (``poll_batch`` still serves rebalances)."""

@@ -1,6 +1,7 @@
 """The Redis online store: ``engine.ports.OnlineStateStore`` over redis-py, one round trip per call.
 
-Every call is one round trip: ``load`` pipelines one ``HGETALL`` per key, ``write`` applies
+Every call is one round trip: ``load`` pipelines one ``HGETALL`` per key (``load_and_probe``
+adds one ``EXISTS`` per probed key: the online reader's view markers), ``write`` applies
 (in Lua chunks, or a pipeline where scripts are not allowed) per entity one ``HSET`` (tiles,
 fence, write time and journal together, so a reader or a replaying worker never sees tiles
 without their fence), an ``HDEL`` of evicted tiles and the
@@ -29,6 +30,7 @@ from engine.errors import (
     OnlineStoreAuthError,
     OnlineStoreUnavailable,
     OnlineWriteConflict,
+    OwnerFenced,
 )
 from engine.online import keyspace_pattern
 from engine.online_read import Held
@@ -58,6 +60,54 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
+# Owner epochs (docs/reliability.md#owner-epochs): one hash per (consumer group, topic,
+# partition), {gen: the consumer-group generation of the last take, epoch: the epoch it got}.
+# A take under generation ARGV[2i-1] succeeds unless a later generation took the partition
+# (then it returns minus that generation); the epoch is one above both the stored one and the
+# log's highest (ARGV[2i]), so epochs only grow even after Redis lost the register.
+_TAKE_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  local gen = tonumber(ARGV[2 * i - 1])
+  local floor = tonumber(ARGV[2 * i])
+  local cur = redis.call('HMGET', KEYS[i], 'gen', 'epoch')
+  local cgen = tonumber(cur[1])
+  if cgen and cgen > gen then
+    out[i] = -cgen
+  else
+    local e = math.max(tonumber(cur[2]) or 0, floor) + 1
+    redis.call('HSET', KEYS[i], 'gen', gen, 'epoch', e)
+    out[i] = e
+  end
+end
+return out
+"""
+# The fence every fenced script starts with: ARGV ends with n (register key, epoch) pairs and
+# n; a register holding another epoch refuses the whole call (nothing applied) and names
+# itself. A missing register (Redis lost it) passes: the watermarks catch lost state.
+_FENCE_LUA = """
+local nfence = tonumber(ARGV[#ARGV])
+local stale = {}
+for j = #ARGV - 2 * nfence, #ARGV - 1, 2 do
+  local cur = redis.call('HGET', ARGV[j], 'epoch')
+  if cur and cur ~= ARGV[j + 1] then stale[#stale + 1] = ARGV[j] end
+end
+if #stale > 0 then
+  table.insert(stale, 1, 'fenced')
+  return stale
+end
+"""
+# Watermarks swapped (SET … GET) under the fence, after the entity writes of the batch.
+_MARK_LUA = (
+    _FENCE_LUA
+    + """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('SET', KEYS[i], ARGV[i], 'GET') end
+return out
+"""
+)
+_FENCED = b"fenced"
+
 # Entity writes of one batch chunk (see RedisOnlineStore.write), one per key in KEYS; ARGV
 # holds per key: field count, delete count, expiry (ms; empty = no expiry), the check (''
 # none, '0' the field must be absent, '1' it must hold the value), the checked field and
@@ -65,8 +115,12 @@ return redis.call('HGETALL', KEYS[1])
 # holds something else — neither the expected value nor what this write sets (a retried
 # write) — is skipped and its index returned; an absent field passes (the key expired, or
 # Redis lost it: the watermarks tell those apart). Otherwise the same commands as the
-# pipeline fallback.
-_WRITE_LUA = """
+# pipeline fallback. ARGV ends with the fence (``_FENCE_LUA``).
+_WRITE_LUA = (
+    """
+"""
+    + _FENCE_LUA
+    + """
 local function each(cmd, key, first, last)
   -- unpack() is bounded by Lua's stack: send long argument lists in slices (even sizes)
   for s = first, last, 1000 do
@@ -108,6 +162,7 @@ for i = 1, #KEYS do
 end
 return refused
 """
+)
 _WRITE_CHUNK_ARGS = 4000  # arguments per script call: each call blocks Redis ~1 ms at most
 
 START_HINT = (
@@ -260,7 +315,11 @@ class RedisOnlineStore:
         return [_hash(reply) for reply in replies]
 
     def write(
-        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+        self,
+        writes: Sequence[StateWrite],
+        marks: Sequence[Watermark] = (),
+        *,
+        fence: Sequence[tuple[str, int]] = (),
     ) -> list[bytes | None]:
         """Apply every write in one round trip; each entity's fields are set by one ``HSET``.
 
@@ -271,13 +330,29 @@ class RedisOnlineStore:
         ``_WRITE_CHUNK_ARGS`` arguments' worth of entity writes each (so Redis is never
         blocked long) — one reply per chunk instead of three or four per entity. A user
         whose ACL forbids scripts gets the same commands as a plain pipeline.
+
+        ``fence``: (owner-register key, epoch) pairs (``take_epochs``). Every script call
+        first checks that each register still holds its epoch; a call that finds a later
+        one applies nothing, and ``OwnerFenced`` is raised after the round trip. Without
+        scripting the whole call runs as one ``MULTI`` under ``WATCH`` of the registers.
         """
         if not writes and not marks:
             return []
-        done = self._scripted(lambda: self._write_scripted(writes, marks), "write (EVALSHA)")
+        done = self._scripted(lambda: self._write_scripted(writes, marks, fence), "write (EVALSHA)")
         if done is not None:
             return done
+        if fence:
+            return self._write_watched(writes, marks, fence)
         pipe = self._client.pipeline(transaction=False)
+        self._queue(pipe, writes, marks)
+        try:
+            replies = pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("write pipeline", exc)
+        return cast(list[bytes | None], replies[len(replies) - len(marks) :])
+
+    @staticmethod
+    def _queue(pipe: Any, writes: Sequence[StateWrite], marks: Sequence[Watermark]) -> None:
         for w in writes:
             if w.fields:
                 pipe.hset(w.key, mapping=cast(Mapping[Any, Any], w.fields))
@@ -290,14 +365,84 @@ class RedisOnlineStore:
                 pipe.pexpireat(w.key, w.expire_at_ms, gt=True)
         for mark in marks:
             pipe.set(mark.key, mark.value, get=True)
+
+    def _write_watched(
+        self,
+        writes: Sequence[StateWrite],
+        marks: Sequence[Watermark],
+        fence: Sequence[tuple[str, int]],
+    ) -> list[bytes | None]:
+        """The fenced write without scripting: ``WATCH`` the registers, check, ``MULTI``."""
+        keys = [key for key, _ in fence]
+        for _ in range(3):  # a take between WATCH and EXEC aborts the transaction: check again
+            try:
+                with self._client.pipeline(transaction=True) as pipe:
+                    pipe.watch(*keys)  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    held = [pipe.hget(key, "epoch") for key in keys]
+                    stale = [
+                        key
+                        for (key, epoch), cur in zip(fence, held, strict=True)
+                        if cur is not None and int(cur) != epoch
+                    ]
+                    if stale:
+                        raise OwnerFenced(stale)
+                    pipe.multi()
+                    self._queue(pipe, writes, marks)
+                    replies = pipe.execute()
+                return cast(list[bytes | None], replies[len(replies) - len(marks) :])
+            except redis.exceptions.WatchError:
+                continue
+            except redis.exceptions.RedisError as exc:
+                self._unavailable("write transaction", exc)
+        raise OwnerFenced(keys)  # the registers kept moving: another owner is taking them
+
+    def take_epochs(
+        self, keys: Sequence[str], generation: int, floors: Sequence[int]
+    ) -> list[int | None]:
+        """Take a new owner epoch for each register key under consumer-group ``generation``;
+        None where a later generation took it (this worker is a zombie). ``floors[i]``: the
+        highest epoch the event log already knows for that partition. One round trip."""
+        if not keys:
+            return []
+        args = [b"%d" % v for pair in zip([generation] * len(keys), floors, strict=True)
+                for v in pair]  # fmt: skip
+        encoded = [k.encode() for k in keys]
         try:
-            replies = pipe.execute()
+            got = self._scripted(
+                lambda: self._run_packed([(_TAKE_LUA, (b"%d" % len(keys), *encoded, *args))])[0],
+                "EVALSHA",
+            )
         except redis.exceptions.RedisError as exc:
-            self._unavailable("write pipeline", exc)
-        return cast(list[bytes | None], replies[len(replies) - len(marks) :])
+            self._unavailable("owner epoch take", exc)
+        if got is None:  # no scripting: the same under WATCH/MULTI, key by key
+            got = [self._take_watched(key, generation, floor) for key, floor in
+                   zip(keys, floors, strict=True)]  # fmt: skip
+        return [int(e) if int(e) > 0 else None for e in got]
+
+    def _take_watched(self, key: str, generation: int, floor: int) -> int:
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)  # type: ignore[no-untyped-call]  # untyped in redis-py
+                        cur_gen, cur_epoch = pipe.hmget(key, ["gen", "epoch"])
+                        if cur_gen is not None and int(cur_gen) > generation:
+                            return -int(cur_gen)
+                        epoch = max(int(cur_epoch or 0), floor) + 1
+                        pipe.multi()
+                        pipe.hset(key, mapping={"gen": generation, "epoch": epoch})
+                        pipe.execute()
+                        return epoch
+                    except redis.exceptions.WatchError:
+                        continue
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("owner epoch take", exc)
 
     def _write_scripted(
-        self, writes: Sequence[StateWrite], marks: Sequence[Watermark]
+        self,
+        writes: Sequence[StateWrite],
+        marks: Sequence[Watermark],
+        fence: Sequence[tuple[str, int]] = (),
     ) -> list[bytes | None]:
         original = writes if isinstance(writes, PackedWrites) else None
         packed: list[tuple[int, int, int, bytes]] = []
@@ -331,14 +476,37 @@ class RedisOnlineStore:
             size += 7 + 2 * len(fields) + len(w.delete)
         if keys:
             chunks.append((keys, argv))
+        suffix = [b for key, epoch in fence for b in (key.encode(), b"%d" % epoch)]
+        suffix.append(b"%d" % len(fence))
+        tail = b"".join(b"$%d\r\n%s\r\n" % (len(b), b) for b in suffix)
         commands: list[tuple[str | None, Sequence[bytes] | _Prepacked]] = [
-            (_WRITE_LUA, _Prepacked(elements, body)) for elements, _, _, body in packed
+            (_WRITE_LUA, _Prepacked(elements + len(suffix), body + tail))
+            for elements, _, _, body in packed
         ]
-        commands.extend((_WRITE_LUA, (b"%d" % len(k), *k, *a)) for k, a in chunks)
-        commands.extend((None, (b"SET", mark.key.encode(), mark.value, b"GET")) for mark in marks)
+        commands.extend((_WRITE_LUA, (b"%d" % len(k), *k, *a, *suffix)) for k, a in chunks)
+        if fence and marks:  # the marks move only while this worker is still the owner
+            mark_keys = [mark.key.encode() for mark in marks]
+            commands.append(
+                (_MARK_LUA, (b"%d" % len(marks), *mark_keys, *(m.value for m in marks), *suffix))
+            )
+        else:
+            commands.extend(
+                (None, (b"SET", mark.key.encode(), mark.value, b"GET")) for mark in marks
+            )
         replies = self._run_packed(commands)
         scripts = len(packed) + len(chunks)
-        previous = [r if isinstance(r, bytes) else None for r in replies[scripts:]]
+        fenced = sorted(
+            {
+                key.decode()
+                for reply in replies
+                if isinstance(reply, list) and reply and reply[0] == _FENCED
+                for key in reply[1:]
+            }
+        )
+        if fenced:
+            raise OwnerFenced(fenced)
+        marks_replies = replies[scripts] if fence and marks else replies[scripts:]
+        previous = [r if isinstance(r, bytes) else None for r in marks_replies]
         refused = (
             [
                 original.key(first + int(i) - 1)
@@ -431,7 +599,7 @@ class RedisOnlineStore:
         if not keys:
             return []
         if any(h is not None for h in held):
-            got = self._scripted(lambda: self._load_changed(keys, held), "EVALSHA")
+            got = self._scripted(lambda: self._load_changed(keys, held)[0], "EVALSHA")
             if got is not None:
                 return got
         return list(self.load(keys))
@@ -449,9 +617,23 @@ class RedisOnlineStore:
         except redis.exceptions.RedisError as exc:
             self._unavailable(what, exc)
 
+    def load_and_probe(
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
+    ) -> tuple[list[dict[bytes, bytes] | None], list[bool]]:
+        """``load_changed(keys, held)`` and whether each key of ``probes`` exists (one
+        ``EXISTS`` each), in the same round trip (``engine.online_read.ProbingStore``)."""
+        if any(h is not None for h in held):
+            got = self._scripted(lambda: self._load_changed(keys, held, probes), "EVALSHA")
+            if got is not None:
+                return got
+        try:  # no script among the commands: nothing to fall back from
+            return self._load_changed(keys, [None] * len(keys), probes)
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("HGETALL", exc)
+
     def _load_changed(
-        self, keys: Sequence[str], held: Sequence[Held | None]
-    ) -> list[dict[bytes, bytes] | None]:
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str] = ()
+    ) -> tuple[list[dict[bytes, bytes] | None], list[bool]]:
         # Packed by hand and sent on one pooled connection: redis-py's pure-Python packer
         # costs more than the whole round trip for 100 scripts of ~8 arguments each.
         commands: list[tuple[str | None, Sequence[bytes]]] = []
@@ -465,8 +647,11 @@ class RedisOnlineStore:
                 commands.append(
                     (_REVALIDATE_LUA, (b"1", name, b"%d" % count, blob, *(n for n, _ in pairs)))
                 )
+        commands.extend((None, (b"EXISTS", key.encode())) for key in probes)
+        replies = self._run_packed(commands)
         # an integer reply (1): unchanged since the caller's read
-        return [None if isinstance(r, int) else _hash(r) for r in self._run_packed(commands)]
+        hashes = [None if isinstance(r, int) else _hash(r) for r in replies[: len(keys)]]
+        return hashes, [bool(r) for r in replies[len(keys) :]]
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -537,7 +722,7 @@ class RedisOnlineStore:
         if isinstance(exc, redis.exceptions.NoPermissionError):
             hint = (
                 f"the Redis user {self.user!r} lacks a permission skewless needs (HGETALL, HSET, "
-                "HDEL, PEXPIREAT, PERSIST, SET, SCAN, UNLINK)"
+                "HDEL, PEXPIREAT, PERSIST, SET, EXISTS, SCAN, UNLINK)"
             )
         elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
             hint = f"is it running? {START_HINT}, or set redis.url / SKEWLESS_REDIS_URL"

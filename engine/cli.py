@@ -470,6 +470,9 @@ def _timestamp_guess(df: pd.DataFrame, join_keys: set[str]) -> str | None:
     show_default="now",
     help="Evaluate the windows as of this epoch-ms time.",
 )
+@click.option(
+    "--status", "with_status", is_flag=True, help="Add a <feature>__status row per feature."
+)
 @repo_option
 def get(
     items: tuple[str, ...],
@@ -477,12 +480,14 @@ def get(
     freshness: bool,
     full_feature_names: bool,
     now_ms: int | None,
+    with_status: bool,
 ) -> int:
     """Read fresh feature values from the online store (Redis).
 
     ITEMS are view:feature refs and join keys as KEY=VALUE, in any order; repeat KEY=VALUE
-    for more entities. An entity the store holds nothing for reads as the empty-window
-    default and is marked NOT_FOUND.
+    for more entities. A value the store holds nothing for is the empty-window default (0
+    for counts and sums): it is marked (not found, no state) and a line under the table
+    says so. --status shows every value's status (docs/online.md#statuses).
     """
     import json
 
@@ -498,15 +503,26 @@ def get(
     if as_json:
         click.echo(json.dumps(response.to_json(), indent=2))
         return EXIT_OK
-    _print_table(response)
+    _print_table(response, with_status)
+    for line in _missing_lines(response, entities):
+        click.echo(line, err=True)
     return EXIT_OK
 
 
-def _print_table(response: OnlineResponse) -> None:
-    table = {
-        name: ["-" if v is None else str(v) for v in values]
-        for name, values in response.to_dict().items()
-    }
+# statuses whose value is a default standing for "nothing there": marked in the table
+_ABSENT = {"NOT_FOUND": "not found", "NO_STATE": "no state"}
+
+
+def _print_table(response: OnlineResponse, with_status: bool) -> None:
+    statuses = response.statuses
+    table: dict[str, list[str]] = {}
+    for name, values in response.to_dict(include_status=with_status).items():
+        marks = statuses.get(name)
+        table[name] = [
+            ("-" if v is None else str(v))
+            + (f" ({_ABSENT[marks[i]]})" if marks is not None and marks[i] in _ABSENT else "")
+            for i, v in enumerate(values)
+        ]
     width = max(len(name) for name in table)
     rows = len(next(iter(table.values())))
     widths = [max(len(cells[i]) for cells in table.values()) for i in range(rows)]
@@ -515,6 +531,37 @@ def _print_table(response: OnlineResponse) -> None:
             f"{name:<{width}}  "
             + "  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)).rstrip()
         )
+
+
+def _missing_lines(response: OnlineResponse, entities: dict[str, list[Any]]) -> list[str]:
+    """One line per kind of absence: which entities or views hold nothing, and what it means."""
+    statuses = response.statuses
+    rows = len(next(iter(entities.values()))) if entities else 0
+    views = response.result.plan.feature_views
+    not_found: dict[int, set[str]] = {}
+    no_state: set[str] = set()
+    for c, name in enumerate(response.columns):
+        for r, status in enumerate(statuses[name]):
+            if status == "NOT_FOUND":
+                not_found.setdefault(r, set()).add(views[c])
+            elif status == "NO_STATE":
+                no_state.add(views[c])
+    lines = []
+    if not_found:
+        who = "; ".join(
+            " ".join(f"{k}={entities[k][r]}" for k in entities) + f" in {', '.join(sorted(v))}"
+            for r, v in sorted(not_found.items())
+        )
+        lines.append(
+            f"note: {len(not_found)} of {rows} entities not found (NOT_FOUND): {who} — the "
+            "store holds no state for them; their values are the empty-window defaults"
+        )
+    if no_state:
+        lines.append(
+            f"note: view(s) {', '.join(sorted(no_state))} hold no state yet (NO_STATE): start a "
+            "worker (`skewless worker`) or run `skewless rebuild-online VIEW`; values are defaults"
+        )
+    return lines
 
 
 def _get_request(

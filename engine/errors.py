@@ -15,6 +15,7 @@ SkewlessError                      root of everything skewless raises on purpose
 │   └── OnlineStoreAuthError                  Redis refused the credentials (wrong password, ACL)
 ├── OnlineStateLost (RuntimeError) Redis lost a worker's state again and again, right after each rebuild
 ├── OnlineWriteConflict (RuntimeError) another writer moved an entity's fence since this worker read it
+├── OwnerFenced (RuntimeError)     a later owner epoch holds the partition: this worker is a zombie
 ├── KafkaUnavailable (ConnectionError)        Kafka cannot be reached, or refused a request
 └── ServicesError (RuntimeError)   the local Kafka/Redis of scripts/services.sh cannot be run
 """
@@ -36,6 +37,7 @@ __all__ = [
     "NothingToVerify",
     "OnlineStateLost",
     "OnlineWriteConflict",
+    "OwnerFenced",
     "OnlineStoreAuthError",
     "OnlineStoreUnavailable",
     "RecordRefused",
@@ -151,6 +153,23 @@ class OnlineWriteConflict(SkewlessError, RuntimeError):
             f"{len(self.keys)} entity write(s) refused: their partition fence in Redis moved "
             f"since this worker read it ({shown}); another worker owns the partition now, or "
             "Redis lost state — nothing of this batch is committed and it is retried"
+        )
+
+
+class OwnerFenced(SkewlessError, RuntimeError):
+    """A write or an owner-epoch take refused: a later owner (a later consumer-group
+    generation) holds these source partitions now, so this worker lost them without knowing
+    (a long pause, a network partition: a "zombie"). docs/reliability.md#owner-epochs.
+
+    ``keys`` are the owner-register keys refused. Nothing of the refused script call was
+    applied; the worker drops the partitions and waits for its next assignment.
+    """
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(keys)
+        super().__init__(
+            f"fenced: a later owner holds {', '.join(self.keys)}; this worker lost the "
+            "partition(s) in a rebalance it has not seen yet and writes nothing more for them"
         )
 
 

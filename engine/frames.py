@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,17 @@ import pandas as pd
 
 from engine.errors import InputDataError
 
+# ``DataFrame.attrs`` keys: the path of the file ``read_table`` read the frame from and its
+# row count, so the messages about its cells can name the file (and a CSV file's lines).
+SOURCE_PATH = "skewless.source_path"
+SOURCE_ROWS = "skewless.source_rows"
+
 
 def read_table(data: Any, *, string_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """A DataFrame from a DataFrame, or a ``.parquet`` / ``.csv`` path.
 
-    ``string_columns`` are read as text from CSV so ids like ``007`` keep their form.
+    ``string_columns`` are read as text from CSV so ids like ``007`` keep their form. A frame
+    read from a file carries its path in ``df.attrs[SOURCE_PATH]``.
     """
     if isinstance(data, pd.DataFrame):
         return data
@@ -24,17 +32,34 @@ def read_table(data: Any, *, string_columns: tuple[str, ...] = ()) -> pd.DataFra
             raise InputDataError(f"{path}: file does not exist")
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            return _from_file(pd.read_parquet(path), path)
         if suffix == ".csv":
             header = pd.read_csv(path, nrows=0).columns
             dtypes = {c: "string" for c in string_columns if c in header}
-            return pd.read_csv(path, dtype=dtypes)
+            return _from_file(pd.read_csv(path, dtype=dtypes), path)
         raise InputDataError(
             f"{path}: expected a .parquet or .csv file, got {suffix or 'no suffix'!r}"
         )
     raise InputDataError(
         f"expected a pandas DataFrame or a path to a .parquet/.csv file, got {type(data).__name__}"
     )
+
+
+def _from_file(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    df.attrs[SOURCE_PATH] = str(path)
+    df.attrs[SOURCE_ROWS] = len(df)
+    return df
+
+
+def source_path(df: pd.DataFrame) -> str | None:
+    """The file ``read_table`` read ``df`` from, while its rows are still the file's rows
+    (a CSV frame keeps the 0..n-1 index ``read_csv`` gave it: rows map to file lines)."""
+    path = df.attrs.get(SOURCE_PATH)
+    if not isinstance(path, str) or df.attrs.get(SOURCE_ROWS) != len(df):
+        return None
+    index = df.index
+    in_order = isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+    return path if in_order or not path.lower().endswith(".csv") else None
 
 
 def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
@@ -69,3 +94,40 @@ def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
             f"column {column!r}: expected datetimes or int ms since the epoch ({exc})"
         ) from exc
     return to_epoch_ms(converted, column)
+
+
+def read_csv_text(path: str | Path, column: str) -> pd.Series:
+    """One CSV column as the text of its cells (nulls where ``read_table`` reads nulls).
+
+    ``read_table`` lets pandas guess each column's type; a cell that needs judging by another
+    type is judged by its text, as written in the file.
+    """
+    return pd.read_csv(path, usecols=[column], dtype=str)[column]
+
+
+def csv_line_numbers(path: str | Path, rows: Iterable[int]) -> dict[int, int] | None:
+    """The file line (1-based; the header is line 1) on which each 0-based data row starts.
+
+    Rows are counted as ``read_table`` counts them: blank lines are skipped, and a quoted cell
+    may span lines. ``None`` when the file ends before one of ``rows`` or cannot be scanned.
+    """
+    wanted = set(rows)
+    found: dict[int, int] = {}
+    if not wanted:
+        return found
+    row = -1  # the first non-blank record is the header
+    start = 1
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as file:
+            reader = csv.reader(file)
+            for record in reader:
+                if record:
+                    if row in wanted:
+                        found[row] = start
+                        if len(found) == len(wanted):
+                            break
+                    row += 1
+                start = reader.line_num + 1
+    except (OSError, csv.Error):
+        return None
+    return found if len(found) == len(wanted) else None

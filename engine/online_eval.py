@@ -7,6 +7,12 @@ the lifetime accumulators when a lifetime aggregation is requested, merges parti
 by tile (merge is associative and commutative bit for bit) and finalizes. Fences, journals
 and tiles no requested window covers are never decoded, so never rejected. The newest write
 time (``u:<p>`` fields) is the freshness.
+
+``WindowAt.windows_many`` says, per entity and requested aggregation, whether any admitted
+event lies in the window as of ``t`` and whether the value is null — what tells an
+empty-window default from a value computed from events (the online statuses,
+``engine.online_read.FeatureStatus``). It reads the values first and the field names only
+when the values cannot tell.
 """
 
 from __future__ import annotations
@@ -20,7 +26,23 @@ from engine.kernel.tiles import window_end, window_tiles
 from engine.online import field_name, functions_of
 from engine.plan import ViewPlan
 
-__all__ = ["WindowAt", "WindowReader"]
+__all__ = ["WINDOW_EMPTY", "WINDOW_NULL", "WINDOW_VALUE", "WindowAt", "WindowReader"]
+
+WINDOW_EMPTY = 0
+"""No admitted event lies in the window as of t: the value is the empty-window default."""
+WINDOW_NULL = 1
+"""Admitted events lie in the window and their aggregate is null."""
+WINDOW_VALUE = 2
+"""Admitted events lie in the window and their aggregate is a value (maybe a real 0)."""
+
+# What a value says about its window (``WindowReader._says``): a count is exact (0 iff no
+# event), a function whose empty-window default is 0 has an event when its value is not 0,
+# any other when its value is not None. What values leave open is settled from field names.
+_SAYS_COUNT, _SAYS_NONZERO, _SAYS_NOT_NONE = 0, 1, 2
+_ZERO_DEFAULT = frozenset({"sum", "count_distinct", "approx_count_distinct"})
+_LIFETIME = -1  # the "hop" of lifetime aggregations in the window tables
+_PATTERNS_MAX = 4096
+_CODES: dict[Any, int] = {None: 0, 0: 1}  # a value's pattern code (0.0, -0.0, False are 0)
 
 
 class WindowReader:
@@ -31,7 +53,20 @@ class WindowReader:
         >>> values, updated_ms = reader.at(now_ms).evaluate(fields)  # doctest: +SKIP
     """
 
-    __slots__ = ("_functions", "_hops", "_last", "indices", "view")
+    __slots__ = (
+        "_all_value",
+        "_functions",
+        "_hops",
+        "_last",
+        "_narrower",
+        "_patterns",
+        "_says",
+        "_twos",
+        "_wider",
+        "_windows",
+        "indices",
+        "view",
+    )
 
     def __init__(self, view: ViewPlan, indices: tuple[int, ...]) -> None:
         self.view = view
@@ -39,6 +74,68 @@ class WindowReader:
         self._functions = functions_of(view)
         self._hops = tuple(group.hop_ms for group in view.layout.groups)
         self._last: tuple[tuple[int, ...], WindowAt] | None = None
+        # per requested position: (hop or _LIFETIME, window or None), what its value says, and
+        # the positions of the same hop whose window is narrower / wider (or equal): an event
+        # in a window is in every wider one of its hop, an empty window has empty narrower ones
+        layout = view.layout
+        windows = []
+        says = []
+        for i in indices:
+            window, hop = layout.windows_ms[i], layout.hops_ms[i]
+            windows.append((_LIFETIME, None) if window is None or hop is None else (hop, window))
+            function = view.aggregations[i].function
+            says.append(
+                _SAYS_COUNT
+                if function == "count"
+                else _SAYS_NONZERO
+                if function in _ZERO_DEFAULT
+                else _SAYS_NOT_NONE
+            )
+        self._windows: tuple[tuple[int, int | None], ...] = tuple(windows)
+        self._says: tuple[int, ...] = tuple(says)
+        self._narrower = tuple(
+            tuple(j for j, (hop_j, w_j) in enumerate(windows)
+                  if j != pos and hop_j == hop and (w_j or 0) <= (w or 0))
+            for pos, (hop, w) in enumerate(windows)
+        )  # fmt: skip
+        self._wider = tuple(
+            tuple(j for j, (hop_j, w_j) in enumerate(windows)
+                  if j != pos and hop_j == hop and (w_j or 0) >= (w or 0))
+            for pos, (hop, w) in enumerate(windows)
+        )  # fmt: skip
+        self._all_value = (WINDOW_VALUE,) * len(windows)
+        self._twos = (2,) * len(windows)  # the pattern code of any other value
+        # value pattern (per position 0: None, 1: zero, 2: other) → the window states values
+        # alone say, None where the field names must tell
+        self._patterns: dict[tuple[int, ...], tuple[int | None, ...]] = {}
+
+    def _from_values(self, pattern: tuple[int, ...]) -> tuple[int | None, ...]:
+        """Window states per position from a value pattern alone; None where it cannot tell."""
+        said: list[bool | None] = []
+        for code, says in zip(pattern, self._says, strict=True):
+            if says == _SAYS_COUNT:
+                said.append(code != 1)
+            elif code == 0 or (code == 1 and says == _SAYS_NONZERO):
+                said.append(None)
+            else:
+                said.append(True)
+        states: list[int | None] = []
+        for pos, got in enumerate(said):
+            if got is None:  # an event in a narrower window of the hop is in this one too...
+                if any(said[j] is True for j in self._narrower[pos]):
+                    got = True
+                elif any(said[j] is False for j in self._wider[pos]):  # ...and vice versa
+                    got = False
+            states.append(
+                None
+                if got is None
+                else WINDOW_EMPTY
+                if not got
+                else WINDOW_NULL
+                if pattern[pos] == 0
+                else WINDOW_VALUE
+            )
+        return tuple(states)
 
     def at(self, t_ms: int) -> WindowAt:
         """The evaluation as of ``t_ms`` (reused while no window boundary moved)."""
@@ -54,11 +151,27 @@ class WindowReader:
 class WindowAt:
     """``WindowReader`` as of one time."""
 
-    __slots__ = ("_reader", "t_ms")
+    __slots__ = ("_bounds", "_reader", "t_ms")
 
     def __init__(self, reader: WindowReader, t_ms: int) -> None:
         self._reader = reader
         self.t_ms = t_ms
+        self._bounds: tuple[tuple[int, ...], dict[int, int]] | None = None
+
+    def _window_bounds(self) -> tuple[tuple[int, ...], dict[int, int]]:
+        """Per requested position the first tile of its window (lifetime: 0), and per hop the
+        tile its windows end before; computed when a field scan first needs them."""
+        if self._bounds is None:
+            ends: dict[int, int] = {}
+            starts: list[int] = []
+            for hop, window in self._reader._windows:
+                if window is None:
+                    starts.append(0)
+                else:
+                    start, ends[hop] = window_tiles(hop, window, self.t_ms)
+                    starts.append(start)
+            self._bounds = (tuple(starts), ends)
+        return self._bounds
 
     def uses(self, name: bytes | str) -> bool:
         """Whether ``evaluate`` decodes the field ``name``: a tile some requested window as of
@@ -100,3 +213,89 @@ class WindowAt:
         except CodecError as exc:
             raise CodecError(f"view {reader.view.name!r}: {exc}") from exc
         return [(list(values), updated) for values, updated in got]
+
+    def windows_many(
+        self, hashes: Sequence[Mapping[Any, bytes]], values: Sequence[Sequence[Any]]
+    ) -> list[tuple[int, ...]]:
+        """Per entity (its hash and the values ``evaluate_many`` gave for it), per requested
+        aggregation: ``WINDOW_EMPTY`` when no admitted event lies in its window as of ``t``,
+        else ``WINDOW_NULL`` or ``WINDOW_VALUE`` as the value is null or not.
+
+        A windowed aggregation's window holds an event when a tile ``start <= k < end`` of
+        its hop exists in some partition, a lifetime one's when a lifetime accumulator
+        (``l:<p>``) exists — exactly what ``evaluate`` merges. Values decide first, without a
+        look at the fields: a count is 0 iff its window is empty; a value other than the
+        function's empty-window default (0 for sums and distinct counts, None otherwise)
+        needs an event; within a hop group an event in a window is in every wider one, an
+        empty window has empty narrower ones. The field names are scanned only for what is
+        still open.
+
+        Example:
+            >>> at = WindowReader(view, (0, 1)).at(now_ms)  # doctest: +SKIP
+            >>> [(values, _)] = at.evaluate_many([fields])  # doctest: +SKIP
+            >>> at.windows_many([fields], [values]) == [(WINDOW_VALUE, WINDOW_EMPTY)]  # doctest: +SKIP
+            True
+        """
+        reader = self._reader
+        all_value = reader._all_value
+        patterns = reader._patterns
+        out: list[tuple[int, ...]] = []
+        for fields, row in zip(hashes, values, strict=True):
+            if None not in row and 0 not in row:  # every value needs an event (C-speed test)
+                out.append(all_value)
+                continue
+            try:  # per value 0: None, 1: zero, 2: other — in C
+                pattern = tuple(map(_CODES.get, row, reader._twos))
+            except TypeError:  # a list (first_n/last_n) is not hashable
+                pattern = tuple(0 if v is None else 1 if v == 0 else 2 for v in row)
+            states = patterns.get(pattern)
+            if states is None:
+                if len(patterns) >= _PATTERNS_MAX:
+                    patterns.clear()
+                states = patterns[pattern] = reader._from_values(pattern)
+            if None in states:
+                states = self._from_fields(fields, pattern, states)
+            out.append(states)  # type: ignore[arg-type]  # no None left
+        return out
+
+    def _from_fields(
+        self, fields: Mapping[Any, bytes], pattern: tuple[int, ...], said: tuple[int | None, ...]
+    ) -> tuple[int, ...]:
+        """``said`` with its open positions settled from the hash's tile names."""
+        windows = self._reader._windows
+        starts, ends = self._window_bounds()
+        newest = self._newest_tiles(
+            fields, {windows[p][0] for p, s in enumerate(said) if s is None}, ends
+        )
+        states = []
+        for pos, state in enumerate(said):
+            if state is None:
+                start = starts[pos]
+                state = (
+                    WINDOW_EMPTY
+                    if newest.get(windows[pos][0], start - 1) < start
+                    else WINDOW_NULL
+                    if pattern[pos] == 0
+                    else WINDOW_VALUE
+                )
+            states.append(state)
+        return tuple(states)
+
+    @staticmethod
+    def _newest_tiles(
+        fields: Mapping[Any, bytes], hops: set[int], ends: dict[int, int]
+    ) -> dict[int, int]:
+        """Per hop in ``hops``, the newest tile (over partitions) below ``ends[hop]``;
+        ``_LIFETIME`` maps to 0 when a lifetime accumulator exists. Absent: none."""
+        newest: dict[int, int] = {}
+        for name in fields:
+            parsed = field_name(name)
+            if parsed is None:
+                continue
+            kind, _, hop, k = parsed
+            if kind == "t":
+                if hop in hops and k < ends[hop] and k > newest.get(hop, k - 1):
+                    newest[hop] = k
+            elif kind == "l" and _LIFETIME in hops:
+                newest[_LIFETIME] = 0
+        return newest

@@ -9,6 +9,13 @@ the bounds the backfill's sweep uses), merges them over tiles and partitions and
 the same kernel the worker folds with and the backfill replays. A missing entity reads as an empty window
 (counts and sums 0, everything else None); it is not an error.
 
+Every value carries a ``FeatureStatus`` saying what stands behind it — computed from
+events (``PRESENT``, ``NULL_VALUE``), or an empty-window default and why (``OUTSIDE_WINDOW``,
+``NOT_FOUND``, ``NO_STATE``). The statuses come from what the read fetches anyway: the
+entity hashes, the values, and per view the existence of its write-stats hash
+(``engine.online.stats_key``), asked in the same round trip by a ``ProbingStore``
+(docs/online.md#statuses).
+
 Freshness of a (row, view) is the newest ``processed_at`` any partition wrote for that
 entity (``u:<p>`` fields), in epoch milliseconds — a timestamp, not an age; None when the
 store holds nothing for the entity.
@@ -26,12 +33,13 @@ import itertools
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from engine.errors import CodecError, InputDataError
 from engine.kernel.tiles import window_end
-from engine.online import state_key, values_at
-from engine.online_eval import WindowAt, WindowReader
+from engine.online import state_key, stats_key, values_at
+from engine.online_eval import WINDOW_EMPTY, WINDOW_NULL, WINDOW_VALUE, WindowAt, WindowReader
 from engine.plan import Plan, ViewPlan
 from engine.ports import OnlineStateStore
 
@@ -41,9 +49,12 @@ if TYPE_CHECKING:
 __all__ = [
     "EntityRows",
     "FRESHNESS_SUFFIX",
+    "STATUS_SUFFIX",
+    "FeatureStatus",
     "OnlineResponse",
     "OnlineResult",
     "Held",
+    "ProbingStore",
     "ReadCache",
     "RevalidatingStore",
     "ReadPlan",
@@ -55,7 +66,43 @@ EntityRows = Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
 """Entity rows as a list of ``{join_key: value}`` dicts, or columns ``{join_key: [values]}``."""
 
 FRESHNESS_SUFFIX = "__freshness_ms"
+STATUS_SUFFIX = "__status"
 _PREPARED_MAX = 1024
+
+
+class FeatureStatus(StrEnum):
+    """What stands behind one online value (docs/online.md#statuses).
+
+    Feast's ``FieldStatus`` names where they mean the same; ``OUTSIDE_WINDOW`` is the analogue
+    of Feast's ``OUTSIDE_MAX_AGE`` and ``NO_STATE`` is skewless' own. Members are strings
+    (``FeatureStatus.PRESENT == "PRESENT"``). Only ``PRESENT`` and ``NULL_VALUE`` values were
+    computed from events; the other three are the empty-window default (counts and sums 0,
+    everything else None).
+    """
+
+    PRESENT = "PRESENT"
+    """The entity has state and at least one admitted event lies in the feature's window as
+    of t; the value is computed from those events and is not null (it may be a real 0)."""
+    NULL_VALUE = "NULL_VALUE"
+    """As PRESENT, but the aggregate is null: a mean/min/max/first/last of only null inputs,
+    a variance or stddev of a single value."""
+    OUTSIDE_WINDOW = "OUTSIDE_WINDOW"
+    """The entity has state in the view, but no admitted event lies in this feature's window
+    as of t (its events are older): the value is the empty-window default."""
+    NOT_FOUND = "NOT_FOUND"
+    """The view's current keyspace has no state for this entity (never seen, or its state
+    expired once no window could use it), while the view has state: the default."""
+    NO_STATE = "NO_STATE"
+    """The view's current keyspace has no state at all as far as the read can tell: no worker
+    write is recorded for its fingerprint and no requested entity has state (a changed
+    definition not rebuilt yet, workers never run, Redis emptied): the default."""
+
+
+_PLAIN = {status: status.value for status in FeatureStatus}  # member → plain str, for output
+_NO_STATE, _NOT_FOUND = FeatureStatus.NO_STATE, FeatureStatus.NOT_FOUND  # (enum lookups cost)
+
+_Got = tuple[list[Any], int | None, tuple[FeatureStatus, ...]]
+"""What a read has for one (view, entity): values, freshness, statuses (in request order)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +115,7 @@ class ViewRead:
     key_kinds: tuple[str | None, ...]  # "str"/"int" per join key (None: declared by a transform)
     hops_ms: tuple[int, ...]  # the layout's hop groups: the window moves only at their boundaries
     reader: WindowReader  # evaluates a hash; memoizes what field names mean (never a value)
+    marker: str  # the view's write-stats key: it exists once a worker wrote the view
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,19 +134,32 @@ class ReadPlan:
 class OnlineResult:
     """Feature values per output column and row, the join keys as given, and freshness.
 
-    ``values[c][r]`` is column ``c`` (``plan.features[c]``) of row ``r``;
-    ``freshness_ms[view][r]`` is the newest write time of row ``r``'s entity in ``view``.
+    ``values[c][r]`` is column ``c`` (``plan.features[c]``) of row ``r``, ``statuses[c][r]``
+    what stands behind it; ``freshness_ms[view][r]`` is the newest write time of row ``r``'s
+    entity in ``view``. ``row_statuses[v][r]`` holds row ``r``'s statuses in view read ``v``
+    (``plan.views[v]``, in its ``columns`` order): shared tuples, turned into columns only
+    when asked for.
     """
 
     plan: ReadPlan
     now_ms: int
     entities: Mapping[str, list[Any]]
     values: list[list[Any]]
+    row_statuses: tuple[list[tuple[FeatureStatus, ...]], ...]
     freshness_ms: Mapping[str, list[int | None]]
 
     @property
     def rows(self) -> int:
         return len(self.values[0]) if self.values else 0
+
+    @property
+    def statuses(self) -> list[list[FeatureStatus]]:
+        """Per output column, per row, the ``FeatureStatus`` of ``values[c][r]`` (new lists)."""
+        out: list[list[FeatureStatus]] = [[] for _ in self.plan.features]
+        for read, rows in zip(self.plan.views, self.row_statuses, strict=True):
+            for pos, c in enumerate(read.columns):
+                out[c] = [row[pos] for row in rows]
+        return out
 
 
 _PREPARED: dict[tuple[int, tuple[str, ...]], tuple[Plan, ReadPlan]] = {}
@@ -153,6 +214,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
                 key_kinds=kinds,
                 hops_ms=tuple(g.hop_ms for g in view.layout.groups),
                 reader=WindowReader(view, tuple(indices)),
+                marker=stats_key(view.fingerprint),
             )
         )
     return ReadPlan(
@@ -179,6 +241,11 @@ def read_online(
     With a ``cache``, an entity whose stored state and window boundaries are unchanged since
     an earlier read is not decoded again (see ``ReadCache``); the answer is the same.
 
+    Each value gets a ``FeatureStatus``. Telling ``NOT_FOUND`` from ``NO_STATE`` needs to know
+    whether the view's write-stats hash exists: a ``ProbingStore`` asks in the same round
+    trip; another store is asked in a second call only when every requested entity of a
+    view is missing.
+
     Raises FeatureRefError for unknown refs, InputDataError for a row that lacks a join key
     or holds a value of the wrong kind (nothing is coerced: ``"7"`` is not the int key 7),
     OnlineStoreUnavailable from the store, CodecError for corrupt stored tiles.
@@ -186,8 +253,8 @@ def read_online(
     Example:
         >>> result = read_online(plan, store, ["customer_spend:amount_sum_30d"],
         ...                      [{"customer_id": "c1"}], now_ms=1_767_225_600_000)  # doctest: +SKIP
-        >>> result.values[0]  # doctest: +SKIP
-        [42.5]
+        >>> result.values[0], result.statuses[0]  # doctest: +SKIP
+        ([42.5], [<FeatureStatus.PRESENT: 'PRESENT'>])
     """
     prepared = prepare_read(plan, refs)
     columns = _columns(entity_rows, prepared)
@@ -209,35 +276,43 @@ def read_online(
         all_ends.append(tuple(window_end(h, now_ms) for h in read.hops_ms))
     slot_keys = list(keys)
     hashes: Sequence[Mapping[bytes, bytes] | None] = []
-    confirmed: dict[int, tuple[list[Any], int | None]] = {}  # held values, by slot
+    confirmed: dict[int, _Got] = {}  # held values, by slot
+    marked: dict[str, bool] | None = None  # view marker → exists (None: not asked)
     if slot_keys:
+        probe = getattr(store, "load_and_probe", None)  # ProbingStore
         load_changed = None if cache is None else getattr(store, "load_changed", None)
-        if load_changed is not None and cache is not None:
-            held: list[Held | None] = [None] * len(slot_keys)
+        held: list[Held | None] | None = None
+        if cache is not None and (probe is not None or load_changed is not None):
+            held = [None] * len(slot_keys)
             for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
                 for slot in slots:
                     hit = cache.held(slot_keys[slot], read.indices, ends)
                     if hit is not None:
                         held[slot], confirmed[slot] = hit
+        if probe is not None:
+            wanted = list(dict.fromkeys(read.marker for read in prepared.views))
+            hashes, exist = probe(slot_keys, held or [None] * len(slot_keys), wanted)
+            marked = dict(zip(wanted, exist, strict=True))
+        elif load_changed is not None and held is not None:
             hashes = load_changed(slot_keys, held)
         else:
             hashes = store.load(slot_keys)
     values: list[list[Any]] = [[None] * n for _ in prepared.features]
+    row_statuses: list[list[tuple[FeatureStatus, ...]]] = []
     freshness: dict[str, list[int | None]] = {}
+    found: list[tuple[dict[int, _Got], list[int]]] = []  # per view: its read entities, missing
+    unsure = False  # some view's requested entities are all missing
     for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
-        view = read.view
         at = read.reader.at(now_ms)
-        done: dict[int, tuple[list[Any], int | None]] = {}
+        done: dict[int, _Got] = {}
+        missing: list[int] = []
         pending: list[int] = []  # slots to evaluate, in one native call
-        empty: tuple[list[Any], int | None] | None = None
         for slot in dict.fromkeys(slots):
             fields = hashes[slot]
             if fields is None:  # unchanged since the cached read (load_changed)
                 done[slot] = confirmed[slot]
             elif not fields:
-                if empty is None:
-                    empty = (values_at(view, [{}], now_ms, read.indices)[0], None)
-                done[slot] = (list(empty[0]), None)
+                missing.append(slot)
             else:
                 got = None
                 if cache is not None:
@@ -252,15 +327,38 @@ def read_online(
                 done[slot] = got
                 if cache is not None:
                     cache.put(slot_keys[slot], read.indices, hashes[slot], ends, got)  # type: ignore[arg-type]
+        found.append((done, missing))
+        unsure = unsure or (bool(missing) and not done)
+    if marked is None:  # a store that cannot probe: ask only where the answer depends on it
+        marked = {}
+        if unsure:
+            ask = list(dict.fromkeys(read.marker for read, (done, missing)
+                                     in zip(prepared.views, found, strict=True)
+                                     if missing and not done))  # fmt: skip
+            marked = dict(zip(ask, map(bool, store.load(ask)), strict=True))
+    for read, slots, (done, missing) in zip(prepared.views, row_keys, found, strict=True):
+        if missing:
+            empty = values_at(read.view, [{}], now_ms, read.indices)[0]
+            status = _NOT_FOUND if done or marked.get(read.marker) else _NO_STATE
+            every = (status,) * len(read.indices)
+            for slot in missing:
+                done[slot] = (list(empty), None, every)
         fresh: list[int | None] = [None] * n
+        view_statuses: list[tuple[FeatureStatus, ...]] = [()] * n
         for r, slot in enumerate(slots):
-            row_values, fresh[r] = done[slot]
+            row_values, fresh[r], view_statuses[r] = done[slot]
             for c, value in zip(read.columns, row_values, strict=True):
                 values[c][r] = value
-        freshness[view.name] = fresh
+        freshness[read.view.name] = fresh
+        row_statuses.append(view_statuses)
     entities = {k: columns[k] for k in prepared.join_keys}
     return OnlineResult(
-        plan=prepared, now_ms=now_ms, entities=entities, values=values, freshness_ms=freshness
+        plan=prepared,
+        now_ms=now_ms,
+        entities=entities,
+        values=values,
+        row_statuses=tuple(row_statuses),
+        freshness_ms=freshness,
     )
 
 
@@ -269,11 +367,12 @@ def _evaluate_many(
     keys: Sequence[str],
     hashes: Sequence[Mapping[bytes, bytes] | None],
     slots: Sequence[int],
-) -> list[tuple[list[Any], int | None]]:
-    """The values and freshness of many entities' hashes in one native call; a corrupt
-    tile's error names its Redis key."""
+) -> list[_Got]:
+    """The values, freshness and statuses of many entities' (non-empty) hashes in one native
+    call; a corrupt tile's error names its Redis key."""
+    fields = [hashes[s] or {} for s in slots]
     try:
-        return at.evaluate_many([hashes[s] or {} for s in slots])
+        got = at.evaluate_many(fields)
     except CodecError:
         for slot in slots:  # find the entity whose tile failed, to name it
             try:
@@ -281,6 +380,27 @@ def _evaluate_many(
             except CodecError as exc:
                 raise CodecError(f"Redis key {keys[slot]!r}: {exc}") from exc
         raise
+    states = at.windows_many(fields, [values for values, _ in got])
+    rows = _STATUS_ROWS
+    out: list[_Got] = []
+    for (values, updated), state in zip(got, states, strict=True):
+        row = rows.get(state)
+        if row is None:
+            if len(rows) >= _STATUS_ROWS_MAX:
+                rows.clear()
+            row = rows[state] = tuple(_STATUS_OF_WINDOW[s] for s in state)
+        out.append((values, updated, row))
+    return out
+
+
+# an entity with state: its window states (engine.online_eval.WINDOW_*) → statuses
+_STATUS_OF_WINDOW = {
+    WINDOW_EMPTY: FeatureStatus.OUTSIDE_WINDOW,
+    WINDOW_NULL: FeatureStatus.NULL_VALUE,
+    WINDOW_VALUE: FeatureStatus.PRESENT,
+}
+_STATUS_ROWS: dict[tuple[int, ...], tuple[FeatureStatus, ...]] = {}
+_STATUS_ROWS_MAX = 4096
 
 
 Held = tuple[int, tuple[tuple[bytes, bytes], ...]]
@@ -295,6 +415,19 @@ class RevalidatingStore(Protocol):
         self, keys: Sequence[str], held: Sequence[Held | None]
     ) -> list[dict[bytes, bytes] | None]:
         """Like ``load``, one round trip, but None where ``held[i]`` is still current."""
+        ...
+
+
+@runtime_checkable
+class ProbingStore(Protocol):
+    """An online store that says, in the round trip of a load, which of some keys exist
+    (optional): the reader's view markers (``engine.online.stats_key``) for the statuses."""
+
+    def load_and_probe(
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
+    ) -> tuple[list[dict[bytes, bytes] | None], list[bool]]:
+        """``load_changed(keys, held)`` (all ``held`` None: ``load``) and whether each key of
+        ``probes`` exists, in one round trip."""
         ...
 
 
@@ -323,9 +456,7 @@ class ReadCache:
         self.max_entries = max_entries
         self._entries: dict[
             tuple[str, tuple[int, ...]],
-            tuple[
-                int, frozenset[tuple[bytes, bytes]], tuple[int, ...], tuple[list[Any], int | None]
-            ],
+            tuple[int, frozenset[tuple[bytes, bytes]], tuple[int, ...], _Got],
         ] = {}
 
     def __len__(self) -> int:
@@ -342,7 +473,7 @@ class ReadCache:
         indices: tuple[int, ...],
         fields: Mapping[bytes, bytes],
         ends: tuple[int, ...],
-    ) -> tuple[list[Any], int | None] | None:
+    ) -> _Got | None:
         entry = self._entries.get((key, indices))
         if (
             entry is None
@@ -355,7 +486,7 @@ class ReadCache:
 
     def held(
         self, key: str, indices: tuple[int, ...], ends: tuple[int, ...]
-    ) -> tuple[Held, tuple[list[Any], int | None]] | None:
+    ) -> tuple[Held, _Got] | None:
         """What to revalidate ``key`` with, and the values that hold if it is current."""
         entry = self._entries.get((key, indices))
         if entry is None or entry[2] != ends:
@@ -368,7 +499,7 @@ class ReadCache:
         indices: tuple[int, ...],
         fields: Mapping[bytes, bytes],
         ends: tuple[int, ...],
-        got: tuple[list[Any], int | None],
+        got: _Got,
     ) -> None:
         if any(isinstance(v, list) for v in got[0]):
             return
@@ -465,13 +596,17 @@ class OnlineResponse:
     ``full_feature_names``, ``<view>__<feature>``. With ``with_freshness`` each feature
     column ``C`` gains ``C__freshness_ms``: the epoch-ms time of the newest write to that
     entity's state in the feature's view (None when the store holds nothing for it).
-    ``freshness_ms`` always maps view name → per-row write times.
+    ``freshness_ms`` always maps view name → per-row write times; ``statuses`` maps each
+    feature column → per-row ``FeatureStatus``, which ``to_dict(include_status=True)`` adds
+    as ``C__status`` columns.
 
     Example:
         >>> resp = store.get_online_features(["customer_spend:amount_sum_30d"],
-        ...                                  [{"customer_id": "c1"}])  # doctest: +SKIP
+        ...                                  [{"customer_id": "c1"}, {"customer_id": "c99"}])  # doctest: +SKIP
         >>> resp.to_dict()  # doctest: +SKIP
-        {'customer_id': ['c1'], 'amount_sum_30d': [42.5]}
+        {'customer_id': ['c1', 'c99'], 'amount_sum_30d': [42.5, 0.0]}
+        >>> resp.to_dict(include_status=True)["amount_sum_30d__status"]  # doctest: +SKIP
+        [<FeatureStatus.PRESENT: 'PRESENT'>, <FeatureStatus.NOT_FOUND: 'NOT_FOUND'>]
     """
 
     __slots__ = ("columns", "result", "with_freshness")
@@ -506,8 +641,18 @@ class OnlineResponse:
         """View name → per-row epoch-ms time of the newest write (None: nothing stored)."""
         return self.result.freshness_ms
 
-    def to_dict(self) -> dict[str, list[Any]]:
-        """``{join_key: [...], feature: [...], …}``, rows in input order (lists are fresh)."""
+    @property
+    def statuses(self) -> dict[str, list[FeatureStatus]]:
+        """Feature column name (as in ``to_dict``) → per-row ``FeatureStatus`` of its values."""
+        return dict(zip(self.columns, self.result.statuses, strict=True))
+
+    def to_dict(self, *, include_status: bool = False) -> dict[str, list[Any]]:
+        """``{join_key: [...], feature: [...], …}``, rows in input order (lists are fresh).
+
+        With ``with_freshness`` (set on the read) the ``<feature>__freshness_ms`` columns
+        follow; ``include_status=True`` then adds one ``<feature>__status`` column per
+        feature (``FeatureStatus`` members, which are strings).
+        """
         result = self.result
         out: dict[str, list[Any]] = {k: list(v) for k, v in result.entities.items()}
         views = result.plan.feature_views
@@ -516,30 +661,48 @@ class OnlineResponse:
         if self.with_freshness:
             for c, name in enumerate(self.columns):
                 out[name + FRESHNESS_SUFFIX] = list(result.freshness_ms[views[c]])
+        if include_status:
+            for name, statuses in zip(self.columns, result.statuses, strict=True):
+                out[name + STATUS_SUFFIX] = statuses
         return out
 
-    def to_df(self) -> pd.DataFrame:
-        """The same columns as ``to_dict`` as a pandas DataFrame."""
+    def to_df(self, *, include_status: bool = False) -> pd.DataFrame:
+        """The same columns as ``to_dict`` as a pandas DataFrame (status columns hold the
+        status names as strings)."""
         import pandas as pd
 
-        return pd.DataFrame(self.to_dict())
+        frame = self.to_dict(include_status=include_status)
+        if include_status:
+            for name in self.columns:
+                frame[name + STATUS_SUFFIX] = list(
+                    map(_PLAIN.__getitem__, frame[name + STATUS_SUFFIX])
+                )
+        return pd.DataFrame(frame)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document of the HTTP API and ``skewless get --json`` (docs/online.md).
 
         ``{"metadata": {"feature_names": [join keys…, features…], "now_ms": t},
-        "results": [{"values": [...]}, … {"values": [...], "freshness_ms": [...]}]}`` —
-        one result per name, values per entity row; bytes values are base64 strings.
+        "results": [{"values": [...], "statuses": [...]}, … {"values": [...],
+        "statuses": [...], "freshness_ms": [...]}]}`` — one result per name, values per
+        entity row, Feast's shape; join keys' statuses are all ``"PRESENT"``; bytes values
+        are base64 strings.
         """
         result = self.result
         results: list[dict[str, Any]] = [
-            {"values": [_jsonable(v) for v in values]} for values in result.entities.values()
+            {
+                "values": [_jsonable(v) for v in values],
+                "statuses": [_PLAIN[FeatureStatus.PRESENT]] * len(values),
+            }
+            for values in result.entities.values()
         ]
         views = result.plan.feature_views
+        statuses = result.statuses
         for c in range(len(self.columns)):
             results.append(
                 {
                     "values": [_jsonable(v) for v in result.values[c]],
+                    "statuses": list(map(_PLAIN.__getitem__, statuses[c])),
                     "freshness_ms": result.freshness_ms[views[c]],
                 }
             )

@@ -8,7 +8,10 @@ Request (Feast's shape)::
      "now_ms": 1767225600000}                # optional: evaluate as of this time (debugging)
 
 Response: ``OnlineResponse.to_json()`` — ``{"metadata": {"feature_names": [...], "now_ms": t},
-"results": [{"values": [...]}, ..., {"values": [...], "freshness_ms": [...]}]}``.
+"results": [{"values": [...], "statuses": [...]}, ..., {"values": [...], "statuses": [...],
+"freshness_ms": [...]}]}``, a status per value as in Feast's response (join keys: ``PRESENT``;
+features: ``engine.online_read.FeatureStatus``, docs/online.md#statuses). A missing entity
+answers 200 with its empty-window defaults and ``NOT_FOUND``/``NO_STATE``, never an error.
 Bad requests answer 400, an unreachable Redis 503, always with ``{"error": "..."}``.
 
 Reads run on the event loop thread: a read is one sub-millisecond Redis round trip plus

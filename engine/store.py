@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from connectors.kafka import (
 )
 from engine import backfill
 from engine.config import Config, load_config
-from engine.errors import InputDataError
+from engine.errors import InputDataError, KafkaUnavailable
 from engine.frames import read_table, to_epoch_ms
 from engine.importer import ImportResult, import_frame
 from engine.loader import load_definitions
@@ -219,14 +220,44 @@ class FeatureStore:
         log = EventLogReader(self.config.event_log_root)
         compactor = EventLogCompactor(self.config.event_log_root)
         held = set(log.sources())
+        asked: list[dict[tuple[str, int], int | None]] = []
+
+        def committed(name: str, partition: int) -> int | None:
+            if not asked:  # only a partition with owner epochs needs Kafka's offsets
+                asked.append(self._committed_offsets([n for n in names if n in held]))
+            return asked[0].get((self.plan.sources[name].topic, partition))
+
         return [
             compactor.compact(
-                name, partition, small_records=small_records, target_records=target_records
+                name,
+                partition,
+                small_records=small_records,
+                target_records=target_records,
+                committed=lambda n=name, p=partition: committed(n, p),  # type: ignore[misc]
             )
             for name in names
             if name in held
             for partition in log.partitions(name)
         ]
+
+    def _committed_offsets(self, sources: Sequence[str]) -> dict[tuple[str, int], int | None]:
+        """The workers' committed offsets of ``sources``' topics, for compaction to know what
+        no later owner epoch can fence; empty (with a warning) when Kafka does not answer:
+        then only files below each partition's newest epoch start are merged."""
+        if not sources:
+            return {}
+        from connectors.kafka import KafkaOffsets, KafkaSettings, group_id
+
+        topics = [self.plan.sources[name].topic for name in sources]
+        try:
+            offsets = KafkaOffsets(KafkaSettings.from_config(self.config))
+            marks = offsets.watermarks(topics)
+            return offsets.committed(group_id(self.config.project), marks)
+        except KafkaUnavailable as exc:
+            logging.getLogger("skewless.compaction").warning(
+                "%s; compacting only what no owner epoch can fence any more", exc
+            )
+            return {}
 
     def import_events(
         self,
@@ -368,14 +399,19 @@ class FeatureStore:
         Each value is the processing-time value as of ``now_ms`` (default: the wall clock):
         windows are merged at read time, so a value ages even when no event arrives. An
         entity the store does not hold reads as an empty window (counts and sums 0, else
-        None). One Redis round trip for all rows and views. See docs/online.md.
+        None). Every value has a status (``resp.statuses``, ``resp.to_dict(include_status=
+        True)``): ``PRESENT``/``NULL_VALUE`` when events in its window produced it,
+        ``OUTSIDE_WINDOW``/``NOT_FOUND``/``NO_STATE`` when it is that default and why. One
+        Redis round trip for all rows and views. See docs/online.md.
 
         Example:
             >>> resp = store.get_online_features(
             ...     ["customer_spend:amount_sum_30d", "customer_spend:amount_count_7d"],
-            ...     [{"customer_id": "c00001"}, {"customer_id": "c00002"}])  # doctest: +SKIP
+            ...     [{"customer_id": "c00001"}, {"customer_id": "c99999"}])  # doctest: +SKIP
             >>> resp.to_dict()  # doctest: +SKIP
-            {'customer_id': ['c00001', 'c00002'], 'amount_sum_30d': [...], ...}
+            {'customer_id': ['c00001', 'c99999'], 'amount_sum_30d': [812.5, 0.0], ...}
+            >>> resp.statuses["amount_sum_30d"]  # doctest: +SKIP
+            [<FeatureStatus.PRESENT: 'PRESENT'>, <FeatureStatus.NOT_FOUND: 'NOT_FOUND'>]
         """
         t_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         result = read_online(

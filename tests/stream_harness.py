@@ -8,6 +8,7 @@ or a consumer group.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -252,9 +253,21 @@ def produce_raw(
 
 
 def logged(log_root: str, source: str) -> Counter[tuple[int, int]]:
-    """(partition, offset) → how many log files hold it, reading every file on its own."""
+    """(partition, offset) → how many live log files hold it, reading every file on its own.
+
+    Live: what readers read. Files of a fenced owner epoch (a killed worker's or a zombie's
+    uncommitted batches, re-logged by the next owner) are ignored by every reader and deleted
+    by compaction (docs/reliability.md#owner-epochs); two *live* copies would be a bug."""
+    from connectors.eventlog import EventLogReader
+
     found: Counter[tuple[int, int]] = Counter()
-    for path in (Path(log_root) / source).glob("partition=*/*.avro"):
+    reader = EventLogReader(log_root)
+    paths = [
+        Path(path)
+        for p in (reader.partitions(source) if (Path(log_root) / source).exists() else [])
+        for _, _, path in reader.files(source, p)
+    ]
+    for path in paths:
         with open(path, "rb") as fh:
             for rec in fastavro.reader(fh):
                 found[(rec["partition"], rec["offset"])] += 1  # type: ignore[call-overload,index]
@@ -436,3 +449,100 @@ def payment_events(
         else:
             raise ValueError(f"unknown invalid kind {kind!r}")
     return valid, invalid
+
+
+# -- consumer-group lag and physical log copies (the zombie fault tests) ---------------------
+
+
+def lag(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """Records per partition of ``topic`` that the group has not committed yet: the end
+    offset minus the committed one (the whole partition when it committed nothing)."""
+    ends, marks = end_offsets(bootstrap, topic), committed(bootstrap, group, topic)
+    # the two reads are not atomic: a commit between them may pass the end read first
+    return {p: max(0, end - max(marks.get(p, 0), 0)) for p, end in ends.items()}
+
+
+@dataclass(frozen=True)
+class LogCopy:
+    """One copy of a (partition, offset) in a log file."""
+
+    file: str  # relative to the log root
+    processed_at_ms: int
+    event_time_ms: int
+
+
+@dataclass
+class LogListing:
+    """Every file of every partition folder of a source's log, read on its own.
+
+    ``copies``: (partition, offset) → each copy of it in a published file (a non-hidden Avro
+    container file, whatever its name). Hidden files (``.tmp-…``, ``.compact-…``, locks) are
+    never read by a reader and are listed apart, as are files that are not Avro containers
+    and files that cannot be decoded."""
+
+    copies: dict[tuple[int, int], list[LogCopy]]
+    files: int = 0
+    hidden: list[str] = dataclasses.field(default_factory=list)
+    other: list[str] = dataclasses.field(default_factory=list)
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+    misplaced: int = 0  # records whose partition is not their folder's
+
+    def in_several(self) -> dict[tuple[int, int], list[LogCopy]]:
+        """The (partition, offset)s held by more than one file (or twice by one)."""
+        return {k: v for k, v in self.copies.items() if len(v) > 1}
+
+    def disagreeing(self) -> dict[tuple[int, int], list[LogCopy]]:
+        """Of those, the ones whose copies differ in ``processed_at`` or event time."""
+        return {
+            k: v
+            for k, v in self.in_several().items()
+            if len({(c.processed_at_ms, c.event_time_ms) for c in v}) > 1
+        }
+
+    def describe(self, limit: int = 5, *, disagreeing: bool = False) -> str:
+        """A few offsets held twice (or only those whose copies disagree), with their files
+        and ``processed_at`` (for messages)."""
+        out = []
+        held = self.disagreeing() if disagreeing else self.in_several()
+        for (p, o), copies in sorted(held.items())[:limit]:
+            where = ", ".join(f"{c.file} (processed_at {c.processed_at_ms})" for c in copies)
+            out.append(f"p{p} offset {o} in {where}")
+        return "; ".join(out)
+
+
+_AVRO_MAGIC = b"Obj\x01"
+
+
+def log_listing(log_root: str, source: str) -> LogListing:
+    """Lists every file of every ``partition=*`` folder of ``source`` (see ``LogListing``)."""
+    listing = LogListing(copies={})
+    base = Path(log_root)
+    for folder in sorted((base / source).glob("partition=*")):
+        if not folder.is_dir():
+            continue
+        expected = int(folder.name.split("=", 1)[1])
+        for path in sorted(folder.iterdir()):
+            rel = str(path.relative_to(base))
+            if path.name.startswith("."):
+                listing.hidden.append(rel)
+                continue
+            if not path.is_file():
+                listing.other.append(rel)
+                continue
+            try:
+                with open(path, "rb") as fh:
+                    if fh.read(4) != _AVRO_MAGIC:
+                        listing.other.append(rel)
+                        continue
+                    fh.seek(0)
+                    listing.files += 1
+                    for rec in fastavro.reader(fh):
+                        r: Any = rec
+                        if r["partition"] != expected:
+                            listing.misplaced += 1
+                        listing.copies.setdefault((r["partition"], r["offset"]), []).append(
+                            LogCopy(rel, r["processed_at"], r["event_time"])
+                        )
+            except Exception as exc:  # a torn or foreign file: reported, not fatal
+                listing.unreadable.append(f"{rel}: {type(exc).__name__}: {exc}")
+    return listing

@@ -39,12 +39,13 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.envelope import Envelope
-from engine.errors import OnlineStateLost, OnlineWriteConflict
+from engine.errors import OnlineStateLost, OnlineWriteConflict, OwnerFenced
 from engine.online import EntityWrites, core_spec, stats_write
 from engine.plan import Plan, ViewPlan
-from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore
+from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
 from engine.processing import group_columns
 from engine.serde import DecodeLimits, SourceCodec
+from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
@@ -81,6 +82,9 @@ class BatchOutcome:
     # per source partition: event time of the newest event applied (for freshness metrics)
     newest_event_ms: dict[int, int] = field(default_factory=dict)
     rebuilt: int = 0  # (view, partition) states rebuilt from the log before this batch landed
+    # records of partitions this worker does not own (any more): neither applied nor committed
+    dropped: int = 0
+    fenced_partitions: tuple[int, ...] = ()  # found taken by a later owner during this batch
 
 
 class BatchProcessor:
@@ -105,6 +109,7 @@ class BatchProcessor:
         limits: DecodeLimits | None = None,
         cache_entities: int = 200_000,
         recovery: StateRecovery | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.plan = plan
         self.source = plan.sources[source]
@@ -121,6 +126,8 @@ class BatchProcessor:
         self.recovery = recovery
         self._marks = Watermarks(self.views) if recovery is not None else None
         self._lost: dict[int, list[LostState]] = {}  # partition → lost, awaiting a rebuild
+        # owner epochs (engine/stream/ownership.py); None: no fencing (tests, offline tools)
+        self.ownership = ownership
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -132,12 +139,22 @@ class BatchProcessor:
             self._marks.forget(gone)
         for p in gone:  # its next owner checks (and rebuilds) for itself
             self._lost.pop(p, None)
+        if self.ownership is not None:
+            self.ownership.forget(gone)
+
+    def assign(self, partitions: Iterable[int], generation: int) -> None:
+        """The runtime assigned ``partitions`` in consumer-group ``generation``: the next batch
+        takes an owner epoch for each (no-op without ``ownership``)."""
+        if self.ownership is not None:
+            self.ownership.assign(partitions, generation)
 
     def forget_all(self) -> None:
         self._core.forget_all()
         if self._marks is not None:
             self._marks.forget_all()
         self._lost.clear()
+        if self.ownership is not None:
+            self.ownership.forget(list(self.ownership._generation))
 
     @property
     def cached_entities(self) -> int:
@@ -164,16 +181,41 @@ class BatchProcessor:
 
     def _process_rounds(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         rebuilt = 0
-        for _ in range(REBUILD_ROUNDS + 1):
-            if self._lost:
-                rebuilt += self._rebuild_lost()
+        rounds = 0
+        received = len(records)
+        fenced: list[int] = []
+        while True:
+            if self.ownership is not None:
+                records, taken = self._owned(records)
+                fenced += taken
+                if not records:
+                    return self._nothing(received, fenced)
             try:
+                if self._lost:  # a zombie's rebuild is fenced too (OwnerFenced below)
+                    rebuilt += self._rebuild_lost()
                 outcome = self._process(records)
             except _StateLost as exc:
                 for item in exc.lost:
                     self._lost.setdefault(item.partition, []).append(item)
+                rounds += 1
+                if rounds > REBUILD_ROUNDS:
+                    break
                 continue
-            return replace(outcome, rebuilt=rebuilt) if rebuilt else outcome
+            except OwnerFenced as exc:
+                if self.ownership is None:
+                    raise
+                gone = self.ownership.fenced_out(exc.keys)
+                if not gone:
+                    raise
+                self.forget_partitions(gone)
+                fenced += gone
+                continue  # the same batch without the partitions a later owner holds
+            dropped = received - len(records)
+            if rebuilt or dropped or fenced:
+                outcome = replace(
+                    outcome, rebuilt=rebuilt, dropped=dropped, fenced_partitions=tuple(fenced)
+                )
+            return outcome
         lost = "; ".join(i.reason for items in self._lost.values() for i in items)
         raise OnlineStateLost(
             f"source {self.source.name!r}: online state was lost again right after each of "
@@ -181,6 +223,26 @@ class BatchProcessor:
             "Redis (FLUSHALL, eviction: set maxmemory-policy noeviction) or another worker "
             "writing these partitions? The batch stays uncommitted and is retried"
         )
+
+    def _owned(self, records: Sequence[SourceRecord]) -> tuple[Sequence[SourceRecord], list[int]]:
+        """The records of partitions this worker owns, after taking the epochs it lacks; and
+        the partitions whose take was refused (a later owner holds them)."""
+        own = self.ownership
+        assert own is not None
+        parts = {rec.partition for rec in records}
+        refused = own.take(parts)
+        if refused:
+            self.forget_partitions(refused)
+        if all(own.owns(p) for p in parts):
+            return records, refused
+        return [rec for rec in records if own.owns(rec.partition)], refused
+
+    def _nothing(self, received: int, fenced: list[int]) -> BatchOutcome:
+        return BatchOutcome(
+            commits={}, processed_at_ms=self.clock(), records=0, refused=Counter(), applied=0,
+            late=0, fenced=0, entities_written=0, dropped=received,
+            fenced_partitions=tuple(fenced),
+        )  # fmt: skip
 
     def _rebuild_lost(self) -> int:
         """Rebuild every partition found lost; returns the (view, partition) states rebuilt."""
@@ -190,7 +252,8 @@ class BatchProcessor:
             lost = self._lost[p]
             names = {item.view for item in lost}
             slots = [v for v, view in enumerate(self.views) if view.name in names]
-            result = self.recovery.rebuild([self.views[v] for v in slots], p, lost)
+            fence = self.ownership.fence([p]) if self.ownership is not None else []
+            result = self.recovery.rebuild([self.views[v] for v in slots], p, lost, fence=fence)
             self._core.forget_views(slots, p)
             for v in slots:
                 self._marks.rebuilt((v, p), result.last_offset)
@@ -269,7 +332,7 @@ class BatchProcessor:
             }
             pending = self._marks.prepare(highest, self.log)
             try:
-                old = self.online.write(writes, [mark for _, mark, _ in pending])
+                old = self._write(writes, [mark for _, mark, _ in pending], kept)
             except OnlineWriteConflict as conflict:
                 # the marks were swapped: lost state explains refused fences first
                 lost = self._marks.confirm(pending, conflict.previous)
@@ -283,8 +346,10 @@ class BatchProcessor:
             if lost:
                 raise _StateLost(lost)
         elif writes:
-            self.online.write(writes)
+            self._write(writes, [], kept)
         if len(kept):
+            if self.ownership is not None:
+                self.ownership.mark(kept.partitions, kept.offsets)
             processed_at = np.full(len(kept), batch_p, dtype=np.int64)
             for row, first in recovered.items():  # an earlier attempt's processed_at
                 processed_at[row] = first
@@ -296,6 +361,15 @@ class BatchProcessor:
             applied=applied, late=late, fenced=fenced, entities_written=entities_written,
             newest_event_ms=_newest_per_partition(newest),
         )  # fmt: skip
+
+    def _write(
+        self, writes: EntityWrites, marks: list[Watermark], kept: _Kept
+    ) -> list[bytes | None]:
+        """The batch's online write, fenced by the owner epochs of its partitions."""
+        if self.ownership is None:
+            return self.online.write(writes, marks) if marks else self.online.write(writes)
+        fence = self.ownership.fence(np.unique(kept.partitions).tolist())
+        return self.online.write(writes, marks, fence=fence)  # type: ignore[call-arg]  # RedisOnlineStore
 
     def _append(self, kept: _Kept, processed_at: npt.NDArray[np.int64]) -> None:
         """Log the batch's valid records: natively from the decoded columns when the log

@@ -201,10 +201,16 @@ class SourceRunner:
         await asyncio.get_running_loop().run_in_executor(self._executor, forget)
         log.info("revoked %s %s", self.topic, sorted(partitions))
 
-    def on_assigned(self, partitions: set[int]) -> None:
+    async def on_assigned(self, partitions: set[int], generation: int | None) -> None:
+        """Owner epochs of ``partitions`` are taken under ``generation`` by the next batch."""
         self.stats.rebalances += 1
         metrics.observe_rebalance("assigned", [(self.topic, p) for p in partitions])
-        log.info("assigned %s %s", self.topic, sorted(partitions))
+        if partitions and generation is not None and generation > 0:
+            assign = self.wiring.processor.assign
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, assign, partitions, generation
+            )
+        log.info("assigned %s %s", self.topic, sorted(partitions))  # the harness parses this
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -289,8 +295,10 @@ def build_app(
 
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         assigned: set[Any] = args[0]  # sent as send(assigned)
+        # Faust sets the generation of this assignment just before sending the signal
+        generation = getattr(app, "consumer_generation_id", None)
         for topic_name, runner in runners.items():
-            runner.on_assigned(_partitions_of(assigned, topic_name))
+            await runner.on_assigned(_partitions_of(assigned, topic_name), generation)
 
     app.on_partitions_revoked.connect(on_revoked)
     app.on_partitions_assigned.connect(on_assigned)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from engine import metrics
 from engine.config import Config
@@ -43,6 +43,7 @@ from engine.plan import Plan
 from engine.ports import DeadLetterSink, EventLogSink, OnlineStateStore
 from engine.serde import DecodeLimits
 from engine.stream.core import BatchOutcome, BatchProcessor, SourceRecord, wall_clock_ms
+from engine.stream.ownership import OwnerRegister, Ownership
 from engine.stream.recovery import StateRecovery
 
 log = logging.getLogger("skewless.worker")
@@ -63,6 +64,10 @@ class BatchConsumer(Protocol):
     def pause_all(self) -> None: ...
 
     def resume_all(self) -> None: ...
+
+    def generation(self) -> int | None:
+        """The consumer-group generation of the current assignment (None: unknown)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -146,18 +151,26 @@ class OwnedPartitionsLog:
 
     ``EventLogWriter`` caches each partition's highest logged offset; once a partition has
     been owned by another worker that cache is stale, so ``forget`` replaces the writer
-    (the new one re-reads the partition's file names on first use).
+    (the new one re-reads the partition's file names on first use). Owner epochs
+    (``begin_epoch``) are per assignment, so they go with it.
     """
 
     def __init__(self, make: Callable[[], EventLogSink]) -> None:
         self._make = make
-        self._writer = make()
+        self._writer: Any = make()
 
     def append(self, records: Sequence[Envelope]) -> list[str]:
-        return self._writer.append(records)
+        return cast(list[str], self._writer.append(records))
 
     def last_offset(self, partition: int) -> int | None:
-        return self._writer.last_offset(partition)
+        return cast(int | None, self._writer.last_offset(partition))
+
+    def __getattr__(self, name: str) -> Any:
+        # append_batch_columns (the native columnar append), begin_epoch, max_epoch: only
+        # when the writer has them, so BatchProcessor's getattr() checks still see a plain sink
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._writer, name)
 
     def forget(self) -> None:
         self._writer = self._make()
@@ -402,7 +415,17 @@ class KafkaWorker:
         self._assigned.update(parts)
         for tp in parts:
             self._epoch[tp] = self._epoch.get(tp, 0) + 1
-        log.info("assigned %s", _describe(parts))
+        of = getattr(self._consumer, "generation", None)  # a test's fake consumer may not know
+        generation = of() if of is not None else None
+        if generation is not None:  # owner epochs are taken under it (engine/stream/ownership.py)
+            by_topic: dict[str, list[int]] = {}
+            for topic, p in parts:
+                by_topic.setdefault(topic, []).append(p)
+            for topic, ps in by_topic.items():
+                wiring = self.sources.get(topic)
+                if wiring is not None:
+                    wiring.processor.assign(ps, generation)
+        log.info("assigned %s", _describe(parts))  # the fault harness parses this line
 
     def _on_revoke(self, parts: list[Partition]) -> None:
         self.stats.rebalances += 1
@@ -551,8 +574,15 @@ def build_worker(
             return EventLogWriter(config.event_log_root, name, dict(schema))
 
         owned = OwnedPartitionsLog(make_writer)
+        # owner epochs fence zombies (docs/reliability.md#owner-epochs); a store without an
+        # owner register (a test fake) runs unfenced
+        ownership = (
+            Ownership(online, group=group_id(config.project), topic=source.topic, log=owned)
+            if isinstance(online, OwnerRegister)
+            else None
+        )
         processor = BatchProcessor(plan, name, online=online, log=owned, dead=dead_letters(name),
-                                   limits=limits, recovery=recovery)  # fmt: skip
+                                   limits=limits, recovery=recovery, ownership=ownership)  # fmt: skip
         sources[source.topic] = SourceWiring(processor=processor, log=owned)
     topics = sorted(sources)
     if not topics:

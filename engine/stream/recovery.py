@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from engine.plan import Plan, ViewPlan
-from engine.ports import EventLogSink, EventLogSource, OnlineStateStore, Watermark
+from engine.ports import EventLogSink, EventLogSource, OnlineStateStore, StateWrite, Watermark
 from engine.rebuild import PartitionRebuild, rebuild_partition
 from engine.watermarks import decode_watermark, encode_watermark, watermark_key
 
@@ -175,9 +175,17 @@ class StateRecovery:
         self.rebuilds = 0  # (view, partition) states rebuilt since the worker started
 
     def rebuild(
-        self, views: Sequence[ViewPlan], partition: int, lost: Sequence[LostState]
+        self,
+        views: Sequence[ViewPlan],
+        partition: int,
+        lost: Sequence[LostState],
+        *,
+        fence: Sequence[tuple[str, int]] = (),
     ) -> PartitionRebuild:
-        """Replace partition ``partition``'s fields of ``views`` with the log's; log loudly."""
+        """Replace partition ``partition``'s fields of ``views`` with the log's; log loudly.
+
+        ``fence``: the owner epochs every write of the rebuild must hold (a zombie's rebuild
+        is refused like its batches: ``OwnerFenced``)."""
         names = ", ".join(repr(v.name) for v in views)
         source = views[0].source
         for item in lost:
@@ -191,8 +199,9 @@ class StateRecovery:
             "paused and nothing is committed until it is done", partition, names, self.log_root,
         )  # fmt: skip
         started = time.monotonic()
+        store = _Fenced(self.store, fence) if fence else self.store
         result = rebuild_partition(
-            self.plan, views, partition, self.log, self.store, now_ms=self.clock()
+            self.plan, views, partition, self.log, store, now_ms=self.clock()
         )
         self.rebuilds += len(views)
         log.warning(
@@ -202,3 +211,19 @@ class StateRecovery:
             sum(result.entities_written.values()), time.monotonic() - started, self.rebuilds,
         )  # fmt: skip
         return result
+
+
+class _Fenced:
+    """An ``OnlineStateStore`` whose every write carries ``fence`` (``RedisOnlineStore``)."""
+
+    def __init__(self, store: OnlineStateStore, fence: Sequence[tuple[str, int]]) -> None:
+        self._store = store
+        self._fence = fence
+
+    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        return self._store.load(keys)
+
+    def write(
+        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+    ) -> list[bytes | None]:
+        return self._store.write(writes, marks, fence=self._fence)  # type: ignore[call-arg]  # RedisOnlineStore

@@ -530,6 +530,33 @@ def test_cli_get(scenario: Scenario, capsys: pytest.CaptureFixture[str]) -> None
     assert "not a join key" in capsys.readouterr().err
 
 
+def test_cli_get_marks_what_is_not_there(
+    scenario: Scenario, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: a missing entity printed `0.0` and exit 0, exactly like a real zero."""
+    t = scenario.last_processed_ms + 1
+    repo = str(scenario.repo)
+    ref = "customer_spend:amount_last_lifetime"
+    argv = ["--repo", repo, "get", ref, "customer_id=c1", "customer_id=c99999", "--now-ms", str(t)]
+    assert cli_main(argv) == 0
+    captured = capsys.readouterr()
+    table = captured.out.splitlines()
+    assert table[0].split() == ["customer_id", "c1", "c99999"]
+    name, real, missing = table[1].split(None, 2)
+    assert name == "amount_last_lifetime" and float(real) == float(real)
+    assert missing == "- (not found)"  # the empty-window default (null), marked
+    assert captured.err.strip() == (
+        "note: 1 of 2 entities not found (NOT_FOUND): customer_id=c99999 in customer_spend — "
+        "the store holds no state for them; their values are the empty-window defaults"
+    )
+    assert cli_main([*argv, "--status"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["amount_last_lifetime__status"] == ["PRESENT", "NOT_FOUND"]
+    assert cli_main([*argv, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["results"][1]["statuses"] == ["PRESENT", "NOT_FOUND"]
+
+
 def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
     store, plan = scenario.store, scenario.store.plan
     t = scenario.last_processed_ms + 1

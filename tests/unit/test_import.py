@@ -133,7 +133,7 @@ def test_bad_rows_write_nothing_and_name_row_and_problem(
     with pytest.raises(InputDataError) as info:
         store.import_events("tx", mutate(frame(10)))
     assert message in str(info.value)
-    assert "nothing was written" in str(info.value)
+    assert "(nothing imported" in str(info.value)
     assert not Path(store.config.event_log_root).exists()
 
 

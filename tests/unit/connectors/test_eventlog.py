@@ -275,7 +275,15 @@ def test_reader_never_yields_an_offset_twice_when_files_overlap(tmp_path: Path) 
 # ---------------------------------------------------------------- temp files
 
 
-def test_reader_ignores_temp_files_and_writer_removes_them(tmp_path: Path) -> None:
+def test_reader_ignores_temp_files_writer_leaves_them_compaction_removes_stale_ones(
+    tmp_path: Path,
+) -> None:
+    """A temp file may be another writer's in-flight file (a zombie's, issue 11): the next
+    writer leaves it; compaction removes it once it is older than STALE_TEMP_S."""
+    import os
+
+    from connectors.eventlog_compaction import STALE_TEMP_S, EventLogCompactor
+
     EventLogWriter(str(tmp_path), "tx", PAYLOAD_SCHEMA).append([env(0), env(1)])
     folder = tmp_path / "tx" / "partition=0"
     (folder / ".tmp-deadbeef.avro").write_bytes(b"half a file")
@@ -288,7 +296,14 @@ def test_reader_ignores_temp_files_and_writer_removes_them(tmp_path: Path) -> No
 
     writer = EventLogWriter(str(tmp_path), "tx", PAYLOAD_SCHEMA)
     assert writer.last_offset(0) == 1
-    assert log_files(folder) == [f"{0:020d}-{1:020d}.avro"]
+    assert log_files(folder) == [".tmp-deadbeef.avro", f"{0:020d}-{1:020d}.avro"]
+    compactor = EventLogCompactor(str(tmp_path))
+    assert compactor.compact("tx", 0).temps_removed == 0  # fresh: maybe in flight
+    assert ".tmp-deadbeef.avro" in log_files(folder)
+    old = (folder / ".tmp-deadbeef.avro").stat().st_mtime - STALE_TEMP_S - 60
+    os.utime(folder / ".tmp-deadbeef.avro", (old, old))
+    assert compactor.compact("tx", 0).temps_removed == 1
+    assert [n for n in log_files(folder) if n != ".compact.lock"] == [f"{0:020d}-{1:020d}.avro"]
 
 
 # ---------------------------------------------------------------- errors
