@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from engine.metrics import MetricsServer
     from engine.online_read import OnlineResponse
+    from engine.stream.kafka_runtime import WorkerOptions
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command ran and failed
@@ -616,27 +617,21 @@ def serve(host: str, port: int) -> int:
     return EXIT_OK
 
 
-def _kafka_worker(store: FeatureStore, batch_max: int, batch_timeout_s: float) -> int:
-    from engine.stream.kafka_runtime import WorkerOptions, run
+def _kafka_worker(store: FeatureStore, options: WorkerOptions) -> int:
+    from engine.stream.kafka_runtime import run
 
-    run(
-        store.plan,
-        store.config,
-        WorkerOptions(batch_max=batch_max, batch_timeout_s=batch_timeout_s),
-    )
+    run(store.plan, store.config, options)
     return EXIT_OK
 
 
-def _faust_worker(store: FeatureStore, batch_max: int, batch_timeout_s: float) -> int:
+def _faust_worker(store: FeatureStore, options: WorkerOptions) -> int:
     from engine.stream.faust_runtime import run_faust_worker
-    from engine.stream.kafka_runtime import WorkerOptions
 
-    options = WorkerOptions(batch_max=batch_max, batch_timeout_s=batch_timeout_s)
     return run_faust_worker(store.plan, store.config, options)
 
 
 # runtime name -> entry point; every runtime passes the same test suite (DESIGN §4)
-WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, int, float], int]] = {
+WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
     "kafka": _kafka_worker,
     "faust": _faust_worker,
 }
@@ -658,6 +653,12 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, int, float], int]] = {
     type=click.FloatRange(min=0, min_open=True),
     default=0.05,
     help="Seconds an idle worker waits for a batch to fill.",
+)
+@click.option(
+    "--compact-interval",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    help="Seconds between merges of the worker's small log files (0: never).",
 )
 @click.option(
     "--log-level",
@@ -686,6 +687,7 @@ def worker(
     runtime: str,
     batch_max: int,
     batch_timeout: float,
+    compact_interval: float,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -707,7 +709,12 @@ def worker(
     _check_online_credentials(store)
     server = _serve_metrics(store, runtime, metrics_port, metrics_host, metrics_lag_interval)
     try:
-        return WORKER_RUNTIMES[runtime](store, batch_max, batch_timeout)
+        from engine.stream.kafka_runtime import WorkerOptions
+
+        options = WorkerOptions(
+            batch_max=batch_max, batch_timeout_s=batch_timeout, compact_interval_s=compact_interval
+        )
+        return WORKER_RUNTIMES[runtime](store, options)
     finally:
         if server is not None:
             server.close()

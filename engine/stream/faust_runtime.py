@@ -44,6 +44,7 @@ from engine.plan import Plan
 from engine.ports import DeadLetterSink
 from engine.stream.core import BatchOutcome, SourceRecord, wall_clock_ms
 from engine.stream.kafka_runtime import SourceWiring, WorkerOptions, WorkerStats, build_worker
+from engine.stream.log_compaction import BackgroundCompaction, CompactionOptions
 
 __all__ = [
     "FaustOptions",
@@ -138,6 +139,7 @@ class SourceRunner:
         self.stats = stats.stats
         self._stats_log = stats
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"skewless-{topic}")
+        self.assigned: set[int] = set()  # the partitions Faust gave this worker now
 
     async def run(self, stream: Any) -> None:
         """The agent body: batch, process until it succeeds, then ack."""
@@ -199,12 +201,14 @@ class SourceRunner:
             self.wiring.log.forget()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, forget)
+        self.assigned -= set(partitions)
         log.info("revoked %s %s", self.topic, sorted(partitions))
 
     async def on_assigned(self, partitions: set[int], generation: int | None) -> None:
         """Owner epochs of ``partitions`` are taken under ``generation`` by the next batch."""
         self.stats.rebalances += 1
         metrics.observe_rebalance("assigned", [(self.topic, p) for p in partitions])
+        self.assigned |= set(partitions)
         if partitions and generation is not None and generation > 0:
             assign = self.wiring.processor.assign
             await asyncio.get_running_loop().run_in_executor(
@@ -375,12 +379,21 @@ def run_faust_worker(
     worker.spinner = None  # a terminal spinner would write escape codes into the log
     started = wall_clock_ms()
     log.info("faust worker started: topics %s, %s, %s", sorted(wiring), opts, fopts)
+    names = {source.topic: name for name, source in plan.sources.items()}
+    compaction = BackgroundCompaction(
+        config,
+        {name: source.topic for name, source in plan.sources.items()},
+        owned=lambda: {names[r.topic]: sorted(r.assigned) for r in runners if r.topic in names},
+        options=CompactionOptions(interval_s=opts.compact_interval_s),
+    )
+    compaction.start()
     code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # Faust's worker always ends with SystemExit
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        compaction.stop()
         for runner in runners:
             runner.close()
         stats.maybe_log(force=True)

@@ -43,6 +43,7 @@ from engine.plan import Plan
 from engine.ports import DeadLetterSink, EventLogSink, OnlineStateStore
 from engine.serde import DecodeLimits
 from engine.stream.core import BatchOutcome, BatchProcessor, SourceRecord, wall_clock_ms
+from engine.stream.log_compaction import BackgroundCompaction, CompactionOptions
 from engine.stream.ownership import OwnerRegister, Ownership
 from engine.stream.recovery import StateRecovery
 
@@ -94,6 +95,9 @@ class WorkerOptions:
     # once per ``gc_full_interval_s``. The cache holds no reference cycles.
     gc_freeze: bool = True
     gc_full_interval_s: float = 600.0
+    # the worker merges its partitions' small log files this often (0: never; see
+    # engine/stream/log_compaction.py and `skewless worker --compact-interval`)
+    compact_interval_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -216,12 +220,22 @@ class KafkaWorker:
         self._last_stats = time.monotonic()
         self._last_stats_records = 0
         self._last_full_gc = time.monotonic()
+        self.compaction: BackgroundCompaction | None = None  # set by build_worker
 
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
     def assignment(self) -> set[Partition]:
         return set(self._assigned)
+
+    def owned_partitions(self) -> dict[str, list[int]]:
+        """Source name → partitions this worker is assigned now (for log compaction)."""
+        out: dict[str, list[int]] = {}
+        for topic, p in sorted(self._assigned):
+            wiring = self.sources.get(topic)
+            if wiring is not None:
+                out.setdefault(wiring.processor.source.name, []).append(p)
+        return out
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit and leave (thread-safe)."""
@@ -237,6 +251,8 @@ class KafkaWorker:
             consumer = self._factory(self._on_assign, self._on_revoke, self._on_lost)
             self._consumer = consumer
             log.info("worker started: topics %s, %s", sorted(self.sources), self.options)
+            if self.compaction is not None:
+                self.compaction.start()
             try:
                 while not self._stop.is_set():
                     if self._stash:
@@ -250,6 +266,8 @@ class KafkaWorker:
                         self._collect_garbage()
                     self._maybe_log_stats()
             finally:
+                if self.compaction is not None:
+                    self.compaction.stop()
                 self._commit_pending(final=True)
                 consumer.close()  # leaves the group: runs on_revoke
                 self._consumer = None
@@ -602,7 +620,15 @@ def build_worker(
             settings, group, topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost
         )
 
-    return KafkaWorker(sources, factory, options)
+    worker = KafkaWorker(sources, factory, options)
+    interval = (options or WorkerOptions()).compact_interval_s
+    worker.compaction = BackgroundCompaction(
+        config,
+        {name: source.topic for name, source in plan.sources.items()},
+        owned=worker.owned_partitions,
+        options=CompactionOptions(interval_s=interval),
+    )
+    return worker
 
 
 def run(plan: Plan, config: Config, options: WorkerOptions | None = None) -> WorkerStats:

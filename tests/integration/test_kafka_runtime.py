@@ -514,3 +514,32 @@ def test_compacting_the_log_beside_a_live_worker_loses_and_repeats_nothing(
     assert sum(c.files_after for c in again) < worker.worker.stats.batches
     check_log_exactly_once(repo, {})  # every file read on its own: no leftover copies either
     check_online_equals_backfill(repo, int(time.time() * 1000), SPEND + SPEND_JSON)
+
+
+def test_the_worker_compacts_its_own_log_and_readers_see_every_record_once(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    """Issue 11: no `skewless compact-log` needed; what it merges is below the commits."""
+    from connectors.eventlog import EventLogReader
+    from engine.stream.log_compaction import CompactionOptions
+
+    repo = Repo(tmp_path, kafka_service, stream_redis_url, partitions=2)
+    repo.store.apply()
+    valid = rows(600, 12, int(time.time() * 1000))
+    options = WorkerOptions(batch_max=15, batch_timeout_s=0.005, compact_interval_s=0.3)
+    with WorkerThread(repo.store, options) as worker:
+        compaction = worker.worker.compaction
+        assert compaction is not None
+        compaction.options = CompactionOptions(interval_s=0.3, small_records=40, target_records=200)
+        for part in range(12):
+            chunk = valid[part::12]
+            assert repo.store.push(repo.avro, chunk) == len(chunk)
+            time.sleep(0.2)
+        wait_caught_up(kafka_service, repo.group, [repo.avro], 120)
+        wait_until(lambda: compaction.files_merged > 0, 60, "the worker compacted its log")
+        worker.stop()
+    reader = EventLogReader(repo.log_root)
+    offsets = [(e.partition, e.offset) for e in reader.read_all(repo.avro)]
+    assert len(offsets) == len(set(offsets)) == 600
+    files = sum(len(reader.files(repo.avro, p)) for p in reader.partitions(repo.avro))
+    assert files < worker.worker.stats.batches  # fewer files than batches were written
