@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,9 +46,17 @@ from engine.demo_monitor import (
     Monitor,
     ProbeResult,
     ProgressLine,
+    WorkerCounters,
     percentile,
 )
-from engine.demo_report import DemoResult, ReportFiles, WatchPoint, write_report
+from engine.demo_report import (
+    DemoResult,
+    ReportFiles,
+    WatchPoint,
+    cell_text,
+    watch_summary,
+    write_report,
+)
 from engine.errors import (
     ConfigError,
     InputDataError,
@@ -103,6 +112,7 @@ _CATCH_UP_TIMEOUT_S = 600.0
 _READY_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 60.0
 _HISTORY_CHUNK = 2_000
+_METRICS_URL = re.compile(rb"metrics on (http://\S+)")  # the worker logs its endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +163,7 @@ class Demo:
         self._step_no = 0
         self._workers: list[subprocess.Popen[bytes]] = []
         self._worker_logs: list[IO[bytes]] = []
+        self._metrics_urls: list[str] = []  # each worker's /metrics (for its late counter)
         self._env: dict[str, str] = {}
         self._pushing = False
         self._interrupted = False
@@ -186,14 +197,16 @@ class Demo:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    def _push(self, store: FeatureStore, rows: pd.DataFrame) -> None:
+    def _push(self, store: FeatureStore, rows: pd.DataFrame) -> int:
+        """The rows ``store.push`` produced to the topic."""
         self._pushing = True
         try:
-            store.push(SOURCE, rows)
+            sent = store.push(SOURCE, rows)
         finally:
             self._pushing = False
         if self._interrupted:
             raise KeyboardInterrupt
+        return sent
 
     def _run(self) -> tuple[DemoResult, ReportFiles]:
         started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -212,7 +225,7 @@ class Demo:
             with self._step("read fresh features from Redis"):
                 self._online_reads(store, streamed)
             with self._step("point-in-time training set (backfill)"):
-                training, watch = self._training_set(store, streamed)
+                training, (watch, recheck) = self._training_set(store, streamed)
             with self._step("verify: online store vs the replayed event log"):
                 report = store.verify(sample=self.options.verify_sample, seed=self.options.seed)
                 self._say(report.to_text().rstrip())
@@ -238,8 +251,10 @@ class Demo:
                 history_catchup_s=streamed.history_catchup_s,
                 probes=streamed.probes,
                 log_freshness_ms=log_freshness,
+                late=streamed.late,
                 watch_entity=streamed.watch_entity,
                 watch=watch,
+                watch_recheck=recheck,
                 training_rows=len(training.frame),
                 training_columns=len(training.frame.columns),
                 training_features=len(TRAINING_FEATURES),
@@ -354,6 +369,10 @@ class Demo:
             "worker",
             "--runtime",
             "kafka",
+            "--metrics-port",
+            "0",  # any free port; the worker logs it (_wait_assigned)
+            "--metrics-host",
+            "127.0.0.1",
         ]
         for i in range(self.options.workers):
             log = open(self.logs / f"worker-{i}.log", "wb")  # noqa: SIM115  closed in _stop_workers
@@ -391,7 +410,8 @@ class Demo:
         self._say(
             f"  {self.options.workers} workers (pids "
             f"{', '.join(str(w.pid) for w in self._workers)}) own the {partitions} partitions; "
-            f"a probe on each was visible online (slowest {slowest} ms); logs in {self.logs}"
+            f"pushed {probes.pushed} probe rows, one per partition: each visible online "
+            f"(slowest {slowest} ms); logs in {self.logs}"
         )
 
     def _check_workers(self) -> None:
@@ -405,12 +425,16 @@ class Demo:
                 )
 
     def _wait_assigned(self) -> None:
-        """Until every worker has logged a partition assignment; raise if one exits."""
+        """Until every worker has logged a partition assignment (its metrics endpoint is
+        logged before it); raise if one exits."""
         deadline = time.monotonic() + _READY_TIMEOUT_S
         paths = [self.logs / f"worker-{i}.log" for i in range(len(self._workers))]
         while True:
             self._check_workers()
-            if all(b" assigned " in path.read_bytes() for path in paths):
+            texts = [path.read_bytes() for path in paths]
+            if all(b" assigned " in text for text in texts):
+                found = [_METRICS_URL.search(text) for text in texts]
+                self._metrics_urls = [m.group(1).decode() for m in found if m is not None]
                 return
             if time.monotonic() > deadline:
                 raise SkewlessError(
@@ -443,7 +467,8 @@ class Demo:
         offsets = KafkaOffsets(KafkaSettings.from_config(store.config))
         progress = GroupProgress(offsets, group_id(store.config.project), self.topic)
         line = ProgressLine(self.out)
-        monitor = Monitor(progress, line)
+        counters = WorkerCounters(self._metrics_urls, self.topic) if self._metrics_urls else None
+        monitor = Monitor(progress, line, late=None if counters is None else counters.late)
         probes = LiveProbes(
             probe_store,
             source=SOURCE,
@@ -458,16 +483,15 @@ class Demo:
             with self._step(f"send {n_history:,} payments of the last day, as fast as possible"):
                 monitor.begin("history", n_history)
                 history_start_ms = wall_clock_ms()
+                pushed = 0
                 for start in range(0, n_history, _HISTORY_CHUNK):
                     stop = min(n_history, start + _HISTORY_CHUNK)
-                    self._push(store, history.iloc[start:stop])
-                    monitor.sent_payments = stop
+                    pushed += self._push(store, history.iloc[start:stop])
+                    monitor.sent_payments = pushed
                 caught = monitor.wait_caught_up(_CATCH_UP_TIMEOUT_S, "history", self._check_workers)
                 catchup_s = (caught.t_ms - history_start_ms) / 1000
-                monitor.finish(
-                    f"  history  {n_history:,} payments applied in {catchup_s:.1f}s "
-                    f"({n_history / catchup_s:,.0f} events/s end to end)"
-                )
+                late = None if counters is None else caught.late
+                monitor.finish(_history_line(pushed, catchup_s, late))
             with self._step(
                 f"stream {n_live:,} live payments at {options.rate:,}/s with freshness probes"
             ):
@@ -475,16 +499,15 @@ class Demo:
                 probes.start()
                 probes_started = True
                 live_start_ms = wall_clock_ms()
-                sent_ts = self._send_live(store, live, monitor)
+                sent_ts, pushed = self._send_live(store, live, monitor)
                 live_end_ms = wall_clock_ms()
                 probes.stop()
                 probes_started = False
-                monitor.wait_caught_up(_CATCH_UP_TIMEOUT_S, "live", self._check_workers)
-                seen = [p.latency_ms for p in probes.results if p.latency_ms is not None]
+                caught = monitor.wait_caught_up(_CATCH_UP_TIMEOUT_S, "live", self._check_workers)
                 monitor.finish(
-                    f"  live     {n_live:,} payments in {(live_end_ms - live_start_ms) / 1000:.1f}s;"
-                    f" freshness (produce → visible online) p50 {percentile(seen, 0.5):,.0f} ms, "
-                    f"p99 {percentile(seen, 0.99):,.0f} ms over {len(seen)} probes"
+                    _live_line(
+                        pushed, (live_end_ms - live_start_ms) / 1000, probes.pushed, probes.results
+                    )
                 )
         finally:
             if probes_started:
@@ -505,23 +528,27 @@ class Demo:
             probes=probes.results,
             reads=probes.reads,
             watch_entity=watch_entity,
+            late=None if counters is None else caught.late,
         )
 
-    def _send_live(self, store: FeatureStore, live: pd.DataFrame, monitor: Monitor) -> np.ndarray:
-        """Send ``live`` at the configured rate, each chunk stamped with its send time."""
+    def _send_live(
+        self, store: FeatureStore, live: pd.DataFrame, monitor: Monitor
+    ) -> tuple[np.ndarray, int]:
+        """Send ``live`` at the configured rate, each chunk stamped with its send time; the
+        send times and the rows push reported sent."""
         sent_ts = np.zeros(len(live), dtype="int64")
         began = time.monotonic()
-        sent = 0
+        sent = pushed = 0
         while sent < len(live):
             due = min(len(live), int((time.monotonic() - began) * self.options.rate) + 1)
             if due > sent:
                 now = wall_clock_ms()
-                self._push(store, live.iloc[sent:due].assign(ts=now))
+                pushed += self._push(store, live.iloc[sent:due].assign(ts=now))
                 sent_ts[sent:due] = now
                 sent = due
-                monitor.sent_payments = sent
+                monitor.sent_payments = pushed
             time.sleep(0.02)
-        return sent_ts
+        return sent_ts, pushed
 
     def _online_reads(self, store: FeatureStore, streamed: _Streamed) -> None:
         everyone = pd.concat([streamed.history["customer_id"], streamed.live["customer_id"]])
@@ -531,6 +558,7 @@ class Demo:
             list(ONLINE_REFS),
             [{"customer_id": c} for c in customers],
             with_freshness=True,
+            full_feature_names=True,
             now_ms=read_at,
         ).to_df()
         ages = [c for c in frame.columns if c.endswith(FRESHNESS_SUFFIX)]
@@ -543,27 +571,33 @@ class Demo:
 
     def _training_set(
         self, store: FeatureStore, streamed: _Streamed
-    ) -> tuple[_Training, dict[str, list[WatchPoint]]]:
+    ) -> tuple[_Training, tuple[dict[str, list[WatchPoint]], dict[str, WatchPoint]]]:
         events = pd.concat([streamed.history, streamed.live], ignore_index=True)
         labels = fraud_labels(events, self.options.labels, seed=self.options.seed)
-        frame = store.get_historical_features(labels, list(TRAINING_FEATURES))
+        frame = _training_frame(store, labels)
         path = self.dir / "training_set.parquet"
         frame.to_parquet(path, index=False)
         self._say(
             f"  {len(frame):,} labelled payments x {len(TRAINING_FEATURES)} features "
             f"(fraud rate {frame['is_fraud'].mean():.1%}) -> {path}"
         )
-        with pd.option_context("display.width", 250, "display.max_columns", 20):
-            self._say(_indent(_head(frame, self.options.seed).to_string(index=False)))
+        head = _head(frame, self.options.seed)
+        self._say(
+            f"  {len(head)} rows drawn at random, one line per column: the label's, then each "
+            "feature as <view>__<feature>"
+        )
+        self._say(_indent(_preview(head)))
         return _Training(frame=frame, path=path), self._watch_points(store, streamed)
 
     def _watch_points(
         self, store: FeatureStore, streamed: _Streamed
-    ) -> dict[str, list[WatchPoint]]:
-        """Each online read of the watched customer next to the replay as of the read time."""
+    ) -> tuple[dict[str, list[WatchPoint]], dict[str, WatchPoint]]:
+        """Each online read of the watched customer next to the replay as of the read time;
+        when a read is not equal, also a re-read of the customer now (the workers are idle)
+        next to the replay as of now."""
         reads = streamed.reads
         if not reads:
-            return {ref: [] for ref in WATCH_REFS}
+            return {ref: [] for ref in WATCH_REFS}, {}
         times = [r.t_ms for r in reads] + [(r.freshness_ms or r.t_ms - 1) + 1 for r in reads]
         entity = pd.DataFrame({"customer_id": streamed.watch_entity, "event_timestamp": times})
         replay = store.get_historical_features(entity, list(WATCH_REFS), mode="processing_time")
@@ -585,11 +619,28 @@ class Demo:
                     WatchPoint(t_ms=read.t_ms, online=online, backfill=at_read, status=status)
                 )
             out[ref] = points
-        equal = sum(p.status == "equal" for points in out.values() for p in points)
-        self._say(
-            f"  customer {streamed.watch_entity}: {equal} of {n * len(WATCH_REFS)} live online "
-            "reads equal the backfill's processing-time replay at the same instant"
-        )
+        recheck: dict[str, WatchPoint] = {}
+        if any(p.status != "equal" for points in out.values() for p in points):
+            recheck = self._recheck(store, streamed.watch_entity)
+        for line in watch_summary(streamed.watch_entity, out, recheck):
+            self._say("  " + line)
+        return out, recheck
+
+    def _recheck(self, store: FeatureStore, entity: str) -> dict[str, WatchPoint]:
+        """The watched customer read online now, next to the replay as of now: every batch
+        has landed (the workers caught up and nothing is being sent)."""
+        t_ms = wall_clock_ms()
+        online = store.get_online_features(
+            list(WATCH_REFS), [{"customer_id": entity}], now_ms=t_ms
+        ).to_dict()
+        frame = pd.DataFrame({"customer_id": [entity], "event_timestamp": [t_ms]})
+        replay = store.get_historical_features(frame, list(WATCH_REFS), mode="processing_time")
+        out = {}
+        for ref in WATCH_REFS:
+            feature = ref.partition(":")[2]
+            value, expected = online[feature][0], replay[feature].tolist()[0]
+            status = "equal" if _same(value, expected) else "differs"
+            out[ref] = WatchPoint(t_ms=t_ms, online=value, backfill=expected, status=status)
         return out
 
     def _log_freshness(self, store: FeatureStore, live_start_ms: int) -> list[int]:
@@ -692,6 +743,8 @@ class _Streamed:
     probes: list[ProbeResult]
     reads: list[Any]
     watch_entity: str
+    late: int | None  # the workers' late counter once the live phase was applied; None:
+    # no worker logged a metrics endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -797,6 +850,49 @@ def _head(frame: pd.DataFrame, seed: int, rows: int = 5) -> pd.DataFrame:
     history yet), in time order, without the transaction id."""
     picked = frame.sample(min(rows, len(frame)), random_state=seed).sort_index()
     return picked.drop(columns=["transaction_id"])
+
+
+def _training_frame(store: FeatureStore, labels: pd.DataFrame) -> pd.DataFrame:
+    """The labels with ``TRAINING_FEATURES`` as of each label's time, in columns named
+    ``<view>__<feature>`` so each says which view it comes from."""
+    return store.get_historical_features(labels, list(TRAINING_FEATURES), full_feature_names=True)
+
+
+def _history_line(pushed: int, seconds: float, late: int | None) -> str:
+    """The history phase's last line: rows push reported sent, how fast they were applied,
+    the workers' late counter (None: unknown, left out)."""
+    return (
+        f"  history  pushed {pushed:,} rows; all applied in {seconds:.1f}s "
+        f"({pushed / seconds:,.0f} events/s end to end)"
+        + ("" if late is None else f"; late {late:,}")
+    )
+
+
+def _live_line(pushed: int, seconds: float, probe_rows: int, probes: list[ProbeResult]) -> str:
+    """The live phase's last line: rows push reported sent (payments, then probes) and the
+    probes' freshness."""
+    seen = [p.latency_ms for p in probes if p.latency_ms is not None]
+    return (
+        f"  live     pushed {pushed:,} rows in {seconds:.1f}s (+{probe_rows:,} probe rows); "
+        f"freshness (produce → visible online) p50 {percentile(seen, 0.5):,.0f} ms, "
+        f"p99 {percentile(seen, 0.99):,.0f} ms over {len(seen)} probes"
+    )
+
+
+def _preview(rows: pd.DataFrame) -> str:
+    """``rows`` turned on their side for a terminal: one line per column (long feature names
+    stay readable), one value column per row; a missing value reads NaN."""
+    names = [str(c) for c in rows.columns]
+    width = max(len(n) for n in names)
+    cells = [[cell_text(v) or "NaN" for v in rows[c]] for c in rows.columns]
+    widths = [max(len(column[r]) for column in cells) for r in range(len(rows))]
+    return "\n".join(
+        (
+            f"{name:<{width}}  "
+            + "  ".join(f"{v:>{w}}" for v, w in zip(column, widths, strict=True))
+        ).rstrip()
+        for name, column in zip(names, cells, strict=True)
+    )
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -7,6 +7,9 @@ Two clocks are measured, and named for what they are:
 - **freshness** — for probe payments of fresh customers, the time from the producer's send
   to the first online read that returns the payment (``get_online_features`` polled every
   few ms): what a model server would see.
+
+The workers' ``late`` counter comes from their own metrics endpoints (``skewless_late_total``),
+so the live line shows the number the workers count, explained once (``LATE_NOTE``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.demo_data import probe_payment
 from engine.errors import SkewlessError
@@ -24,6 +30,7 @@ from engine.status import OffsetsProbe, consumer_lag
 from engine.stream.core import wall_clock_ms
 
 __all__ = [
+    "LATE_NOTE",
     "GroupProgress",
     "LiveProbes",
     "Monitor",
@@ -31,8 +38,16 @@ __all__ = [
     "ProgressLine",
     "Sample",
     "WatchRead",
+    "WorkerCounters",
+    "counter_total",
     "percentile",
 ]
+
+LATE_NOTE = (
+    "  late = events older than a view's allowed lateness when they arrived (counted per view): "
+    "still in the event log, not folded into that view, online or in the backfill; "
+    "see docs/concepts/lateness.md"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +59,7 @@ class Sample:
     sent: int  # records produced so far (payments and probes)
     applied: int  # records the workers' group committed (written to Redis and the log)
     lag: int  # produced but not yet committed, over all partitions
+    late: int = 0  # (event, view) pairs the workers did not admit: too late for the view
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +105,44 @@ class GroupProgress:
         return end, end - sum(p.lag for p in lags)
 
 
+def counter_total(text: str, name: str, labels: Mapping[str, str]) -> float:
+    """The sum of counter ``name``'s samples whose labels include ``labels``, in a Prometheus
+    text exposition (``name`` without the ``_total`` suffix); 0 when there is none."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{name}_total" and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return total
+
+
+class WorkerCounters:
+    """The ``late`` counter of the stream workers, summed over their ``/metrics`` endpoints
+    (each worker started with ``--metrics-port 0``)."""
+
+    def __init__(self, urls: Sequence[str], topic: str, *, timeout_s: float = 1.0) -> None:
+        self.urls = list(urls)
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self._last: dict[str, int] = {}  # url -> its latest answer
+
+    def late(self) -> int:
+        """Events not admitted to a view, over all workers; a worker that does not answer
+        counts with its latest answer (the counter only grows)."""
+        for url in self.urls:
+            try:
+                with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
+                    text = response.read().decode("utf-8")
+            except OSError:
+                continue
+            self._last[url] = int(counter_total(text, "skewless_late", {"topic": self.topic}))
+        return sum(self._last.values())
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-quantile (0..1) by the nearest-rank method; NaN for no values."""
     if not values:
@@ -117,6 +171,16 @@ class ProgressLine:
             self._last = time.monotonic()
             self.stream.write(text + "\n")
             self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own, above the refreshing one (redrawn by the next ``update``)."""
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self._width) + "\n")
+            self._width = 0
+            self._last = -math.inf
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
 
     def done(self, text: str) -> None:
         """The phase's last line, always written."""
@@ -162,6 +226,7 @@ class LiveProbes:
         self.timeout_s = timeout_s
         self.results: list[ProbeResult] = []
         self.reads: list[WatchRead] = []
+        self.pushed = 0  # rows push() reported sent
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-probes", daemon=True)
@@ -173,7 +238,7 @@ class LiveProbes:
             customer_id = f"{self.prefix}{self._next:05d}"
             self._next += 1
         sent = wall_clock_ms()
-        self.store.push(self.source, [probe_payment(customer_id, sent)])
+        self.pushed += self.store.push(self.source, [probe_payment(customer_id, sent)])
         deadline = time.monotonic() + self.timeout_s
         rows = [{"customer_id": customer_id}]
         while True:
@@ -220,7 +285,9 @@ class Monitor:
     The producer calls ``begin`` per phase and sets ``sent_payments`` as it goes; a phase's
     ``probes`` feed the freshness figures. ``samples`` keeps every tick for the report's
     throughput plot. The line reads: payments sent in the phase (rate), records applied
-    since the phase began (rate; probes included), lag, freshness of the probes so far.
+    since the phase began (rate; probes included), lag, the workers' ``late`` counter (when
+    ``late`` is given; ``LATE_NOTE`` explains it once, the first time it is not 0),
+    freshness of the probes so far.
     """
 
     def __init__(
@@ -228,11 +295,13 @@ class Monitor:
         progress: GroupProgress,
         line: ProgressLine,
         *,
+        late: Callable[[], int] | None = None,
         tick_s: float = 0.5,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.progress = progress
         self.line = line
+        self.late = late
         self.tick_s = tick_s
         self.clock = clock
         self.phase = "start"
@@ -243,6 +312,7 @@ class Monitor:
         self.error: BaseException | None = None
         self._started_ms = clock()
         self._baseline = 0  # records applied before the phase began
+        self._late_explained = False
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one writer of the line at a time
         self._thread = threading.Thread(target=self._run, name="demo-monitor", daemon=True)
@@ -259,8 +329,14 @@ class Monitor:
     def sample(self) -> Sample:
         """Read the group's progress now, keep the sample and return it."""
         end, applied = self.progress.read()
+        late = 0 if self.late is None else self.late()
         sample = Sample(
-            t_ms=self.clock(), phase=self.phase, sent=end, applied=applied, lag=end - applied
+            t_ms=self.clock(),
+            phase=self.phase,
+            sent=end,
+            applied=applied,
+            lag=end - applied,
+            late=late,
         )
         self.samples.append(sample)
         return sample
@@ -271,9 +347,16 @@ class Monitor:
         self.phase, self.target, self.sent_payments, self.probes = phase, target, 0, probes
 
     def finish(self, text: str) -> None:
-        """End the phase's live line with ``text``."""
+        """End the phase's live line with ``text`` (and explain ``late`` if not done yet)."""
         with self._lock:
             self.line.done(text)
+            self._explain_late()
+
+    def _explain_late(self) -> None:
+        """``LATE_NOTE`` once, after the first sample with a non-zero ``late``; hold the lock."""
+        if not self._late_explained and self.samples and self.samples[-1].late:
+            self._late_explained = True
+            self.line.note(LATE_NOTE)
 
     def wait_caught_up(
         self, timeout_s: float, what: str, check: Callable[[], None] | None = None
@@ -312,6 +395,8 @@ class Monitor:
             f"({sent_rate:>6,.0f}/s)  applied {sample.applied - self._baseline:>7,} "
             f"({applied_rate:>6,.0f}/s)  lag {sample.lag:>6,}"
         )
+        if self.late is not None:
+            text += f"  late {sample.late:,}"
         if self.probes is not None:
             seen = [p.latency_ms for p in self.probes.results if p.latency_ms is not None]
             if seen:
@@ -327,6 +412,7 @@ class Monitor:
                 started = time.monotonic()
                 text = self.render(self.sample())
                 with self._lock:
+                    self._explain_late()
                     self.line.update(text)
                 self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
         except BaseException as exc:  # handed to the caller by stop()

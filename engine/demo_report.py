@@ -1,7 +1,8 @@
 """The demo's report: a Markdown page and three PNG plots (throughput, freshness, online vs backfill).
 
-Plots are drawn with matplotlib's Agg backend (no display needed); the Markdown links them
-by relative path, so the report folder can be moved or committed as it is.
+Each plot is a matplotlib ``Figure`` built without pyplot (no display, no global state),
+then saved as PNG; the Markdown links them by relative path, so the report folder can be
+moved or committed as it is.
 """
 
 from __future__ import annotations
@@ -11,14 +12,28 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from engine.demo_monitor import ProbeResult, Sample, percentile
 from engine.verify_report import VerifyReport
 
-__all__ = ["DemoResult", "ReportFiles", "WatchPoint", "write_report"]
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "DemoResult",
+    "ReportFiles",
+    "WatchPoint",
+    "cell_text",
+    "freshness_figure",
+    "throughput_figure",
+    "watch_figure",
+    "watch_summary",
+    "write_report",
+]
 
 REPORT_NAME = "demo-report.md"
 THROUGHPUT_PNG = "throughput.png"
@@ -69,6 +84,11 @@ class DemoResult:
     fraud_rate: float
     training_head: pd.DataFrame
     verify: VerifyReport
+    # the workers' late counter at the end: (event, view) pairs not admitted (None: unknown)
+    late: int | None = None
+    # ref -> a re-read of the watched entity once the workers were idle (when a read was
+    # not equal), next to the replay as of that re-read
+    watch_recheck: Mapping[str, WatchPoint] = field(default_factory=dict)
     paths: Mapping[str, Path] = field(default_factory=dict)  # what → where, for "Files"
 
 
@@ -82,9 +102,9 @@ def write_report(result: DemoResult, folder: Path) -> ReportFiles:
     """Write ``demo-report.md`` and its PNG plots into ``folder`` (created if needed)."""
     folder.mkdir(parents=True, exist_ok=True)
     plots = (
-        _plot_throughput(result, folder / THROUGHPUT_PNG),
-        _plot_freshness(result, folder / FRESHNESS_PNG),
-        _plot_watch(result, folder / ONLINE_VS_BACKFILL_PNG),
+        _save(throughput_figure(result), folder / THROUGHPUT_PNG),
+        _save(freshness_figure(result), folder / FRESHNESS_PNG),
+        _save(watch_figure(result), folder / ONLINE_VS_BACKFILL_PNG),
     )
     markdown = folder / REPORT_NAME
     markdown.write_text(render_markdown(result), encoding="utf-8")
@@ -108,31 +128,80 @@ def _quantiles(values: Sequence[float]) -> str:
     )
 
 
-def _rates(samples: Sequence[Sample]) -> list[tuple[float, float, float, int]]:
-    """(t_ms, sent/s, applied/s, lag) between consecutive samples."""
-    out: list[tuple[float, float, float, int]] = []
+@dataclass(frozen=True, slots=True)
+class _Rate:
+    t_ms: int
+    phase: str  # of the later sample
+    sent: float  # per second
+    applied: float  # per second
+    lag: int
+
+
+def _rates(samples: Sequence[Sample]) -> list[_Rate]:
+    """Rates between consecutive samples, each in the phase of the later one."""
+    out: list[_Rate] = []
     for a, b in itertools.pairwise(samples):
         span = (b.t_ms - a.t_ms) / 1000
         if span <= 0:
             continue
-        out.append((b.t_ms, (b.sent - a.sent) / span, (b.applied - a.applied) / span, b.lag))
+        sent, applied = (b.sent - a.sent) / span, (b.applied - a.applied) / span
+        out.append(_Rate(t_ms=b.t_ms, phase=b.phase, sent=sent, applied=applied, lag=b.lag))
     return out
 
 
-def _watch_counts(result: DemoResult) -> tuple[int, int, int]:
-    points = [p for series in result.watch.values() for p in series]
+def _watch_counts(watch: Mapping[str, Sequence[WatchPoint]]) -> tuple[int, int, int]:
+    points = [p for series in watch.values() for p in series]
     equal = sum(p.status == "equal" for p in points)
     flight = sum(p.status == "in flight" for p in points)
     return equal, flight, len(points) - equal - flight
 
 
-def _cell(value: Any) -> str:
+def watch_summary(
+    entity: str,
+    watch: Mapping[str, Sequence[WatchPoint]],
+    recheck: Mapping[str, WatchPoint],
+) -> list[str]:
+    """The terminal's lines on the watched entity: how many live online reads equal the
+    replay at the same instant, what the others are, and the re-read once the workers
+    were idle (when there is one).
+
+    Example:
+        >>> watch_summary("c1", {"v:f": points}, {})  # doctest: +SKIP
+        ["customer c1: 40 of 40 live online reads equal the backfill's processing-time replay at the same instant"]
+    """
+    equal, flight, differs = _watch_counts(watch)
+    lines = [
+        f"customer {entity}: {equal} of {equal + flight + differs} live online reads equal the "
+        "backfill's processing-time replay at the same instant"
+    ]
+    if flight:
+        lines.append(
+            f"{'the other ' if not differs else ''}{flight} raced a batch in flight (stamped "
+            "processed_at before the read, written to Redis after it): each equals the replay "
+            "as of the write it saw"
+        )
+    if differs:
+        lines.append(
+            f"{differs} differ from the replay, both at the read and as of the write it saw"
+        )
+    if recheck:
+        ok = sum(p.status == "equal" for p in recheck.values())
+        lines.append(
+            f"re-read once the workers were idle: {ok} of {len(recheck)} values equal the "
+            "replay at that instant"
+        )
+    return lines
+
+
+def cell_text(value: Any) -> str:
+    """A value as the report shows it: floats to 10 significant digits, NaN and None
+    empty, timestamps to the millisecond, ``|`` escaped."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.10g}"
     if isinstance(value, pd.Timestamp):
         return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, list):
-        return "[" + ", ".join(_cell(v) for v in value) + "]"
+        return "[" + ", ".join(cell_text(v) for v in value) + "]"
     return "" if value is None else str(value).replace("|", "\\|")
 
 
@@ -141,7 +210,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
     head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     rows = [
-        "| " + " | ".join(_cell(v) for v in row) + " |"
+        "| " + " | ".join(cell_text(v) for v in row) + " |"
         for row in frame.itertuples(index=False, name=None)
     ]
     return "\n".join([head, rule, *rows])
@@ -176,7 +245,8 @@ def render_markdown(result: DemoResult) -> str:
     live_s = (result.live_end_ms - result.live_start_ms) / 1000
     probes = _latencies(result)
     lost = sum(p.latency_ms is None for p in result.probes)
-    equal, flight, differs = _watch_counts(result)
+    equal, flight, differs = _watch_counts(result.watch)
+    rechecked = sum(p.status == "equal" for p in result.watch_recheck.values())
     total_s = sum(seconds for _, seconds in result.steps)
     steps = "\n".join(f"| {name} | {seconds:,.1f} |" for name, seconds in result.steps)
     refs = ", ".join(f"`{r}`" for r in result.watch)
@@ -206,6 +276,8 @@ def render_markdown(result: DemoResult) -> str:
         f"- live: {result.live_events:,} payments at {result.rate:,}/s for {live_s:.1f} s; "
         f"the highest lag sampled in the live phase was "
         f"{max((s.lag for s in result.samples if s.phase == 'live'), default=0):,} records.",
+        "- the plot draws each phase on its own scale (the history's rate is many times the "
+        "live one), and the lag of the whole run below.",
         "",
         "## Freshness",
         "",
@@ -215,7 +287,9 @@ def render_markdown(result: DemoResult) -> str:
         f"~0.25 s during the live phase; an online read polled every 5 ms until it returned "
         f"the payment): {_quantiles(probes)}"
         + (f"; {lost} probes not visible within the timeout" if lost else "")
-        + ".",
+        + ". The plot shows each probe over the live phase (left) and the distribution of "
+        "both measures (right), with the p99 of each drawn as a dashed line labelled with its "
+        "value.",
         "- produce → the worker's batch start (every live payment, from the event log: "
         "`processed_at` - event time, where the event time is the send time): "
         f"{_quantiles(result.log_freshness_ms)}. The write to Redis follows the batch start "
@@ -230,13 +304,19 @@ def render_markdown(result: DemoResult) -> str:
         "event log as of each read's time (line). "
         f"**{equal} of {equal + flight + differs} reads equal the replay bit for bit**"
         + (
-            f"; {flight} raced a batch in flight (started before the read, written after it) "
-            "and equal the replay as of the entity's write time instead"
+            f"; {flight} raced a batch in flight (its `processed_at` stamp before the read, its "
+            "Redis write after it) and equal the replay as of the write they saw instead"
             if flight
             else ""
         )
         + (f"; **{differs} differ**" if differs else "")
-        + ".",
+        + "."
+        + (
+            f" Re-read once the workers were idle, {rechecked} of {len(result.watch_recheck)} "
+            "values of the customer equal the replay at that instant."
+            if result.watch_recheck
+            else ""
+        ),
         "",
         "## Verify",
         "",
@@ -251,10 +331,18 @@ def render_markdown(result: DemoResult) -> str:
         f"({result.training_features} features, point in time: each label's features as of its "
         f"payment's time, never including it); fraud rate {result.fraud_rate:.1%} "
         "(generated: card not present, non-USD, amount above 120, with 60 % probability; "
-        "else 1 %). Features of view `customer_online` (allowed lateness 2 h) only count the "
-        "last 2 hours of the history: the day was sent all at once, so older payments arrived "
-        "too late for that view — online and in the backfill alike, since both apply the "
-        "admission rule to the logged `processed_at`.",
+        "else 1 %). Each feature column is named `<view>__<feature>` "
+        "(`full_feature_names=True`). Features of view `customer_online` (allowed lateness "
+        "2 h) only count the last 2 hours of the history: the day was sent all at once, so "
+        "older payments arrived too late for that view — online and in the backfill alike, "
+        "since both apply the admission rule to the logged `processed_at`."
+        + (
+            ""
+            if result.late is None
+            else f" The workers' `late` counter ended at {result.late:,}: events older than a "
+            "view's allowed lateness when they arrived, counted per view; they stay in the "
+            "event log (see `docs/concepts/lateness.md`)."
+        ),
         "",
         markdown_table(result.training_head),
         "",
@@ -266,84 +354,142 @@ def render_markdown(result: DemoResult) -> str:
 
 # -- plots ----------------------------------------------------------------------------------
 
-
-def _figure(width: float = 9.0, height: float = 4.2) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    return plt.figure(figsize=(width, height), dpi=110)
+_P99_LABEL = "p99 {:,.0f} ms"
 
 
-def _save(fig: Any, path: Path) -> Path:
-    from matplotlib import pyplot as plt
+def _figure(width: float = 9.0, height: float = 4.2) -> Figure:
+    from matplotlib.figure import Figure
 
-    fig.tight_layout()
+    return Figure(figsize=(width, height), dpi=110)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
-def _plot_throughput(result: DemoResult, path: Path) -> Path:
-    fig = _figure(height=5.6)
+def throughput_figure(result: DemoResult) -> Figure:
+    """Produced and applied events per second, the history and the live phase each on its
+    own scale (the history's rate flattens the live one on a shared axis), and the lag of
+    the whole run below.
+
+    Axes, in order: history rates, live rates (with the target rate), lag.
+    """
+    fig = _figure(height=6.0)
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 2))
     rates = _rates(result.samples)
     t0 = result.history_start_ms
-    xs = [(t - t0) / 1000 for t, _, _, _ in rates]
     live_x = (result.live_start_ms - t0) / 1000
-    top = fig.add_subplot(2, 1, 1)
-    top.plot(xs, [r[1] for r in rates], label="produced", color="tab:blue", alpha=0.6)
-    top.plot(xs, [r[2] for r in rates], label="applied + committed", color="tab:green")
-    top.set_ylabel("events per second")
-    top.legend(loc="upper right")
-    top.set_title(
-        f"Throughput: {result.workers} workers, {result.cores} cores "
-        f"(history until {live_x:.1f} s, then live at {result.rate:,}/s)"
-    )
-    bottom = fig.add_subplot(2, 1, 2, sharex=top)
-    bottom.plot(xs, [r[3] for r in rates], color="tab:red")
-    bottom.set_yscale("symlog", linthresh=10)
-    bottom.set_ylabel("lag (records)")
-    bottom.set_xlabel("seconds since the first payment was sent")
-    for ax in (top, bottom):
-        ax.axvline(live_x, color="grey", linestyle="--", linewidth=1)
-    return _save(fig, path)
+    history = fig.add_subplot(grid[0, 0])
+    live = fig.add_subplot(grid[0, 1])
+    lag = fig.add_subplot(grid[1, :])
+    phases = (
+        (history, [r for r in rates if r.phase != "live"],
+         f"history: {result.history_events:,} payments, as fast as possible"),
+        (live, [r for r in rates if r.phase == "live"],
+         f"live: {result.live_events:,} payments at {result.rate:,}/s"),
+    )  # fmt: skip
+    for ax, phase, title in phases:
+        xs = [(r.t_ms - t0) / 1000 for r in phase]
+        ax.plot(xs, [r.sent for r in phase], label="produced", color="tab:blue", alpha=0.6)
+        ax.plot(xs, [r.applied for r in phase], label="applied + committed", color="tab:green")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("seconds since the first payment")
+        ax.set_ylim(bottom=0)
+    live.axhline(result.rate, color="grey", linestyle=":", linewidth=1,
+                 label=f"target {result.rate:,}/s")  # fmt: skip
+    history.set_ylabel("events per second")
+    history.legend(loc="upper right", fontsize="small")
+    live.legend(loc="lower right", fontsize="small")
+    lag.plot([(r.t_ms - t0) / 1000 for r in rates], [r.lag for r in rates], color="tab:red")
+    lag.set_yscale("symlog", linthresh=10)
+    lag.set_ylabel("lag (records)")
+    lag.set_xlabel("seconds since the first payment was sent")
+    lag.axvline(live_x, color="grey", linestyle="--", linewidth=1)
+    lag.annotate(
+        "live phase", (live_x, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+        textcoords="offset points", fontsize="small", color="grey",
+    )  # fmt: skip
+    fig.suptitle(f"Throughput: {result.workers} workers, {result.cores} cores")
+    fig.tight_layout()
+    return fig
 
 
-def _plot_freshness(result: DemoResult, path: Path) -> Path:
+def freshness_figure(result: DemoResult) -> Figure:
+    """Freshness in milliseconds (log scale): each probe over the live phase (left) and the
+    distribution of both measures (right, sharing the axis), with each p99 drawn as a
+    dashed horizontal line labelled with its value.
+
+    Axes, in order: probes over time, distributions.
+    """
     import numpy as np
 
-    fig = _figure()
-    ax = fig.add_subplot(1, 1, 1)
-    probes = _latencies(result)
+    fig = _figure(height=4.6)
+    grid = fig.add_gridspec(1, 2, width_ratios=(3, 2))
+    over_time = fig.add_subplot(grid[0, 0])
+    spread = fig.add_subplot(grid[0, 1], sharey=over_time)
+    seen = [p for p in result.probes if p.latency_ms is not None]
+    probes = [p.latency_ms for p in seen if p.latency_ms is not None]
+    log = list(result.log_freshness_ms)
     series = [
         (probes, "produce → visible online (probes)", "tab:green"),
-        (list(result.log_freshness_ms), "produce → batch start (event log)", "tab:blue"),
+        (log, "produce → batch start (event log)", "tab:blue"),
     ]
+    over_time.plot(
+        [(p.sent_ms - result.live_start_ms) / 1000 for p in seen],
+        [max(1, v) for v in probes],
+        "o",
+        markersize=3,
+        color="tab:green",
+        label=series[0][1],
+    )
+    over_time.set_yscale("log")
+    over_time.set_xlabel("seconds since the live phase started (probe sent)")
+    over_time.set_ylabel("milliseconds (log scale)")
+    over_time.set_title("produce → visible online, per probe", fontsize="medium")
     present = [max(1, v) for values, _, _ in series for v in values]
     if present:
         low, high = math.log10(min(present) / 1.5), math.log10(max(present) * 1.5)
-        bins = np.logspace(low, high, 40)
+        bins = np.logspace(low, high, 40).tolist()
         for values, label, color in series:
             if values:
-                weights = np.full(len(values), 100.0 / len(values))
-                ax.hist(
+                spread.hist(
                     [max(1, v) for v in values],
                     bins=bins,
-                    weights=weights,
+                    weights=np.full(len(values), 100.0 / len(values)),
+                    orientation="horizontal",
                     alpha=0.55,
                     label=f"{label}, p50 {percentile(values, 0.5):,.0f} ms",
                     color=color,
                 )
-        ax.set_xscale("log")
-        ax.legend()
-    ax.set_xlabel("milliseconds (log scale)")
-    ax.set_ylabel("% of samples")
-    ax.set_title("Freshness during the live phase")
-    return _save(fig, path)
+        spread.legend(loc="lower right", fontsize="small")
+    spread.set_xlabel("% of samples")
+    spread.set_title("distribution", fontsize="medium")
+    spread.tick_params(labelleft=False)
+    if probes:
+        p99 = max(1.0, percentile(probes, 0.99))
+        for ax in (over_time, spread):
+            ax.axhline(p99, color="tab:green", linestyle="--", linewidth=1)
+        _label_line(over_time, p99, _P99_LABEL.format(p99), "tab:green")
+    if log:
+        p99 = max(1.0, percentile(log, 0.99))
+        spread.axhline(p99, color="tab:blue", linestyle="--", linewidth=1)
+        _label_line(spread, p99, _P99_LABEL.format(p99), "tab:blue")
+    fig.suptitle("Freshness during the live phase")
+    fig.tight_layout()
+    return fig
 
 
-def _plot_watch(result: DemoResult, path: Path) -> Path:
+def _label_line(ax: Axes, y: float, text: str, color: str) -> None:
+    """``text`` just above the right end of the horizontal line at ``y``."""
+    ax.text(0.99, y, text, transform=ax.get_yaxis_transform(), ha="right", va="bottom",
+            color=color, fontsize="small",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})  # fmt: skip
+
+
+def watch_figure(result: DemoResult) -> Figure:
+    """One panel per watched feature: the online reads (dots) and the replay at the same
+    times (line); reads that raced a batch or differ are marked."""
     refs = list(result.watch)
     fig = _figure(height=2.6 * max(1, len(refs)) + 0.6)
     t0 = result.live_start_ms
@@ -385,7 +531,8 @@ def _plot_watch(result: DemoResult, path: Path) -> Path:
         if i == len(refs):
             ax.set_xlabel("seconds since the live phase started")
     fig.suptitle(f"Customer {result.watch_entity}: online value vs backfill, same times")
-    return _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
 def _number(value: Any) -> float:

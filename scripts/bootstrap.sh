@@ -31,8 +31,15 @@ native_changed() {
 }
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -e engine/_native.abi3.so ] ||
    native_changed; then
+  # pip's and the build's output go to a log: the terminal gets one line, or the log's end
+  log="$root/.venv/skewless-install.log"
   echo "bootstrap: installing skewless (building the native kernel with cargo) and dev dependencies into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev,bench]"
+  if ! { .venv/bin/python -m pip install --upgrade pip &&
+         .venv/bin/python -m pip install -e ".[dev,bench]"; } >"$log" 2>&1; then
+    echo "bootstrap: installing skewless failed; the end of its log ($log):" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
   touch "$stamp"
+  echo "bootstrap: installed skewless (log: $log)"
 fi

@@ -19,6 +19,7 @@ from PIL import Image
 
 from connectors.eventlog import EventLogReader
 from engine.demo import TRAINING_FEATURES
+from engine.demo_monitor import LATE_NOTE
 from engine.store import FeatureStore
 from tests.stream_harness import delete_topics, flushed_redis_db
 
@@ -57,6 +58,16 @@ def test_demo_runs_every_step_and_writes_the_report(
         assert "skewless services down" in stdout
         assert "Traceback" not in proc.stderr
 
+        # what each line means: rows push sent, the late counter explained once, the reads
+        n_live = EVENTS // 3
+        assert f"  history  pushed {EVENTS - n_live:,} rows; all applied in " in stdout
+        assert re.search(rf"^  live     pushed {n_live:,} rows in [\d.]+s \(\+\d+ probe rows\)", stdout, re.M)  # fmt: skip
+        late = re.search(r"^  history  .*; late ([\d,]+)$", stdout, re.M)
+        assert late is not None and int(late.group(1).replace(",", "")) > 0  # customer_online: 2 h
+        assert stdout.count(LATE_NOTE.strip()) == 1
+        assert re.search(r"^  customer c\d+: \d+ of \d+ live online reads equal", stdout, re.M)
+        assert re.search(r"^  customer_spend__amount_sum_30d  ", stdout, re.M)  # the preview
+
         # the report: Markdown with the verify rate and the training set's shape, 3 valid PNGs
         report = out / "report" / "demo-report.md"
         text = report.read_text(encoding="utf-8")
@@ -73,7 +84,7 @@ def test_demo_runs_every_step_and_writes_the_report(
         # the files behind it
         training = pd.read_parquet(out / "training_set.parquet")
         assert training.shape == (LABELS, columns)
-        assert training["amount_count_7d"].max() > 0  # features hold history, not just zeros
+        assert training["customer_spend__amount_count_7d"].max() > 0  # history, not just zeros
         store = FeatureStore.from_repo(repo, environ={})
         assert store.config.redis_url.endswith(f"/{DEMO_DB}")
         logged = EventLogReader(store.config.event_log_root).count("transactions")
@@ -81,6 +92,7 @@ def test_demo_runs_every_step_and_writes_the_report(
         reads = re.search(r"\*\*(\d+) of (\d+) reads equal the replay bit for bit\*\*", text)
         assert reads is not None and int(reads.group(2)) > 0
         assert "differ" not in text.split("## Online vs backfill")[1].split("## Verify")[0]
+        assert f"`late` counter ended at {late.group(1)}:" in text
     finally:
         if repo.exists():
             topic = FeatureStore.from_repo(repo, environ={}).plan.sources["transactions"].topic

@@ -5,28 +5,63 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry, generate_latest
 
+from engine import metrics
 from engine.demo import (
     EXAMPLE_DEFINITIONS,
+    TRAINING_FEATURES,
+    Demo,
     DemoOptions,
+    _head,
+    _history_line,
+    _live_line,
     _one_key_per_partition,
+    _preview,
     _same,
+    _training_frame,
     _watched_customer,
     _with_db,
 )
 from engine.demo_data import START_MS, fraud_labels, payments, probe_payment
-from engine.demo_monitor import GroupProgress, ProbeResult, ProgressLine, Sample, percentile
-from engine.demo_report import DemoResult, WatchPoint, render_markdown, write_report
+from engine.demo_monitor import (
+    LATE_NOTE,
+    GroupProgress,
+    LiveProbes,
+    Monitor,
+    ProbeResult,
+    ProgressLine,
+    Sample,
+    WorkerCounters,
+    counter_total,
+    percentile,
+)
+from engine.demo_report import (
+    DemoResult,
+    WatchPoint,
+    freshness_figure,
+    render_markdown,
+    throughput_figure,
+    watch_summary,
+    write_report,
+)
 from engine.errors import InputDataError
 from engine.frames import to_epoch_ms
 from engine.keys import encode_key, partition_for
 from engine.push import encode_rows
 from engine.store import FeatureStore
+from engine.stream.core import BatchOutcome
 from engine.verify_report import Mismatch, VerifyReport
 
 # -- generated data ------------------------------------------------------------------------
@@ -226,3 +261,275 @@ def test_report_files_are_valid_pngs_linked_from_the_markdown(tmp_path: Path) ->
             assert image.format == "PNG"
         with Image.open(plot) as image:
             assert image.size[0] >= 600 and image.size[1] >= 300
+
+
+# -- issue 12: what the terminal and the report say ------------------------------------------
+
+
+def test_training_set_columns_name_their_view(tmp_path: Path) -> None:
+    repo = tmp_path / "definitions"
+    shutil.copytree(EXAMPLE_DEFINITIONS, repo, ignore=shutil.ignore_patterns(".skewless", "__pycache__"))  # fmt: skip
+    store = FeatureStore.from_repo(repo, environ={})
+    events = payments(600, customers=20, merchants=5, days=1, seed=2)
+    store.import_events("transactions", events)
+    labels = fraud_labels(events, 40, seed=3)
+    frame = _training_frame(store, labels)
+    features = [ref.replace(":", "__") for ref in TRAINING_FEATURES]
+    assert list(frame.columns) == [*labels.columns, *features]
+    assert frame["customer_spend__amount_count_7d"].max() > 0
+    # the terminal: one line per column, led by its name
+    head = _head(frame, 7)
+    lines = _preview(head).splitlines()
+    assert [line.split()[0] for line in lines] == list(head.columns)
+    assert lines[4].startswith("customer_spend__amount_sum_30d  ")
+    assert len(lines[0].split()) == 1 + len(head)  # the name, then one value per row
+    # the report's table
+    text = render_markdown(dataclasses.replace(_result(tmp_path), training_head=head))
+    assert "| customer_id | merchant_id | event_timestamp | is_fraud | customer_spend__amount_sum_30d |" in text  # fmt: skip
+    assert "Each feature column is named `<view>__<feature>`" in text
+
+
+def _points(statuses: str) -> list[WatchPoint]:
+    """A point per letter: e(qual), f (in flight), d(iffers)."""
+    names = {"e": "equal", "f": "in flight", "d": "differs"}
+    return [WatchPoint(t_ms=i, online=1.0, backfill=1.0, status=names[c])
+            for i, c in enumerate(statuses)]  # fmt: skip
+
+
+def test_watch_summary_says_what_the_unequal_reads_are() -> None:
+    equal = WatchPoint(t_ms=9, online=2.0, backfill=2.0, status="equal")
+    assert watch_summary("c1", {"a": _points("eee"), "b": _points("ee")}, {}) == [
+        "customer c1: 5 of 5 live online reads equal the backfill's processing-time replay at "
+        "the same instant"
+    ]
+    lines = watch_summary("c1", {"a": _points("eefe"), "b": _points("feee")},
+                          {"a": equal, "b": equal})  # fmt: skip
+    assert lines == [
+        "customer c1: 6 of 8 live online reads equal the backfill's processing-time replay at "
+        "the same instant",
+        "the other 2 raced a batch in flight (stamped processed_at before the read, written to "
+        "Redis after it): each equals the replay as of the write it saw",
+        "re-read once the workers were idle: 2 of 2 values equal the replay at that instant",
+    ]
+    odd = dataclasses.replace(equal, online=3.0, status="differs")
+    lines = watch_summary("c1", {"a": _points("efd")}, {"a": odd})
+    assert lines[1].startswith("1 raced a batch in flight")  # not "the other": one differs
+    assert lines[2] == "1 differ from the replay, both at the read and as of the write it saw"
+    assert lines[3] == "re-read once the workers were idle: 0 of 1 values equal the replay at that instant"  # fmt: skip
+
+
+def test_report_states_the_recheck_and_the_late_counter(tmp_path: Path) -> None:
+    recheck = {"customer_spend:amount_count_7d": WatchPoint(t_ms=1, online=4.0, backfill=4.0,
+                                                            status="equal")}  # fmt: skip
+    text = render_markdown(
+        dataclasses.replace(_result(tmp_path), watch_recheck=recheck, late=36_512)
+    )
+    assert (
+        "Re-read once the workers were idle, 1 of 1 values of the customer equal the replay" in text
+    )
+    assert "The workers' `late` counter ended at 36,512: events older than a view's allowed lateness" in text  # fmt: skip
+    assert "docs/concepts/lateness.md" in text
+    assert "`late` counter" not in render_markdown(_result(tmp_path))  # unknown: not claimed
+    assert "Re-read" not in render_markdown(_result(tmp_path))  # no re-read: all reads equal
+
+
+class _FakeStore:
+    """``push`` and ``get_online_features`` as the probes use them; every probe is visible."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def push(self, source_name: str, rows: Any) -> int:
+        self.rows += len(rows)
+        return len(rows)
+
+    def get_online_features(self, features: Sequence[str], entity_rows: Any, *,
+                            now_ms: int | None = None) -> Any:  # fmt: skip
+        return pd.DataFrame({f.partition(":")[2]: [1] for f in features})
+
+
+def test_pushed_rows_are_counted_from_what_push_returned(tmp_path: Path) -> None:
+    store = _FakeStore()
+    probes = LiveProbes(store, source="transactions", count_ref="v:amount_count_7d",
+                        watch_entity={"customer_id": "w"}, watch_refs=["v:x"], prefix="p-")  # fmt: skip
+    probes.probe()
+    probes.probe("p-7")
+    assert probes.pushed == 2 == store.rows
+    demo = Demo(DemoOptions(out_dir=tmp_path), io.StringIO())
+    assert demo._push(store, pd.DataFrame({"a": [1, 2, 3]})) == 3  # type: ignore[arg-type]
+    assert _history_line(40_000, 2.5, 36_667) == (
+        "  history  pushed 40,000 rows; all applied in 2.5s (16,000 events/s end to end); "
+        "late 36,667"
+    )
+    assert _history_line(10, 1.0, None).endswith("(10 events/s end to end)")  # late unknown
+    results = [ProbeResult(customer_id="p", sent_ms=0, latency_ms=v) for v in (10, 30, 20)]
+    assert _live_line(20_000, 20.04, 81, results) == (
+        "  live     pushed 20,000 rows in 20.0s (+81 probe rows); freshness (produce → visible "
+        "online) p50 20 ms, p99 30 ms over 3 probes"
+    )
+
+
+def _outcome(late: int) -> BatchOutcome:
+    return BatchOutcome(commits={}, processed_at_ms=1, records=late, refused=Counter(), applied=0,
+                        late=late, fenced=0, entities_written=0)  # fmt: skip
+
+
+def test_late_counter_is_read_from_the_workers_metrics_endpoints() -> None:
+    worker = metrics.WorkerMetrics(CollectorRegistry())
+    worker.observe_batch("demo.t", _outcome(5), 0.01)
+    worker.observe_batch("other", _outcome(7), 0.01)
+    text = generate_latest(worker.registry).decode()
+    assert counter_total(text, "skewless_late", {"topic": "demo.t"}) == 5
+    assert counter_total(text, "skewless_late", {}) == 12
+    assert counter_total(text, "skewless_applied", {"topic": "demo.t"}) == 0
+    server = metrics.serve(0, host="127.0.0.1", metrics=worker)
+    counters = WorkerCounters([server.url], "demo.t")
+    try:
+        assert counters.late() == 5
+        worker.observe_batch("demo.t", _outcome(3), 0.01)
+        assert counters.late() == 8
+    finally:
+        server.close()
+    assert counters.late() == 8  # a worker gone keeps its last answer
+
+
+class _Progress:
+    def read(self) -> tuple[int, int]:
+        return 100, 90
+
+
+def _monitor(out: io.StringIO, late: Callable[[], int], **kwargs: Any) -> Monitor:
+    line = ProgressLine(out, tty=False, every_s=0)
+    return Monitor(_Progress(), line, late=late, clock=lambda: 1_000, **kwargs)  # type: ignore[arg-type]
+
+
+def test_late_is_on_the_live_line_and_explained_once() -> None:
+    out = io.StringIO()
+    values = iter([0, 120, 130])
+    monitor = _monitor(out, lambda: next(values))
+    assert "lag     10  late 0" in monitor.render(monitor.sample())
+    monitor.finish("phase one")
+    assert LATE_NOTE not in out.getvalue()  # nothing late yet: nothing to explain
+    assert "late 120" in monitor.render(monitor.sample())
+    monitor.finish("phase two")
+    monitor.sample()
+    monitor.finish("phase three")
+    assert out.getvalue() == f"phase one\nphase two\n{LATE_NOTE}\nphase three\n"
+    assert LATE_NOTE.strip().startswith("late = events older than a view's allowed lateness")
+    assert LATE_NOTE.endswith("see docs/concepts/lateness.md")
+    assert (Path(__file__).parents[2] / "docs/concepts/lateness.md").exists()
+
+
+def test_the_monitor_thread_explains_late_before_the_first_line_that_shows_it() -> None:
+    out = io.StringIO()
+    calls = iter(range(1_000))
+    monitor = _monitor(out, lambda: 0 if next(calls) < 2 else 4, tick_s=0.005)
+    monitor.start()
+    try:
+        for _ in range(400):
+            if sum(s.late > 0 for s in monitor.samples) >= 2:
+                break
+            monitor._stop.wait(0.01)
+    finally:
+        monitor.stop()
+    lines = out.getvalue().splitlines()
+    assert lines.count(LATE_NOTE) == 1
+    first = next(i for i, line in enumerate(lines) if "late 4" in line)
+    assert lines[first - 1] == LATE_NOTE
+    assert all("late 0" in line for line in lines[: first - 1])
+
+
+def test_a_note_on_a_terminal_takes_the_refreshing_line_and_the_next_update_redraws() -> None:
+    tty = io.StringIO()
+    line = ProgressLine(tty, tty=True)
+    line.update("a long first text")
+    line.note("n")
+    line.update("x")
+    assert tty.getvalue() == "\ra long first text\rn" + " " * 16 + "\n\rx"
+
+
+def _phases(tmp_path: Path) -> DemoResult:
+    """A run whose history goes ~16x faster than its live phase (1,000/s)."""
+    result = _result(tmp_path)
+    t0 = result.history_start_ms
+    samples = [Sample(t_ms=t0 + 500 * i, phase="history", sent=8_000 * i, applied=8_000 * i - 50,
+                      lag=50) for i in range(1, 7)]  # fmt: skip
+    for i in range(1, 21):
+        sent = 48_000 + 500 * i
+        samples.append(Sample(t_ms=t0 + 3_000 + 500 * i, phase="live", sent=sent,
+                              applied=sent - 5 * (i % 3), lag=5 * (i % 3)))  # fmt: skip
+    return dataclasses.replace(result, samples=samples)
+
+
+def _horizontal(ax: Any, y: float) -> bool:
+    return any(list(line.get_ydata()) == [y, y] for line in ax.get_lines())
+
+
+def test_throughput_plot_gives_the_live_phase_its_own_scale(tmp_path: Path) -> None:
+    result = _phases(tmp_path)
+    history, live, lag = throughput_figure(result).axes
+    assert history.get_title().startswith("history") and live.get_title().startswith("live")
+    assert history.get_ylim()[1] > 10_000  # the history's ~16,000/s ...
+    assert 1_000 < live.get_ylim()[1] < 2_000  # ... does not flatten the live 1,000/s
+    live_x = (result.live_start_ms - result.history_start_ms) / 1000
+    assert all(min(line.get_xdata()) > live_x for line in live.get_lines()[:2])
+    assert _horizontal(live, result.rate)  # the target rate
+    assert lag.get_yscale() == "symlog" and lag.get_ylabel() == "lag (records)"
+
+
+def test_freshness_plot_marks_each_p99_with_its_value(tmp_path: Path) -> None:
+    result = _result(tmp_path)  # probes 20..49 ms: p99 49; event log 5..90 ms: p99 90
+    over_time, spread = freshness_figure(result).axes
+    assert over_time.get_yscale() == spread.get_yscale() == "log"
+    assert over_time.get_ylabel() == "milliseconds (log scale)"
+    assert _horizontal(over_time, 49) and _horizontal(spread, 49)
+    assert _horizontal(spread, 90)
+    assert [t.get_text() for t in over_time.texts] == ["p99 49 ms"]
+    assert [t.get_text() for t in spread.texts] == ["p99 90 ms"]
+    text = render_markdown(result)
+    assert "the p99 of each drawn as a dashed line" in text.split("## Freshness")[1]
+    assert "its own scale" in text.split("## Throughput")[1].split("## Freshness")[0]
+
+
+def _bootstrap_sandbox(tmp_path: Path, pip_exit: int) -> subprocess.CompletedProcess[str]:
+    """scripts/bootstrap.sh in a copy of the layout it needs, with a stand-in for the venv's
+    python that prints what pip would and exits with ``pip_exit``."""
+    root = Path(__file__).parents[2]
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(root / "scripts" / "bootstrap.sh", tmp_path / "scripts" / "bootstrap.sh")
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "native").mkdir()
+    (tmp_path / "engine").mkdir()  # no engine/_native.abi3.so: an install is due
+    stubs = {tmp_path / ".venv" / "bin" / "python": f"echo 'WARNING: noise from pip' \"$@\"\nexit {pip_exit}",
+             tmp_path / "bin" / "cargo": "exit 0"}  # fmt: skip
+    for path, body in stubs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(tmp_path / "scripts" / "bootstrap.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_bootstrap_keeps_pips_output_in_a_log(tmp_path: Path) -> None:
+    proc = _bootstrap_sandbox(tmp_path, pip_exit=0)
+    log = tmp_path / ".venv" / "skewless-install.log"
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"bootstrap: installed skewless (log: {log})"
+    assert "noise" not in proc.stdout + proc.stderr
+    assert "WARNING: noise from pip -m pip install -e .[dev,bench]" in log.read_text()
+    assert (tmp_path / ".venv" / ".skewless-installed").exists()
+
+
+def test_bootstrap_shows_the_end_of_the_log_when_the_install_fails(tmp_path: Path) -> None:
+    proc = _bootstrap_sandbox(tmp_path, pip_exit=3)
+    assert proc.returncode == 1
+    assert "bootstrap: installing skewless failed; the end of its log" in proc.stderr
+    assert "WARNING: noise from pip -m pip install --upgrade pip" in proc.stderr
+    assert "installed skewless" not in proc.stdout
+    assert not (tmp_path / ".venv" / ".skewless-installed").exists()
+
+
+def test_preview_puts_rows_on_their_side() -> None:
+    rows = pd.DataFrame({"customer_id": ["c1", "c2"], "v__f": [1.5, math.nan]})
+    assert _preview(rows) == "customer_id   c1   c2\nv__f         1.5  NaN"
