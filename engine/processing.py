@@ -10,7 +10,7 @@ reshapes a record the same way. ``extract_all`` is the per-record form (``verify
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -273,27 +273,58 @@ def group_columns(
     return [texts], inputs
 
 
+def extract_many(
+    groups: Sequence[RowGroup],
+    source: SourcePlan,
+    envelopes: Sequence[Envelope],
+    *,
+    include_late: bool = False,
+) -> list[list[tuple[int, Extracted]]]:
+    """``extract_all`` of each envelope, with each batch transform run once over all of them
+    (one DataFrame per group, not one per record): the same rows, so the same results."""
+    if not any(g.batch_transform is not None for g in groups):
+        return [extract_all(groups, source, e, include_late=include_late) for e in envelopes]
+    payloads = [e.payload for e in envelopes]
+    transformed: dict[int, list[dict[str, Any] | None]] = {
+        g: batch_rows(group.members[0][1], payloads)
+        for g, group in enumerate(groups)
+        if group.batch_transform is not None
+    }
+    return [
+        extract_all(groups, source, e, include_late=include_late,
+                    rows={g: rows[i] for g, rows in transformed.items()})
+        for i, e in enumerate(envelopes)
+    ]  # fmt: skip
+
+
 def extract_all(
     groups: Sequence[RowGroup],
     source: SourcePlan,
     envelope: Envelope,
     *,
     include_late: bool = False,
+    rows: Mapping[int, dict[str, Any] | None] | None = None,
 ) -> list[tuple[int, Extracted]]:
     """Every view's share of one logged record as (slot, Extracted); views that drop or
-    refuse the record are absent. Transforms and keys run once per row group."""
+    refuse the record are absent. Transforms and keys run once per row group; ``rows``
+    holds the record's row of groups whose batch transform already ran (``extract_many``)."""
     payload = envelope.payload
     et = payload[source.timestamp_field] // source.timestamp_divisor
     pt = envelope.processed_at_ms
     out: list[tuple[int, Extracted]] = []
-    for group in groups:
+    for g, group in enumerate(groups):
         members = group.members
         if not include_late:
             members = tuple((s, v) for s, v in members if is_admitted(v, et, pt))
             if not members:
                 continue
         row = payload
-        if not group.native:
+        if rows is not None and g in rows:
+            transformed = rows[g]
+            if transformed is None:
+                continue
+            row = transformed
+        elif not group.native:
             transformed = view_row(members[0][1], payload)
             if transformed is None:
                 continue

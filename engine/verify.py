@@ -35,7 +35,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -53,7 +53,7 @@ from engine.online import NO_FENCE, PartitionState, parse_state, state_key
 from engine.online_read import read_online
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
-from engine.processing import EntityKey, extract_all, is_admitted, row_groups
+from engine.processing import EntityKey, extract_many, is_admitted, row_groups
 from engine.verify_report import (
     Mismatch,
     MismatchKind,
@@ -323,15 +323,28 @@ def _sample(
         src = plan.sources[source]
         groups = row_groups(members)
         for partition in log.partitions(source):
-            for envelope in log.read(source, partition):
-                records += 1
-                for slot, item in extract_all(groups, src, envelope):
-                    samplers[members[slot].name].offer(item.entity)
-                if progress and records % 10_000 == 0:
-                    progress(10_000)
+            for chunk in _chunks(log.read(source, partition)):
+                for extracted in extract_many(groups, src, chunk):
+                    records += 1
+                    for slot, item in extracted:
+                        samplers[members[slot].name].offer(item.entity)
+                    if progress and records % 10_000 == 0:
+                        progress(10_000)
     if progress:
         progress(records % 10_000)
     return {name: s.entities() for name, s in samplers.items()}, records
+
+
+def _chunks(envelopes: Iterable[Envelope], size: int = 5_000) -> Iterator[list[Envelope]]:
+    """Envelopes in lists of ``size``: batch transforms run once per list, not per record."""
+    chunk: list[Envelope] = []
+    for envelope in envelopes:
+        chunk.append(envelope)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _by_source(views: Sequence[ViewPlan]) -> dict[str, list[ViewPlan]]:
@@ -491,11 +504,17 @@ def _scan(
         for partition, envelopes in listed:
             kept: list[Envelope] = []
             end = NO_FENCE
-            for envelope in envelopes:
+            for envelope, extracted in (
+                pair
+                for chunk in _chunks(envelopes)
+                for pair in zip(
+                    chunk, extract_many(groups, src, chunk, include_late=True), strict=True
+                )
+            ):
                 scan.records += 1
                 end = max(end, envelope.offset)
                 keep = False
-                for slot, item in extract_all(groups, src, envelope, include_late=True):
+                for slot, item in extracted:
                     if item.entity not in entities[slot]:
                         continue
                     keep = True

@@ -169,3 +169,20 @@ def test_frames_are_copies(store: FeatureStore) -> None:
     before = pd.DataFrame.from_records(payloads)
     batch_rows(store.plan.views["batched"], payloads)
     assert payloads[0]["amount"] == 1.0 and before.equals(pd.DataFrame.from_records(payloads))
+
+
+def test_extract_many_equals_extract_all_record_by_record(store: FeatureStore) -> None:
+    """verify (and other envelope paths) run each batch transform once per chunk of records:
+    the same rows as one record at a time, including the fragile transform's fallback."""
+    from engine.processing import extract_all, extract_many
+
+    run(store, make_records(store, 400, seed=9))
+    src = store.plan.sources["tx"]
+    groups = row_groups(list(store.plan.views.values()))
+    reader = EventLogReader(store.config.event_log_root)
+    envelopes = [e for p in reader.partitions("tx") for e in reader.read("tx", p)]
+    assert len(envelopes) > 300
+    for late in (False, True):
+        one_by_one = [extract_all(groups, src, e, include_late=late) for e in envelopes]
+        assert extract_many(groups, src, envelopes, include_late=late) == one_by_one
+        assert any(one_by_one) and any(not x for x in one_by_one)  # kept and dropped rows
