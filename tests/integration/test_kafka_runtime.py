@@ -543,3 +543,35 @@ def test_the_worker_compacts_its_own_log_and_readers_see_every_record_once(
     assert len(offsets) == len(set(offsets)) == 600
     files = sum(len(reader.files(repo.avro, p)) for p in reader.partitions(repo.avro))
     assert files < worker.worker.stats.batches  # fewer files than batches were written
+
+
+def test_cli_push_reports_the_rows_it_produced(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12: `skewless push` from a file or stdin says how many rows it produced."""
+    import io
+    import json
+
+    from engine.cli import main
+    from tests.stream_harness import end_offsets
+
+    repo = Repo(tmp_path, kafka_service, stream_redis_url, partitions=2)
+    repo.store.apply()
+    valid = rows(7, 21, int(time.time() * 1000))
+    table = tmp_path / "new.parquet"
+    pd.DataFrame(valid).to_parquet(table)
+    assert main(["push", repo.avro, str(table), "--repo", str(repo.path)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"pushed 7 rows to topic {repo.avro} (source {repo.avro})"
+    )
+    lines = "\n".join(json.dumps(r) for r in valid[:3])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO(lines))
+        assert main(["--repo", str(repo.path), "push", repo.avro, "-"]) == 0
+    assert "pushed 3 rows" in capsys.readouterr().out
+    assert sum(end_offsets(kafka_service, repo.avro).values()) == 10
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO('{"amount": "x"}'))
+        assert main(["--repo", str(repo.path), "push", repo.avro, "-"]) == 1
+    assert "nothing was sent" in capsys.readouterr().err
+    assert sum(end_offsets(kafka_service, repo.avro).values()) == 10
