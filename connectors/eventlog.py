@@ -526,14 +526,7 @@ class EventLogWriter:
 
         Temp files are left alone: one may be another writer's in-flight file (a zombie's,
         whose file the epoch rule will ignore); compaction removes old ones."""
-        folder = self._partition_dir(partition)
-        try:
-            listing = read_listing(folder, _list_names(self._fs, folder))
-        except Exception as exc:
-            raise EventLogError(
-                f"cannot list event-log folder {self._url(folder)}: {exc}; check that log_root "
-                f"is reachable and readable"
-            ) from exc
+        listing = self._listing(partition)
         history: int | None = None
         high: int | None = None
         for _, last, _ in listing.live:
@@ -545,9 +538,13 @@ class EventLogWriter:
 
     def max_epoch(self, partition: int) -> int:
         """The highest owner epoch a marker or file of ``partition`` carries (0: none)."""
+        return self._listing(partition).max_epoch
+
+    def _listing(self, partition: int) -> Listing:
+        """The partition folder read with the owner-epoch rule (``read_listing``)."""
         folder = self._partition_dir(partition)
         try:
-            return read_listing(folder, _list_names(self._fs, folder)).max_epoch
+            return read_listing(folder, _list_names(self._fs, folder))
         except Exception as exc:
             raise EventLogError(
                 f"cannot list event-log folder {self._url(folder)}: {exc}; check that log_root "

@@ -154,7 +154,7 @@ class BatchProcessor:
             self._marks.forget_all()
         self._lost.clear()
         if self.ownership is not None:
-            self.ownership.forget(list(self.ownership._generation))
+            self.ownership.forget_all()
 
     @property
     def cached_entities(self) -> int:

@@ -90,6 +90,9 @@ class Ownership:
             self._epoch.pop(p, None)
             self._unmarked.pop(p, None)
 
+    def forget_all(self) -> None:
+        self.forget(list(self._generation))
+
     def owns(self, partition: int) -> bool:
         return partition in self._generation
 
