@@ -1,0 +1,188 @@
+"""The stream worker's batch core in one process: CPU per event, and Redis's share of it.
+
+Feeds a backlog of payments events (the generator of ``benchmarks/stream.py``) through
+``BatchProcessor`` — the code a worker runs per batch — with a real local Redis (db 13), a
+real event log (a temp folder) and owner epochs, but no Kafka, so the figures isolate the
+worker's own cost from the consumer's. Reports events per worker CPU-second, the Redis
+server's CPU per event (``INFO cpu`` before and after), and the share of each stage from
+``cProfile`` when ``--profile`` is given.
+
+    .venv/bin/python benchmarks/worker_core.py                 # example definitions, 100k events
+    .venv/bin/python benchmarks/worker_core.py --defs count    # the 1-minute count job
+    .venv/bin/python benchmarks/worker_core.py --profile       # + where the time goes
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from engine.keys import encode_key, partition_for  # noqa: E402
+from engine.serde import SourceCodec  # noqa: E402
+from engine.store import FeatureStore  # noqa: E402
+from engine.stream.core import BatchProcessor, SourceRecord  # noqa: E402
+
+REDIS_URL = os.environ.get("SKEWLESS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+PARTITIONS = 4
+COUNT_DEFS = """
+from engine import Aggregation, Entity, FeatureView, KafkaSource
+
+customer = Entity("customer", join_keys=["customer_id"])
+transactions = KafkaSource("transactions", topic="transactions",
+                           schema="schemas/transaction.avsc", timestamp_field="ts",
+                           format="avro", key_fields=["customer_id"])
+customer_count = FeatureView("customer_count", entity=customer, source=transactions,
+                             aggregations=[Aggregation("amount", "count", window="1m", hop="1m")])
+"""
+
+
+def make_repo(kind: str, root: Path) -> Path:
+    repo = root / "repo"
+    (repo / "schemas").mkdir(parents=True)
+    schema = REPO / "definitions" / "schemas" / "transaction.avsc"
+    (repo / "schemas" / "transaction.avsc").write_text(schema.read_text())
+    defs = (REPO / "definitions" / "payments.py").read_text() if kind == "example" else COUNT_DEFS
+    (repo / "defs.py").write_text(defs)
+    (repo / "skewless.yaml").write_text(
+        f"project:\n  name: bench_core\nkafka:\n  partitions: {PARTITIONS}\n"
+        f"redis:\n  url: {REDIS_URL}\nevent_log:\n  root: {root / 'log'}\n"
+    )
+    return repo
+
+
+def events(n: int, seed: int, now_ms: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "transaction_id": f"t{i}",
+            "customer_id": f"c{rng.randrange(10_000):05d}",
+            "merchant_id": f"m{rng.randrange(1_000):04d}",
+            "amount": round(rng.uniform(0.5, 900.0), 2),
+            "currency": rng.choice(("USD", "EUR", "GBP", "JPY")),
+            "country": rng.choice(("DE", "FR", "US", "GB")),
+            "card_present": rng.random() < 0.4,
+            "ts": now_ms - rng.randrange(2 * 3_600_000),
+        }
+        for i in range(n)
+    ]
+
+
+def records(store: FeatureStore, rows: Sequence[dict[str, Any]]) -> list[SourceRecord]:
+    codec = SourceCodec(store.plan.sources["transactions"])
+    offsets = [0] * PARTITIONS
+    out = []
+    for row in rows:
+        key = encode_key([row["customer_id"]])
+        p = partition_for(key, PARTITIONS)
+        out.append(SourceRecord(topic="transactions", partition=p, offset=offsets[p], key=key,
+                                value=codec.encode(row)))  # fmt: skip
+        offsets[p] += 1
+    return out
+
+
+class _NoLetters:
+    def send(self, letters: Sequence[Any]) -> None:
+        raise AssertionError(f"benchmark events were refused: {letters[:1]}")
+
+
+def redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def run(kind: str, n: int, batch: int, profile: bool) -> dict[str, Any]:
+    from connectors.eventlog import EventLogWriter
+    from connectors.redis_store import RedisOnlineStore
+    from engine.stream.ownership import Ownership
+
+    with tempfile.TemporaryDirectory(prefix="sk-core-") as tmp:
+        store = FeatureStore.from_repo(make_repo(kind, Path(tmp)), environ={})
+        online = RedisOnlineStore.from_config(store.config)
+        client = online._client  # the benchmark reads the server's INFO
+        client.flushdb()
+        source = store.plan.sources["transactions"]
+        log = EventLogWriter(store.config.event_log_root, "transactions", dict(source.schema))
+        own = Ownership(online, group="bench_core", topic="transactions", log=log)
+        core = BatchProcessor(store.plan, "transactions", online=online, log=log,
+                              dead=_NoLetters(), ownership=own)  # fmt: skip
+        core.assign(range(PARTITIONS), 1)
+        now_ms = time.time_ns() // 1_000_000
+        recs = records(store, events(n, 7, now_ms))
+        batches = [recs[i : i + batch] for i in range(0, len(recs), batch)]
+        core.process(batches[0])  # warm-up: scripts loaded, epochs taken
+        rest = batches[1:]
+        events_timed = sum(len(b) for b in rest)
+        r0 = redis_cpu(client)
+        c0 = resource.getrusage(resource.RUSAGE_SELF)
+        w0 = time.perf_counter()
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        for b in rest:
+            core.process(b)
+        if profiler is not None:
+            profiler.disable()
+        wall = time.perf_counter() - w0
+        c1 = resource.getrusage(resource.RUSAGE_SELF)
+        r1 = redis_cpu(client)
+        cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
+        redis_s = r1 - r0
+        result = {
+            "defs": kind,
+            "events": events_timed,
+            "batch": batch,
+            "wall_s": wall,
+            "worker_cpu_s": cpu,
+            "redis_cpu_s": redis_s,
+            "events_per_worker_cpu_s": events_timed / cpu,
+            "events_per_s_wall": events_timed / wall,
+            "worker_us_per_event": cpu / events_timed * 1e6,
+            "redis_us_per_event": redis_s / events_timed * 1e6,
+            "redis_share": redis_s / (redis_s + cpu),
+        }
+        if profiler is not None:
+            import io
+            import pstats
+
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            result["profile"] = out.getvalue()
+        client.flushdb()
+        return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--defs", choices=("example", "count"), default="example")
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    got = run(args.defs, args.events, args.batch, args.profile)
+    print(f"{got['defs']} definitions, {got['events']:,} events in batches of {got['batch']:,}:")
+    print(f"  worker: {got['worker_us_per_event']:.1f} µs CPU/event = "
+          f"{got['events_per_worker_cpu_s']:,.0f} events per worker CPU-second")  # fmt: skip
+    print(f"  redis:  {got['redis_us_per_event']:.1f} µs CPU/event "
+          f"({got['redis_share']:.0%} of worker + redis CPU)")  # fmt: skip
+    print(f"  wall:   {got['events_per_s_wall']:,.0f} events/s (worker and redis share 2 cores)")
+    if "profile" in got:
+        print(got["profile"])
+
+
+if __name__ == "__main__":
+    main()
