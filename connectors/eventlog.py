@@ -29,14 +29,18 @@ int-milliseconds rule.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal, TypeVar, cast
 
 import fastavro
@@ -48,6 +52,7 @@ from engine import _native
 from engine.envelope import HISTORY_BASE, Envelope
 from engine.errors import EventLogError, EventLogMissing, SkewlessError
 from engine.log_columns import EnvelopeColumns
+from engine.log_files import blocks_with_sync, scan_blocks, whole_blocks
 from engine.schema import plain_schema
 
 __all__ = [
@@ -73,8 +78,14 @@ _OFFSET_DIGITS = 20
 _MAX_OFFSET = 10**_OFFSET_DIGITS - 1
 _TMP_PREFIX = ".tmp-"
 # <first>-<last>.avro (no owner epoch: imports, workers before owner epochs) or
-# <first>-<last>.e<epoch>.avro (written by the owner of the partition's epoch <epoch>)
-_FILE_RE = re.compile(r"^(-?\d{20})-(-?\d{20})(?:\.e(\d+))?\.avro$")
+# <first>-<last>.e<epoch>.avro (written by the owner of the partition's epoch <epoch>), and
+# <first>-open[.e<epoch>].avro: a rolling file its writer still appends synced blocks to
+_FILE_RE = re.compile(r"^(-?\d{20})-(-?\d{20}|open)(?:\.e(\d+))?\.avro$")
+_OPEN = "open"
+DEFAULT_ROLL_BYTES = 64 * 1024 * 1024
+"""A stream worker's rolling log file is closed at this size (``--log-roll-mb``)..."""
+DEFAULT_ROLL_SECONDS = 300.0
+"""... or this long after its first block (``--log-roll-seconds``), at its next append."""
 # an owner epoch's start marker: the epoch's owner logs from offset <start> on (empty file)
 _MARKER_PREFIX = "_epoch-"
 _MARKER_RE = re.compile(r"^_epoch-(\d+)-from-(-?\d+)$")
@@ -195,8 +206,15 @@ class EventLogWriter:
         payload_schema: dict[str, Any],
         *,
         codec: Codec = "deflate",
+        roll_bytes: int | None = None,
+        roll_seconds: float = DEFAULT_ROLL_SECONDS,
     ) -> None:
         _check_source_name(source_name)
+        if (roll_bytes is not None and roll_bytes < 0) or roll_seconds <= 0:
+            raise EventLogError(
+                f"event log for source {source_name!r}: roll_bytes must be >= 0 (0 or None: "
+                f"one file per append) and roll_seconds > 0, got {roll_bytes} and {roll_seconds}"
+            )
         if codec not in ("null", "deflate"):
             raise EventLogError(
                 f"event log for source {source_name!r}: codec must be 'null' or 'deflate', "
@@ -223,6 +241,11 @@ class EventLogWriter:
         self._high: dict[int, int | None] = {}
         self._history_high: dict[int, int | None] = {}
         self._epoch: dict[int, int] = {}  # owner epoch per partition (begin_epoch); 0: none
+        # Rolling (local disk only): each append is a synced block of an open file per
+        # partition, rolled at roll_bytes or roll_seconds (docs/event-log.md#rolling-files).
+        self._roll_bytes = roll_bytes if roll_bytes and self._local else 0
+        self._roll_seconds = roll_seconds
+        self._open: dict[int, _OpenFile] = {}
 
     @property
     def source(self) -> str:
@@ -427,7 +450,7 @@ class EventLogWriter:
             jobs.append((partition, (batch, rows)))
         return self._write_partitions(
             jobs,
-            lambda partition, job: self._write_columns(partition, *job),
+            lambda partition, job: self._write_columns(partition, *job, roll=True),
             lambda job: int(job[0].offsets[-1]),
         )
 
@@ -448,7 +471,9 @@ class EventLogWriter:
         # Validate and dedup every partition before writing any of them.
         batches = [(p, self._fresh(p, by_partition[p])) for p in sorted(by_partition)]
         batches = [(p, fresh) for p, fresh in batches if fresh]
-        return self._write_partitions(batches, self._write, lambda fresh: fresh[-1].offset)
+        return self._write_partitions(
+            batches, partial(self._write, roll=True), lambda fresh: fresh[-1].offset
+        )
 
     def _write_partitions(
         self,
@@ -529,12 +554,46 @@ class EventLogWriter:
         listing = self._listing(partition)
         history: int | None = None
         high: int | None = None
-        for _, last, _ in listing.live:
+        own = self._open.get(partition)
+        for first, upto, path in listing.live:
+            last: int | None = upto
+            if own is not None and path == own.path:
+                last = own.last
+            elif is_open(path):
+                last = self._adopt(partition, first, upto, path)
+            if last is None:
+                continue
             if high is None or last > high:
                 high = last
             if last < 0 and (history is None or last > history):
                 history = last
         return history, high
+
+    def _adopt(self, partition: int, first: int, upto: int, path: str) -> int | None:
+        """The last offset (at most ``upto``) of another writer's open rolling file, None
+        when it holds none. If no later epoch bounds it and its epoch is not above this
+        writer's, its writer is gone (a crash, or a restart without owner epochs): it is
+        rolled here, renamed to its final name, whose last offset caps what readers take
+        (a torn tail stays behind it, unread); an empty one is removed."""
+        try:
+            with self._fs.open(path, "rb") as raw:
+                data = bytes(raw.read())
+            last = _last_offset(data, upto)
+            epoch = epoch_of(_basename(path)) or 0
+            if upto >= _MAX_OFFSET and epoch <= self._epoch.get(partition, 0):
+                folder = self._partition_dir(partition)
+                if last is None:
+                    os.remove(path)
+                else:
+                    os.replace(path, f"{folder}/{file_name(first, last, epoch)}")
+                _fsync_dir(folder)
+        except FileNotFoundError:
+            return None  # rolled or compacted meanwhile: the next listing has it
+        except Exception as exc:
+            raise EventLogError(
+                f"cannot read event-log file {self._url(path)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return last
 
     def max_epoch(self, partition: int) -> int:
         """The highest owner epoch a marker or file of ``partition`` carries (0: none)."""
@@ -559,6 +618,8 @@ class EventLogWriter:
         self._check_partition(partition)
         if epoch < 1:
             raise EventLogError(f"owner epoch must be at least 1, got {epoch}")
+        if partition in self._open:  # an earlier epoch's rolling file: the new one starts anew
+            self._seal(partition)
         folder = self._partition_dir(partition)
         final = f"{folder}/{marker_name(epoch, start)}"
         self._commit(partition, final, lambda out: None)
@@ -566,8 +627,9 @@ class EventLogWriter:
         self._high.pop(partition, None)
         self._history_high.pop(partition, None)
 
-    def _write(self, partition: int, recs: list[Envelope]) -> str:
-        """Write one partition's file under a temp name, make it durable, then rename it."""
+    def _write(self, partition: int, recs: list[Envelope], roll: bool = False) -> str:
+        """Write one partition's file under a temp name, make it durable, then rename it
+        (with ``roll`` and rolling on: append it as synced blocks to the open file)."""
         folder = self._partition_dir(partition)
         name = file_name(recs[0].offset, recs[-1].offset, self._epoch.get(partition, 0))
         final = f"{folder}/{name}"
@@ -579,7 +641,19 @@ class EventLogWriter:
             _META_RECORDS: str(len(recs)),
         }
         try:
-            if self._local:
+            if roll and self._roll_bytes:
+                del metadata[_META_RECORDS]  # an open file's count is not known up front
+                buffer = io.BytesIO()
+                fastavro.writer(
+                    buffer,
+                    self._schema,
+                    rows,
+                    codec=self._codec,
+                    codec_compression_level=_level(self._codec),
+                    sync_interval=_SYNC_INTERVAL,
+                    metadata=metadata,
+                )
+            elif self._local:
                 _write_local(folder, tmp, final, self._schema, rows, self._codec, metadata)
             else:
                 self._fs.makedirs(folder, exist_ok=True)
@@ -607,12 +681,21 @@ class EventLogWriter:
                 f"{recs[0].offset}..{recs[-1].offset} does not match the envelope schema of "
                 f"source {self._source!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        if roll and self._roll_bytes:
+            return self._append_rolled(
+                partition, buffer.getvalue(), recs[0].offset, recs[-1].offset
+            )
         return self._url(final)
 
     def _write_columns(
-        self, partition: int, batch: EnvelopeColumns, rows: np.ndarray | None
+        self,
+        partition: int,
+        batch: EnvelopeColumns,
+        rows: np.ndarray | None,
+        roll: bool = False,
     ) -> str:
-        """Encode one partition's columns natively, then commit the file as ``_write`` does."""
+        """Encode one partition's columns natively, then commit the file as ``_write`` does
+        (with ``roll`` and rolling on: append it as synced blocks to the open file)."""
         offsets = _int64s(batch.offsets)
         first, last = int(offsets[0]), int(offsets[-1])
         folder = self._partition_dir(partition)
@@ -622,6 +705,9 @@ class EventLogWriter:
             _META_SOURCE: self._source,
             _META_RECORDS: str(len(offsets)),
         }
+        roll = roll and bool(self._roll_bytes)
+        if roll:
+            del metadata[_META_RECORDS]  # an open file's count is not known up front
         try:
             data = _native.write_log_file(
                 self._schema_json,
@@ -643,8 +729,107 @@ class EventLogWriter:
                 f"{first}..{last} does not match the envelope schema of source "
                 f"{self._source!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        if roll:
+            return self._append_rolled(partition, data, first, last)
         self._commit(partition, final, lambda out: out.write(data))
         return self._url(final)
+
+    def _append_rolled(self, partition: int, data: bytes, first: int, last: int) -> str:
+        """Append the encoded container file ``data`` (records ``first..last``) to the
+        partition's open rolling file as synced blocks; return the file's path.
+
+        The first append of a file writes it whole (header and blocks) under a temp name,
+        fsyncs and renames it to ``<first>-open[.e<epoch>].avro``; later ones append its
+        blocks re-ended with that file's sync marker and fsync before returning. A failed
+        append truncates the file back to its last whole block (or, failing that, closes
+        it under its final name, which caps what readers take from it). The file is rolled
+        (renamed ``<first>-<last>[.e<epoch>].avro``) once it reaches ``roll_bytes``, before
+        an append that comes ``roll_seconds`` after it was opened, and on a new epoch."""
+        epoch = self._epoch.get(partition, 0)
+        cur = self._open.get(partition)
+        if cur is not None and (
+            cur.fd < 0 or cur.epoch != epoch or time.monotonic() - cur.opened >= self._roll_seconds
+        ):
+            self._seal(partition)
+            cur = None
+        if cur is None:
+            path = f"{self._partition_dir(partition)}/{open_file_name(first, epoch)}"
+            sync = scan_blocks(data).sync
+            self._commit(partition, path, lambda out: out.write(data))
+            cur = _OpenFile(path, first, last, epoch, len(data), time.monotonic(), sync, -1)
+            self._open[partition] = cur
+            with contextlib.suppress(OSError):  # else durable, and rolled at the next append
+                cur.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        else:
+            chunk = blocks_with_sync(data, cur.sync)
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(cur.fd, view) :]
+                os.fsync(cur.fd)
+            except OSError as exc:
+                self._undo_append(partition, cur)
+                raise EventLogError(
+                    f"cannot append to event-log file {self._url(cur.path)}: {exc}; nothing "
+                    f"was committed for partition {partition} — check free space and write "
+                    f"permission on log_root, then retry"
+                ) from exc
+            cur.size += len(chunk)
+            cur.last = last
+        path = cur.path
+        if cur.size >= self._roll_bytes:
+            with contextlib.suppress(EventLogError):  # durable already; rolled next time
+                path = self._seal(partition)
+        return self._url(path)
+
+    def _undo_append(self, partition: int, cur: _OpenFile) -> None:
+        """After a failed append: cut the open file back to its last whole block; if even
+        that fails, close it under its final name (readers take nothing past ``cur.last``)."""
+        try:
+            os.ftruncate(cur.fd, cur.size)
+            os.fsync(cur.fd)
+            return
+        except OSError:
+            pass
+        with contextlib.suppress(EventLogError):
+            self._seal(partition)
+        if partition in self._open:  # not even renamed: never append to it again
+            with contextlib.suppress(OSError):
+                os.close(cur.fd)
+            cur.fd = -1
+
+    def _seal(self, partition: int) -> str:
+        """Roll the partition's open file: rename it ``<first>-<last>[.e<epoch>].avro``."""
+        cur = self._open[partition]
+        if cur.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(cur.fd)
+            cur.fd = -1
+        folder = self._partition_dir(partition)
+        final = f"{folder}/{file_name(cur.first, cur.last, cur.epoch)}"
+        try:
+            if os.path.exists(cur.path) or not os.path.exists(final):
+                os.replace(cur.path, final)
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise EventLogError(
+                f"cannot roll event-log file {self._url(cur.path)} to {self._url(final)}: "
+                f"{exc}; it is rolled at the partition's next append"
+            ) from exc
+        del self._open[partition]
+        return final
+
+    def close(self) -> None:
+        """Roll every open file (rename it to its final name); later appends open new ones.
+        Raises the first ``EventLogError`` after trying every partition."""
+        failure: EventLogError | None = None
+        for partition in sorted(self._open):
+            try:
+                self._seal(partition)
+            except EventLogError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def _commit(self, partition: int, final: str, fill: Callable[[Any], object]) -> None:
         """Write a file through ``fill`` under a temp name, make it durable, rename it."""
@@ -753,8 +938,8 @@ class EventLogReader:
         """Number of records of ``source``, from file headers (no record is decoded)."""
         total = 0
         for partition in self.partitions(source):
-            for _, _, path in self._files(source, partition):
-                total += self._count_file(path)
+            for _, last, path in self._files(source, partition):
+                total += self._count_file(path, last)
         return total
 
     def size_bytes(self, source: str) -> int:
@@ -806,7 +991,7 @@ class EventLogReader:
             if file_last <= last:
                 continue  # wholly covered by files already read
             try:
-                raw_file = self._fs.open(path, "rb")
+                raw_file = self._open_file(path)
             except FileNotFoundError:
                 raise  # compacted away since the listing: the caller lists again
             except Exception as exc:
@@ -822,6 +1007,8 @@ class EventLogReader:
                         offset = rec["offset"]
                         if offset <= last:
                             continue  # overlapping files (not written by a sane writer)
+                        if offset > file_last:
+                            break  # past the listing's limit: a fenced owner's late append
                         last = reading.last = offset
                         env = _new_object(Envelope)
                         _set_partition(env, rec["partition"])
@@ -831,6 +1018,8 @@ class EventLogReader:
                         _set_processed_at(env, rec["processed_at"])
                         _set_payload(env, rec["payload"])
                         yield env
+                        if offset == file_last:
+                            break  # nothing after it counts (a torn tail may follow)
             except _SKEWLESS_ERRORS:
                 raise
             except Exception as exc:
@@ -838,16 +1027,31 @@ class EventLogReader:
                     f"cannot read event-log file {self._url(path)}: {type(exc).__name__}: {exc}"
                 ) from exc
 
-    def _count_file(self, path: str) -> int:
+    def _open_file(self, path: str) -> Any:
+        """A binary file object of ``path``; an open rolling file is read up to its last
+        whole block (a block its writer is appending right now is not there yet)."""
+        if not is_open(path):
+            return self._fs.open(path, "rb")
+        with self._fs.open(path, "rb") as raw:
+            return io.BytesIO(whole_blocks(bytes(raw.read())))
+
+    def _count_file(self, path: str, upto: int) -> int:
+        """Records of a file at or below ``upto`` (its listing's limit)."""
         try:
-            with self._fs.open(path, "rb") as raw:
+            named = _FILE_RE.match(_basename(path))
+            limited = named is None or named.group(2) == _OPEN or int(named.group(2)) > upto
+            with self._open_file(path) as raw:
                 avro = fastavro.reader(raw)
                 _check_header(avro.metadata, self._url(path))
+                if limited:  # a rolling file, or one a fenced owner appended to: decode
+                    return sum(
+                        1 for rec in cast(Iterator[dict[str, Any]], avro) if rec["offset"] <= upto
+                    )
                 stored = avro.metadata.get(_META_RECORDS)
                 if stored is not None:
                     return int(stored)
                 raw.seek(0)
-                return sum(block.num_records for block in fastavro.block_reader(raw))
+                return scan_blocks(bytes(raw.read())).records
         except _SKEWLESS_ERRORS:
             raise
         except Exception as exc:
@@ -914,6 +1118,20 @@ def _filesystem(root: str) -> tuple[Any, str]:
     return fs, str(path)
 
 
+@dataclasses.dataclass(slots=True)
+class _OpenFile:
+    """A writer's open rolling file of one partition."""
+
+    path: str  # fs path, <first>-open[.e<epoch>].avro
+    first: int
+    last: int  # last offset appended and synced
+    epoch: int
+    size: int  # bytes of the header and the whole blocks appended so far
+    opened: float  # time.monotonic() of the first append
+    sync: bytes  # the header's sync marker, ending every block
+    fd: int  # the descriptor appends go through (-1: closed, roll before the next append)
+
+
 class _Reading:
     """The last offset a partition read handed out (kept across re-listings)."""
 
@@ -937,6 +1155,18 @@ def file_name(first: int, last: int, epoch: int = 0) -> str:
     return f"{_offset_name(first)}-{_offset_name(last)}{tail}.avro"
 
 
+def open_file_name(first: int, epoch: int = 0) -> str:
+    """The name of a rolling file from offset ``first`` on that its writer still appends to."""
+    tail = f".e{epoch}" if epoch else ""
+    return f"{_offset_name(first)}-{_OPEN}{tail}.avro"
+
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` names a rolling file still open for appends (``open_file_name``)."""
+    match = _FILE_RE.match(_basename(path))
+    return match is not None and match.group(2) == _OPEN
+
+
 def marker_name(epoch: int, start: int) -> str:
     """The name of the marker saying that owner ``epoch`` logs from offset ``start`` on."""
     return f"{_MARKER_PREFIX}{epoch}-from-{start}"
@@ -949,6 +1179,11 @@ class Listing:
     Each epoch's marker names the offset its owner logs from; a file of epoch ``e`` whose
     first offset is at or past the start of any later epoch was written by an owner that
     had been fenced (a zombie, or a worker killed before its commit): readers ignore it.
+    A live file's ``last`` is the highest offset readers take from it: the one its name
+    states, lowered to just below the start of the first later epoch (a fenced owner may
+    have kept appending to its rolling file past the handover); an open rolling file that
+    no later epoch bounds has ``last`` = the highest possible offset. Readers skip every
+    record above ``last``.
     """
 
     live: list[tuple[int, int, str]]  # (first, last, path), read in this order
@@ -959,13 +1194,14 @@ class Listing:
 
 def read_listing(folder: str, names: Iterable[str]) -> Listing:
     """Split a partition folder's ``names`` into live and fenced files (see ``Listing``)."""
-    files: list[tuple[int, int, int, str]] = []
+    files: list[tuple[int, int | None, int, str]] = []
     starts: dict[int, int] = {}
     for name in names:
         match = _FILE_RE.match(name)
         if match:
             epoch = int(match.group(3) or 0)
-            files.append((int(match.group(1)), int(match.group(2)), epoch, f"{folder}/{name}"))
+            last = None if match.group(2) == _OPEN else int(match.group(2))
+            files.append((int(match.group(1)), last, epoch, f"{folder}/{name}"))
             continue
         marker = _MARKER_RE.match(name)
         if marker:
@@ -974,11 +1210,13 @@ def read_listing(folder: str, names: Iterable[str]) -> Listing:
     limit = _epoch_limits(starts)
     live: list[tuple[int, int, str]] = []
     fenced: list[str] = []
-    for first, last, epoch, path in files:
-        if first >= limit(epoch):
+    for first, named_last, epoch, path in files:
+        below = limit(epoch)  # records of this epoch count only below the next one's start
+        if first >= below:
             fenced.append(path)
         else:
-            live.append((first, last, path))
+            top = below - 1 if named_last is None else min(named_last, below - 1)
+            live.append((first, top, path))
     newest = max(starts) if starts else None
     return Listing(
         live=uncovered(live),
@@ -1017,6 +1255,20 @@ def uncovered(files: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         out.append((first, last, path))
         reach = last
     return out
+
+
+def _last_offset(data: bytes, upto: int) -> int | None:
+    """The highest offset at most ``upto`` in the whole blocks of a log file's bytes."""
+    blocks = scan_blocks(data)
+    if not blocks.records:
+        return None
+    tail = data[: blocks.header_end] + data[blocks.last_block : blocks.end]
+    for chunk in (tail, data[: blocks.end]):  # the last block, else every block
+        records = cast(Iterator[dict[str, Any]], fastavro.reader(io.BytesIO(chunk)))
+        below = [int(rec["offset"]) for rec in records if rec["offset"] <= upto]
+        if below:
+            return max(below)
+    return None
 
 
 def _check_source_name(source: str) -> None:

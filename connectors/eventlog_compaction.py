@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import uuid
@@ -49,6 +50,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from connectors.eventlog import (
     _FILE_RE,
+    _MAX_OFFSET,
     _META_RECORDS,
     _META_SOURCE,
     _META_VERSION,
@@ -66,9 +68,11 @@ from connectors.eventlog import (
     _remove_quietly,
     epoch_of,
     file_name,
+    is_open,
     read_listing,
 )
 from engine.errors import EventLogError
+from engine.log_files import count_records, whole_blocks
 
 __all__ = ["Compaction", "EventLogCompactor"]
 
@@ -144,20 +148,12 @@ class EventLogCompactor:
             stale = [path for path in temps if self._older_than(path, STALE_TEMP_S)]
             for path in stale:
                 _remove_quietly(self._fs, path)
-            listed = []
-            for name in names:
-                match = _FILE_RE.match(name)
-                if match:
-                    listed.append((int(match.group(1)), int(match.group(2)), f"{folder}/{name}"))
+            listed = [f"{folder}/{name}" for name in names if _FILE_RE.match(name)]
             listing = read_listing(folder, names)
             for path in listing.fenced:  # readers ignore them: an owner that had been fenced
                 self._fs.rm_file(path)
             kept = listing.live
-            leftovers = (
-                {path for _, _, path in listed}
-                - {path for _, _, path in kept}
-                - set(listing.fenced)
-            )
+            leftovers = set(listed) - {path for _, _, path in kept} - set(listing.fenced)
             for path in sorted(leftovers):
                 self._fs.rm_file(path)
             files = [self._describe(first, last, path) for first, last, path in kept]
@@ -187,17 +183,40 @@ class EventLogCompactor:
         )
 
     def _describe(self, first: int, last: int, path: str) -> _File:
+        name = path.rsplit("/", 1)[-1]
+        match = _FILE_RE.match(name)
+        # an open rolling file no later epoch bounds is still being appended to: never merged
+        growing = is_open(name) and last >= _MAX_OFFSET
+        # a rolling file, or one a fenced owner appended to past the next epoch's start:
+        # only its records up to `last` count
+        limited = match is None or is_open(name) or int(match.group(2)) > last
         try:
             with self._fs.open(path, "rb") as raw:
                 avro = fastavro.reader(raw)
                 meta = avro.metadata
                 _check_header(meta, self._url(path))
+                stored = meta.get(_META_RECORDS)
+                if growing:
+                    records = -1
+                elif limited:
+                    raw.seek(0)
+                    data = whole_blocks(bytes(raw.read()))
+                    records = sum(
+                        1
+                        for rec in cast(Iterator[dict[str, Any]], fastavro.reader(io.BytesIO(data)))
+                        if rec["offset"] <= last
+                    )
+                elif stored is None:  # a rolled file: its count is in its blocks
+                    raw.seek(0)
+                    records = count_records(raw)
+                else:
+                    records = int(stored)
                 return _File(
                     first=first,
                     last=last,
                     path=path,
-                    records=int(meta.get(_META_RECORDS, "0")),
-                    epoch=epoch_of(path.rsplit("/", 1)[-1]) or 0,
+                    records=records,
+                    epoch=epoch_of(name) or 0,
                     schema=str(meta.get("avro.schema", "")),
                     codec=str(meta.get("avro.codec", "null")),
                 )
@@ -261,8 +280,11 @@ class EventLogCompactor:
         last = None
         for f in run:
             with self._fs.open(f.path, "rb") as raw:
-                for rec in cast(Iterator[dict[str, Any]], fastavro.reader(raw)):
+                data = raw if not is_open(f.path) else io.BytesIO(whole_blocks(raw.read()))
+                for rec in cast(Iterator[dict[str, Any]], fastavro.reader(data)):
                     offset = rec["offset"]
+                    if offset > f.last:
+                        break  # past the listing's limit: a fenced owner's late append
                     if last is not None and offset <= last:
                         raise EventLogError(
                             f"compaction: offset {offset} of {self._url(f.path)} is not above "
@@ -271,6 +293,8 @@ class EventLogCompactor:
                     last = offset
                     counted[0] += 1
                     yield rec
+                    if offset == f.last:
+                        break  # nothing after it counts (a torn tail may follow)
 
     def _older_than(self, path: str, seconds: float) -> bool:
         """Whether ``path`` was last modified more than ``seconds`` ago (False if unknown)."""
@@ -322,7 +346,7 @@ def _runs(
     run: list[_File] = []
     total = 0
     for f in files:
-        if sealed_below is not None and f.last >= sealed_below:
+        if f.records < 0 or (sealed_below is not None and f.last >= sealed_below):
             if len(run) >= 2:
                 yield run
             run, total = [], 0

@@ -91,8 +91,10 @@ class Sweep:
         after_offset: int,
         ts_field: str,
         divisor: int,
+        upto: int = ...,
     ) -> tuple[int, int]:
-        """Decode one event-log file (GIL released) and keep what the native groups need;
+        """Decode one event-log file (GIL released) and keep what the native groups need
+        (records above ``after_offset`` and at most ``upto``, default: no upper limit);
         returns (highest offset seen, records taken). Raises ValueError on a bad file."""
 
     def add_rows(

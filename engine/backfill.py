@@ -521,10 +521,10 @@ class _Reader:
         assert isinstance(log, LogFiles)
         read = 0
 
-        def take(data: bytes, high: int) -> int:
+        def take(data: bytes, high: int, last: int) -> int:
             nonlocal read
             high, taken = self.sweep.add_log_file(source, partition, data, high, ts_field,
-                                                  divisor)  # fmt: skip
+                                                  divisor, upto=last)  # fmt: skip
             read += taken
             return int(high)
 

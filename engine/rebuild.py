@@ -37,6 +37,7 @@ from engine.watermarks import encode_watermark, watermark_key
 
 _CHUNK = 2_000
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
+_NO_LIMIT = (1 << 63) - 1  # no upper offset limit
 _PROGRESS_STEP = 100_000
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
 
@@ -83,8 +84,8 @@ def _replay(
     out = _Replay(writes=[[] for _ in views])
     if isinstance(log, LogFiles):  # the core decodes the files: no record object in Python
 
-        def take(data: bytes, high: int) -> int:
-            taken, last = _fold_file(core, spec, source, partition, data, high, now_ms)
+        def take(data: bytes, high: int, upto: int) -> int:
+            taken, last = _fold_file(core, spec, source, partition, data, high, now_ms, upto)
             out.records += taken
             if last is not None:
                 out.last_offset = last
@@ -122,8 +123,10 @@ def _fold_file(
     data: bytes,
     high: int,
     now_ms: int,
+    upto: int = _NO_LIMIT,
 ) -> tuple[int, int | None]:
-    """Fold one event-log file's records above ``high``; (records taken, highest offset)."""
+    """Fold one event-log file's records above ``high`` and at most ``upto`` (the listing's
+    limit of the file); (records taken, highest offset)."""
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
     arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
@@ -131,7 +134,7 @@ def _fold_file(
     if not len(offsets):
         return 0, None
     before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
-    keep = offsets > before  # each offset once, above what earlier files gave
+    keep = (offsets > before) & (offsets <= upto)  # each offset once, within the listing
     if not keep.any():
         return 0, None
     mask = pa.array(keep)

@@ -386,13 +386,17 @@ impl Sweep {
 
     /// What the native groups of `source` keep of one decoded event-log file of
     /// `partition` ([`decode_log_file`]); read-only (see [`Sweep::add_selection`]).
-    /// Records at or below `after_offset` are skipped (already read from another file).
+    /// Records at or below `after_offset` are skipped (already read from another file),
+    /// and so are records above `upto`: the listing's upper limit of the file (a rolling
+    /// file an owner fenced by a later owner epoch kept appending to; `i64::MAX`: none).
     /// The event time is the payload's `ts_field` floored by `divisor` to milliseconds.
+    #[allow(clippy::too_many_arguments)]
     pub fn select_log_batch(
         &self,
         source: &str,
         batch: &Batch,
         after_offset: i64,
+        upto: i64,
         ts_field: &str,
         divisor: i64,
     ) -> Result<Selection, KernelError> {
@@ -405,7 +409,7 @@ impl Sweep {
         let mut keep: Vec<usize> = Vec::with_capacity(batch.rows);
         let mut high = after_offset;
         for (i, &o) in offsets.iter().enumerate() {
-            if o > high {
+            if o > high && o <= upto {
                 keep.push(i);
                 high = o;
             }
@@ -490,18 +494,22 @@ impl Sweep {
     }
 
     /// [`Sweep::select_log_batch`] then [`Sweep::add_selection`]: keep what the native
-    /// groups of `source` need from one decoded event-log file of `partition`. Returns the
-    /// highest offset seen (or `after_offset`) and the number of records taken.
+    /// groups of `source` need from one decoded event-log file of `partition`, above
+    /// `after_offset` and at most `upto`. Returns the highest offset taken (or
+    /// `after_offset`) and the number of records taken.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_log_batch(
         &mut self,
         source: &str,
         partition: i32,
         batch: &Batch,
         after_offset: i64,
+        upto: i64,
         ts_field: &str,
         divisor: i64,
     ) -> Result<(i64, u64), KernelError> {
-        let selection = self.select_log_batch(source, batch, after_offset, ts_field, divisor)?;
+        let selection =
+            self.select_log_batch(source, batch, after_offset, upto, ts_field, divisor)?;
         self.add_selection(partition, batch, &selection, ts_field)
     }
 

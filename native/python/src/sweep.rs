@@ -247,8 +247,11 @@ impl PySweep {
     }
 
     /// Decode one event-log file of `source` (GIL released, in parallel with other calls)
-    /// and keep what its native groups need; returns `(highest offset seen, records taken)`.
+    /// and keep what its native groups need: records above `after_offset` and at most
+    /// `upto` (the listing's limit of the file); returns `(highest offset taken, records
+    /// taken)`.
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (source, partition, data, after_offset, ts_field, divisor, upto=i64::MAX))]
     fn add_log_file(
         &self,
         py: Python<'_>,
@@ -258,6 +261,7 @@ impl PySweep {
         after_offset: i64,
         ts_field: &str,
         divisor: i64,
+        upto: i64,
     ) -> PyResult<(i64, u64)> {
         let projection = self.with(|s| Ok(s.projection(source, ts_field)))?;
         let bytes = data.as_bytes();
@@ -267,7 +271,7 @@ impl PySweep {
         // selecting (key lookups) under the shared lock, appending under the exclusive one
         let selection = py.detach(|| {
             self.read(|s| {
-                s.select_log_batch(source, &batch, after_offset, ts_field, divisor)
+                s.select_log_batch(source, &batch, after_offset, upto, ts_field, divisor)
                     .map_err(err)
             })
         })?;

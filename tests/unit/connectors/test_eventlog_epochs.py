@@ -59,7 +59,7 @@ def test_a_zombies_files_past_the_handover_are_ignored_and_compacted_away(
     ]
 
     seen: list[str] = []
-    read_partition(EventLogReader(root), "tx", 0, lambda data, high: seen.append("f") or high)
+    read_partition(EventLogReader(root), "tx", 0, lambda data, high, last: seen.append("f") or high)
     assert len(seen) == 2  # the native path reads the live files only
 
     done = EventLogCompactor(root).compact("tx", 0)
