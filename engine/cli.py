@@ -661,6 +661,22 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
     help="Seconds between merges of the worker's small log files (0: never).",
 )
 @click.option(
+    "--log-roll-mb",
+    type=click.FloatRange(min=0),
+    default=64.0,
+    show_default=True,
+    help="Size in MiB at which the open event-log file of a partition is closed and a new "
+    "one started (each batch is a synced block of it); 0: one file per batch.",
+)
+@click.option(
+    "--log-roll-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Age in seconds at which the open event-log file of a partition is closed "
+    "(at its next batch).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -688,6 +704,8 @@ def worker(
     batch_max: int,
     batch_timeout: float,
     compact_interval: float,
+    log_roll_mb: float,
+    log_roll_seconds: float,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -712,7 +730,11 @@ def worker(
         from engine.stream.kafka_runtime import WorkerOptions
 
         options = WorkerOptions(
-            batch_max=batch_max, batch_timeout_s=batch_timeout, compact_interval_s=compact_interval
+            batch_max=batch_max,
+            batch_timeout_s=batch_timeout,
+            compact_interval_s=compact_interval,
+            log_roll_bytes=int(log_roll_mb * 1024 * 1024),
+            log_roll_s=log_roll_seconds,
         )
         return WORKER_RUNTIMES[runtime](store, options)
     finally:

@@ -38,7 +38,7 @@ from typing import Any, Protocol, cast
 from engine import metrics
 from engine.config import Config
 from engine.envelope import Envelope
-from engine.errors import ConfigError, KafkaUnavailable
+from engine.errors import ConfigError, KafkaUnavailable, SkewlessError
 from engine.plan import Plan
 from engine.ports import DeadLetterSink, EventLogSink, OnlineStateStore
 from engine.serde import DecodeLimits
@@ -98,6 +98,11 @@ class WorkerOptions:
     # the worker merges its partitions' small log files this often (0: never; see
     # engine/stream/log_compaction.py and `skewless worker --compact-interval`)
     compact_interval_s: float = 60.0
+    # the event log rolls: each batch is a synced block of one open file per partition,
+    # closed at this size or age (0 bytes: one file per batch; docs/event-log.md#rolling-files,
+    # `skewless worker --log-roll-mb/--log-roll-seconds`)
+    log_roll_bytes: int = 64 * 1024 * 1024  # connectors.eventlog.DEFAULT_ROLL_BYTES
+    log_roll_s: float = 300.0  # connectors.eventlog.DEFAULT_ROLL_SECONDS
 
 
 @dataclass(slots=True)
@@ -177,7 +182,13 @@ class OwnedPartitionsLog:
         return getattr(self._writer, name)
 
     def forget(self) -> None:
-        self._writer = self._make()
+        old, self._writer = self._writer, self._make()
+        close = getattr(old, "close", None)
+        if close is not None:  # roll the old writer's open files (readers need not wait)
+            try:
+                close()
+            except SkewlessError as exc:  # its files stay open-named: readers cope
+                log.warning("event log: %s", exc)
 
 
 @dataclass(slots=True)
@@ -568,6 +579,7 @@ def build_worker(
         topic_partitions,
     )
 
+    opts = options or WorkerOptions()
     settings = KafkaSettings.from_config(config)
     if online is None:
         from connectors.redis_store import RedisOnlineStore
@@ -589,7 +601,8 @@ def build_worker(
             continue
 
         def make_writer(name: str = name, schema: Any = source.schema) -> EventLogSink:
-            return EventLogWriter(config.event_log_root, name, dict(schema))
+            return EventLogWriter(config.event_log_root, name, dict(schema),
+                                  roll_bytes=opts.log_roll_bytes, roll_seconds=opts.log_roll_s)  # fmt: skip
 
         owned = OwnedPartitionsLog(make_writer)
         # owner epochs fence zombies (docs/reliability.md#owner-epochs); a store without an

@@ -266,3 +266,28 @@ def test_rolling_off_writes_one_file_per_append(tmp_path: Path) -> None:
     writer.append(batch(0, 4))
     writer.append(batch(5, 9))
     assert names(tmp_path / "tx" / "partition=0") == [file_name(0, 4), file_name(5, 9)]
+
+
+def test_the_limit_holds_across_an_offset_gap_at_the_handover(tmp_path: Path) -> None:
+    """Kafka offsets may skip (transaction markers): the zombie's last committed offset is
+    7, the next owner starts at 10, and the zombie's late block 10..15 follows 7 directly."""
+    root = str(tmp_path)
+    zombie = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    zombie.begin_epoch(0, 1, start=0)
+    zombie.append(batch(0, 7, processed_at=111))
+    owner = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    owner.begin_epoch(0, 2, start=10)
+    zombie.append(batch(10, 15, processed_at=111, amount=-1.0))
+    owner.append(batch(10, 14, processed_at=222))
+    want = [*range(8), *range(10, 15)]
+    read = list(EventLogReader(root).read("tx", 0))
+    assert [e.offset for e in read] == want == native_offsets(root)
+    assert [e.processed_at_ms for e in read] == [111] * 8 + [222] * 5
+    assert EventLogReader(root).count("tx") == 13
+    zombie.close()
+    EventLogWriter(root, "tx", PAYLOAD_SCHEMA).begin_epoch(0, 3, start=15)
+    EventLogCompactor(root).compact("tx", 0, small_records=100)  # merges both, up to 14
+    read = list(EventLogReader(root).read("tx", 0))
+    assert [e.offset for e in read] == want
+    assert [e.processed_at_ms for e in read] == [111] * 8 + [222] * 5
+    assert all(e.payload["amount"] == 1.5 for e in read)
