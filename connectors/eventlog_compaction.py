@@ -104,6 +104,9 @@ class _File:
     epoch: int  # owner epoch of the file (0: none)
     schema: str  # the header's schema text: only files with the same schema are merged
     codec: str
+    # the listing cuts the file (a fenced owner's rolling file that runs past the next
+    # epoch's start, or an open file an epoch ended): rewritten up to ``last`` even alone
+    cut: bool = False
 
 
 class EventLogCompactor:
@@ -216,6 +219,7 @@ class EventLogCompactor:
                     last=last,
                     path=path,
                     records=records,
+                    cut=limited and not growing,
                     epoch=epoch_of(name) or 0,
                     schema=str(meta.get("avro.schema", "")),
                     codec=str(meta.get("avro.codec", "null")),
@@ -342,12 +346,18 @@ def _runs(
     files: list[_File], small: int, target: int, sealed_below: int | None = None
 ) -> Iterator[list[_File]]:
     """Runs of at least two consecutive small files with one schema and codec, each run
-    holding at most ``target`` records; with ``sealed_below``, only files wholly below it."""
+    holding at most ``target`` records; with ``sealed_below``, only files wholly below it.
+    A file the listing cuts (``_File.cut``) is rewritten even alone, without what lies past
+    its limit."""
     run: list[_File] = []
     total = 0
+
+    def worth(run: list[_File]) -> bool:
+        return len(run) >= 2 or any(f.cut for f in run)
+
     for f in files:
         if f.records < 0 or (sealed_below is not None and f.last >= sealed_below):
-            if len(run) >= 2:
+            if worth(run):
                 yield run
             run, total = [], 0
             continue
@@ -362,8 +372,8 @@ def _runs(
             run.append(f)
             total += f.records
             continue
-        if len(run) >= 2:
+        if worth(run):
             yield run
-        run, total = ([f], f.records) if f.records < small else ([], 0)
-    if len(run) >= 2:
+        run, total = ([f], f.records) if f.records < small or f.cut else ([], 0)
+    if worth(run):
         yield run

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import random
@@ -29,6 +30,7 @@ import fastavro
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from engine.log_files import whole_blocks
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.kafka_runtime import KafkaWorker, WorkerOptions, build_worker
@@ -262,14 +264,16 @@ def logged(log_root: str, source: str) -> Counter[tuple[int, int]]:
 
     found: Counter[tuple[int, int]] = Counter()
     reader = EventLogReader(log_root)
-    paths = [
-        Path(path)
+    files = [
+        (Path(path), last)
         for p in (reader.partitions(source) if (Path(log_root) / source).exists() else [])
-        for _, _, path in reader.files(source, p)
+        for _, last, path in reader.files(source, p)
     ]
-    for path in paths:
-        with open(path, "rb") as fh:
-            for rec in fastavro.reader(fh):
+    for path, last in files:
+        # what readers take of a file: its whole blocks, up to the listing's limit (a rolling
+        # file a fenced owner appended to past the next epoch's start: docs/event-log.md)
+        for rec in fastavro.reader(io.BytesIO(whole_blocks(path.read_bytes()))):
+            if rec["offset"] <= last:  # type: ignore[call-overload,index]
                 found[(rec["partition"], rec["offset"])] += 1  # type: ignore[call-overload,index]
     return found
 
@@ -530,12 +534,14 @@ def log_listing(log_root: str, source: str) -> LogListing:
                 listing.other.append(rel)
                 continue
             try:
-                with open(path, "rb") as fh:
-                    if fh.read(4) != _AVRO_MAGIC:
+                with open(path, "rb") as raw:
+                    if raw.read(4) != _AVRO_MAGIC:
                         listing.other.append(rel)
                         continue
-                    fh.seek(0)
+                    raw.seek(0)
                     listing.files += 1
+                    # an open rolling file may end in a block being written: not a record yet
+                    fh = io.BytesIO(whole_blocks(raw.read()))
                     for rec in fastavro.reader(fh):
                         r: Any = rec
                         if r["partition"] != expected:

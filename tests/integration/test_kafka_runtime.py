@@ -488,7 +488,9 @@ def test_compacting_the_log_beside_a_live_worker_loses_and_repeats_nothing(
     valid = rows(600, 11, int(time.time() * 1000))
     reader = EventLogReader(repo.log_root)
     merged = reads = 0
-    with WorkerThread(repo.store, WorkerOptions(batch_max=15, batch_timeout_s=0.005)) as worker:
+    with WorkerThread(
+        repo.store, WorkerOptions(batch_max=15, batch_timeout_s=0.005, log_roll_bytes=0)
+    ) as worker:
         pushed = 0
         for part in range(12):
             chunk = valid[part::12]
@@ -526,7 +528,9 @@ def test_the_worker_compacts_its_own_log_and_readers_see_every_record_once(
     repo = Repo(tmp_path, kafka_service, stream_redis_url, partitions=2)
     repo.store.apply()
     valid = rows(600, 12, int(time.time() * 1000))
-    options = WorkerOptions(batch_max=15, batch_timeout_s=0.005, compact_interval_s=0.3)
+    options = WorkerOptions(
+        batch_max=15, batch_timeout_s=0.005, compact_interval_s=0.3, log_roll_bytes=0
+    )
     with WorkerThread(repo.store, options) as worker:
         compaction = worker.worker.compaction
         assert compaction is not None
@@ -543,6 +547,57 @@ def test_the_worker_compacts_its_own_log_and_readers_see_every_record_once(
     assert len(offsets) == len(set(offsets)) == 600
     files = sum(len(reader.files(repo.avro, p)) for p in reader.partitions(repo.avro))
     assert files < worker.worker.stats.batches  # fewer files than batches were written
+
+
+def test_a_rolling_log_beside_a_live_worker_is_read_once_and_rolls(
+    tmp_path: Path, kafka_service: str, stream_redis_url: str
+) -> None:
+    """Issue 11 part 3: each batch is a synced block of one open file per partition (rolled
+    here at 4 KiB); reads while the worker appends see each record once; the worker rolls
+    its open files when it leaves; at rest online == backfill."""
+    from connectors.eventlog import EventLogReader, is_open
+
+    repo = Repo(tmp_path, kafka_service, stream_redis_url, partitions=2)
+    repo.store.apply()
+    valid = rows(600, 13, int(time.time() * 1000))
+    reader = EventLogReader(repo.log_root)
+    options = WorkerOptions(
+        batch_max=15, batch_timeout_s=0.005, compact_interval_s=0.3, log_roll_bytes=4096
+    )
+    reads = 0
+    open_seen = False
+    with WorkerThread(repo.store, options) as worker:
+        pushed = 0
+        for part in range(12):
+            chunk = valid[part::12]
+            assert repo.store.push(repo.avro, chunk) == len(chunk)
+            assert repo.store.push(repo.json, pd.DataFrame(chunk)) == len(chunk)
+            pushed += 2 * len(chunk)
+            wait_until(lambda n=pushed: worker.worker.stats.records >= n, 60, "the round logged")
+            for source in (repo.avro, repo.json):
+                if source in reader.sources():
+                    offsets = [(e.partition, e.offset) for e in reader.read_all(source)]
+                    assert len(offsets) == len(set(offsets)), "a read saw a record twice"
+                    reads += 1
+                    open_seen = open_seen or any(
+                        is_open(path)
+                        for p in reader.partitions(source)
+                        for _, _, path in reader.files(source, p)
+                    )
+        wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
+        worker.stop()
+    assert worker.worker.stats.records == 2 * 600
+    assert reads > 0 and open_seen
+    files = [
+        path
+        for source in (repo.avro, repo.json)
+        for p in reader.partitions(source)
+        for _, _, path in reader.files(source, p)
+    ]
+    assert not [f for f in files if is_open(f)]  # rolled when the worker left
+    assert len(files) < worker.worker.stats.batches
+    check_log_exactly_once(repo, {})
+    check_online_equals_backfill(repo, int(time.time() * 1000), SPEND + SPEND_JSON)
 
 
 def test_cli_push_reports_the_rows_it_produced(
