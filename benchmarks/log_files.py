@@ -1,21 +1,24 @@
-"""Event-log files per partition-hour and backfill read speed, before and after the worker compacts its own log.
+"""Event-log files per partition-hour and backfill read speed, before and after the worker's log rolls.
 
 Issue 11 part 3. For each mode, in one run, against the local Kafka and Redis
 (``bash scripts/services.sh up``):
 
-- **before**: ``skewless worker --compact-interval 0`` (the worker never compacts: one log
-  file per partition per batch stays on disk until someone runs ``skewless compact-log``);
-- **after**: ``--compact-interval 60`` (the worker's default; ``engine/stream/log_compaction.py``
-  merges the small files of its partitions every interval, up to the committed offset).
+- **before**: ``skewless worker --compact-interval 60 --log-roll-mb 0`` (one fsynced log file
+  per partition per batch, merged by the worker's own compaction every interval up to the
+  committed offset: ``engine/stream/log_compaction.py``);
+- **after**: ``--compact-interval 60 --log-roll-mb 64`` (the worker's defaults: each batch is
+  an fsynced block appended to one open file per partition, rolled at 64 MiB or 5 minutes,
+  ``--log-roll-seconds``; docs/event-log.md#rolling-files).
 
 Each mode gets its own 4-partition topic, payments definitions (``definitions/payments.py``
 with the source renamed, ``tests/stream_harness.payments_repo``), event-log root, consumer
 group and a flushed Redis database (db 9: db 13 belongs to the streaming tests). ONE worker
-process (``python -m engine.cli --repo R worker --runtime kafka --compact-interval X``) consumes
-payments (``tests/stream_harness.payment_events``: 10k customers, 1k merchants, event times
+process (``python -m engine.cli --repo R worker --runtime kafka --compact-interval X
+--log-roll-mb M``) consumes payments (``tests/stream_harness.payment_events``: 10k customers, 1k merchants, event times
 within the last 2 s) produced at a paced ``--rate`` (5,000 events/s) for ``--minutes``. Once
-production ends the script waits until the group committed every offset (lag 0) and, in the
-after mode, one more compaction interval (+ a margin), then stops the worker with SIGTERM.
+production ends the script waits until the group committed every offset (lag 0) and one more
+compaction interval (+ a margin), then stops the worker with SIGTERM (which rolls its open
+files).
 
 Measured on the log at rest: live files (``EventLogReader.files``), files per partition-hour
 (files / partitions / hours produced), bytes on disk. Then, alternating the two logs
@@ -27,7 +30,7 @@ transform (the core decodes their log files itself; the views with a batch trans
 the Python path), and raw read events/s (``EventLogReader.read_all``, every envelope
 decoded). A line every 30 s shows progress: produced, consumer lag, live files so far. A
 second table shows the write side: the worker's batches and the files it wrote (at rest +
-merged away by its compaction), which compaction does not change.
+merged away by its compaction).
 
 Writes ``benchmarks/out/log_files.json`` and ``docs/img/log_files.png``; a run shorter than
 10 minutes is a smoke run and writes ``benchmarks/out/log_files-quick.{json,png}`` instead.
@@ -35,6 +38,7 @@ Writes ``benchmarks/out/log_files.json`` and ``docs/img/log_files.png``; a run s
 Usage (from the repo root)::
 
     .venv/bin/python benchmarks/log_files.py                  # 2 x 10 min at 5k/s, ~30 min
+    SKEWLESS_BENCH_REDIS_URL=redis://127.0.0.1:6394/9 .venv/bin/python benchmarks/log_files.py
     .venv/bin/python benchmarks/log_files.py --minutes 1      # a smoke run, ~5 min
 """
 
@@ -72,6 +76,7 @@ from connectors.kafka import group_id  # noqa: E402
 from engine.keys import encode_key  # noqa: E402
 from engine.serde import SourceCodec  # noqa: E402
 from engine.store import FeatureStore  # noqa: E402
+from engine.stream.kafka_runtime import WorkerOptions  # noqa: E402
 from engine.stream.log_compaction import CompactionOptions  # noqa: E402
 from tests.faults.scenario import wait_assigned  # noqa: E402
 from tests.stream_harness import (  # noqa: E402
@@ -99,6 +104,7 @@ class Mode:
 
     name: str
     interval_s: float
+    roll_mb: float  # --log-roll-mb (0: one file per batch)
     topic: str = ""
     repo: Path = Path()
     log_root: str = ""
@@ -237,11 +243,12 @@ def run_mode(mode: Mode, args: argparse.Namespace, work: Path) -> None:
     mode.log_root = store.config.event_log_root
     group = group_id(store.config.project)
     codec = SourceCodec(store.plan.sources[mode.topic])
-    print(f"\n== {mode.name}: worker --compact-interval {mode.interval_s:g}, topic {mode.topic}, "
-          f"{args.rate:,} events/s for {args.minutes:g} min", flush=True)  # fmt: skip
+    print(f"\n== {mode.name}: worker --compact-interval {mode.interval_s:g} --log-roll-mb "
+          f"{mode.roll_mb:g}, topic {mode.topic}, {args.rate:,} events/s for {args.minutes:g} "
+          f"min", flush=True)  # fmt: skip
     load_before = os.getloadavg()
     worker = WorkerProcess(mode.repo, "--runtime", "kafka", "--compact-interval",
-                           f"{mode.interval_s:g}")  # fmt: skip
+                           f"{mode.interval_s:g}", "--log-roll-mb", f"{mode.roll_mb:g}")  # fmt: skip
     try:
         wait_assigned(worker, mode.topic)
         with Progress(mode, group) as progress:
@@ -275,6 +282,7 @@ def run_mode(mode: Mode, args: argparse.Namespace, work: Path) -> None:
     mode.result = {
         "mode": mode.name,
         "compact_interval_s": mode.interval_s,
+        "log_roll_mb": mode.roll_mb,
         "events": records,
         "produced": produced,
         "catch_up_s": catch_up_s,
@@ -407,7 +415,7 @@ def report(rows: list[dict[str, Any]]) -> dict[str, float]:
           f"read events/s |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['mode']} (--compact-interval {r['compact_interval_s']:g}) | "
+        print(f"| {r['mode']} ({_flags(r)}) | "
               f"{r['events']:,} | {r['files']:,} | {r['files_per_partition_hour']:,.0f} | "
               f"{r['bytes'] / 1e6:,.1f} | {r['backfill_events_per_s']:,.0f} | "
               f"{r['backfill_native_events_per_s']:,.0f} | "
@@ -418,9 +426,9 @@ def report(rows: list[dict[str, Any]]) -> dict[str, float]:
           f"{ratio['files_per_partition_hour']:.4f}x | {ratio['bytes']:.2f}x | "
           f"{ratio['backfill_events_per_s']:.2f}x | {ratio['backfill_native_events_per_s']:.2f}x | "
           f"{ratio['read_events_per_s']:.2f}x |")  # fmt: skip
-    # the write side: one fsynced file per partition per batch in both modes; how many
-    # batches a worker makes depends on how far behind it runs (a lagging worker takes
-    # bigger batches), not on compaction
+    # the write side: one fsynced file (before) or block (after) per partition per batch;
+    # how many batches a worker makes depends on how far behind it runs (a lagging worker
+    # takes bigger batches)
     print("\n| mode | worker batches | records per batch | files written | files written "
           "per partition-hour | merged away by the worker | max lag seen |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -438,13 +446,17 @@ def report(rows: list[dict[str, Any]]) -> dict[str, float]:
     return ratio
 
 
+def _flags(row: dict[str, Any]) -> str:
+    return f"--compact-interval {row['compact_interval_s']:g} --log-roll-mb {row['log_roll_mb']:g}"
+
+
 def chart(rows: list[dict[str, Any]], minutes: float, rate: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"{r['mode']}\n--compact-interval {r['compact_interval_s']:g}" for r in rows]
+    names = [f"{r['mode']}\n{_flags(r)}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.8))
     per_hour = [r["files_per_partition_hour"] for r in rows]
     left.bar(names, per_hour, color=["#999999", "#2b6cb0"])
@@ -489,11 +501,20 @@ def main() -> None:
         "--compact-interval",
         type=float,
         default=CompactionOptions().interval_s,
-        help="the after mode's interval (default: the worker's)",
+        help="both modes' compaction interval (default: the worker's)",
+    )
+    parser.add_argument(
+        "--log-roll-mb",
+        type=float,
+        default=WorkerOptions().log_roll_bytes / (1 << 20),
+        help="the after mode's --log-roll-mb (default: the worker's; before: 0)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the logs and worker logs")
     args = parser.parse_args()
-    modes = [Mode("before", 0.0), Mode("after", args.compact_interval)]
+    modes = [
+        Mode("before", args.compact_interval, 0.0),
+        Mode("after", args.compact_interval, args.log_roll_mb),
+    ]
     work = Path(tempfile.mkdtemp(prefix="skewless-log-files-"))
     started = time.monotonic()
     try:
@@ -518,6 +539,7 @@ def main() -> None:
             "small_records": CompactionOptions().small_records,
             "target_records": CompactionOptions().target_records,
         },
+        "log_roll": {"mb": args.log_roll_mb, "seconds": WorkerOptions().log_roll_s},
         "modes": rows,
         "after_over_before": ratio,
         "total_s": time.monotonic() - started,

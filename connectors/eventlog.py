@@ -2,7 +2,13 @@
 
 Layout under ``root`` (a local path or any fsspec URL)::
 
-    <root>/<source>/partition=<p>/<first_offset>-<last_offset>.avro
+    <root>/<source>/partition=<p>/<first_offset>-<last_offset>[.e<epoch>].avro
+    <root>/<source>/partition=<p>/<first_offset>-open[.e<epoch>].avro   (rolling, open)
+
+With ``roll_bytes`` (stream workers, local disk) each append is a batch of fsynced Avro
+blocks appended to one open file per partition, renamed ``<first>-<last>`` when it rolls
+(size, age, new owner epoch, ``close``); readers read whole blocks only and no record above
+the listing's per-file limit (``Listing``; docs/event-log.md#rolling-files).
 
 Offsets are zero-padded to 20 digits. Imported history (``EventLogWriter.append_history``)
 takes offsets from ``HISTORY_BASE`` (-10**18) upwards, written with a leading ``-``: it
@@ -261,7 +267,9 @@ class EventLogWriter:
     def last_history_offset(self, partition: int) -> int | None:
         """Highest imported-history offset (< 0) held for ``partition``, or ``None``."""
         if partition not in self._history_high:
-            self._history_high[partition], self._high[partition] = self._scan_partition(partition)
+            self._history_high[partition], self._high[partition] = self._scan_partition(
+                partition, adopt=False
+            )
         return self._history_high[partition]
 
     def append_history(self, records: Sequence[Envelope]) -> list[str]:
@@ -545,7 +553,7 @@ class EventLogWriter:
     def _partition_dir(self, partition: int) -> str:
         return f"{self._dir}/{_PARTITION_PREFIX}{partition}"
 
-    def _scan_partition(self, partition: int) -> tuple[int | None, int | None]:
+    def _scan_partition(self, partition: int, adopt: bool = True) -> tuple[int | None, int | None]:
         """Learn a partition's highest history offset (< 0) and highest offset from its live
         file names (files of fenced owner epochs do not count: ``read_listing``).
 
@@ -560,7 +568,7 @@ class EventLogWriter:
             if own is not None and path == own.path:
                 last = own.last
             elif is_open(path):
-                last = self._adopt(partition, first, upto, path)
+                last = self._adopt(partition, first, upto, path, adopt and bool(self._roll_bytes))
             if last is None:
                 continue
             if high is None or last > high:
@@ -569,18 +577,19 @@ class EventLogWriter:
                 history = last
         return history, high
 
-    def _adopt(self, partition: int, first: int, upto: int, path: str) -> int | None:
+    def _adopt(self, partition: int, first: int, upto: int, path: str, roll: bool) -> int | None:
         """The last offset (at most ``upto``) of another writer's open rolling file, None
-        when it holds none. If no later epoch bounds it and its epoch is not above this
-        writer's, its writer is gone (a crash, or a restart without owner epochs): it is
-        rolled here, renamed to its final name, whose last offset caps what readers take
-        (a torn tail stays behind it, unread); an empty one is removed."""
+        when it holds none. With ``roll`` (a rolling writer about to append), if no later
+        epoch bounds the file and its epoch is not above this writer's, its writer is gone
+        (a crash, or a restart without owner epochs): it is rolled here, renamed to its
+        final name, whose last offset caps what readers take (a torn tail stays behind it,
+        unread); an empty one is removed. Imports (history) never roll it."""
         try:
             with self._fs.open(path, "rb") as raw:
                 data = bytes(raw.read())
             last = _last_offset(data, upto)
             epoch = epoch_of(_basename(path)) or 0
-            if upto >= _MAX_OFFSET and epoch <= self._epoch.get(partition, 0):
+            if roll and upto >= _MAX_OFFSET and epoch <= self._epoch.get(partition, 0):
                 folder = self._partition_dir(partition)
                 if last is None:
                     os.remove(path)

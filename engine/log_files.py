@@ -5,7 +5,9 @@ A log whose files the core can decode itself (``EventLogReader``) implements ``L
 decodes it natively and returns the highest offset taken; a file compacted away after the
 listing makes the partition be listed again, and reading goes on after that offset — the
 rule ``EventLogReader.read`` follows, so the backfill and rebuild-online see each logged
-record exactly once.
+record exactly once. Each file comes with the listing's upper offset limit (records above
+it are skipped) and is cut to its whole Avro blocks (``scan_blocks``): a rolling file's
+block being appended, or one a crash cut short, is never decoded (docs/event-log.md).
 """
 
 from __future__ import annotations
