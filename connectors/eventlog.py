@@ -185,7 +185,9 @@ def envelope_schema(source_name: str, payload_schema: dict[str, Any]) -> dict[st
 
 
 class EventLogWriter:
-    """Appends envelopes of one source to the event log, one file per partition per call.
+    """Appends envelopes of one source to the event log, one file per partition per call —
+    or, with ``roll_bytes`` (stream workers, local disk), as fsynced blocks of one open file
+    per partition, rolled at ``roll_bytes`` or ``roll_seconds`` (docs/event-log.md).
 
     A partition's high-water mark (its highest logged offset) is learned from its file
     names on first use, then cached, so the writer assumes it is the only one writing
@@ -922,8 +924,10 @@ class EventLogReader:
         return self._iter_partitions(source, parts)
 
     def files(self, source: str, partition: int) -> list[tuple[int, int, str]]:
-        """Final files of a partition as ``(first offset, last offset, path)``, by offset,
-        without files whose range lies inside another's; empty without a folder."""
+        """Live files of a partition as ``(first offset, last offset, path)``, by offset,
+        without files whose range lies inside another's; empty without a folder. ``last``
+        is the highest offset to take from the file (``Listing``): records above it are
+        not part of the log."""
         self._source_entries(source)
         return self._files(source, partition)
 

@@ -113,7 +113,7 @@ class LogFiles(Protocol):
     """An event log whose files the core can decode itself (``EventLogReader``)."""
 
     def files(self, source: str, partition: int) -> list[tuple[int, int, str]]:
-        """Final files of a partition as (first offset, last offset, path), by offset."""
+        """Live files of a partition as (first offset, last offset to take, path), by offset."""
         ...
 
     def read_file(self, path: str) -> bytes:
