@@ -58,7 +58,7 @@ from engine import _native
 from engine.envelope import HISTORY_BASE, Envelope
 from engine.errors import EventLogError, EventLogMissing, SkewlessError
 from engine.log_columns import EnvelopeColumns
-from engine.log_files import blocks_with_sync, scan_blocks, whole_blocks
+from engine.log_files import blocks_with_sync, scan_blocks, scan_file, whole_blocks
 from engine.schema import plain_schema
 
 __all__ = [
@@ -751,15 +751,17 @@ class EventLogWriter:
 
         The first append of a file writes it whole (header and blocks) under a temp name,
         fsyncs and renames it to ``<first>-open[.e<epoch>].avro``; later ones append its
-        blocks re-ended with that file's sync marker and fsync before returning. A failed
-        append truncates the file back to its last whole block (or, failing that, closes
-        it under its final name, which caps what readers take from it). The file is rolled
-        (renamed ``<first>-<last>[.e<epoch>].avro``) once it reaches ``roll_bytes``, before
-        an append that comes ``roll_seconds`` after it was opened, and on a new epoch."""
+        blocks re-ended with that file's sync marker (``O_APPEND``) and fsync before
+        returning. The file is opened for each append and closed after it, so no descriptor
+        is held between batches (a remount, a disk swap). A failed append truncates the file
+        back to its last whole block (or, failing that, rolls it under its final name, which
+        caps what readers take from it). The file is rolled (renamed
+        ``<first>-<last>[.e<epoch>].avro``) once it reaches ``roll_bytes``, before an append
+        that comes ``roll_seconds`` after it was opened, and on a new epoch."""
         epoch = self._epoch.get(partition, 0)
         cur = self._open.get(partition)
         if cur is not None and (
-            cur.fd < 0 or cur.epoch != epoch or time.monotonic() - cur.opened >= self._roll_seconds
+            cur.broken or cur.epoch != epoch or time.monotonic() - cur.opened >= self._roll_seconds
         ):
             self._seal(partition)
             cur = None
@@ -767,24 +769,35 @@ class EventLogWriter:
             path = f"{self._partition_dir(partition)}/{open_file_name(first, epoch)}"
             sync = scan_blocks(data).sync
             self._commit(partition, path, lambda out: out.write(data))
-            cur = _OpenFile(path, first, last, epoch, len(data), time.monotonic(), sync, -1)
+            cur = _OpenFile(path, first, last, epoch, len(data), time.monotonic(), sync)
             self._open[partition] = cur
-            with contextlib.suppress(OSError):  # else durable, and rolled at the next append
-                cur.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         else:
             chunk = blocks_with_sync(data, cur.sync)
             try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(cur.fd, view) :]
-                os.fsync(cur.fd)
+                fd = os.open(cur.path, os.O_WRONLY | os.O_APPEND)
             except OSError as exc:
-                self._undo_append(partition, cur)
+                if isinstance(exc, FileNotFoundError):  # gone (the log root wiped?): start anew
+                    del self._open[partition]
                 raise EventLogError(
                     f"cannot append to event-log file {self._url(cur.path)}: {exc}; nothing "
                     f"was committed for partition {partition} — check free space and write "
                     f"permission on log_root, then retry"
                 ) from exc
+            try:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as exc:
+                self._undo_append(partition, cur, fd)
+                raise EventLogError(
+                    f"cannot append to event-log file {self._url(cur.path)}: {exc}; nothing "
+                    f"was committed for partition {partition} — check free space and write "
+                    f"permission on log_root, then retry"
+                ) from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             cur.size += len(chunk)
             cur.last = last
         path = cur.path
@@ -793,35 +806,31 @@ class EventLogWriter:
                 path = self._seal(partition)
         return self._url(path)
 
-    def _undo_append(self, partition: int, cur: _OpenFile) -> None:
+    def _undo_append(self, partition: int, cur: _OpenFile, fd: int) -> None:
         """After a failed append: cut the open file back to its last whole block; if even
-        that fails, close it under its final name (readers take nothing past ``cur.last``)."""
+        that fails, roll it under its final name (readers take nothing past ``cur.last``),
+        or at least never append to it again."""
         try:
-            os.ftruncate(cur.fd, cur.size)
-            os.fsync(cur.fd)
+            os.ftruncate(fd, cur.size)
+            os.fsync(fd)
             return
         except OSError:
             pass
+        cur.broken = True
         with contextlib.suppress(EventLogError):
             self._seal(partition)
-        if partition in self._open:  # not even renamed: never append to it again
-            with contextlib.suppress(OSError):
-                os.close(cur.fd)
-            cur.fd = -1
 
     def _seal(self, partition: int) -> str:
         """Roll the partition's open file: rename it ``<first>-<last>[.e<epoch>].avro``."""
         cur = self._open[partition]
-        if cur.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(cur.fd)
-            cur.fd = -1
         folder = self._partition_dir(partition)
         final = f"{folder}/{file_name(cur.first, cur.last, cur.epoch)}"
         try:
-            if os.path.exists(cur.path) or not os.path.exists(final):
+            if os.path.exists(cur.path):  # else renamed already (a failed folder fsync)
                 os.replace(cur.path, final)
             _fsync_dir(folder)
+        except FileNotFoundError:
+            pass  # the folder is gone (the log root wiped): nothing left to roll
         except OSError as exc:
             raise EventLogError(
                 f"cannot roll event-log file {self._url(cur.path)} to {self._url(final)}: "
@@ -1053,18 +1062,14 @@ class EventLogReader:
         try:
             named = _FILE_RE.match(_basename(path))
             limited = named is None or named.group(2) == _OPEN or int(named.group(2)) > upto
-            with self._open_file(path) as raw:
+            with self._fs.open(path, "rb") as raw:
                 avro = fastavro.reader(raw)
                 _check_header(avro.metadata, self._url(path))
-                if limited:  # a rolling file, or one a fenced owner appended to: decode
-                    return sum(
-                        1 for rec in cast(Iterator[dict[str, Any]], avro) if rec["offset"] <= upto
-                    )
                 stored = avro.metadata.get(_META_RECORDS)
-                if stored is not None:
+                if stored is not None and not limited:
                     return int(stored)
                 raw.seek(0)
-                return scan_blocks(bytes(raw.read())).records
+                return count_upto(raw, upto)
         except _SKEWLESS_ERRORS:
             raise
         except Exception as exc:
@@ -1142,7 +1147,7 @@ class _OpenFile:
     size: int  # bytes of the header and the whole blocks appended so far
     opened: float  # time.monotonic() of the first append
     sync: bytes  # the header's sync marker, ending every block
-    fd: int  # the descriptor appends go through (-1: closed, roll before the next append)
+    broken: bool = False  # a failed append could not be cut back: roll before the next
 
 
 class _Reading:
@@ -1268,6 +1273,31 @@ def uncovered(files: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         out.append((first, last, path))
         reach = last
     return out
+
+
+def count_upto(raw: Any, upto: int) -> int:
+    """Records at or below ``upto`` in the whole blocks of a log file open at its start.
+
+    Reads block headers only (``scan_file``) and decodes the last whole block: when its
+    records are all at or below ``upto`` (a rolled file as its writer closed it), the
+    blocks' counts are the answer; otherwise (a rolling file a fenced owner appended to,
+    or a block a failed append left behind the name's last offset) every record is decoded.
+    """
+    blocks = scan_file(raw)
+    if not blocks.records:
+        return 0
+    raw.seek(0)
+    head = raw.read(blocks.header_end)
+    raw.seek(blocks.last_block)
+    tail = raw.read(blocks.end - blocks.last_block)
+    records = cast(Iterator[dict[str, Any]], fastavro.reader(io.BytesIO(head + tail)))
+    if all(rec["offset"] <= upto for rec in records):
+        return blocks.records
+    raw.seek(0)
+    whole = io.BytesIO(raw.read(blocks.end))
+    return sum(
+        1 for rec in cast(Iterator[dict[str, Any]], fastavro.reader(whole)) if rec["offset"] <= upto
+    )
 
 
 def _last_offset(data: bytes, upto: int) -> int | None:

@@ -66,13 +66,14 @@ from connectors.eventlog import (
     _level,
     _list_names,
     _remove_quietly,
+    count_upto,
     epoch_of,
     file_name,
     is_open,
     read_listing,
 )
 from engine.errors import EventLogError
-from engine.log_files import count_records, whole_blocks
+from engine.log_files import whole_blocks
 
 __all__ = ["Compaction", "EventLogCompactor"]
 
@@ -201,17 +202,9 @@ class EventLogCompactor:
                 stored = meta.get(_META_RECORDS)
                 if growing:
                     records = -1
-                elif limited:
+                elif stored is None or limited:  # rolling or rolled: count up to `last`
                     raw.seek(0)
-                    data = whole_blocks(bytes(raw.read()))
-                    records = sum(
-                        1
-                        for rec in cast(Iterator[dict[str, Any]], fastavro.reader(io.BytesIO(data)))
-                        if rec["offset"] <= last
-                    )
-                elif stored is None:  # a rolled file: its count is in its blocks
-                    raw.seek(0)
-                    records = count_records(raw)
+                    records = count_upto(raw, last)
                 else:
                     records = int(stored)
                 return _File(

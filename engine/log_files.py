@@ -170,9 +170,9 @@ def blocks_with_sync(data: bytes, sync: bytes) -> bytes:
     return bytes(out)
 
 
-def count_records(raw: BinaryIO) -> int:
-    """Records in the whole blocks of an Avro container file open for reading at its start,
-    reading only the header and each block's count and size (seeking past its data)."""
+def scan_file(raw: BinaryIO) -> Blocks:
+    """``scan_blocks`` of a file open for reading at its start, reading only the header and
+    each block's count, size and sync marker (seeking past the block data)."""
     head = b""
     want = 1 << 16
     while True:
@@ -182,9 +182,10 @@ def count_records(raw: BinaryIO) -> int:
             break
         want *= 4
     if not end:
-        return 0
+        return Blocks(0, 0, 0, 0, b"")
+    sync = head[end - _SYNC_SIZE : end]
     records = 0
-    pos = end
+    pos = last = end
     while True:
         raw.seek(pos)
         frame = raw.read(20)  # two varints
@@ -192,10 +193,14 @@ def count_records(raw: BinaryIO) -> int:
             count, at = _long(frame, 0)
             size, at = _long(frame, at)
         except IndexError:
-            return records
+            break
         stop = pos + at + size + _SYNC_SIZE
+        if count < 0 or size < 0:
+            break
         raw.seek(stop - _SYNC_SIZE)
-        if len(raw.read(_SYNC_SIZE)) < _SYNC_SIZE or count < 0:
-            return records
+        if raw.read(_SYNC_SIZE) != sync:
+            break
         records += count
+        last = pos
         pos = stop
+    return Blocks(end, pos, last, records, sync)

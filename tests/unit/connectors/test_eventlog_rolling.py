@@ -169,14 +169,63 @@ def test_a_failed_append_is_cut_back_and_the_retry_lands_once(
     writer = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
     writer.append(batch(0, 9, processed_at=1))
     real_fsync = eventlog.os.fsync
-    monkeypatch.setattr(eventlog.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("EIO")))
+    failures = [OSError(5, "Input/output error")]
+
+    def fsync(fd: int) -> None:  # the append's fsync fails once; the cut's succeeds
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(eventlog.os, "fsync", fsync)
+    path = tmp_path / "tx" / "partition=0" / open_file_name(0)
+    size = path.stat().st_size
     with pytest.raises(eventlog.EventLogError, match="cannot append"):
         writer.append(batch(10, 19, processed_at=2))
-    monkeypatch.setattr(eventlog.os, "fsync", real_fsync)
-    assert offsets(root) == list(range(10))  # the block was cut off again
-    writer.append(batch(10, 19, processed_at=3))
+    assert path.stat().st_size == size  # the block was cut off again
+    assert offsets(root) == list(range(10))
+    writer.append(batch(10, 19, processed_at=3))  # the retry appends to the same file
+    assert names(tmp_path / "tx" / "partition=0") == [open_file_name(0)]
     read = list(EventLogReader(root).read("tx", 0))
     assert [e.offset for e in read] == list(range(20))
+    assert [e.processed_at_ms for e in read] == [1] * 10 + [3] * 10
+
+
+def test_a_failed_append_that_cannot_be_cut_back_is_rolled_below_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = str(tmp_path)
+    folder = tmp_path / "tx" / "partition=0"
+    writer = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    writer.append(batch(0, 9, processed_at=1))
+    real_fsync = eventlog.os.fsync
+    failures = [OSError(5, "Input/output error")] * 2
+
+    def fsync(fd: int) -> None:  # the append's and the cut's fsync fail
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    def no_truncate(fd: int, size: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(eventlog.os, "fsync", fsync)
+    monkeypatch.setattr(eventlog.os, "ftruncate", no_truncate)
+    with pytest.raises(eventlog.EventLogError, match="cannot append"):
+        writer.append(batch(10, 19, processed_at=2))
+    # the failed block is still in the file, whole; the file's name stops readers before it
+    assert names(folder) == [file_name(0, 9)]
+    assert scan_blocks((folder / file_name(0, 9)).read_bytes()).records == 20
+    assert offsets(root) == list(range(10)) == native_offsets(root)
+    assert EventLogReader(root).count("tx") == 10
+    writer.append(batch(10, 19, processed_at=3))
+    assert names(folder) == [file_name(0, 9), open_file_name(10)]
+    read = list(EventLogReader(root).read("tx", 0))
+    assert [e.offset for e in read] == list(range(20)) == native_offsets(root)
+    assert [e.processed_at_ms for e in read] == [1] * 10 + [3] * 10
+    writer.close()
+    done = EventLogCompactor(root).compact("tx", 0, small_records=100)
+    assert (done.files_after, done.records_merged) == (1, 20)  # the failed block left behind
+    read = list(EventLogReader(root).read("tx", 0))
     assert [e.processed_at_ms for e in read] == [1] * 10 + [3] * 10
 
 
