@@ -32,7 +32,7 @@ decoded). A line every 30 s shows progress: produced, consumer lag, live files s
 second table shows the write side: the worker's batches and the files it wrote (at rest +
 merged away by its compaction).
 
-Writes ``benchmarks/out/log_files.json`` and ``docs/img/log_files.png``; a run shorter than
+Writes ``benchmarks/out/log_files.json`` and ``docs/img/log_files_rolling.png``; a run shorter than
 10 minutes is a smoke run and writes ``benchmarks/out/log_files-quick.{json,png}`` instead.
 
 Usage (from the repo root)::
@@ -88,7 +88,7 @@ from tests.stream_harness import (  # noqa: E402
 )
 
 RESULTS_JSON = bench.OUT / "log_files.json"
-CHART = REPO / "docs" / "img" / "log_files.png"
+CHART = REPO / "docs" / "img" / "log_files_rolling.png"
 PARTITIONS = bench.PARTITIONS
 CUSTOMERS = [f"c{i:05d}" for i in range(10_000)]
 MERCHANTS = [f"m{i:04d}" for i in range(1_000)]
