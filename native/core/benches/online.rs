@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Events are those of `benchmarks/worker_core.py` in kind: 10,000 customers, 1,000
-//! merchants, 4 partitions, event times spread over the 2 hours before "now". Each round
+//! merchants, 4 partitions, event times spread over the 2 hours before "now". Times are the
+//! thread's CPU time (the machine may be shared). Each round
 //! feeds them to a fresh core in batches of 5,000 and of 50,000 (the first batch warms the
 //! cache and is not timed; entries the core asks for are loaded empty, as from a fresh
 //! Redis). Prints the best round per stage and a checksum of everything the core produced
@@ -15,7 +16,7 @@
 //! builds that print the same checksum produced the same bytes.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skewless_core::agg::Agg;
 use skewless_core::columns::{Column, ColumnData};
@@ -35,6 +36,29 @@ const NOW: i64 = 1_765_000_000_000;
 const PARTITIONS: u64 = 4;
 const CHUNK_ARGS: usize = 4000;
 
+/// CPU time of this thread (the machine may be shared: wall time would count waits).
+#[derive(Clone, Copy)]
+struct Instant(Duration);
+
+impl Instant {
+    fn now() -> Instant {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for clock_gettime to fill
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Instant(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+}
+
+impl std::ops::Sub for Instant {
+    type Output = Duration;
+    fn sub(self, earlier: Instant) -> Duration {
+        self.0 - earlier.0
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -50,7 +74,13 @@ impl Rng {
 }
 
 /// `(function, kind, n, window, hop)`; `window` None: lifetime.
-type Spec = (&'static str, &'static str, Option<u32>, Option<i64>, Option<i64>);
+type Spec = (
+    &'static str,
+    &'static str,
+    Option<u32>,
+    Option<i64>,
+    Option<i64>,
+);
 
 fn view(fingerprint: &str, group: usize, specs: &[Spec], inputs: Vec<usize>) -> OnlineView {
     let aggs = specs
@@ -217,12 +247,9 @@ fn batch_columns(rows: &[Row], offsets: &mut [i64]) -> BatchColumns {
     let mut events = Events::default();
     for r in rows {
         // a stable stand-in for the key's Kafka partition
-        let h = r
-            .customer
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-            });
+        let h = r.customer.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         let p = (h % PARTITIONS) as usize;
         events.partition.push(p as i32);
         events.offset.push(offsets[p]);
@@ -243,7 +270,10 @@ fn batch_columns(rows: &[Row], offsets: &mut [i64]) -> BatchColumns {
         fed1: (
             value_column(rows.iter().map(|r| vstr(&r.customer))),
             vec![
-                value_column(rows.iter().map(|r| Value::Float(r.amount * USD[r.currency]))),
+                value_column(
+                    rows.iter()
+                        .map(|r| Value::Float(r.amount * USD[r.currency])),
+                ),
                 value_column(rows.iter().map(|r| vstr(&r.merchant))),
                 value_column(rows.iter().map(|r| vstr(r.country))),
                 value_column(rows.iter().map(|r| vstr(&r.tx))),
@@ -317,6 +347,7 @@ struct Times {
     chunks: Duration,
     events: usize,
     writes: usize,
+    bytes: usize,
 }
 
 fn run(rows: &[Row], batch: usize, sum: &mut Sum) -> Times {
@@ -341,7 +372,11 @@ fn run(rows: &[Row], batch: usize, sum: &mut Sum) -> Times {
             },
             GroupColumns {
                 keys: vec![&cols.merchant],
-                inputs: vec![Some(&cols.amount), Some(&cols.customer), Some(&cols.country)],
+                inputs: vec![
+                    Some(&cols.amount),
+                    Some(&cols.customer),
+                    Some(&cols.country),
+                ],
             },
         ];
         let batch_p = NOW + 1_000 * (i as i64 + 1);
@@ -369,6 +404,7 @@ fn run(rows: &[Row], batch: usize, sum: &mut Sum) -> Times {
             times.chunks += t4 - t3;
             times.events += chunk.len();
             times.writes += applied.writes.len();
+            times.bytes += chunks.iter().map(|c| c.body.len()).sum::<usize>();
         }
         black_box((applied, chunks));
     }
@@ -376,7 +412,10 @@ fn run(rows: &[Row], batch: usize, sum: &mut Sum) -> Times {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let rows = rows(n);
@@ -401,11 +440,12 @@ fn main() {
         let us = |d: Duration| d.as_secs_f64() * 1e6 / t.events as f64;
         println!(
             "batch {batch:>6}: prepare {:>6.2}  apply {:>6.2}  script_chunks {:>6.2} µs/event  \
-             ({} writes)  checksum {:016x}",
+             ({} writes, {} bytes/event)  checksum {:016x}",
             us(t.prepare),
             us(t.apply),
             us(t.chunks),
             t.writes,
+            t.bytes / t.events,
             sum.0
         );
     }
