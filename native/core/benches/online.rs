@@ -3,7 +3,7 @@
 //! views and 1 merchant view, 23 aggregations), without Python, Redis or Kafka:
 //!
 //! ```text
-//! cargo bench -p skewless-core --bench online [-- EVENTS ROUNDS]
+//! cargo bench -p skewless-core --bench online [-- EVENTS ROUNDS [BATCH]]
 //! ```
 //!
 //! Events are those of `benchmarks/worker_core.py` in kind: 10,000 customers, 1,000
@@ -420,7 +420,11 @@ fn main() {
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let rows = rows(n);
     println!("skewless-core online batch core: payments views, {n} events, best of {rounds}");
-    for batch in [5_000, 50_000] {
+    let batches: Vec<usize> = match args.get(2).and_then(|a| a.parse().ok()) {
+        Some(b) => vec![b],
+        None => vec![5_000, 50_000],
+    };
+    for batch in batches {
         let mut best: Option<Times> = None;
         let mut sum = Sum::default();
         for _ in 0..rounds {

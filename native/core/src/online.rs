@@ -179,7 +179,10 @@ impl OnlineCore {
     pub fn prepare(&mut self, events: Events, groups: &[GroupColumns<'_>]) -> Vec<CacheKey> {
         self.pairs.clear();
         self.prepared_keys.clear();
-        let mut index: HashMap<CacheKey, u32, FxBuildHasher> = HashMap::default();
+        // entity text → its number, then (view, partition, entity number) → prepared key:
+        // a text is hashed once per row and copied once per batch
+        let mut entities: HashMap<Box<str>, u32, FxBuildHasher> = HashMap::default();
+        let mut index: HashMap<(u32, i32, u32), u32, FxBuildHasher> = HashMap::default();
         let n = events.offset.len();
         let mut text = String::new();
         for (g, cols) in groups.iter().enumerate() {
@@ -194,11 +197,19 @@ impl OnlineCore {
                     continue;
                 }
                 let partition = events.partition[row];
+                let entity = match entities.get(text.as_str()) {
+                    Some(&e) => e,
+                    None => {
+                        let e = entities.len() as u32;
+                        entities.insert(text.as_str().into(), e);
+                        e
+                    }
+                };
                 for &v in &members {
-                    let ck: CacheKey = (v, partition, text.as_str().into());
                     let next = self.prepared_keys.len() as u32;
-                    let key = *index.entry(ck.clone()).or_insert_with(|| {
-                        self.prepared_keys.push(ck);
+                    let key = *index.entry((v, partition, entity)).or_insert_with(|| {
+                        self.prepared_keys
+                            .push((v, partition, text.as_str().into()));
                         next
                     });
                     self.pairs.push(Pair {
