@@ -19,8 +19,11 @@ the newest write time, and a journal entry. The partition's watermark
 
 from __future__ import annotations
 
+import os
+import threading
 from array import array
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,13 +32,14 @@ import numpy as np
 from engine import _native
 from engine.envelope import Envelope
 from engine.log_files import LogFiles, read_partition
-from engine.online import CoreSpec, core_spec, write_of
+from engine.online import CoreSpec, EntityWrites, core_spec
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
 from engine.processing import group_columns
 from engine.watermarks import encode_watermark, watermark_key
 
-_CHUNK = 2_000
+_CHUNK = 2_000  # entity hashes loaded and replaced per round trip (rebuild_partition)
+_WRITE_CHUNK = 5_000  # entity writes per round trip (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _PROGRESS_STEP = 100_000
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
@@ -63,7 +67,7 @@ class PartitionRebuild:
 
 @dataclass(slots=True)
 class _Replay:
-    writes: list[list[StateWrite]]  # per view, one write per entity
+    writes: list[tuple[int, EntityWrites]]  # (view slot, a chunk of its entity writes)
     records: int = 0
     last_offset: int | None = None
 
@@ -75,16 +79,30 @@ def _replay(
     partition: int,
     progress: Callable[[int], None] | None,
     now_ms: int,
+    *,
+    drop_expired: bool,
 ) -> _Replay:
-    """Every view's per-entity write of one log partition, as the workers computed it."""
+    """Every view's per-entity write of one log partition, as the workers computed it
+    (``drop_expired``: without the writes whose key would expire at once).
+
+    The native ``Replay`` folds the records; when no view runs user code it also decodes
+    the log files itself, with the GIL released, so partitions replay in parallel."""
     source = plan.sources[views[0].source]
     spec = core_spec(list(views))
-    core = spec.new_core(1 << 62)
-    out = _Replay(writes=[[] for _ in views])
+    groups = [(list(g.join_keys), list(inputs))
+              for g, inputs in zip(spec.groups, spec.group_inputs, strict=True)]  # fmt: skip
+    core = _native.Replay(
+        list(spec.views), groups, partition, source.timestamp_field, source.timestamp_divisor
+    )
+    native = all(group.native for group in spec.groups)
+    out = _Replay(writes=[])
     if isinstance(log, LogFiles):  # the core decodes the files: no record object in Python
 
         def take(data: bytes, high: int) -> int:
-            taken, last = _fold_file(core, spec, source, partition, data, high, now_ms)
+            got = core.fold_file(data, high, now_ms) if native else None
+            if got is None:
+                got = _fold_file(core, spec, source, partition, data, high, now_ms)
+            taken, last = got
             out.records += taken
             if last is not None:
                 out.last_offset = last
@@ -109,8 +127,8 @@ def _replay(
             out.records += len(batch)
             if progress:
                 progress(len(batch))
-    for v, raw in core.replay_writes(now_ms):
-        out.writes[v].append(write_of(raw))
+    out.writes = [(v, EntityWrites(chunk))
+                  for v, chunk in core.writes(now_ms, drop_expired, _WRITE_CHUNK)]  # fmt: skip
     return out
 
 
@@ -123,7 +141,8 @@ def _fold_file(
     high: int,
     now_ms: int,
 ) -> tuple[int, int | None]:
-    """Fold one event-log file's records above ``high``; (records taken, highest offset)."""
+    """Fold one event-log file's records above ``high``; (records taken, highest offset).
+    The path of views with user code (transforms, filters): it gets the payloads."""
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
     arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
@@ -151,15 +170,15 @@ def _fold_file(
             for g, group in enumerate(spec.groups)
             if not group.native
         }
-    core.prepare(
-        np.full(len(kept_offsets), partition, dtype=np.int64).tobytes(),
+    processed = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
+    core.fold(
         kept_offsets.tobytes(),
         (raw_ts // source.timestamp_divisor).tobytes(),
+        processed.tobytes(),
         columns,
         fed,
+        now_ms,
     )
-    processed = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
-    core.replay(processed.tobytes(), now_ms)
     return len(kept_offsets), int(kept_offsets.max())
 
 
@@ -175,44 +194,37 @@ def _fold(
         for g, group in enumerate(spec.groups)
         if not group.native
     }
-    core.prepare(
-        array("q", (e.partition for e in batch)).tobytes(),
+    core.fold(
         array("q", (e.offset for e in batch)).tobytes(),
         array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
+        array("q", (e.processed_at_ms for e in batch)).tobytes(),
         _native.Columns.from_rows(names, kinds, payloads),
         fed,
+        now_ms,
     )
-    core.replay(array("q", (e.processed_at_ms for e in batch)).tobytes(), now_ms)
 
 
-def _write_states(
-    writes: list[StateWrite],
-    partition: int,
-    store: OnlineStateStore,
-    now_ms: int,
-    *,
-    replace_fields: bool,
+def _replace_states(
+    writes: Sequence[StateWrite], partition: int, store: OnlineStateStore, now_ms: int
 ) -> int:
-    """Write every entity's state of one partition in chunks; returns the hashes written.
+    """Write every entity's state of one partition in place, in chunks; returns the hashes
+    written.
 
-    A state of which nothing can be read any more (its key would expire at once) is skipped.
-    ``replace_fields``: load each hash first and also delete the partition's fields the new
-    state does not set (tiles a lost write had added), so the partition's fields end up
-    exactly the log's; an expired state is then written too if the hash holds any of them.
+    Each hash is loaded first, and the partition's fields the new state does not set
+    (tiles a lost write had added) are deleted too, so the partition's fields end up
+    exactly the log's. A state of which nothing can be read any more (its key would expire
+    at once) is written only if the hash holds fields of the partition.
     """
     written = 0
     for start in range(0, len(writes), _CHUNK):
         chunk = writes[start : start + _CHUNK]
-        if replace_fields:
-            held = store.load([w.key for w in chunk])
-            batch = []
-            for write, fields in zip(chunk, held, strict=True):
-                mine = _partition_fields(fields, partition)
-                if mine or not _expired(write, now_ms):
-                    stale = mine.difference(write.fields, write.delete)
-                    batch.append(replace(write, delete=(*write.delete, *sorted(stale))))
-        else:
-            batch = [w for w in chunk if not _expired(w, now_ms)]
+        held = store.load([w.key for w in chunk])
+        batch = []
+        for write, fields in zip(chunk, held, strict=True):
+            mine = _partition_fields(fields, partition)
+            if mine or not _expired(write, now_ms):
+                stale = mine.difference(write.fields, write.delete)
+                batch.append(replace(write, delete=(*write.delete, *sorted(stale))))
         if batch:
             store.write(batch)
             written += len(batch)
@@ -245,18 +257,40 @@ def rebuild_view(
     progress: Callable[[int], None] | None = None,
 ) -> RebuildResult:
     """Write every entity's state of ``view_name`` from the log into its current keyspace
-    (expected empty), then set each partition's watermark to its last logged offset."""
+    (expected empty), then set each partition's watermark to its last logged offset.
+
+    Partitions replay in parallel, up to one per CPU (the native replay releases the GIL),
+    and are written in partition order as each is ready — while the next ones replay. The
+    order matters: partitions share hashes, and a state that sets no expiry (``PERSIST``)
+    and one that does must meet the hash in the order the sequential rebuild gives."""
     view = plan.views[view_name]
     source = plan.sources[view.source]
+    partitions = list(log.partitions(source.name))
+    lock = threading.Lock()
+
+    def counted(n: int) -> None:
+        assert progress is not None
+        with lock:
+            progress(n)
+
+    def replay(partition: int) -> _Replay:
+        return _replay([view], plan, log, partition, progress and counted, now_ms,
+                       drop_expired=True)  # fmt: skip
+
     records = written = 0
-    for partition in log.partitions(source.name):
-        replay = _replay([view], plan, log, partition, progress, now_ms)
-        records += replay.records
-        written += _write_states(replay.writes[0], partition, store, now_ms, replace_fields=False)
-        if replay.last_offset is not None:
-            mark = Watermark(key=watermark_key(view, partition),
-                             value=encode_watermark(replay.last_offset))  # fmt: skip
-            store.write([], [mark])
+    workers = max(1, min(len(partitions), os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers, thread_name_prefix="skewless-rebuild") as pool:
+        replays = [pool.submit(replay, partition) for partition in partitions]
+        for partition, future in zip(partitions, replays, strict=True):
+            done = future.result()
+            records += done.records
+            for _, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
+                store.write(chunk)
+                written += len(chunk)
+            if done.last_offset is not None:
+                mark = Watermark(key=watermark_key(view, partition),
+                                 value=encode_watermark(done.last_offset))  # fmt: skip
+                store.write([], [mark])
     return RebuildResult(
         view=view_name, fingerprint=view.fingerprint, records=records, entities_written=written
     )
@@ -277,10 +311,13 @@ def rebuild_partition(
     Entity hashes the log does not name keep their fields: only a write whose records the
     log does not hold yet can have made them, and the fences make its replay consistent.
     """
-    replay = _replay(views, plan, log, partition, None, now_ms)
+    replay = _replay(views, plan, log, partition, None, now_ms, drop_expired=False)
+    per_view: list[list[StateWrite]] = [[] for _ in views]
+    for v, chunk in replay.writes:
+        per_view[v].extend(chunk)
     written: dict[str, int] = {}
-    for view, writes in zip(views, replay.writes, strict=True):
-        written[view.name] = _write_states(writes, partition, store, now_ms, replace_fields=True)
+    for view, writes in zip(views, per_view, strict=True):
+        written[view.name] = _replace_states(writes, partition, store, now_ms)
     if replay.last_offset is not None:
         value = encode_watermark(replay.last_offset)
         store.write([], [Watermark(key=watermark_key(v, partition), value=value) for v in views])
