@@ -22,9 +22,11 @@ from __future__ import annotations
 import os
 import threading
 from array import array
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ from engine.watermarks import encode_watermark, watermark_key
 
 _CHUNK = 2_000  # entity hashes loaded and replaced per round trip (rebuild_partition)
 _WRITE_CHUNK = 5_000  # entity writes per round trip (rebuild_view)
+_PARALLEL = 4  # partitions replayed at a time, at most (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _PROGRESS_STEP = 100_000
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
@@ -259,10 +262,11 @@ def rebuild_view(
     """Write every entity's state of ``view_name`` from the log into its current keyspace
     (expected empty), then set each partition's watermark to its last logged offset.
 
-    Partitions replay in parallel, up to one per CPU (the native replay releases the GIL),
-    and are written in partition order as each is ready — while the next ones replay. The
-    order matters: partitions share hashes, and a state that sets no expiry (``PERSIST``)
-    and one that does must meet the hash in the order the sequential rebuild gives."""
+    Partitions replay in worker threads — in parallel, up to one per CPU, for a view without
+    user code (the native replay releases the GIL) — and are written in partition order as
+    each is ready, while the next ones replay. The order matters: partitions share hashes,
+    and a state that sets no expiry (``PERSIST``) and one that does must meet the hash in
+    the order the sequential rebuild gives."""
     view = plan.views[view_name]
     source = plan.sources[view.source]
     partitions = list(log.partitions(source.name))
@@ -278,11 +282,16 @@ def rebuild_view(
                        drop_expired=True)  # fmt: skip
 
     records = written = 0
-    workers = max(1, min(len(partitions), os.cpu_count() or 1))
+    workers = _workers(view, partitions)
     with ThreadPoolExecutor(workers, thread_name_prefix="skewless-rebuild") as pool:
-        replays = [pool.submit(replay, partition) for partition in partitions]
-        for partition, future in zip(partitions, replays, strict=True):
+        ahead = iter(partitions)
+        pending = deque((p, pool.submit(replay, p)) for p in islice(ahead, workers))
+        while pending:
+            partition, future = pending.popleft()
             done = future.result()
+            following = next(ahead, None)
+            if following is not None:  # keep the workers busy while this one is written
+                pending.append((following, pool.submit(replay, following)))
             records += done.records
             for _, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
                 store.write(chunk)
@@ -294,6 +303,16 @@ def rebuild_view(
     return RebuildResult(
         view=view_name, fingerprint=view.fingerprint, records=records, entities_written=written
     )
+
+
+def _workers(view: ViewPlan, partitions: Sequence[int]) -> int:
+    """Partitions replayed at a time: one per CPU (at most ``_PARALLEL``, which bounds the
+    memory of the states held) when the view runs no user code; otherwise one, as the
+    workers run transforms — one thread, while the writes of the previous partition go."""
+    if view.transform is not None or view.filter is not None or view.batch_transform is not None:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(len(partitions), cpus or 1, _PARALLEL))
 
 
 def rebuild_partition(
