@@ -162,12 +162,15 @@ def _fold_file(
         else [v for v, k in zip(array, keep, strict=True) if k]
         for name, array in arrays.items() if name.startswith("payload.")
     }  # fmt: skip
-    columns = _native.columns_from_arrays(payload)
+    needed = any(group.native for group in spec.groups)  # a group reads the payload itself
+    columns = _native.columns_from_arrays(payload) if needed else None
     kept_offsets = offsets[keep]
     raw_ts = np.asarray(payload[source.timestamp_field], dtype=np.int64)
     fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
     if any(not group.native for group in spec.groups):
-        payloads = columns.to_pylist()
+        payloads = _rows(payload)
+        if payloads is None:
+            payloads = (columns or _native.columns_from_arrays(payload)).to_pylist()
         fed = {
             g: group_columns(group, spec.group_inputs[g], payloads)
             for g, group in enumerate(spec.groups)
@@ -183,6 +186,20 @@ def _fold_file(
         now_ms,
     )
     return len(kept_offsets), int(kept_offsets.max())
+
+
+_PLAIN = ("int64", "double", "bool", "large_string", "large_binary")  # read_container's types
+
+
+def _rows(payload: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The payload rows as dicts, as ``Columns.to_pylist`` gives them, straight from the
+    pyarrow arrays; None when a column is not one of the plain types (lists of nested
+    values: ``Columns`` then converts them as it always did)."""
+    names = list(payload)
+    if not names or not all(str(getattr(payload[n], "type", None)) in _PLAIN for n in names):
+        return None
+    cells = [payload[n].to_pylist() for n in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*cells, strict=True)]
 
 
 def _fold(
