@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use rustc_hash::FxBuildHasher;
 
 use crate::agg::Input;
-use crate::avro::read_container;
+use crate::avro::{read_container, AvroError};
 use crate::columns::{Batch, Column, ColumnData};
 use crate::online::{
     entity_text, entity_write, escape, parse_partition, CacheKey, Entry, GroupColumns, OnlineGroup,
@@ -244,8 +244,26 @@ impl Replay {
         divisor: i64,
         now_ms: i64,
     ) -> Result<Taken, String> {
-        let (batch, _) = read_container(data, Some(&["offset", "processed_at", "payload"]))
-            .map_err(|e| e.to_string())?;
+        // decode only the payload fields the groups read (a file whose schema lacks one of
+        // them is decoded whole: the missing field is null for every record)
+        let ts_name = format!("payload.{timestamp_field}");
+        let mut wanted: Vec<String> = vec!["offset".into(), "processed_at".into(), ts_name.clone()];
+        for group in &self.groups {
+            for f in group.key_fields.iter().chain(&group.input_fields) {
+                let name = format!("payload.{f}");
+                if !wanted.contains(&name) {
+                    wanted.push(name);
+                }
+            }
+        }
+        let projection: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let (batch, _) = match read_container(data, Some(&projection)) {
+            Err(AvroError::Projection(_)) => {
+                read_container(data, Some(&["offset", "processed_at", "payload"]))
+            }
+            got => got,
+        }
+        .map_err(|e| e.to_string())?;
         let Some(offsets) = ints(&batch, "offset") else {
             return Ok(Taken::Unsupported);
         };
@@ -269,7 +287,6 @@ impl Replay {
                 last: None,
             });
         }
-        let ts_name = format!("payload.{timestamp_field}");
         let (Some(processed), Some(raw_ts)) =
             (ints(&batch, "processed_at"), ints(&batch, &ts_name))
         else {
