@@ -1,8 +1,9 @@
 """Rebuild online state from the event log: a whole view, or one source partition of some views.
 
-The log is replayed through the native core the stream worker runs (``OnlineCore`` in
-replay mode: the same row groups, transforms, keys, folds and tile codec), admitting each
-record by its *logged* ``processed_at`` — so the rebuilt
+The log is replayed through the native ``Replay`` (``native/core/src/replay.rs``: the stream
+worker's row groups, transforms, keys, folds, eviction and tile codec, a partition at a time,
+the files decoded natively), admitting each record by its *logged* ``processed_at`` — so the
+rebuilt
 state is what the workers would have written under the current definition: per source
 partition, the tiles still in a window as of ``now``, the fence (last logged offset applied),
 the newest write time, and a journal entry. The partition's watermark
