@@ -237,6 +237,51 @@ def online_values(
     """Values as of ``t_ms`` of many entities from their hashes (engine.errors.CodecError
     on a corrupt tile a requested window uses)."""
 
+# --- rebuild-online's replay (native/python/src/replay.rs) ----------------------------------
+
+class ReplayWrites:
+    """Entity writes of one view from a ``Replay``, held natively (``PackedWrites``)."""
+
+    def __len__(self) -> int: ...
+    def to_list(
+        self,
+    ) -> list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]]:
+        """``(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)`` each."""
+
+    def key(self, i: int) -> str: ...
+    def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
+        """``(elements, first write, writes, RESP body)`` per call of the write script."""
+
+class Replay:
+    """Rebuild-online's replay of one source partition for the views of one source
+    (native/core/src/replay.rs); views and groups as ``OnlineCore`` takes them."""
+
+    def __init__(
+        self,
+        views: list[tuple[str, list[_AggSpec], int, list[int], int | None]],
+        groups: list[tuple[list[str], list[str]]],
+        partition: int,
+        timestamp_field: str,
+        divisor: int,
+    ) -> None: ...
+    def fold_file(self, data: bytes, high: int, now_ms: int) -> tuple[int, int | None] | None:
+        """Decode and fold one event-log file's records above ``high`` (no user code in any
+        group; GIL released): (records, highest offset | None); None: use ``fold``."""
+
+    def fold(
+        self,
+        offsets: bytes,
+        event_time: bytes,
+        processed_at: bytes,
+        payload: Columns | None,
+        fed: dict[int, tuple[list[list[Any]], list[list[Any]]]],
+        now_ms: int,
+    ) -> None:
+        """Fold a batch of records admitting each by its logged processed_at."""
+
+    def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, ReplayWrites]]:
+        """(view, writes) chunks: one write per entity; empties the replay."""
+
 # -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------
 
 def write_log_file(
