@@ -39,7 +39,7 @@ from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
-from engine.processing import EntityKey, RowGroup, batch_frame, group_cells
+from engine.processing import EntityKey, RowGroup, group_cells, user_code_input
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
@@ -556,9 +556,9 @@ class _Reader:
             offsets = got.offsets.tobytes()
             event_time = (got.raw_event_time // src.timestamp_divisor).tobytes()
             processed = got.processed_at_ms.tobytes()
-            needs_rows = any(self.groups[g].row_group.batch_transform is None for g in groups)
-            payloads = got.payload.to_pylist() if needs_rows else got.payload
-            frame = batch_frame(got.payload) if not needs_rows else None
+            payloads, frame = user_code_input(
+                [self.groups[g].row_group for g in groups], got.payload
+            )
             for g in groups:
                 group = self.groups[g]
                 keys, inputs = group_cells(group.row_group, group.inputs, payloads, frame)

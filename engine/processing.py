@@ -219,6 +219,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def user_code_input(
+    groups: Sequence[RowGroup], batch: ColumnBatch
+) -> tuple[Payloads, pd.DataFrame | None]:
+    """What the user code of ``groups`` reads of one columnar batch, built once for all of
+    them: the row dicts when a row transform or filter is among them, else the columns and
+    the one DataFrame every batch transform copies (``batch_frame``)."""
+    if any(g.batch_transform is None for g in groups):
+        return batch.to_pylist(), None
+    return batch, batch_frame(batch) if len(batch) else None
+
+
 def group_rows(group: RowGroup, payloads: Payloads) -> Sequence[dict[str, Any] | None]:
     """The rows a row group's views see of ``payloads`` (None: dropped for them)."""
     if group.batch_transform is not None:

@@ -30,15 +30,14 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
-import numpy as np
-
 from engine import _native
 from engine.envelope import Envelope
+from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
 from engine.online import CoreSpec, EntityWrites, core_spec
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
-from engine.processing import group_columns
+from engine.processing import group_columns, user_code_input
 from engine.watermarks import encode_watermark, watermark_key
 
 _CHUNK = 2_000  # entity hashes loaded and replaced per round trip (rebuild_partition)
@@ -146,61 +145,26 @@ def _fold_file(
     now_ms: int,
 ) -> tuple[int, int | None]:
     """Fold one event-log file's records above ``high``; (records taken, highest offset).
-    The path of views with user code (transforms, filters): it gets the payloads."""
-    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
-
-    arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
-    offsets = np.asarray(arrays["offset"], dtype=np.int64)
-    if not len(offsets):
+    The path of views with user code (transforms, filters): the file decoded natively into
+    columns, batch transforms on one DataFrame per file built column by column."""
+    got = decode_log_file(data, high, source.timestamp_field)
+    if got is None:
         return 0, None
-    before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
-    keep = offsets > before  # each offset once, above what earlier files gave
-    if not keep.any():
-        return 0, None
-    mask = pa.array(keep)
-    payload = {
-        name.removeprefix("payload."): array.filter(mask) if isinstance(array, pa.Array)
-        else [v for v, k in zip(array, keep, strict=True) if k]
-        for name, array in arrays.items() if name.startswith("payload.")
-    }  # fmt: skip
-    needed = any(group.native for group in spec.groups)  # a group reads the payload itself
-    columns = _native.columns_from_arrays(payload) if needed else None
-    kept_offsets = offsets[keep]
-    raw_ts = np.asarray(payload[source.timestamp_field], dtype=np.int64)
+    user = [g for g, group in enumerate(spec.groups) if not group.native]
     fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
-    if any(not group.native for group in spec.groups):
-        payloads = _rows(payload)
-        if payloads is None:
-            payloads = (columns or _native.columns_from_arrays(payload)).to_pylist()
-        fed = {
-            g: group_columns(group, spec.group_inputs[g], payloads)
-            for g, group in enumerate(spec.groups)
-            if not group.native
-        }
-    processed = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
+    if user:
+        payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
+        fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
+               for g in user}  # fmt: skip
     core.fold(
-        kept_offsets.tobytes(),
-        (raw_ts // source.timestamp_divisor).tobytes(),
-        processed.tobytes(),
-        columns,
+        got.offsets.tobytes(),
+        (got.raw_event_time // source.timestamp_divisor).tobytes(),
+        got.processed_at_ms.tobytes(),
+        got.payload,
         fed,
         now_ms,
     )
-    return len(kept_offsets), int(kept_offsets.max())
-
-
-_PLAIN = ("int64", "double", "bool", "large_string", "large_binary")  # read_container's types
-
-
-def _rows(payload: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The payload rows as dicts, as ``Columns.to_pylist`` gives them, straight from the
-    pyarrow arrays; None when a column is not one of the plain types (lists of nested
-    values: ``Columns`` then converts them as it always did)."""
-    names = list(payload)
-    if not names or not all(str(getattr(payload[n], "type", None)) in _PLAIN for n in names):
-        return None
-    cells = [payload[n].to_pylist() for n in names]
-    return [dict(zip(names, row, strict=True)) for row in zip(*cells, strict=True)]
+    return len(got), int(got.offsets.max())
 
 
 def _fold(

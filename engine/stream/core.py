@@ -43,7 +43,7 @@ from engine.errors import OnlineStateLost, OnlineWriteConflict, OwnerFenced
 from engine.online import EntityWrites, core_spec, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
-from engine.processing import batch_frame, group_columns
+from engine.processing import group_columns, user_code_input
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
@@ -308,9 +308,7 @@ class BatchProcessor:
             return {}
         # batch transforms read the decoded columns (one DataFrame per batch, built column
         # by column); row transforms and filters need a dict per row
-        rows = any(spec.groups[g].batch_transform is None for g in fed)
-        payloads = kept.payloads() if rows else kept.columns
-        frame = batch_frame(kept.columns) if len(kept) and not rows else None
+        payloads, frame = user_code_input([spec.groups[g] for g in fed], kept.columns)
         return {
             g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame) for g in fed
         }
