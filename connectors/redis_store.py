@@ -535,25 +535,28 @@ class RedisOnlineStore:
         closed is retried once. Raises the first error reply (redis-py's exception)."""
         pool = self._client.connection_pool
         for attempt in (0, 1):
-            packed: list[bytes] = []
+            packed: list[bytes] = []  # sent in order; the natively packed bodies as they are
+            small: list[bytes] = []  # the rest, joined between bodies (one write, not many)
             for lua, args in commands:
                 if isinstance(args, _Prepacked):  # numkeys, keys and argv packed natively
                     assert lua is not None
                     sha = self._sha(lua)
-                    head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (
-                        args.elements + 2,
-                        len(sha),
-                        sha,
+                    small.append(
+                        b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n"
+                        % (args.elements + 2, len(sha), sha)
                     )
-                    packed.append(head + args.body)
+                    packed += (b"".join(small), args.body)
+                    small = []
                 elif lua is None:
-                    packed.append(_pack(args))
+                    small.append(_pack(args))
                 else:
-                    packed.append(_pack((b"EVALSHA", self._sha(lua), *args)))
+                    small.append(_pack((b"EVALSHA", self._sha(lua), *args)))
+            if small:
+                packed.append(b"".join(small))
             conn = pool.get_connection()
             replies: list[Any] = []
             try:
-                conn.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]  # untyped in redis-py
+                conn.send_packed_command(packed)  # type: ignore[no-untyped-call]  # untyped in redis-py
                 for (
                     _
                 ) in commands:  # one reply per command, errors included: the stream stays in sync
