@@ -6,7 +6,7 @@
    three hop groups).
 2. Reads every customer's 10 values with skewless and writes exactly those values into a
    Feast 0.67 Redis online store (db 14) with ``write_to_online_store``; Feast runs in its own
-   virtualenv (``benchmarks/.venv-feast``, created on first use) behind
+   virtualenv (``benchmarks/.venv-feast``, created on first use, or the one ``SKEWLESS_FEAST_VENV`` names) behind
    ``benchmarks/feast_online_peer.py``, a stdin/stdout JSON peer. Values are checked equal.
 3. Times ``get_online_features(...).to_dict()`` for 1 entity x 10 features and
    100 entities x 10 features — with the default ``ReadCache`` and without any cache (every
@@ -16,7 +16,8 @@
    and the ratios against the targets (p99 <= 1.5x Feast for 1x10, <= 0.5x Feast for
    100x10), writes ``benchmarks/out/online.json`` and ``docs/img/online.png``.
 
-Needs Redis on 127.0.0.1:6379 (``bash scripts/services.sh up redis``). Usage::
+Needs Redis on 127.0.0.1:6379 (``bash scripts/services.sh up redis``), or on the port of
+``--redis-port`` / ``SKEWLESS_BENCH_REDIS_PORT`` (both readers use that server). Usage::
 
     .venv/bin/python benchmarks/online.py             # full run
     .venv/bin/python benchmarks/online.py --quick     # fewer calls
@@ -55,9 +56,9 @@ DEFS = HERE / "defs_online"
 OUT = HERE / "out"
 RESULTS_JSON = OUT / "online.json"
 CHART = REPO / "docs" / "img" / "online.png"
-FEAST_VENV = HERE / ".venv-feast"
+FEAST_VENV = Path(os.environ.get("SKEWLESS_FEAST_VENV") or HERE / ".venv-feast")
 FEAST_VERSION = "0.67.0"
-FEAST_REDIS = "127.0.0.1:6379,db=14"
+SKEWLESS_DB, FEAST_DB = 9, 14  # Redis databases of the two readers
 VIEW = "customer_features"
 DAY_MS = 86_400_000
 TARGETS = {"1x10": 1.5, "100x10": 0.5}  # skewless p99 / Feast p99 must be at most this
@@ -133,9 +134,10 @@ class FeastPeer:
             subprocess.run(["python3", "-m", "venv", str(FEAST_VENV)], check=True)
             subprocess.run([str(python), "-m", "pip", "install", "-q",
                             f"feast[redis]=={FEAST_VERSION}"], check=True)  # fmt: skip
-        (FEAST_VENV / ".gitignore").write_text("*\n")
+            (FEAST_VENV / ".gitignore").write_text("*\n")
         self.proc = subprocess.Popen(
             [str(python), str(HERE / "feast_online_peer.py")],
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -265,7 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument("--profile", action="store_true", help="cProfile skewless, no Feast")
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=int(os.environ.get("SKEWLESS_BENCH_REDIS_PORT", "0")) or None,
+        help="port of the local Redis both readers use (env SKEWLESS_BENCH_REDIS_PORT; "
+        "default 6379, skewless' database from the repo's config or SKEWLESS_REDIS_URL)",
+    )
     args = parser.parse_args(argv)
+    if args.redis_port:
+        os.environ["SKEWLESS_REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/{SKEWLESS_DB}"
     if args.quick:
         args.calls_1, args.calls_100, args.rounds = 400, 60, 4
 
@@ -295,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kinds = {f: ("int" if a.function == "count" else "float")
                  for f, a in zip(features, view.aggregations, strict=True)}  # fmt: skip
-        setup = peer.ask(cmd="setup", dir=str(OUT / "feast_repo"), redis=FEAST_REDIS,
+        setup = peer.ask(cmd="setup", dir=str(OUT / "feast_repo"), redis=f"127.0.0.1:{args.redis_port or 6379},db={FEAST_DB}",
                          features=kinds, rows=values)  # fmt: skip
         print(f"Feast {peer.version}: wrote {setup['rows']} rows in {setup['write_s']:.1f}s")
         sample = rng.sample(ids, 50)

@@ -16,6 +16,7 @@ mod convert;
 mod kernel;
 mod logwrite;
 mod online;
+mod read;
 mod source;
 mod sweep;
 
@@ -28,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     source::register(m)?;
     logwrite::register(m)?;
     online::register(m)?;
+    read::register(m)?;
     sweep::register(m)?;
     Ok(())
 }
