@@ -206,16 +206,23 @@ def time_skewless(
 
 
 def time_load(store: FeatureStore, calls: list[list[str]]) -> list[int]:
-    """Latency of the store's ``load`` of each call's hashes alone: no decoding, no values."""
+    """Latency of the store's load of each call's hashes alone, as the read path loads them
+    (``load_and_probe_resp``: replies indexed, not parsed; ``load`` where the store has no
+    such method): no decoding, no values."""
     from engine.online import state_key
 
     view = store.plan.views[VIEW]
     keys = [[state_key(view, (c,)) for c in ids] for ids in calls]
     clock = time.perf_counter_ns
+    online = store.online_store
+    resp = getattr(online, "load_and_probe_resp", None)  # the read path's own load
     out: list[int] = []
     for call in keys:
         t0 = clock()
-        store.online_store.load(call)
+        if resp is not None:
+            resp(call, [None] * len(call), ())
+        else:
+            online.load(call)
         out.append(clock() - t0)
     return out
 

@@ -280,6 +280,8 @@ class RedisOnlineStore:
         self.address = _address(kwargs) + (" (TLS)" if tls is not None else "")
         self._scripts_allowed = True  # False once Redis refused this user a script (ACL)
         self._shas: dict[str, bytes] = {}  # Lua source -> SHA1 in Redis' script cache
+        # (key, held) -> its packed revalidation (load_and_probe_resp)
+        self._revalidations: dict[tuple[str, Held], bytes] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> RedisOnlineStore:
@@ -666,48 +668,55 @@ class RedisOnlineStore:
         is of a kind the index does not know; the caller then uses ``load_and_probe``."""
         if any(h is not None for h in held):
             got = self._scripted(
-                lambda: self._run_resp(self._load_commands(keys, held, probes)), "EVALSHA"
+                lambda: self._run_resp(lambda: self._load_packed(keys, held, probes)), "EVALSHA"
             )
             if got is not None or self._scripts_allowed:  # (None from _run_resp itself)
                 return got
         try:  # no script among the commands: nothing to fall back from
-            return self._run_resp(self._load_commands(keys, [None] * len(keys), probes))
+            plain = [None] * len(keys)
+            return self._run_resp(lambda: self._load_packed(keys, plain, probes))
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
 
-    @staticmethod
-    def _load_commands(
-        keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
-    ) -> list[tuple[str | None, Sequence[bytes]]]:
-        """``HGETALL`` per key (a revalidating script where ``held``), ``EXISTS`` per probe."""
-        commands: list[tuple[str | None, Sequence[bytes]]] = []
+    def _load_packed(
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
+    ) -> list[bytes]:
+        """``HGETALL`` per key (a revalidating script where ``held``), ``EXISTS`` per probe,
+        packed. A revalidation's packed command is kept per (key, held): a reader asking
+        the same entities again sends the bytes it sent before."""
+        sha = self._sha(_REVALIDATE_LUA) if any(h is not None for h in held) else b""
+        memo = self._revalidations
+        packed: list[bytes] = []
         for key, mark in zip(keys, held, strict=True):
-            name = key.encode()
             if mark is None:
-                commands.append((None, (b"HGETALL", name)))
-            else:
+                name = key.encode()
+                packed.append(b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(name), name))
+                continue
+            command = memo.get((key, mark))
+            if command is None:
                 count, pairs = mark
                 blob = b"".join(b"%d:%s" % (len(v), v) for _, v in pairs)
-                commands.append(
-                    (_REVALIDATE_LUA, (b"1", name, b"%d" % count, blob, *(n for n, _ in pairs)))
-                )
-        commands.extend((None, (b"EXISTS", key.encode())) for key in probes)
-        return commands
+                command = _pack((b"EVALSHA", sha, b"1", key.encode(), b"%d" % count, blob,
+                                 *(n for n, _ in pairs)))  # fmt: skip
+                if len(memo) >= _REVALIDATIONS_MAX:
+                    memo.clear()
+                memo[(key, mark)] = command
+            packed.append(command)
+        for key in probes:
+            name = key.encode()
+            packed.append(b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
+        return packed
 
-    def _run_resp(
-        self, commands: Sequence[tuple[str | None, Sequence[bytes]]]
-    ) -> _native.RespReplies | None:
-        """``_run_packed`` whose replies stay one RESP buffer, indexed natively
+    def _run_resp(self, pack: Callable[[], list[bytes]]) -> _native.RespReplies | None:
+        """``_run_packed`` of the commands ``pack()`` gives (called again after a missing
+        script was loaded), whose replies stay one RESP buffer, indexed natively
         (``engine._native.RespReplies``); None when the pooled connection's parser is not
         hiredis (its socket cannot be read around it) or a reply's kind is unknown.
         Error replies raise redis-py's exception, a missing script is loaded and the batch
         sent again, a connection Redis closed is retried once."""
         pool = self._client.connection_pool
         for attempt in (0, 1):
-            packed = [
-                _pack(args) if lua is None else _pack((b"EVALSHA", self._sha(lua), *args))
-                for lua, args in commands
-            ]
+            packed = pack()
             conn = pool.get_connection()
             try:
                 parser = getattr(conn, "_parser", None)
@@ -716,7 +725,7 @@ class RedisOnlineStore:
                 if reader is None or sock is None or reader.has_data():
                     return None
                 conn.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]  # untyped in redis-py
-                replies = _read_resp(sock, len(commands))
+                replies = _read_resp(sock, len(packed))
             except redis.exceptions.ConnectionError:
                 conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
                 if attempt == 0:  # a pooled connection Redis closed (restart): once more
@@ -837,6 +846,7 @@ def _hash(reply: Any) -> dict[bytes, bytes]:
 
 
 _RECV = 1 << 16  # bytes per receive of _read_resp
+_REVALIDATIONS_MAX = 1 << 15  # packed revalidations kept (RedisOnlineStore._load_packed)
 
 
 def _read_resp(sock: socket.socket, count: int) -> _native.RespReplies:

@@ -266,8 +266,11 @@ def read_online(
     for read in prepared.views:
         key_columns = [columns[k] for k in read.view.join_keys]
         slots: list[int] = []
+        memo = _state_keys(read.view)
         for entity in zip(*key_columns, strict=True):
-            key = state_key(read.view, entity)
+            key = memo.get(entity)
+            if key is None:
+                key = _state_key(read.view, entity, memo)
             slot = keys.get(key)
             if slot is None:
                 slot = keys[key] = len(keys)
@@ -354,14 +357,13 @@ def read_online(
             every = (status,) * len(read.indices)
             for slot in missing:
                 done[slot] = (list(empty), None, every)
-        fresh: list[int | None] = [None] * n
-        view_statuses: list[tuple[FeatureStatus, ...]] = [()] * n
-        for r, slot in enumerate(slots):
-            row_values, fresh[r], view_statuses[r] = done[slot]
-            for c, value in zip(read.columns, row_values, strict=True):
-                values[c][r] = value
-        freshness[read.view.name] = fresh
-        row_statuses.append(view_statuses)
+        rows = list(map(done.__getitem__, slots))  # every row has an entity in every view
+        if rows:
+            for c, column in zip(read.columns, zip(*[row[0] for row in rows], strict=True),
+                                 strict=True):  # fmt: skip
+                values[c] = list(column)
+        freshness[read.view.name] = [row[1] for row in rows]
+        row_statuses.append([row[2] for row in rows])
     entities = {k: columns[k] for k in prepared.join_keys}
     return OnlineResult(
         plan=prepared,
@@ -421,6 +423,27 @@ class _RespHashes:
         self, at: WindowAt, slots: Sequence[int]
     ) -> list[tuple[list[Any], int | None, bytes]]:
         return at.evaluate_replies(self.replies, slots)
+
+
+_STATE_KEYS: dict[str, dict[tuple[Any, ...], str]] = {}  # fingerprint → entity → state key
+_STATE_KEYS_MAX = 1 << 16  # keys memoized per view; all dropped when full
+
+
+def _state_keys(view: ViewPlan) -> dict[tuple[Any, ...], str]:
+    """The memo of ``view``'s state keys (join-key values are validated str or int: no two
+    distinct entities compare equal)."""
+    memo = _STATE_KEYS.get(view.fingerprint)
+    if memo is None:
+        memo = _STATE_KEYS[view.fingerprint] = {}
+    return memo
+
+
+def _state_key(view: ViewPlan, entity: tuple[Any, ...], memo: dict[tuple[Any, ...], str]) -> str:
+    key = state_key(view, entity)
+    if len(memo) >= _STATE_KEYS_MAX:
+        memo.clear()
+    memo[entity] = key
+    return key
 
 
 def _evaluate_many(
@@ -514,7 +537,7 @@ class ReadCache:
         self.max_entries = max_entries
         self._entries: dict[
             tuple[str, tuple[int, ...]],
-            tuple[int, frozenset[tuple[bytes, bytes]], tuple[int, ...], _Got],
+            tuple[int, frozenset[tuple[bytes, bytes]], tuple[int, ...], _Got, Held],
         ] = {}
 
     def __len__(self) -> int:
@@ -548,7 +571,7 @@ class ReadCache:
         entry = self._entries.get((key, indices))
         if entry is None or entry[2] != ends:
             return None
-        return (entry[0], tuple(entry[1])), entry[3]
+        return entry[4], entry[3]
 
     def put(
         self,
@@ -567,7 +590,8 @@ class ReadCache:
         if len(entries) >= self.max_entries:
             for old in list(itertools.islice(entries, max(1, self.max_entries // 8))):
                 entries.pop(old, None)
-        entries[(key, indices)] = (count or 0, marks, ends, got)
+        count = count or 0
+        entries[(key, indices)] = (count, marks, ends, got, (count, tuple(marks)))
 
     def clear(self) -> None:
         self._entries.clear()
@@ -604,6 +628,17 @@ def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]
             "entity_rows must be a list of {join_key: value} dicts or a dict of columns, "
             f"got {type(entity_rows).__name__}"
         )
+    if all(type(row) is dict for row in entity_rows):  # the common case, checked in C
+        try:
+            for key, kind in kinds.items():
+                column = [row[key] for row in entity_rows]
+                wanted = str if kind == "str" else int if kind == "int" else None
+                if wanted is None or not all(type(v) is wanted for v in column):
+                    raise KeyError(key)  # something to check value by value
+                out[key] = column
+            return out
+        except KeyError:
+            out.clear()
     for key in kinds:
         out[key] = []
     for r, row in enumerate(entity_rows):
