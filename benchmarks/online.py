@@ -12,9 +12,10 @@
    100 entities x 10 features — with the default ``ReadCache`` and without any cache (every
    hash fetched and evaluated, as for a user reading many distinct entities) — alternating
    skewless and Feast rounds so both see the same machine noise. Also times the store's
-   ``load`` of the same hashes alone (the Redis floor of an uncached read). Prints p50/p99
-   and the ratios against the targets (p99 <= 1.5x Feast for 1x10, <= 0.5x Feast for
-   100x10), writes ``benchmarks/out/online.json`` and ``docs/img/online.png``.
+   load of the same hashes alone, as the read path loads them (the Redis floor of an
+   uncached read). Prints p50/p99 and the ratios against issue 10's targets (p99 without a
+   cache <= 1.0x Feast for 1x10, <= 0.5x Feast for 100x10; with the ReadCache <= 0.3x),
+   writes ``benchmarks/out/online.json`` and ``docs/img/online.png``.
 
 Needs Redis on 127.0.0.1:6379 (``bash scripts/services.sh up redis``), or on the port of
 ``--redis-port`` / ``SKEWLESS_BENCH_REDIS_PORT`` (both readers use that server). Usage::
@@ -61,7 +62,10 @@ FEAST_VERSION = "0.67.0"
 SKEWLESS_DB, FEAST_DB = 9, 14  # Redis databases of the two readers
 VIEW = "customer_features"
 DAY_MS = 86_400_000
-TARGETS = {"1x10": 1.5, "100x10": 0.5}  # skewless p99 / Feast p99 must be at most this
+# issue 10: skewless p99 / Feast p99 must be at most this — without a cache, per case; with
+# the ReadCache (every read after the first a revalidated hit here), in both cases
+TARGETS = {"1x10": 1.0, "100x10": 0.5}
+CACHED_TARGET = 0.3
 
 
 class _Discard:
@@ -375,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "uncached_ratio_p99": stats["skewless_uncached"]["p99_ms"] / fe["p99_ms"],
                 "load_ratio_p99": stats["redis_load"]["p99_ms"] / fe["p99_ms"],
                 "target_ratio_p99": TARGETS[case],
+                "cached_target_ratio_p99": CACHED_TARGET,
             }
     finally:
         peer.close()
@@ -407,8 +412,11 @@ def markdown_table(results: dict[str, Any]) -> str:
                 ratio = f"{st['p50_ms'] / fe['p50_ms']:.2f} | {st['p99_ms'] / fe['p99_ms']:.2f}"
             target = ""
             if name in ("skewless", "skewless_uncached"):
-                met = "met" if st["p99_ms"] / fe["p99_ms"] <= d["target_ratio_p99"] else "MISSED"
-                target = f"p99 <= {d['target_ratio_p99']} x Feast: {met}"
+                goal = d["target_ratio_p99"]
+                if name == "skewless":
+                    goal = d.get("cached_target_ratio_p99", goal)
+                met = "met" if st["p99_ms"] / fe["p99_ms"] <= goal else "MISSED"
+                target = f"p99 <= {goal} x Feast: {met}"
             lines.append(
                 f"| {case} | {label} | {st['p50_ms']:.3f} ms | {st['p90_ms']:.3f} ms | "
                 f"{st['p99_ms']:.3f} ms | {ratio} | {target} |"

@@ -64,6 +64,7 @@ class WindowReader:
         "_narrower",
         "_patterns",
         "_says",
+        "_settled",
         "_twos",
         "_wider",
         "_windows",
@@ -112,6 +113,8 @@ class WindowReader:
         # value pattern (per position 0: None, 1: zero, 2: other) → the window states values
         # alone say, None where the field names must tell
         self._patterns: dict[tuple[int, ...], tuple[int | None, ...]] = {}
+        # (value pattern, what the evaluation saw per window) → the window states
+        self._settled: dict[tuple[tuple[int, ...], bytes], tuple[int, ...]] = {}
 
     def _from_values(self, pattern: tuple[int, ...]) -> tuple[int | None, ...]:
         """Window states per position from a value pattern alone; None where it cannot tell."""
@@ -252,16 +255,21 @@ class WindowAt:
                 continue
             pattern, states = self._said(row)
             if None in states:
-                states = tuple(
-                    state
-                    if state is not None
-                    else WINDOW_EMPTY
-                    if not seen[pos]
-                    else WINDOW_NULL
-                    if pattern[pos] == 0
-                    else WINDOW_VALUE
-                    for pos, state in enumerate(states)
-                )
+                settled = reader._settled.get((pattern, seen))
+                if settled is None:
+                    if len(reader._settled) >= _PATTERNS_MAX:
+                        reader._settled.clear()
+                    settled = reader._settled[(pattern, seen)] = tuple(
+                        state
+                        if state is not None
+                        else WINDOW_EMPTY
+                        if not seen[pos]
+                        else WINDOW_NULL
+                        if pattern[pos] == 0
+                        else WINDOW_VALUE
+                        for pos, state in enumerate(states)
+                    )
+                states = settled
             out.append(states)  # type: ignore[arg-type]  # no None left
         return out
 
