@@ -719,10 +719,10 @@ class RedisOnlineStore:
             packed = pack()
             conn = pool.get_connection()
             try:
-                parser = getattr(conn, "_parser", None)
-                reader = getattr(parser, "_reader", None)
-                sock = getattr(parser, "_sock", None)
-                if reader is None or sock is None or reader.has_data():
+                parser = getattr(conn, "_parser", None)  # redis-py's hiredis parser: its
+                has_data = getattr(getattr(parser, "_reader", None), "has_data", None)  # reader
+                sock = getattr(parser, "_sock", None)  # and socket, read around it
+                if has_data is None or sock is None or has_data():
                     return None
                 conn.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]  # untyped in redis-py
                 replies = _read_resp(sock, len(packed))
