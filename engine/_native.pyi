@@ -281,6 +281,39 @@ class Replay:
 
     def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, ReplayWrites]]:
         """(view, writes) chunks: one write per entity; empties the replay."""
+# -- online reads (native/python/src/read.rs) -------------------------------------------------
+
+_Evaluated = tuple[list[Any], int | None, bytes]
+
+class ReadKernel:
+    """Aggregations ``indices`` of a view's layout, read from raw hashes."""
+
+    def __init__(self, functions: list[_AggSpec], indices: list[int]) -> None: ...
+    def evaluate(self, hashes: list[dict[Any, bytes]], t_ms: int) -> list[_Evaluated]:
+        """Per hash ``(values, newest write time or None, seen)``; ``seen[i]`` is 1 when a
+        tile of requested aggregation i's window (a lifetime accumulator) exists.
+        engine.errors.CodecError on a corrupt tile a requested window uses."""
+    def evaluate_replies(
+        self, replies: RespReplies, slots: list[int], t_ms: int
+    ) -> list[_Evaluated]:
+        """``evaluate`` of the hash replies ``slots`` of ``replies``."""
+
+class RespReplies:
+    """``count`` RESP replies, fed as the socket receives them and indexed in place."""
+
+    def __init__(self, count: int) -> None: ...
+    def feed(self, chunk: bytes) -> int:
+        """Append received bytes; how many replies are still missing (ValueError: not RESP,
+        or bytes past the last reply)."""
+    def __len__(self) -> int: ...
+    def shape(self) -> list[int]:
+        """Per reply: a hash's field count (0: empty or nil), -1 integer, -2 error, -3 other."""
+    def int_at(self, i: int) -> int | None: ...
+    def error_at(self, i: int) -> str | None: ...
+    def marks(self, i: int, kinds: bytes) -> frozenset[tuple[bytes, bytes]]:
+        """The fields of hash reply ``i`` whose names start with a byte of ``kinds``."""
+    def hash(self, i: int) -> dict[bytes, bytes] | None: ...
+    def raw(self) -> bytes: ...
 
 # -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------
 

@@ -16,6 +16,7 @@ mod convert;
 mod kernel;
 mod logwrite;
 mod online;
+mod read;
 mod replay;
 mod source;
 mod sweep;
@@ -30,6 +31,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logwrite::register(m)?;
     online::register(m)?;
     replay::register(m)?;
+    read::register(m)?;
     sweep::register(m)?;
     Ok(())
 }
