@@ -281,6 +281,7 @@ class Replay:
 
     def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, ReplayWrites]]:
         """(view, writes) chunks: one write per entity; empties the replay."""
+
 # -- online reads (native/python/src/read.rs) -------------------------------------------------
 
 _Evaluated = tuple[list[Any], int | None, bytes]
