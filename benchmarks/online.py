@@ -6,17 +6,19 @@
    three hop groups).
 2. Reads every customer's 10 values with skewless and writes exactly those values into a
    Feast 0.67 Redis online store (db 14) with ``write_to_online_store``; Feast runs in its own
-   virtualenv (``benchmarks/.venv-feast``, created on first use) behind
+   virtualenv (``benchmarks/.venv-feast``, created on first use, or the one ``SKEWLESS_FEAST_VENV`` names) behind
    ``benchmarks/feast_online_peer.py``, a stdin/stdout JSON peer. Values are checked equal.
 3. Times ``get_online_features(...).to_dict()`` for 1 entity x 10 features and
    100 entities x 10 features — with the default ``ReadCache`` and without any cache (every
    hash fetched and evaluated, as for a user reading many distinct entities) — alternating
    skewless and Feast rounds so both see the same machine noise. Also times the store's
-   ``load`` of the same hashes alone (the Redis floor of an uncached read). Prints p50/p99
-   and the ratios against the targets (p99 <= 1.5x Feast for 1x10, <= 0.5x Feast for
-   100x10), writes ``benchmarks/out/online.json`` and ``docs/img/online.png``.
+   load of the same hashes alone, as the read path loads them (the Redis floor of an
+   uncached read). Prints p50/p99 and the ratios against issue 10's targets (p99 without a
+   cache <= 1.0x Feast for 1x10, <= 0.5x Feast for 100x10; with the ReadCache <= 0.3x),
+   writes ``benchmarks/out/online.json`` and ``docs/img/online.png``.
 
-Needs Redis on 127.0.0.1:6379 (``bash scripts/services.sh up redis``). Usage::
+Needs Redis on 127.0.0.1:6379 (``bash scripts/services.sh up redis``), or on the port of
+``--redis-port`` / ``SKEWLESS_BENCH_REDIS_PORT`` (both readers use that server). Usage::
 
     .venv/bin/python benchmarks/online.py             # full run
     .venv/bin/python benchmarks/online.py --quick     # fewer calls
@@ -55,12 +57,15 @@ DEFS = HERE / "defs_online"
 OUT = HERE / "out"
 RESULTS_JSON = OUT / "online.json"
 CHART = REPO / "docs" / "img" / "online.png"
-FEAST_VENV = HERE / ".venv-feast"
+FEAST_VENV = Path(os.environ.get("SKEWLESS_FEAST_VENV") or HERE / ".venv-feast")
 FEAST_VERSION = "0.67.0"
-FEAST_REDIS = "127.0.0.1:6379,db=14"
+SKEWLESS_DB, FEAST_DB = 9, 14  # Redis databases of the two readers
 VIEW = "customer_features"
 DAY_MS = 86_400_000
-TARGETS = {"1x10": 1.5, "100x10": 0.5}  # skewless p99 / Feast p99 must be at most this
+# issue 10: skewless p99 / Feast p99 must be at most this — without a cache, per case; with
+# the ReadCache (every read after the first a revalidated hit here), in both cases
+TARGETS = {"1x10": 1.0, "100x10": 0.5}
+CACHED_TARGET = 0.3
 
 
 class _Discard:
@@ -133,9 +138,10 @@ class FeastPeer:
             subprocess.run(["python3", "-m", "venv", str(FEAST_VENV)], check=True)
             subprocess.run([str(python), "-m", "pip", "install", "-q",
                             f"feast[redis]=={FEAST_VERSION}"], check=True)  # fmt: skip
-        (FEAST_VENV / ".gitignore").write_text("*\n")
+            (FEAST_VENV / ".gitignore").write_text("*\n")
         self.proc = subprocess.Popen(
             [str(python), str(HERE / "feast_online_peer.py")],
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -204,16 +210,23 @@ def time_skewless(
 
 
 def time_load(store: FeatureStore, calls: list[list[str]]) -> list[int]:
-    """Latency of the store's ``load`` of each call's hashes alone: no decoding, no values."""
+    """Latency of the store's load of each call's hashes alone, as the read path loads them
+    (``load_and_probe_resp``: replies indexed, not parsed; ``load`` where the store has no
+    such method): no decoding, no values."""
     from engine.online import state_key
 
     view = store.plan.views[VIEW]
     keys = [[state_key(view, (c,)) for c in ids] for ids in calls]
     clock = time.perf_counter_ns
+    online = store.online_store
+    resp = getattr(online, "load_and_probe_resp", None)  # the read path's own load
     out: list[int] = []
     for call in keys:
         t0 = clock()
-        store.online_store.load(call)
+        if resp is not None:
+            resp(call, [None] * len(call), ())
+        else:
+            online.load(call)
         out.append(clock() - t0)
     return out
 
@@ -265,7 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument("--profile", action="store_true", help="cProfile skewless, no Feast")
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=int(os.environ.get("SKEWLESS_BENCH_REDIS_PORT", "0")) or None,
+        help="port of the local Redis both readers use (env SKEWLESS_BENCH_REDIS_PORT; "
+        "default 6379, skewless' database from the repo's config or SKEWLESS_REDIS_URL)",
+    )
     args = parser.parse_args(argv)
+    if args.redis_port:
+        os.environ["SKEWLESS_REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/{SKEWLESS_DB}"
     if args.quick:
         args.calls_1, args.calls_100, args.rounds = 400, 60, 4
 
@@ -295,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         kinds = {f: ("int" if a.function == "count" else "float")
                  for f, a in zip(features, view.aggregations, strict=True)}  # fmt: skip
-        setup = peer.ask(cmd="setup", dir=str(OUT / "feast_repo"), redis=FEAST_REDIS,
+        setup = peer.ask(cmd="setup", dir=str(OUT / "feast_repo"), redis=f"127.0.0.1:{args.redis_port or 6379},db={FEAST_DB}",
                          features=kinds, rows=values)  # fmt: skip
         print(f"Feast {peer.version}: wrote {setup['rows']} rows in {setup['write_s']:.1f}s")
         sample = rng.sample(ids, 50)
@@ -357,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "uncached_ratio_p99": stats["skewless_uncached"]["p99_ms"] / fe["p99_ms"],
                 "load_ratio_p99": stats["redis_load"]["p99_ms"] / fe["p99_ms"],
                 "target_ratio_p99": TARGETS[case],
+                "cached_target_ratio_p99": CACHED_TARGET,
             }
     finally:
         peer.close()
@@ -389,8 +412,11 @@ def markdown_table(results: dict[str, Any]) -> str:
                 ratio = f"{st['p50_ms'] / fe['p50_ms']:.2f} | {st['p99_ms'] / fe['p99_ms']:.2f}"
             target = ""
             if name in ("skewless", "skewless_uncached"):
-                met = "met" if st["p99_ms"] / fe["p99_ms"] <= d["target_ratio_p99"] else "MISSED"
-                target = f"p99 <= {d['target_ratio_p99']} x Feast: {met}"
+                goal = d["target_ratio_p99"]
+                if name == "skewless":
+                    goal = d.get("cached_target_ratio_p99", goal)
+                met = "met" if st["p99_ms"] / fe["p99_ms"] <= goal else "MISSED"
+                target = f"p99 <= {goal} x Feast: {met}"
             lines.append(
                 f"| {case} | {label} | {st['p50_ms']:.3f} ms | {st['p90_ms']:.3f} ms | "
                 f"{st['p99_ms']:.3f} ms | {ratio} | {target} |"

@@ -1,22 +1,32 @@
 """Rebuild-online benchmark: refill the example definitions' online state from a 1M-event log.
 
-``skewless rebuild-online`` replays the event log through the native core the workers run
-(``OnlineCore`` in replay mode) and writes every entity's tiles to Redis. This script
+``skewless rebuild-online`` replays the event log through the native core (``Replay``,
+``native/core/src/replay.rs``) and writes every entity's tiles to Redis. This script
 imports ``--events`` generated payments (the example source's schema, ``engine.demo_data``)
 into a fresh log, then rebuilds each of the four example views into Redis database
 ``--db`` and reports entities written per second and log records replayed per second,
 beside Feast's ``materialize`` figure the issue quotes for this machine (15.6k entities/s;
 Feast is not run here).
 
-Usage (from the repo root, Redis on 127.0.0.1:6379)::
+``--compare`` is the A/B run: per view and round, the rebuild as it was before the native
+``Replay`` (``OnlineCore.replay`` fed a file at a time from Python, writes built as Python
+objects, partitions one after the other: ``_legacy_rebuild_view`` below) and the current
+one, interleaved, at the same ``now``; it checks that both leave Redis byte-identical
+(every key, field, value and expiry time) and reports both speeds and the Redis server's
+CPU seconds.
+
+Usage (from the repo root; Redis on 127.0.0.1:6379 unless ``--redis-url`` or
+``SKEWLESS_BENCH_REDIS_URL`` says otherwise)::
 
     .venv/bin/python benchmarks/rebuild.py                 # 1M events, 100k customers
     .venv/bin/python benchmarks/rebuild.py --events 200000 # quicker
+    .venv/bin/python benchmarks/rebuild.py --compare --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,14 +54,21 @@ def main() -> int:
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--db", type=int, default=8, help="Redis database to fill (flushed)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--redis-url", default=os.environ.get("SKEWLESS_BENCH_REDIS_URL",
+                    "redis://127.0.0.1:6379"), help="Redis server (no database part; "
+                    "env SKEWLESS_BENCH_REDIS_URL)")  # fmt: skip
+    ap.add_argument("--compare", action="store_true",
+                    help="A/B: the pre-Replay rebuild vs the current one, checked identical")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of --compare")
     args = ap.parse_args()
+    base = args.redis_url.rstrip("/")
     work = Path(tempfile.mkdtemp(prefix="skewless-rebuild-"))
     try:
         repo = work / "repo"
         shutil.copytree(REPO / "definitions", repo)
         (repo / "skewless.yaml").write_text(
             f"project:\n  name: rebuild_bench\nkafka:\n  partitions: 4\n"
-            f"redis:\n  url: redis://127.0.0.1:6379/{args.db}\n"
+            f"redis:\n  url: {base}/{args.db}\n"
             f"event_log:\n  root: {work / 'log'}\n"
         )
         now = time.time_ns() // 1_000_000
@@ -64,7 +82,10 @@ def main() -> int:
         print(f"[rebuild] imported {len(frame):,} events in {imported:.1f} s", flush=True)
         import redis
 
-        redis.Redis.from_url(f"redis://127.0.0.1:6379/{args.db}").flushdb()
+        client = redis.Redis.from_url(f"{base}/{args.db}")
+        client.flushdb()
+        if args.compare:
+            return _compare(store, client, args)
         rows = []
         total_entities = 0
         total_seconds = 0.0
@@ -106,6 +127,191 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         os.environ.pop("SKEWLESS_EVENT_LOG", None)
+
+
+# -- the A/B run -------------------------------------------------------------------------------
+
+
+def _compare(store: Any, client: Any, args: argparse.Namespace) -> int:
+    """Per round and view: the legacy rebuild, then the current one, each into the flushed
+    database at the same ``now``; both must leave it byte-identical."""
+    from connectors.eventlog import EventLogReader
+    from engine.rebuild import rebuild_view
+
+    online = store.online_store
+    log = EventLogReader(store.config.event_log_root)
+    ways = {"before": _legacy_rebuild_view, "after": rebuild_view}
+    # (view, way) → [(records, entities, wall s, CPU s, Redis CPU s)] over the rounds
+    runs: dict[tuple[str, str], list[tuple[int, int, float, float, float]]] = {}
+    identical = True
+    for r in range(args.rounds):
+        for name in sorted(store.plan.views):
+            now_ms = time.time_ns() // 1_000_000
+            digests = {}
+            for way, rebuild in ways.items():
+                client.flushdb()
+                r0 = _redis_cpu(client)
+                c0, w0 = time.process_time(), time.perf_counter()
+                result = rebuild(store.plan, name, log, online, now_ms=now_ms)
+                wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                runs.setdefault((name, way), []).append(
+                    (result.records, result.entities_written, wall, cpu, _redis_cpu(client) - r0)
+                )
+                digests[way] = _digest(client)
+                print(f"[rebuild] round {r + 1} {name} {way}: {result.entities_written:,} "
+                      f"entities in {wall:.2f} s wall, {cpu:.2f} CPU-s", flush=True)  # fmt: skip
+            same = digests["before"] == digests["after"]
+            identical &= same
+            print(f"[rebuild] round {r + 1} {name}: {digests['after'][0]:,} keys, "
+                  f"{'identical' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
+    client.flushdb()
+    print()
+    print(f"Rebuild-online A/B — {args.events:,} events, {len(store.plan.views)} views, "
+          f"{args.rounds} round(s), best wall time of each")  # fmt: skip
+    print(f"  {'view':<18} {'records':>9} {'entities':>9} {'before s':>9} {'after s':>8} "
+          f"{'before CPU-s':>12} {'after CPU-s':>11} {'before ent/s':>12} {'after ent/s':>11} "
+          f"{'after rec/s':>11} {'x':>5}")  # fmt: skip
+    totals = {"before": [0, 0.0, 0.0, 0.0], "after": [0, 0.0, 0.0, 0.0]}
+    views = []
+    for name in sorted(store.plan.views):
+        best = {way: min(runs[(name, way)], key=lambda run: run[2]) for way in ways}
+        records, entities = best["after"][0], best["after"][1]
+        for way in ways:
+            _, written, wall, cpu, rcpu = best[way]
+            totals[way][0] += written
+            totals[way][1] += wall
+            totals[way][2] += cpu
+            totals[way][3] += rcpu
+        b, a = best["before"][2], best["after"][2]
+        print(f"  {name:<18} {records:>9,} {entities:>9,} {b:>9.2f} {a:>8.2f} "
+              f"{best['before'][3]:>12.2f} {best['after'][3]:>11.2f} {entities / b:>12,.0f} "
+              f"{entities / a:>11,.0f} {records / a:>11,.0f} {b / a:>5.1f}")  # fmt: skip
+        views.append({"view": name, "records": records, "entities": entities,
+                      "before": dict(zip(("wall_s", "cpu_s", "redis_cpu_s"), best["before"][2:],
+                                         strict=True)),
+                      "after": dict(zip(("wall_s", "cpu_s", "redis_cpu_s"), best["after"][2:],
+                                        strict=True))})  # fmt: skip
+    for way in ways:
+        entities, wall, cpu, rcpu = totals[way]
+        print(f"  all views {way:<6}: {entities:,} entities in {wall:.2f} s wall "
+              f"({cpu:.2f} CPU-s here, {rcpu:.2f} CPU-s in Redis): "
+              f"{entities / wall:,.0f} entities/s = {entities / wall / FEAST_MATERIALIZE_ENTITIES_PER_S:.1f}x "
+              f"Feast materialize (15.6k/s, quoted)")  # fmt: skip
+    print(f"  speed-up: {totals['before'][1] / totals['after'][1]:.2f}x wall, "
+          f"{totals['before'][2] / totals['after'][2]:.2f}x CPU; Redis state "
+          f"{'byte-identical' if identical else 'DIFFERENT'} in every round")  # fmt: skip
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rebuild_compare.json").write_text(json.dumps(
+        {"events": args.events, "rounds": args.rounds, "views": views,
+         "identical": identical}, indent=2))  # fmt: skip
+    return 0 if identical else 1
+
+
+def _redis_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _digest(client: Any) -> tuple[int, str]:
+    """(keys, a hash of every key, field, value and absolute expiry) of the database."""
+    h = hashlib.sha256()
+    keys = sorted(client.scan_iter(count=1000))
+    for key in keys:
+        h.update(b"%d:%s" % (len(key), key))
+        kind = client.type(key)
+        if kind == b"hash":
+            for field, value in sorted(client.hgetall(key).items()):
+                h.update(b"%d:%s%d:%s" % (len(field), field, len(value), value))
+        else:
+            value = client.get(key)
+            h.update(b"%d:%s" % (len(value), value))
+        h.update(b"@%d" % client.pexpiretime(key))
+    return len(keys), h.hexdigest()
+
+
+# -- the rebuild before the native Replay (the A side of --compare) ----------------------------
+
+
+def _legacy_rebuild_view(plan: Any, view_name: str, log: Any, store: Any, *, now_ms: int) -> Any:
+    """``engine.rebuild.rebuild_view`` as it was before ``Replay``: per partition in turn,
+    each log file decoded into pyarrow, filtered and handed to ``OnlineCore.replay`` from
+    Python, the writes built as ``StateWrite`` objects and packed in Python."""
+    import numpy as np
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    from engine import _native
+    from engine.log_files import read_partition
+    from engine.online import core_spec, write_of
+    from engine.ports import Watermark
+    from engine.processing import group_columns
+    from engine.rebuild import RebuildResult
+    from engine.watermarks import encode_watermark, watermark_key
+
+    view = plan.views[view_name]
+    source = plan.sources[view.source]
+
+    def fold_file(core: Any, spec: Any, partition: int, data: bytes, high: int) -> Any:
+        arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
+        offsets = np.asarray(arrays["offset"], dtype=np.int64)
+        if not len(offsets):
+            return 0, None
+        before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
+        keep = offsets > before
+        if not keep.any():
+            return 0, None
+        mask = pa.array(keep)
+        payload = {
+            name.removeprefix("payload."): array.filter(mask) if isinstance(array, pa.Array)
+            else [v for v, k in zip(array, keep, strict=True) if k]
+            for name, array in arrays.items() if name.startswith("payload.")
+        }  # fmt: skip
+        columns = _native.columns_from_arrays(payload)
+        kept_offsets = offsets[keep]
+        raw_ts = np.asarray(payload[source.timestamp_field], dtype=np.int64)
+        fed = {}
+        if any(not group.native for group in spec.groups):
+            payloads = columns.to_pylist()
+            fed = {g: group_columns(group, spec.group_inputs[g], payloads)
+                   for g, group in enumerate(spec.groups) if not group.native}  # fmt: skip
+        core.prepare(
+            np.full(len(kept_offsets), partition, dtype=np.int64).tobytes(),
+            kept_offsets.tobytes(),
+            (raw_ts // source.timestamp_divisor).tobytes(),
+            columns,
+            fed,
+        )
+        processed = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
+        core.replay(processed.tobytes(), now_ms)
+        return len(kept_offsets), int(kept_offsets.max())
+
+    records = written = 0
+    for partition in log.partitions(source.name):
+        spec = core_spec([view])
+        core = spec.new_core(1 << 62)
+        last_offset = None
+
+        def take(data: bytes, high: int) -> int:
+            nonlocal records, last_offset
+            taken, last = fold_file(core, spec, partition, data, high)  # noqa: B023
+            records += taken
+            if last is not None:
+                last_offset = last
+            return high if last is None else last
+
+        read_partition(log, source.name, partition, take)
+        writes = [write_of(raw) for _, raw in core.replay_writes(now_ms)]
+        for start in range(0, len(writes), 2_000):
+            batch = [w for w in writes[start : start + 2_000]
+                     if w.expire_at_ms is None or w.expire_at_ms > now_ms]  # fmt: skip
+            if batch:
+                store.write(batch)
+                written += len(batch)
+        if last_offset is not None:
+            store.write([], [Watermark(key=watermark_key(view, partition),
+                                       value=encode_watermark(last_offset))])  # fmt: skip
+    return RebuildResult(view=view_name, fingerprint=view.fingerprint, records=records,
+                         entities_written=written)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -571,7 +571,9 @@ def run() -> None:
     )
     parser.add_argument("--freshness-seconds", type=float, default=20.0)
     parser.add_argument("--sample", type=float, default=0.02, help="share of events timed")
-    parser.add_argument("--batch-max", type=int, default=5000)
+    parser.add_argument(
+        "--batch-max", type=int, default=50_000, help="the worker's --batch-max (its default)"
+    )
     parser.add_argument("--quick", action="store_true", help="50k events, 10 s of freshness")
     parser.add_argument("--profile", action="store_true", help="cProfile the kafka loop too")
     parser.add_argument("--skip-quix", action="store_true")

@@ -10,6 +10,7 @@ server's CPU per event (``INFO cpu`` before and after), and the share of each st
     .venv/bin/python benchmarks/worker_core.py                 # example definitions, 100k events
     .venv/bin/python benchmarks/worker_core.py --defs count    # the 1-minute count job
     .venv/bin/python benchmarks/worker_core.py --profile       # + where the time goes
+    .venv/bin/python benchmarks/worker_core.py --native old.so # another build of the core
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+
+
+def _preload_native(argv: list[str]) -> None:
+    """``--native PATH``: run on another build of ``engine._native`` (to compare two builds
+    of the native core on the same events), loaded before anything imports the engine."""
+    if "--native" not in argv[:-1]:
+        return
+    import importlib.machinery
+    import importlib.util
+
+    path = argv[argv.index("--native") + 1]
+    loader = importlib.machinery.ExtensionFileLoader("engine._native", path)
+    spec = importlib.util.spec_from_file_location("engine._native", path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["engine._native"] = module
+    loader.exec_module(module)
+
+
+_preload_native(sys.argv)
 
 from engine.keys import encode_key, partition_for  # noqa: E402
 from engine.serde import SourceCodec  # noqa: E402
@@ -131,7 +152,7 @@ def run(kind: str, n: int, batch: int, profile: bool) -> dict[str, Any]:
         if profile:
             import cProfile
 
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU time: the machine is shared
             profiler.enable()
         for b in rest:
             core.process(b)
@@ -160,8 +181,15 @@ def run(kind: str, n: int, batch: int, profile: bool) -> dict[str, Any]:
             import pstats
 
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("tottime").print_stats(25)
             result["profile"] = out.getvalue()
+            # the native calls' own time (no Python below them), per event
+            result["native_us_per_event"] = {
+                name.removeprefix("<method ").removesuffix(" objects>"): row[2] / events_timed * 1e6
+                for (_, _, name), row in stats.stats.items()  # type: ignore[attr-defined]
+                if "engine._native" in name and row[2] > 0
+            }
         client.flushdb()
         return result
 
@@ -172,6 +200,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--native", metavar="PATH",
+                        help="an engine/_native*.so build to run instead of the installed one")  # fmt: skip
     args = parser.parse_args()
     got = run(args.defs, args.events, args.batch, args.profile)
     print(f"{got['defs']} definitions, {got['events']:,} events in batches of {got['batch']:,}:")
@@ -180,6 +210,10 @@ def main() -> None:
     print(f"  redis:  {got['redis_us_per_event']:.1f} µs CPU/event "
           f"({got['redis_share']:.0%} of worker + redis CPU)")  # fmt: skip
     print(f"  wall:   {got['events_per_s_wall']:,.0f} events/s (worker and redis share 2 cores)")
+    if args.native:
+        print(f"  native: {sys.modules['engine._native'].__file__}")
+    for name, us in sorted(got.get("native_us_per_event", {}).items(), key=lambda x: -x[1]):
+        print(f"  {us:7.2f} µs/event in {name}")
     if "profile" in got:
         print(got["profile"])
 

@@ -605,15 +605,13 @@ class KafkaBatchConsumer:
             raise _unavailable(self.settings, "consuming", _error_of(exc) or str(exc)) from exc
         out: list[SourceRecord] = []
         append = out.append
+        make = SourceRecord._make
         for m in messages:
             err = m.error()
             if err is not None:
                 self._message_error(err)
                 continue
-            append(
-                SourceRecord(topic=m.topic(), partition=m.partition(), offset=m.offset(),
-                             key=m.key(), value=m.value())
-            )  # fmt: skip
+            append(make((m.topic(), m.partition(), m.offset(), m.key(), m.value())))
         return out
 
     def _message_error(self, err: KafkaError) -> None:

@@ -16,6 +16,7 @@ user, never the password. Credentials and TLS come from ``Config`` (docs/securit
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
@@ -25,6 +26,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from engine import _native
 from engine.errors import (
     ConfigError,
     OnlineStoreAuthError,
@@ -278,6 +280,8 @@ class RedisOnlineStore:
         self.address = _address(kwargs) + (" (TLS)" if tls is not None else "")
         self._scripts_allowed = True  # False once Redis refused this user a script (ACL)
         self._shas: dict[str, bytes] = {}  # Lua source -> SHA1 in Redis' script cache
+        # (key, held) -> its packed revalidation (load_and_probe_resp)
+        self._revalidations: dict[tuple[str, Held], bytes] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> RedisOnlineStore:
@@ -535,25 +539,28 @@ class RedisOnlineStore:
         closed is retried once. Raises the first error reply (redis-py's exception)."""
         pool = self._client.connection_pool
         for attempt in (0, 1):
-            packed: list[bytes] = []
+            packed: list[bytes] = []  # sent in order; the natively packed bodies as they are
+            small: list[bytes] = []  # the rest, joined between bodies (one write, not many)
             for lua, args in commands:
                 if isinstance(args, _Prepacked):  # numkeys, keys and argv packed natively
                     assert lua is not None
                     sha = self._sha(lua)
-                    head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (
-                        args.elements + 2,
-                        len(sha),
-                        sha,
+                    small.append(
+                        b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n"
+                        % (args.elements + 2, len(sha), sha)
                     )
-                    packed.append(head + args.body)
+                    packed += (b"".join(small), args.body)
+                    small = []
                 elif lua is None:
-                    packed.append(_pack(args))
+                    small.append(_pack(args))
                 else:
-                    packed.append(_pack((b"EVALSHA", self._sha(lua), *args)))
+                    small.append(_pack((b"EVALSHA", self._sha(lua), *args)))
+            if small:
+                packed.append(b"".join(small))
             conn = pool.get_connection()
             replies: list[Any] = []
             try:
-                conn.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]  # untyped in redis-py
+                conn.send_packed_command(packed)  # type: ignore[no-untyped-call]  # untyped in redis-py
                 for (
                     _
                 ) in commands:  # one reply per command, errors included: the stream stays in sync
@@ -653,6 +660,101 @@ class RedisOnlineStore:
         hashes = [None if isinstance(r, int) else _hash(r) for r in replies[: len(keys)]]
         return hashes, [bool(r) for r in replies[len(keys) :]]
 
+    def load_and_probe_resp(
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
+    ) -> _native.RespReplies | None:
+        """``load_and_probe``, its replies left as RESP in the one buffer the socket filled
+        (``engine._native.RespReplies``): ``len(keys)`` replies, each an ``HGETALL`` hash or
+        the integer 1 (``held[i]`` is current), then one ``EXISTS`` integer per probe. The
+        reader evaluates the hashes from that buffer, so no field becomes a Python object.
+        None when the connection cannot be read raw (a parser other than hiredis) or a reply
+        is of a kind the index does not know; the caller then uses ``load_and_probe``."""
+        if any(h is not None for h in held):
+            got = self._scripted(
+                lambda: self._run_resp(lambda: self._load_packed(keys, held, probes)), "EVALSHA"
+            )
+            if got is not None or self._scripts_allowed:  # (None from _run_resp itself)
+                return got
+        try:  # no script among the commands: nothing to fall back from
+            plain = [None] * len(keys)
+            return self._run_resp(lambda: self._load_packed(keys, plain, probes))
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("HGETALL", exc)
+
+    def _load_packed(
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
+    ) -> list[bytes]:
+        """``HGETALL`` per key (a revalidating script where ``held``), ``EXISTS`` per probe,
+        packed. A revalidation's packed command is kept per (key, held): a reader asking
+        the same entities again sends the bytes it sent before."""
+        sha = self._sha(_REVALIDATE_LUA) if any(h is not None for h in held) else b""
+        memo = self._revalidations
+        packed: list[bytes] = []
+        for key, mark in zip(keys, held, strict=True):
+            if mark is None:
+                name = key.encode()
+                packed.append(b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(name), name))
+                continue
+            command = memo.get((key, mark))
+            if command is None:
+                count, pairs = mark
+                blob = b"".join(b"%d:%s" % (len(v), v) for _, v in pairs)
+                command = _pack((b"EVALSHA", sha, b"1", key.encode(), b"%d" % count, blob,
+                                 *(n for n, _ in pairs)))  # fmt: skip
+                if len(memo) >= _REVALIDATIONS_MAX:
+                    memo.clear()
+                memo[(key, mark)] = command
+            packed.append(command)
+        for key in probes:
+            name = key.encode()
+            packed.append(b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
+        return packed
+
+    def _run_resp(self, pack: Callable[[], list[bytes]]) -> _native.RespReplies | None:
+        """``_run_packed`` of the commands ``pack()`` gives (called again after a missing
+        script was loaded), whose replies stay one RESP buffer, indexed natively
+        (``engine._native.RespReplies``); None when the pooled connection's parser is not
+        hiredis (its socket cannot be read around it) or a reply's kind is unknown.
+        Error replies raise redis-py's exception, a missing script is loaded and the batch
+        sent again, a connection Redis closed is retried once."""
+        pool = self._client.connection_pool
+        for attempt in (0, 1):
+            packed = pack()
+            conn = pool.get_connection()
+            try:
+                parser = getattr(conn, "_parser", None)  # redis-py's hiredis parser: its
+                has_data = getattr(getattr(parser, "_reader", None), "has_data", None)  # reader
+                sock = getattr(parser, "_sock", None)  # and socket, read around it
+                if has_data is None or sock is None or has_data():
+                    return None
+                conn.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]  # untyped in redis-py
+                replies = _read_resp(sock, len(packed))
+            except redis.exceptions.ConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                if attempt == 0:  # a pooled connection Redis closed (restart): once more
+                    continue
+                raise
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                raise
+            finally:
+                pool.release(conn)
+            shape = replies.shape()
+            errors = [
+                parser.parse_error(replies.error_at(i))  # type: ignore[union-attr]
+                for i, kind in enumerate(shape)
+                if kind == -2
+            ]
+            if attempt == 0 and any(isinstance(e, redis.exceptions.NoScriptError) for e in errors):
+                self._shas.clear()  # script cache flushed (restart, failover): load again
+                continue
+            if errors:
+                raise errors[0]
+            if -3 in shape:
+                return None
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- operations ---------------------------------------------------------------------------
 
     def ping(self) -> bool:
@@ -744,6 +846,33 @@ def _hash(reply: Any) -> dict[bytes, bytes]:
         return reply
     it = iter(reply)
     return dict(zip(it, it, strict=True))
+
+
+_RECV = 1 << 16  # bytes per receive of _read_resp
+_REVALIDATIONS_MAX = 1 << 15  # packed revalidations kept (RedisOnlineStore._load_packed)
+
+
+def _read_resp(sock: socket.socket, count: int) -> _native.RespReplies:
+    """Receive ``count`` whole RESP replies from ``sock``, fed to a native index as they
+    arrive (``engine._native.RespReplies``); socket errors as redis-py's."""
+    replies = _native.RespReplies(count)
+    left = count
+    while left:
+        try:
+            chunk = sock.recv(_RECV)
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError("Timeout reading from socket") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(
+                f"Error while reading from socket: {exc.args}"
+            ) from exc
+        if not chunk:
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        try:
+            left = replies.feed(chunk)
+        except ValueError as exc:
+            raise redis.exceptions.InvalidResponse(f"Redis replies: {exc}") from exc
+    return replies
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,6 +239,88 @@ def online_values(
     """Values as of ``t_ms`` of many entities from their hashes (engine.errors.CodecError
     on a corrupt tile a requested window uses)."""
 
+# --- rebuild-online's replay (native/python/src/replay.rs) ----------------------------------
+
+class ReplayWrites:
+    """Entity writes of one view from a ``Replay``, held natively (``PackedWrites``)."""
+
+    def __len__(self) -> int: ...
+    def to_list(
+        self,
+    ) -> list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]]:
+        """``(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)`` each."""
+
+    def key(self, i: int) -> str: ...
+    def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
+        """``(elements, first write, writes, RESP body)`` per call of the write script."""
+
+class Replay:
+    """Rebuild-online's replay of one source partition for the views of one source
+    (native/core/src/replay.rs); views and groups as ``OnlineCore`` takes them."""
+
+    def __init__(
+        self,
+        views: list[tuple[str, list[_AggSpec], int, list[int], int | None]],
+        groups: list[tuple[list[str], list[str]]],
+        partition: int,
+        timestamp_field: str,
+        divisor: int,
+    ) -> None: ...
+    def fold_file(
+        self, data: bytes, high: int, now_ms: int, upto: int
+    ) -> tuple[int, int | None] | None:
+        """Decode and fold one event-log file's records above ``high`` and at most ``upto``
+        (the listing's limit of the file; no user code in any group; GIL released):
+        (records, highest offset | None); None: use ``fold``."""
+
+    def fold(
+        self,
+        offsets: bytes,
+        event_time: bytes,
+        processed_at: bytes,
+        payload: Columns | None,
+        fed: dict[int, tuple[list[list[Any]], list[list[Any]]]],
+        now_ms: int,
+    ) -> None:
+        """Fold a batch of records admitting each by its logged processed_at."""
+
+    def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, ReplayWrites]]:
+        """(view, writes) chunks: one write per entity; empties the replay."""
+
+# -- online reads (native/python/src/read.rs) -------------------------------------------------
+
+_Evaluated = tuple[list[Any], int | None, bytes]
+
+class ReadKernel:
+    """Aggregations ``indices`` of a view's layout, read from raw hashes."""
+
+    def __init__(self, functions: list[_AggSpec], indices: list[int]) -> None: ...
+    def evaluate(self, hashes: list[dict[Any, bytes]], t_ms: int) -> list[_Evaluated]:
+        """Per hash ``(values, newest write time or None, seen)``; ``seen[i]`` is 1 when a
+        tile of requested aggregation i's window (a lifetime accumulator) exists.
+        engine.errors.CodecError on a corrupt tile a requested window uses."""
+    def evaluate_replies(
+        self, replies: RespReplies, slots: list[int], t_ms: int
+    ) -> list[_Evaluated]:
+        """``evaluate`` of the hash replies ``slots`` of ``replies``."""
+
+class RespReplies:
+    """``count`` RESP replies, fed as the socket receives them and indexed in place."""
+
+    def __init__(self, count: int) -> None: ...
+    def feed(self, chunk: bytes) -> int:
+        """Append received bytes; how many replies are still missing (ValueError: not RESP,
+        or bytes past the last reply)."""
+    def __len__(self) -> int: ...
+    def shape(self) -> list[int]:
+        """Per reply: a hash's field count (0: empty or nil), -1 integer, -2 error, -3 other."""
+    def int_at(self, i: int) -> int | None: ...
+    def error_at(self, i: int) -> str | None: ...
+    def marks(self, i: int, kinds: bytes) -> frozenset[tuple[bytes, bytes]]:
+        """The fields of hash reply ``i`` whose names start with a byte of ``kinds``."""
+    def hash(self, i: int) -> dict[bytes, bytes] | None: ...
+    def raw(self) -> bytes: ...
+
 # -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------
 
 def write_log_file(

@@ -35,10 +35,11 @@ import numpy.typing as npt
 
 from engine import _native
 from engine.envelope import Envelope
+from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource
-from engine.processing import EntityKey, RowGroup, group_cells
+from engine.processing import EntityKey, RowGroup, group_cells, user_code_input
 
 Mode = Literal["event_time", "processing_time"]
 MODES: tuple[Mode, ...] = ("event_time", "processing_time")
@@ -505,9 +506,14 @@ class _Reader:
         read = 0
         if self.files and native:
             read = self._files(source, partition, src.timestamp_field, src.timestamp_divisor)
-            envelope_groups = fed
+        if self.files and fed:  # user code over columns decoded natively, file by file
+            counted = self._fed_files(source, partition, fed)
+            if not read:
+                read = counted
+                self.sweep.note_read(counted)
+            envelope_groups = []
         else:
-            envelope_groups = mine
+            envelope_groups = fed if self.files and native else mine
         if envelope_groups:
             counted = self._envelopes(source, partition, envelope_groups)
             if not read:
@@ -527,6 +533,38 @@ class _Reader:
                                                   divisor, upto=last)  # fmt: skip
             read += taken
             return int(high)
+
+        read_partition(log, source, partition, take)
+        return read
+
+    def _fed_files(self, source: str, partition: int, groups: list[int]) -> int:
+        """Groups with user code (transforms, filters) over a log of files: each file is
+        decoded natively into columns (``decode_log_file``), and each group's transform runs
+        once per file — a batch transform on a DataFrame built column by column, as the
+        worker builds it. Returns the records read."""
+        log = self.log
+        assert isinstance(log, LogFiles)
+        src = self.plan.sources[source]
+        read = 0
+
+        def take(data: bytes, high: int, upto: int) -> int:
+            nonlocal read
+            got = decode_log_file(data, high, src.timestamp_field, upto)
+            if got is None:
+                return high
+            read += len(got)
+            offsets = got.offsets.tobytes()
+            event_time = (got.raw_event_time // src.timestamp_divisor).tobytes()
+            processed = got.processed_at_ms.tobytes()
+            payloads, frame = user_code_input(
+                [self.groups[g].row_group for g in groups], got.payload
+            )
+            for g in groups:
+                group = self.groups[g]
+                keys, inputs = group_cells(group.row_group, group.inputs, payloads, frame)
+                self.sweep.add_rows(g, partition, offsets, event_time, processed,
+                                    [("any", c) for c in keys], [("any", c) for c in inputs])  # fmt: skip
+            return max(high, int(got.offsets.max()))
 
         read_partition(log, source, partition, take)
         return read

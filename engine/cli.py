@@ -647,7 +647,12 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
     default="kafka",
     help="kafka: the lean confluent-kafka loop; faust: faust-streaming agents.",
 )
-@click.option("--batch-max", type=click.IntRange(min=1), default=5000, help="Records per batch.")
+@click.option(
+    "--batch-max",
+    type=click.IntRange(min=1),
+    default=50_000,
+    help="Most records per batch (a batch is what arrived; only a backlog fills one).",
+)
 @click.option(
     "--batch-timeout",
     type=click.FloatRange(min=0, min_open=True),

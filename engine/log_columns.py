@@ -50,3 +50,55 @@ class ColumnarHistorySink(Protocol):
     def last_history_offset(self, partition: int) -> int | None:
         """Highest history offset held for ``partition``, or ``None`` when it holds none."""
         ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRecords:
+    """The records one event-log file adds: offsets, processed-at times, raw event-time
+    field values and the payload as native ``Columns`` (row ``i`` is record ``i``)."""
+
+    offsets: np.ndarray
+    processed_at_ms: np.ndarray
+    raw_event_time: np.ndarray
+    payload: Any  # engine._native.Columns
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def decode_log_file(
+    data: bytes, high: int, timestamp_field: str, upto: int | None = None
+) -> FileRecords | None:
+    """Decode one event-log file natively into columns, keeping each offset once: a record
+    at or below ``high`` or below an earlier record of the file is skipped (the file order
+    of ``engine.log_files.read_partition``), and so is one above ``upto`` (the listing's
+    limit of the file: a fenced owner's rolling file past the next epoch's start). None
+    when the file adds nothing."""
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    from engine import _native
+
+    arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
+    offsets = np.asarray(arrays["offset"], dtype=np.int64)
+    if not len(offsets):
+        return None
+    before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
+    keep = offsets > before
+    if upto is not None:
+        keep &= offsets <= upto
+    if not keep.any():
+        return None
+    whole = bool(keep.all())
+    mask = None if whole else pa.array(keep)
+    payload = {
+        name.removeprefix("payload."): array if whole
+        else array.filter(mask) if isinstance(array, pa.Array)
+        else [v for v, k in zip(array, keep, strict=True) if k]
+        for name, array in arrays.items() if name.startswith("payload.")
+    }  # fmt: skip
+    return FileRecords(
+        offsets=offsets[keep],
+        processed_at_ms=np.asarray(arrays["processed_at"], dtype=np.int64)[keep],
+        raw_event_time=np.asarray(payload[timestamp_field], dtype=np.int64),
+        payload=_native.columns_from_arrays(payload),
+    )

@@ -1,18 +1,20 @@
 """One entity's feature values as of t straight from its stored hash, evaluated by the native core.
 
-The online reader's hot path. ``WindowAt.evaluate`` hands an entity's hash to the core
-(``engine._native.online_values``, ``native/core/src/online.rs``), which decodes only the
-tiles a requested window as of ``t`` covers (``start <= k < ceil(t / hop)``, DESIGN §3) and
-the lifetime accumulators when a lifetime aggregation is requested, merges partitions tile
-by tile (merge is associative and commutative bit for bit) and finalizes. Fences, journals
-and tiles no requested window covers are never decoded, so never rejected. The newest write
-time (``u:<p>`` fields) is the freshness.
+The online reader's hot path. ``WindowAt.evaluate_seen`` hands entities' hashes to the core
+(``engine._native.ReadKernel``, ``native/core/src/read.rs``; ``evaluate_replies`` the hashes
+still in the RESP buffer they arrived in), which decodes only the tiles a requested window
+as of ``t`` covers (``start <= k < ceil(t / hop)``, DESIGN §3) and the lifetime accumulators
+when a lifetime aggregation is requested, merges each straight into every requested window
+holding it (merge is associative and commutative bit for bit) and finalizes. Fences,
+journals and tiles no requested window covers are never decoded, so never rejected. The
+newest write time (``u:<p>`` fields) is the freshness.
 
-``WindowAt.windows_many`` says, per entity and requested aggregation, whether any admitted
+``WindowAt.windows_seen`` says, per entity and requested aggregation, whether any admitted
 event lies in the window as of ``t`` and whether the value is null — what tells an
 empty-window default from a value computed from events (the online statuses,
-``engine.online_read.FeatureStatus``). It reads the values first and the field names only
-when the values cannot tell.
+``engine.online_read.FeatureStatus``). It reads the values first and, only where they cannot
+tell, whether the evaluation found a tile in the window (``windows_many`` settles the same
+from a scan of the field names).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class WindowReader:
         "_all_value",
         "_functions",
         "_hops",
+        "_kernel",
         "_last",
         "_narrower",
         "_patterns",
         "_says",
+        "_settled",
         "_twos",
         "_wider",
         "_windows",
@@ -72,6 +76,7 @@ class WindowReader:
         self.view = view
         self.indices = list(indices)
         self._functions = functions_of(view)
+        self._kernel = _native.ReadKernel(self._functions, list(indices))
         self._hops = tuple(group.hop_ms for group in view.layout.groups)
         self._last: tuple[tuple[int, ...], WindowAt] | None = None
         # per requested position: (hop or _LIFETIME, window or None), what its value says, and
@@ -108,6 +113,8 @@ class WindowReader:
         # value pattern (per position 0: None, 1: zero, 2: other) → the window states values
         # alone say, None where the field names must tell
         self._patterns: dict[tuple[int, ...], tuple[int | None, ...]] = {}
+        # (value pattern, what the evaluation saw per window) → the window states
+        self._settled: dict[tuple[tuple[int, ...], bytes], tuple[int, ...]] = {}
 
     def _from_values(self, pattern: tuple[int, ...]) -> tuple[int | None, ...]:
         """Window states per position from a value pattern alone; None where it cannot tell."""
@@ -202,17 +209,85 @@ class WindowAt:
         self, hashes: Sequence[Mapping[Any, bytes]]
     ) -> list[tuple[list[Any], int | None]]:
         """``evaluate`` for many entities in one native call."""
+        return [(values, updated) for values, updated, _ in self.evaluate_seen(hashes)]
+
+    def evaluate_seen(
+        self, hashes: Sequence[Mapping[Any, bytes]]
+    ) -> list[tuple[list[Any], int | None, bytes]]:
+        """``evaluate`` for many entities in one native call, with per entity and requested
+        aggregation whether a tile of its window (a lifetime accumulator) exists:
+        ``seen[i]`` is 1 then, else 0 (``windows_seen`` turns it into window states)."""
         reader = self._reader
         try:
-            got = _native.online_values(
-                reader._functions,
-                [h if type(h) is dict else dict(h) for h in hashes],
-                self.t_ms,
-                reader.indices,
+            got: list[tuple[list[Any], int | None, bytes]] = reader._kernel.evaluate(
+                [h if type(h) is dict else dict(h) for h in hashes], self.t_ms
             )
         except CodecError as exc:
             raise CodecError(f"view {reader.view.name!r}: {exc}") from exc
-        return [(list(values), updated) for values, updated in got]
+        return got
+
+    def evaluate_replies(
+        self, replies: Any, slots: Sequence[int]
+    ) -> list[tuple[list[Any], int | None, bytes]]:
+        """``evaluate_seen`` of hash replies ``slots`` of a ``_native.RespReplies`` (the
+        fields stay in the socket's buffer)."""
+        reader = self._reader
+        try:
+            got: list[tuple[list[Any], int | None, bytes]] = reader._kernel.evaluate_replies(
+                replies, list(slots), self.t_ms
+            )
+        except CodecError as exc:
+            raise CodecError(f"view {reader.view.name!r}: {exc}") from exc
+        return got
+
+    def windows_seen(
+        self, got: Sequence[tuple[Sequence[Any], int | None, bytes]]
+    ) -> list[tuple[int, ...]]:
+        """``windows_many`` from what ``evaluate_seen`` gave: values decide first, exactly
+        as there; what they leave open is settled by ``seen`` (the tiles the evaluation
+        found in each window) instead of a scan of the field names."""
+        reader = self._reader
+        all_value = reader._all_value
+        out: list[tuple[int, ...]] = []
+        for row, _, seen in got:
+            if None not in row and 0 not in row:  # every value needs an event (C-speed test)
+                out.append(all_value)
+                continue
+            pattern, states = self._said(row)
+            if None in states:
+                settled = reader._settled.get((pattern, seen))
+                if settled is None:
+                    if len(reader._settled) >= _PATTERNS_MAX:
+                        reader._settled.clear()
+                    settled = reader._settled[(pattern, seen)] = tuple(
+                        state
+                        if state is not None
+                        else WINDOW_EMPTY
+                        if not seen[pos]
+                        else WINDOW_NULL
+                        if pattern[pos] == 0
+                        else WINDOW_VALUE
+                        for pos, state in enumerate(states)
+                    )
+                states = settled
+            out.append(states)  # type: ignore[arg-type]  # no None left
+        return out
+
+    def _said(self, row: Sequence[Any]) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
+        """A row's value pattern (per value 0: None, 1: zero, 2: other) and the window
+        states the values alone say (None where they cannot tell)."""
+        reader = self._reader
+        try:  # in C
+            pattern = tuple(map(_CODES.get, row, reader._twos))
+        except TypeError:  # a list (first_n/last_n) is not hashable
+            pattern = tuple(0 if v is None else 1 if v == 0 else 2 for v in row)
+        patterns = reader._patterns
+        states = patterns.get(pattern)
+        if states is None:
+            if len(patterns) >= _PATTERNS_MAX:
+                patterns.clear()
+            states = patterns[pattern] = reader._from_values(pattern)
+        return pattern, states
 
     def windows_many(
         self, hashes: Sequence[Mapping[Any, bytes]], values: Sequence[Sequence[Any]]
@@ -238,21 +313,12 @@ class WindowAt:
         """
         reader = self._reader
         all_value = reader._all_value
-        patterns = reader._patterns
         out: list[tuple[int, ...]] = []
         for fields, row in zip(hashes, values, strict=True):
             if None not in row and 0 not in row:  # every value needs an event (C-speed test)
                 out.append(all_value)
                 continue
-            try:  # per value 0: None, 1: zero, 2: other — in C
-                pattern = tuple(map(_CODES.get, row, reader._twos))
-            except TypeError:  # a list (first_n/last_n) is not hashable
-                pattern = tuple(0 if v is None else 1 if v == 0 else 2 for v in row)
-            states = patterns.get(pattern)
-            if states is None:
-                if len(patterns) >= _PATTERNS_MAX:
-                    patterns.clear()
-                states = patterns[pattern] = reader._from_values(pattern)
+            pattern, states = self._said(row)
             if None in states:
                 states = self._from_fields(fields, pattern, states)
             out.append(states)  # type: ignore[arg-type]  # no None left

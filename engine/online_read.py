@@ -31,7 +31,7 @@ from __future__ import annotations
 import base64
 import itertools
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -266,8 +266,11 @@ def read_online(
     for read in prepared.views:
         key_columns = [columns[k] for k in read.view.join_keys]
         slots: list[int] = []
+        memo = _state_keys(read.view)
         for entity in zip(*key_columns, strict=True):
-            key = state_key(read.view, entity)
+            key = memo.get(entity)
+            if key is None:
+                key = _state_key(read.view, entity, memo)
             slot = keys.get(key)
             if slot is None:
                 slot = keys[key] = len(keys)
@@ -275,11 +278,12 @@ def read_online(
         row_keys.append(slots)
         all_ends.append(tuple(window_end(h, now_ms) for h in read.hops_ms))
     slot_keys = list(keys)
-    hashes: Sequence[Mapping[bytes, bytes] | None] = []
+    fetched: _Fetched = _DictHashes([])
     confirmed: dict[int, _Got] = {}  # held values, by slot
     marked: dict[str, bool] | None = None  # view marker → exists (None: not asked)
     if slot_keys:
         probe = getattr(store, "load_and_probe", None)  # ProbingStore
+        probe_resp = getattr(store, "load_and_probe_resp", None)  # RespStore
         load_changed = None if cache is None else getattr(store, "load_changed", None)
         held: list[Held | None] | None = None
         if cache is not None and (probe is not None or load_changed is not None):
@@ -291,12 +295,20 @@ def read_online(
                         held[slot], confirmed[slot] = hit
         if probe is not None:
             wanted = list(dict.fromkeys(read.marker for read in prepared.views))
-            hashes, exist = probe(slot_keys, held or [None] * len(slot_keys), wanted)
+            held_or_none = held or [None] * len(slot_keys)
+            replies = None if probe_resp is None else probe_resp(slot_keys, held_or_none, wanted)
+            if replies is not None:
+                fetched = _RespHashes(replies, len(slot_keys))
+                exist = [bool(replies.int_at(len(slot_keys) + i)) for i in range(len(wanted))]
+            else:
+                hashes, exist = probe(slot_keys, held_or_none, wanted)
+                fetched = _DictHashes(hashes)
             marked = dict(zip(wanted, exist, strict=True))
         elif load_changed is not None and held is not None:
-            hashes = load_changed(slot_keys, held)
+            fetched = _DictHashes(load_changed(slot_keys, held))
         else:
-            hashes = store.load(slot_keys)
+            fetched = _DictHashes(store.load(slot_keys))
+    sizes = fetched.sizes
     values: list[list[Any]] = [[None] * n for _ in prepared.features]
     row_statuses: list[list[tuple[FeatureStatus, ...]]] = []
     freshness: dict[str, list[int | None]] = {}
@@ -308,25 +320,27 @@ def read_online(
         missing: list[int] = []
         pending: list[int] = []  # slots to evaluate, in one native call
         for slot in dict.fromkeys(slots):
-            fields = hashes[slot]
-            if fields is None:  # unchanged since the cached read (load_changed)
+            size = sizes[slot]
+            if size is None:  # unchanged since the cached read (load_changed)
                 done[slot] = confirmed[slot]
-            elif not fields:
+            elif not size:
                 missing.append(slot)
             else:
                 got = None
                 if cache is not None:
-                    got = cache.get(slot_keys[slot], read.indices, fields, ends)
+                    got = cache.get(slot_keys[slot], read.indices, size, fetched.marks, slot, ends)
                 if got is None:
                     pending.append(slot)
                 else:
                     done[slot] = got
         if pending:
-            for slot, got in zip(pending, _evaluate_many(at, slot_keys, hashes, pending),
+            for slot, got in zip(pending, _evaluate_many(at, slot_keys, fetched, pending),
                                  strict=True):  # fmt: skip
                 done[slot] = got
                 if cache is not None:
-                    cache.put(slot_keys[slot], read.indices, hashes[slot], ends, got)  # type: ignore[arg-type]
+                    cache.put(
+                        slot_keys[slot], read.indices, sizes[slot], fetched.marks(slot), ends, got
+                    )
         found.append((done, missing))
         unsure = unsure or (bool(missing) and not done)
     if marked is None:  # a store that cannot probe: ask only where the answer depends on it
@@ -343,14 +357,13 @@ def read_online(
             every = (status,) * len(read.indices)
             for slot in missing:
                 done[slot] = (list(empty), None, every)
-        fresh: list[int | None] = [None] * n
-        view_statuses: list[tuple[FeatureStatus, ...]] = [()] * n
-        for r, slot in enumerate(slots):
-            row_values, fresh[r], view_statuses[r] = done[slot]
-            for c, value in zip(read.columns, row_values, strict=True):
-                values[c][r] = value
-        freshness[read.view.name] = fresh
-        row_statuses.append(view_statuses)
+        rows = list(map(done.__getitem__, slots))  # every row has an entity in every view
+        if rows:
+            for c, column in zip(read.columns, zip(*[row[0] for row in rows], strict=True),
+                                 strict=True):  # fmt: skip
+                values[c] = list(column)
+        freshness[read.view.name] = [row[1] for row in rows]
+        row_statuses.append([row[2] for row in rows])
     entities = {k: columns[k] for k in prepared.join_keys}
     return OnlineResult(
         plan=prepared,
@@ -362,28 +375,95 @@ def read_online(
     )
 
 
+class _Fetched(Protocol):
+    """The hashes one load fetched, by slot (``_DictHashes`` or ``_RespHashes``)."""
+
+    sizes: list[int | None]  # per slot: field count; 0 missing; None unchanged (held)
+
+    def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]: ...
+
+    def evaluate(
+        self, at: WindowAt, slots: Sequence[int]
+    ) -> list[tuple[list[Any], int | None, bytes]]: ...
+
+
+class _DictHashes:
+    """Hashes as dicts of bytes (``None``: unchanged since the cached read)."""
+
+    __slots__ = ("hashes", "sizes")
+
+    def __init__(self, hashes: Sequence[Mapping[bytes, bytes] | None]) -> None:
+        self.hashes = hashes
+        self.sizes: list[int | None] = [None if h is None else len(h) for h in hashes]
+
+    def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]:
+        return ReadCache._marks(self.hashes[slot] or {})
+
+    def evaluate(
+        self, at: WindowAt, slots: Sequence[int]
+    ) -> list[tuple[list[Any], int | None, bytes]]:
+        return at.evaluate_seen([self.hashes[s] or {} for s in slots])
+
+
+class _RespHashes:
+    """Hashes left in the RESP buffer they arrived in (``engine._native.RespReplies``):
+    the first ``keys`` replies are ``HGETALL`` hashes or the integer 1 (unchanged)."""
+
+    __slots__ = ("replies", "sizes")
+
+    def __init__(self, replies: Any, keys: int) -> None:
+        self.replies = replies
+        self.sizes: list[int | None] = [None if n < 0 else n for n in replies.shape()[:keys]]
+
+    def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]:
+        marks: frozenset[tuple[bytes, bytes]] = self.replies.marks(slot, _MARK_KIND_BYTES)
+        return marks
+
+    def evaluate(
+        self, at: WindowAt, slots: Sequence[int]
+    ) -> list[tuple[list[Any], int | None, bytes]]:
+        return at.evaluate_replies(self.replies, slots)
+
+
+_STATE_KEYS: dict[str, dict[tuple[Any, ...], str]] = {}  # fingerprint → entity → state key
+_STATE_KEYS_MAX = 1 << 16  # keys memoized per view; all dropped when full
+
+
+def _state_keys(view: ViewPlan) -> dict[tuple[Any, ...], str]:
+    """The memo of ``view``'s state keys (join-key values are validated str or int: no two
+    distinct entities compare equal)."""
+    memo = _STATE_KEYS.get(view.fingerprint)
+    if memo is None:
+        memo = _STATE_KEYS[view.fingerprint] = {}
+    return memo
+
+
+def _state_key(view: ViewPlan, entity: tuple[Any, ...], memo: dict[tuple[Any, ...], str]) -> str:
+    key = state_key(view, entity)
+    if len(memo) >= _STATE_KEYS_MAX:
+        memo.clear()
+    memo[entity] = key
+    return key
+
+
 def _evaluate_many(
-    at: WindowAt,
-    keys: Sequence[str],
-    hashes: Sequence[Mapping[bytes, bytes] | None],
-    slots: Sequence[int],
+    at: WindowAt, keys: Sequence[str], fetched: _Fetched, slots: Sequence[int]
 ) -> list[_Got]:
     """The values, freshness and statuses of many entities' (non-empty) hashes in one native
     call; a corrupt tile's error names its Redis key."""
-    fields = [hashes[s] or {} for s in slots]
     try:
-        got = at.evaluate_many(fields)
+        got = fetched.evaluate(at, slots)
     except CodecError:
         for slot in slots:  # find the entity whose tile failed, to name it
             try:
-                at.evaluate(hashes[slot] or {})
+                fetched.evaluate(at, [slot])
             except CodecError as exc:
                 raise CodecError(f"Redis key {keys[slot]!r}: {exc}") from exc
         raise
-    states = at.windows_many(fields, [values for values, _ in got])
+    states = at.windows_seen(got)
     rows = _STATUS_ROWS
     out: list[_Got] = []
-    for (values, updated), state in zip(got, states, strict=True):
+    for (values, updated, _), state in zip(got, states, strict=True):
         row = rows.get(state)
         if row is None:
             if len(rows) >= _STATUS_ROWS_MAX:
@@ -431,7 +511,8 @@ class ProbingStore(Protocol):
         ...
 
 
-_MARK_KINDS = frozenset(b"fu")  # fence and write time: rewritten with every tile change
+_MARK_KIND_BYTES = b"fu"  # fence and write time: rewritten with every tile change
+_MARK_KINDS = frozenset(_MARK_KIND_BYTES)
 
 
 class ReadCache:
@@ -456,7 +537,7 @@ class ReadCache:
         self.max_entries = max_entries
         self._entries: dict[
             tuple[str, tuple[int, ...]],
-            tuple[int, frozenset[tuple[bytes, bytes]], tuple[int, ...], _Got],
+            tuple[int, frozenset[tuple[bytes, bytes]], tuple[int, ...], _Got, Held],
         ] = {}
 
     def __len__(self) -> int:
@@ -471,16 +552,15 @@ class ReadCache:
         self,
         key: str,
         indices: tuple[int, ...],
-        fields: Mapping[bytes, bytes],
+        count: int,
+        marks: Callable[[int], frozenset[tuple[bytes, bytes]]],
+        slot: int,
         ends: tuple[int, ...],
     ) -> _Got | None:
+        """The values held for ``key`` if its hash (``count`` fields, mark fields
+        ``marks(slot)``, asked only when all else matches) and the window ends are as then."""
         entry = self._entries.get((key, indices))
-        if (
-            entry is None
-            or entry[0] != len(fields)
-            or entry[2] != ends
-            or entry[1] != self._marks(fields)
-        ):
+        if entry is None or entry[0] != count or entry[2] != ends or entry[1] != marks(slot):
             return None
         return entry[3]
 
@@ -491,23 +571,27 @@ class ReadCache:
         entry = self._entries.get((key, indices))
         if entry is None or entry[2] != ends:
             return None
-        return (entry[0], tuple(entry[1])), entry[3]
+        return entry[4], entry[3]
 
     def put(
         self,
         key: str,
         indices: tuple[int, ...],
-        fields: Mapping[bytes, bytes],
+        count: int | None,
+        marks: frozenset[tuple[bytes, bytes]],
         ends: tuple[int, ...],
         got: _Got,
     ) -> None:
+        """Hold ``got``, the values of ``key``'s hash of ``count`` fields and mark fields
+        ``marks`` as of window ends ``ends``."""
         if any(isinstance(v, list) for v in got[0]):
             return
         entries = self._entries
         if len(entries) >= self.max_entries:
             for old in list(itertools.islice(entries, max(1, self.max_entries // 8))):
                 entries.pop(old, None)
-        entries[(key, indices)] = (len(fields), self._marks(fields), ends, got)
+        count = count or 0
+        entries[(key, indices)] = (count, marks, ends, got, (count, tuple(marks)))
 
     def clear(self) -> None:
         self._entries.clear()
@@ -544,6 +628,17 @@ def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]
             "entity_rows must be a list of {join_key: value} dicts or a dict of columns, "
             f"got {type(entity_rows).__name__}"
         )
+    if all(type(row) is dict for row in entity_rows):  # the common case, checked in C
+        try:
+            for key, kind in kinds.items():
+                column = [row[key] for row in entity_rows]
+                wanted = str if kind == "str" else int if kind == "int" else None
+                if wanted is None or not all(type(v) is wanted for v in column):
+                    raise KeyError(key)  # something to check value by value
+                out[key] = column
+            return out
+        except KeyError:
+            out.clear()
     for key in kinds:
         out[key] = []
     for r, row in enumerate(entity_rows):

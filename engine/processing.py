@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.envelope import Envelope
 from engine.keys import encode_key
@@ -22,6 +22,40 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EntityKey = tuple[Any, ...]
+
+
+class ColumnBatch(Protocol):
+    """A batch of payloads held as columns (``engine._native.Columns``)."""
+
+    @property
+    def names(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    def column(self, name: str) -> list[Any]: ...
+    def to_pylist(self) -> list[dict[str, Any]]: ...
+
+
+# a batch of payloads: row dicts (the backfill, verify) or native columns (the worker)
+Payloads = Sequence[dict[str, Any]] | ColumnBatch
+
+
+def _dicts(payloads: Payloads) -> Sequence[dict[str, Any]]:
+    return payloads if isinstance(payloads, Sequence) else payloads.to_pylist()
+
+
+def batch_frame(payloads: Payloads) -> pd.DataFrame:
+    """The DataFrame a batch transform is given: one row per payload (index 0..n-1), one
+    column per field, built column by column — the same dtypes as
+    ``DataFrame.from_records`` of the payload dicts (``tests/unit/test_batch_transform.py``
+    checks it), without a dict per row when the batch is already columnar."""
+    import pandas as pd
+
+    n = len(payloads)
+    if isinstance(payloads, Sequence):
+        names = dict.fromkeys(name for payload in payloads for name in payload)
+        data = {name: [payload.get(name) for payload in payloads] for name in names}
+    else:
+        data = {name: payloads.column(name) for name in payloads.names}
+    return pd.DataFrame(data, index=range(n))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +164,9 @@ def row_groups(views: Sequence[ViewPlan]) -> tuple[RowGroup, ...]:
     )
 
 
-def batch_rows(view: ViewPlan, payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+def batch_rows(
+    view: ViewPlan, payloads: Payloads, frame: pd.DataFrame | None = None
+) -> list[dict[str, Any] | None]:
     """The rows a view with a batch transform sees: ``payloads[i]`` → its transformed row, or
     None when the transform dropped it.
 
@@ -140,13 +176,12 @@ def batch_rows(view: ViewPlan, payloads: Sequence[dict[str, Any]]) -> list[dict[
     that still fail are dropped for this view only — the same rows as a row transform that
     raised, whatever else shared the batch.
     """
-    import pandas as pd
-
     fn = view.batch_transform
     assert fn is not None
-    if not payloads:
+    if not len(payloads):
         return []
-    frame = pd.DataFrame.from_records(list(payloads), index=range(len(payloads)))
+    if frame is None:
+        frame = batch_frame(payloads)
     try:
         return _rows_of(fn(frame.copy()), len(payloads), range(len(payloads)))
     except Exception:  # user code: fall back to one record at a time
@@ -184,28 +219,44 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def group_rows(
-    group: RowGroup, payloads: Sequence[dict[str, Any]]
-) -> Sequence[dict[str, Any] | None]:
+def user_code_input(
+    groups: Sequence[RowGroup], batch: ColumnBatch
+) -> tuple[Payloads, pd.DataFrame | None]:
+    """What the user code of ``groups`` reads of one columnar batch, built once for all of
+    them: the row dicts when a row transform or filter is among them, else the columns and
+    the one DataFrame every batch transform copies (``batch_frame``)."""
+    if any(g.batch_transform is None for g in groups):
+        return batch.to_pylist(), None
+    return batch, batch_frame(batch) if len(batch) else None
+
+
+def group_rows(group: RowGroup, payloads: Payloads) -> Sequence[dict[str, Any] | None]:
     """The rows a row group's views see of ``payloads`` (None: dropped for them)."""
-    if group.native:
-        return payloads
-    view = group.members[0][1]
     if group.batch_transform is not None:
-        return batch_rows(view, payloads)
-    return [view_row(view, payload) for payload in payloads]
+        return batch_rows(group.members[0][1], payloads)
+    dicts = _dicts(payloads)
+    if group.native:
+        return dicts
+    view = group.members[0][1]
+    return [view_row(view, payload) for payload in dicts]
 
 
 def group_cells(
-    group: RowGroup, input_names: Sequence[str], payloads: Sequence[dict[str, Any]]
+    group: RowGroup,
+    input_names: Sequence[str],
+    payloads: Payloads,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[list[list[Any]], list[list[Any]]]:
     """A row group's join-key columns and input columns over ``payloads`` (one cell per
     payload; None where the view drops the record or the field is missing). A batch
-    transform's output is read column by column, never as a dict per row."""
+    transform's input is built column by column and its output read column by column, never
+    as a dict per row; ``frame`` is the batch's ``batch_frame`` when the caller has it."""
     n = len(payloads)
     names = [*group.join_keys, *input_names]
     if group.batch_transform is not None:
-        cells = _batch_cells(group.members[0][1], payloads, names)
+        cells = _batch_cells(group.members[0][1], payloads, names, frame)
+    elif group.native and not isinstance(payloads, Sequence):
+        cells = [payloads.column(name) if name in payloads.names else [None] * n for name in names]
     else:
         rows = group_rows(group, payloads)
         cells = [[None if row is None else row.get(name) for row in rows] for name in names]
@@ -219,30 +270,35 @@ def group_cells(
 
 
 def _batch_cells(
-    view: ViewPlan, payloads: Sequence[dict[str, Any]], names: Sequence[str]
+    view: ViewPlan, payloads: Payloads, names: Sequence[str], frame: pd.DataFrame | None
 ) -> list[list[Any]]:
-    import pandas as pd
-
     fn = view.batch_transform
     assert fn is not None
     n = len(payloads)
     if not n:
         return [[] for _ in names]
-    frame = pd.DataFrame.from_records(list(payloads), index=range(n))
+    if frame is None:
+        frame = batch_frame(payloads)
     try:
         result = fn(frame.copy())
         _check_result(result, range(n))
     except Exception:  # user code: one record at a time, as a row transform
-        rows = batch_rows(view, payloads)
+        rows = batch_rows(view, payloads, frame)
         return [[None if row is None else row.get(name) for row in rows] for name in names]
+    whole = len(result.index) == n  # a subset of 0..n-1 as long: every row, in some order
     at = result.index.tolist()
+    in_order = whole and at == list(range(n))
     out: list[list[Any]] = []
     for name in names:
-        column: list[Any] = [None] * n
-        if name in result.columns:
+        if name not in result.columns:
+            out.append([None] * n)
+        elif in_order:
+            out.append(result[name].tolist())
+        else:
+            column: list[Any] = [None] * n
             for i, value in zip(at, result[name].tolist(), strict=True):
                 column[i] = value
-        out.append(column)
+            out.append(column)
     return out
 
 
@@ -256,20 +312,30 @@ def _check_result(result: Any, index: range) -> None:
 
 
 def group_columns(
-    group: RowGroup, input_names: Sequence[str], payloads: Sequence[dict[str, Any]]
+    group: RowGroup,
+    input_names: Sequence[str],
+    payloads: Payloads,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[list[list[Any]], list[list[Any]]]:
     """A row group's entity texts (one key column: ``engine.keys.encode_key`` of the join
     keys, None when the view drops the record or a key is missing/null) and its input
     columns, for the native core's ``prepare``."""
-    keys, inputs = group_cells(group, input_names, payloads)
-    texts: list[Any] = []
-    for i, entity in enumerate(zip(*keys, strict=True)):
-        if None in entity:
-            texts.append(None)
-            for column in inputs:
-                column[i] = None
-        else:
-            texts.append(encode_key(entity).decode("utf-8"))
+    keys, inputs = group_cells(group, input_names, payloads, frame)
+    texts: list[Any]
+    if len(keys) == 1:  # one join key: its text (a str is its own text)
+        texts = [
+            v if v is None or type(v) is str else encode_key((v,)).decode("utf-8") for v in keys[0]
+        ]
+    else:
+        texts = [
+            None if None in entity else encode_key(entity).decode("utf-8")
+            for entity in zip(*keys, strict=True)
+        ]
+    if None in texts:
+        for i, text in enumerate(texts):
+            if text is None:
+                for column in inputs:
+                    column[i] = None
     return [texts], inputs
 
 

@@ -1,8 +1,9 @@
 """Rebuild online state from the event log: a whole view, or one source partition of some views.
 
-The log is replayed through the native core the stream worker runs (``OnlineCore`` in
-replay mode: the same row groups, transforms, keys, folds and tile codec), admitting each
-record by its *logged* ``processed_at`` — so the rebuilt
+The log is replayed through the native ``Replay`` (``native/core/src/replay.rs``: the stream
+worker's row groups, transforms, keys, folds, eviction and tile codec, a partition at a time,
+the files decoded natively), admitting each record by its *logged* ``processed_at`` — so the
+rebuilt
 state is what the workers would have written under the current definition: per source
 partition, the tiles still in a window as of ``now``, the fence (last logged offset applied),
 the newest write time, and a journal entry. The partition's watermark
@@ -19,23 +20,29 @@ the newest write time, and a journal entry. The partition's watermark
 
 from __future__ import annotations
 
+import os
+import threading
 from array import array
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from itertools import islice
 from typing import Any
-
-import numpy as np
 
 from engine import _native
 from engine.envelope import Envelope
+from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
-from engine.online import CoreSpec, core_spec, write_of
+from engine.online import CoreSpec, EntityWrites, core_spec
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
-from engine.processing import group_columns
+from engine.processing import group_columns, user_code_input
 from engine.watermarks import encode_watermark, watermark_key
 
-_CHUNK = 2_000
+_CHUNK = 2_000  # entity hashes loaded and replaced per round trip (rebuild_partition)
+_WRITE_CHUNK = 5_000  # entity writes per round trip (rebuild_view)
+_PARALLEL = 4  # partitions replayed at a time, at most (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _NO_LIMIT = (1 << 63) - 1  # no upper offset limit
 _PROGRESS_STEP = 100_000
@@ -64,7 +71,7 @@ class PartitionRebuild:
 
 @dataclass(slots=True)
 class _Replay:
-    writes: list[list[StateWrite]]  # per view, one write per entity
+    writes: list[tuple[int, EntityWrites]]  # (view slot, a chunk of its entity writes)
     records: int = 0
     last_offset: int | None = None
 
@@ -76,16 +83,30 @@ def _replay(
     partition: int,
     progress: Callable[[int], None] | None,
     now_ms: int,
+    *,
+    drop_expired: bool,
 ) -> _Replay:
-    """Every view's per-entity write of one log partition, as the workers computed it."""
+    """Every view's per-entity write of one log partition, as the workers computed it
+    (``drop_expired``: without the writes whose key would expire at once).
+
+    The native ``Replay`` folds the records; when no view runs user code it also decodes
+    the log files itself, with the GIL released, so partitions replay in parallel."""
     source = plan.sources[views[0].source]
     spec = core_spec(list(views))
-    core = spec.new_core(1 << 62)
-    out = _Replay(writes=[[] for _ in views])
+    groups = [(list(g.join_keys), list(inputs))
+              for g, inputs in zip(spec.groups, spec.group_inputs, strict=True)]  # fmt: skip
+    core = _native.Replay(
+        list(spec.views), groups, partition, source.timestamp_field, source.timestamp_divisor
+    )
+    native = all(group.native for group in spec.groups)
+    out = _Replay(writes=[])
     if isinstance(log, LogFiles):  # the core decodes the files: no record object in Python
 
         def take(data: bytes, high: int, upto: int) -> int:
-            taken, last = _fold_file(core, spec, source, partition, data, high, now_ms, upto)
+            got = core.fold_file(data, high, now_ms, upto) if native else None
+            if got is None:
+                got = _fold_file(core, spec, source, partition, data, high, now_ms, upto)
+            taken, last = got
             out.records += taken
             if last is not None:
                 out.last_offset = last
@@ -110,8 +131,8 @@ def _replay(
             out.records += len(batch)
             if progress:
                 progress(len(batch))
-    for v, raw in core.replay_writes(now_ms):
-        out.writes[v].append(write_of(raw))
+    out.writes = [(v, EntityWrites(chunk))
+                  for v, chunk in core.writes(now_ms, drop_expired, _WRITE_CHUNK)]  # fmt: skip
     return out
 
 
@@ -126,44 +147,27 @@ def _fold_file(
     upto: int = _NO_LIMIT,
 ) -> tuple[int, int | None]:
     """Fold one event-log file's records above ``high`` and at most ``upto`` (the listing's
-    limit of the file); (records taken, highest offset)."""
-    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
-
-    arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
-    offsets = np.asarray(arrays["offset"], dtype=np.int64)
-    if not len(offsets):
+    limit of the file); (records taken, highest offset). The path of views with user code
+    (transforms, filters): the file decoded natively into columns, batch transforms on one
+    DataFrame per file built column by column."""
+    got = decode_log_file(data, high, source.timestamp_field, upto)
+    if got is None:
         return 0, None
-    before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
-    keep = (offsets > before) & (offsets <= upto)  # each offset once, within the listing
-    if not keep.any():
-        return 0, None
-    mask = pa.array(keep)
-    payload = {
-        name.removeprefix("payload."): array.filter(mask) if isinstance(array, pa.Array)
-        else [v for v, k in zip(array, keep, strict=True) if k]
-        for name, array in arrays.items() if name.startswith("payload.")
-    }  # fmt: skip
-    columns = _native.columns_from_arrays(payload)
-    kept_offsets = offsets[keep]
-    raw_ts = np.asarray(payload[source.timestamp_field], dtype=np.int64)
+    user = [g for g, group in enumerate(spec.groups) if not group.native]
     fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
-    if any(not group.native for group in spec.groups):
-        payloads = columns.to_pylist()
-        fed = {
-            g: group_columns(group, spec.group_inputs[g], payloads)
-            for g, group in enumerate(spec.groups)
-            if not group.native
-        }
-    core.prepare(
-        np.full(len(kept_offsets), partition, dtype=np.int64).tobytes(),
-        kept_offsets.tobytes(),
-        (raw_ts // source.timestamp_divisor).tobytes(),
-        columns,
+    if user:
+        payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
+        fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
+               for g in user}  # fmt: skip
+    core.fold(
+        got.offsets.tobytes(),
+        (got.raw_event_time // source.timestamp_divisor).tobytes(),
+        got.processed_at_ms.tobytes(),
+        got.payload,
         fed,
+        now_ms,
     )
-    processed = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
-    core.replay(processed.tobytes(), now_ms)
-    return len(kept_offsets), int(kept_offsets.max())
+    return len(got), int(got.offsets.max())
 
 
 def _fold(
@@ -178,44 +182,37 @@ def _fold(
         for g, group in enumerate(spec.groups)
         if not group.native
     }
-    core.prepare(
-        array("q", (e.partition for e in batch)).tobytes(),
+    core.fold(
         array("q", (e.offset for e in batch)).tobytes(),
         array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
+        array("q", (e.processed_at_ms for e in batch)).tobytes(),
         _native.Columns.from_rows(names, kinds, payloads),
         fed,
+        now_ms,
     )
-    core.replay(array("q", (e.processed_at_ms for e in batch)).tobytes(), now_ms)
 
 
-def _write_states(
-    writes: list[StateWrite],
-    partition: int,
-    store: OnlineStateStore,
-    now_ms: int,
-    *,
-    replace_fields: bool,
+def _replace_states(
+    writes: Sequence[StateWrite], partition: int, store: OnlineStateStore, now_ms: int
 ) -> int:
-    """Write every entity's state of one partition in chunks; returns the hashes written.
+    """Write every entity's state of one partition in place, in chunks; returns the hashes
+    written.
 
-    A state of which nothing can be read any more (its key would expire at once) is skipped.
-    ``replace_fields``: load each hash first and also delete the partition's fields the new
-    state does not set (tiles a lost write had added), so the partition's fields end up
-    exactly the log's; an expired state is then written too if the hash holds any of them.
+    Each hash is loaded first, and the partition's fields the new state does not set
+    (tiles a lost write had added) are deleted too, so the partition's fields end up
+    exactly the log's. A state of which nothing can be read any more (its key would expire
+    at once) is written only if the hash holds fields of the partition.
     """
     written = 0
     for start in range(0, len(writes), _CHUNK):
         chunk = writes[start : start + _CHUNK]
-        if replace_fields:
-            held = store.load([w.key for w in chunk])
-            batch = []
-            for write, fields in zip(chunk, held, strict=True):
-                mine = _partition_fields(fields, partition)
-                if mine or not _expired(write, now_ms):
-                    stale = mine.difference(write.fields, write.delete)
-                    batch.append(replace(write, delete=(*write.delete, *sorted(stale))))
-        else:
-            batch = [w for w in chunk if not _expired(w, now_ms)]
+        held = store.load([w.key for w in chunk])
+        batch = []
+        for write, fields in zip(chunk, held, strict=True):
+            mine = _partition_fields(fields, partition)
+            if mine or not _expired(write, now_ms):
+                stale = mine.difference(write.fields, write.delete)
+                batch.append(replace(write, delete=(*write.delete, *sorted(stale))))
         if batch:
             store.write(batch)
             written += len(batch)
@@ -248,21 +245,59 @@ def rebuild_view(
     progress: Callable[[int], None] | None = None,
 ) -> RebuildResult:
     """Write every entity's state of ``view_name`` from the log into its current keyspace
-    (expected empty), then set each partition's watermark to its last logged offset."""
+    (expected empty), then set each partition's watermark to its last logged offset.
+
+    Partitions replay in worker threads — in parallel, up to one per CPU, for a view without
+    user code (the native replay releases the GIL) — and are written in partition order as
+    each is ready, while the next ones replay. The order matters: partitions share hashes,
+    and a state that sets no expiry (``PERSIST``) and one that does must meet the hash in
+    the order the sequential rebuild gives."""
     view = plan.views[view_name]
     source = plan.sources[view.source]
+    partitions = list(log.partitions(source.name))
+    lock = threading.Lock()
+
+    def counted(n: int) -> None:
+        assert progress is not None
+        with lock:
+            progress(n)
+
+    def replay(partition: int) -> _Replay:
+        return _replay([view], plan, log, partition, progress and counted, now_ms,
+                       drop_expired=True)  # fmt: skip
+
     records = written = 0
-    for partition in log.partitions(source.name):
-        replay = _replay([view], plan, log, partition, progress, now_ms)
-        records += replay.records
-        written += _write_states(replay.writes[0], partition, store, now_ms, replace_fields=False)
-        if replay.last_offset is not None:
-            mark = Watermark(key=watermark_key(view, partition),
-                             value=encode_watermark(replay.last_offset))  # fmt: skip
-            store.write([], [mark])
+    workers = _workers(view, partitions)
+    with ThreadPoolExecutor(workers, thread_name_prefix="skewless-rebuild") as pool:
+        ahead = iter(partitions)
+        pending = deque((p, pool.submit(replay, p)) for p in islice(ahead, workers))
+        while pending:
+            partition, future = pending.popleft()
+            done = future.result()
+            following = next(ahead, None)
+            if following is not None:  # keep the workers busy while this one is written
+                pending.append((following, pool.submit(replay, following)))
+            records += done.records
+            for _, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
+                store.write(chunk)
+                written += len(chunk)
+            if done.last_offset is not None:
+                mark = Watermark(key=watermark_key(view, partition),
+                                 value=encode_watermark(done.last_offset))  # fmt: skip
+                store.write([], [mark])
     return RebuildResult(
         view=view_name, fingerprint=view.fingerprint, records=records, entities_written=written
     )
+
+
+def _workers(view: ViewPlan, partitions: Sequence[int]) -> int:
+    """Partitions replayed at a time: one per CPU (at most ``_PARALLEL``, which bounds the
+    memory of the states held) when the view runs no user code; otherwise one, as the
+    workers run transforms — one thread, while the writes of the previous partition go."""
+    if view.transform is not None or view.filter is not None or view.batch_transform is not None:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(len(partitions), cpus or 1, _PARALLEL))
 
 
 def rebuild_partition(
@@ -280,10 +315,13 @@ def rebuild_partition(
     Entity hashes the log does not name keep their fields: only a write whose records the
     log does not hold yet can have made them, and the fences make its replay consistent.
     """
-    replay = _replay(views, plan, log, partition, None, now_ms)
+    replay = _replay(views, plan, log, partition, None, now_ms, drop_expired=False)
+    per_view: list[list[StateWrite]] = [[] for _ in views]
+    for v, chunk in replay.writes:
+        per_view[v].extend(chunk)
     written: dict[str, int] = {}
-    for view, writes in zip(views, replay.writes, strict=True):
-        written[view.name] = _write_states(writes, partition, store, now_ms, replace_fields=True)
+    for view, writes in zip(views, per_view, strict=True):
+        written[view.name] = _replace_states(writes, partition, store, now_ms)
     if replay.last_offset is not None:
         value = encode_watermark(replay.last_offset)
         store.write([], [Watermark(key=watermark_key(v, partition), value=value) for v in views])

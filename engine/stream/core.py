@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -43,7 +43,7 @@ from engine.errors import OnlineStateLost, OnlineWriteConflict, OwnerFenced
 from engine.online import EntityWrites, core_spec, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
-from engine.processing import group_columns
+from engine.processing import group_columns, user_code_input
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
@@ -56,9 +56,9 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceRecord:
-    """A record as the consumer delivered it."""
+class SourceRecord(NamedTuple):
+    """A record as the consumer delivered it (a named tuple: the consumer builds one per
+    message, and a tuple is the cheapest immutable record Python builds)."""
 
     topic: str
     partition: int
@@ -266,12 +266,13 @@ class BatchProcessor:
         src = self.source
         letters: list[DeadLetter] = []
         refused: Counter[str] = Counter()
-        commits: dict[int, int] = {}
-        for rec in records:
-            commits[rec.partition] = max(commits.get(rec.partition, 0), rec.offset + 1)
-        decoded = self.codec.decode_batch(
-            [rec.key for rec in records], [rec.value for rec in records], now_ms=batch_p
-        )
+        _, parts, offs, keys, values = zip(*records, strict=True) if records else ((),) * 5
+        partitions = np.array(parts, dtype=np.int64)
+        offsets = np.array(offs, dtype=np.int64)
+        commits = {  # per partition: the next offset to read
+            int(p): int(offsets[partitions == p].max()) + 1 for p in np.unique(partitions)
+        }
+        decoded = self.codec.decode_batch(list(keys), list(values), now_ms=batch_p)
         for i, exc in decoded.refused:
             rec = records[i]
             refused[exc.code] += 1
@@ -279,8 +280,8 @@ class BatchProcessor:
                 DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
                            key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
             )  # fmt: skip
-        kept = _Kept.of(records, decoded.kept, decoded.columns, src.timestamp_field,
-                        src.timestamp_divisor)  # fmt: skip
+        kept = _Kept.of(partitions, offsets, keys, decoded.kept, decoded.columns,
+                        src.timestamp_field, src.timestamp_divisor)  # fmt: skip
         core = self._core
         try:
             missing = core.prepare(
@@ -305,8 +306,12 @@ class BatchProcessor:
         fed = [g for g, group in enumerate(spec.groups) if not group.native]
         if not fed:
             return {}
-        payloads = kept.payloads()
-        return {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads) for g in fed}
+        # batch transforms read the decoded columns (one DataFrame per batch, built column
+        # by column); row transforms and filters need a dict per row
+        payloads, frame = user_code_input([spec.groups[g] for g in fed], kept.columns)
+        return {
+            g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame) for g in fed
+        }
 
     def _apply(
         self,
@@ -416,18 +421,23 @@ class _Kept:
     @classmethod
     def of(
         cls,
-        records: Sequence[SourceRecord],
+        partitions: npt.NDArray[np.int64],
+        offsets: npt.NDArray[np.int64],
+        keys: Sequence[bytes | None],
         kept: Sequence[int],
         columns: Any,
         ts_field: str,
         divisor: int,
     ) -> _Kept:
-        chosen = [records[i] for i in kept]
         raw_ts = np.asarray(columns.column(ts_field) if kept else [], dtype=np.int64)
+        at = np.asarray(kept, dtype=np.int64)
+        if len(at) == len(partitions) and (at == np.arange(len(at))).all():  # all, in order
+            return cls(partitions=partitions, offsets=offsets, keys=list(keys),
+                       event_time=raw_ts // divisor, columns=columns)  # fmt: skip
         return cls(
-            partitions=np.fromiter((r.partition for r in chosen), np.int64, len(chosen)),
-            offsets=np.fromiter((r.offset for r in chosen), np.int64, len(chosen)),
-            keys=[r.key for r in chosen],
+            partitions=partitions[at],
+            offsets=offsets[at],
+            keys=[keys[i] for i in kept],
             event_time=raw_ts // divisor,
             columns=columns,
         )

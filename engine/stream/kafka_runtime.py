@@ -83,7 +83,9 @@ ConsumerFactory = Callable[
 class WorkerOptions:
     """Tuning of the loop (CLI: ``skewless worker --batch-max … --batch-timeout …``)."""
 
-    batch_max: int = 5000
+    # a batch is what the consumer holds (never a wait for more): under load it grows, and
+    # each entity a batch touches is written once however many of its events it holds
+    batch_max: int = 50_000
     batch_timeout_s: float = 0.05
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0

@@ -419,6 +419,33 @@ def test_many_entities_and_views_in_one_round_trip(scenario: Scenario) -> None:
     assert again.values == result.values
 
 
+def test_replies_read_in_place_equal_parsed_replies(
+    scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Redis store's replies indexed in the socket's buffer (``load_and_probe_resp``)
+    and redis-py's parsed replies (its fallback, e.g. for a parser other than hiredis) give
+    the same values, statuses and freshness — uncached, and through a ReadCache (misses,
+    then revalidated hits)."""
+    from engine.online_read import ReadCache
+
+    online = scenario.store.online_store
+    rows = [*ROWS, {"customer_id": "nobody", "store_id": 99}]
+    answers = []
+    for raw in (True, False):
+        if not raw:
+            monkeypatch.setattr(online, "load_and_probe_resp", lambda *_: None)
+        cache = ReadCache()
+        for t in (scenario.last_processed_ms + 1, scenario.last_processed_ms + 3_600_000):
+            for c in (None, cache, cache):
+                result = read_online(scenario.store.plan, online, REFS, rows, now_ms=t, cache=c)
+                exact = [[repr(v) for v in column] for column in result.values]  # -0.0, nan
+                answers.append((exact, result.statuses, result.freshness_ms))
+    half = len(answers) // 2
+    assert answers[:half] == answers[half:]
+    statuses = {s for _, columns, _ in answers for column in columns for s in column}
+    assert {"PRESENT", "NOT_FOUND"} <= statuses
+
+
 def test_full_feature_names_and_dataframe(scenario: Scenario) -> None:
     t = scenario.last_processed_ms + 1
     resp = scenario.store.get_online_features(

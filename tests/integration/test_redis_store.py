@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from connectors.redis_store import RedisOnlineStore
+from engine import _native
 from engine.errors import ConfigError, OnlineStoreUnavailable, OnlineWriteConflict
 from engine.ports import OnlineStateStore, StateWrite, Watermark
 
@@ -170,6 +171,79 @@ def test_load_changed_sends_only_changed_hashes(
     store.write([StateWrite(key=KEY, fields={"f:0": b"2"}, delete=("t:0:1000:2",))])
     assert store.load_changed([KEY], [held]) == [{**full, b"f:0": b"2"}]  # same count, new fence
     assert store.load_changed([], []) == []
+
+
+def _resp_as_dicts(
+    replies: _native.RespReplies | None, keys: int
+) -> tuple[list[dict[bytes, bytes] | None], list[bool]]:
+    """What ``load_and_probe`` returns, read from ``load_and_probe_resp``'s replies."""
+    assert replies is not None
+    shape = replies.shape()
+    hashes = [None if shape[i] < 0 else replies.hash(i) for i in range(keys)]
+    probes = [bool(replies.int_at(i)) for i in range(keys, len(shape))]
+    return hashes, probes
+
+
+def test_resp_loads_equal_the_parsed_loads(
+    store: RedisOnlineStore, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """``load_and_probe_resp`` (replies indexed in the socket's buffer) gives what
+    ``load_and_probe`` gives: hashes bigger than a receive, unchanged held hashes, missing
+    keys, probes; after a flushed script cache; for a user without scripting; and the same
+    error for a key of the wrong type."""
+    rng = random.Random(11)
+    keys = [f"sk:0123456789abcdef:{{r{i}}}" for i in range(60)]
+    store.write(
+        [
+            StateWrite(
+                key=key,
+                fields={
+                    **{
+                        f"t:{i % 3}:60000:{k}": rng.randbytes(rng.randrange(0, 3000))
+                        for k in range(rng.randrange(1, 40))
+                    },
+                    f"f:{i % 3}": b"%d" % i,
+                    f"u:{i % 3}": b"%d" % (1000 + i),
+                    "j:0": b"\r\n$3\r\n*1\r\n",  # RESP-looking bytes inside values
+                },
+            )
+            for i, key in enumerate(keys)
+        ]
+    )
+    keys.append("sk:0123456789abcdef:{nobody}")
+    full = store.load(keys)
+    assert sum(len(v) for h in full for v in h.values()) > 1 << 20  # many receives
+    held: list[tuple[int, tuple[tuple[bytes, bytes], ...]] | None] = [
+        (len(h), tuple((n, v) for n, v in h.items() if n[:1] in b"fu")) if i % 2 else None
+        for i, h in enumerate(full)
+    ]
+    held[-1] = (3, ((b"f:0", b"1"),))  # held once, missing now
+    probes = [keys[0], "sk:0123456789abcdef:{absent}"]
+    want = store.load_and_probe(keys, held, probes)
+    assert want[0][1] is None and want[0][0] == full[0] and want[1] == [True, False]
+    replies = store.load_and_probe_resp(keys, held, probes)
+    assert _resp_as_dicts(replies, len(keys)) == want
+    redis_client.script_flush()  # NOSCRIPT: loaded and sent again
+    assert _resp_as_dicts(store.load_and_probe_resp(keys, held, probes), len(keys)) == want
+    plain = [None] * len(keys)
+    assert _resp_as_dicts(store.load_and_probe_resp(keys, plain, []), len(keys)) == (full, [])
+    user = f"noscript{random.randrange(10**6)}"
+    redis_client.acl_setuser(user, enabled=True, passwords=["+pw-noscript"], keys=["*"],
+                             commands=["+@all", "-@scripting"])  # fmt: skip
+    try:
+        limited = RedisOnlineStore(redis_url, username=user, password="pw-noscript")
+        got = _resp_as_dicts(limited.load_and_probe_resp(keys, held, probes), len(keys))
+        assert got == limited.load_and_probe(keys, held, probes) == (full, want[1])
+    finally:
+        redis_client.acl_deluser(user)
+    redis_client.set("sk:0123456789abcdef:{text}", b"x")
+    wrong = ["sk:0123456789abcdef:{text}", keys[0]]
+    with pytest.raises(OnlineStoreUnavailable, match="WRONGTYPE") as parsed:
+        store.load_and_probe(wrong, [None, None], [])
+    with pytest.raises(OnlineStoreUnavailable, match="WRONGTYPE") as raw:
+        store.load_and_probe_resp(wrong, [None, None], [])
+    assert str(raw.value) == str(parsed.value)
+    assert store.load_and_probe_resp(keys[:2], [None, None], []) is not None  # in step
 
 
 def _randomised_writes(rng: random.Random, now_ms: int, rounds: int) -> list[list[StateWrite]]:

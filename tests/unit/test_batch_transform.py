@@ -186,3 +186,45 @@ def test_extract_many_equals_extract_all_record_by_record(store: FeatureStore) -
         one_by_one = [extract_all(groups, src, e, include_late=late) for e in envelopes]
         assert extract_many(groups, src, envelopes, include_late=late) == one_by_one
         assert any(one_by_one) and any(not x for x in one_by_one)  # kept and dropped rows
+
+
+def test_batch_frame_matches_from_records_for_dicts_and_native_columns() -> None:
+    """The worker builds a batch transform's DataFrame column by column from the decoded
+    columns; the backfill from row dicts. Both must equal ``DataFrame.from_records`` of the
+    rows (dtypes and cells), nulls of every kind included, or a transform could see other
+    data online than in training."""
+    import random
+
+    from engine._native import Columns
+    from engine.processing import batch_frame
+
+    rng = random.Random(11)
+    kinds = {"i": "int", "f": "float", "s": "str", "b": "bool", "y": "bytes"}
+
+    def cell(kind: str) -> object:
+        if rng.random() < 0.2:
+            return None
+        return {
+            "i": lambda: rng.randrange(-(2**40), 2**40),
+            "f": lambda: rng.uniform(-1e6, 1e6),
+            "s": lambda: rng.choice(["a", "b", "ü", ""]),
+            "b": lambda: rng.random() < 0.5,
+            "y": lambda: bytes([rng.randrange(256)]),
+        }[kind]()
+
+    for n in (0, 1, 7, 200):
+        rows = [{name: cell(name) for name in kinds} for _ in range(n)]
+        if n:  # one column with no null at all, one with nothing but nulls
+            for row in rows:
+                row["i"] = row["i"] if row["i"] is not None else 5
+                row["s"] = None
+        names = list(kinds)
+        columns = Columns.from_rows(names, [kinds[k] for k in names], rows)
+        expected = pd.DataFrame.from_records(rows, index=range(n), columns=names)
+        for frame in (batch_frame(rows), batch_frame(columns)):
+            if not n:
+                assert len(frame) == 0
+                continue
+            assert list(frame.columns) == names
+            assert frame.dtypes.to_dict() == expected.dtypes.to_dict(), (n, frame.dtypes)
+            pd.testing.assert_frame_equal(frame, expected)

@@ -72,6 +72,26 @@ pub fn encode_tile(states: &[State], out: &mut Vec<u8>) {
 
 /// Decode a tile of `aggs` (the hop group's aggregations, in order).
 pub fn decode_tile(aggs: &[&Agg], bytes: &[u8]) -> Result<Box<[State]>, CodecError> {
+    let tags: Vec<u8> = aggs.iter().map(|agg| state_tag(agg)).collect();
+    let mut out = Vec::with_capacity(aggs.len());
+    decode_tile_into(aggs, &tags, bytes, &mut out)?;
+    Ok(out.into_boxed_slice())
+}
+
+/// The tag of the states `agg` keeps (what [`decode_tile_into`] checks a tile against).
+pub fn state_tag(agg: &Agg) -> u8 {
+    tag(&agg.init())
+}
+
+/// [`decode_tile`] into `out` (cleared first, its allocation reused): the online reader
+/// decodes many tiles of one layout in a row. `tags[i]` is `state_tag(aggs[i])`.
+pub fn decode_tile_into(
+    aggs: &[&Agg],
+    tags: &[u8],
+    bytes: &[u8],
+    out: &mut Vec<State>,
+) -> Result<(), CodecError> {
+    out.clear();
     let Some((&version, mut rest)) = bytes.split_first() else {
         return Err(bad("empty tile bytes"));
     };
@@ -93,10 +113,9 @@ pub fn decode_tile(aggs: &[&Agg], bytes: &[u8]) -> Result<Box<[State]>, CodecErr
             aggs.len()
         )));
     }
-    let mut out = Vec::with_capacity(count);
-    for agg in aggs {
+    for (agg, &expected) in aggs.iter().zip(tags) {
         let state = decode_state(&mut rest)?;
-        if tag(&state) != tag(&agg.init()) {
+        if tag(&state) != expected {
             return Err(bad(format!(
                 "a state of tag {} where {} expected",
                 tag(&state),
@@ -111,7 +130,7 @@ pub fn decode_tile(aggs: &[&Agg], bytes: &[u8]) -> Result<Box<[State]>, CodecErr
             rest.len()
         )));
     }
-    Ok(out.into_boxed_slice())
+    Ok(())
 }
 
 fn encode_state(state: &State, out: &mut Vec<u8>) {

@@ -462,15 +462,56 @@ impl Exact {
         if buf.len() < 6 + n || n == 0 {
             return None;
         }
-        let m = BigInt::from_signed_bytes_le(&buf[6..6 + n]);
+        let bytes = &buf[6..6 + n];
+        let exact = if n <= 16 {
+            // fits an i128 (what `from_parts` keeps small): sign-extend, no big integer
+            let fill = if bytes[n - 1] & 0x80 != 0 { 0xff } else { 0 };
+            let mut wide = [fill; 16];
+            wide[..n].copy_from_slice(bytes);
+            let (lo, hi) = split(i128::from_le_bytes(wide));
+            Exact(Repr::Small { lo, hi, e })
+        } else {
+            Exact::from_parts(BigInt::from_signed_bytes_le(bytes), e)
+        };
         *buf = &buf[6 + n..];
-        Some(Exact::from_parts(m, e))
+        Some(exact)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_of_short_mantissas_matches_the_big_integer_path() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 1..=17usize {
+            for round in 0..200 {
+                let mut bytes = vec![0u8; n];
+                for b in bytes.iter_mut() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *b = seed as u8;
+                }
+                if round % 4 == 0 {
+                    bytes[n - 1] = 0x80; // most negative top byte
+                } else if round % 4 == 1 {
+                    bytes[n - 1] = 0x7f;
+                }
+                let e = (seed as i32) % 2000;
+                let mut encoded = e.to_le_bytes().to_vec();
+                encoded.extend_from_slice(&(n as u16).to_le_bytes());
+                encoded.extend_from_slice(&bytes);
+                encoded.push(0xaa); // the next state's first byte stays
+                let mut buf = &encoded[..];
+                let fast = Exact::decode(&mut buf).unwrap();
+                assert_eq!(buf, &[0xaa]);
+                let slow = Exact::from_parts(BigInt::from_signed_bytes_le(&bytes), e);
+                assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+            }
+        }
+    }
 
     fn fsum_exact(xs: &[f64]) -> f64 {
         let mut s = Exact::ZERO;

@@ -16,6 +16,8 @@
 //! - [`avro`]: schema-driven Avro decoding (datums, container files) into columns;
 //! - [`source`]: source records (Kafka values) decoded and validated into columns;
 //! - [`online`]: the worker's cached entity state, batch folds and Redis hash writes;
+//! - [`replay`]: rebuild-online's replay of one log partition into every view's entity writes;
+//! - [`read`]: the online reader's evaluation of raw hashes and its RESP replies;
 //! - [`sweep`]: the backfill's point-in-time sweep over replayed records and labels.
 
 pub mod agg;
@@ -26,6 +28,8 @@ pub mod error;
 pub mod exact;
 pub mod hll;
 pub mod online;
+pub mod read;
+pub mod replay;
 pub mod source;
 pub mod sweep;
 pub mod tiles;

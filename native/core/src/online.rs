@@ -179,7 +179,10 @@ impl OnlineCore {
     pub fn prepare(&mut self, events: Events, groups: &[GroupColumns<'_>]) -> Vec<CacheKey> {
         self.pairs.clear();
         self.prepared_keys.clear();
-        let mut index: HashMap<CacheKey, u32, FxBuildHasher> = HashMap::default();
+        // entity text → its number, then (view, partition, entity number) → prepared key:
+        // a text is hashed once per row and copied once per batch
+        let mut entities: HashMap<Box<str>, u32, FxBuildHasher> = HashMap::default();
+        let mut index: HashMap<(u32, i32, u32), u32, FxBuildHasher> = HashMap::default();
         let n = events.offset.len();
         let mut text = String::new();
         for (g, cols) in groups.iter().enumerate() {
@@ -194,11 +197,19 @@ impl OnlineCore {
                     continue;
                 }
                 let partition = events.partition[row];
+                let entity = match entities.get(text.as_str()) {
+                    Some(&e) => e,
+                    None => {
+                        let e = entities.len() as u32;
+                        entities.insert(text.as_str().into(), e);
+                        e
+                    }
+                };
                 for &v in &members {
-                    let ck: CacheKey = (v, partition, text.as_str().into());
                     let next = self.prepared_keys.len() as u32;
-                    let key = *index.entry(ck.clone()).or_insert_with(|| {
-                        self.prepared_keys.push(ck);
+                    let key = *index.entry((v, partition, entity)).or_insert_with(|| {
+                        self.prepared_keys
+                            .push((v, partition, text.as_str().into()));
                         next
                     });
                     self.pairs.push(Pair {
@@ -233,11 +244,7 @@ impl OnlineCore {
 
     /// The Redis key of a cache key.
     pub fn redis_key(&self, ck: &CacheKey) -> String {
-        format!(
-            "sk:{}:{{{}}}",
-            self.views[ck.0 as usize].fingerprint,
-            escape(&ck.2)
-        )
+        redis_key_of(&self.views[ck.0 as usize], &ck.2)
     }
 
     /// Cache the state `fields` (a loaded hash) holds for `ck`'s partition.
@@ -274,102 +281,113 @@ impl OnlineCore {
     }
 
     /// Fold the prepared batch at `batch_p` (the batch's processed_at) and build its writes.
+    ///
+    /// Works entry by entry: the pairs are grouped by cache entry (a stable counting sort,
+    /// so each entry still folds its events in batch order), each entry is looked up once
+    /// per pass and written while its tiles are in cache; the writes are then put back in
+    /// the order the entries were first folded, as the one-pass fold listed them.
     pub fn apply(&mut self, batch_p: i64) -> Result<Applied, CodecError> {
         let mut out = Applied::default();
-        for ck in &self.prepared_keys {
-            if !self.cache.contains_key(ck) {
+        let nkeys = self.prepared_keys.len();
+        // pass 1: what the store already holds, and when an earlier attempt applied it
+        let order = group_by_key(&self.pairs, nkeys);
+        let mut recovered: HashMap<u32, i64, FxBuildHasher> = HashMap::default();
+        for (k, ck) in self.prepared_keys.iter().enumerate() {
+            let Some(entry) = self.cache.get(ck) else {
                 return Err(CodecError(format!(
                     "entry {ck:?} was not loaded before apply"
                 )));
-            }
-        }
-        // pass 1: what the store already holds, and when an earlier attempt applied it
-        let mut recovered: HashMap<u32, i64, FxBuildHasher> = HashMap::default();
-        for pair in &self.pairs {
-            let entry = &self.cache[&self.prepared_keys[pair.key as usize]];
-            let offset = self.events.offset[pair.row as usize];
-            if offset <= entry.fence {
-                out.fenced += 1;
-                if let Some(first) = journal_lookup(&entry.journal, offset) {
-                    let held = recovered.entry(pair.row).or_insert(first);
-                    *held = (*held).min(first);
+            };
+            for &i in order.of(k) {
+                let row = self.pairs[i as usize].row;
+                let offset = self.events.offset[row as usize];
+                if offset <= entry.fence {
+                    out.fenced += 1;
+                    if let Some(first) = journal_lookup(&entry.journal, offset) {
+                        let held = recovered.entry(row).or_insert(first);
+                        *held = (*held).min(first);
+                    }
                 }
             }
         }
-        // pass 2: fold what is new
-        let mut touched: HashMap<u32, (i64, Vec<i64>), FxBuildHasher> = HashMap::default(); // key → (prior fence, event times)
-        let mut touched_order: Vec<u32> = Vec::new();
-        let mut newest: HashMap<(u32, i32), i64, FxBuildHasher> = HashMap::default();
-        for pair in &self.pairs {
-            let row = pair.row as usize;
-            let ck = &self.prepared_keys[pair.key as usize];
-            let view = &self.views[pair.view as usize];
-            let entry = self.cache.get_mut(ck).expect("checked above");
-            let offset = self.events.offset[row];
-            if offset <= entry.fence {
-                continue;
-            }
-            let p_e = recovered.get(&pair.row).copied().unwrap_or(batch_p);
-            let et = self.events.event_time[row];
-            if let Some(late) = view.allowed_lateness_ms {
-                if et < p_e.saturating_sub(late) {
-                    out.late += 1;
+        // pass 2: fold what is new, entry by entry, and write each touched entry
+        let mut writes: Vec<(u32, Write)> = Vec::new();
+        let mut newest: Vec<((u32, i32), i64)> = Vec::new();
+        let mut times: Vec<i64> = Vec::new();
+        let mut tiles: Vec<(usize, i64)> = Vec::new();
+        for (k, ck) in self.prepared_keys.iter().enumerate() {
+            let view = &self.views[ck.0 as usize];
+            let inputs = &self.inputs[view.group];
+            let entry = self.cache.get_mut(ck).expect("checked in pass 1");
+            let prior = entry.fence;
+            let mut first: Option<u32> = None;
+            let mut latest = i64::MIN;
+            times.clear();
+            for &i in order.of(k) {
+                let row = self.pairs[i as usize].row as usize;
+                let offset = self.events.offset[row];
+                if offset <= entry.fence {
                     continue;
                 }
+                let p_e = if recovered.is_empty() {
+                    batch_p
+                } else {
+                    recovered.get(&(row as u32)).copied().unwrap_or(batch_p)
+                };
+                let et = self.events.event_time[row];
+                if let Some(late) = view.allowed_lateness_ms {
+                    if et < p_e.saturating_sub(late) {
+                        out.late += 1;
+                        continue;
+                    }
+                }
+                first.get_or_insert(i);
+                let partition = self.events.partition[row];
+                entry
+                    .tiles
+                    .fold(&view.layout, et, (et, partition, offset), |a| {
+                        input_at(inputs[view.inputs[a]].as_ref(), row)
+                    });
+                entry.fence = offset;
+                if p_e > entry.updated_ms {
+                    entry.updated_ms = p_e;
+                }
+                times.push(et);
+                out.applied += 1;
+                latest = latest.max(et);
             }
-            let times = touched.entry(pair.key).or_insert_with(|| {
-                touched_order.push(pair.key);
-                (entry.fence, Vec::new())
-            });
-            let partition = self.events.partition[row];
-            let inputs = &self.inputs[view.group];
-            entry
-                .tiles
-                .fold(&view.layout, et, (et, partition, offset), |i| {
-                    input_at(inputs[view.inputs[i]].as_ref(), row)
-                });
-            entry.fence = offset;
-            if p_e > entry.updated_ms {
-                entry.updated_ms = p_e;
-            }
-            times.1.push(et);
-            out.applied += 1;
-            let slot = newest.entry((pair.view, partition)).or_insert(i64::MIN);
-            if et > *slot {
-                *slot = et;
-            }
-        }
-        for key in touched_order {
-            let (prior, times) = touched.remove(&key).expect("recorded");
-            let ck = self.prepared_keys[key as usize].clone();
-            let redis_key = self.redis_key(&ck);
-            let view = &self.views[ck.0 as usize];
-            let entry = self.cache.get_mut(&ck).expect("checked above");
+            let Some(first) = first else { continue };
+            // every pair of an entry has the entry's view and partition
+            newest.push(((ck.0, ck.1), latest));
             entry.journal.push((entry.fence, batch_p));
             if entry.journal.len() > JOURNAL_ENTRIES {
                 let cut = entry.journal.len() - JOURNAL_ENTRIES;
                 entry.journal.drain(..cut);
             }
-            let mut tiles: Vec<(usize, i64)> = Vec::new();
+            tiles.clear();
             for (g, group) in view.layout.groups.iter().enumerate() {
-                for &t in &times {
-                    tiles.push((g, t.div_euclid(group.hop_ms)));
-                }
+                tiles.extend(times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
             }
             tiles.sort_unstable();
             tiles.dedup();
-            out.writes.push(entity_write(
-                view,
-                &ck,
-                redis_key,
-                entry,
-                &tiles,
-                batch_p,
-                Some(prior),
+            let key = redis_key_of(view, &ck.2);
+            writes.push((
+                first,
+                entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior)),
             ));
         }
-        let mut newest: Vec<((u32, i32), i64)> = newest.into_iter().collect();
+        writes.sort_unstable_by_key(|w| w.0);
+        out.writes = writes.into_iter().map(|w| w.1).collect();
         newest.sort_unstable();
+        newest.dedup_by(|b, a| {
+            // equal (view, partition): keep the later event time in `a` (the one kept)
+            if a.0 == b.0 {
+                a.1 = a.1.max(b.1);
+                true
+            } else {
+                false
+            }
+        });
         out.newest = newest;
         let mut rec: Vec<(u32, i64)> = recovered.into_iter().collect();
         rec.sort_unstable();
@@ -503,40 +521,81 @@ pub fn entity_write(
     }
     entry.evict_at_ms = evict_at;
     let mut fields = Vec::with_capacity(touched.len() + 4);
-    for &(g, k) in touched {
-        if let Some(tile) = entry.tiles.tile(g, k) {
-            let mut bytes = Vec::new();
-            encode_tile(tile, &mut bytes);
-            fields.push((format!("t:{p}:{}:{k}", layout.groups[g].hop_ms), bytes));
+    ENCODED.with_borrow_mut(|bytes| {
+        for &(g, k) in touched {
+            if let Some(tile) = entry.tiles.tile(g, k) {
+                bytes.clear();
+                encode_tile(tile, bytes);
+                fields.push((tile_field(p, layout.groups[g].hop_ms, k), bytes.to_vec()));
+            }
         }
-    }
-    if let Some(lifetime) = entry.tiles.lifetime_tile() {
-        let mut bytes = Vec::new();
-        encode_tile(lifetime, &mut bytes);
-        fields.push((format!("l:{p}"), bytes));
-    }
-    fields.push((format!("f:{p}"), entry.fence.to_string().into_bytes()));
-    fields.push((format!("u:{p}"), entry.updated_ms.to_string().into_bytes()));
-    fields.push((format!("j:{p}"), pack_journal(&entry.journal)));
+        if let Some(lifetime) = entry.tiles.lifetime_tile() {
+            bytes.clear();
+            encode_tile(lifetime, bytes);
+            fields.push((part_field('l', p), bytes.to_vec()));
+        }
+    });
+    fields.push((part_field('f', p), decimal(entry.fence)));
+    fields.push((part_field('u', p), decimal(entry.updated_ms)));
+    fields.push((part_field('j', p), pack_journal(&entry.journal)));
     Write {
         key: redis_key,
         fields,
         delete: stale
             .iter()
-            .map(|&(g, k)| format!("t:{p}:{}:{k}", layout.groups[g].hop_ms))
+            .map(|&(g, k)| tile_field(p, layout.groups[g].hop_ms, k))
             .collect(),
         expire_at_ms: expire_at_ms(layout, &entry.tiles),
         expect: expect.map(|fence| {
             (
-                format!("f:{p}"),
+                part_field('f', p),
                 if fence == NO_FENCE {
                     None
                 } else {
-                    Some(fence.to_string().into_bytes())
+                    Some(decimal(fence))
                 },
             )
         }),
     }
+}
+
+thread_local! {
+    /// The tile encoder's buffer, reused: each encoded tile is copied out at its size.
+    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `x` in decimal ASCII.
+#[inline]
+fn decimal(x: i64) -> Vec<u8> {
+    crate::hll::int_bytes(x, &mut [0u8; 20]).to_vec()
+}
+
+#[inline]
+fn push_decimal(out: &mut String, x: i64) {
+    let mut buf = [0u8; 20];
+    // SAFETY: int_bytes writes ASCII digits and '-' only
+    out.push_str(unsafe { std::str::from_utf8_unchecked(crate::hll::int_bytes(x, &mut buf)) });
+}
+
+/// The field `t:<p>:<hop_ms>:<k>` of a tile.
+fn tile_field(p: i32, hop_ms: i64, k: i64) -> String {
+    let mut name = String::with_capacity(40);
+    name.push_str("t:");
+    push_decimal(&mut name, p as i64);
+    name.push(':');
+    push_decimal(&mut name, hop_ms);
+    name.push(':');
+    push_decimal(&mut name, k);
+    name
+}
+
+/// The field `<kind>:<p>` of a partition's lifetime state, fence, write time or journal.
+fn part_field(kind: char, p: i32) -> String {
+    let mut name = String::with_capacity(8);
+    name.push(kind);
+    name.push(':');
+    push_decimal(&mut name, p as i64);
+    name
 }
 
 /// The first time at which tile `k` of a hop group spanning `span` tiles is stale.
@@ -582,11 +641,51 @@ pub struct ScriptChunk {
 }
 
 fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut buf = [0u8; 20];
     out.push(b'$');
-    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    out.extend_from_slice(crate::hll::int_bytes(bytes.len() as i64, &mut buf));
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
+}
+
+fn bulk_int(out: &mut Vec<u8>, x: i64) {
+    bulk(out, crate::hll::int_bytes(x, &mut [0u8; 20]));
+}
+
+/// Digits of `x` in decimal (`x >= 0`).
+#[inline]
+fn digits(x: usize) -> usize {
+    x.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// The RESP size of a bulk string of `n` bytes.
+#[inline]
+fn bulk_len(n: usize) -> usize {
+    n + digits(n) + 5
+}
+
+fn int_len(x: i64) -> usize {
+    bulk_len(digits(x.unsigned_abs() as usize) + usize::from(x < 0))
+}
+
+/// The RESP size of one write's arguments in a script call (its key apart).
+fn write_len(w: &Write) -> usize {
+    let mut n = int_len(w.fields.len() as i64) + int_len(w.delete.len() as i64);
+    n += w.expire_at_ms.map_or(bulk_len(0), int_len);
+    n += match &w.expect {
+        None => 3 * bulk_len(0),
+        Some((field, value)) => {
+            bulk_len(1) + bulk_len(field.len()) + bulk_len(value.as_ref().map_or(0, Vec::len))
+        }
+    };
+    for (name, value) in &w.fields {
+        n += bulk_len(name.len()) + bulk_len(value.len());
+    }
+    for name in &w.delete {
+        n += bulk_len(name.len());
+    }
+    n
 }
 
 /// Group `writes` into script calls of about `max_args` arguments (a call starts a new
@@ -597,24 +696,27 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
     while start < writes.len() {
         let mut size = 0;
         let mut end = start;
+        let mut bytes = 0;
         while end < writes.len() && size < max_args {
             let w = &writes[end];
             size += 7 + 2 * w.fields.len() + w.delete.len();
+            bytes += bulk_len(w.key.len()) + write_len(w);
             end += 1;
         }
         let chunk = &writes[start..end];
-        let mut body = Vec::with_capacity(size * 24);
-        bulk(&mut body, chunk.len().to_string().as_bytes());
+        let bytes = bytes + int_len(chunk.len() as i64);
+        let mut body = Vec::with_capacity(bytes);
+        bulk_int(&mut body, chunk.len() as i64);
         for w in chunk {
             bulk(&mut body, w.key.as_bytes());
         }
         let mut elements = 1 + chunk.len();
         for w in chunk {
-            bulk(&mut body, w.fields.len().to_string().as_bytes());
-            bulk(&mut body, w.delete.len().to_string().as_bytes());
+            bulk_int(&mut body, w.fields.len() as i64);
+            bulk_int(&mut body, w.delete.len() as i64);
             match w.expire_at_ms {
                 None => bulk(&mut body, b""),
-                Some(at) => bulk(&mut body, at.to_string().as_bytes()),
+                Some(at) => bulk_int(&mut body, at),
             }
             match &w.expect {
                 None => {
@@ -642,6 +744,7 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
             }
             elements += 6 + 2 * w.fields.len() + w.delete.len();
         }
+        debug_assert_eq!(body.len(), bytes, "the body's size is computed exactly");
         out.push(ScriptChunk {
             elements,
             first: start,
@@ -815,6 +918,54 @@ fn journal_lookup(journal: &[(i64, i64)], offset: i64) -> Option<i64> {
         .iter()
         .find(|(fence, _)| offset <= *fence)
         .map(|&(_, pt)| pt)
+}
+
+/// The pairs of a prepared batch grouped by cache entry: `of(k)` lists entry `k`'s pair
+/// indices in batch order.
+struct ByKey {
+    start: Vec<u32>,
+    pairs: Vec<u32>,
+}
+
+impl ByKey {
+    #[inline]
+    fn of(&self, k: usize) -> &[u32] {
+        &self.pairs[self.start[k] as usize..self.start[k + 1] as usize]
+    }
+}
+
+/// A stable counting sort of `pairs` by their cache entry.
+fn group_by_key(pairs: &[Pair], nkeys: usize) -> ByKey {
+    let mut start = vec![0u32; nkeys + 1];
+    for p in pairs {
+        start[p.key as usize + 1] += 1;
+    }
+    for k in 0..nkeys {
+        start[k + 1] += start[k];
+    }
+    let mut next = start.clone();
+    let mut sorted = vec![0u32; pairs.len()];
+    for (i, p) in pairs.iter().enumerate() {
+        let at = &mut next[p.key as usize];
+        sorted[*at as usize] = i as u32;
+        *at += 1;
+    }
+    ByKey {
+        start,
+        pairs: sorted,
+    }
+}
+
+/// The Redis key of an entity of `view` (see [`OnlineCore::redis_key`]).
+fn redis_key_of(view: &OnlineView, entity: &str) -> String {
+    let entity = escape(entity);
+    let mut key = String::with_capacity(view.fingerprint.len() + entity.len() + 5);
+    key.push_str("sk:");
+    key.push_str(&view.fingerprint);
+    key.push_str(":{");
+    key.push_str(&entity);
+    key.push('}');
+    key
 }
 
 /// Escape the hash-tag braces (and `%`) of an entity's text, as `engine.online.entity_text`.
@@ -1055,6 +1206,53 @@ mod tests {
         assert_eq!(field_name(b"f:0"), Some((b'f', 0, 0, 0)));
         assert_eq!(field_name(b"w:0"), None);
         assert_eq!(field_name(b"t:x:1:2"), None);
+    }
+
+    #[test]
+    fn script_chunks_are_resp_bulk_strings() {
+        let w = |key: &str, expect, expire| Write {
+            key: key.into(),
+            fields: vec![
+                ("t:0:10000:-3".into(), vec![7; 12]),
+                ("f:0".into(), b"-1".to_vec()),
+            ],
+            delete: vec!["t:0:10000:-9".into()],
+            expire_at_ms: expire,
+            expect,
+        };
+        let writes = [
+            w("sk:a:{x}", None, None),
+            w(
+                "sk:a:{y}",
+                Some(("f:0".into(), None)),
+                Some(123_456_789_012),
+            ),
+            w(
+                "sk:a:{z}",
+                Some(("f:0".into(), Some(b"10".to_vec()))),
+                Some(-5),
+            ),
+        ];
+        let chunks = script_chunks(&writes, 24);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!((chunks[0].first, chunks[0].count), (0, 2));
+        assert_eq!(chunks[0].elements, 1 + 2 + 2 * (6 + 4 + 1));
+        let text = String::from_utf8_lossy(&chunks[1].body).into_owned();
+        let want = "$1\r\n1\r\n$8\r\nsk:a:{z}\r\n$1\r\n2\r\n$1\r\n1\r\n$2\r\n-5\r\n\
+                    $1\r\n1\r\n$3\r\nf:0\r\n$2\r\n10\r\n$12\r\nt:0:10000:-3\r\n\
+                    $12\r\n\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\r\n\
+                    $3\r\nf:0\r\n$2\r\n-1\r\n$12\r\nt:0:10000:-9\r\n";
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn field_names_as_written() {
+        assert_eq!(tile_field(3, 3_600_000, -12), "t:3:3600000:-12");
+        assert_eq!(part_field('j', 41), "j:41");
+        assert_eq!(decimal(i64::MIN), b"-9223372036854775808");
+        for x in [0usize, 9, 10, 99, 100, 12345] {
+            assert_eq!(digits(x), x.to_string().len());
+        }
     }
 
     #[test]

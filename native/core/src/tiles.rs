@@ -116,26 +116,55 @@ pub fn window_tiles(hop_ms: i64, window_ms: i64, t_ms: i64) -> (i64, i64) {
     (end - window_ms / hop_ms, end)
 }
 
-/// The live tiles of one (view, entity).
+/// One tile: its index `k` and the states of its hop group's members.
+type Tile = (i64, Box<[State]>);
+
+/// The live tiles of one (view, entity): per hop group, the tiles sorted by index (a few
+/// dozen at most, mostly appended at the end; a sorted `Vec` is smaller and faster to search
+/// than a tree for so few).
 #[derive(Clone, Debug, Default)]
 pub struct EntityTiles {
-    by_group: Vec<BTreeMap<i64, Box<[State]>>>,
+    by_group: Vec<Vec<Tile>>,
     lifetime: Option<Box<[State]>>,
+}
+
+/// Tile `k` of `tiles`, or where it goes.
+#[inline]
+fn find(tiles: &[Tile], k: i64) -> Result<usize, usize> {
+    // the newest tile is the likeliest
+    match tiles.last() {
+        Some(last) if last.0 == k => Ok(tiles.len() - 1),
+        Some(last) if last.0 < k => Err(tiles.len()),
+        None => Err(0),
+        _ => tiles.binary_search_by_key(&k, |t| t.0),
+    }
+}
+
+/// Tile `k` of `tiles`, made with `new` if absent.
+#[inline]
+fn tile_mut(tiles: &mut Vec<Tile>, k: i64, new: impl FnOnce() -> Box<[State]>) -> &mut [State] {
+    let at = match find(tiles, k) {
+        Ok(at) => at,
+        Err(at) => {
+            tiles.insert(at, (k, new()));
+            at
+        }
+    };
+    &mut tiles[at].1
 }
 
 impl EntityTiles {
     /// No tiles yet.
     pub fn new(layout: &Layout) -> EntityTiles {
         EntityTiles {
-            by_group: vec![BTreeMap::new(); layout.groups.len()],
+            by_group: vec![Vec::new(); layout.groups.len()],
             lifetime: None,
         }
     }
 
     /// Number of live tiles (lifetime accumulator included).
     pub fn len(&self) -> usize {
-        self.by_group.iter().map(BTreeMap::len).sum::<usize>()
-            + usize::from(self.lifetime.is_some())
+        self.by_group.iter().map(Vec::len).sum::<usize>() + usize::from(self.lifetime.is_some())
     }
 
     /// `true` when nothing was folded (or everything was evicted).
@@ -152,11 +181,9 @@ impl EntityTiles {
         order: Order,
         input: impl Fn(usize) -> Input<'a>,
     ) {
-        for (g, group) in layout.groups.iter().enumerate() {
+        for (tiles, group) in self.by_group.iter_mut().zip(&layout.groups) {
             let k = event_time_ms.div_euclid(group.hop_ms);
-            let tile = self.by_group[g]
-                .entry(k)
-                .or_insert_with(|| layout.new_tile(&group.members));
+            let tile = tile_mut(tiles, k, || layout.new_tile(&group.members));
             for (state, &i) in tile.iter_mut().zip(&group.members) {
                 layout.aggs[i].add(state, input(i), order);
             }
@@ -175,12 +202,8 @@ impl EntityTiles {
     pub fn evict(&mut self, layout: &Layout, t_ms: i64) {
         for (tiles, group) in self.by_group.iter_mut().zip(&layout.groups) {
             let oldest = window_end(group.hop_ms, t_ms) - group.span;
-            while let Some(entry) = tiles.first_entry() {
-                if *entry.key() >= oldest {
-                    break;
-                }
-                entry.remove();
-            }
+            let stale = tiles.partition_point(|t| t.0 < oldest);
+            tiles.drain(..stale);
         }
     }
 
@@ -189,13 +212,8 @@ impl EntityTiles {
         let mut out = Vec::new();
         for (g, (tiles, group)) in self.by_group.iter_mut().zip(&layout.groups).enumerate() {
             let oldest = window_end(group.hop_ms, t_ms) - group.span;
-            while let Some(entry) = tiles.first_entry() {
-                if *entry.key() >= oldest {
-                    break;
-                }
-                out.push((g, *entry.key()));
-                entry.remove();
-            }
+            let stale = tiles.partition_point(|t| t.0 < oldest);
+            out.extend(tiles.drain(..stale).map(|t| (g, t.0)));
         }
         out
     }
@@ -204,13 +222,14 @@ impl EntityTiles {
     pub fn keys(&self, g: usize) -> Vec<i64> {
         self.by_group
             .get(g)
-            .map(|t| t.keys().copied().collect())
+            .map(|t| t.iter().map(|t| t.0).collect())
             .unwrap_or_default()
     }
 
     /// Tile `k` of group `g`, if held.
     pub fn tile(&self, g: usize, k: i64) -> Option<&[State]> {
-        self.by_group.get(g)?.get(&k).map(|t| &t[..])
+        let tiles = self.by_group.get(g)?;
+        find(tiles, k).ok().map(|at| &tiles[at].1[..])
     }
 
     /// The lifetime accumulators, if any were folded.
@@ -220,17 +239,21 @@ impl EntityTiles {
 
     /// The oldest and newest tile index held in group `g`.
     pub fn oldest(&self, g: usize) -> Option<i64> {
-        self.by_group.get(g)?.keys().next().copied()
+        self.by_group.get(g)?.first().map(|t| t.0)
     }
 
     /// See [`EntityTiles::oldest`].
     pub fn newest(&self, g: usize) -> Option<i64> {
-        self.by_group.get(g)?.keys().next_back().copied()
+        self.by_group.get(g)?.last().map(|t| t.0)
     }
 
     /// Put a decoded tile in place (loading state).
     pub fn insert_tile(&mut self, g: usize, k: i64, tile: Box<[State]>) {
-        self.by_group[g].insert(k, tile);
+        let tiles = &mut self.by_group[g];
+        match find(tiles, k) {
+            Ok(at) => tiles[at].1 = tile,
+            Err(at) => tiles.insert(at, (k, tile)),
+        }
     }
 
     /// Put decoded lifetime accumulators in place (loading state).
@@ -241,9 +264,7 @@ impl EntityTiles {
     /// Merge one decoded tile (of another partition) into tile `k` of group `g`.
     pub fn merge_tile(&mut self, layout: &Layout, g: usize, k: i64, theirs: &[State]) {
         let group = &layout.groups[g];
-        let ours = self.by_group[g]
-            .entry(k)
-            .or_insert_with(|| layout.new_tile(&group.members));
+        let ours = tile_mut(&mut self.by_group[g], k, || layout.new_tile(&group.members));
         for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&group.members) {
             layout.aggs[i].merge(state, their);
         }
@@ -263,9 +284,9 @@ impl EntityTiles {
     pub fn merge_from(&mut self, layout: &Layout, other: &EntityTiles) {
         for (g, group) in layout.groups.iter().enumerate() {
             for (k, theirs) in &other.by_group[g] {
-                let ours = self.by_group[g]
-                    .entry(*k)
-                    .or_insert_with(|| layout.new_tile(&group.members));
+                let ours = tile_mut(&mut self.by_group[g], *k, || {
+                    layout.new_tile(&group.members)
+                });
                 for ((state, their), &i) in ours.iter_mut().zip(theirs.iter()).zip(&group.members) {
                     layout.aggs[i].merge(state, their);
                 }
@@ -295,7 +316,10 @@ impl EntityTiles {
                 let hop = layout.groups[g].hop_ms;
                 let window = layout.windows_ms[i].unwrap_or(hop);
                 let (start, end) = window_tiles(hop, window, t_ms);
-                for (_, tile) in self.by_group[g].range(start..end) {
+                let tiles = &self.by_group[g];
+                let from = tiles.partition_point(|t| t.0 < start);
+                let to = tiles.partition_point(|t| t.0 < end);
+                for (_, tile) in &tiles[from..to.max(from)] {
                     agg.merge(&mut acc, &tile[j]);
                 }
             }

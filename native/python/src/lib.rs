@@ -16,6 +16,8 @@ mod convert;
 mod kernel;
 mod logwrite;
 mod online;
+mod read;
+mod replay;
 mod source;
 mod sweep;
 
@@ -28,6 +30,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     source::register(m)?;
     logwrite::register(m)?;
     online::register(m)?;
+    replay::register(m)?;
+    read::register(m)?;
     sweep::register(m)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::columns::PyColumns;
 use crate::convert::{err, i64s, scalar};
 use crate::kernel::value_to_py;
 
-fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
+pub fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
     match py
         .import("engine.errors")
         .and_then(|m| m.getattr("CodecError"))
@@ -92,7 +92,7 @@ fn bytes_of(x: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     }
 }
 
-fn fields_of(hash: &Bound<'_, PyDict>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn fields_of(hash: &Bound<'_, PyDict>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::with_capacity(hash.len());
     for (k, v) in hash.iter() {
         let k = bytes_of(&k)?;

@@ -1,0 +1,302 @@
+//! `Replay`: rebuild-online's replay of one event-log partition (see
+//! `skewless_core::replay`), and `ReplayWrites`, its entity writes held natively.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use skewless_core::columns::{Column, ColumnData};
+use skewless_core::online::{script_chunks, GroupColumns, OnlineGroup, OnlineView, Write};
+use skewless_core::replay::{Replay, Taken};
+use skewless_core::value::Value;
+
+use crate::columns::PyColumns;
+use crate::convert::{err, i64s, scalar};
+use crate::online::{layout_of, AggArgs};
+
+/// A view spec: `(fingerprint, aggregations, group, input per aggregation, lateness)`.
+type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
+
+fn any_column(values: &Bound<'_, PyList>) -> Column {
+    let mut v = Vec::with_capacity(values.len());
+    let mut valid = Vec::with_capacity(values.len());
+    for x in values.iter() {
+        let value = scalar(&x);
+        valid.push(!value.is_null());
+        v.push(value);
+    }
+    Column {
+        data: ColumnData::Value(v),
+        valid: Some(valid),
+    }
+}
+
+/// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)`.
+fn write_to_py<'py>(py: Python<'py>, w: &Write) -> PyResult<Bound<'py, PyTuple>> {
+    let fields = PyDict::new(py);
+    for (name, bytes) in &w.fields {
+        fields.set_item(name, PyBytes::new(py, bytes))?;
+    }
+    let expect = match &w.expect {
+        None => py.None().into_bound(py),
+        Some((f, v)) => (f.as_str(), v.as_ref().map(|b| PyBytes::new(py, b)))
+            .into_pyobject(py)?
+            .into_any(),
+    };
+    PyTuple::new(
+        py,
+        [
+            w.key.as_str().into_pyobject(py)?.into_any(),
+            fields.into_any(),
+            PyList::new(py, &w.delete)?.into_any(),
+            w.expire_at_ms.into_pyobject(py)?.into_any(),
+            expect,
+        ],
+    )
+}
+
+/// Entity writes of one view from a replay, held natively: packed into the store's script
+/// calls by the core (`script_chunks`), or turned into Python tuples (`to_list`).
+#[pyclass(module = "engine._native", name = "ReplayWrites", frozen)]
+pub struct PyReplayWrites {
+    writes: Vec<Write>,
+}
+
+#[pymethods]
+impl PyReplayWrites {
+    fn __len__(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)` each.
+    fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for w in &self.writes {
+            out.append(write_to_py(py, w)?)?;
+        }
+        Ok(out)
+    }
+
+    /// The Redis key of write `i`.
+    fn key(&self, i: usize) -> PyResult<String> {
+        self.writes
+            .get(i)
+            .map(|w| w.key.clone())
+            .ok_or_else(|| err(format!("no write {i}")))
+    }
+
+    /// `(elements, first write, writes, RESP body)` per script call of about `max_args`
+    /// arguments (see `skewless_core::online::script_chunks`).
+    fn script_chunks<'py>(&self, py: Python<'py>, max_args: usize) -> PyResult<Bound<'py, PyList>> {
+        let chunks = py.detach(|| script_chunks(&self.writes, max_args));
+        let out = PyList::empty(py);
+        for c in chunks {
+            out.append((c.elements, c.first, c.count, PyBytes::new(py, &c.body)))?;
+        }
+        Ok(out)
+    }
+}
+
+/// The replay of one source partition for the views of one source (`engine.rebuild`).
+#[pyclass(module = "engine._native", name = "Replay", frozen)]
+pub struct PyReplay {
+    inner: std::sync::Mutex<Replay>,
+    timestamp_field: String,
+    divisor: i64,
+}
+
+impl PyReplay {
+    fn with<T>(&self, f: impl FnOnce(&mut Replay) -> PyResult<T>) -> PyResult<T> {
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| err("a Replay call panicked earlier"))?;
+        f(&mut guard)
+    }
+}
+
+#[pymethods]
+impl PyReplay {
+    /// `views` and `groups` as `OnlineCore` takes them; `partition` the source partition;
+    /// the payload's event time is `timestamp_field // divisor` (ms).
+    #[new]
+    fn new(
+        views: Vec<ViewArgs>,
+        groups: Vec<(Vec<String>, Vec<String>)>,
+        partition: i32,
+        timestamp_field: String,
+        divisor: i64,
+    ) -> PyResult<Self> {
+        let views = views
+            .into_iter()
+            .map(|(fingerprint, functions, group, inputs, lateness)| {
+                Ok(OnlineView {
+                    fingerprint,
+                    layout: layout_of(functions)?,
+                    group,
+                    inputs,
+                    allowed_lateness_ms: lateness,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        if views.iter().any(|v| v.group >= groups.len()) {
+            return Err(err("Replay: a view names a group that does not exist"));
+        }
+        let groups = groups
+            .into_iter()
+            .map(|(key_fields, input_fields)| OnlineGroup {
+                key_fields,
+                input_fields,
+            })
+            .collect();
+        Ok(PyReplay {
+            inner: std::sync::Mutex::new(Replay::new(views, groups, partition)),
+            timestamp_field,
+            divisor,
+        })
+    }
+
+    /// Decode and fold one event-log file's records above offset `high` (GIL released; no
+    /// group may run user code). `(records taken, highest offset taken | None)`, or None
+    /// when the file must be folded through `fold` instead (a column the native path does
+    /// not read as the Python one does). Raises `ValueError` on a corrupt file.
+    fn fold_file(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        high: i64,
+        now_ms: i64,
+        upto: i64,
+    ) -> PyResult<Option<(usize, Option<i64>)>> {
+        let (field, divisor) = (self.timestamp_field.as_str(), self.divisor);
+        let taken = self.with(|r| {
+            py.detach(|| r.fold_file(data, high, upto, field, divisor, now_ms))
+                .map_err(err)
+        })?;
+        Ok(match taken {
+            Taken::Folded { records, last } => Some((records, last)),
+            Taken::Unsupported => None,
+        })
+    }
+
+    /// Fold a batch of records (int64 buffers: offsets, event times, logged processed_at):
+    /// `payload` gives the columns of groups not in `fed` (by field name);
+    /// `fed[g] = (key columns, input columns)` as lists (after a transform), as
+    /// `OnlineCore.prepare` takes them.
+    #[pyo3(signature = (offsets, event_time, processed_at, payload, fed, now_ms))]
+    #[allow(clippy::too_many_arguments)]
+    fn fold<'py>(
+        &self,
+        py: Python<'py>,
+        offsets: Vec<u8>,
+        event_time: Vec<u8>,
+        processed_at: Vec<u8>,
+        payload: Option<PyRef<'py, PyColumns>>,
+        fed: &Bound<'py, PyDict>,
+        now_ms: i64,
+    ) -> PyResult<()> {
+        let offset = i64s(&offsets, "offsets")?;
+        let event_time = i64s(&event_time, "event times")?;
+        let processed = i64s(&processed_at, "processed_at")?;
+        let n = offset.len();
+        if event_time.len() != n || processed.len() != n {
+            return Err(err(
+                "fold: offsets, event times and processed_at differ in length",
+            ));
+        }
+        let groups: Vec<OnlineGroup> = self.with(|r| Ok(r.groups().to_vec()))?;
+        let mut owned: Vec<Option<(Vec<Column>, Vec<Column>)>> = Vec::new();
+        for g in 0..groups.len() {
+            match fed.get_item(g)? {
+                Some(spec) => {
+                    let (keys, inputs): (Vec<Bound<'py, PyList>>, Vec<Bound<'py, PyList>>) =
+                        spec.extract()?;
+                    let keys: Vec<Column> = keys.iter().map(any_column).collect();
+                    let inputs: Vec<Column> = inputs.iter().map(any_column).collect();
+                    if keys.iter().chain(&inputs).any(|c| c.len() != n) {
+                        return Err(err(format!("fold: group {g}'s columns are not {n} long")));
+                    }
+                    owned.push(Some((keys, inputs)));
+                }
+                None => owned.push(None),
+            }
+        }
+        let batch = payload.as_ref().map(|p| p.batch.clone());
+        if let Some(b) = &batch {
+            if b.rows != n {
+                return Err(err(format!(
+                    "fold: payload has {} rows for {n} records",
+                    b.rows
+                )));
+            }
+        }
+        let null_col = Column {
+            data: ColumnData::Value(vec![Value::Null; n]),
+            valid: Some(vec![false; n]),
+        };
+        let mut cols: Vec<GroupColumns<'_>> = Vec::with_capacity(groups.len());
+        for (g, group) in groups.iter().enumerate() {
+            if let Some((keys, inputs)) = &owned[g] {
+                cols.push(GroupColumns {
+                    keys: keys.iter().collect(),
+                    inputs: inputs.iter().map(Some).collect(),
+                });
+            } else {
+                let Some(b) = &batch else {
+                    return Err(err(format!(
+                        "fold: group {g} has neither payload columns nor fed columns"
+                    )));
+                };
+                cols.push(GroupColumns {
+                    keys: group
+                        .key_fields
+                        .iter()
+                        .map(|f| b.column(f).unwrap_or(&null_col))
+                        .collect(),
+                    inputs: group.input_fields.iter().map(|f| b.column(f)).collect(),
+                });
+            }
+        }
+        self.with(|r| {
+            py.detach(|| r.fold(&offset, &event_time, &processed, &cols, now_ms));
+            Ok(())
+        })
+    }
+
+    /// `(view, writes)` per view with writes, in chunks of at most `chunk` writes: one
+    /// write per entity (every tile, fence, write time, journal), in entity order; with
+    /// `drop_expired` the writes whose key would expire at once are left out. Empties the
+    /// replay.
+    fn writes<'py>(
+        &self,
+        py: Python<'py>,
+        now_ms: i64,
+        drop_expired: bool,
+        chunk: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let chunk = chunk.max(1);
+        let writes = self.with(|r| Ok(py.detach(|| r.writes(now_ms, drop_expired))))?;
+        let out = PyList::empty(py);
+        let mut current: Option<(u32, Vec<Write>)> = None;
+        for (v, w) in writes {
+            match &mut current {
+                Some((cv, ws)) if *cv == v && ws.len() < chunk => ws.push(w),
+                _ => {
+                    if let Some((cv, ws)) = current.take() {
+                        out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
+                    }
+                    current = Some((v, vec![w]));
+                }
+            }
+        }
+        if let Some((cv, ws)) = current {
+            out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
+        }
+        Ok(out)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyReplay>()?;
+    m.add_class::<PyReplayWrites>()?;
+    Ok(())
+}
