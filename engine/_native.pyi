@@ -266,6 +266,9 @@ class Replay:
         timestamp_field: str,
         divisor: int,
     ) -> None: ...
+    def newest_event_ms(self) -> list[int | None]:
+        """Per view: the newest event time folded so far (None: no record admitted)."""
+
     def fold_file(
         self, data: bytes, high: int, now_ms: int, upto: int
     ) -> tuple[int, int | None] | None:

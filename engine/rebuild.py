@@ -26,7 +26,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
 
@@ -34,7 +34,7 @@ from engine import _native
 from engine.envelope import Envelope
 from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
-from engine.online import CoreSpec, EntityWrites, core_spec
+from engine.online import CoreSpec, EntityWrites, core_spec, stats_write
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
 from engine.processing import group_columns, user_code_input
@@ -74,6 +74,7 @@ class _Replay:
     writes: list[tuple[int, EntityWrites]]  # (view slot, a chunk of its entity writes)
     records: int = 0
     last_offset: int | None = None
+    newest_event_ms: list[int | None] = field(default_factory=list)  # per view slot
 
 
 def _replay(
@@ -131,6 +132,7 @@ def _replay(
             out.records += len(batch)
             if progress:
                 progress(len(batch))
+    out.newest_event_ms = list(core.newest_event_ms())
     out.writes = [(v, EntityWrites(chunk))
                   for v, chunk in core.writes(now_ms, drop_expired, _WRITE_CHUNK)]  # fmt: skip
     return out
@@ -281,6 +283,9 @@ def rebuild_view(
             for _, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
                 store.write(chunk)
                 written += len(chunk)
+            newest = done.newest_event_ms[0]
+            if newest is not None:  # the view's stats, as the workers write them
+                store.write([stats_write(view, {partition: newest}, now_ms)])
             if done.last_offset is not None:
                 mark = Watermark(key=watermark_key(view, partition),
                                  value=encode_watermark(done.last_offset))  # fmt: skip

@@ -14,6 +14,8 @@ import redis
 
 from connectors.eventlog import EventLogWriter
 from engine.keys import encode_key, partition_for
+from engine.online import stats_key
+from engine.online_read import FeatureStatus
 from engine.ports import DeadLetter
 from engine.registry import read_retired, write_applied
 from engine.serde import SourceCodec
@@ -74,15 +76,18 @@ def test_rebuild_restores_lost_state_and_replaces_a_changed_definition(
     customers = [f"c{i}" for i in range(25)]
     offsets = [0, 0, 0]
     records = []
+    stamped = []  # (record, its event time)
     for _ in range(2_000):
         c = rnd.choice(customers)
         key = encode_key([c])
         p = partition_for(key, 3)
+        ts = now - rnd.randrange(15 * 60_000)
         value = codec.encode({"customer_id": c, "amount": rnd.choice([None, 0.1, 2.5, 1e6]),
-                              "ts": now - rnd.randrange(15 * 60_000)})  # fmt: skip
+                              "ts": ts})  # fmt: skip
         records.append(
             SourceRecord(topic="tx", partition=p, offset=offsets[p], key=key, value=value)
         )
+        stamped.append((records[-1], ts))
         offsets[p] += 1
     log = EventLogWriter(store.config.event_log_root, "tx", dict(source.schema))
     core = BatchProcessor(store.plan, "tx", online=store.online_store, log=log, dead=Letters())
@@ -93,11 +98,28 @@ def test_rebuild_restores_lost_state_and_replaces_a_changed_definition(
     assert sum(1 for row in before if row[0]) > 10
 
     client = redis.Redis.from_url(redis_url)
+    stats = stats_key(store.plan.views["spend"].fingerprint)
+    newest_before = {k: v for k, v in client.hgetall(stats).items() if k.startswith(b"e:")}
+    assert len(newest_before) == 3  # the workers' newest event time per partition
     client.flushdb()  # Redis lost everything
     assert online(store, customers, read_at) != before
     outcome = store.rebuild_online("spend")
     assert outcome.result.records == len(records)
     assert online(store, customers, read_at) == before
+    # the view's stats hash comes back too: per partition the newest event replayed (the
+    # workers' is their last batch's newest, never newer), so an entity nobody sent is
+    # NOT_FOUND, not NO_STATE (no state at all)
+    newest_after = {k: v for k, v in client.hgetall(stats).items() if k.startswith(b"e:")}
+    assert newest_after.keys() == newest_before.keys()
+    assert all(int(newest_before[k]) <= int(v) <= read_at for k, v in newest_after.items())
+    logged = {p: max(ts for r, ts in stamped if r.partition == p) for p in range(3)}
+    assert {int(k[2:]): int(v) for k, v in newest_after.items()} == logged
+    refs = [f"spend:{f}" for f in store.plan.views["spend"].features]
+    resp = store.get_online_features(refs, [{"customer_id": "nobody"}, {"customer_id": "c1"}],
+                                     now_ms=read_at)  # fmt: skip
+    statuses = resp.statuses
+    assert {column[0] for column in statuses.values()} == {FeatureStatus.NOT_FOUND}
+    assert FeatureStatus.NO_STATE not in {st for column in statuses.values() for st in column}
 
     old_fp = store.plan.views["spend"].fingerprint
     changed = make_store(tmp_path, "10m", redis_url, monkeypatch)

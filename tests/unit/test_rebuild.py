@@ -51,6 +51,10 @@ class _Recording(FakeStore):
         self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
     ) -> list[bytes | None]:
         for w in writes:
+            if w.key.startswith("sk:stats:"):  # the view's stats: newest event per partition
+                (p,) = {int(name.split(":")[1]) for name in w.fields if name.startswith("e:")}
+                self.order.append(("stats", p))
+                continue
             (p,) = {int(name.split(":")[1]) for name in w.fields if name.startswith("f:")}
             self.order.append(("write", p))
         self.order.extend(("mark", m.key) for m in marks)
@@ -117,6 +121,11 @@ def test_partitions_are_written_in_order_and_read_as_the_workers_wrote(
         assert seen == sorted(seen) and len(set(seen)) == PARTITIONS
         marks = [i for i, (kind, _) in enumerate(rebuilt.order) if kind == "mark"]
         assert len(marks) == PARTITIONS
+        # each partition's stats follow its writes, before its watermark
+        stats = [(i, p) for i, (kind, p) in enumerate(rebuilt.order) if kind == "stats"]
+        assert [p for _, p in stats] == sorted(set(seen))
+        for (at, p), mark in zip(stats, marks, strict=True):
+            assert at < mark and all(q <= p for kind, q in rebuilt.order[:at] if kind == "write")
         for i, at in enumerate(marks):
             before = {p for kind, p in rebuilt.order[:at] if kind == "write"}
             assert max(before) == i

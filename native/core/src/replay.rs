@@ -60,6 +60,8 @@ pub struct Replay {
     slots: Vec<Vec<Option<Slot>>>,
     /// Per view: the ids visited by the current batch.
     visited: Vec<Vec<u32>>,
+    /// Per view: the newest event time folded (admitted), `i64::MIN` before any.
+    newest: Vec<i64>,
     batch: u64,
     /// Per view, for the `now_ms` they were made for: the layouts records fold with.
     live: Option<(i64, Vec<LiveLayouts>)>,
@@ -133,6 +135,7 @@ impl Replay {
             texts: vec![Vec::new(); ng],
             slots: (0..n).map(|_| Vec::new()).collect(),
             visited: vec![Vec::new(); n],
+            newest: vec![i64::MIN; n],
             batch: 0,
             live: None,
         }
@@ -140,6 +143,15 @@ impl Replay {
 
     pub fn groups(&self) -> &[OnlineGroup] {
         &self.groups
+    }
+
+    /// Per view: the newest event time folded so far (None: no record was admitted), the
+    /// `e:<partition>` a worker writes to the view's stats hash.
+    pub fn newest_event_ms(&self) -> Vec<Option<i64>> {
+        self.newest
+            .iter()
+            .map(|&t| (t != i64::MIN).then_some(t))
+            .collect()
     }
 
     /// Fold one batch of the partition's records, in offset order: `groups[g]` holds
@@ -218,6 +230,8 @@ impl Replay {
                     });
                     entry.fence = offset;
                     entry.updated_ms = entry.updated_ms.max(pt);
+                    let newest = &mut self.newest[v as usize];
+                    *newest = (*newest).max(et);
                 }
             }
         }

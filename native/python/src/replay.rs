@@ -155,6 +155,11 @@ impl PyReplay {
         })
     }
 
+    /// Per view: the newest event time folded so far (None: none admitted).
+    fn newest_event_ms(&self) -> PyResult<Vec<Option<i64>>> {
+        self.with(|r| Ok(r.newest_event_ms()))
+    }
+
     /// Decode and fold one event-log file's records above offset `high` (GIL released; no
     /// group may run user code). `(records taken, highest offset taken | None)`, or None
     /// when the file must be folded through `fold` instead (a column the native path does
