@@ -83,18 +83,28 @@ def make_repo(kind: str, root: Path) -> Path:
     return repo
 
 
-def events(n: int, seed: int, now_ms: int) -> list[dict[str, Any]]:
+def events(
+    n: int,
+    seed: int,
+    now_ms: int,
+    *,
+    customers: int = 10_000,
+    merchants: int = 1_000,
+    span_ms: int = 2 * 3_600_000,
+) -> list[dict[str, Any]]:
+    """``n`` payments events over ``customers``/``merchants`` (uniform), event times spread
+    over the ``span_ms`` before ``now_ms``."""
     rng = random.Random(seed)
     return [
         {
             "transaction_id": f"t{i}",
-            "customer_id": f"c{rng.randrange(10_000):05d}",
-            "merchant_id": f"m{rng.randrange(1_000):04d}",
+            "customer_id": f"c{rng.randrange(customers):05d}",
+            "merchant_id": f"m{rng.randrange(merchants):04d}",
             "amount": round(rng.uniform(0.5, 900.0), 2),
             "currency": rng.choice(("USD", "EUR", "GBP", "JPY")),
             "country": rng.choice(("DE", "FR", "US", "GB")),
             "card_present": rng.random() < 0.4,
-            "ts": now_ms - rng.randrange(2 * 3_600_000),
+            "ts": now_ms - rng.randrange(span_ms),
         }
         for i in range(n)
     ]
