@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -45,9 +45,11 @@ from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
 from engine.processing import group_columns, user_code_input
 from engine.serde import DecodeLimits, SourceCodec
-from engine.stream.local_state import LocalState
 from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
+
+if TYPE_CHECKING:  # rocksdict is imported by the workers that keep local state only
+    from engine.stream.local_state import LocalState
 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
 _NO_EVENT = -(1 << 63)
