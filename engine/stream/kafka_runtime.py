@@ -300,8 +300,14 @@ class KafkaWorker:
     def _close_local(self) -> None:
         """Spill each source's cached states to its local tier, for a warm restart."""
         for wiring in self.sources.values():
+            processor = wiring.processor
             try:
-                wiring.processor.close()
+                if processor.local is not None:
+                    processor.close()
+                    counts = processor.local_counts
+                    log.info("%s: local state: %d hits, %d stale, %d loaded from Redis, %d "
+                             "spilled", processor.source.name, counts["hits"], counts["stale"],
+                             counts["loaded"], counts["spilled"])  # fmt: skip
             except Exception:  # a cache of Redis: losing it costs loads, not correctness
                 log.exception("could not spill %s's cache to its local state",
                               wiring.processor.source.name)  # fmt: skip

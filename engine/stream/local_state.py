@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 from engine.errors import ConfigError
 
@@ -47,6 +47,11 @@ class LocalState:
     def __init__(self, db: Rdict, path: Path) -> None:
         self._db = db
         self.path = path
+        # no write-ahead log: a crash loses the writes since the last flush, and those
+        # entities are loaded from Redis again; ``close`` flushes
+        unlogged = WriteOptions()
+        unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says method
+        db.set_write_options(unlogged)
 
     @classmethod
     def open(cls, root: Path) -> LocalState:
@@ -58,10 +63,8 @@ class LocalState:
         last: Exception | None = None
         for slot in range(SLOTS):
             path = root / str(slot)
-            options = Options(raw_mode=True)
-            options.create_if_missing(True)
             try:
-                return cls(Rdict(str(path), options), path)
+                return cls(Rdict(str(path), _options()), path)
             except Exception as exc:  # rocksdict raises plain Exception on a held lock
                 if "lock" not in str(exc).lower():
                     raise
@@ -85,4 +88,14 @@ class LocalState:
         self._db.write(batch)
 
     def close(self) -> None:
+        self._db.flush()
         self._db.close()
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)  # bytes in, bytes out: nothing pickled
+    options.create_if_missing(True)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)  # most lookups of a growing worker are misses
+    options.set_block_based_table_factory(table)
+    return options
