@@ -299,18 +299,19 @@ class KafkaWorker:
 
     def _close_local(self) -> None:
         """Spill each source's cached states to its local tier, for a warm restart."""
-        for wiring in self.sources.values():
+        for topic, wiring in self.sources.items():
             processor = wiring.processor
+            if getattr(processor, "local", None) is None:
+                continue
             try:
-                if processor.local is not None:
-                    processor.close()
-                    counts = processor.local_counts
-                    log.info("%s: local state: %d hits, %d stale, %d loaded from Redis, %d "
-                             "spilled", processor.source.name, counts["hits"], counts["stale"],
-                             counts["loaded"], counts["spilled"])  # fmt: skip
+                processor.close()
             except Exception:  # a cache of Redis: losing it costs loads, not correctness
-                log.exception("could not spill %s's cache to its local state",
-                              wiring.processor.source.name)  # fmt: skip
+                log.exception("%s: could not spill the cache to the local state", topic)
+                continue
+            counts = processor.local_counts
+            log.info("%s: local state: %d hits, %d stale, %d loaded from Redis, %d spilled",
+                     topic, counts["hits"], counts["stale"], counts["loaded"],
+                     counts["spilled"])  # fmt: skip
 
     def _collect_garbage(self) -> None:
         if not self.options.gc_freeze:
