@@ -5,8 +5,9 @@ One ``BatchProcessor`` — the code a worker runs per batch — over a stream th
 ``--entities`` distinct customers once each (in a scrambled order), then revisits
 ``--revisits`` random ones (long evicted from a bounded cache). Real Redis (the state, the
 loads and the marks), no Kafka and a log that drops what it is given (the log's cost is the
-same in every mode). Each mode runs in its own process, one after the other in one run of
-this script, on a flushed Redis database: its peak RSS (``ru_maxrss``), its RSS after every
+same in every mode). Each mode runs in its own process, all in one run of
+this script, side by side (the same machine load for each; database N, N-1, … of the Redis
+URL), on a flushed database: its peak RSS (``ru_maxrss``), its RSS after every
 batch, and events/s of ``process`` alone (generating and encoding the records is not timed).
 
 Modes: ``memory`` (cache bound above the entity count: everything stays in memory, the
@@ -27,6 +28,7 @@ import json
 import os
 import random
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
@@ -101,6 +103,29 @@ class _NoLetters:
         raise AssertionError(f"benchmark events were refused: {letters[:1]}")
 
 
+def _long(x: int) -> bytes:
+    """An Avro long: zigzag, then base-128 varint."""
+    z = (x << 1) ^ (x >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return _long(len(raw)) + raw
+
+
+def avro_row(cid: str, amount: float, ts: int) -> bytes:
+    """The source's Avro record (schemaless) of one payment, built by hand: fastavro's
+    writer costs more per event than the worker does."""
+    return (_string("t") + _string(cid) + b"\x04m1\x02" + struct.pack("<d", amount)
+            + b"\x06EUR\x04DE\x00" + _long(ts))  # fmt: skip
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE / 2**20
@@ -111,7 +136,7 @@ def child(mode: str, entities: int, revisits: int, batch: int, cache: int, redis
     import gc
 
     from connectors.redis_store import RedisOnlineStore
-    from engine.keys import encode_key, partition_for
+    from engine.keys import encode_key
     from engine.serde import SourceCodec
     from engine.store import FeatureStore
     from engine.stream.core import BatchProcessor, SourceRecord
@@ -120,7 +145,7 @@ def child(mode: str, entities: int, revisits: int, batch: int, cache: int, redis
     with tempfile.TemporaryDirectory(prefix="rk-wm-") as tmp:
         store = FeatureStore.from_repo(make_repo(Path(tmp), redis_url), environ={})
         online = RedisOnlineStore.from_config(store.config)
-        online._client.flushdb()
+        online._client.flushdb(asynchronous=True)  # FLUSHDB ASYNC: no stall
         local = LocalState.open(Path(tmp) / "local") if mode == "local" else None
         bound = entities + revisits + 1 if mode == "memory" else cache
         core = BatchProcessor(store.plan, "transactions", online=online, log=_NullLog(),  # type: ignore[arg-type]
@@ -145,15 +170,16 @@ def child(mode: str, entities: int, revisits: int, batch: int, cache: int, redis
             gc.freeze()
             samples.append((done, rss_mb()))
 
+        row = {"transaction_id": "t", "customer_id": "c1", "merchant_id": "m1", "amount": 2.5,
+               "currency": "EUR", "country": "DE", "card_present": False, "ts": now_ms}  # fmt: skip
+        assert avro_row("c1", 2.5, now_ms) == codec.encode(row)
         for c in customers(entities, revisits, 9):
             cid = f"c{c:08d}"
-            key = encode_key([cid])
-            p = partition_for(key, PARTITIONS)
-            row = {"transaction_id": f"t{done + len(pending)}", "customer_id": cid,
-                   "merchant_id": "m1", "amount": round(rng.uniform(0.5, 900.0), 2),
-                   "currency": "EUR", "country": "DE", "card_present": False,
-                   "ts": now_ms - rng.randrange(3_600_000)}  # fmt: skip
-            pending.append(SourceRecord("transactions", p, offsets[p], key, codec.encode(row)))
+            p = c % PARTITIONS  # the worker does not check Kafka's partitioner
+            value = avro_row(
+                cid, round(rng.uniform(0.5, 900.0), 2), now_ms - rng.randrange(3_600_000)
+            )
+            pending.append(SourceRecord("transactions", p, offsets[p], encode_key([cid]), value))
             offsets[p] += 1
             if len(pending) == batch:
                 run(pending)
@@ -164,7 +190,7 @@ def child(mode: str, entities: int, revisits: int, batch: int, cache: int, redis
         counts = dict(core.local_counts)
         cached = core.cached_entities
         core.close()
-        online._client.flushdb()
+        online._client.flushdb(asynchronous=True)  # FLUSHDB ASYNC: no stall
         print(json.dumps({
             "mode": mode, "events": done, "seconds": timed, "events_per_s": done / timed,
             "peak_rss_mb": peak, "start_rss_mb": start_rss, "cached": cached,
@@ -210,15 +236,37 @@ def main() -> None:
     if args.child:
         child(args.child, args.entities, args.revisits, args.batch, args.cache, args.redis_url)
         return
+    modes = args.modes.split(",")
+    base, _, db = args.redis_url.rpartition("/")
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--entities",
+                str(args.entities),
+                "--revisits",
+                str(args.revisits),
+                "--batch",
+                str(args.batch),
+                "--cache",
+                str(args.cache),
+                "--redis-url",
+                f"{base}/{int(db) - i}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i, mode in enumerate(modes)
+    ]  # side by side: the same machine load for every mode; one Redis database each
     results = []
-    for mode in args.modes.split(","):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", mode, "--entities", str(args.entities),
-             "--revisits", str(args.revisits), "--batch", str(args.batch),
-             "--cache", str(args.cache), "--redis-url", args.redis_url],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+    for mode, proc in zip(modes, children, strict=True):
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"{mode}: exit code {proc.returncode}")
+        r = json.loads(out.strip().splitlines()[-1])
         results.append(r)
         extra = ""
         if r["local"]:
