@@ -8,7 +8,8 @@ loads and the marks), no Kafka and a log that drops what it is given (the log's 
 same in every mode). Each mode runs in its own process, all in one run of
 this script, side by side (the same machine load for each; database N, N-1, … of the Redis
 URL), on a flushed database: its peak RSS (``ru_maxrss``), its RSS after every
-batch, and events/s of ``process`` alone (generating and encoding the records is not timed).
+batch, and events/s of ``process`` alone (generating and encoding the records is not timed);
+raw results in ``benchmarks/out/worker_memory.json``.
 
 Modes: ``memory`` (cache bound above the entity count: everything stays in memory, the
 worker's behaviour before the local tier when the bound was raised), ``local`` (a bounded
@@ -277,6 +278,10 @@ def main() -> None:
               f"{r['events_per_s']:,.0f} events/s, peak RSS {r['peak_rss_mb']:,.0f} MiB "
               f"(start {r['start_rss_mb']:,.0f} MiB), {r['cached']:,} states cached at the end"
               f"{extra}", flush=True)  # fmt: skip
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    (out / "worker_memory.json").write_text(json.dumps({"args": vars(args) | {"png": str(args.png)},
+                                                        "results": results}, indent=1))  # fmt: skip
     if args.png:
         plot(results, args.png, f"one worker, {args.entities / 1e6:g}M distinct entities + "
              f"{args.revisits / 1e6:g}M revisits, cache {args.cache:,}")  # fmt: skip
