@@ -587,6 +587,27 @@ class RedisOnlineStore:
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def load_and_marks(
+        self, keys: Sequence[str], marked: Sequence[tuple[str, int]]
+    ) -> tuple[list[dict[bytes, bytes]], list[tuple[bytes | None, bytes | None]]]:
+        """``load(keys)`` and, per ``(key, partition)`` of ``marked``, the ``f:<p>`` and
+        ``j:<p>`` fields it holds (None where absent; one ``HMGET`` each), in one round trip:
+        the marks a worker's local state is checked against (engine/stream/local_state.py)."""
+        commands: list[tuple[str | None, Sequence[bytes]]] = [
+            (None, (b"HGETALL", key.encode())) for key in keys
+        ]
+        commands.extend(
+            (None, (b"HMGET", key.encode(), b"f:%d" % p, b"j:%d" % p)) for key, p in marked
+        )
+        if not commands:
+            return [], []
+        try:
+            replies = self._run_packed(commands)
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("HGETALL", exc)
+        hashes = [_hash(reply) for reply in replies[: len(keys)]]
+        return hashes, [(r[0], r[1]) for r in replies[len(keys) :]]
+
     def _sha(self, lua: str) -> bytes:
         sha = self._shas.get(lua)
         if sha is None:

@@ -203,6 +203,19 @@ class OnlineCore:
     def load(self, entries: list[tuple[int, int, str, dict[bytes, bytes]]]) -> None:
         """Cache loaded hashes (raises engine.errors.CodecError on foreign tile bytes)."""
 
+    def set_spill(self, on: bool) -> None:
+        """Spill mode: ``apply`` no longer evicts; ``spill`` does, once the batch is durable."""
+
+    def spill(self, all: bool = False) -> tuple[list[bytes], list[bytes]]:
+        """Evict the least recently used entries over the capacity (every entry when
+        ``all``): their local-store keys (``<partition>:<redis key>``) and packed fields."""
+
+    def load_spilled(
+        self, entries: list[tuple[int, int, str, bytes, bytes | None, bytes | None]]
+    ) -> list[int]:
+        """Cache ``(view, partition, entity, value, fence, journal)`` entries from the local
+        store whose marks equal the store's ``f:<p>``/``j:<p>``; the indices of the others."""
+
     def apply(
         self, batch_p: int
     ) -> tuple[

@@ -682,6 +682,22 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
     "(at its next batch).",
 )
 @click.option(
+    "--cache-entities",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default="worker.cache_entities, 200000",
+    help="(view, entity, partition) states held in memory per source; the least recently "
+    "used are evicted (kafka runtime).",
+)
+@click.option(
+    "--local-state/--no-local-state",
+    default=None,
+    show_default="worker.local_state, off",
+    help="Keep evicted states in a local RocksDB under <state dir>/worker/ (checked against "
+    "Redis before use; a restarted worker starts warm) instead of reloading them from Redis "
+    "(kafka runtime).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -711,6 +727,8 @@ def worker(
     compact_interval: float,
     log_roll_mb: float,
     log_roll_seconds: float,
+    cache_entities: int | None,
+    local_state: bool | None,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -740,6 +758,10 @@ def worker(
             compact_interval_s=compact_interval,
             log_roll_bytes=int(log_roll_mb * 1024 * 1024),
             log_roll_s=log_roll_seconds,
+            cache_entities=store.config.worker_cache_entities
+            if cache_entities is None
+            else cache_entities,
+            local_state=store.config.worker_local_state if local_state is None else local_state,
         )
         return WORKER_RUNTIMES[runtime](store, options)
     finally:

@@ -69,6 +69,8 @@ class Config:
     event_log_root: str = ""
     state_dir: Path = field(default=Path())
     backfill_workers: int = 0  # 0 = one per CPU core
+    worker_cache_entities: int = 200_000  # states a worker holds in memory per source
+    worker_local_state: bool = False  # evicted states kept in RocksDB under <state dir>/worker
     decode_max_record_bytes: int = 1_048_576  # a bigger record (key + value) is a dead letter
     decode_max_future_ms: int = 86_400_000  # an event time further ahead is a dead letter
 
@@ -221,6 +223,10 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("event_log", "root"): _Key("event_log_root", _str, "SKEWLESS_EVENT_LOG"),
     ("state", "dir"): _Key("state_dir", _str, "SKEWLESS_STATE_DIR"),
     ("backfill", "workers"): _Key("backfill_workers", _int, "SKEWLESS_BACKFILL_WORKERS"),
+    ("worker", "cache_entities"): _Key(
+        "worker_cache_entities", _int, "SKEWLESS_WORKER_CACHE_ENTITIES"
+    ),
+    ("worker", "local_state"): _Key("worker_local_state", _bool, "SKEWLESS_WORKER_LOCAL_STATE"),
     ("decode", "max_record_bytes"): _Key(
         "decode_max_record_bytes", _int, "SKEWLESS_DECODE_MAX_RECORD_BYTES"
     ),
@@ -305,6 +311,8 @@ def load_config(repo_path: Path, environ: Mapping[str, str] | None = None) -> Co
         raise ConfigError("kafka.partitions must be at least 1")
     if values.get("backfill_workers", 0) < 0:
         raise ConfigError("backfill.workers must be 0 (one per core) or more")
+    if values.get("worker_cache_entities", 1) < 1:
+        raise ConfigError("worker.cache_entities must be at least 1")
     if values.get("decode_max_record_bytes", 1) < 1:
         raise ConfigError("decode.max_record_bytes must be at least 1")
     if values.get("decode_max_future_ms", 0) < 0:

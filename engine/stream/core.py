@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,9 @@ from engine.processing import group_columns, user_code_input
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
+
+if TYPE_CHECKING:  # rocksdict is imported by the workers that keep local state only
+    from engine.stream.local_state import LocalState
 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
 _NO_EVENT = -(1 << 63)
@@ -110,6 +113,7 @@ class BatchProcessor:
         cache_entities: int = 200_000,
         recovery: StateRecovery | None = None,
         ownership: Ownership | None = None,
+        local: LocalState | None = None,
     ) -> None:
         self.plan = plan
         self.source = plan.sources[source]
@@ -128,6 +132,12 @@ class BatchProcessor:
         self._lost: dict[int, list[LostState]] = {}  # partition → lost, awaiting a rebuild
         # owner epochs (engine/stream/ownership.py); None: no fencing (tests, offline tools)
         self.ownership = ownership
+        # the local tier behind the cache (engine/stream/local_state.py): evicted entries
+        # are spilled there after each batch, and looked up there before Redis
+        self.local = local
+        self.local_counts: Counter[str] = Counter()  # hits, stale, spilled, loaded (Redis)
+        if local is not None:
+            self._core.set_spill(True)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -155,6 +165,18 @@ class BatchProcessor:
         self._lost.clear()
         if self.ownership is not None:
             self.ownership.forget_all()
+
+    def close(self) -> None:
+        """Spill every cached entry to the local tier and close it (a restarted worker
+        starts warm from it); a no-op without one. Call it between batches only."""
+        if self.local is None:
+            return
+        keys, values = self._core.spill(True)
+        self.local.put(keys, values)
+        self.local_counts["spilled"] += len(keys)
+        self.local.close()
+        self.local = None
+        self._core.set_spill(False)
 
     @property
     def cached_entities(self) -> int:
@@ -292,13 +314,72 @@ class BatchProcessor:
                 self._fed(kept),
             )
             if missing:
-                hashes = self.online.load(list(dict.fromkeys(m[0] for m in missing)))
-                by_key = dict(zip(dict.fromkeys(m[0] for m in missing), hashes, strict=True))
-                core.load([(v, p, entity, by_key[key]) for key, v, p, entity in missing])
+                self._load(missing)
             return self._apply(batch_p, kept, letters, refused, commits, len(records))
         except BaseException:
             core.discard_prepared()  # half-applied effects: reload from the store next time
             raise
+
+    def _load(self, missing: list[tuple[str, int, int, str]]) -> None:
+        """Cache the ``(redis key, view, partition, entity)`` entries ``prepare`` listed:
+        from the local tier where it holds them and Redis's marks say they are current,
+        from Redis otherwise (one round trip; a second for local entries found stale)."""
+        core = self._core
+        if self.local is None:
+            self._load_hashes(missing, self.online.load(list(dict.fromkeys(m[0] for m in missing))))
+            return
+        values = self.local.get([b"%d:%s" % (p, key.encode()) for key, _, p, _ in missing])
+        held = [i for i, value in enumerate(values) if value is not None]
+        cold = [m for m, value in zip(missing, values, strict=True) if value is None]
+        keys = list(dict.fromkeys(m[0] for m in cold))
+        hashes, marks = self._load_and_marks(keys, [(missing[i][0], missing[i][2]) for i in held])
+        self._load_hashes(cold, hashes)
+        refused = core.load_spilled([
+            (missing[i][1], missing[i][2], missing[i][3], values[i], fence, journal)
+            for i, (fence, journal) in zip(held, marks, strict=True)
+        ])  # fmt: skip
+        counts = self.local_counts
+        counts["hits"] += len(held) - len(refused)
+        counts["stale"] += len(refused)
+        counts["loaded"] += len(cold) + len(refused)
+        if refused:  # changed in Redis since it was spilled: Redis's state is the one used
+            stale = [missing[held[r]] for r in refused]
+            self._load_hashes(stale, self.online.load(list(dict.fromkeys(m[0] for m in stale))))
+
+    def _load_and_marks(
+        self, keys: list[str], marked: list[tuple[str, int]]
+    ) -> tuple[list[dict[bytes, bytes]], list[tuple[bytes | None, bytes | None]]]:
+        """``keys``' hashes and each ``(key, partition)``'s ``f:<p>``/``j:<p>`` (Redis: one
+        round trip, ``load_and_marks``; other stores: read from their whole hashes)."""
+        both = getattr(self.online, "load_and_marks", None)
+        if both is not None:
+            got: tuple[list[dict[bytes, bytes]], list[tuple[bytes | None, bytes | None]]]
+            got = both(keys, marked)
+            return got
+        hashes = self.online.load([*keys, *(key for key, _ in marked)])
+        marks = [
+            (h.get(b"f:%d" % p), h.get(b"j:%d" % p))
+            for h, (_, p) in zip(hashes[len(keys) :], marked, strict=True)
+        ]
+        return hashes[: len(keys)], marks
+
+    def _load_hashes(
+        self, entries: list[tuple[str, int, int, str]], hashes: list[dict[bytes, bytes]]
+    ) -> None:
+        """Cache ``entries`` from their keys' hashes (``hashes``: one per distinct key, in
+        the order of first appearance)."""
+        if not entries:
+            return
+        by_key = dict(zip(dict.fromkeys(m[0] for m in entries), hashes, strict=True))
+        self._core.load([(v, p, entity, by_key[key]) for key, v, p, entity in entries])
+
+    def _spill(self) -> None:
+        """After a durable batch: the entries over the cache's capacity go to the local tier."""
+        assert self.local is not None
+        keys, values = self._core.spill()
+        if keys:
+            self.local.put(keys, values)
+            self.local_counts["spilled"] += len(keys)
 
     def _fed(self, kept: _Kept) -> dict[int, tuple[list[Any], list[list[Any]]]]:
         """Key and input columns of the row groups with user code (transforms, filters)."""
@@ -361,6 +442,8 @@ class BatchProcessor:
             self._append(kept, processed_at)
         if letters:
             self.dead.send(letters)
+        if self.local is not None:
+            self._spill()
         return BatchOutcome(
             commits=commits, processed_at_ms=batch_p, records=count, refused=refused,
             applied=applied, late=late, fenced=fenced, entities_written=entities_written,

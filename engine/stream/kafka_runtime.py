@@ -105,6 +105,13 @@ class WorkerOptions:
     # `skewless worker --log-roll-mb/--log-roll-seconds`)
     log_roll_bytes: int = 64 * 1024 * 1024  # connectors.eventlog.DEFAULT_ROLL_BYTES
     log_roll_s: float = 300.0  # connectors.eventlog.DEFAULT_ROLL_SECONDS
+    # (view, entity, partition) states held in memory per source (the native cache's bound,
+    # least recently used evicted; `skewless worker --cache-entities`)
+    cache_entities: int = 200_000
+    # keep evicted states in a local RocksDB under <state dir>/worker/ instead of dropping
+    # them, checked against Redis before use (engine/stream/local_state.py;
+    # `skewless worker --local-state`)
+    local_state: bool = False
 
 
 @dataclass(slots=True)
@@ -282,12 +289,29 @@ class KafkaWorker:
                 if self.compaction is not None:
                     self.compaction.stop()
                 self._commit_pending(final=True)
+                self._close_local()  # before on_revoke empties the caches
                 consumer.close()  # leaves the group: runs on_revoke
                 self._consumer = None
                 self._log_stats(force=True)
                 if self.options.gc_freeze:
                     gc.unfreeze()
         return self.stats
+
+    def _close_local(self) -> None:
+        """Spill each source's cached states to its local tier, for a warm restart."""
+        for topic, wiring in self.sources.items():
+            processor = wiring.processor
+            if getattr(processor, "local", None) is None:
+                continue
+            try:
+                processor.close()
+            except Exception:  # a cache of Redis: losing it costs loads, not correctness
+                log.exception("%s: could not spill the cache to the local state", topic)
+                continue
+            counts = processor.local_counts
+            log.info("%s: local state: %d hits, %d stale, %d loaded from Redis, %d spilled",
+                     topic, counts["hits"], counts["stale"], counts["loaded"],
+                     counts["spilled"])  # fmt: skip
 
     def _collect_garbage(self) -> None:
         if not self.options.gc_freeze:
@@ -582,6 +606,8 @@ def build_worker(
     )
 
     opts = options or WorkerOptions()
+    if opts.local_state:
+        from engine.stream.local_state import LocalState
     settings = KafkaSettings.from_config(config)
     if online is None:
         from connectors.redis_store import RedisOnlineStore
@@ -614,8 +640,14 @@ def build_worker(
             if isinstance(online, OwnerRegister)
             else None
         )
+        local = (
+            LocalState.open(config.state_dir / "worker" / group_id(config.project) / name)
+            if opts.local_state
+            else None
+        )
         processor = BatchProcessor(plan, name, online=online, log=owned, dead=dead_letters(name),
-                                   limits=limits, recovery=recovery, ownership=ownership)  # fmt: skip
+                                   limits=limits, recovery=recovery, ownership=ownership,
+                                   cache_entities=opts.cache_entities, local=local)  # fmt: skip
         sources[source.topic] = SourceWiring(processor=processor, log=owned)
     topics = sorted(sources)
     if not topics:

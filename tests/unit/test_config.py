@@ -27,6 +27,16 @@ def test_yaml_then_environment(tmp_path: Path) -> None:
     assert cfg.event_log_root == "s3://bucket/log"
 
 
+def test_worker_cache_and_local_state(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, environ={})
+    assert (cfg.worker_cache_entities, cfg.worker_local_state) == (200_000, False)
+    (tmp_path / "skewless.yaml").write_text("worker:\n  cache_entities: 5000\n")
+    cfg = load_config(tmp_path, environ={"SKEWLESS_WORKER_LOCAL_STATE": "true"})
+    assert (cfg.worker_cache_entities, cfg.worker_local_state) == (5000, True)
+    with pytest.raises(ConfigError, match=r"worker\.cache_entities must be at least 1"):
+        load_config(tmp_path, environ={"SKEWLESS_WORKER_CACHE_ENTITIES": "0"})
+
+
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [

@@ -135,6 +135,9 @@ pub struct OnlineCore {
     groups: Vec<OnlineGroup>,
     cache: HashMap<CacheKey, Entry, FxBuildHasher>,
     capacity: usize,
+    /// Spill mode (a local tier behind the cache): `apply` does not trim; the caller
+    /// trims with [`OnlineCore::spill`] once the batch is durable and keeps what it evicts.
+    spill: bool,
     tick: u64,
     // the prepared batch
     pairs: Vec<Pair>,
@@ -151,6 +154,7 @@ impl OnlineCore {
             groups,
             cache: HashMap::default(),
             capacity: capacity.max(1),
+            spill: false,
             tick: 0,
             pairs: Vec::new(),
             prepared_keys: Vec::new(),
@@ -170,6 +174,61 @@ impl OnlineCore {
     /// Entries cached now.
     pub fn cached(&self) -> usize {
         self.cache.len()
+    }
+
+    /// Spill mode on or off (see [`OnlineCore::spill`]).
+    pub fn set_spill(&mut self, on: bool) {
+        self.spill = on;
+    }
+
+    /// Spill mode: evict the least recently used entries over the capacity (every entry
+    /// when `all`) and return them encoded ([`encode_entry`]) with their local-store key
+    /// ([`local_key`]). Call it only when every cached entry is what the store holds (after
+    /// a batch's write): a spilled entry must never be ahead of the store.
+    pub fn spill(&mut self, all: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let victims = if all {
+            self.cache.drain().collect()
+        } else {
+            self.trim()
+        };
+        victims
+            .into_iter()
+            .map(|(ck, entry)| {
+                let view = &self.views[ck.0 as usize];
+                let key = local_key(ck.1, &redis_key_of(view, &ck.2));
+                (key, encode_entry(&view.layout, ck.1, &entry))
+            })
+            .collect()
+    }
+
+    /// Cache an entry kept in the local store (`value`, from [`OnlineCore::spill`]) if its
+    /// fence and journal are the ones the store holds now (`fence`, `journal`: the store's
+    /// `f:<p>` and `j:<p>`, None where absent); returns false (nothing cached) otherwise.
+    pub fn load_spilled(
+        &mut self,
+        ck: CacheKey,
+        value: &[u8],
+        fence: Option<&[u8]>,
+        journal: Option<&[u8]>,
+    ) -> Result<bool, CodecError> {
+        let fields = decode_entry(value)?;
+        let view = &self.views[ck.0 as usize];
+        let mark = |kind: u8| {
+            fields
+                .iter()
+                .find(|(name, _)| {
+                    matches!(field_name(name), Some((k, p, _, _)) if k == kind && p == ck.1)
+                })
+                .map(|(_, v)| &v[..])
+        };
+        if mark(b'f') != fence || mark(b'j') != journal {
+            return Ok(false);
+        }
+        let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let mut entry = parse_partition(view, ck.1, &refs)?;
+        entry.used = self.tick;
+        self.cache.insert(ck, entry);
+        Ok(true)
     }
 
     /// Extract every group's entities from the batch; returns the cache keys not yet
@@ -392,7 +451,9 @@ impl OnlineCore {
         let mut rec: Vec<(u32, i64)> = recovered.into_iter().collect();
         rec.sort_unstable();
         out.recovered = rec;
-        self.trim();
+        if !self.spill {
+            self.trim();
+        }
         Ok(out)
     }
 
@@ -463,26 +524,126 @@ impl OnlineCore {
         out
     }
 
-    fn trim(&mut self) {
+    /// Evict the least recently used entries down to 90 % of the capacity (amortised) when
+    /// over it; returns them in spill mode (dropped otherwise).
+    fn trim(&mut self) -> Vec<(CacheKey, Entry)> {
         if self.cache.len() <= self.capacity {
-            return;
+            return Vec::new();
         }
-        // drop the least recently used down to 90 % of the capacity (amortised)
         let keep = self.capacity * 9 / 10;
         let mut ages: Vec<u64> = self.cache.values().map(|e| e.used).collect();
         let drop = ages.len() - keep;
         ages.select_nth_unstable(drop - 1);
         let cutoff = ages[drop - 1];
         let mut left = drop;
-        self.cache.retain(|_, e| {
-            if left > 0 && e.used <= cutoff {
-                left -= 1;
-                false
-            } else {
-                true
-            }
-        });
+        if !self.spill {
+            self.cache.retain(|_, e| {
+                if left > 0 && e.used <= cutoff {
+                    left -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+            return Vec::new();
+        }
+        let victims: Vec<CacheKey> = self
+            .cache
+            .iter()
+            .filter(|(_, e)| e.used <= cutoff)
+            .take(left)
+            .map(|(k, _)| k.clone())
+            .collect();
+        victims
+            .into_iter()
+            .map(|k| {
+                let e = self.cache.remove(&k).expect("listed");
+                (k, e)
+            })
+            .collect()
     }
+}
+
+/// The local-store key of an entry: `<partition>:<redis key>`.
+pub fn local_key(p: i32, redis_key: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(redis_key.len() + 8);
+    key.extend_from_slice(crate::hll::int_bytes(p as i64, &mut [0u8; 20]));
+    key.push(b':');
+    key.extend_from_slice(redis_key.as_bytes());
+    key
+}
+
+/// Version byte of [`encode_entry`]'s format.
+pub const LOCAL_FORMAT: u8 = 1;
+
+/// One partition's state of an entity as the hash fields the store holds for it (every
+/// tile, the lifetime accumulators, `f`, `u` and `j` where set), packed: a version byte,
+/// then per field `u16 LE name length, name, u32 LE value length, value`.
+pub fn encode_entry(layout: &Layout, p: i32, entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(LOCAL_FORMAT);
+    let mut put = |name: &str, value: &[u8]| {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(value);
+    };
+    let mut bytes = Vec::new();
+    for (g, group) in layout.groups.iter().enumerate() {
+        for k in entry.tiles.keys(g) {
+            if let Some(tile) = entry.tiles.tile(g, k) {
+                bytes.clear();
+                encode_tile(tile, &mut bytes);
+                put(&tile_field(p, group.hop_ms, k), &bytes);
+            }
+        }
+    }
+    if let Some(lifetime) = entry.tiles.lifetime_tile() {
+        bytes.clear();
+        encode_tile(lifetime, &mut bytes);
+        put(&part_field('l', p), &bytes);
+    }
+    if entry.fence != NO_FENCE {
+        put(&part_field('f', p), &decimal(entry.fence));
+    }
+    if entry.updated_ms != 0 {
+        put(&part_field('u', p), &decimal(entry.updated_ms));
+    }
+    if !entry.journal.is_empty() {
+        put(&part_field('j', p), &pack_journal(&entry.journal));
+    }
+    out
+}
+
+/// Hash fields as `(name, value)` bytes.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The fields of an [`encode_entry`] value.
+pub fn decode_entry(value: &[u8]) -> Result<Fields, CodecError> {
+    let bad = || CodecError(format!("not a local entry (format {LOCAL_FORMAT})"));
+    let (&version, mut buf) = value.split_first().ok_or_else(bad)?;
+    if version != LOCAL_FORMAT {
+        return Err(bad());
+    }
+    fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if buf.len() < n {
+            return None;
+        }
+        let (head, tail) = buf.split_at(n);
+        *buf = tail;
+        Some(head)
+    }
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let len = take(&mut buf, 2).ok_or_else(bad)?;
+        let name = take(&mut buf, u16::from_le_bytes([len[0], len[1]]) as usize)
+            .ok_or_else(bad)?
+            .to_vec();
+        let len = take(&mut buf, 4).ok_or_else(bad)?;
+        let n = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        out.push((name, take(&mut buf, n).ok_or_else(bad)?.to_vec()));
+    }
+    Ok(out)
 }
 
 /// The write of one entity's partition state (`engine.online.entity_write`): evicts tiles
@@ -1243,6 +1404,24 @@ mod tests {
                     $12\r\n\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\r\n\
                     $3\r\nf:0\r\n$2\r\n-1\r\n$12\r\nt:0:10000:-9\r\n";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn local_entries_roundtrip_and_refuse_garbage() {
+        assert_eq!(local_key(7, "sk:a:{x}"), b"7:sk:a:{x}");
+        let layout = Layout::new(vec![], vec![], vec![]).unwrap();
+        let mut entry = Entry::new(&layout);
+        assert_eq!(encode_entry(&layout, 3, &entry), vec![LOCAL_FORMAT]);
+        entry.fence = 42;
+        entry.updated_ms = 1_000;
+        entry.journal = vec![(42, 1_000)];
+        let fields = decode_entry(&encode_entry(&layout, 3, &entry)).unwrap();
+        let names: Vec<&[u8]> = fields.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, [&b"f:3"[..], b"u:3", b"j:3"]);
+        assert_eq!(fields[2].1, pack_journal(&entry.journal));
+        assert!(decode_entry(b"").is_err());
+        assert!(decode_entry(&[LOCAL_FORMAT, 3, 0, b'f']).is_err());
+        assert!(decode_entry(&[LOCAL_FORMAT + 1]).is_err());
     }
 
     #[test]

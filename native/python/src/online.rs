@@ -168,6 +168,9 @@ impl PyWrites {
     }
 }
 
+/// `(view, partition, entity, local value, store's fence, store's journal)`.
+type SpilledEntry = (u32, i32, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
 #[pyclass(module = "engine._native", name = "OnlineCore")]
 pub struct PyOnlineCore {
     inner: std::sync::Mutex<OnlineCore>,
@@ -324,6 +327,55 @@ impl PyOnlineCore {
             self.with(|c| c.load(ck, &refs).map_err(|e| codec_err(py, e)))?;
         }
         Ok(())
+    }
+
+    /// Spill mode: `apply` no longer evicts; `spill` does, once the batch is durable.
+    fn set_spill(&self, on: bool) -> PyResult<()> {
+        self.with(|c| {
+            c.set_spill(on);
+            Ok(())
+        })
+    }
+
+    /// Spill mode: evict the least recently used entries over the capacity (every entry
+    /// when `all`); returns `(keys, values)` for the local store: keys
+    /// `<partition>:<redis key>`, values the entries' hash fields packed
+    /// (`skewless_core::online::encode_entry`).
+    #[pyo3(signature = (all = false))]
+    fn spill<'py>(
+        &self,
+        py: Python<'py>,
+        all: bool,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let spilled = self.with(|c| Ok(py.detach(|| c.spill(all))))?;
+        let keys = PyList::empty(py);
+        let values = PyList::empty(py);
+        for (k, v) in &spilled {
+            keys.append(PyBytes::new(py, k))?;
+            values.append(PyBytes::new(py, v))?;
+        }
+        Ok((keys, values))
+    }
+
+    /// Cache entries from the local store: `(view, partition, entity, value, fence,
+    /// journal)` each, `fence`/`journal` the store's `f:<p>`/`j:<p>` now (None: absent).
+    /// An entry whose marks differ is not cached; returns the indices of those.
+    fn load_spilled(&self, py: Python<'_>, entries: Vec<SpilledEntry>) -> PyResult<Vec<usize>> {
+        self.with(|c| {
+            let mut refused = Vec::new();
+            for (i, (view, partition, entity, value, fence, journal)) in
+                entries.into_iter().enumerate()
+            {
+                let ck: CacheKey = (view, partition, entity.into());
+                let ok = c
+                    .load_spilled(ck, &value, fence.as_deref(), journal.as_deref())
+                    .map_err(|e| codec_err(py, e))?;
+                if !ok {
+                    refused.push(i);
+                }
+            }
+            Ok(refused)
+        })
     }
 
     /// Fold the prepared batch; returns `(writes, applied, late, fenced, newest, recovered)`:
