@@ -117,7 +117,9 @@ _FENCED = b"fenced"
 # holds something else — neither the expected value nor what this write sets (a retried
 # write) — is skipped and its index returned; an absent field passes (the key expired, or
 # Redis lost it: the watermarks tell those apart). Otherwise the same commands as the
-# pipeline fallback. ARGV ends with the fence (``_FENCE_LUA``).
+# pipeline fallback. The check '&' (a merged view's marks hash, ``engine/online.py``) lands
+# the write iff the write before it in the call landed. ARGV ends with the fence
+# (``_FENCE_LUA``).
 _WRITE_LUA = (
     """
 """
@@ -131,6 +133,7 @@ local function each(cmd, key, first, last)
 end
 local refused = {}
 local a = 1
+local linked = true
 for i = 1, #KEYS do
   local key = KEYS[i]
   local nf = tonumber(ARGV[a])
@@ -139,7 +142,9 @@ for i = 1, #KEYS do
   local check = ARGV[a + 3]
   local first = a + 6
   local ok = true
-  if check ~= '' then
+  if check == '&' then
+    ok = linked
+  elseif check ~= '' then
     local current = redis.call('HGET', key, ARGV[a + 4])
     if current and (check == '0' or current ~= ARGV[a + 5]) then
       ok = false
@@ -160,6 +165,7 @@ for i = 1, #KEYS do
   else
     refused[#refused + 1] = i
   end
+  linked = ok
   a = first + 2 * nf + nd
 end
 return refused

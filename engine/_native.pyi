@@ -200,6 +200,14 @@ class OnlineCore:
     ) -> list[tuple[str, int, int, str]]:
         """Extract the batch's entities; ``(redis key, view, partition, entity)`` to load."""
 
+    def set_merged(self, views: list[int]) -> None:
+        """Merge these views' tiles across source partitions on write (by slot)."""
+
+    def load_merged(
+        self, entries: list[tuple[int, str, dict[bytes, bytes], dict[bytes, bytes]]]
+    ) -> None:
+        """Cache merged entries: (view, entity, entity hash, marks hash)."""
+
     def load(self, entries: list[tuple[int, int, str, dict[bytes, bytes]]]) -> None:
         """Cache loaded hashes (raises engine.errors.CodecError on foreign tile bytes)."""
 

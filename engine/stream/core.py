@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from engine.envelope import Envelope
 from engine.errors import OnlineStateLost, OnlineWriteConflict, OwnerFenced
-from engine.online import EntityWrites, core_spec, stats_write
+from engine.online import EntityWrites, core_spec, marks_key, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
 from engine.processing import group_columns, user_code_input
@@ -49,6 +49,9 @@ from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
+# retries of a batch whose merge-on-write entities other workers kept writing meanwhile
+MERGE_ROUNDS = 100
+_MERGED = -1  # the partition the native core lists a merge-on-write entry under
 _NO_EVENT = -(1 << 63)
 
 
@@ -128,6 +131,16 @@ class BatchProcessor:
         self._lost: dict[int, list[LostState]] = {}  # partition → lost, awaiting a rebuild
         # owner epochs (engine/stream/ownership.py); None: no fencing (tests, offline tools)
         self.ownership = ownership
+        # key prefixes of the merge-on-write views (ViewPlan.merged; docs/decisions.md)
+        self._merged = tuple(
+            prefix
+            for v in self.views
+            if v.merged
+            for prefix in (f"sk:{v.fingerprint}:", f"sk:fm:{v.fingerprint}:")
+        )
+
+    def _is_merged_key(self, key: str) -> bool:
+        return key.startswith(self._merged)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -182,6 +195,7 @@ class BatchProcessor:
     def _process_rounds(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         rebuilt = 0
         rounds = 0
+        contended = 0
         received = len(records)
         fenced: list[int] = []
         while True:
@@ -200,6 +214,15 @@ class BatchProcessor:
                 rounds += 1
                 if rounds > REBUILD_ROUNDS:
                     break
+                continue
+            except OnlineWriteConflict as exc:
+                # a merge-on-write entity another partition's worker wrote since this batch
+                # loaded it: what landed is fenced now; reload and fold the rest again
+                if not self._merged or not all(self._is_merged_key(k) for k in exc.keys):
+                    raise
+                contended += 1
+                if contended > MERGE_ROUNDS:
+                    raise
                 continue
             except OwnerFenced as exc:
                 if self.ownership is None:
@@ -292,9 +315,17 @@ class BatchProcessor:
                 self._fed(kept),
             )
             if missing:
-                hashes = self.online.load(list(dict.fromkeys(m[0] for m in missing)))
-                by_key = dict(zip(dict.fromkeys(m[0] for m in missing), hashes, strict=True))
-                core.load([(v, p, entity, by_key[key]) for key, v, p, entity in missing])
+                # a merge-on-write entity: its hash and its marks hash (engine.online)
+                wanted = dict.fromkeys(
+                    k for key, _, p, _ in missing
+                    for k in ((key, marks_key(key)) if p == _MERGED else (key,))
+                )  # fmt: skip
+                by_key = dict(zip(wanted, self.online.load(list(wanted)), strict=True))
+                core.load([(v, p, entity, by_key[key]) for key, v, p, entity in missing
+                           if p != _MERGED])  # fmt: skip
+                if self._merged:
+                    core.load_merged([(v, entity, by_key[key], by_key[marks_key(key)])
+                                      for key, v, p, entity in missing if p == _MERGED])  # fmt: skip
             return self._apply(batch_p, kept, letters, refused, commits, len(records))
         except BaseException:
             core.discard_prepared()  # half-applied effects: reload from the store next time

@@ -207,6 +207,36 @@ impl PyOnlineCore {
         })
     }
 
+    /// Merge the tiles of these views (slots) across source partitions on write.
+    fn set_merged(&self, views: Vec<u32>) -> PyResult<()> {
+        self.with(|c| {
+            c.set_merged(&views);
+            Ok(())
+        })
+    }
+
+    /// Cache loaded merged entries: `(view, entity, entity hash, marks hash)` per entry
+    /// `prepare` listed with partition -1.
+    #[allow(clippy::type_complexity)]
+    fn load_merged(
+        &self,
+        py: Python<'_>,
+        entries: Vec<(u32, String, Bound<'_, PyDict>, Bound<'_, PyDict>)>,
+    ) -> PyResult<()> {
+        for (view, entity, hash, marks) in entries {
+            let fields = fields_of(&hash)?;
+            let marks = fields_of(&marks)?;
+            let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let mrefs: Vec<(&[u8], &[u8])> = marks.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let ck: CacheKey = (view, skewless_core::online::MERGED, entity.into());
+            self.with(|c| {
+                c.load_merged(ck, &refs, &mrefs)
+                    .map_err(|e| codec_err(py, e))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Entries cached now.
     #[getter]
     fn cached(&self) -> PyResult<usize> {
