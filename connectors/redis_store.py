@@ -34,7 +34,7 @@ from engine.errors import (
     OnlineWriteConflict,
     OwnerFenced,
 )
-from engine.online import keyspace_pattern
+from engine.online import keyspace_pattern, marks_pattern
 from engine.online_read import Held
 from engine.ports import PackedWrites, StateWrite, Watermark
 from engine.secrets import Secret, split_url_credentials
@@ -794,12 +794,14 @@ class RedisOnlineStore:
         return len(set(self.scan_keys(keyspace_pattern(fingerprint))))
 
     def delete_keyspace(self, fingerprint: str) -> int:
-        """UNLINK every key of a view fingerprint (entity hashes, watermarks) in batches;
-        returns how many were removed."""
+        """UNLINK every key of a view fingerprint (entity hashes, the marks hashes of a
+        merge-on-write view, watermarks) in batches; returns how many were removed."""
         removed = 0
         batch: list[str] = []
+        patterns = (keyspace_pattern(fingerprint), marks_pattern(fingerprint),
+                    watermark_pattern(fingerprint))  # fmt: skip
         try:
-            for pattern in (keyspace_pattern(fingerprint), watermark_pattern(fingerprint)):
+            for pattern in patterns:
                 for key in self.scan_keys(pattern):
                     batch.append(key)
                     if len(batch) >= _UNLINK_BATCH:

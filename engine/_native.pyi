@@ -223,6 +223,18 @@ class OnlineCore:
     ]:
         """Fold the prepared batch: (writes, applied, late, fenced, newest, recovered)."""
 
+    def apply_logged(
+        self, processed_at: bytes, now_ms: int
+    ) -> tuple[
+        list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]],
+        int,
+        int,
+        int,
+        dict[tuple[int, int], int],
+        dict[int, int],
+    ]:
+        """``apply`` admitting each event by its logged processed_at (int64 buffer)."""
+
     def replay(self, processed_at: bytes) -> None:
         """Rebuild mode: fold the prepared batch admitting by the logged processed_at."""
 

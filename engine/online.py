@@ -60,6 +60,11 @@ def marks_key(state_key: str) -> str:
     return f"{PREFIX}:fm:{state_key[len(PREFIX) + 1 :]}"
 
 
+def marks_pattern(fingerprint: str) -> str:
+    """SCAN pattern matching every marks hash of one (merge-on-write) view fingerprint."""
+    return f"{PREFIX}:fm:{fingerprint}:*"
+
+
 def keyspace_pattern(fingerprint: str) -> str:
     """SCAN pattern matching every key of one view fingerprint."""
     return f"{PREFIX}:{fingerprint}:*"

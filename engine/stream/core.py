@@ -47,11 +47,13 @@ from engine.processing import group_columns, user_code_input
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
+from engine.watermarks import watermark_key
 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
 # retries of a batch whose merge-on-write entities other workers kept writing meanwhile
 MERGE_ROUNDS = 100
 _MERGED = -1  # the partition the native core lists a merge-on-write entry under
+LOST_MARK = b"lost: run rebuild-online"  # a watermark no check accepts (merge-on-write views)
 _NO_EVENT = -(1 << 63)
 
 
@@ -138,9 +140,24 @@ class BatchProcessor:
             if v.merged
             for prefix in (f"sk:{v.fingerprint}:", f"sk:fm:{v.fingerprint}:")
         )
+        self._merged_views = {v.name for v in self.views if v.merged}
 
     def _is_merged_key(self, key: str) -> bool:
         return key.startswith(self._merged)
+
+    def _hold_lost(self, lost: list[LostState]) -> None:
+        """Keep lost merge-on-write state found lost until ``rebuild-online`` restores it:
+        the batch's write swapped the watermarks to its own offsets, which would pass the
+        next attempt's check (this worker's or a successor's); they are set to a value no
+        check accepts, and this worker's expectations dropped (after the rebuild the
+        watermark is the log's last offset, which a first write accepts)."""
+        assert self._marks is not None  # _StateLost comes from the watermarks
+        slots = {v.name: v for v in self.views}
+        self.online.write(
+            [], [Watermark(key=watermark_key(slots[i.view], i.partition), value=LOST_MARK)
+                 for i in lost]
+        )  # fmt: skip
+        self._marks.forget({i.partition for i in lost})
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -209,6 +226,19 @@ class BatchProcessor:
                     rebuilt += self._rebuild_lost()
                 outcome = self._process(records)
             except _StateLost as exc:
+                merged = sorted({i.view for i in exc.lost} & self._merged_views)
+                if merged:  # never rebuilt in place (engine.rebuild): an operator must
+                    for item in exc.lost:
+                        if item.view not in self._merged_views:  # rebuilt on the next try
+                            self._lost.setdefault(item.partition, []).append(item)
+                    self._hold_lost([i for i in exc.lost if i.view in self._merged_views])
+                    raise OnlineStateLost(
+                        f"source {self.source.name!r}: online state of merge-on-write "
+                        f"view(s) {', '.join(map(repr, merged))} was lost "
+                        f"({'; '.join(i.reason for i in exc.lost)}); it cannot be rebuilt "
+                        "in place: stop the workers of the source and run `skewless "
+                        "rebuild-online` for it. The batch stays uncommitted and is retried"
+                    ) from exc
                 for item in exc.lost:
                     self._lost.setdefault(item.partition, []).append(item)
                 rounds += 1

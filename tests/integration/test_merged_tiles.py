@@ -17,14 +17,16 @@ from typing import Any
 import pytest
 import redis
 
-from engine.errors import OnlineWriteConflict
+from connectors.eventlog import EventLogReader, EventLogWriter
+from engine.errors import OnlineStateLost, OnlineWriteConflict
 from engine.keys import encode_key, partition_for
 from engine.online import field_name, marks_key, state_key
 from engine.plan import with_merged_tiles
 from engine.ports import OnlineStateStore, StateWrite, Watermark
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
-from engine.stream.core import BatchProcessor, SourceRecord
+from engine.stream.core import BatchProcessor, SourceRecord, wall_clock_ms
+from engine.stream.recovery import StateRecovery
 from tests.integration.test_online_read import (
     DAY,
     DEFINITIONS,
@@ -203,3 +205,90 @@ def test_merged_view_equals_processing_time_backfill(
         spanning += len(fences) > 1
         assert redis_client.pttl(marks_key(key)) == redis_client.pttl(key)  # -1: lifetime
     assert spanning >= 3
+
+
+def test_rebuild_online_of_a_merged_view(
+    merged: tuple[Scenario, RacingStore], redis_client: redis.Redis
+) -> None:
+    scenario, _ = merged
+    _write_log(scenario)
+    store = scenario.store
+    view = store.plan.views["store_sales"]
+    now = time.time_ns() // 1_000_000
+    times = [now + MINUTE, scenario.base_ms + DAY + 2 * HOUR + 1]
+    before = {t: store.get_online_features(REFS, ROWS, now_ms=t).to_dict() for t in times}
+    redis_client.flushdb()  # everything lost: the log is all there is
+    outcome = store.rebuild_online("store_sales")
+    assert outcome.result.entities_written > 0
+    assert outcome.result.records == len(scenario.log.records)
+    for t in times:
+        after = store.get_online_features(SALES_REFS, ROWS, now_ms=t).to_dict()
+        assert after == {k: v for k, v in before[t].items() if k in after}, t
+        _assert_same(after, _backfill_of(scenario, SALES_REFS, t), t)
+    for store_id in STORES:  # one tile set, the fences of every partition in the marks
+        key = state_key(view, (store_id,))
+        slots = {field_name(n)[1] for n in redis_client.hgetall(key) if field_name(n)}
+        assert slots == {0}
+        assert redis_client.exists(marks_key(key))
+    # the watermarks say the log's last offsets: a restarted worker finds nothing lost
+    for p in {e.partition for e in scenario.log.records}:
+        last = max(e.offset for e in scenario.log.records if e.partition == p)
+        assert int(redis_client.get(f"sk:wm:{view.fingerprint}:{p}")) == last
+
+
+def test_lost_state_of_a_merged_view_stops_the_batch(
+    merged: tuple[Scenario, RacingStore], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Lost state of a merged view is never rebuilt in place (one partition's share of a
+    merged tile set cannot be replaced): the batch fails uncommitted, naming the fix, and
+    goes through once ``rebuild-online`` restored the view."""
+    scenario, _ = merged
+    _write_log(scenario)
+    store = scenario.store
+    reader = EventLogReader(store.config.event_log_root)
+    recovery = StateRecovery(store.plan, reader, store.online_store,
+                             log_root=store.config.event_log_root, clock=wall_clock_ms)  # fmt: skip
+    log = EventLogWriter(store.config.event_log_root, "tx", dict(store.plan.sources["tx"].schema))
+    clock = Clock(scenario.last_processed_ms + 1_000)
+    worker = BatchProcessor(store.plan, "tx", online=store.online_store, log=log,
+                            dead=ListDeadLetters(), clock=clock, recovery=recovery)  # fmt: skip
+    codec = SourceCodec(store.plan.sources["tx"])
+    payload = {"customer_id": "c1", "merchant_id": "m1", "store_id": 2, "amount": 5.5,
+               "qty": 3, "ts": clock.now_ms - 1_000}  # fmt: skip
+    p = partition_for(encode_key(["c1"]), PARTITIONS)
+    top = {p: max(e.offset for e in scenario.log.records if e.partition == p)}
+    batch = [SourceRecord(topic="tx", partition=p, offset=top[p] + 1, key=encode_key(["c1"]),
+                          value=codec.encode(payload))]  # fmt: skip
+    redis_client.flushdb()
+    with pytest.raises(OnlineStateLost, match="rebuild-online"):
+        worker.process(batch)
+    with pytest.raises(OnlineStateLost):  # still lost: retried, refused again
+        worker.process(batch)
+    store.rebuild_online("store_sales")
+    store.rebuild_online("customer_spend")
+    outcome = worker.process(batch)
+    assert outcome.applied == 2 and outcome.rebuilt == 0
+    # the rebuild evicted what was stale at its (real) clock: compare as of later than that
+    t = time.time_ns() // 1_000_000 + MINUTE
+    refs = ["store_sales:amount_count_lifetime", "customer_spend:amount_last_lifetime"]
+    rows = [{"store_id": 2, "customer_id": "c1"}]
+    got = store.get_online_features(refs, rows, now_ms=t).to_dict()
+    assert got["amount_last_lifetime"] == [5.5]
+    want = _backfill_of(scenario, refs[:1], t, rows=rows)
+    assert got["amount_count_lifetime"] == want["amount_count_lifetime"]
+    assert want["amount_count_lifetime"][0] > 1  # the log's events and the new one
+
+
+SALES_REFS = [r for r in REFS if r.startswith("store_sales:")]
+
+
+def _backfill_of(
+    scenario: Scenario, refs: list[str], t_ms: int, rows: list[dict[str, Any]] | None = None
+) -> dict[str, list[Any]]:
+    import pandas as pd
+
+    rows = rows or [{"store_id": r["store_id"]} for r in ROWS]
+    frame = pd.DataFrame({"store_id": [r["store_id"] for r in rows],
+                          "event_timestamp": [t_ms] * len(rows)})  # fmt: skip
+    out = scenario.store.get_historical_features(frame, refs, mode="processing_time", workers=1)
+    return {c: out[c].tolist() for c in out.columns if c != "event_timestamp"}

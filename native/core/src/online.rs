@@ -200,6 +200,8 @@ pub struct OnlineCore {
     prepared_keys: Vec<CacheKey>,
     events: Events,
     inputs: Vec<Vec<Option<Column>>>, // per group: its input columns (owned copies)
+    /// `apply_logged`: each event's logged processed_at (admission by it, not the batch's).
+    logged: Option<Vec<i64>>,
 }
 
 impl OnlineCore {
@@ -217,6 +219,7 @@ impl OnlineCore {
             prepared_keys: Vec::new(),
             events: Events::default(),
             inputs: Vec::new(),
+            logged: None,
         }
     }
 
@@ -454,7 +457,9 @@ impl OnlineCore {
                 if offset <= fence {
                     continue;
                 }
-                let p_e = if recovered.is_empty() {
+                let p_e = if let Some(logged) = &self.logged {
+                    logged[row]
+                } else if recovered.is_empty() {
                     batch_p
                 } else {
                     recovered.get(&(row as u32)).copied().unwrap_or(batch_p)
@@ -564,6 +569,28 @@ impl OnlineCore {
         out.recovered = rec;
         self.trim();
         Ok(out)
+    }
+
+    /// [`OnlineCore::apply`] of records already in the event log (rebuilding a
+    /// merge-on-write view, `engine.rebuild`): each admitted by its logged `processed_at`
+    /// (one per event of the prepared batch) instead of the batch's; fences skip what the
+    /// store holds; `now_ms` is the write time (evictions, journal).
+    pub fn apply_logged(
+        &mut self,
+        processed_at: &[i64],
+        now_ms: i64,
+    ) -> Result<Applied, CodecError> {
+        if processed_at.len() != self.events.offset.len() {
+            return Err(CodecError(format!(
+                "apply_logged: {} processed_at for {} events",
+                processed_at.len(),
+                self.events.offset.len()
+            )));
+        }
+        self.logged = Some(processed_at.to_vec());
+        let out = self.apply(now_ms);
+        self.logged = None;
+        out
     }
 
     /// Rebuild mode (`engine.rebuild`): fold the prepared batch as the workers did, each
@@ -1431,6 +1458,43 @@ mod tests {
         assert_eq!(field_name(b"f:0"), Some((b'f', 0, 0, 0)));
         assert_eq!(field_name(b"w:0"), None);
         assert_eq!(field_name(b"t:x:1:2"), None);
+    }
+
+    #[test]
+    fn merged_versions_differ_by_writer_and_grow() {
+        let first = next_version(NO_FENCE, 3);
+        assert_ne!(first, next_version(NO_FENCE, 5));
+        assert_eq!(first, next_version(NO_FENCE, 3)); // a retried write sets the same
+        let second = next_version(first, 5);
+        assert!(second > first && second > next_version(NO_FENCE, 63));
+        assert_ne!(second, next_version(first, 3));
+    }
+
+    #[test]
+    fn a_linked_write_never_starts_a_chunk() {
+        let w = |key: &str, expect: Option<(String, Option<Vec<u8>>)>| Write {
+            key: key.into(),
+            fields: vec![("f:0".into(), b"1".to_vec())],
+            delete: vec![],
+            expire_at_ms: None,
+            expect,
+        };
+        let writes = [
+            w("sk:a:{x}", Some(("f:0".into(), None))),
+            w("sk:fm:a:{x}", Some((LINKED.into(), None))),
+            w("sk:a:{y}", None),
+        ];
+        let chunks = script_chunks(&writes, 9); // full after the first write
+        assert_eq!(
+            chunks
+                .iter()
+                .map(|c| (c.first, c.count))
+                .collect::<Vec<_>>(),
+            [(0, 2), (2, 1)]
+        );
+        let text = String::from_utf8_lossy(&chunks[0].body).into_owned();
+        assert!(text.contains("$11\r\nsk:fm:a:{x}\r\n"));
+        assert!(text.contains("$1\r\n&\r\n$0\r\n\r\n$0\r\n\r\n"));
     }
 
     #[test]
