@@ -351,6 +351,12 @@ class RedisOnlineStore:
         done = self._scripted(lambda: self._write_scripted(writes, marks, fence), "write (EVALSHA)")
         if done is not None:
             return done
+        if any(w.expect is not None and w.expect[0] == "&" for w in writes):
+            raise OnlineStoreUnavailable(
+                "a merge-on-write view (online.merge_rekeyed_views) needs Redis scripting for "
+                "its compare-and-set writes, and this Redis user may not run scripts; allow "
+                "EVALSHA (+@scripting) or turn the option off"
+            )
         if fence:
             return self._write_watched(writes, marks, fence)
         pipe = self._client.pipeline(transaction=False)
