@@ -292,3 +292,21 @@ def _backfill_of(
                           "event_timestamp": [t_ms] * len(rows)})  # fmt: skip
     out = scenario.store.get_historical_features(frame, refs, mode="processing_time", workers=1)
     return {c: out[c].tolist() for c in out.columns if c != "event_timestamp"}
+
+
+def test_verify_reads_the_fences_of_a_merged_view(
+    merged: tuple[Scenario, RacingStore], redis_client: redis.Redis
+) -> None:
+    scenario, _ = merged
+    _write_log(scenario)
+    store = scenario.store
+    at = scenario.last_processed_ms + 1
+    report = store.verify(views=["store_sales"], seed=1, at_ms=at)
+    assert report.ok and not report.mismatches, report.mismatches
+    # an entity lost (its hash and its marks hash gone): explained, per source partition
+    view = store.plan.views["store_sales"]
+    key = state_key(view, (STORES[0],))
+    redis_client.delete(key, marks_key(key))
+    report = store.verify(views=["store_sales"], seed=1, at_ms=at, retries=0)
+    kinds = {m.kind for m in report.mismatches}
+    assert kinds == {"missing_online"}, report.mismatches
