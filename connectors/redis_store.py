@@ -470,7 +470,8 @@ class RedisOnlineStore:
         argv: list[bytes] = []
         size = 0
         for w in writes:
-            if size >= _WRITE_CHUNK_ARGS:
+            linked = w.expect is not None and w.expect[0] == "&"
+            if size >= _WRITE_CHUNK_ARGS and not linked:  # a linked write stays with its lead
                 chunks.append((keys, argv))
                 keys, argv, size = [], [], 0
             keys.append(w.key.encode())
@@ -480,6 +481,8 @@ class RedisOnlineStore:
             argv.append(b"" if w.expire_at_ms is None else b"%d" % w.expire_at_ms)
             if w.expect is None:
                 argv += (b"", b"", b"")
+            elif w.expect[0] == "&":  # lands iff the write before it did
+                argv += (b"&", b"", b"")
             else:
                 field, value = w.expect
                 argv += (
