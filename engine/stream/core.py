@@ -146,18 +146,23 @@ class BatchProcessor:
         return key.startswith(self._merged)
 
     def _hold_lost(self, lost: list[LostState]) -> None:
-        """Keep lost merge-on-write state found lost until ``rebuild-online`` restores it:
-        the batch's write swapped the watermarks to its own offsets, which would pass the
+        """Hold merge-on-write state found lost as lost until ``rebuild-online`` restores
+        it: the batch's write swapped the watermarks to its own offsets, which would pass the
         next attempt's check (this worker's or a successor's); they are set to a value no
-        check accepts, and this worker's expectations dropped (after the rebuild the
-        watermark is the log's last offset, which a first write accepts)."""
+        check accepts (under the owner epochs, like every write), and this worker's
+        expectations dropped (after the rebuild the watermark is the log's last offset,
+        which a first write accepts)."""
         assert self._marks is not None  # _StateLost comes from the watermarks
         slots = {v.name: v for v in self.views}
-        self.online.write(
-            [], [Watermark(key=watermark_key(slots[i.view], i.partition), value=LOST_MARK)
-                 for i in lost]
-        )  # fmt: skip
-        self._marks.forget({i.partition for i in lost})
+        marks = [Watermark(key=watermark_key(slots[i.view], i.partition), value=LOST_MARK)
+                 for i in lost]  # fmt: skip
+        parts = sorted({i.partition for i in lost})
+        if self.ownership is None:
+            self.online.write([], marks)
+        else:
+            fence = self.ownership.fence(parts)
+            self.online.write([], marks, fence=fence)  # type: ignore[call-arg]  # RedisOnlineStore
+        self._marks.forget(parts)
 
     # -- cache -----------------------------------------------------------------------------
 
