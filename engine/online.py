@@ -16,7 +16,9 @@ One small hash per view fingerprint records its writes, for ``skewless status``:
 
 Fields are namespaced by source partition, so the workers of different partitions never
 overwrite each other, even for a view whose entity is not the topic key; a read merges the
-partitions' tiles with the kernel's ``merge`` (associative and commutative). A changed
+partitions' tiles with the kernel's ``merge`` (associative and commutative). A view on the
+merge-on-write layout (``ViewPlan.merged``, ``online.merge_rekeyed_views``) keeps one tile
+set instead, as slot 0, and its partitions' fences in a marks hash (``marks_key``). A changed
 definition — or a new tile codec version — has a new fingerprint, hence a fresh keyspace.
 
 Tiles are encoded, folded, evicted and evaluated by the native core

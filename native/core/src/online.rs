@@ -12,6 +12,11 @@
 //! j:<p>                journal: msgpack [[fence, processed_at], ...] of p's last writes
 //! ```
 //!
+//! A merge-on-write view (`OnlineCore::set_merged`) keeps one entry per entity for every
+//! source partition: its tiles, lifetime state, write version and write time as slot 0
+//! (`t:0:…`, `l:0`, `f:0`, `u:0`), every partition's fence and journal in a marks hash
+//! `sk:fm:<fingerprint>:{<entity>}` written in the same script call ([`LINKED`]).
+//!
 //! A batch runs in two calls: [`OnlineCore::prepare`] extracts every view's entity from
 //! the batch's columns and lists the cache entries to load from Redis; after
 //! [`OnlineCore::load`] of those hashes, [`OnlineCore::apply`] skips what fences say the
