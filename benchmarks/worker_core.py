@@ -11,6 +11,8 @@ server's CPU per event (``INFO cpu`` before and after), and the share of each st
     .venv/bin/python benchmarks/worker_core.py --defs count    # the 1-minute count job
     .venv/bin/python benchmarks/worker_core.py --profile       # + where the time goes
     .venv/bin/python benchmarks/worker_core.py --native old.so # another build of the core
+    .venv/bin/python benchmarks/worker_core.py --merged 3      # per-partition vs merge-on-write
+                                                               # layout, 3 alternating rounds
 """
 
 from __future__ import annotations
@@ -133,13 +135,14 @@ def redis_cpu(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def run(kind: str, n: int, batch: int, profile: bool) -> dict[str, Any]:
+def run(kind: str, n: int, batch: int, profile: bool, merged: bool = False) -> dict[str, Any]:
     from connectors.eventlog import EventLogWriter
     from connectors.redis_store import RedisOnlineStore
     from engine.stream.ownership import Ownership
 
     with tempfile.TemporaryDirectory(prefix="sk-core-") as tmp:
-        store = FeatureStore.from_repo(make_repo(kind, Path(tmp)), environ={})
+        environ = {"SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS": "true"} if merged else {}
+        store = FeatureStore.from_repo(make_repo(kind, Path(tmp)), environ=environ)
         online = RedisOnlineStore.from_config(store.config)
         client = online._client  # the benchmark reads the server's INFO
         client.flushdb()
@@ -212,7 +215,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--native", metavar="PATH",
                         help="an engine/_native*.so build to run instead of the installed one")  # fmt: skip
+    parser.add_argument("--merged", type=int, metavar="ROUNDS", default=0,
+                        help="compare the per-partition and the merge-on-write layout of the "
+                        "re-keyed views (online.merge_rekeyed_views), alternating, ROUNDS each")  # fmt: skip
     args = parser.parse_args()
+    if args.merged:
+        compare_layouts(args.defs, args.events, args.batch, args.merged)
+        return
     got = run(args.defs, args.events, args.batch, args.profile)
     print(f"{got['defs']} definitions, {got['events']:,} events in batches of {got['batch']:,}:")
     print(f"  worker: {got['worker_us_per_event']:.1f} µs CPU/event = "
@@ -226,6 +235,28 @@ def main() -> None:
         print(f"  {us:7.2f} µs/event in {name}")
     if "profile" in got:
         print(got["profile"])
+
+
+def compare_layouts(kind: str, n: int, batch: int, rounds: int) -> None:
+    """Worker and Redis CPU per event with the re-keyed views per partition and merged, the
+    two alternating in one process; the best round of each."""
+    got: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for r in range(rounds):
+        for merged in (False, True) if r % 2 == 0 else (True, False):
+            got[merged].append(run(kind, n, batch, False, merged=merged))
+    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds:")
+    best = {}
+    for merged, runs in got.items():
+        b = min(runs, key=lambda g: g["worker_us_per_event"])
+        redis = min(g["redis_us_per_event"] for g in runs)
+        best[merged] = (b["worker_us_per_event"], redis)
+        name = "merge-on-write" if merged else "per partition"
+        each = ", ".join(f"{g['worker_us_per_event']:.1f}" for g in runs)
+        print(f"  {name:<15} worker {b['worker_us_per_event']:6.1f} µs CPU/event "
+              f"({b['events_per_worker_cpu_s']:,.0f}/CPU-s), redis {redis:5.1f} µs CPU/event; "
+              f"rounds: {each}")  # fmt: skip
+    print(f"  merged / per partition: worker {best[True][0] / best[False][0]:.2f}x, "
+          f"redis {best[True][1] / best[False][1]:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from engine.errors import (
     OnlineWriteConflict,
     OwnerFenced,
 )
-from engine.online import keyspace_pattern
+from engine.online import keyspace_pattern, marks_pattern
 from engine.online_read import Held
 from engine.ports import PackedWrites, StateWrite, Watermark
 from engine.secrets import Secret, split_url_credentials
@@ -117,7 +117,9 @@ _FENCED = b"fenced"
 # holds something else — neither the expected value nor what this write sets (a retried
 # write) — is skipped and its index returned; an absent field passes (the key expired, or
 # Redis lost it: the watermarks tell those apart). Otherwise the same commands as the
-# pipeline fallback. ARGV ends with the fence (``_FENCE_LUA``).
+# pipeline fallback. The check '&' (a merged view's marks hash, ``engine/online.py``) lands
+# the write iff the write before it in the call landed. ARGV ends with the fence
+# (``_FENCE_LUA``).
 _WRITE_LUA = (
     """
 """
@@ -131,6 +133,7 @@ local function each(cmd, key, first, last)
 end
 local refused = {}
 local a = 1
+local linked = true
 for i = 1, #KEYS do
   local key = KEYS[i]
   local nf = tonumber(ARGV[a])
@@ -139,7 +142,9 @@ for i = 1, #KEYS do
   local check = ARGV[a + 3]
   local first = a + 6
   local ok = true
-  if check ~= '' then
+  if check == '&' then
+    ok = linked
+  elseif check ~= '' then
     local current = redis.call('HGET', key, ARGV[a + 4])
     if current and (check == '0' or current ~= ARGV[a + 5]) then
       ok = false
@@ -160,6 +165,7 @@ for i = 1, #KEYS do
   else
     refused[#refused + 1] = i
   end
+  linked = ok
   a = first + 2 * nf + nd
 end
 return refused
@@ -345,6 +351,12 @@ class RedisOnlineStore:
         done = self._scripted(lambda: self._write_scripted(writes, marks, fence), "write (EVALSHA)")
         if done is not None:
             return done
+        if any(w.expect is not None and w.expect[0] == "&" for w in writes):
+            raise OnlineStoreUnavailable(
+                "a merge-on-write view (online.merge_rekeyed_views) needs Redis scripting for "
+                "its compare-and-set writes, and this Redis user may not run scripts; allow "
+                "EVALSHA (+@scripting) or turn the option off"
+            )
         if fence:
             return self._write_watched(writes, marks, fence)
         pipe = self._client.pipeline(transaction=False)
@@ -458,7 +470,8 @@ class RedisOnlineStore:
         argv: list[bytes] = []
         size = 0
         for w in writes:
-            if size >= _WRITE_CHUNK_ARGS:
+            linked = w.expect is not None and w.expect[0] == "&"
+            if size >= _WRITE_CHUNK_ARGS and not linked:  # a linked write stays with its lead
                 chunks.append((keys, argv))
                 keys, argv, size = [], [], 0
             keys.append(w.key.encode())
@@ -468,6 +481,8 @@ class RedisOnlineStore:
             argv.append(b"" if w.expire_at_ms is None else b"%d" % w.expire_at_ms)
             if w.expect is None:
                 argv += (b"", b"", b"")
+            elif w.expect[0] == "&":  # lands iff the write before it did
+                argv += (b"&", b"", b"")
             else:
                 field, value = w.expect
                 argv += (
@@ -809,12 +824,14 @@ class RedisOnlineStore:
         return len(set(self.scan_keys(keyspace_pattern(fingerprint))))
 
     def delete_keyspace(self, fingerprint: str) -> int:
-        """UNLINK every key of a view fingerprint (entity hashes, watermarks) in batches;
-        returns how many were removed."""
+        """UNLINK every key of a view fingerprint (entity hashes, the marks hashes of a
+        merge-on-write view, watermarks) in batches; returns how many were removed."""
         removed = 0
         batch: list[str] = []
+        patterns = (keyspace_pattern(fingerprint), marks_pattern(fingerprint),
+                    watermark_pattern(fingerprint))  # fmt: skip
         try:
-            for pattern in (keyspace_pattern(fingerprint), watermark_pattern(fingerprint)):
+            for pattern in patterns:
                 for key in self.scan_keys(pattern):
                     batch.append(key)
                     if len(batch) >= _UNLINK_BATCH:

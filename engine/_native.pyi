@@ -200,6 +200,14 @@ class OnlineCore:
     ) -> list[tuple[str, int, int, str]]:
         """Extract the batch's entities; ``(redis key, view, partition, entity)`` to load."""
 
+    def set_merged(self, views: list[int]) -> None:
+        """Merge these views' tiles across source partitions on write (by slot)."""
+
+    def load_merged(
+        self, entries: list[tuple[int, str, dict[bytes, bytes], dict[bytes, bytes]]]
+    ) -> None:
+        """Cache merged entries: (view, entity, entity hash, marks hash)."""
+
     def load(self, entries: list[tuple[int, int, str, dict[bytes, bytes]]]) -> None:
         """Cache loaded hashes (raises engine.errors.CodecError on foreign tile bytes)."""
 
@@ -227,6 +235,18 @@ class OnlineCore:
         dict[int, int],
     ]:
         """Fold the prepared batch: (writes, applied, late, fenced, newest, recovered)."""
+
+    def apply_logged(
+        self, processed_at: bytes, now_ms: int
+    ) -> tuple[
+        list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]],
+        int,
+        int,
+        int,
+        dict[tuple[int, int], int],
+        dict[int, int],
+    ]:
+        """``apply`` admitting each event by its logged processed_at (int64 buffer)."""
 
     def replay(self, processed_at: bytes) -> None:
         """Rebuild mode: fold the prepared batch admitting by the logged processed_at."""

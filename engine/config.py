@@ -73,6 +73,9 @@ class Config:
     worker_local_state: bool = False  # evicted states kept in RocksDB under <state dir>/worker
     decode_max_record_bytes: int = 1_048_576  # a bigger record (key + value) is a dead letter
     decode_max_future_ms: int = 86_400_000  # an event time further ahead is a dead letter
+    # merge-on-write layout for views keyed by another entity than their source's records
+    # (engine.plan.with_merged_tiles, docs/decisions.md): reads merge one tile set
+    online_merge_rekeyed_views: bool = False
 
     def __post_init__(self) -> None:
         url, user, password = split_url_credentials(self.redis_url)
@@ -220,6 +223,9 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("redis", "tls_cert_file"): _Key("redis_tls_cert_file", _path, "SKEWLESS_REDIS_TLS_CERT_FILE"),
     ("redis", "tls_key_file"): _Key("redis_tls_key_file", _path, "SKEWLESS_REDIS_TLS_KEY_FILE"),
     ("redis", "tls_verify"): _Key("redis_tls_verify", _bool, "SKEWLESS_REDIS_TLS_VERIFY"),
+    ("online", "merge_rekeyed_views"): _Key(
+        "online_merge_rekeyed_views", _bool, "SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS"
+    ),
     ("event_log", "root"): _Key("event_log_root", _str, "SKEWLESS_EVENT_LOG"),
     ("state", "dir"): _Key("state_dir", _str, "SKEWLESS_STATE_DIR"),
     ("backfill", "workers"): _Key("backfill_workers", _int, "SKEWLESS_BACKFILL_WORKERS"),

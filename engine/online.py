@@ -16,7 +16,9 @@ One small hash per view fingerprint records its writes, for ``skewless status``:
 
 Fields are namespaced by source partition, so the workers of different partitions never
 overwrite each other, even for a view whose entity is not the topic key; a read merges the
-partitions' tiles with the kernel's ``merge`` (associative and commutative). A changed
+partitions' tiles with the kernel's ``merge`` (associative and commutative). A view on the
+merge-on-write layout (``ViewPlan.merged``, ``online.merge_rekeyed_views``) keeps one tile
+set instead, as slot 0, and its partitions' fences in a marks hash (``marks_key``). A changed
 definition — or a new tile codec version — has a new fingerprint, hence a fresh keyspace.
 
 Tiles are encoded, folded, evicted and evaluated by the native core
@@ -49,6 +51,20 @@ def entity_text(entity: tuple[Any, ...]) -> str:
 def state_key(view: ViewPlan, entity: tuple[Any, ...]) -> str:
     """Redis key of one entity's state in one view."""
     return f"{PREFIX}:{view.fingerprint}:{{{entity_text(entity)}}}"
+
+
+def marks_key(state_key: str) -> str:
+    """The marks hash of an entity of a merge-on-write view (``ViewPlan.merged``), from its
+    state key: ``sk:fm:<fingerprint>:{<entity>}``, outside ``keyspace_pattern``. It holds
+    ``f:<p>`` (fence) and ``j:<p>`` (journal) of every source partition; the entity hash
+    holds the one tile set as slot 0 (``t:0:<hop_ms>:<k>``, ``l:0``), ``f:0`` its write
+    version (a compare-and-set on every write) and ``u:0`` the newest write time."""
+    return f"{PREFIX}:fm:{state_key[len(PREFIX) + 1 :]}"
+
+
+def marks_pattern(fingerprint: str) -> str:
+    """SCAN pattern matching every marks hash of one (merge-on-write) view fingerprint."""
+    return f"{PREFIX}:fm:{fingerprint}:*"
 
 
 def keyspace_pattern(fingerprint: str) -> str:
@@ -147,11 +163,15 @@ class CoreSpec:
     views: tuple[
         tuple[Any, ...], ...
     ]  # per view: (fingerprint, functions, group, inputs, lateness)
+    merged: tuple[int, ...] = ()  # slots of the views on the merge-on-write layout
 
     def new_core(self, capacity: int) -> Any:
         groups = [(list(g.join_keys), list(inputs))
                   for g, inputs in zip(self.groups, self.group_inputs, strict=True)]  # fmt: skip
-        return _native.OnlineCore(list(self.views), groups, capacity)
+        core = _native.OnlineCore(list(self.views), groups, capacity)
+        if self.merged:
+            core.set_merged(list(self.merged))
+        return core
 
 
 def core_spec(views: Sequence[ViewPlan]) -> CoreSpec:
@@ -168,7 +188,8 @@ def core_spec(views: Sequence[ViewPlan]) -> CoreSpec:
                 inputs[g].append(column)
             at.append(inputs[g].index(column))
         specs.append((view.fingerprint, functions_of(view), g, at, view.allowed_lateness_ms))
-    return CoreSpec(groups, tuple(map(tuple, inputs)), tuple(specs))
+    merged = tuple(slot for slot, view in enumerate(views) if view.merged)
+    return CoreSpec(groups, tuple(map(tuple, inputs)), tuple(specs), merged)
 
 
 class EntityWrites(Sequence[StateWrite]):

@@ -12,7 +12,7 @@ import json
 import re
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,9 @@ class ViewPlan:
     input_kinds: tuple[str, ...] = ()
     # the vectorized transform: a pandas DataFrame of a batch in, a DataFrame out
     batch_transform: Callable[[Any], Any] | None = None
+    # merge-on-write layout (docs/decisions.md): one tile set per entity for every source
+    # partition, per-partition fences in a marks hash; set by ``with_merged_tiles``
+    merged: bool = False
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -103,6 +106,27 @@ class ViewPlan:
             f"view {self.name!r} has no feature {feature!r}{_did_you_mean(feature, self.features)}; "
             f"it has: {', '.join(self.features)}"
         )
+
+
+def rekeyed(view: ViewPlan, source: SourcePlan) -> bool:
+    """Whether ``view`` is keyed by another entity than its source's records: one of its
+    entities then gathers events from every source partition."""
+    return tuple(view.join_keys) != tuple(source.key_fields)
+
+
+def with_merged_tiles(plan: Plan) -> Plan:
+    """``plan`` with every re-keyed view on the merge-on-write layout (experimental,
+    docs/decisions.md): its workers fold their batches into one tile set per entity, so a
+    read merges one set whatever the source's partition count. The layout is another
+    keyspace (the fingerprint changes). Lost-state rebuilds and ``rebuild-online`` do not
+    handle it yet: not for production use."""
+    views: dict[str, ViewPlan] = {}
+    for name, view in plan.views.items():
+        if rekeyed(view, plan.sources[view.source]) and not view.merged:
+            digest = hashlib.sha256(f"{view.fingerprint}:merged-tiles:1".encode()).hexdigest()
+            view = replace(view, merged=True, fingerprint=digest[: len(view.fingerprint)])
+        views[name] = view
+    return replace(plan, views=views)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

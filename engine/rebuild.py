@@ -32,9 +32,10 @@ from typing import Any
 
 from engine import _native
 from engine.envelope import Envelope
+from engine.errors import OnlineStateLost
 from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
-from engine.online import CoreSpec, EntityWrites, core_spec, stats_write
+from engine.online import CoreSpec, EntityWrites, core_spec, marks_key, stats_write
 from engine.plan import Plan, SourcePlan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
 from engine.processing import group_columns, user_code_input
@@ -257,6 +258,9 @@ def rebuild_view(
     view = plan.views[view_name]
     source = plan.sources[view.source]
     partitions = list(log.partitions(source.name))
+    if view.merged:
+        return _rebuild_merged(plan, view, log, store, partitions, now_ms=now_ms,
+                               progress=progress)  # fmt: skip
     lock = threading.Lock()
 
     def counted(n: int) -> None:
@@ -295,6 +299,103 @@ def rebuild_view(
     )
 
 
+def _rebuild_merged(
+    plan: Plan,
+    view: ViewPlan,
+    log: EventLogSource,
+    store: OnlineStateStore,
+    partitions: Sequence[int],
+    *,
+    now_ms: int,
+    progress: Callable[[int], None] | None,
+) -> RebuildResult:
+    """``rebuild_view`` of a merge-on-write view (``ViewPlan.merged``): every partition's
+    log records folded into the one tile set per entity, as the workers fold them — the
+    worker core's merged path (``OnlineCore.apply_logged``: fences per partition, each
+    record admitted by its logged processed_at), a log file at a time, each entity loaded
+    and written back with the write version's compare-and-set. Workers must be stopped."""
+    source = plan.sources[view.source]
+    spec = core_spec([view])
+    core = spec.new_core(1)
+    user = [g for g, group in enumerate(spec.groups) if not group.native]
+    records = written = 0
+
+    def fold(partition: int, offsets: Any, event_ms: Any, processed_at: Any, columns: Any,
+             fed: dict[int, Any]) -> int | None:  # fmt: skip
+        nonlocal records, written
+        n = len(offsets) // 8  # int64 buffers
+        parts = array("q", [partition] * n).tobytes()
+        missing = core.prepare(parts, offsets, event_ms, columns, fed)
+        wanted = dict.fromkeys(k for key, *_ in missing for k in (key, marks_key(key)))
+        by_key = dict(zip(wanted, store.load(list(wanted)), strict=True))
+        core.load_merged([(v, entity, by_key[key], by_key[marks_key(key)])
+                          for key, v, _, entity in missing])  # fmt: skip
+        raw, _, _, _, newest, _ = core.apply_logged(processed_at, now_ms)
+        if len(raw):
+            store.write(EntityWrites(raw))
+            written += len(raw)
+        records += n
+        if progress:
+            progress(n)
+        got = [ms for (_, p), ms in newest.items() if p == partition]
+        return max(got) if got else None
+
+    for partition in partitions:
+        newest: int | None = None
+        last: int | None = None
+        if isinstance(log, LogFiles):
+
+            def take(data: bytes, high: int, upto: int, partition: int = partition) -> int:
+                nonlocal newest, last
+                got = decode_log_file(data, high, source.timestamp_field, upto)
+                if got is None:
+                    return high
+                fed: dict[int, Any] = {}
+                if user:
+                    payloads, frame = user_code_input([spec.groups[g] for g in user],
+                                                      got.payload)  # fmt: skip
+                    fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads,
+                                            frame) for g in user}  # fmt: skip
+                event_ms = got.raw_event_time // source.timestamp_divisor
+                seen = fold(partition, got.offsets.tobytes(), event_ms.tobytes(),
+                            got.processed_at_ms.tobytes(), got.payload, fed)  # fmt: skip
+                if seen is not None:
+                    newest = seen if newest is None else max(newest, seen)
+                last = int(got.offsets.max())
+                return last
+
+            read_partition(log, source.name, partition, take)
+        else:
+            envelopes = list(log.read(source.name, partition))
+            for at in range(0, len(envelopes), _REPLAY_BATCH):
+                batch = envelopes[at : at + _REPLAY_BATCH]
+                names = list(source.fields)
+                kinds = [f.kind for f in source.fields.values()]
+                payloads = [e.payload for e in batch]
+                fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads)
+                       for g in user}  # fmt: skip
+                ts, divisor = source.timestamp_field, source.timestamp_divisor
+                seen = fold(
+                    partition,
+                    array("q", (e.offset for e in batch)).tobytes(),
+                    array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
+                    array("q", (e.processed_at_ms for e in batch)).tobytes(),
+                    _native.Columns.from_rows(names, kinds, payloads),
+                    fed,
+                )
+                if seen is not None:
+                    newest = seen if newest is None else max(newest, seen)
+                last = batch[-1].offset
+        if newest is not None:  # the view's stats, as the workers write them
+            store.write([stats_write(view, {partition: newest}, now_ms)])
+        if last is not None:
+            mark = Watermark(key=watermark_key(view, partition), value=encode_watermark(last))
+            store.write([], [mark])
+    return RebuildResult(
+        view=view.name, fingerprint=view.fingerprint, records=records, entities_written=written
+    )
+
+
 def _workers(view: ViewPlan, partitions: Sequence[int]) -> int:
     """Partitions replayed at a time: one per CPU (at most ``_PARALLEL``, which bounds the
     memory of the states held) when the view runs no user code; otherwise one, as the
@@ -320,6 +421,13 @@ def rebuild_partition(
     Entity hashes the log does not name keep their fields: only a write whose records the
     log does not hold yet can have made them, and the fences make its replay consistent.
     """
+    merged = [v.name for v in views if v.merged]
+    if merged:  # its partitions share one tile set: no partition's share can be replaced
+        raise OnlineStateLost(
+            f"view(s) {', '.join(map(repr, merged))} use the merge-on-write layout, whose "
+            "state cannot be rebuilt one source partition at a time: stop the view's workers "
+            "and run `skewless rebuild-online`"
+        )
     replay = _replay(views, plan, log, partition, None, now_ms, drop_expired=False)
     per_view: list[list[StateWrite]] = [[] for _ in views]
     for v, chunk in replay.writes:

@@ -27,7 +27,7 @@ from engine.frames import read_table, to_epoch_ms
 from engine.importer import ImportResult, import_frame
 from engine.loader import load_definitions
 from engine.online_read import EntityRows, OnlineResponse, ReadCache, read_online
-from engine.plan import Plan, compile_plan
+from engine.plan import Plan, compile_plan, with_merged_tiles
 from engine.ports import OnlineStateStore
 from engine.push import encode_rows
 from engine.rebuild import RebuildResult, rebuild_view
@@ -92,6 +92,8 @@ class FeatureStore:
             base_dir=repo.resolve(),
             problems=loaded.problems,
         )
+        if config.online_merge_rekeyed_views:
+            plan = with_merged_tiles(plan)
         return cls(plan, config)
 
     def __repr__(self) -> str:

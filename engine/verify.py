@@ -49,7 +49,7 @@ from engine.errors import (
     SkewlessError,
 )
 from engine.keys import encode_key
-from engine.online import NO_FENCE, PartitionState, parse_state, state_key
+from engine.online import NO_FENCE, PartitionState, marks_key, parse_state, state_key
 from engine.online_read import read_online
 from engine.plan import Plan, ViewPlan
 from engine.ports import EventLogSource, OnlineStateStore, StateWrite, Watermark
@@ -394,7 +394,9 @@ def _round(
 ) -> tuple[dict[_Pair, tuple[list[Mismatch], int]], dict[_Pair, tuple[Unverifiable, bool]], int]:
     """One read, replay and comparison of ``pairs`` at ``t_ms``."""
     keys = [state_key(plan.views[p.view], p.entity) for p in pairs]
-    hashes = dict(zip(keys, online.load(keys), strict=True))  # the read: one round trip
+    # a merge-on-write view's fences are in the entity's marks hash: read in the same trip
+    marked = [marks_key(k) for k, p in zip(keys, pairs, strict=True) if plan.views[p.view].merged]
+    hashes = dict(zip(keys + marked, online.load(keys + marked), strict=True))  # the read
     scan = _scan(plan, log, pairs, t_ms, progress)  # the log, listed right after the read
     got = _online_values(plan, pairs, hashes, t_ms)
     want = _replay(plan, pairs, scan, t_ms)
@@ -409,6 +411,8 @@ def _round(
     for i, pair in differing:
         later_keys.append(keys[i])
         view = plan.views[pair.view]
+        if view.merged:
+            later_keys.append(marks_key(keys[i]))
         later_keys += [_key_under(view, fp, pair.entity) for fp in old_fps.get(pair.view, [])]
     later = dict(zip(later_keys, online.load(later_keys), strict=True)) if later_keys else {}
 
@@ -441,7 +445,11 @@ def _round(
         stale = [
             fp for fp in old_fps.get(pair.view, []) if later.get(_key_under(view, fp, pair.entity))
         ]
-        findings = _explain(view, pair, t_ms, hashes[keys[i]], later.get(keys[i], {}), scan, stale)
+        now, after = hashes[keys[i]], later.get(keys[i], {})
+        if view.merged:  # the per-partition marks of the one tile set
+            now = _merged_marks(now, hashes.get(marks_key(keys[i]), {}))
+            after = _merged_marks(after, later.get(marks_key(keys[i]), {}))
+        findings = _explain(view, pair, t_ms, now, after, scan, stale)
         final = [f for f in findings if f.final]
         transient_findings = [f for f in findings if not f.final]
         if final or not transient_findings:
@@ -669,6 +677,23 @@ def _explain(
                 f"online applied offset {fence} of partition {p} in a write before T, but the "
                 f"log says it was processed at {logged.offsets[fence]} >= T={t_ms}"))  # fmt: skip
     return findings
+
+
+def _merged_marks(
+    fields: Mapping[bytes, bytes], marks: Mapping[bytes, bytes]
+) -> dict[bytes, bytes]:
+    """A merge-on-write entity as the per-partition analysis sees it: each partition's fence
+    from the marks hash, and as its write time the entity's newest (``u:0``; a merged hash
+    keeps no per-partition write time, so ``written_after_t`` may name any of them)."""
+    if not fields and not marks:
+        return {}
+    newest = fields.get(b"u:0", b"0")
+    out: dict[bytes, bytes] = {}
+    for name, value in marks.items():
+        if name.startswith(b"f:"):
+            out[name] = value
+            out[b"u:" + name[2:]] = newest
+    return out
 
 
 def _states(view: ViewPlan, fields: Mapping[bytes, bytes]) -> dict[int, PartitionState]:

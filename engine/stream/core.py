@@ -40,18 +40,23 @@ import numpy.typing as npt
 
 from engine.envelope import Envelope
 from engine.errors import OnlineStateLost, OnlineWriteConflict, OwnerFenced
-from engine.online import EntityWrites, core_spec, stats_write
+from engine.online import EntityWrites, core_spec, marks_key, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
 from engine.processing import group_columns, user_code_input
 from engine.serde import DecodeLimits, SourceCodec
 from engine.stream.ownership import Ownership
 from engine.stream.recovery import LostState, StateRecovery, Watermarks
+from engine.watermarks import watermark_key
 
 if TYPE_CHECKING:  # rocksdict is imported by the workers that keep local state only
     from engine.stream.local_state import LocalState
 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
+# retries of a batch whose merge-on-write entities other workers kept writing meanwhile
+MERGE_ROUNDS = 100
+_MERGED = -1  # the partition the native core lists a merge-on-write entry under
+LOST_MARK = b"lost: run rebuild-online"  # a watermark no check accepts (merge-on-write views)
 _NO_EVENT = -(1 << 63)
 
 
@@ -138,6 +143,36 @@ class BatchProcessor:
         self.local_counts: Counter[str] = Counter()  # hits, stale, spilled, loaded (Redis)
         if local is not None:
             self._core.set_spill(True)
+        # key prefixes of the merge-on-write views (ViewPlan.merged; docs/decisions.md)
+        self._merged = tuple(
+            prefix
+            for v in self.views
+            if v.merged
+            for prefix in (f"sk:{v.fingerprint}:", f"sk:fm:{v.fingerprint}:")
+        )
+        self._merged_views = {v.name for v in self.views if v.merged}
+
+    def _is_merged_key(self, key: str) -> bool:
+        return key.startswith(self._merged)
+
+    def _hold_lost(self, lost: list[LostState]) -> None:
+        """Hold merge-on-write state found lost as lost until ``rebuild-online`` restores
+        it: the batch's write swapped the watermarks to its own offsets, which would pass the
+        next attempt's check (this worker's or a successor's); they are set to a value no
+        check accepts (under the owner epochs, like every write), and this worker's
+        expectations dropped (after the rebuild the watermark is the log's last offset,
+        which a first write accepts)."""
+        assert self._marks is not None  # _StateLost comes from the watermarks
+        slots = {v.name: v for v in self.views}
+        marks = [Watermark(key=watermark_key(slots[i.view], i.partition), value=LOST_MARK)
+                 for i in lost]  # fmt: skip
+        parts = sorted({i.partition for i in lost})
+        if self.ownership is None:
+            self.online.write([], marks)
+        else:
+            fence = self.ownership.fence(parts)
+            self.online.write([], marks, fence=fence)  # type: ignore[call-arg]  # RedisOnlineStore
+        self._marks.forget(parts)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -204,6 +239,7 @@ class BatchProcessor:
     def _process_rounds(self, records: Sequence[SourceRecord]) -> BatchOutcome:
         rebuilt = 0
         rounds = 0
+        contended = 0
         received = len(records)
         fenced: list[int] = []
         while True:
@@ -217,11 +253,33 @@ class BatchProcessor:
                     rebuilt += self._rebuild_lost()
                 outcome = self._process(records)
             except _StateLost as exc:
+                merged = sorted({i.view for i in exc.lost} & self._merged_views)
+                if merged:  # never rebuilt in place (engine.rebuild): an operator must
+                    for item in exc.lost:
+                        if item.view not in self._merged_views:  # rebuilt on the next try
+                            self._lost.setdefault(item.partition, []).append(item)
+                    self._hold_lost([i for i in exc.lost if i.view in self._merged_views])
+                    raise OnlineStateLost(
+                        f"source {self.source.name!r}: online state of merge-on-write "
+                        f"view(s) {', '.join(map(repr, merged))} was lost "
+                        f"({'; '.join(i.reason for i in exc.lost)}); it cannot be rebuilt "
+                        "in place: stop the workers of the source and run `skewless "
+                        "rebuild-online` for it. The batch stays uncommitted and is retried"
+                    ) from exc
                 for item in exc.lost:
                     self._lost.setdefault(item.partition, []).append(item)
                 rounds += 1
                 if rounds > REBUILD_ROUNDS:
                     break
+                continue
+            except OnlineWriteConflict as exc:
+                # a merge-on-write entity another partition's worker wrote since this batch
+                # loaded it: what landed is fenced now; reload and fold the rest again
+                if not self._merged or not all(self._is_merged_key(k) for k in exc.keys):
+                    raise
+                contended += 1
+                if contended > MERGE_ROUNDS:
+                    raise
                 continue
             except OwnerFenced as exc:
                 if self.ownership is None:
@@ -323,17 +381,29 @@ class BatchProcessor:
     def _load(self, missing: list[tuple[str, int, int, str]]) -> None:
         """Cache the ``(redis key, view, partition, entity)`` entries ``prepare`` listed:
         from the local tier where it holds them and Redis's marks say they are current,
-        from Redis otherwise (one round trip; a second for local entries found stale)."""
+        from Redis otherwise (one round trip; a second for local entries found stale).
+        A merge-on-write entry (partition ``_MERGED``) is never spilled: its hash and its
+        marks hash are read from Redis in the same round trip."""
         core = self._core
+        merged = [m for m in missing if m[2] == _MERGED]
+        if merged:
+            missing = [m for m in missing if m[2] != _MERGED]
+        extra = list(dict.fromkeys(k for m in merged for k in (m[0], marks_key(m[0]))))
         if self.local is None:
-            self._load_hashes(missing, self.online.load(list(dict.fromkeys(m[0] for m in missing))))
+            keys = list(dict.fromkeys(m[0] for m in missing))
+            got = self.online.load(keys + extra)
+            self._load_hashes(missing, got[: len(keys)])
+            self._load_merged(merged, got[len(keys) :], extra)
             return
         values = self.local.get([b"%d:%s" % (p, key.encode()) for key, _, p, _ in missing])
         held = [i for i, value in enumerate(values) if value is not None]
         cold = [m for m, value in zip(missing, values, strict=True) if value is None]
         keys = list(dict.fromkeys(m[0] for m in cold))
-        hashes, marks = self._load_and_marks(keys, [(missing[i][0], missing[i][2]) for i in held])
-        self._load_hashes(cold, hashes)
+        hashes, marks = self._load_and_marks(
+            keys + extra, [(missing[i][0], missing[i][2]) for i in held]
+        )
+        self._load_hashes(cold, hashes[: len(keys)])
+        self._load_merged(merged, hashes[len(keys) :], extra)
         refused = core.load_spilled([
             (missing[i][1], missing[i][2], missing[i][3], values[i], fence, journal)
             for i, (fence, journal) in zip(held, marks, strict=True)
@@ -345,6 +415,19 @@ class BatchProcessor:
         if refused:  # changed in Redis since it was spilled: Redis's state is the one used
             stale = [missing[held[r]] for r in refused]
             self._load_hashes(stale, self.online.load(list(dict.fromkeys(m[0] for m in stale))))
+
+    def _load_merged(
+        self,
+        merged: list[tuple[str, int, int, str]],
+        hashes: list[dict[bytes, bytes]],
+        keys: list[str],
+    ) -> None:
+        """Cache merge-on-write entries from their hashes and marks hashes (``keys``)."""
+        if not merged:
+            return
+        by_key = dict(zip(keys, hashes, strict=True))
+        self._core.load_merged([(v, entity, by_key[key], by_key[marks_key(key)])
+                                for key, v, _, entity in merged])  # fmt: skip
 
     def _load_and_marks(
         self, keys: list[str], marked: list[tuple[str, int]]

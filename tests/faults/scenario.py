@@ -136,6 +136,7 @@ class Run:
         runtime: str = "kafka",
         batch_max: int = 1000,
         log_root: str | None = None,
+        merged: bool = False,
     ) -> None:
         self.root = root
         self.bootstrap = bootstrap
@@ -150,6 +151,9 @@ class Run:
         if log_root is not None:
             with open(self.repo / "skewless.yaml", "a") as fh:
                 fh.write(f"event_log:\n  root: {log_root}\n")
+        if merged:  # merchant_risk (keyed by merchant) on the merge-on-write layout
+            with open(self.repo / "skewless.yaml", "a") as fh:
+                fh.write("online:\n  merge_rekeyed_views: true\n")
         self.store = FeatureStore.from_repo(self.repo)
         self.store.apply()
         self.group = f"skewless.{project}"

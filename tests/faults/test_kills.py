@@ -13,7 +13,9 @@ import re
 from pathlib import Path
 
 import pytest
+import redis
 
+from engine.online import state_key
 from tests.faults.conftest import PrivateServices
 from tests.faults.scenario import Run, holds_partitions, kill_loop, wait_assigned
 from tests.stream_harness import wait_until
@@ -24,12 +26,16 @@ EVENTS = int(os.environ.get("SKEWLESS_FAULT_EVENTS", "20000"))
 KILLS = int(os.environ.get("SKEWLESS_FAULT_KILLS", "5"))
 
 
-@pytest.mark.parametrize("runtime", ["kafka", "faust"])
+@pytest.mark.parametrize(
+    ("runtime", "merged"), [("kafka", False), ("faust", False), ("kafka", True), ("faust", True)]
+)
 def test_sigkills_then_one_worker_for_good(
-    runtime: str, tmp_path: Path, services: PrivateServices
+    runtime: str, merged: bool, tmp_path: Path, services: PrivateServices
 ) -> None:
+    """``merged``: merchant_risk (keyed by merchant, the topic by customer) on the
+    merge-on-write layout, its entity hashes written by both workers at once."""
     run = Run(tmp_path, bootstrap=services.bootstrap, redis_url=services.redis_url,
-              events=EVENTS, seed=101, runtime=runtime)  # fmt: skip
+              events=EVENTS, seed=101, runtime=runtime, merged=merged)  # fmt: skip
     try:
         run.start_worker()
         run.start_worker()
@@ -51,6 +57,16 @@ def test_sigkills_then_one_worker_for_good(
         report = run.check()
     finally:
         run.cleanup()
-    print(f"\n{runtime}: {run.kills} SIGKILLs survived, {report}")
+    print(f"\n{runtime}{' merged' if merged else ''}: {run.kills} SIGKILLs survived, {report}")
     assert run.kills == KILLS + 1
     assert not report.problems(), report.problems()
+    if merged:  # one tile set per merchant: only slot 0 fields in its hash
+        view = run.store.plan.views["merchant_risk"]
+        assert view.merged
+        client = redis.Redis.from_url(services.redis_url)
+        try:
+            merchant = run.events.valid[0]["merchant_id"]
+            names = [n.decode() for n in client.hkeys(state_key(view, (merchant,)))]
+        finally:
+            client.close()
+        assert names and all(n.split(":")[1] == "0" for n in names), names

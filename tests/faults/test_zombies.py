@@ -62,6 +62,13 @@ def test_zombie_rounds(runtime: str, tmp_path: Path, services: PrivateServices) 
     zombie_run(runtime, tmp_path, services, rounds=ROUNDS, events=EVENTS, seed=111)
 
 
+@pytest.mark.parametrize("runtime", ["kafka", "faust"])
+def test_zombie_rounds_merged(runtime: str, tmp_path: Path, services: PrivateServices) -> None:
+    """The same with ``online.merge_rekeyed_views``: a zombie of one partition and the live
+    workers of the others write the same merged merchant hashes."""
+    zombie_run(runtime, tmp_path, services, rounds=ROUNDS, events=EVENTS, seed=112, merged=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["kafka", "faust"])
 def test_zombie_soak(runtime: str, tmp_path: Path, services: PrivateServices) -> None:
@@ -69,11 +76,18 @@ def test_zombie_soak(runtime: str, tmp_path: Path, services: PrivateServices) ->
 
 
 def zombie_run(
-    runtime: str, tmp_path: Path, services: PrivateServices, *, rounds: int, events: int, seed: int
+    runtime: str,
+    tmp_path: Path,
+    services: PrivateServices,
+    *,
+    rounds: int,
+    events: int,
+    seed: int,
+    merged: bool = False,
 ) -> None:
     started = time.monotonic()
     run = Run(tmp_path, bootstrap=services.bootstrap, redis_url=services.redis_url,
-              events=events, seed=seed, runtime=runtime)  # fmt: skip
+              events=events, seed=seed, runtime=runtime, merged=merged)  # fmt: skip
     failures: list[str] = []
     stop_rounds: list[StopRound] = []
     try:

@@ -318,6 +318,50 @@ def test_a_user_without_scripting_writes_through_a_pipeline(
         redis_client.acl_deluser(user)
 
 
+def test_a_linked_write_lands_iff_the_write_before_it_did(store: RedisOnlineStore) -> None:
+    """Check '&' (a merge-on-write view's marks hash): it shares the fate of the write before
+    it in the script call — refused with a refused entity write, applied with an applied one."""
+    marks = "sk:fm:0123456789abcdef:{c1}"
+    store.write([StateWrite(key=KEY, fields={"f:0": b"9"})])
+    with pytest.raises(OnlineWriteConflict) as caught:
+        store.write(
+            [
+                StateWrite(key=KEY, fields={"f:0": b"10"}, expect=("f:0", b"5")),
+                StateWrite(key=marks, fields={"f:3": b"77"}, expect=("&", None)),
+            ]
+        )
+    assert caught.value.keys == (KEY, marks)
+    assert store.load([KEY, marks]) == [{b"f:0": b"9"}, {}]
+    store.write(
+        [
+            StateWrite(key=KEY, fields={"f:0": b"10"}, expect=("f:0", b"9")),
+            StateWrite(key=marks, fields={"f:3": b"77"}, expect=("&", None)),
+        ]
+    )
+    assert store.load([KEY, marks]) == [{b"f:0": b"10"}, {b"f:3": b"77"}]
+
+
+def test_a_user_without_scripting_cannot_write_a_merged_view(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The pipeline fallback has no compare-and-set: merge-on-write writes refuse it."""
+    user = f"noscript{random.randrange(10**6)}"
+    redis_client.acl_setuser(user, enabled=True, passwords=["+pw-noscript"], keys=["*"],
+                             commands=["+@all", "-@scripting"])  # fmt: skip
+    try:
+        store = RedisOnlineStore(redis_url, username=user, password="pw-noscript")
+        with pytest.raises(OnlineStoreUnavailable, match="merge_rekeyed_views"):
+            store.write(
+                [
+                    StateWrite(key=KEY, fields={"f:0": b"1"}, expect=("f:0", None)),
+                    StateWrite(key="sk:fm:x:{c1}", fields={"f:3": b"7"}, expect=("&", None)),
+                ]
+            )
+        assert store.load([KEY]) == [{}]
+    finally:
+        redis_client.acl_deluser(user)
+
+
 def test_a_write_whose_fence_moved_is_refused_and_the_rest_applied(
     store: RedisOnlineStore,
 ) -> None:

@@ -12,6 +12,11 @@
 //! j:<p>                journal: msgpack [[fence, processed_at], ...] of p's last writes
 //! ```
 //!
+//! A merge-on-write view (`OnlineCore::set_merged`) keeps one entry per entity for every
+//! source partition: its tiles, lifetime state, write version and write time as slot 0
+//! (`t:0:…`, `l:0`, `f:0`, `u:0`), every partition's fence and journal in a marks hash
+//! `sk:fm:<fingerprint>:{<entity>}` written in the same script call ([`LINKED`]).
+//!
 //! A batch runs in two calls: [`OnlineCore::prepare`] extracts every view's entity from
 //! the batch's columns and lists the cache entries to load from Redis; after
 //! [`OnlineCore::load`] of those hashes, [`OnlineCore::apply`] skips what fences say the
@@ -63,7 +68,20 @@ pub struct Entry {
     /// When the oldest tile becomes stale (0: not known yet).
     pub evict_at_ms: i64,
     pub journal: Vec<(i64, i64)>,
+    /// Merged views only: every source partition's fence and journal (`fence` above is
+    /// then the hash's write version, `updated_ms` the newest write of any partition).
+    pub parts: Vec<PartMarks>,
     used: u64,
+}
+
+/// What a merged view's entity hash records of one source partition (its marks hash).
+#[derive(Clone, Debug)]
+pub struct PartMarks {
+    pub partition: i32,
+    pub fence: i64,
+    pub journal: Vec<(i64, i64)>,
+    /// Applied an event in the batch being folded.
+    touched: bool,
 }
 
 impl Entry {
@@ -74,10 +92,54 @@ impl Entry {
             updated_ms: 0,
             evict_at_ms: 0,
             journal: Vec::new(),
+            parts: Vec::new(),
             used: 0,
         }
     }
+
+    /// The fence of source partition `p` (merged entries).
+    fn part_fence(&self, p: i32) -> i64 {
+        self.parts
+            .iter()
+            .find(|m| m.partition == p)
+            .map_or(NO_FENCE, |m| m.fence)
+    }
+
+    fn part_journal(&self, p: i32) -> &[(i64, i64)] {
+        self.parts
+            .iter()
+            .find(|m| m.partition == p)
+            .map_or(&[], |m| &m.journal[..])
+    }
+
+    fn part_mut(&mut self, p: i32) -> &mut PartMarks {
+        let at = match self.parts.iter().position(|m| m.partition == p) {
+            Some(at) => at,
+            None => {
+                self.parts.push(PartMarks {
+                    partition: p,
+                    fence: NO_FENCE,
+                    journal: Vec::new(),
+                    touched: false,
+                });
+                self.parts.len() - 1
+            }
+        };
+        &mut self.parts[at]
+    }
 }
+
+/// The cache-key partition of a merged view's entries: one entry per entity for every
+/// source partition (never kept across batches: other workers write the same hash).
+pub const MERGED: i32 = -1;
+/// The field slot a merged view's tiles, lifetime state, version and write time use in the
+/// entity hash (`t:0:<hop_ms>:<k>`, `l:0`, `f:0`, `u:0`): the one tile set a read merges.
+pub const MERGED_SLOT: i32 = 0;
+/// The check of a write that lands iff the write before it in the same script call landed
+/// (a merged view's marks hash rides with its entity hash).
+pub const LINKED: &str = "&";
+/// Low bits of a merged hash's write version holding the writer's lowest partition.
+const VERSION_PARTITION_BITS: u32 = 20;
 
 /// A cache key: (view, source partition, entity text).
 pub type CacheKey = (u32, i32, Box<str>);
@@ -133,6 +195,8 @@ pub struct GroupColumns<'a> {
 pub struct OnlineCore {
     views: Vec<OnlineView>,
     groups: Vec<OnlineGroup>,
+    /// Per view: its entities' tiles are merged across source partitions on write.
+    merged: Vec<bool>,
     cache: HashMap<CacheKey, Entry, FxBuildHasher>,
     capacity: usize,
     /// Spill mode (a local tier behind the cache): `apply` does not trim; the caller
@@ -144,14 +208,18 @@ pub struct OnlineCore {
     prepared_keys: Vec<CacheKey>,
     events: Events,
     inputs: Vec<Vec<Option<Column>>>, // per group: its input columns (owned copies)
+    /// `apply_logged`: each event's logged processed_at (admission by it, not the batch's).
+    logged: Option<Vec<i64>>,
 }
 
 impl OnlineCore {
     /// A core for `views` (grouped by `groups`) caching at most `capacity` entries.
     pub fn new(views: Vec<OnlineView>, groups: Vec<OnlineGroup>, capacity: usize) -> OnlineCore {
+        let merged = vec![false; views.len()];
         OnlineCore {
             views,
             groups,
+            merged,
             cache: HashMap::default(),
             capacity: capacity.max(1),
             spill: false,
@@ -160,6 +228,7 @@ impl OnlineCore {
             prepared_keys: Vec::new(),
             events: Events::default(),
             inputs: Vec::new(),
+            logged: None,
         }
     }
 
@@ -169,6 +238,21 @@ impl OnlineCore {
 
     pub fn groups(&self) -> &[OnlineGroup] {
         &self.groups
+    }
+
+    /// Merge the tiles of `views` across source partitions on write (one tile set per
+    /// entity; see [`OnlineCore::load_merged`]).
+    pub fn set_merged(&mut self, views: &[u32]) {
+        for &v in views {
+            if let Some(m) = self.merged.get_mut(v as usize) {
+                *m = true;
+            }
+        }
+    }
+
+    /// Whether view `v` merges its tiles on write.
+    pub fn is_merged(&self, v: u32) -> bool {
+        self.merged.get(v as usize).copied().unwrap_or(false)
     }
 
     /// Entries cached now.
@@ -266,9 +350,13 @@ impl OnlineCore {
                 };
                 for &v in &members {
                     let next = self.prepared_keys.len() as u32;
-                    let key = *index.entry((v, partition, entity)).or_insert_with(|| {
-                        self.prepared_keys
-                            .push((v, partition, text.as_str().into()));
+                    let slot = if self.merged[v as usize] {
+                        MERGED
+                    } else {
+                        partition
+                    };
+                    let key = *index.entry((v, slot, entity)).or_insert_with(|| {
+                        self.prepared_keys.push((v, slot, text.as_str().into()));
                         next
                     });
                     self.pairs.push(Pair {
@@ -310,6 +398,37 @@ impl OnlineCore {
     pub fn load(&mut self, ck: CacheKey, fields: &[(&[u8], &[u8])]) -> Result<(), CodecError> {
         let view = &self.views[ck.0 as usize];
         let mut entry = parse_partition(view, ck.1, fields)?;
+        entry.used = self.tick;
+        self.cache.insert(ck, entry);
+        Ok(())
+    }
+
+    /// The Redis key of a merged entry's marks hash (see [`marks_key`]).
+    pub fn marks_key(&self, ck: &CacheKey) -> String {
+        marks_key(&self.views[ck.0 as usize], &ck.2)
+    }
+
+    /// Cache a merged entry from its entity hash (tiles, version, write time) and its marks
+    /// hash (every partition's fence and journal).
+    pub fn load_merged(
+        &mut self,
+        ck: CacheKey,
+        fields: &[(&[u8], &[u8])],
+        marks: &[(&[u8], &[u8])],
+    ) -> Result<(), CodecError> {
+        let view = &self.views[ck.0 as usize];
+        let mut entry = parse_partition(view, MERGED_SLOT, fields)?;
+        entry.journal.clear();
+        for &(name, value) in marks {
+            let Some((kind, p, _, _)) = field_name(name) else {
+                continue;
+            };
+            match kind {
+                b'f' => entry.part_mut(p).fence = parse_int(value)?,
+                b'j' => entry.part_mut(p).journal = unpack_journal(value)?,
+                _ => {}
+            }
+        }
         entry.used = self.tick;
         self.cache.insert(ck, entry);
         Ok(())
@@ -357,12 +476,19 @@ impl OnlineCore {
                     "entry {ck:?} was not loaded before apply"
                 )));
             };
+            let merged = ck.1 == MERGED;
             for &i in order.of(k) {
                 let row = self.pairs[i as usize].row;
                 let offset = self.events.offset[row as usize];
-                if offset <= entry.fence {
+                let (fence, journal) = if merged {
+                    let p = self.events.partition[row as usize];
+                    (entry.part_fence(p), entry.part_journal(p))
+                } else {
+                    (entry.fence, &entry.journal[..])
+                };
+                if offset <= fence {
                     out.fenced += 1;
-                    if let Some(first) = journal_lookup(&entry.journal, offset) {
+                    if let Some(first) = journal_lookup(journal, offset) {
                         let held = recovered.entry(row).or_insert(first);
                         *held = (*held).min(first);
                     }
@@ -379,16 +505,25 @@ impl OnlineCore {
             let inputs = &self.inputs[view.group];
             let entry = self.cache.get_mut(ck).expect("checked in pass 1");
             let prior = entry.fence;
+            let merged = ck.1 == MERGED;
             let mut first: Option<u32> = None;
             let mut latest = i64::MIN;
+            let mut part_latest: Vec<(i32, i64)> = Vec::new();
             times.clear();
             for &i in order.of(k) {
                 let row = self.pairs[i as usize].row as usize;
                 let offset = self.events.offset[row];
-                if offset <= entry.fence {
+                let fence = if merged {
+                    entry.part_fence(self.events.partition[row])
+                } else {
+                    entry.fence
+                };
+                if offset <= fence {
                     continue;
                 }
-                let p_e = if recovered.is_empty() {
+                let p_e = if let Some(logged) = &self.logged {
+                    logged[row]
+                } else if recovered.is_empty() {
                     batch_p
                 } else {
                     recovered.get(&(row as u32)).copied().unwrap_or(batch_p)
@@ -407,7 +542,17 @@ impl OnlineCore {
                     .fold(&view.layout, et, (et, partition, offset), |a| {
                         input_at(inputs[view.inputs[a]].as_ref(), row)
                     });
-                entry.fence = offset;
+                if merged {
+                    let marks = entry.part_mut(partition);
+                    marks.fence = offset;
+                    marks.touched = true;
+                    match part_latest.iter_mut().find(|x| x.0 == partition) {
+                        Some(x) => x.1 = x.1.max(et),
+                        None => part_latest.push((partition, et)),
+                    }
+                } else {
+                    entry.fence = offset;
+                }
                 if p_e > entry.updated_ms {
                     entry.updated_ms = p_e;
                 }
@@ -416,12 +561,27 @@ impl OnlineCore {
                 latest = latest.max(et);
             }
             let Some(first) = first else { continue };
-            // every pair of an entry has the entry's view and partition
-            newest.push(((ck.0, ck.1), latest));
-            entry.journal.push((entry.fence, batch_p));
-            if entry.journal.len() > JOURNAL_ENTRIES {
-                let cut = entry.journal.len() - JOURNAL_ENTRIES;
-                entry.journal.drain(..cut);
+            if merged {
+                for &(p, et) in &part_latest {
+                    newest.push(((ck.0, p), et));
+                }
+                let lowest = part_latest.iter().map(|x| x.0).min().unwrap_or(0);
+                entry.fence = next_version(entry.fence, lowest);
+                for marks in entry.parts.iter_mut().filter(|m| m.touched) {
+                    marks.journal.push((marks.fence, batch_p));
+                    if marks.journal.len() > JOURNAL_ENTRIES {
+                        let cut = marks.journal.len() - JOURNAL_ENTRIES;
+                        marks.journal.drain(..cut);
+                    }
+                }
+            } else {
+                // every pair of an entry has the entry's view and partition
+                newest.push(((ck.0, ck.1), latest));
+                entry.journal.push((entry.fence, batch_p));
+                if entry.journal.len() > JOURNAL_ENTRIES {
+                    let cut = entry.journal.len() - JOURNAL_ENTRIES;
+                    entry.journal.drain(..cut);
+                }
             }
             tiles.clear();
             for (g, group) in view.layout.groups.iter().enumerate() {
@@ -430,13 +590,33 @@ impl OnlineCore {
             tiles.sort_unstable();
             tiles.dedup();
             let key = redis_key_of(view, &ck.2);
-            writes.push((
-                first,
-                entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior)),
-            ));
+            if merged {
+                let mut w = entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior));
+                let marks = marks_write(view, &ck.2, entry, w.expire_at_ms);
+                for m in entry.parts.iter_mut() {
+                    m.touched = false;
+                }
+                // the version is a compare-and-set on the entity hash: absent, or as read
+                w.expect = Some((
+                    part_field('f', MERGED_SLOT),
+                    (prior != NO_FENCE).then(|| decimal(prior)),
+                ));
+                writes.push((first, w));
+                writes.push((first, marks));
+            } else {
+                writes.push((
+                    first,
+                    entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior)),
+                ));
+            }
         }
-        writes.sort_unstable_by_key(|w| w.0);
+        // stable: a merged entity's marks write stays right after its entity write
+        writes.sort_by_key(|w| w.0);
         out.writes = writes.into_iter().map(|w| w.1).collect();
+        // merged entries are never kept: other partitions' workers write the same hashes
+        if self.merged.iter().any(|&m| m) {
+            self.cache.retain(|k, _| k.1 != MERGED);
+        }
         newest.sort_unstable();
         newest.dedup_by(|b, a| {
             // equal (view, partition): keep the later event time in `a` (the one kept)
@@ -455,6 +635,28 @@ impl OnlineCore {
             self.trim();
         }
         Ok(out)
+    }
+
+    /// [`OnlineCore::apply`] of records already in the event log (rebuilding a
+    /// merge-on-write view, `engine.rebuild`): each admitted by its logged `processed_at`
+    /// (one per event of the prepared batch) instead of the batch's; fences skip what the
+    /// store holds; `now_ms` is the write time (evictions, journal).
+    pub fn apply_logged(
+        &mut self,
+        processed_at: &[i64],
+        now_ms: i64,
+    ) -> Result<Applied, CodecError> {
+        if processed_at.len() != self.events.offset.len() {
+            return Err(CodecError(format!(
+                "apply_logged: {} processed_at for {} events",
+                processed_at.len(),
+                self.events.offset.len()
+            )));
+        }
+        self.logged = Some(processed_at.to_vec());
+        let out = self.apply(now_ms);
+        self.logged = None;
+        out
     }
 
     /// Rebuild mode (`engine.rebuild`): fold the prepared batch as the workers did, each
@@ -659,7 +861,7 @@ pub fn entity_write(
     expect: Option<i64>,
 ) -> Write {
     let layout = &view.layout;
-    let p = ck.1;
+    let p = if ck.1 == MERGED { MERGED_SLOT } else { ck.1 };
     let mut evict_at = if entry.evict_at_ms == 0 {
         NEVER_MS
     } else {
@@ -698,7 +900,9 @@ pub fn entity_write(
     });
     fields.push((part_field('f', p), decimal(entry.fence)));
     fields.push((part_field('u', p), decimal(entry.updated_ms)));
-    fields.push((part_field('j', p), pack_journal(&entry.journal)));
+    if ck.1 != MERGED {
+        fields.push((part_field('j', p), pack_journal(&entry.journal)));
+    }
     Write {
         key: redis_key,
         fields,
@@ -723,6 +927,49 @@ pub fn entity_write(
 thread_local! {
     /// The tile encoder's buffer, reused: each encoded tile is copied out at its size.
     static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A merged hash's next write version: a counter above `prior`'s, with the writer's
+/// lowest source partition in the low bits, so two workers that read the same version
+/// never write the same one (their partitions differ) while a retried write stays equal.
+pub fn next_version(prior: i64, lowest_partition: i32) -> i64 {
+    let count = if prior == NO_FENCE {
+        0
+    } else {
+        prior >> VERSION_PARTITION_BITS
+    };
+    ((count + 1) << VERSION_PARTITION_BITS)
+        | (i64::from(lowest_partition) & ((1 << VERSION_PARTITION_BITS) - 1))
+}
+
+/// The marks write of a merged entity: the fence and journal of each partition that
+/// applied an event, linked to the entity write before it ([`LINKED`]).
+fn marks_write(view: &OnlineView, entity: &str, entry: &Entry, expire: Option<i64>) -> Write {
+    let mut fields = Vec::new();
+    for m in entry.parts.iter().filter(|m| m.touched) {
+        fields.push((part_field('f', m.partition), decimal(m.fence)));
+        fields.push((part_field('j', m.partition), pack_journal(&m.journal)));
+    }
+    Write {
+        key: marks_key(view, entity),
+        fields,
+        delete: Vec::new(),
+        expire_at_ms: expire,
+        expect: Some((LINKED.to_string(), None)),
+    }
+}
+
+/// The marks hash of a merged view's entity: `sk:fm:<fingerprint>:{<entity>}` (same hash
+/// tag as the entity hash, outside the view's `sk:<fingerprint>:*` keyspace).
+pub fn marks_key(view: &OnlineView, entity: &str) -> String {
+    let entity = escape(entity);
+    let mut key = String::with_capacity(view.fingerprint.len() + entity.len() + 8);
+    key.push_str("sk:fm:");
+    key.push_str(&view.fingerprint);
+    key.push_str(":{");
+    key.push_str(&entity);
+    key.push('}');
+    key
 }
 
 /// `x` in decimal ASCII.
@@ -836,6 +1083,7 @@ fn write_len(w: &Write) -> usize {
     n += w.expire_at_ms.map_or(bulk_len(0), int_len);
     n += match &w.expect {
         None => 3 * bulk_len(0),
+        Some((field, None)) if field == LINKED => 2 * bulk_len(0) + bulk_len(1),
         Some((field, value)) => {
             bulk_len(1) + bulk_len(field.len()) + bulk_len(value.as_ref().map_or(0, Vec::len))
         }
@@ -849,6 +1097,10 @@ fn write_len(w: &Write) -> usize {
     n
 }
 
+fn is_linked(w: &Write) -> bool {
+    matches!(&w.expect, Some((f, None)) if f == LINKED)
+}
+
 /// Group `writes` into script calls of about `max_args` arguments (a call starts a new
 /// chunk once the current one holds `max_args` or more, as the Python packer does).
 pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
@@ -858,7 +1110,7 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
         let mut size = 0;
         let mut end = start;
         let mut bytes = 0;
-        while end < writes.len() && size < max_args {
+        while end < writes.len() && (size < max_args || is_linked(&writes[end])) {
             let w = &writes[end];
             size += 7 + 2 * w.fields.len() + w.delete.len();
             bytes += bulk_len(w.key.len()) + write_len(w);
@@ -882,6 +1134,11 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
             match &w.expect {
                 None => {
                     bulk(&mut body, b"");
+                    bulk(&mut body, b"");
+                    bulk(&mut body, b"");
+                }
+                Some((field, None)) if field == LINKED => {
+                    bulk(&mut body, b"&");
                     bulk(&mut body, b"");
                     bulk(&mut body, b"");
                 }
@@ -1367,6 +1624,43 @@ mod tests {
         assert_eq!(field_name(b"f:0"), Some((b'f', 0, 0, 0)));
         assert_eq!(field_name(b"w:0"), None);
         assert_eq!(field_name(b"t:x:1:2"), None);
+    }
+
+    #[test]
+    fn merged_versions_differ_by_writer_and_grow() {
+        let first = next_version(NO_FENCE, 3);
+        assert_ne!(first, next_version(NO_FENCE, 5));
+        assert_eq!(first, next_version(NO_FENCE, 3)); // a retried write sets the same
+        let second = next_version(first, 5);
+        assert!(second > first && second > next_version(NO_FENCE, 63));
+        assert_ne!(second, next_version(first, 3));
+    }
+
+    #[test]
+    fn a_linked_write_never_starts_a_chunk() {
+        let w = |key: &str, expect: Option<(String, Option<Vec<u8>>)>| Write {
+            key: key.into(),
+            fields: vec![("f:0".into(), b"1".to_vec())],
+            delete: vec![],
+            expire_at_ms: None,
+            expect,
+        };
+        let writes = [
+            w("sk:a:{x}", Some(("f:0".into(), None))),
+            w("sk:fm:a:{x}", Some((LINKED.into(), None))),
+            w("sk:a:{y}", None),
+        ];
+        let chunks = script_chunks(&writes, 9); // full after the first write
+        assert_eq!(
+            chunks
+                .iter()
+                .map(|c| (c.first, c.count))
+                .collect::<Vec<_>>(),
+            [(0, 2), (2, 1)]
+        );
+        let text = String::from_utf8_lossy(&chunks[0].body).into_owned();
+        assert!(text.contains("$11\r\nsk:fm:a:{x}\r\n"));
+        assert!(text.contains("$1\r\n&\r\n$0\r\n\r\n$0\r\n\r\n"));
     }
 
     #[test]

@@ -171,6 +171,37 @@ impl PyWrites {
 /// `(view, partition, entity, local value, store's fence, store's journal)`.
 type SpilledEntry = (u32, i32, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
 
+fn applied_to_py<'py>(
+    py: Python<'py>,
+    applied: skewless_core::online::Applied,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let writes = Bound::new(
+        py,
+        PyWrites {
+            writes: applied.writes,
+        },
+    )?;
+    let newest = PyDict::new(py);
+    for ((v, p), ms) in &applied.newest {
+        newest.set_item((v, p), ms)?;
+    }
+    let recovered = PyDict::new(py);
+    for (row, pt) in &applied.recovered {
+        recovered.set_item(row, pt)?;
+    }
+    PyTuple::new(
+        py,
+        [
+            writes.into_any(),
+            applied.applied.into_pyobject(py)?.into_any(),
+            applied.late.into_pyobject(py)?.into_any(),
+            applied.fenced.into_pyobject(py)?.into_any(),
+            newest.into_any(),
+            recovered.into_any(),
+        ],
+    )
+}
+
 #[pyclass(module = "engine._native", name = "OnlineCore")]
 pub struct PyOnlineCore {
     inner: std::sync::Mutex<OnlineCore>,
@@ -208,6 +239,36 @@ impl PyOnlineCore {
         Ok(PyOnlineCore {
             inner: std::sync::Mutex::new(OnlineCore::new(views, groups, capacity)),
         })
+    }
+
+    /// Merge the tiles of these views (slots) across source partitions on write.
+    fn set_merged(&self, views: Vec<u32>) -> PyResult<()> {
+        self.with(|c| {
+            c.set_merged(&views);
+            Ok(())
+        })
+    }
+
+    /// Cache loaded merged entries: `(view, entity, entity hash, marks hash)` per entry
+    /// `prepare` listed with partition -1.
+    #[allow(clippy::type_complexity)]
+    fn load_merged(
+        &self,
+        py: Python<'_>,
+        entries: Vec<(u32, String, Bound<'_, PyDict>, Bound<'_, PyDict>)>,
+    ) -> PyResult<()> {
+        for (view, entity, hash, marks) in entries {
+            let fields = fields_of(&hash)?;
+            let marks = fields_of(&marks)?;
+            let refs: Vec<(&[u8], &[u8])> = fields.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let mrefs: Vec<(&[u8], &[u8])> = marks.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+            let ck: CacheKey = (view, skewless_core::online::MERGED, entity.into());
+            self.with(|c| {
+                c.load_merged(ck, &refs, &mrefs)
+                    .map_err(|e| codec_err(py, e))
+            })?;
+        }
+        Ok(())
     }
 
     /// Entries cached now.
@@ -384,31 +445,23 @@ impl PyOnlineCore {
     fn apply<'py>(&self, py: Python<'py>, batch_p: i64) -> PyResult<Bound<'py, PyTuple>> {
         let applied =
             self.with(|c| py.detach(|| c.apply(batch_p)).map_err(|e| codec_err(py, e)))?;
-        let writes = Bound::new(
-            py,
-            PyWrites {
-                writes: applied.writes,
-            },
-        )?;
-        let newest = PyDict::new(py);
-        for ((v, p), ms) in &applied.newest {
-            newest.set_item((v, p), ms)?;
-        }
-        let recovered = PyDict::new(py);
-        for (row, pt) in &applied.recovered {
-            recovered.set_item(row, pt)?;
-        }
-        PyTuple::new(
-            py,
-            [
-                writes.into_any(),
-                applied.applied.into_pyobject(py)?.into_any(),
-                applied.late.into_pyobject(py)?.into_any(),
-                applied.fenced.into_pyobject(py)?.into_any(),
-                newest.into_any(),
-                recovered.into_any(),
-            ],
-        )
+        applied_to_py(py, applied)
+    }
+
+    /// `apply` admitting each event by its logged processed_at (int64 buffer, one per
+    /// event of the prepared batch); writes at `now_ms`. Returns what `apply` returns.
+    fn apply_logged<'py>(
+        &self,
+        py: Python<'py>,
+        processed_at: Vec<u8>,
+        now_ms: i64,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let pt = i64s(&processed_at, "processed_at")?;
+        let applied = self.with(|c| {
+            py.detach(|| c.apply_logged(&pt, now_ms))
+                .map_err(|e| codec_err(py, e))
+        })?;
+        applied_to_py(py, applied)
     }
 
     /// Rebuild mode: fold the prepared batch admitting each record by its logged
