@@ -332,7 +332,7 @@ start_redis_cluster() {
       --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
       --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT" \
       --dir "$dir" --appendonly yes --save "" \
-      --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
+      --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" 9>&- \
       || die "redis-server failed to start on $port; see $dir/redis.log"
   done
   local deadline=$((SECONDS + TIMEOUT))

@@ -112,8 +112,10 @@ def online_store(url: str) -> Any:
 
 
 def flush_redis(client: Any) -> None:
-    """FLUSHDB on one Redis, FLUSHALL on every master of a cluster."""
+    """FLUSHDB on one Redis, FLUSHALL on every master of a cluster (the slot map read anew:
+    a test may have failed a master over)."""
     if cluster_nodes():
+        client.nodes_manager.initialize()
         client.flushall(target_nodes="primaries")
     else:
         client.flushdb()

@@ -417,6 +417,7 @@ def _last_assignment(text: str, topic: str) -> set[int]:
     return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
 
 
+@pytest.mark.single_redis  # its own single Redis, started late
 def test_redis_outage_backs_off_without_committing_then_catches_up(
     tmp_path: Path, kafka_service: str, stream_redis_url: str
 ) -> None:
