@@ -12,7 +12,7 @@ docs/decisions.md):
 - **Fences per slot.** The owner registers ``sk:own:<group>:<topic>:<p>`` live in one slot
   each, so a write script cannot read them. ``take_epochs`` takes the epoch on the register
   exactly as on one node, then copies it into a *fence hash* in every slot
-  (``sk:fence:{<tag>}``, 16,384 small hashes, field = register key, value = epoch; a copy
+  (``sk:fence:slot:{<tag>}``, 16,384 small hashes, field = register key, value = epoch; a copy
   only ever grows). Every write script names its slot's fence hash in KEYS and refuses the
   whole call when the copy holds a later epoch than the writer's. ``take_epochs`` returns
   only once every copy is written, so — as on one node — no write of a zombie lands after
@@ -126,7 +126,7 @@ def slot_tag(slot: int) -> str:
 
 def fence_key(slot: int) -> str:
     """The fence hash of one slot: a copy of every owner register's epoch."""
-    return f"{PREFIX}:fence:{{{slot_tag(slot)}}}"
+    return f"{PREFIX}:fence:slot:{{{slot_tag(slot)}}}"  # not sk:<fp>:{…}: no entity key
 
 
 def _sha(lua: str) -> bytes:

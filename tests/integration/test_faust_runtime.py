@@ -366,6 +366,7 @@ def test_two_faust_workers_share_the_partitions_across_rebalances(
     repo.check_online_equals_fold()
 
 
+@pytest.mark.single_redis  # its own single Redis, started late
 def test_faust_redis_outage_backs_off_without_committing_then_catches_up(
     tmp_path: Path, kafka_service: str
 ) -> None:

@@ -199,6 +199,7 @@ def test_status_matches_the_services_after_a_worker_run(
     assert repo.dlq in text and view.fingerprint in text
 
 
+@pytest.mark.single_redis  # a single Redis where none listens
 def test_status_says_which_service_is_down_prints_the_rest_and_no_secret(
     tmp_path: Path,
     kafka_service: str,

@@ -13,7 +13,7 @@ from connectors.redis_store import _WRITE_LUA
 def test_a_slot_tag_and_its_fence_key_land_in_the_slot(slot: int) -> None:
     assert key_slot(rc.slot_tag(slot).encode()) == slot
     assert key_slot(rc.fence_key(slot).encode()) == slot
-    assert rc.fence_key(slot).startswith("sk:fence:{")
+    assert rc.fence_key(slot).startswith("sk:fence:slot:{")
 
 
 def test_every_slot_has_a_distinct_tag() -> None:
