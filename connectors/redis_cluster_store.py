@@ -426,7 +426,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     def ping(self) -> bool:
         try:
-            return bool(self._client.ping(target_nodes=RedisCluster.ALL_NODES))
+            return bool(self._client.ping(target_nodes=RedisCluster.PRIMARIES))
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
             self._unavailable("PING", _as_redis_error(exc))
 
@@ -465,7 +465,23 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                 f"Redis Cluster the user {self.user!r} must be allowed scripts (EVALSHA, "
                 "SCRIPT LOAD) besides HGETALL, SET, EXISTS, SCAN, UNLINK"
             ) from exc
+        if isinstance(exc, _FAILING_OVER):
+            raise OnlineStoreUnavailable(
+                f"Redis at {self.address} failed ({what}): {self._redact(str(exc))}; the "
+                "cluster is failing over or some slots have no master (CLUSTER INFO, "
+                "CLUSTER NODES); the worker retries with backoff"
+            ) from exc
         super()._unavailable(what, exc)
+
+
+# Replies of a cluster in the middle of a failover or a resharding that redis-py gave up on
+_FAILING_OVER = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterError,
+)
 
 
 def _write_args(w: StateWrite) -> list[bytes]:
