@@ -12,6 +12,7 @@ afterwards every entity's online values equal the processing-time replay, bit fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,7 +35,15 @@ from tests.integration.test_kafka_runtime import (
     check_online_equals_backfill,
     rows,
 )
-from tests.stream_harness import WorkerThread, cluster_nodes, raw_redis, wait_caught_up, wait_until
+from tests.stream_harness import (
+    WorkerThread,
+    cluster_nodes,
+    committed,
+    end_offsets,
+    raw_redis,
+    wait_caught_up,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.redis_cluster]
 
@@ -151,14 +160,21 @@ def test_a_master_killed_under_a_writing_worker_loses_nothing_for_good(
             wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
             feeding.start()
             # cut the replica's link to its master and freeze it before it reconnects: from
-            # here on the master acknowledges writes the replica never receives
+            # here on the master acknowledges writes the replica never receives. (Validity
+            # factor 0: the replica may take over however long it was cut off.)
+            _node(replica).config_set("cluster-replica-validity-factor", 0)
             _node(replica).execute_command("CLIENT", "KILL", "TYPE", "master")
             os.kill(replica_pid, signal.SIGSTOP)
             try:
                 seen = len(pushed)
                 wait_until(lambda: len(pushed) >= seen + 5, 60, "rounds the replica misses")
-                time.sleep(0.5)  # the worker writes them
-                os.kill(master_pid, signal.SIGKILL)
+                ends = {t: end_offsets(kafka_service, t) for t in (repo.avro, repo.json)}
+                wait_until(
+                    lambda: _committed_past(kafka_service, repo.group, ends),
+                    120,
+                    "the worker's writes of the rounds the replica misses",
+                )
+                os.kill(master_pid, signal.SIGKILL)  # with rounds only it acknowledged
             finally:
                 os.kill(replica_pid, signal.SIGCONT)
             wait_until(lambda: _role(replica) == "master", 60, f"{replica} promoted")
@@ -184,9 +200,21 @@ def test_a_master_killed_under_a_writing_worker_loses_nothing_for_good(
         stop_pushing.set()
         subprocess.run(master_argv, check=False, timeout=30, stdout=subprocess.DEVNULL)
         client.close()
+        for address in (replica, master):
+            with contextlib.suppress(redis.exceptions.RedisError):
+                _node(address).config_set("cluster-replica-validity-factor", 10)  # the default
         wait_until(lambda: _role(master) == "slave", 60, f"{master} back as a replica")
         wait_until(lambda: _loaded(master), 60, f"{master} loaded its data")
         wait_until(lambda: _cluster_ok(master), 60, "cluster_state:ok with the node back")
+
+
+def _committed_past(bootstrap: str, group: str, ends: dict[str, dict[int, int]]) -> bool:
+    """Whether the group committed every partition of every topic up to ``ends``."""
+    for topic, by_partition in ends.items():
+        done = committed(bootstrap, group, topic)
+        if any(done.get(p, -1) < end for p, end in by_partition.items()):
+            return False
+    return True
 
 
 def _loaded(address: str) -> bool:
