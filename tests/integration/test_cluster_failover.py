@@ -159,13 +159,15 @@ def test_a_master_killed_under_a_writing_worker_loses_nothing_for_good(
             _push(repo, rows(300, 31, now))  # before: the replica has everything
             wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
             feeding.start()
-            # cut the replica's link to its master and freeze it before it reconnects: from
-            # here on the master acknowledges writes the replica never receives. (Validity
-            # factor 0: the replica may take over however long it was cut off.)
+            # freeze the replica, then have the master drop its link (a frozen replica cannot
+            # reconnect): from here on the master acknowledges writes the replica never
+            # receives. (Validity factor 0: the replica may take over however long it was
+            # cut off.)
             _node(replica).config_set("cluster-replica-validity-factor", 0)
-            _node(replica).execute_command("CLIENT", "KILL", "TYPE", "master")
             os.kill(replica_pid, signal.SIGSTOP)
             try:
+                _node(master).execute_command("CLIENT", "KILL", "TYPE", "replica")
+                wait_until(lambda: _replicas_of(master) == 0, 30, f"{master} without replica")
                 seen = len(pushed)
                 wait_until(lambda: len(pushed) >= seen + 5, 60, "rounds the replica misses")
                 ends = {t: end_offsets(kafka_service, t) for t in (repo.avro, repo.json)}
@@ -215,6 +217,14 @@ def _committed_past(bootstrap: str, group: str, ends: dict[str, dict[int, int]])
         if any(done.get(p, -1) < end for p, end in by_partition.items()):
             return False
     return True
+
+
+def _replicas_of(address: str) -> int:
+    client = _node(address)
+    try:
+        return int(client.info("replication")["connected_slaves"])
+    finally:
+        client.close()
 
 
 def _loaded(address: str) -> bool:
