@@ -3,8 +3,10 @@
 The cluster pass only (``SKEWLESS_REDIS_CLUSTER_NODES``; ``scripts/services.sh up
 redis-cluster`` with a small ``cluster-node-timeout``). To make the failover lose
 acknowledged writes for sure — not only when replication happens to lag — the master's
-replica is stopped (SIGSTOP) while the worker writes a batch round, then the master is
-SIGKILLed and the replica continued (SIGCONT): it is promoted without that round. The
+replica is frozen (SIGSTOP) and the master drops its link (``CLIENT KILL TYPE replica``: a
+frozen replica cannot reconnect); once the worker has committed rounds only the master
+holds, the master is SIGKILLed and the replica continued (SIGCONT): it is promoted
+without those rounds. The
 worker backs off while the slots have no master, resumes, finds the lost state through the
 watermark copy on the promoted node, rebuilds the partitions from the event log, and
 afterwards every entity's online values equal the processing-time replay, bit for bit.
