@@ -120,11 +120,7 @@ _FENCED = b"fenced"
 # pipeline fallback. The check '&' (a merged view's marks hash, ``engine/online.py``) lands
 # the write iff the write before it in the call landed. ARGV ends with the fence
 # (``_FENCE_LUA``).
-_WRITE_LUA = (
-    """
-"""
-    + _FENCE_LUA
-    + """
+_WRITE_BODY_LUA = """
 local function each(cmd, key, first, last)
   -- unpack() is bounded by Lua's stack: send long argument lists in slices (even sizes)
   for s = first, last, 1000 do
@@ -170,7 +166,7 @@ for i = 1, #KEYS do
 end
 return refused
 """
-)
+_WRITE_LUA = "\n" + _FENCE_LUA + _WRITE_BODY_LUA
 _WRITE_CHUNK_ARGS = 4000  # arguments per script call: each call blocks Redis ~1 ms at most
 
 START_HINT = (
@@ -291,7 +287,12 @@ class RedisOnlineStore:
 
     @classmethod
     def from_config(cls, config: Config) -> RedisOnlineStore:
-        """The store at ``config.redis_url`` with the config's credentials and TLS settings."""
+        """The store at ``config.redis_url`` with the config's credentials and TLS settings;
+        with ``redis.cluster`` on, a ``RedisClusterOnlineStore`` seeded by ``redis.nodes``."""
+        if config.redis_cluster:
+            from connectors.redis_cluster_store import RedisClusterOnlineStore
+
+            return RedisClusterOnlineStore.from_config(config)
         tls = (
             RedisTls(
                 ca_file=config.redis_tls_ca_file,

@@ -66,6 +66,8 @@ class Config:
     redis_tls_cert_file: str = ""
     redis_tls_key_file: str = ""
     redis_tls_verify: bool = True
+    redis_cluster: bool = False  # Redis Cluster: redis_nodes (or redis_url's host:port) seed it
+    redis_nodes: tuple[str, ...] = ()  # "host:port" startup nodes of a cluster
     event_log_root: str = ""
     state_dir: Path = field(default=Path())
     backfill_workers: int = 0  # 0 = one per CPU core
@@ -143,6 +145,23 @@ def _path(value: Any, where: str, repo: Path) -> str:
     if text and not Path(text).is_absolute():
         return str(repo / text)
     return text
+
+
+def _nodes(value: Any, where: str, _repo: Path) -> tuple[str, ...]:
+    """Startup nodes: a list of ``host:port`` or one comma-separated string of them."""
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"{where}: expected a list of host:port, got {value!r}")
+    nodes: list[str] = []
+    for item in items:
+        host, sep, port = str(item).strip().rpartition(":")
+        if not isinstance(item, str) or not sep or not host or not port.isdigit():
+            raise ConfigError(f"{where}: expected host:port, got {item!r}")
+        nodes.append(f"{host}:{int(port)}")
+    return tuple(nodes)
 
 
 def _secret(value: Any, where: str, _repo: Path) -> Secret:
@@ -226,6 +245,8 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("online", "merge_rekeyed_views"): _Key(
         "online_merge_rekeyed_views", _bool, "SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS"
     ),
+    ("redis", "cluster"): _Key("redis_cluster", _bool, "SKEWLESS_REDIS_CLUSTER"),
+    ("redis", "nodes"): _Key("redis_nodes", _nodes, "SKEWLESS_REDIS_NODES"),
     ("event_log", "root"): _Key("event_log_root", _str, "SKEWLESS_EVENT_LOG"),
     ("state", "dir"): _Key("state_dir", _str, "SKEWLESS_STATE_DIR"),
     ("backfill", "workers"): _Key("backfill_workers", _int, "SKEWLESS_BACKFILL_WORKERS"),
@@ -395,6 +416,26 @@ def check_security(config: Config) -> None:
         problems.append(
             f"{', '.join(named)} set but TLS is off: set redis.tls: true (SKEWLESS_REDIS_TLS=true) "
             "or use a rediss:// URL"
+        )
+    if config.redis_cluster and config.redis_url.startswith("unix://") and not config.redis_nodes:
+        problems.append(
+            f"redis.cluster is on but redis.url is a unix socket: set {k('redis_nodes')}"
+        )
+    if config.redis_cluster and not config.redis_url.startswith("unix://"):
+        db = (
+            config.redis_url.rstrip("/").rpartition("/")[2]
+            if config.redis_url.count("/") > 2
+            else ""
+        )
+        if db not in ("", "0"):
+            problems.append(
+                f"redis.cluster is on but redis.url names database {db}: a Redis Cluster has "
+                "database 0 only"
+            )
+    if config.redis_nodes and not config.redis_cluster:
+        problems.append(
+            f"{k('redis_nodes')} is set but redis.cluster is off: set redis.cluster: true "
+            "(SKEWLESS_REDIS_CLUSTER=true)"
         )
     if bool(config.redis_tls_cert_file) != bool(config.redis_tls_key_file):
         problems.append(

@@ -5,6 +5,8 @@
 #   scripts/services.sh down   [kafka|redis] [--purge]   stop (SIGTERM, then SIGKILL); --purge wipes data
 #   scripts/services.sh status [kafka|redis]       exit 0 only if the named (default: both) run
 #   scripts/services.sh env                        print export lines for the engine
+#   scripts/services.sh up|down|status redis-cluster   a local Redis Cluster (3 masters + 3
+#       replicas, never part of the default "both"); `env redis-cluster` prints its exports
 #
 # Environment (all optional):
 #   SKEWLESS_KAFKA_PORT=9092  SKEWLESS_KAFKA_CONTROLLER_PORT=9093  SKEWLESS_REDIS_PORT=6379
@@ -14,6 +16,8 @@
 #   SKEWLESS_SERVICES_TIMEOUT=90        seconds to wait for readiness
 #   SKEWLESS_STOP_TIMEOUT=30            seconds after SIGTERM before SIGKILL
 #   SKEWLESS_KAFKA_HEAP="-Xms128m -Xmx512m"
+#   SKEWLESS_REDIS_CLUSTER_PORT=7001    first of the cluster's 6 consecutive ports (bus: +10000)
+#   SKEWLESS_REDIS_CLUSTER_NODE_TIMEOUT=2000   cluster-node-timeout (ms): how soon a replica takes over
 #   SKEWLESS_SERVICES_PYTHON=.venv/bin/python   used for the Kafka readiness probe (confluent-kafka)
 # See docs/services.md.
 set -euo pipefail
@@ -49,6 +53,9 @@ REDIS_HOME="$SERVICES_DIR/redis"
 REDIS_DATA="$REDIS_HOME/data"
 REDIS_LOG="$REDIS_HOME/redis.log"
 REDIS_PID="$REDIS_HOME/redis.pid"
+CLUSTER_PORT="${SKEWLESS_REDIS_CLUSTER_PORT:-7001}"
+CLUSTER_NODE_TIMEOUT="${SKEWLESS_REDIS_CLUSTER_NODE_TIMEOUT:-2000}"
+CLUSTER_HOME="$SERVICES_DIR/redis-cluster"
 VENV_PY="${SKEWLESS_SERVICES_PYTHON:-$REPO_ROOT/.venv/bin/python}"
 
 say() { printf 'services: %s\n' "$*"; }
@@ -298,6 +305,85 @@ stop_kafka() {
   fi
 }
 
+# ---------------------------------------------------------------- redis cluster
+cluster_ports() { local i; for i in 0 1 2 3 4 5; do printf '%s ' $((CLUSTER_PORT + i)); done; }
+cluster_node_pid() { live_pid "$CLUSTER_HOME/$1/redis.pid" 'redis-server'; }
+cluster_state() {  # $1 port: the node's cluster_state (ok, fail) or nothing
+  redis-cli -h "$HOST" -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n 's/^cluster_state://p'
+}
+cluster_known() {  # $1 port: how many nodes the node knows
+  redis-cli -h "$HOST" -p "$1" cluster info 2>/dev/null | tr -d '\r' | sed -n 's/^cluster_known_nodes://p'
+}
+
+start_redis_cluster() {
+  local port pid dir
+  ensure_redis_installed
+  for port in $(cluster_ports); do
+    dir="$CLUSTER_HOME/$port"
+    if pid=$(cluster_node_pid "$port"); then
+      say "redis-cluster node $HOST:$port already running (pid $pid)"
+      continue
+    fi
+    if port_open "$port"; then
+      die "port $port is taken by another program (set SKEWLESS_REDIS_CLUSTER_PORT)"
+    fi
+    mkdir -p "$dir"
+    redis-server --bind "$HOST" --port "$port" --daemonize yes \
+      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+      --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT" \
+      --dir "$dir" --appendonly yes --save "" \
+      --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" 9>&- \
+      || die "redis-server failed to start on $port; see $dir/redis.log"
+  done
+  local deadline=$((SECONDS + TIMEOUT))
+  for port in $(cluster_ports); do
+    until [[ $(redis-cli -h "$HOST" -p "$port" ping 2>/dev/null) == PONG ]]; do
+      (( SECONDS < deadline )) || die "cluster node $port did not answer PING within ${TIMEOUT}s"
+      sleep 0.2
+    done
+  done
+  local first=$CLUSTER_PORT
+  if [[ $(cluster_known "$first") != 6 ]]; then
+    say "creating the cluster (3 masters, 3 replicas) on $(cluster_ports)"
+    local addrs=() p
+    for p in $(cluster_ports); do addrs+=("$HOST:$p"); done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+      >"$CLUSTER_HOME/create.log" 2>&1 \
+      || die "redis-cli --cluster create failed; see $CLUSTER_HOME/create.log"
+  fi
+  for port in $(cluster_ports); do
+    until [[ $(cluster_state "$port") == ok ]]; do
+      (( SECONDS < deadline )) || die "cluster node $port is not cluster_state:ok within ${TIMEOUT}s"
+      sleep 0.2
+    done
+  done
+  say "redis-cluster ready ($HOST:$CLUSTER_PORT..$((CLUSTER_PORT + 5)), node timeout ${CLUSTER_NODE_TIMEOUT}ms)"
+}
+
+stop_redis_cluster() {
+  local port pid
+  for port in $(cluster_ports); do
+    if pid=$(cluster_node_pid "$port"); then
+      say "stopping redis-cluster node $port (pid $pid)"
+      stop_pid "redis-cluster $port" "$pid" "$CLUSTER_HOME/$port/redis.pid"
+    fi
+  done
+}
+
+status_redis_cluster() {
+  local port pid rc=0 state
+  for port in $(cluster_ports); do
+    if pid=$(cluster_node_pid "$port"); then
+      state=$(cluster_state "$port")
+      say "redis-cluster  node $HOST:$port  pid $pid  cluster_state:${state:-?}"
+      [[ $state == ok ]] || rc=1
+    else
+      say "redis-cluster  node $HOST:$port  stopped"; rc=1
+    fi
+  done
+  return $rc
+}
+
 # ---------------------------------------------------------------- commands
 usage() {
   awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
@@ -308,13 +394,14 @@ TARGET=all PURGE=0 CMD="${1:-}"
 [[ $# -gt 0 ]] && shift
 for a in "$@"; do
   case "$a" in
-    kafka|redis) TARGET=$a ;;
+    kafka|redis|redis-cluster) TARGET=$a ;;
+    cluster) TARGET=redis-cluster ;;
     --purge) PURGE=1 ;;
     -h|--help) usage ;;
-    *) die "unknown argument '$a' (expected kafka, redis or --purge)" ;;
+    *) die "unknown argument '$a' (expected kafka, redis, redis-cluster or --purge)" ;;
   esac
 done
-want() { [[ $TARGET == all || $TARGET == "$1" ]]; }
+want() { [[ $TARGET == all && $1 != redis-cluster ]] || [[ $TARGET == "$1" ]]; }
 
 cmd_up() {
   local t0=$SECONDS
@@ -325,6 +412,7 @@ cmd_up() {
   want kafka && start_kafka      # the broker boots in the background...
   want redis && start_redis      # ...while redis starts
   want redis && wait_redis
+  want redis-cluster && start_redis_cluster
   want kafka && wait_kafka
   say "up in $((SECONDS - t0))s"
 }
@@ -332,7 +420,12 @@ cmd_up() {
 cmd_down() {
   want kafka && stop_kafka
   want redis && stop_redis
+  want redis-cluster && stop_redis_cluster
   if (( PURGE )); then
+    if want redis-cluster; then
+      say "purging redis-cluster data and cluster config ($CLUSTER_HOME)"
+      rm -rf "$CLUSTER_HOME"
+    fi
     if want kafka; then
       say "purging kafka data ($KAFKA_DATA)"
       rm -rf "$KAFKA_DATA" "$KAFKA_HOME/cluster.id" "$KAFKA_HOME/formatted-version"
@@ -369,10 +462,19 @@ cmd_status() {
       say "redis  stopped  $HOST:$REDIS_PORT"; rc=1
     fi
   fi
+  if want redis-cluster; then status_redis_cluster || rc=1; fi
   return $rc
 }
 
 cmd_env() {
+  if [[ $TARGET == redis-cluster ]]; then
+    local nodes="" p
+    for p in $(cluster_ports); do nodes+="${nodes:+,}$HOST:$p"; done
+    printf 'export SKEWLESS_REDIS_CLUSTER=true\n'
+    printf 'export SKEWLESS_REDIS_NODES=%s\n' "$nodes"
+    printf 'export SKEWLESS_REDIS_URL=redis://%s:%s/0\n' "$HOST" "$CLUSTER_PORT"
+    return 0
+  fi
   printf 'export SKEWLESS_KAFKA_BOOTSTRAP=%s:%s\n' "$HOST" "$KAFKA_PORT"
   printf 'export SKEWLESS_REDIS_URL=redis://%s:%s/0\n' "$HOST" "$REDIS_PORT"
 }

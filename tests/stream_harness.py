@@ -79,16 +79,59 @@ def payments_repo(root: Path, source: str, *, project: str, bootstrap: str, redi
     return root
 
 
+def cluster_nodes() -> list[str]:
+    """The Redis Cluster the tests run against (``SKEWLESS_REDIS_CLUSTER_NODES``: comma-separated
+    ``host:port``), or ``[]`` for the single Redis."""
+    raw = os.environ.get("SKEWLESS_REDIS_CLUSTER_NODES", "")
+    return [n.strip() for n in raw.split(",") if n.strip()]
+
+
+def raw_redis(url: str) -> Any:
+    """A raw redis-py client to look behind the store: the cluster's in the cluster pass
+    (``redis.cluster.RedisCluster``, every key routed to its node), else ``url``'s."""
+    nodes = cluster_nodes()
+    if not nodes:
+        return redis.Redis.from_url(url)
+    from redis.cluster import ClusterNode, RedisCluster
+
+    return RedisCluster(
+        startup_nodes=[ClusterNode(n.rpartition(":")[0], int(n.rpartition(":")[2])) for n in nodes]
+    )
+
+
+def online_store(url: str) -> Any:
+    """The online store of ``url``: the cluster's in the cluster pass."""
+    from connectors.redis_store import RedisOnlineStore
+
+    nodes = cluster_nodes()
+    if not nodes:
+        return RedisOnlineStore(url)
+    from connectors.redis_cluster_store import RedisClusterOnlineStore
+
+    return RedisClusterOnlineStore(nodes)
+
+
+def flush_redis(client: Any) -> None:
+    """FLUSHDB on one Redis, FLUSHALL on every master of a cluster (the slot map read anew:
+    a test may have failed a master over)."""
+    if cluster_nodes():
+        client.nodes_manager.initialize()
+        client.flushall(target_nodes="primaries")
+    else:
+        client.flushdb()
+
+
 @contextlib.contextmanager
 def flushed_redis_db(redis_url: str, db: int) -> Iterator[str]:
-    """The URL of database ``db`` on the Redis of ``redis_url``, flushed before and after."""
-    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    """The URL of database ``db`` on the Redis of ``redis_url``, flushed before and after
+    (in the cluster pass: the cluster's database 0, every master flushed)."""
+    url = f"{redis_url.rsplit('/', 1)[0]}/{0 if cluster_nodes() else db}"
+    client = raw_redis(url)
+    flush_redis(client)
     try:
         yield url
     finally:
-        client.flushdb()
+        flush_redis(client)
         client.close()
 
 
@@ -288,7 +331,7 @@ def log_files(log_root: str, source: str) -> dict[str, int]:
 
 def redis_dump(url: str) -> dict[bytes, Any]:
     """Every key of the database: a hash's fields, a string's value (watermarks)."""
-    client = redis.Redis.from_url(url)
+    client = raw_redis(url)
     try:
         return {
             k: client.hgetall(k) if client.type(k) == b"hash" else client.get(k)

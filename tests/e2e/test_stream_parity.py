@@ -35,6 +35,7 @@ from tests.stream_harness import (
     payment_events,
     payments_repo,
     produce_raw,
+    raw_redis,
     read_topic,
     same,
     unique,
@@ -266,7 +267,7 @@ def _parity(
         finally:
             pushed.set()
 
-    client = redis.Redis.from_url(stream_redis_url)
+    client = raw_redis(stream_redis_url)
     reads = Reads()
     try:
         wait_until(lambda: all("assigned" in w.text() for w in workers), 90, "two members")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.stream_harness import flushed_redis_db
+from tests.stream_harness import cluster_nodes, flushed_redis_db, raw_redis
 
 REPO = Path(__file__).resolve().parents[2]
 REDIS_HOST = "127.0.0.1"
@@ -23,7 +23,30 @@ TEST_DB = 15
 TEST_REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_DB}"
 
 
+CLUSTER_NODES = cluster_nodes()  # SKEWLESS_REDIS_CLUSTER_NODES: the Redis Cluster pass
+if CLUSTER_NODES:
+    REDIS_HOST, _, _port = CLUSTER_NODES[0].rpartition(":")
+    REDIS_PORT = int(_port)
+    TEST_REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+def _cluster_ok() -> bool:
+    try:
+        client = raw_redis(TEST_REDIS_URL)
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+        return False
+    try:
+        info = client.cluster_info()
+        return bool(info.get("cluster_state") in ("ok", b"ok"))
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException):
+        return False
+    finally:
+        client.close()
+
+
 def _redis_answers() -> bool:
+    if CLUSTER_NODES:
+        return _cluster_ok()
     client = redis.Redis(
         host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=1, socket_timeout=2
     )
@@ -43,11 +66,23 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def redis_service() -> str:
-    """The URL of the test database on a Redis that answers PING (started once if needed)."""
+    """The URL of the test database on a Redis that answers PING (started once if needed).
+
+    In the Redis Cluster pass (``SKEWLESS_REDIS_CLUSTER_NODES``) the cluster's database 0,
+    and ``SKEWLESS_REDIS_CLUSTER``/``SKEWLESS_REDIS_NODES`` are set for the whole session, so
+    every config the tests load — and every worker they start — uses the cluster."""
+    target = "redis-cluster" if CLUSTER_NODES else "redis"
+    if CLUSTER_NODES:
+        os.environ["SKEWLESS_REDIS_CLUSTER"] = "true"
+        os.environ["SKEWLESS_REDIS_NODES"] = ",".join(CLUSTER_NODES)
     if not _redis_answers():
+        env = dict(os.environ)
+        if CLUSTER_NODES:
+            env["SKEWLESS_REDIS_CLUSTER_PORT"] = str(REDIS_PORT)
         try:
             done = subprocess.run(
-                ["bash", str(REPO / "scripts" / "services.sh"), "up", "redis"],
+                ["bash", str(REPO / "scripts" / "services.sh"), "up", target],
+                env=env,
                 cwd=REPO,
                 capture_output=True,
                 text=True,
@@ -60,7 +95,7 @@ def redis_service() -> str:
         if not _redis_answers():
             _unavailable(
                 f"no Redis answers on {REDIS_HOST}:{REDIS_PORT} and "
-                f"`bash scripts/services.sh up redis` did not start one ({note[0]})"
+                f"`bash scripts/services.sh up {target}` did not start one ({note[0]})"
             )
     return TEST_REDIS_URL
 
@@ -74,8 +109,9 @@ def redis_url(redis_service: str) -> Iterator[str]:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A raw redis-py client on the (flushed) test database, to look behind the store."""
-    client = redis.Redis.from_url(redis_url)
+    """A raw redis-py client on the (flushed) test database, to look behind the store
+    (a ``RedisCluster`` in the cluster pass)."""
+    client = raw_redis(redis_url)
     try:
         yield client
     finally:
@@ -128,3 +164,15 @@ def stream_redis_url(redis_service: str) -> Iterator[str]:
     """Redis database 13, flushed at the start and the end of the test."""
     with flushed_redis_db(redis_service, STREAM_DB) as url:
         yield url
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Redis Cluster pass leaves out what only one Redis has; the single-Redis pass leaves
+    out what needs the cluster (each with its reason: a skip by design, not for a service)."""
+    for item in items:
+        if CLUSTER_NODES and item.get_closest_marker("single_redis"):
+            item.add_marker(pytest.mark.skip(reason="single Redis only: not in the cluster pass"))
+        elif not CLUSTER_NODES and item.get_closest_marker("redis_cluster"):
+            item.add_marker(
+                pytest.mark.skip(reason="Redis Cluster only: set SKEWLESS_REDIS_CLUSTER_NODES")
+            )

@@ -36,6 +36,7 @@ def demo_db(redis_service: str) -> Iterator[str]:
         yield f"{redis_service.rsplit('/', 1)[0]}/0"
 
 
+@pytest.mark.single_redis  # the demo's own Redis database (--redis-db)
 def test_demo_runs_every_step_and_writes_the_report(
     tmp_path: Path, kafka_service: str, demo_db: str
 ) -> None:

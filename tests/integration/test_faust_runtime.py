@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import redis
 
 from connectors.kafka import DLQ_HEADERS, dead_letter_topic
 from engine import backfill
@@ -40,6 +39,7 @@ from tests.stream_harness import (
     logged,
     payments_repo,
     produce_raw,
+    raw_redis,
     read_topic,
     redis_dump,
     same,
@@ -193,7 +193,7 @@ class Repo:
             for name, keys in entities.items() if keys
         ]  # fmt: skip
         folds = backfill.run(self.plan, log, requests, mode="event_time", include_late=True)
-        client = redis.Redis.from_url(self.redis_url)
+        client = raw_redis(self.redis_url)
         compared = 0
         try:
             for request, wanted in zip(requests, folds, strict=True):
@@ -366,6 +366,7 @@ def test_two_faust_workers_share_the_partitions_across_rebalances(
     repo.check_online_equals_fold()
 
 
+@pytest.mark.single_redis  # its own single Redis, started late
 def test_faust_redis_outage_backs_off_without_committing_then_catches_up(
     tmp_path: Path, kafka_service: str
 ) -> None:

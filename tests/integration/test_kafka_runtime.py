@@ -19,7 +19,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import redis
 
 from connectors.kafka import KafkaSettings, dead_letter_topic, topic_partitions
 from engine.errors import InputDataError, KafkaUnavailable
@@ -35,6 +34,7 @@ from tests.stream_harness import (
     end_offsets,
     log_files,
     logged,
+    raw_redis,
     read_topic,
     redis_dump,
     same,
@@ -417,6 +417,7 @@ def _last_assignment(text: str, topic: str) -> set[int]:
     return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
 
 
+@pytest.mark.single_redis  # its own single Redis, started late
 def test_redis_outage_backs_off_without_committing_then_catches_up(
     tmp_path: Path, kafka_service: str, stream_redis_url: str
 ) -> None:
@@ -457,7 +458,7 @@ def test_redis_outage_backs_off_without_committing_then_catches_up(
             assert "Redis at 127.0.0.1" in (worker.worker.stats.last_error or "")
             check_log_exactly_once(repo, {})
             check_online_equals_backfill(repo, int(time.time() * 1000))
-            client = redis.Redis.from_url(url)
+            client = raw_redis(url)
             entity_keys = set(client.scan_iter("sk:*:{*"))  # not the stats/watermark keys
             assert len(entity_keys) == len({e["customer_id"] for e in events})
             client.close()

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from aiohttp.test_utils import TestClient, TestServer
 
 from connectors.redis_store import RedisOnlineStore
@@ -26,7 +25,7 @@ from engine.serde import SourceCodec
 from engine.serve import make_app
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
-from tests.stream_harness import flushed_redis_db
+from tests.stream_harness import flushed_redis_db, raw_redis
 
 pytestmark = pytest.mark.redis
 
@@ -203,7 +202,7 @@ def test_statuses_follow_what_redis_holds(
     spend = store.plan.views["customer_spend"]
     alone = store.get_online_features(REFS[:1], ROWS[2:], now_ms=t)  # only the unknown entity
     assert alone.statuses == {"amount_sum_1h": [NF]}  # the view's write stats say it has state
-    client = redis.Redis.from_url(status_url)
+    client = raw_redis(status_url)
     try:
         # as right after a rebuild, before a worker writes: no write stats, but an entity
         # with state in the same read shows the view has state; alone, an unknown one cannot

@@ -12,7 +12,6 @@ import pytest
 import redis
 
 from connectors.eventlog import EventLogReader, EventLogWriter
-from connectors.redis_store import RedisOnlineStore
 from engine.errors import OwnerFenced
 from engine.keys import encode_key
 from engine.ports import DeadLetter, StateWrite, Watermark
@@ -21,6 +20,7 @@ from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
 from engine.stream.ownership import Ownership, register_key
 from engine.stream.recovery import StateRecovery
+from tests.stream_harness import online_store
 from tests.unit.conftest import HEADER
 
 pytestmark = pytest.mark.redis
@@ -43,7 +43,7 @@ class Letters:
 
 
 def test_take_refuses_an_earlier_generation_and_epochs_only_grow(redis_url: str) -> None:
-    store = RedisOnlineStore(redis_url)
+    store = online_store(redis_url)
     key = register_key("g", "tx", 0)
     assert store.take_epochs([key], 5, [0]) == [1]
     assert store.take_epochs([key], 5, [0]) == [2]  # the same member again: a new epoch
@@ -56,7 +56,7 @@ def test_take_refuses_an_earlier_generation_and_epochs_only_grow(redis_url: str)
 def test_a_fenced_call_applies_nothing_and_the_marks_stay(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    store = RedisOnlineStore(redis_url)
+    store = online_store(redis_url)
     key = register_key("g", "tx", 0)
     (mine,) = store.take_epochs([key], 1, [0])
     assert mine is not None
@@ -75,7 +75,7 @@ def test_a_fenced_call_applies_nothing_and_the_marks_stay(
 def test_without_scripting_the_fence_holds_through_watch_and_multi(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    store = RedisOnlineStore(redis_url)
+    store = online_store(redis_url)
     store._scripts_allowed = False  # what an ACL without @scripting makes it learn
     key = register_key("g", "tx", 0)
     (mine,) = store.take_epochs([key], 1, [0])
@@ -128,7 +128,7 @@ def setup(tmp_path: Path, redis_url: str) -> Callable[..., Any]:
     (repo / "defs.py").write_text(HEADER + BODY)
     (repo / "skewless.yaml").write_text(f"redis:\n  url: {redis_url}\n")
     store = FeatureStore.from_repo(repo)
-    online = RedisOnlineStore(redis_url)
+    online = online_store(redis_url)
     root = str(tmp_path / "log")
     clock = iter(range(T0 + 1_000, T0 + 10**9, 1_000))
 

@@ -12,12 +12,12 @@ import pytest
 import redis
 
 from connectors.eventlog import EventLogWriter
-from connectors.redis_store import RedisOnlineStore
 from engine import FeatureStore
 from engine.errors import OnlineWriteConflict
 from engine.online import EntityWrites
 from engine.ports import PackedWrites
 from engine.stream.core import BatchProcessor
+from tests.stream_harness import online_store, raw_redis
 from tests.unit.conftest import HEADER
 from tests.unit.stream.test_core import PARTITIONS, T0, FakeStore, Letters, make_records
 
@@ -87,8 +87,8 @@ def test_packed_writes_equal_python_packed_writes(
         if isinstance(b, PackedWrites)
     ]  # fmt: skip
     assert len(batches) > 5 and sum(len(b) for b in batches) > 100
-    client = redis.Redis.from_url(redis_url)
-    packed_store = RedisOnlineStore(redis_url)
+    client = raw_redis(redis_url)
+    packed_store = online_store(redis_url)
     for batch in batches:
         packed_store.write(batch)
     native = _dump(client)
@@ -109,8 +109,8 @@ def test_a_refused_packed_write_names_its_key(
     checked = [w for w in second if w.expect is not None and w.expect[1] is not None]
     assert checked, "no compare-and-set in the second batch"
     victim = checked[len(checked) // 2]
-    client = redis.Redis.from_url(redis_url)
-    redis_store = RedisOnlineStore(redis_url)
+    client = raw_redis(redis_url)
+    redis_store = online_store(redis_url)
     redis_store.write(batches[0])
     client.hset(victim.key, victim.expect[0], b"999999")  # another owner moved the fence
     with pytest.raises(OnlineWriteConflict) as info:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 
 from connectors.eventlog import EventLogWriter
 from engine.keys import encode_key, partition_for
@@ -21,6 +20,7 @@ from engine.registry import read_retired, write_applied
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
+from tests.stream_harness import raw_redis
 
 pytestmark = pytest.mark.redis
 
@@ -97,7 +97,7 @@ def test_rebuild_restores_lost_state_and_replaces_a_changed_definition(
     before = online(store, customers, read_at)
     assert sum(1 for row in before if row[0]) > 10
 
-    client = redis.Redis.from_url(redis_url)
+    client = raw_redis(redis_url)
     stats = stats_key(store.plan.views["spend"].fingerprint)
     newest_before = {k: v for k, v in client.hgetall(stats).items() if k.startswith(b"e:")}
     assert len(newest_before) == 3  # the workers' newest event time per partition

@@ -13,6 +13,7 @@ from connectors.redis_store import RedisOnlineStore
 from engine import _native
 from engine.errors import ConfigError, OnlineStoreUnavailable, OnlineWriteConflict
 from engine.ports import OnlineStateStore, StateWrite, Watermark
+from tests.stream_harness import cluster_nodes, online_store
 
 pytestmark = pytest.mark.redis
 
@@ -26,13 +27,16 @@ def _now_ms() -> int:
 
 @pytest.fixture
 def store(redis_url: str) -> RedisOnlineStore:
-    return RedisOnlineStore(redis_url)
+    return online_store(redis_url)
 
 
 def test_implements_the_protocol(store: RedisOnlineStore) -> None:
     assert isinstance(store, OnlineStateStore)
     assert store.ping() is True
-    assert store.address.endswith("/15")
+    if cluster_nodes():
+        assert store.address.startswith("cluster ")
+    else:
+        assert store.address.endswith("/15")
 
 
 def test_write_then_load_round_trip(store: RedisOnlineStore) -> None:
@@ -129,6 +133,7 @@ def test_unreachable_redis_names_the_address_never_the_password() -> None:
         assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
 
 
+@pytest.mark.single_redis
 def test_wrong_password_is_an_auth_problem_without_the_password(redis_url: str) -> None:
     # a user that does not exist: Redis refuses AUTH whatever the server's own settings
     url = redis_url.replace("redis://", "redis://nobody-skewless:wrong-pass-42@")
@@ -184,6 +189,7 @@ def _resp_as_dicts(
     return hashes, probes
 
 
+@pytest.mark.single_redis
 def test_resp_loads_equal_the_parsed_loads(
     store: RedisOnlineStore, redis_client: redis.Redis, redis_url: str
 ) -> None:
@@ -285,7 +291,7 @@ def test_scripted_writes_equal_the_plain_pipeline(
     scripted = _snapshot(redis_client)
     assert olds == [[None]] + [[m.value] for m in marks[:-1]]
     redis_client.flushdb()
-    plain = RedisOnlineStore(redis_url)
+    plain = online_store(redis_url)
     plain._scripts_allowed = False
     olds = [plain.write(batch, [mark]) for batch, mark in zip(batches, marks, strict=True)]
     assert olds == [[None]] + [[m.value] for m in marks[:-1]]
@@ -303,6 +309,7 @@ def test_writes_survive_a_flushed_script_cache(
     assert store.load([KEY]) == [{b"f:0": b"2"}]
 
 
+@pytest.mark.single_redis
 def test_a_user_without_scripting_writes_through_a_pipeline(
     redis_url: str, redis_client: redis.Redis
 ) -> None:

@@ -34,7 +34,7 @@ from engine.ports import StateWrite
 from engine.store import FeatureStore
 from tests.stream_harness import REPO, WorkerProcess, delete_topics, unique, wait_until
 
-pytestmark = [pytest.mark.redis]
+pytestmark = [pytest.mark.redis, pytest.mark.single_redis]  # its own Redis servers (ACL, TLS)
 
 DEFS = """
 from engine import Aggregation, Entity, FeatureView, KafkaSource

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.kafka import dead_letter_topic
@@ -36,6 +35,7 @@ from tests.stream_harness import (
     flushed_redis_db,
     log_files,
     produce_raw,
+    raw_redis,
     unique,
     wait_caught_up,
     wait_until,
@@ -167,7 +167,7 @@ def test_status_matches_the_services_after_a_worker_run(
     newest = repo.newest_per_partition(300)  # the 25 rows came after the worker stopped
     assert {p: s.newest_event_ms for p, s in view.partitions.items()} == newest
     assert view.newest_event_ms == max(r["ts"] for r in repo.rows[:300])
-    client = redis.Redis.from_url(status_redis_url)
+    client = raw_redis(status_redis_url)
     try:
         raw = client.hgetall(stats_key(view.fingerprint))
     finally:
@@ -199,6 +199,7 @@ def test_status_matches_the_services_after_a_worker_run(
     assert repo.dlq in text and view.fingerprint in text
 
 
+@pytest.mark.single_redis  # a single Redis where none listens
 def test_status_says_which_service_is_down_prints_the_rest_and_no_secret(
     tmp_path: Path,
     kafka_service: str,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from connectors.eventlog import EventLogReader
 from connectors.kafka import dead_letter_topic
@@ -30,6 +29,7 @@ from tests.stream_harness import (
     delete_topics,
     flushed_redis_db,
     payments_repo,
+    raw_redis,
     unique,
     wait_until,
 )
@@ -123,7 +123,7 @@ def test_settled_store_verifies_then_corruption_and_deletion_are_explained(
         # (2) a corrupted tile: the 1d-hop tiles of the busiest customer's customer_spend hash
         counts = Counter(r["customer_id"] for r in rows)
         (busy, _), (other, _) = counts.most_common(2)
-        client = redis.Redis.from_url(store.config.redis_url)
+        client = raw_redis(store.config.redis_url)
         try:
             key = state_key(store.plan.views["customer_spend"], (busy,))
             day_tiles = [n for n in client.hkeys(key) if b":86400000:" in n]

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from connectors.eventlog import EventLogReader, EventLogWriter
-from connectors.redis_store import RedisOnlineStore
 from engine.errors import OnlineWriteConflict
 from engine.keys import encode_key
 from engine.online import parse_state, state_key
@@ -18,6 +17,7 @@ from engine.ports import DeadLetter
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
+from tests.stream_harness import online_store
 from tests.unit.conftest import HEADER
 
 pytestmark = pytest.mark.redis
@@ -51,7 +51,7 @@ def test_a_zombie_write_is_refused_after_the_new_owner_wrote(
                                          "amount": float(i + 1), "ts": T0 + i}))
         for i in range(6)
     ]  # fmt: skip
-    online = RedisOnlineStore(redis_url)
+    online = online_store(redis_url)
 
     def worker(name: str) -> tuple[BatchProcessor, Path]:
         root = tmp_path / name

@@ -233,3 +233,36 @@ def test_describe_key_names_the_setting_and_its_variable() -> None:
     assert describe_key("kafka_sasl_password") == (
         "kafka.sasl_password (SKEWLESS_KAFKA_SASL_PASSWORD)"
     )
+
+
+def test_redis_cluster_from_yaml_then_environment(tmp_path: Path) -> None:
+    (tmp_path / "skewless.yaml").write_text(
+        "redis:\n  cluster: true\n  nodes: ['127.0.0.1:7001', 'localhost:7002']\n"
+    )
+    cfg = load_config(tmp_path, environ={})
+    assert cfg.redis_cluster is True
+    assert cfg.redis_nodes == ("127.0.0.1:7001", "localhost:7002")
+    cfg = load_config(tmp_path, environ={"SKEWLESS_REDIS_NODES": "10.0.0.1:7001, 10.0.0.2:7001"})
+    assert cfg.redis_nodes == ("10.0.0.1:7001", "10.0.0.2:7001")  # the environment wins
+    plain = load_config(
+        tmp_path, environ={"SKEWLESS_REDIS_CLUSTER": "false", "SKEWLESS_REDIS_NODES": ""}
+    )
+    assert (plain.redis_cluster, plain.redis_nodes) == (False, ())
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SKEWLESS_REDIS_NODES": "127.0.0.1:7001"}, "redis.cluster is off"),
+        ({"SKEWLESS_REDIS_CLUSTER": "true", "SKEWLESS_REDIS_NODES": "nohost"}, "host:port"),
+        (
+            {"SKEWLESS_REDIS_CLUSTER": "true", "SKEWLESS_REDIS_URL": "redis://h:7001/3"},
+            "database 0 only",
+        ),
+    ],
+)
+def test_bad_redis_cluster_settings_are_named(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path, environ=env)
