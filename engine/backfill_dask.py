@@ -163,6 +163,7 @@ def _on_cluster(
             _read_task,
             shared_f,
             all_f,
+            run,
             source,
             partition,
             shards,
@@ -197,11 +198,14 @@ def _on_cluster(
         client.submit(_sweep_task, shard_fs[k], shared_f, *blobs[k], pure=False)
         for k in range(shards)
     ]
-    for done in as_completed(counts):  # type: ignore[no-untyped-call]
-        read = done.result()
-        if progress is not None:
-            progress(int(read), 1)
-    results = client.gather(sweeps)
+    try:
+        for done in as_completed(counts):  # type: ignore[no-untyped-call]
+            read = done.result()
+            if progress is not None:
+                progress(int(read), 1)
+        results = client.gather(sweeps)
+    finally:
+        client.run(_forget, run)
     out: list[list[_Column]] = []
     for r, req in enumerate(requests):
         n = len(req.entities)
@@ -284,14 +288,41 @@ def _sweep_of(shared: Mapping[str, Any], request_specs: list[tuple[Any, ...]]) -
     )
 
 
+_read_sweeps: dict[str, Any] = {}  # run -> the sweep this process's read tasks share
+_read_lock = threading.Lock()
+
+
+def _read_sweep(run: str, shared: Mapping[str, Any], request_specs: list[tuple[Any, ...]]) -> Any:
+    """The sweep over every label that this worker's read tasks of ``run`` share: built once
+    per process (the label spec is large), emptied by each task's ``take_shards``."""
+    with _read_lock:
+        sweep = _read_sweeps.get(run)
+        if sweep is None:
+            _read_sweeps.clear()  # a finished run's (forgotten unless its client died)
+            sweep = _read_sweeps[run] = _sweep_of(shared, request_specs)
+        return sweep
+
+
+def _forget(run: str) -> None:
+    """Drop ``run``'s shared read sweep (the client calls it on every worker at the end)."""
+    with _read_lock:
+        _read_sweeps.pop(run, None)
+
+
 def _read_task(
     shared: Mapping[str, Any],
     request_specs: list[tuple[Any, ...]],
+    run: str,
     source: str,
     partition: int,
     shards: int,
 ) -> list[Any]:
-    """Read one log partition; ``[records read, blob of shard 0, blob of shard 1, ...]``."""
+    """Read one log partition; ``[records read, blob of shard 0, blob of shard 1, ...]``.
+
+    Read tasks running at once in one worker share its sweep, so a task's blobs may carry
+    records another task added before them (and not its own, added after): every kept
+    record still leaves in exactly one blob of its shard, which is all the sweep tasks
+    need."""
     from connectors.eventlog import EventLogReader
 
     plan = _worker_plan(shared["repo"], shared["fingerprints"])
@@ -299,7 +330,7 @@ def _read_task(
         _Group(src, table, tuple(keys), plan.views[view], list(inputs))
         for src, table, keys, view, inputs in shared["groups"]
     ]
-    sweep = _sweep_of(shared, request_specs)
+    sweep = _read_sweep(run, shared, request_specs)
     read = 0
 
     def count(records: int, _done: int) -> None:

@@ -237,3 +237,24 @@ def test_cli_backfill_on_a_cluster(
     code = main([*args, "--out", str(tmp_path / "x.parquet"), "--cluster", "tcp://127.0.0.1:9"])
     assert code != 0
     assert "tcp://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_read_tasks_sharing_a_worker_sweep_at_once(world: World) -> None:  # noqa: F811
+    """Two read tasks at a time in one worker process share its read sweep: each kept
+    record still reaches its shard's sweep exactly once."""
+    before = set(multiprocessing.active_children())
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as local,  # fmt: skip
+        distributed.Client(local) as client,
+    ):
+        got = world.store.get_historical_features(
+            world.labels.frame(), ALL_REFS, full_feature_names=True, cluster=client
+        )
+    assert_identical(got, world.backfill("event_time", False))
+    assert not [p for p in multiprocessing.active_children() if p not in before]

@@ -16,8 +16,6 @@
 //! input's cells (a tag byte, then its values; strings and bytes as a dictionary of the
 //! shard's distinct values and a u32 id per row).
 
-use std::collections::HashMap;
-
 use super::rows::{Carry, Cells, NULL_ID};
 use super::Sweep;
 use crate::columns::{Column, ColumnData};
@@ -42,7 +40,8 @@ fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_i64s(out: &mut Vec<u8>, v: impl Iterator<Item = i64>) {
+fn put_i64s(out: &mut Vec<u8>, v: impl ExactSizeIterator<Item = i64>) {
+    out.reserve(8 * v.len());
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());
     }
@@ -124,22 +123,28 @@ fn put_cells(out: &mut Vec<u8>, cells: &Cells, idx: &[usize]) {
             } else {
                 CELLS_BYTES
             });
-            let mut local: HashMap<u32, u32> = HashMap::new();
+            // the shard's distinct values, numbered in order of first use
+            let mut local: Vec<u32> = vec![NULL_ID; dict.len()];
             let mut order: Vec<u32> = Vec::new();
             let ids: Vec<u32> = idx
                 .iter()
                 .map(|&i| match v[i] {
                     NULL_ID => NULL_ID,
-                    id => *local.entry(id).or_insert_with(|| {
-                        order.push(id);
-                        order.len() as u32 - 1
-                    }),
+                    id => {
+                        let slot = &mut local[id as usize];
+                        if *slot == NULL_ID {
+                            *slot = order.len() as u32;
+                            order.push(id);
+                        }
+                        *slot
+                    }
                 })
                 .collect();
             put_u32(out, order.len() as u32);
             for &id in &order {
                 put_bytes(out, dict.get(id));
             }
+            out.reserve(4 * ids.len());
             for id in ids {
                 put_u32(out, id);
             }
@@ -354,6 +359,7 @@ impl Sweep {
             for (blob, idx) in out.iter_mut().zip(&of_shard) {
                 blob.extend_from_slice(&(idx.len() as u64).to_le_bytes());
                 blob.push(carry_flags(rows.carry));
+                blob.reserve(12 * idx.len());
                 for &i in idx {
                     put_u32(blob, rows.code[i]);
                 }
