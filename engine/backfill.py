@@ -428,6 +428,7 @@ def _spec(plan: Plan, requests: Sequence[ViewRequest], mode: Mode) -> _Spec:
     view_specs: list[tuple[Any, ...]] = []
     view_of: dict[tuple[str, int], int] = {}
     request_specs: list[tuple[Any, ...]] = []
+    buffers: dict[int, bytes] = {}
     for req, lab in zip(requests, labels, strict=True):
         view = plan.views[req.view]
         gkey = (view.source, view.transform, view.filter, view.batch_transform, view.join_keys,
@@ -449,8 +450,14 @@ def _spec(plan: Plan, requests: Sequence[ViewRequest], mode: Mode) -> _Spec:
             functions = [(a.function, kind, a.n, a.window_ms, a.hop_ms)
                          for a, kind in zip(view.aggregations, kinds, strict=True)]  # fmt: skip
             view_specs.append((g, functions, inputs, view.allowed_lateness_ms))
-        codes = tables[lab.table].codes
-        request_specs.append((v, codes.tobytes(), lab.times.tobytes(), list(req.indices)))
+        # requests over the same labels share their buffers (sent once to a cluster)
+        codes = buffers.get(id(tables[lab.table].codes))
+        if codes is None:
+            codes = buffers[id(tables[lab.table].codes)] = tables[lab.table].codes.tobytes()
+        times = buffers.get(id(lab.times))
+        if times is None:
+            times = buffers[id(lab.times)] = lab.times.tobytes()
+        request_specs.append((v, codes, times, list(req.indices)))
     return _Spec(
         tables,
         groups,

@@ -172,20 +172,9 @@ def _on_cluster(
         )
         for source, partition in tasks
     ]
-    # each label goes to the shard of its entity's code
-    positions: list[list[np.ndarray]] = []  # per shard, per request: label indices
-    shard_requests: list[list[tuple[Any, ...]]] = []
-    for k in range(shards):
-        mine: list[np.ndarray] = []
-        specs: list[tuple[Any, ...]] = []
-        for v, codes, times, indices in spec.request_specs:
-            c = np.frombuffer(codes, dtype=np.int64)
-            at = np.flatnonzero(c % shards == k)
-            mine.append(at)
-            t = np.frombuffer(times, dtype=np.int64)
-            specs.append((v, c[at].tobytes(), t[at].tobytes(), indices))
-        positions.append(mine)
-        shard_requests.append(specs)
+    # each label goes to the shard of its entity's code (the sweep tasks pick their labels
+    # the same way, from the spec they already hold)
+    positions = [_shard_positions(spec.request_specs, k, shards) for k in range(shards)]
     # picking a blob or the count out of a read's result runs as soon as the read is done
     # (high priority), so progress follows the reads and blobs move while others read
     counts = [client.submit(_item, r, 0, pure=False, priority=10) for r in reads]
@@ -193,9 +182,8 @@ def _on_cluster(
         [client.submit(_item, r, 1 + k, pure=False, priority=10) for r in reads]
         for k in range(shards)
     ]
-    shard_fs = client.scatter(shard_requests, hash=False)
     sweeps = [
-        client.submit(_sweep_task, shard_fs[k], shared_f, *blobs[k], pure=False)
+        client.submit(_sweep_task, shared_f, all_f, k, shards, *blobs[k], pure=False)
         for k in range(shards)
     ]
     try:
@@ -228,6 +216,23 @@ def _on_cluster(
 
 def _item(seq: Sequence[Any], i: int) -> Any:
     return seq[i]
+
+
+def _shard_positions(
+    request_specs: list[tuple[Any, ...]], shard: int, shards: int
+) -> list[np.ndarray]:
+    """Per request, the indices of the labels whose entity code is ``shard`` modulo
+    ``shards`` (requests sharing a codes buffer share the array)."""
+    done: dict[int, np.ndarray] = {}
+    out = []
+    for _, codes, _, _ in request_specs:
+        at = done.get(id(codes))
+        if at is None:
+            at = done[id(codes)] = np.flatnonzero(
+                np.frombuffer(codes, dtype=np.int64) % shards == shard
+            )
+        out.append(at)
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,11 +347,28 @@ def _read_task(
 
 
 def _sweep_task(
-    request_specs: list[tuple[Any, ...]], shared: Mapping[str, Any], *blobs: bytes
+    shared: Mapping[str, Any],
+    request_specs: list[tuple[Any, ...]],
+    shard: int,
+    shards: int,
+    *blobs: bytes,
 ) -> list[list[tuple[bytes, bytes, bytes]]]:
     """Sweep one entity shard: per request and wanted aggregation, (kinds, bits, objects
-    as msgpack of [[label, value], ...])."""
-    sweep = _sweep_of(shared, request_specs)
+    as msgpack of [[label, value], ...]) for the shard's labels, in label order."""
+    positions = _shard_positions(request_specs, shard, shards)
+    taken: dict[tuple[int, int], bytes] = {}
+
+    def pick(buffer: bytes, at: np.ndarray) -> bytes:
+        got = taken.get((id(buffer), id(at)))
+        if got is None:
+            got = taken[(id(buffer), id(at))] = np.frombuffer(buffer, dtype=np.int64)[at].tobytes()
+        return got
+
+    mine = [
+        (v, pick(codes, at), pick(times, at), indices)
+        for (v, codes, times, indices), at in zip(request_specs, positions, strict=True)
+    ]
+    sweep = _sweep_of(shared, mine)
     for blob in blobs:
         sweep.add_shard(blob)
     return [

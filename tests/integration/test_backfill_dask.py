@@ -45,7 +45,7 @@ def cluster() -> Iterator[Any]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",
         ) as local,  # fmt: skip
         distributed.Client(local) as client,
     ):
@@ -249,7 +249,7 @@ def test_read_tasks_sharing_a_worker_sweep_at_once(world: World) -> None:  # noq
             threads_per_worker=2,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",
         ) as local,  # fmt: skip
         distributed.Client(local) as client,
     ):
