@@ -9,6 +9,9 @@ It checks that both give the same frame (bit for bit) and prints events/s (log r
 replayed per second of wall time) of each and the cluster's overhead: its median time over
 the local median, minus one. Starting the cluster is not timed (the API assumes one runs);
 the first cluster round also loads the definitions on each worker and is reported apart.
+CPU seconds are counted too (this process, and the worker processes through
+``client.run``): on a machine shared with other jobs the wall times of two runs vary far
+more than their CPU time.
 
 Usage (from the repo root)::
 
@@ -37,6 +40,12 @@ for path in (str(REPO), str(HERE)):
 import backfill as bench  # noqa: E402  (benchmarks/backfill.py: data, features, cache)
 
 RESULTS_JSON = bench.OUT / "backfill_dask.json"
+
+
+def _process_cpu_s() -> float:
+    """User + system CPU seconds of the calling process (its threads included)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _frames_equal(a: Any, b: Any) -> bool:
@@ -97,11 +106,22 @@ def main(argv: list[str] | None = None) -> int:
                         f"local: {args.workers} threads; Dask: {args.dask_workers} worker "
                         "processes x 1 thread")  # fmt: skip
 
+    cpu: dict[str, list[float]] = {"local": [], "dask": []}
+
+    def cluster_cpu_s(client: Any) -> float:
+        """CPU seconds of the worker processes (this process holds the client, the scheduler
+        and the nannies, counted by ``_process_cpu_s``)."""
+        return float(sum(client.run(_process_cpu_s).values()))
+
     def backfill(cluster: Any) -> tuple[float, Any]:
+        c0 = _process_cpu_s() + (cluster_cpu_s(cluster) if cluster else 0.0)
         t0 = time.perf_counter()
         out = store.get_historical_features(labels, bench.FEATURES, workers=args.workers,
                                             cluster=cluster)  # fmt: skip
-        return time.perf_counter() - t0, out
+        elapsed = time.perf_counter() - t0
+        c1 = _process_cpu_s() + (cluster_cpu_s(cluster) if cluster else 0.0)
+        cpu["dask" if cluster else "local"].append(c1 - c0)
+        return elapsed, out
 
     local_s: list[float] = []
     dask_s: list[float] = []
@@ -120,10 +140,18 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             s, local = backfill(None)
             local_s.append(s)
-            bench._say("local", f"round {r + 1}: {s:.2f} s, {records / s:,.0f} events/s")
+            bench._say(
+                "local",
+                f"round {r + 1}: {s:.2f} s, {records / s:,.0f} events/s, "
+                f"{cpu['local'][-1]:.1f} CPU-s",
+            )
             s, remote = backfill(client)
             dask_s.append(s)
-            bench._say("dask", f"round {r + 1}: {s:.2f} s, {records / s:,.0f} events/s")
+            bench._say(
+                "dask",
+                f"round {r + 1}: {s:.2f} s, {records / s:,.0f} events/s, "
+                f"{cpu['dask'][-1]:.1f} CPU-s (client, scheduler, workers)",
+            )
             if r == 0:
                 same = _frames_equal(local, remote) and _frames_equal(local, reference)
                 bench._say("check", f"cluster frame == local frame, bit for bit: {same}")
@@ -131,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
     lm, dm = statistics.median(local_s), statistics.median(dask_s)
     overhead = dm / lm - 1
+    lc, dc = statistics.median(cpu["local"]), statistics.median(cpu["dask"][1:])
+    cpu_overhead = dc / lc - 1
     result = {
         "params": p.key,
         "records": records,
@@ -143,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "local_events_per_s": records / lm,
         "dask_events_per_s": records / dm,
         "overhead": overhead,
+        "local_cpu_seconds": cpu["local"],
+        "dask_cpu_seconds": cpu["dask"][1:],
+        "cpu_overhead": cpu_overhead,
     }
     print()
     print(f"Backfill local vs Dask ({records:,} events, {len(labels):,} labels, "
@@ -150,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  local ({args.workers} threads):          {lm:7.2f} s  {records / lm:12,.0f} events/s")
     print(f"  Dask ({args.dask_workers} workers x 1 thread):  {dm:7.2f} s  "
           f"{records / dm:12,.0f} events/s")  # fmt: skip
-    print(f"  overhead of the cluster:     {overhead:+.1%}")
+    print(f"  overhead of the cluster:     {overhead:+.1%} wall time")
+    print(
+        f"  CPU: local {lc:.1f} CPU-s, Dask {dc:.1f} CPU-s (client, scheduler, workers): "
+        f"{cpu_overhead:+.1%}"
+    )
     data: dict[str, Any] = {}
     if RESULTS_JSON.exists():
         data = json.loads(RESULTS_JSON.read_text())
