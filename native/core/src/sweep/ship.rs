@@ -16,7 +16,7 @@
 //! input's cells (a tag byte, then its values; strings and bytes as a dictionary of the
 //! shard's distinct values and a u32 id per row).
 
-use super::rows::{Carry, Cells, NULL_ID};
+use super::rows::{Carry, Cells, Interner, NULL_ID};
 use super::Sweep;
 use crate::columns::{Column, ColumnData};
 use crate::error::KernelError;
@@ -265,7 +265,8 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// `n` cells as a column (`None`: absent, nulls).
+    /// `n` cells as a column (`None`: absent, nulls); strings and bytes are read by
+    /// [`add_dictionary_cells`].
     fn cells(&mut self, n: usize) -> Result<Option<Column>, KernelError> {
         let (data, valid) = match self.u8()? {
             CELLS_ABSENT => return Ok(None),
@@ -291,41 +292,6 @@ impl<'a> Reader<'a> {
                     Some(v.iter().map(|&b| b != 2).collect()),
                 )
             }
-            tag @ (CELLS_STR | CELLS_BYTES) => {
-                let distinct = self.u32()? as usize;
-                let mut dict: Vec<&[u8]> = Vec::with_capacity(distinct.min(1 << 20));
-                for _ in 0..distinct {
-                    dict.push(self.bytes()?);
-                }
-                let ids = self.u32s(n)?;
-                let mut offsets = Vec::with_capacity(n + 1);
-                offsets.push(0i64);
-                let mut data = Vec::new();
-                let mut valid = Vec::with_capacity(n);
-                for id in ids {
-                    if id == NULL_ID {
-                        valid.push(false);
-                    } else {
-                        let s = dict.get(id as usize).ok_or_else(|| {
-                            KernelError::Sweep(format!("shard blob: string id {id} unknown"))
-                        })?;
-                        if tag == CELLS_STR && std::str::from_utf8(s).is_err() {
-                            return Err(KernelError::Sweep(
-                                "shard blob holds a string that is not UTF-8".into(),
-                            ));
-                        }
-                        data.extend_from_slice(s);
-                        valid.push(true);
-                    }
-                    offsets.push(data.len() as i64);
-                }
-                let data = if tag == CELLS_STR {
-                    ColumnData::Str { offsets, data }
-                } else {
-                    ColumnData::Bytes { offsets, data }
-                };
-                (data, Some(valid))
-            }
             CELLS_VALUE => {
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -337,6 +303,50 @@ impl<'a> Reader<'a> {
         };
         Ok(Some(Column { data, valid }))
     }
+}
+
+/// Append `n` dictionary cells (after their tag) to `cells`: `false` when `cells` hold
+/// another type.
+fn add_dictionary_cells(
+    r: &mut Reader<'_>,
+    cells: &mut Cells,
+    utf8: bool,
+    n: usize,
+) -> Result<bool, KernelError> {
+    if let Cells::Absent(nulls) = *cells {
+        *cells = if utf8 {
+            Cells::Str(Vec::new(), Interner::default())
+        } else {
+            Cells::Bytes(Vec::new(), Interner::default())
+        };
+        cells.push_nulls(nulls);
+    }
+    let (ids, dict) = match (cells, utf8) {
+        (Cells::Str(ids, dict), true) | (Cells::Bytes(ids, dict), false) => (ids, dict),
+        _ => return Ok(false),
+    };
+    let distinct = r.u32()? as usize;
+    let mut remap: Vec<u32> = Vec::with_capacity(distinct.min(1 << 20));
+    for _ in 0..distinct {
+        let s = r.bytes()?;
+        if utf8 && std::str::from_utf8(s).is_err() {
+            return Err(KernelError::Sweep(
+                "shard blob holds a string that is not UTF-8".into(),
+            ));
+        }
+        remap.push(dict.intern(s));
+    }
+    let local = r.u32s(n)?;
+    ids.reserve(n);
+    for id in local {
+        ids.push(match id {
+            NULL_ID => NULL_ID,
+            id => *remap
+                .get(id as usize)
+                .ok_or_else(|| KernelError::Sweep(format!("shard blob: string id {id} unknown")))?,
+        });
+    }
+    Ok(true)
 }
 
 impl Sweep {
@@ -447,6 +457,26 @@ impl Sweep {
             }
             let all: Vec<usize> = (0..n).collect();
             for c in 0..inputs {
+                // strings and bytes: each distinct value interned once, the ids renumbered
+                let tag = r.data.get(r.pos).copied();
+                if tag == Some(CELLS_STR) || tag == Some(CELLS_BYTES) {
+                    r.pos += 1;
+                    if !add_dictionary_cells(
+                        &mut r,
+                        &mut rows.inputs[c],
+                        tag == Some(CELLS_STR),
+                        n,
+                    )? {
+                        return Err(KernelError::Sweep(format!(
+                            "payload field {:?} changed type between event-log partitions",
+                            self.groups[g]
+                                .input_fields
+                                .get(c)
+                                .map_or("?", String::as_str)
+                        )));
+                    }
+                    continue;
+                }
                 let col = r.cells(n)?;
                 if !rows.inputs[c].extend(col.as_ref(), &all) {
                     return Err(KernelError::Sweep(format!(
