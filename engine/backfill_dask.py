@@ -187,7 +187,8 @@ def _on_cluster(
         for k in range(shards)
     ]
     try:
-        for done in as_completed(counts):  # type: ignore[no-untyped-call]
+        # this client's loop: the client need not be the process's default one
+        for done in as_completed(counts, loop=client.loop):  # type: ignore[no-untyped-call]
             read = done.result()
             if progress is not None:
                 progress(int(read), 1)

@@ -37,7 +37,9 @@ EXAMPLE_DEFINITIONS = Path(__file__).resolve().parents[2] / "definitions"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    """A scheduler and two single-threaded worker processes; none left running after."""
+    """A scheduler and two single-threaded worker processes; none left running after. The
+    client is not the process's default one: the backfill must use the client it is given
+    (or the one it makes from an address)."""
     before = set(multiprocessing.active_children())
     with (
         distributed.LocalCluster(
@@ -47,7 +49,7 @@ def cluster() -> Iterator[Any]:
             host="127.0.0.1",
             dashboard_address=":0",
         ) as local,  # fmt: skip
-        distributed.Client(local) as client,
+        distributed.Client(local, set_as_default=False) as client,
     ):
         client.wait_for_workers(2)
         yield client
@@ -251,7 +253,7 @@ def test_read_tasks_sharing_a_worker_sweep_at_once(world: World) -> None:  # noq
             host="127.0.0.1",
             dashboard_address=":0",
         ) as local,  # fmt: skip
-        distributed.Client(local) as client,
+        distributed.Client(local, set_as_default=False) as client,
     ):
         got = world.store.get_historical_features(
             world.labels.frame(), ALL_REFS, full_feature_names=True, cluster=client
