@@ -105,6 +105,15 @@ def _execute(
     own = isinstance(cluster, str)
     client: Any = _client(cluster) if own else cluster
     try:
+        if not client.nthreads():
+            try:
+                client.wait_for_workers(1, timeout=_CONNECT_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise ClusterUnavailable(
+                    f"the Dask scheduler at {client.scheduler.address} has no workers "
+                    f"(none joined within {_CONNECT_TIMEOUT_S:g} s); start `dask worker "
+                    f"{client.scheduler.address}` on the machines that reach the event log"
+                ) from exc
         if shards is None:
             shards = max(1, sum(client.nthreads().values()))
         return _on_cluster(

@@ -206,6 +206,22 @@ def test_an_unreachable_scheduler_is_named(
         store.get_historical_features(labels, _all_refs(store)[:1], cluster="tcp://127.0.0.1:9")
 
 
+def test_a_scheduler_without_workers_is_named(
+    example: tuple[FeatureStore, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import backfill_dask
+
+    monkeypatch.setattr(backfill_dask, "_CONNECT_TIMEOUT_S", 1.0)
+    store, labels = example
+    with (
+        distributed.LocalCluster(
+            n_workers=0, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as empty,
+        pytest.raises(ClusterUnavailable, match=f"{empty.scheduler_address} has no workers"),
+    ):
+        store.get_historical_features(labels, _all_refs(store)[:1], cluster=empty.scheduler_address)
+
+
 def test_cli_backfill_on_a_cluster(
     cluster: Any,
     example: tuple[FeatureStore, pd.DataFrame],
