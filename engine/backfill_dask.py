@@ -149,7 +149,7 @@ def _on_cluster(
 ) -> list[list[_Column]]:
     from distributed import as_completed
 
-    fingerprints = {g.first_view.name: g.first_view.fingerprint for g in spec.groups}
+    fingerprints = {req.view: plan.views[req.view].fingerprint for req in requests}
     shared = {
         "repo": str(Path(repo_path).resolve()),
         "fingerprints": fingerprints,
@@ -286,6 +286,8 @@ def _worker_plan(repo: str, fingerprints: Mapping[str, str]) -> Plan:
                         f"{view.fingerprint if view else 'no such view'} here); deploy the "
                         "same definitions to every worker"
                     )
+            if len(_plans) >= 8:
+                _plans.clear()  # older definitions of long-lived workers
             _plans[key] = plan
     return plan
 
