@@ -7,8 +7,9 @@ every worker once. Then:
 
 1. **Read tasks**, one per log partition: the worker reads the partition's files from the
    log's fsspec URL (``EventLogReader``, honouring each file's ``upto``), through a sweep
-   over every label — so it keeps exactly the records the local run keeps — and hands them
-   over as ``shards`` blobs by entity code (``Sweep.take_shards``).
+   over each entity's last label — what a sweep keeps depends on nothing else, so it keeps
+   exactly the records the local run keeps — and hands them over as ``shards`` blobs by
+   entity code (``Sweep.take_shards``).
 2. **Sweep tasks**, one per entity shard: a sweep over the labels of that shard's entities
    takes blob ``k`` of every read task (``Sweep.add_shard``) and finishes. All records of
    an entity meet in one sweep, as they do locally, so every value is the same; a view keyed
@@ -165,13 +166,15 @@ def _on_cluster(
         "view_specs": spec.view_specs,
     }
     [shared_f] = client.scatter([shared], broadcast=True, hash=False)
-    [all_f] = client.scatter([spec.request_specs], broadcast=True, hash=False)
+    # a read task's sweep needs of the labels only each entity's last label time (what it
+    # keeps depends on nothing else): one request per table, one label per entity
+    [last_f] = client.scatter([_last_labels(spec)], broadcast=True, hash=False)
     run = uuid.uuid4().hex[:12]
     reads = [
         client.submit(
             _read_task,
             shared_f,
-            all_f,
+            last_f,
             run,
             source,
             partition,
@@ -181,9 +184,9 @@ def _on_cluster(
         )
         for source, partition in tasks
     ]
-    # each label goes to the shard of its entity's code (the sweep tasks pick their labels
-    # the same way, from the spec they already hold)
+    # each label goes to the shard of its entity's code; a shard's labels go to its sweep
     positions = [_shard_positions(spec.request_specs, k, shards) for k in range(shards)]
+    shard_fs = client.scatter([_pick(spec.request_specs, at) for at in positions], hash=False)
     # picking a blob or the count out of a read's result runs as soon as the read is done
     # (high priority), so progress follows the reads and blobs move while others read
     counts = [client.submit(_item, r, 0, pure=False, priority=10) for r in reads]
@@ -192,7 +195,7 @@ def _on_cluster(
         for k in range(shards)
     ]
     sweeps = [
-        client.submit(_sweep_task, shared_f, all_f, k, shards, *blobs[k], pure=False)
+        client.submit(_sweep_task, shared_f, shard_fs[k], *blobs[k], pure=False)
         for k in range(shards)
     ]
     try:
@@ -226,6 +229,40 @@ def _on_cluster(
 
 def _item(seq: Sequence[Any], i: int) -> Any:
     return seq[i]
+
+
+def _last_labels(spec: _Spec) -> list[tuple[Any, ...]]:
+    """Per label table, one request of one label per entity at its latest label time: a
+    sweep built on these keeps exactly the records one built on every label keeps."""
+    last = [np.full(len(t.entities), np.iinfo(np.int64).min, dtype=np.int64) for t in spec.tables]
+    view_of: dict[int, int] = {}
+    for v, codes, times, _ in spec.request_specs:
+        table = spec.group_specs[spec.view_specs[v][0]][1]
+        view_of.setdefault(table, v)
+        np.maximum.at(last[table], np.frombuffer(codes, dtype=np.int64),
+                      np.frombuffer(times, dtype=np.int64))  # fmt: skip
+    return [
+        (v, np.arange(len(last[t]), dtype=np.int64).tobytes(), last[t].tobytes(), [])
+        for t, v in sorted(view_of.items())
+    ]
+
+
+def _pick(
+    request_specs: list[tuple[Any, ...]], positions: list[np.ndarray]
+) -> list[tuple[Any, ...]]:
+    """The request specs of the labels at ``positions`` (per request)."""
+    taken: dict[tuple[int, int], bytes] = {}
+
+    def pick(buffer: bytes, at: np.ndarray) -> bytes:
+        got = taken.get((id(buffer), id(at)))
+        if got is None:
+            got = taken[(id(buffer), id(at))] = np.frombuffer(buffer, dtype=np.int64)[at].tobytes()
+        return got
+
+    return [
+        (v, pick(codes, at), pick(times, at), indices)
+        for (v, codes, times, indices), at in zip(request_specs, positions, strict=True)
+    ]
 
 
 def _shard_positions(
@@ -310,8 +347,8 @@ _read_lock = threading.Lock()
 
 
 def _read_sweep(run: str, shared: Mapping[str, Any], request_specs: list[tuple[Any, ...]]) -> Any:
-    """The sweep over every label that this worker's read tasks of ``run`` share: built once
-    per process (the label spec is large), emptied by each task's ``take_shards``."""
+    """The sweep this worker's read tasks of ``run`` share (over each entity's last label,
+    ``_last_labels``): built once per process, emptied by each task's ``take_shards``."""
     with _read_lock:
         sweep = _read_sweeps.get(run)
         if sweep is None:
@@ -359,28 +396,11 @@ def _read_task(
 
 
 def _sweep_task(
-    shared: Mapping[str, Any],
-    request_specs: list[tuple[Any, ...]],
-    shard: int,
-    shards: int,
-    *blobs: bytes,
+    shared: Mapping[str, Any], request_specs: list[tuple[Any, ...]], *blobs: bytes
 ) -> list[list[tuple[bytes, bytes, bytes]]]:
     """Sweep one entity shard: per request and wanted aggregation, (kinds, bits, objects
     as msgpack of [[label, value], ...]) for the shard's labels, in label order."""
-    positions = _shard_positions(request_specs, shard, shards)
-    taken: dict[tuple[int, int], bytes] = {}
-
-    def pick(buffer: bytes, at: np.ndarray) -> bytes:
-        got = taken.get((id(buffer), id(at)))
-        if got is None:
-            got = taken[(id(buffer), id(at))] = np.frombuffer(buffer, dtype=np.int64)[at].tobytes()
-        return got
-
-    mine = [
-        (v, pick(codes, at), pick(times, at), indices)
-        for (v, codes, times, indices), at in zip(request_specs, positions, strict=True)
-    ]
-    sweep = _sweep_of(shared, mine)
+    sweep = _sweep_of(shared, request_specs)
     for blob in blobs:
         sweep.add_shard(blob)
     return [
