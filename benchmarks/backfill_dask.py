@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dask-workers", type=int, default=2,
                     help="worker processes of the local Dask cluster")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="local/cluster pairs, alternated")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the worker processes, e.g. RAYON_NUM_THREADS=1 "
+                         "(the native core's threads per worker)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="100k events, 1k entities, 10k labels")
     args = ap.parse_args(argv)
     if args.quick:
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             processes=True,
             host="127.0.0.1",
             dashboard_address=":0",
+            env=dict(kv.split("=", 1) for kv in args.worker_env),
         ) as cluster,  # fmt: skip
         Client(cluster) as client,
     ):
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "labels": len(labels),
         "local_threads": args.workers,
         "dask_workers": args.dask_workers,
+        "worker_env": args.worker_env,
         "local_seconds": local_s,
         "dask_seconds": dask_s,
         "dask_first_round_seconds": first,
