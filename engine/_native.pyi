@@ -117,6 +117,15 @@ class Sweep:
     def records_read(self) -> int:
         """Records read so far."""
 
+    def take_shards(self, shards: int) -> list[bytes]:
+        """Hand over every kept record as ``shards`` blobs, blob ``s`` holding the records
+        of the entities whose code is ``s`` modulo ``shards`` (GIL released); the sweep
+        keeps none afterwards. The distributed backfill's exchange (engine.backfill_dask)."""
+
+    def add_shard(self, blob: bytes) -> int:
+        """Add one ``take_shards`` blob of a sweep over the same tables and views; returns
+        the records added. ValueError on a blob that does not fit."""
+
     def finish(self) -> list[list[tuple[bytes, bytes, list[tuple[int, Any]]]]]:
         """Sweep (GIL released); per request and wanted aggregation: (uint8 kinds, int64
         bits, [(label, object)]) with kinds 0 None, 1 int64, 2 float64, 3 object."""

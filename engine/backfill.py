@@ -402,15 +402,24 @@ class _Group:
         return view.transform is None and view.filter is None and view.batch_transform is None
 
 
-def _execute(
-    plan: Plan,
-    log: EventLogSource,
-    requests: Sequence[ViewRequest],
-    mode: Mode,
-    include_late: bool,
-    workers: int,
-    progress: Progress | None,
-) -> list[list[_Column]]:
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """What the core's ``Sweep`` is built from, and the row groups behind it."""
+
+    tables: tuple[_Table, ...]
+    groups: list[_Group]
+    keys: list[list[tuple[Any, ...]]]  # per table, the entity keys as the core matches them
+    group_specs: list[tuple[Any, ...]]
+    view_specs: list[tuple[Any, ...]]
+    request_specs: list[tuple[Any, ...]]
+
+    def sweep(self, mode: Mode, include_late: bool) -> Any:
+        """A fresh ``engine._native.Sweep`` over every label."""
+        return _native.Sweep(mode, include_late, self.keys, self.group_specs, self.view_specs,
+                             self.request_specs)  # fmt: skip
+
+
+def _spec(plan: Plan, requests: Sequence[ViewRequest], mode: Mode) -> _Spec:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     tables, labels = _tables(requests)
@@ -419,6 +428,7 @@ def _execute(
     view_specs: list[tuple[Any, ...]] = []
     view_of: dict[tuple[str, int], int] = {}
     request_specs: list[tuple[Any, ...]] = []
+    buffers: dict[int, bytes] = {}
     for req, lab in zip(requests, labels, strict=True):
         view = plan.views[req.view]
         gkey = (view.source, view.transform, view.filter, view.batch_transform, view.join_keys,
@@ -440,16 +450,36 @@ def _execute(
             functions = [(a.function, kind, a.n, a.window_ms, a.hop_ms)
                          for a, kind in zip(view.aggregations, kinds, strict=True)]  # fmt: skip
             view_specs.append((g, functions, inputs, view.allowed_lateness_ms))
-        codes = tables[lab.table].codes
-        request_specs.append((v, codes.tobytes(), lab.times.tobytes(), list(req.indices)))
-    sweep = _native.Sweep(
-        mode,
-        include_late,
+        # requests over the same labels share their buffers (sent once to a cluster)
+        codes = buffers.get(id(tables[lab.table].codes))
+        if codes is None:
+            codes = buffers[id(tables[lab.table].codes)] = tables[lab.table].codes.tobytes()
+        times = buffers.get(id(lab.times))
+        if times is None:
+            times = buffers[id(lab.times)] = lab.times.tobytes()
+        request_specs.append((v, codes, times, list(req.indices)))
+    return _Spec(
+        tables,
+        groups,
         [[_key(e) for e in t.entities] for t in tables],
         [(g.source, g.table, list(g.join_keys), list(g.inputs), g.native) for g in groups],
         view_specs,
         request_specs,
     )
+
+
+def _execute(
+    plan: Plan,
+    log: EventLogSource,
+    requests: Sequence[ViewRequest],
+    mode: Mode,
+    include_late: bool,
+    workers: int,
+    progress: Progress | None,
+) -> list[list[_Column]]:
+    spec = _spec(plan, requests, mode)
+    sweep = spec.sweep(mode, include_late)
+    groups = spec.groups
     tasks = [(s, p) for s in sorted({g.source for g in groups}) for p in log.partitions(s)]
     reader = _Reader(plan, log, sweep, groups, progress)
     if workers <= 1 or len(tasks) <= 1:

@@ -332,7 +332,16 @@ def _push_rows(file: str) -> list[dict[str, Any]] | pd.DataFrame:
     type=click.IntRange(min=1),
     default=None,
     show_default="one per core",
-    help="Processes reading log partitions in parallel.",
+    help="Threads reading log partitions in parallel (local run).",
+)
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    default=None,
+    show_default="local: this machine's cores",
+    help="Run on the dask.distributed cluster whose scheduler is at ADDRESS "
+    "(tcp://HOST:8786); the event log's URL and the repo's path must be reachable "
+    "from every worker.",
 )
 @repo_option
 def backfill(
@@ -344,6 +353,7 @@ def backfill(
     include_late: bool,
     full_feature_names: bool,
     workers: int | None,
+    cluster: str | None,
 ) -> int:
     """Build a point-in-time training set: each row gets each feature as of its timestamp."""
     from tqdm import tqdm
@@ -379,6 +389,7 @@ def backfill(
             full_feature_names=full_feature_names,
             workers=workers,
             progress=progress,
+            cluster=cluster,
         )
     elapsed = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +399,8 @@ def backfill(
         result.to_parquet(out, index=False)
     click.echo(
         f"{len(result)} rows x {len(refs)} features -> {out} ({records} log records replayed "
-        f"in {elapsed:.1f}s, mode {mode})"
+        f"in {elapsed:.1f}s, mode {mode}"
+        + (f", on the Dask cluster at {cluster})" if cluster else ")")
     )
     return EXIT_OK
 

@@ -17,6 +17,7 @@ SkewlessError                      root of everything skewless raises on purpose
 ├── OnlineWriteConflict (RuntimeError) another writer moved an entity's fence since this worker read it
 ├── OwnerFenced (RuntimeError)     a later owner epoch holds the partition: this worker is a zombie
 ├── KafkaUnavailable (ConnectionError)        Kafka cannot be reached, or refused a request
+├── ClusterUnavailable (ConnectionError)      the Dask scheduler of a backfill cannot be reached
 └── ServicesError (RuntimeError)   the local Kafka/Redis of scripts/services.sh cannot be run
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "ClusterUnavailable",
     "CodecError",
     "ConfigError",
     "DecodeError",
@@ -175,6 +177,11 @@ class OwnerFenced(SkewlessError, RuntimeError):
 
 class KafkaUnavailable(SkewlessError, ConnectionError):
     """Kafka cannot be reached, or a broker refused what skewless asked (topic, produce, commit)."""
+
+
+class ClusterUnavailable(SkewlessError, ConnectionError):
+    """The Dask scheduler of a distributed backfill cannot be reached (its address is named),
+    or dask.distributed is not installed."""
 
 
 class ServicesError(SkewlessError, RuntimeError):

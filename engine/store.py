@@ -296,8 +296,14 @@ class FeatureStore:
         full_feature_names: bool = False,
         workers: int | None = None,
         progress: backfill.Progress | None = None,
+        cluster: Any = None,
     ) -> pd.DataFrame:
         """Point-in-time features: each input row gets each feature as of its timestamp.
+
+        ``cluster``: a Dask scheduler address (``tcp://HOST:8786``) or a connected
+        ``distributed.Client`` runs the reading and the sweep on that cluster (the log's URL
+        and this repo's path must be reachable from every worker; docs/backfill.md); the
+        values are the same as the local run's.
 
         The window of a row at ``t`` never includes ``t`` itself nor anything after it
         (DESIGN §3). Output: the input rows in input order plus one column per feature.
@@ -353,15 +359,29 @@ class FeatureStore:
         log = EventLogReader(self.config.event_log_root)
         for source in sorted({self.plan.views[r.view].source for r in requests}):
             log.partitions(source)  # raises EventLogMissing saying how to create the log
-        values = backfill.run_columns(
-            self.plan,
-            log,
-            requests,
-            mode=mode,
-            include_late=include_late,
-            workers=self.config.effective_backfill_workers() if workers is None else workers,
-            progress=progress,
-        )
+        if cluster is not None:
+            from engine import backfill_dask
+
+            values = backfill_dask.run_columns(
+                self.plan,
+                self.config.event_log_root,
+                self.config.repo_path,
+                requests,
+                mode=mode,
+                include_late=include_late,
+                cluster=cluster,
+                progress=progress,
+            )
+        else:
+            values = backfill.run_columns(
+                self.plan,
+                log,
+                requests,
+                mode=mode,
+                include_late=include_late,
+                workers=self.config.effective_backfill_workers() if workers is None else workers,
+                progress=progress,
+            )
         columns: dict[str, pd.Series] = {}
         for request, arrays in zip(requests, values, strict=True):
             view = self.plan.views[request.view]

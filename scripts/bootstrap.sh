@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.11) and install skewless with its dev extras. Idempotent.
+# Create .venv (Python >= 3.11) and install skewless with its dev, bench and dask extras. Idempotent.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -35,7 +35,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ! -e engine/_native
   log="$root/.venv/skewless-install.log"
   echo "bootstrap: installing skewless (building the native kernel with cargo) and dev dependencies into .venv"
   if ! { .venv/bin/python -m pip install --upgrade pip &&
-         .venv/bin/python -m pip install -e ".[dev,bench]"; } >"$log" 2>&1; then
+         .venv/bin/python -m pip install -e ".[dev,bench,dask]"; } >"$log" 2>&1; then
     echo "bootstrap: installing skewless failed; the end of its log ($log):" >&2
     tail -n 40 "$log" >&2
     exit 1

@@ -517,7 +517,7 @@ def test_bootstrap_keeps_pips_output_in_a_log(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"bootstrap: installed skewless (log: {log})"
     assert "noise" not in proc.stdout + proc.stderr
-    assert "WARNING: noise from pip -m pip install -e .[dev,bench]" in log.read_text()
+    assert "WARNING: noise from pip -m pip install -e .[dev,bench,dask]" in log.read_text()
     assert (tmp_path / ".venv" / ".skewless-installed").exists()
 
 

@@ -16,6 +16,7 @@
 mod entity;
 mod out;
 mod rows;
+mod ship;
 mod sliding;
 
 use rayon::prelude::*;
@@ -1055,6 +1056,188 @@ mod tests {
                          ({:?}): sweep {have:?}, tiles {want:?}",
                         layout.aggs[i].func
                     );
+                }
+            }
+        }
+    }
+
+    /// Records read by one sweep per partition and handed over in entity shards
+    /// (`take_shards` / `add_shard`) sweep to the same values as one sweep over all.
+    #[test]
+    fn shards_sweep_like_one_sweep() {
+        let mut rng = Rng(5);
+        let h = 3_600_000i64;
+        for case in 0..40 {
+            let mode = if case % 2 == 0 {
+                Mode::EventTime
+            } else {
+                Mode::ProcessingTime
+            };
+            type Spec = (
+                &'static str,
+                &'static str,
+                Option<u32>,
+                Option<i64>,
+                Option<i64>,
+                usize,
+            );
+            #[rustfmt::skip]
+            let specs: Vec<Spec> = vec![
+                ("sum", "float", None, Some(24 * h), Some(h), 0),
+                ("count", "float", None, Some(6 * h), Some(h), 0),
+                ("mean", "float", None, Some(7 * 24 * h), Some(24 * h), 0),
+                ("last", "str", None, Some(24 * h), Some(h), 1),
+                ("first", "float", None, Some(24 * h), Some(h), 0),
+                ("first_n", "float", Some(3), Some(24 * h), Some(h), 0),
+                ("count_distinct", "str", None, Some(24 * h), Some(h), 1),
+                ("max", "int", None, Some(24 * h), Some(h), 2),
+                ("sum", "int", None, None, None, 2),
+                ("last_n", "str", Some(2), None, None, 1),
+            ];
+            let layout = Layout::new(
+                specs
+                    .iter()
+                    .map(|s| Agg::parse(s.0, s.1, s.2).unwrap())
+                    .collect(),
+                specs.iter().map(|s| s.3).collect(),
+                specs.iter().map(|s| s.4).collect(),
+            )
+            .unwrap();
+            let inputs: Vec<usize> = specs.iter().map(|s| s.5).collect();
+            let entities = 1 + rng.below(30) as usize;
+            let table = || {
+                let mut table = KeyTable::default();
+                let mut buf = KeyBuf::default();
+                for e in 0..entities {
+                    buf.clear();
+                    buf.push_str(&format!("e{e}"));
+                    table.insert(&buf.0);
+                }
+                table
+            };
+            let labels = 1 + rng.below(80) as usize;
+            let codes: Vec<u32> = (0..labels)
+                .map(|_| rng.below(entities as u64) as u32)
+                .collect();
+            let times: Vec<i64> = (0..labels)
+                .map(|_| rng.below(20 * 24) as i64 * h / 2)
+                .collect();
+            let n = rng.below(500) as usize;
+            let et: Vec<i64> = (0..n).map(|_| rng.below(20 * 24) as i64 * h / 2).collect();
+            let pt: Vec<i64> = et
+                .iter()
+                .map(|&t| t + rng.below(2 * h as u64) as i64)
+                .collect();
+            let offsets: Vec<i64> = (0..n as i64).collect();
+            let keys: Vec<Option<String>> = (0..n)
+                .map(|_| Some(format!("e{}", rng.below(entities as u64 + 2))))
+                .collect();
+            let amount = Column {
+                data: ColumnData::Float((0..n).map(|_| rng.below(999) as f64 / 7.0).collect()),
+                valid: Some((0..n).map(|_| rng.below(10) != 0).collect()),
+            };
+            let word = str_column(
+                &(0..n)
+                    .map(|_| (rng.below(8) != 0).then(|| format!("w{}", rng.below(9))))
+                    .collect::<Vec<_>>(),
+            );
+            // the int input as objects (what a transform hands over) in odd cases
+            let ints: Vec<i64> = (0..n).map(|_| rng.below(1000) as i64 - 500).collect();
+            let int_valid: Vec<bool> = (0..n).map(|_| rng.below(6) != 0).collect();
+            let count = Column {
+                data: if case % 4 < 2 {
+                    ColumnData::Int(ints.clone())
+                } else {
+                    ColumnData::Value(ints.iter().map(|&i| Value::Int(i)).collect())
+                },
+                valid: Some(int_valid),
+            };
+            let wanted: Vec<usize> = (0..layout.aggs.len()).collect();
+            let sweep = |codes: Vec<u32>, times: Vec<i64>| {
+                Sweep::new(
+                    mode,
+                    case % 3 == 0,
+                    vec![table()],
+                    vec![GroupSpec {
+                        source: "s".into(),
+                        table: 0,
+                        key_fields: vec!["k".into()],
+                        input_fields: vec!["amount".into(), "word".into(), "n".into()],
+                        native: false,
+                    }],
+                    vec![ViewSpec {
+                        group: 0,
+                        layout: layout.clone(),
+                        inputs: inputs.clone(),
+                        allowed_lateness_ms: [Some(h / 2), None][case % 2],
+                    }],
+                    vec![RequestSpec {
+                        view: 0,
+                        codes,
+                        times_ms: times,
+                        indices: wanted.clone(),
+                    }],
+                )
+                .unwrap()
+            };
+            let cut = n / 3;
+            let parts = [(0, cut, 0), (cut, n, 1)];
+            let feed = |s: &mut Sweep, lo: usize, hi: usize, partition: i32| {
+                let idx: Vec<usize> = (lo..hi).collect();
+                let take = |c: &Column| {
+                    let mut cells = Column::empty_like(&c.data);
+                    cells.extend_gather(c, &idx);
+                    cells
+                };
+                s.add_rows(
+                    0,
+                    partition,
+                    &offsets[lo..hi],
+                    &et[lo..hi],
+                    &pt[lo..hi],
+                    &[str_column(&keys[lo..hi])],
+                    &[take(&amount), take(&word), take(&count)],
+                )
+                .unwrap();
+            };
+            let mut one = sweep(codes.clone(), times.clone());
+            for &(lo, hi, p) in &parts {
+                feed(&mut one, lo, hi, p);
+            }
+            let want = one.finish().pop().unwrap();
+            let shards = 1 + case % 4;
+            let blobs: Vec<Vec<Vec<u8>>> = parts
+                .iter()
+                .map(|&(lo, hi, p)| {
+                    let mut s = sweep(codes.clone(), times.clone());
+                    feed(&mut s, lo, hi, p);
+                    s.take_shards(shards)
+                })
+                .collect();
+            for shard in 0..shards {
+                let mine: Vec<usize> = (0..labels)
+                    .filter(|&l| codes[l] as usize % shards == shard)
+                    .collect();
+                let mut s = sweep(
+                    mine.iter().map(|&l| codes[l]).collect(),
+                    mine.iter().map(|&l| times[l]).collect(),
+                );
+                for part in &blobs {
+                    s.add_shard(&part[shard]).unwrap();
+                }
+                let got = s.finish().pop().unwrap();
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    for (k, &l) in mine.iter().enumerate() {
+                        assert_eq!(g.kinds[k], w.kinds[l], "case {case} agg {j} label {l}");
+                        assert_eq!(g.bits[k], w.bits[l], "case {case} agg {j} label {l}");
+                        let object = |c: &OutColumn, at: usize| {
+                            c.objects
+                                .iter()
+                                .find(|(i, _)| *i as usize == at)
+                                .map(|o| o.1.clone())
+                        };
+                        assert_eq!(object(g, k), object(w, l), "case {case} agg {j} label {l}");
+                    }
                 }
             }
         }

@@ -334,6 +334,24 @@ impl PySweep {
         self.with(|s| Ok(s.records_read()))
     }
 
+    /// Hand over every kept record as `shards` blobs, by entity code modulo `shards` (the
+    /// distributed backfill's exchange; GIL released). The sweep keeps none afterwards.
+    fn take_shards<'py>(
+        &self,
+        py: Python<'py>,
+        shards: usize,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let blobs = py.detach(|| self.with(|s| Ok(s.take_shards(shards))))?;
+        Ok(blobs.iter().map(|b| PyBytes::new(py, b)).collect())
+    }
+
+    /// Add one blob of another sweep's `take_shards` (same tables and views); returns the
+    /// records added (GIL released).
+    fn add_shard(&self, py: Python<'_>, blob: &Bound<'_, PyBytes>) -> PyResult<u64> {
+        let bytes = blob.as_bytes();
+        py.detach(|| self.with(|s| s.add_shard(bytes).map_err(err)))
+    }
+
     /// Sweep; per request, per wanted aggregation: `(kinds, bits, objects)` where `kinds`
     /// (uint8 bytes: 0 None, 1 int64, 2 float64, 3 object) and `bits` (int64 bytes) cover
     /// every label and `objects` lists `(label, value)` for kind 3.
