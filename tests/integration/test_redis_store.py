@@ -348,6 +348,7 @@ def test_a_linked_write_lands_iff_the_write_before_it_did(store: RedisOnlineStor
     assert store.load([KEY, marks]) == [{b"f:0": b"10"}, {b"f:3": b"77"}]
 
 
+@pytest.mark.single_redis  # an ACL user of one server (the cluster pass: every node's own)
 def test_a_user_without_scripting_cannot_write_a_merged_view(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
