@@ -45,15 +45,16 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from engine.envelope import Envelope  # noqa: E402
 from engine.keys import encode_key, partition_for  # noqa: E402
 from engine.online import state_key  # noqa: E402
 from engine.online_read import OnlineResponse, read_online  # noqa: E402
 from engine.plan import with_merged_tiles  # noqa: E402
-from engine.ports import DeadLetter  # noqa: E402
 from engine.serde import SourceCodec  # noqa: E402
 from engine.store import FeatureStore  # noqa: E402
 from engine.stream.core import BatchProcessor, SourceRecord  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from online import _Discard  # noqa: E402  (benchmarks/online.py: sinks that keep nothing)
 
 OUT = HERE / "out" / "repartition_reads.json"
 DB = 9
@@ -105,24 +106,6 @@ REFS = [
     f"{VIEW}:amount_mean_7d",
     f"{VIEW}:country_count_distinct_30d",
 ]
-
-
-class _Discard:
-    """EventLogSink and DeadLetterSink that keep nothing (the benchmark needs Redis only)."""
-
-    def __init__(self) -> None:
-        self.high: dict[int, int] = {}
-
-    def append(self, records: Sequence[Envelope]) -> list[str]:
-        for env in records:
-            self.high[env.partition] = max(self.high.get(env.partition, -1), env.offset)
-        return []
-
-    def last_offset(self, partition: int) -> int | None:
-        return self.high.get(partition)
-
-    def send(self, letters: Sequence[DeadLetter]) -> None:
-        raise AssertionError(f"benchmark events were refused: {letters[:1]}")
 
 
 def events(n: int, merchants: int, now_ms: int, seed: int) -> list[dict[str, Any]]:

@@ -46,7 +46,6 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.retry import Retry
 
 from connectors.redis_store import (
-    _FENCED,
     _MARK_LUA,
     _REVALIDATE_LUA,
     _TAKE_LUA,
@@ -56,9 +55,11 @@ from connectors.redis_store import (
     RedisTls,
     _hash,
     _Prepacked,
+    _raise_fenced,
+    _write_chunks,
 )
 from engine import _native
-from engine.errors import ConfigError, OnlineStoreUnavailable, OnlineWriteConflict, OwnerFenced
+from engine.errors import ConfigError, OnlineStoreUnavailable, OnlineWriteConflict
 from engine.online import PREFIX
 from engine.online_read import Held
 from engine.ports import StateWrite, Watermark
@@ -213,18 +214,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             url = split_url_credentials(config.redis_url)[0]
             hostport = url.partition("://")[2].partition("/")[0]
             nodes = [hostport if ":" in hostport else f"{hostport or '127.0.0.1'}:6379"]
-        tls = (
-            RedisTls(
-                ca_file=config.redis_tls_ca_file,
-                cert_file=config.redis_tls_cert_file,
-                key_file=config.redis_tls_key_file,
-                verify=config.redis_tls_verify,
-            )
-            if config.redis_tls
-            else None
-        )
         return cls(
-            nodes, username=config.redis_username or None, password=config.redis_password, tls=tls
+            nodes,
+            username=config.redis_username or None,
+            password=config.redis_password,
+            tls=RedisTls.from_config(config),
         )
 
     def __repr__(self) -> str:
@@ -330,23 +324,9 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         for w in writes:  # native writes become StateWrites here: grouped by slot in Python
             by_slot.setdefault(key_slot(w.key.encode()), []).append(w)
         chunks: list[tuple[list[bytes], list[bytes]]] = []
-        for slot, group in by_slot.items():
+        for slot, group in by_slot.items():  # a linked write shares its lead's hash tag
             fence_name = fence_key(slot).encode()
-            keys: list[bytes] = []
-            argv: list[bytes] = []
-            size = 0
-            for w in group:
-                # a linked write (a merged view's marks hash, check '&') stays with its lead:
-                # the same slot (one hash tag), and never the first of a chunk
-                linked = w.expect is not None and w.expect[0] == "&"
-                if size >= _WRITE_CHUNK_ARGS and not linked:
-                    chunks.append(([*keys, fence_name], argv))
-                    keys, argv, size = [], [], 0
-                keys.append(w.key.encode())
-                argv += _write_args(w)
-                size += 7 + 2 * len(w.fields) + len(w.delete)
-            if keys:
-                chunks.append(([*keys, fence_name], argv))
+            chunks += (([*k, fence_name], a) for k, a in _write_chunks(group, _WRITE_CHUNK_ARGS))
         refused: list[str] = []
         if chunks:
             replies = self._scripted(
@@ -486,37 +466,6 @@ _FAILING_OVER = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.ClusterError,
 )
-
-
-def _write_args(w: StateWrite) -> list[bytes]:
-    """One write's ARGV in the write script's layout (``_WRITE_BODY_LUA``)."""
-    argv = [b"%d" % len(w.fields), b"%d" % len(w.delete),
-            b"" if w.expire_at_ms is None else b"%d" % w.expire_at_ms]  # fmt: skip
-    if w.expect is None:
-        argv += (b"", b"", b"")
-    elif w.expect[0] == "&":  # lands iff the write before it in the call did
-        argv += (b"&", b"", b"")
-    else:
-        field, value = w.expect
-        argv += (b"0", field.encode(), b"") if value is None else (b"1", field.encode(), value)
-    for name, value in w.fields.items():
-        argv.append(name.encode())
-        argv.append(value)
-    argv.extend(name.encode() for name in w.delete)
-    return argv
-
-
-def _raise_fenced(replies: Sequence[Any]) -> None:
-    fenced = sorted(
-        {
-            key.decode()
-            for reply in replies
-            if isinstance(reply, list) and reply and reply[0] == _FENCED
-            for key in reply[1:]
-        }
-    )
-    if fenced:
-        raise OwnerFenced(fenced)
 
 
 def _as_redis_error(exc: Exception) -> redis.exceptions.RedisError:

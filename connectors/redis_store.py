@@ -17,7 +17,7 @@ user, never the password. Credentials and TLS come from ``Config`` (docs/securit
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
@@ -190,6 +190,18 @@ class RedisTls:
     key_file: str = ""
     verify: bool = True  # False: accept any certificate (self-signed dev setups only)
 
+    @classmethod
+    def from_config(cls, config: Config) -> RedisTls | None:
+        """The config's TLS settings; None when ``redis.tls`` is off."""
+        if not config.redis_tls:
+            return None
+        return cls(
+            ca_file=config.redis_tls_ca_file,
+            cert_file=config.redis_tls_cert_file,
+            key_file=config.redis_tls_key_file,
+            verify=config.redis_tls_verify,
+        )
+
     def client_kwargs(self) -> dict[str, Any]:
         """redis-py's ``ssl_*`` arguments."""
         kwargs: dict[str, Any] = {
@@ -293,16 +305,7 @@ class RedisOnlineStore:
             from connectors.redis_cluster_store import RedisClusterOnlineStore
 
             return RedisClusterOnlineStore.from_config(config)
-        tls = (
-            RedisTls(
-                ca_file=config.redis_tls_ca_file,
-                cert_file=config.redis_tls_cert_file,
-                key_file=config.redis_tls_key_file,
-                verify=config.redis_tls_verify,
-            )
-            if config.redis_tls
-            else None
-        )
+        tls = RedisTls.from_config(config)
         return cls(
             config.redis_url,
             username=config.redis_username or None,
@@ -466,36 +469,7 @@ class RedisOnlineStore:
         if isinstance(writes, PackedWrites):  # entity writes the native core packed already
             packed = writes.script_chunks(_WRITE_CHUNK_ARGS)
             writes = writes.extra
-        chunks: list[tuple[list[bytes], list[bytes]]] = []  # (keys, argv) per script call
-        keys: list[bytes] = []
-        argv: list[bytes] = []
-        size = 0
-        for w in writes:
-            linked = w.expect is not None and w.expect[0] == "&"
-            if size >= _WRITE_CHUNK_ARGS and not linked:  # a linked write stays with its lead
-                chunks.append((keys, argv))
-                keys, argv, size = [], [], 0
-            keys.append(w.key.encode())
-            fields = w.fields
-            argv.append(b"%d" % len(fields))
-            argv.append(b"%d" % len(w.delete))
-            argv.append(b"" if w.expire_at_ms is None else b"%d" % w.expire_at_ms)
-            if w.expect is None:
-                argv += (b"", b"", b"")
-            elif w.expect[0] == "&":  # lands iff the write before it did
-                argv += (b"&", b"", b"")
-            else:
-                field, value = w.expect
-                argv += (
-                    (b"0", field.encode(), b"") if value is None else (b"1", field.encode(), value)
-                )
-            for name, value in fields.items():
-                argv.append(name.encode())
-                argv.append(value)
-            argv.extend(name.encode() for name in w.delete)
-            size += 7 + 2 * len(fields) + len(w.delete)
-        if keys:
-            chunks.append((keys, argv))
+        chunks = _write_chunks(writes, _WRITE_CHUNK_ARGS)  # (keys, argv) per script call
         suffix = [b for key, epoch in fence for b in (key.encode(), b"%d" % epoch)]
         suffix.append(b"%d" % len(fence))
         tail = b"".join(b"$%d\r\n%s\r\n" % (len(b), b) for b in suffix)
@@ -515,16 +489,7 @@ class RedisOnlineStore:
             )
         replies = self._run_packed(commands)
         scripts = len(packed) + len(chunks)
-        fenced = sorted(
-            {
-                key.decode()
-                for reply in replies
-                if isinstance(reply, list) and reply and reply[0] == _FENCED
-                for key in reply[1:]
-            }
-        )
-        if fenced:
-            raise OwnerFenced(fenced)
+        _raise_fenced(replies)
         marks_replies = replies[scripts] if fence and marks else replies[scripts:]
         previous = [r if isinstance(r, bytes) else None for r in marks_replies]
         refused = (
@@ -877,6 +842,60 @@ class RedisOnlineStore:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _write_args(w: StateWrite) -> list[bytes]:
+    """One write's ARGV in the write script's layout (``_WRITE_BODY_LUA``)."""
+    argv = [b"%d" % len(w.fields), b"%d" % len(w.delete),
+            b"" if w.expire_at_ms is None else b"%d" % w.expire_at_ms]  # fmt: skip
+    if w.expect is None:
+        argv += (b"", b"", b"")
+    elif w.expect[0] == "&":  # lands iff the write before it in the call did
+        argv += (b"&", b"", b"")
+    else:
+        field, value = w.expect
+        argv += (b"0", field.encode(), b"") if value is None else (b"1", field.encode(), value)
+    for name, value in w.fields.items():
+        argv.append(name.encode())
+        argv.append(value)
+    argv.extend(name.encode() for name in w.delete)
+    return argv
+
+
+def _write_chunks(
+    writes: Iterable[StateWrite], max_args: int
+) -> list[tuple[list[bytes], list[bytes]]]:
+    """``(keys, argv)`` per write-script call, each about ``max_args`` arguments; a linked
+    write (check ``&``) never starts a call: it stays with the write it depends on."""
+    chunks: list[tuple[list[bytes], list[bytes]]] = []
+    keys: list[bytes] = []
+    argv: list[bytes] = []
+    size = 0
+    for w in writes:
+        linked = w.expect is not None and w.expect[0] == "&"
+        if size >= max_args and not linked:
+            chunks.append((keys, argv))
+            keys, argv, size = [], [], 0
+        keys.append(w.key.encode())
+        argv += _write_args(w)
+        size += 7 + 2 * len(w.fields) + len(w.delete)
+    if keys:
+        chunks.append((keys, argv))
+    return chunks
+
+
+def _raise_fenced(replies: Sequence[Any]) -> None:
+    """Raise ``OwnerFenced`` naming the registers of every script reply that was fenced."""
+    fenced = sorted(
+        {
+            key.decode()
+            for reply in replies
+            if isinstance(reply, list) and reply and reply[0] == _FENCED
+            for key in reply[1:]
+        }
+    )
+    if fenced:
+        raise OwnerFenced(fenced)
 
 
 def _hash(reply: Any) -> dict[bytes, bytes]:
