@@ -177,8 +177,17 @@ class BatchProcessor:
     # -- cache -----------------------------------------------------------------------------
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
-        """Drop cached state of partitions this worker no longer owns (after a revoke)."""
+        """Drop cached state of partitions this worker no longer owns (after a revoke).
+
+        With a local tier the whole cache is spilled to it first, so a worker that gets the
+        partitions back — or restarts, which revokes everything — starts warm; what another
+        owner wrote meanwhile is refused on load (the marks differ), never served."""
         gone = set(partitions)
+        if self.local is not None and gone:
+            keys, values = self._core.spill(True)
+            if keys:
+                self.local.put(keys, values)
+                self.local_counts["spilled"] += len(keys)
         self._core.forget_partitions(sorted(gone))
         if self._marks is not None:
             self._marks.forget(gone)

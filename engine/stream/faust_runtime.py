@@ -43,7 +43,13 @@ from engine.errors import KafkaUnavailable
 from engine.plan import Plan
 from engine.ports import DeadLetterSink
 from engine.stream.core import BatchOutcome, SourceRecord, wall_clock_ms
-from engine.stream.kafka_runtime import SourceWiring, WorkerOptions, WorkerStats, build_worker
+from engine.stream.kafka_runtime import (
+    SourceWiring,
+    WorkerOptions,
+    WorkerStats,
+    build_worker,
+    close_local_state,
+)
 from engine.stream.log_compaction import BackgroundCompaction, CompactionOptions
 
 __all__ = [
@@ -217,7 +223,12 @@ class SourceRunner:
         log.info("assigned %s %s", self.topic, sorted(partitions))  # the harness parses this
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """After the agent stopped: spill the cache to the local tier (if any), for a warm
+        restart, then stop the processor's thread."""
+        try:
+            self._executor.submit(close_local_state, self.topic, self.wiring.processor).result()
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def _span(recs: Sequence[SourceRecord]) -> str:
@@ -232,11 +243,14 @@ def _partitions_of(tps: Iterable[Any], topic: str) -> set[int]:
     return {tp.partition for tp in tps if tp.topic == topic}
 
 
-def wire_sources(plan: Plan, config: Config) -> dict[str, SourceWiring]:
+def wire_sources(
+    plan: Plan, config: Config, options: WorkerOptions | None = None
+) -> dict[str, SourceWiring]:
     """Source topic → processor and log, wired to the connectors named by ``config``.
 
-    The same wiring as the kafka runtime (``build_worker``), except that each source gets
-    its own dead-letter producer: each source's processor runs on its own thread.
+    The same wiring as the kafka runtime (``build_worker``, with the same ``options``: cache
+    size, local state tier, log rolling), except that each source gets its own dead-letter
+    producer: each source's processor runs on its own thread.
     """
     from connectors.kafka import KafkaDeadLetterSink, KafkaPublisher, KafkaSettings
 
@@ -245,7 +259,7 @@ def wire_sources(plan: Plan, config: Config) -> dict[str, SourceWiring]:
     def dead_letters(source: str) -> DeadLetterSink:
         return KafkaDeadLetterSink(KafkaPublisher(settings), source)
 
-    return build_worker(plan, config, dead_letters=dead_letters).sources
+    return build_worker(plan, config, options, dead_letters=dead_letters).sources
 
 
 def build_app(
@@ -368,7 +382,7 @@ def run_faust_worker(
     opts = options or WorkerOptions()
     fopts = faust_options or FaustOptions()
     if wiring is None:
-        wiring = wire_sources(plan, config)
+        wiring = wire_sources(plan, config, opts)
     _check_topics(config, wiring)
     app, runners, stats = build_app(config, wiring, opts, fopts)
     loop = asyncio.new_event_loop()

@@ -300,18 +300,7 @@ class KafkaWorker:
     def _close_local(self) -> None:
         """Spill each source's cached states to its local tier, for a warm restart."""
         for topic, wiring in self.sources.items():
-            processor = wiring.processor
-            if getattr(processor, "local", None) is None:
-                continue
-            try:
-                processor.close()
-            except Exception:  # a cache of Redis: losing it costs loads, not correctness
-                log.exception("%s: could not spill the cache to the local state", topic)
-                continue
-            counts = processor.local_counts
-            log.info("%s: local state: %d hits, %d stale, %d loaded from Redis, %d spilled",
-                     topic, counts["hits"], counts["stale"], counts["loaded"],
-                     counts["spilled"])  # fmt: skip
+            close_local_state(topic, wiring.processor)
 
     def _collect_garbage(self) -> None:
         if not self.options.gc_freeze:
@@ -579,6 +568,22 @@ def _signals(stop: threading.Event, install: bool) -> Iterator[None]:
 
 
 # -- wiring -------------------------------------------------------------------------------
+
+
+def close_local_state(topic: str, processor: BatchProcessor) -> None:
+    """Spill ``processor``'s cache to its local tier and close it (no-op without one), for a
+    warm restart; logs the tier's counts. Both runtimes call it when they stop."""
+    if getattr(processor, "local", None) is None:
+        return
+    try:
+        processor.close()
+    except Exception:  # a cache of Redis: losing it costs loads, not correctness
+        log.exception("%s: could not spill the cache to the local state", topic)
+        return
+    counts = processor.local_counts
+    log.info("%s: local state: %d hits, %d stale, %d loaded from Redis, %d spilled",
+             topic, counts["hits"], counts["stale"], counts["loaded"],
+             counts["spilled"])  # fmt: skip
 
 
 def build_worker(

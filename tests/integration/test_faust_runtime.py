@@ -420,3 +420,43 @@ def _last_assignment(text: str) -> set[int]:
         return set()
     inside = lines[-1].rsplit("[", 1)[1].rstrip("]")
     return {int(p) for p in inside.split(",") if p.strip()}
+
+
+def _local_counts(text: str, source: str) -> dict[str, int]:
+    """The counts of the last "<source>: local state: …" line a worker logged at its stop."""
+    lines = [line for line in text.splitlines() if f"{source}: local state:" in line]
+    assert lines, f"no local-state line for {source}:\n{text[-3000:]}"
+    words = lines[-1].split("local state:")[1].replace(",", "").split()
+    return {"hits": int(words[0]), "stale": int(words[2]), "loaded": int(words[4]),
+            "spilled": int(words[8])}  # fmt: skip
+
+
+def test_faust_local_state_bounds_the_cache_and_a_restart_starts_warm(
+    tmp_path: Path, kafka_service: str, faust_redis_url: str
+) -> None:
+    """`--cache-entities`/`--local-state` reach the Faust runtime: a bounded cache spills to
+    RocksDB and loads back, Faust's revoke at shutdown spills the rest, and a restart takes
+    its states from the local store (after the marks check) instead of Redis — with the
+    online state still equal to the fold."""
+    repo = Repo(tmp_path, kafka_service, faust_redis_url)
+    repo.produce(900, seed=31)  # 60 customers, 9 merchants; 8 states cached
+    first = repo.worker("--batch-max", "150", "--cache-entities", "8", "--local-state")
+    try:
+        repo.caught_up()
+    finally:
+        assert first.terminate() == 0, first.text()
+    bounded = _local_counts(first.text(), repo.source)
+    assert bounded["spilled"] > 60 and bounded["hits"] > 60 and bounded["stale"] == 0, bounded
+    repo.check_online_equals_fold()
+
+    repo.produce(300, seed=32)  # a restart: every state is in the local store
+    second = repo.worker("--batch-max", "1000", "--local-state")
+    try:
+        repo.caught_up()
+    finally:
+        assert second.terminate() == 0, second.text()
+    warm = _local_counts(second.text(), repo.source)
+    assert warm["hits"] >= 60 and warm["stale"] == 0, warm
+    assert warm["loaded"] < warm["hits"] / 4, warm  # Redis loaded only what it never saw
+    repo.check_log_exactly_once()
+    repo.check_online_equals_fold()
