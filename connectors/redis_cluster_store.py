@@ -39,6 +39,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -331,17 +332,14 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                 sent.append((pool, conn, indices))
             while sent:
                 pool, conn, indices = sent[0]
-                read = 0
-                try:  # one reply per call, errors included: the stream stays in sync
-                    for i in indices:
-                        try:
-                            replies[i] = conn.read_response()
-                        except redis.exceptions.ResponseError as exc:
-                            replies[i] = exc
-                        read += 1
+                got: list[Any] = []  # one reply per call, errors included
+                try:
+                    _read_replies(conn, len(indices), got)
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                     conn.disconnect()
-                    again += indices[read:]  # applied or not: sent again, idempotent
+                    again += indices[len(got) :]  # applied or not: sent again, idempotent
+                for i, reply in zip(indices, got, strict=False):
+                    replies[i] = reply
                 sent.pop(0)
                 pool.release(conn)
         finally:
@@ -553,11 +551,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def _mark_copies(self) -> list[tuple[str, int]]:
         """(master name, its lowest slot) per master of the current slot map."""
         lowest: dict[str, int] = {}
-        cache = self._client.nodes_manager.slots_cache
-        for slot in sorted(cache):
-            nodes = cache[slot]
-            if nodes:
-                lowest.setdefault(nodes[0].name, slot)
+        get = self._client.nodes_manager.slots_cache.get
+        for slot in range(REDIS_CLUSTER_HASH_SLOTS):  # in order: the first seen is the lowest
+            nodes = get(slot)
+            if nodes and nodes[0].name not in lowest:
+                lowest[nodes[0].name] = slot
         return sorted(lowest.items(), key=lambda pair: pair[1])
 
     def _node_of(self, slot: int) -> str:
@@ -669,6 +667,49 @@ _FAILING_OVER = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.ClusterError,
 )
+
+
+_RECV = 1 << 16  # bytes per receive of _read_replies
+
+
+def _read_replies(conn: Any, count: int, out: list[Any]) -> None:
+    """Append ``count`` replies read from redis-py connection ``conn`` to ``out``, error
+    replies as redis-py's exceptions (``MovedError``, ``NoScriptError``…), not raised. With
+    hiredis' parser and nothing buffered in it, the socket is read into one hiredis reader
+    (not ``read_response`` per reply: its Python layers cost more than the reply); socket
+    errors raise as redis-py's (the caller drops the connection), ``out`` holding the
+    replies read before."""
+    parser = getattr(conn, "_parser", None)
+    has_data = getattr(getattr(parser, "_reader", None), "has_data", None)
+    sock = getattr(parser, "_sock", None)
+    if has_data is None or sock is None or has_data():
+        for _ in range(count):
+            try:
+                out.append(conn.read_response())
+            except redis.exceptions.ResponseError as exc:
+                out.append(exc)
+        return
+    reader = hiredis.Reader(
+        protocolError=redis.exceptions.InvalidResponse,
+        replyError=parser.parse_error,  # type: ignore[union-attr]
+    )
+    while len(out) < count:
+        try:
+            chunk = sock.recv(_RECV)
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError("Timeout reading from socket") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(
+                f"Error while reading from socket: {exc.args}"
+            ) from exc
+        if not chunk:
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        reader.feed(chunk)
+        while len(out) < count:
+            reply = reader.gets()
+            if reply is False:
+                break
+            out.append(reply)
 
 
 def _as_redis_error(exc: Exception) -> redis.exceptions.RedisError:
