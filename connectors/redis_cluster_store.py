@@ -6,9 +6,16 @@ docs/decisions.md):
 
 - **One slot per script call.** A script may touch only keys of one slot, all named in KEYS.
   Entity keys ``sk:<fp>:{<entity>}`` are hash-tagged on the entity, so a batch's writes are
-  grouped by slot — one script call per slot (or per ``_WRITE_CHUNK_ARGS`` of it) — and the
-  calls go out through the cluster pipeline: every node gets its calls in one write, all
-  nodes before any reply is read (one round trip per node, in parallel). Reads likewise.
+  grouped by slot — one script call per slot (or per ``_WRITE_CHUNK_ARGS`` of it); the
+  worker's writes are grouped and packed natively (``Writes.slot_chunks``).
+- **Sent directly, redirected by redis-py.** Each call goes to its slot's master in
+  redis-py's slot map, packed here, every master's calls in one write on its own pooled
+  connection, all masters before any reply is read (one round trip per master, in
+  parallel; ``_run_direct``). Only the calls answered ``MOVED``/``ASK``/``TRYAGAIN``/
+  ``CLUSTERDOWN``/``NOSCRIPT``, or whose connection failed, go again through redis-py's
+  cluster pipeline, which follows redirections and re-reads the topology (every call is
+  idempotent). Reads and the take's fence copies likewise. ``direct=False`` sends
+  everything through the pipeline (the path before; the benchmark compares the two).
 - **Fences per slot.** The owner registers ``sk:own:<group>:<topic>:<p>`` live in one slot
   each, so a write script cannot read them. ``take_epochs`` takes the epoch on the register
   exactly as on one node, then copies it into a *fence hash* in every slot

@@ -293,7 +293,9 @@ class Writes:
 
     @staticmethod
     def from_list(
-        items: list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]],
+        items: list[
+            tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]
+        ],
     ) -> Writes:
         """Writes from ``to_list``'s tuples (benchmarks, tests)."""
 
