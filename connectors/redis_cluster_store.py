@@ -6,9 +6,16 @@ docs/decisions.md):
 
 - **One slot per script call.** A script may touch only keys of one slot, all named in KEYS.
   Entity keys ``sk:<fp>:{<entity>}`` are hash-tagged on the entity, so a batch's writes are
-  grouped by slot — one script call per slot (or per ``_WRITE_CHUNK_ARGS`` of it) — and the
-  calls go out through the cluster pipeline: every node gets its calls in one write, all
-  nodes before any reply is read (one round trip per node, in parallel). Reads likewise.
+  grouped by slot — one script call per slot (or per ``_WRITE_CHUNK_ARGS`` of it); the
+  worker's writes are grouped and packed natively (``Writes.slot_chunks``).
+- **Sent directly, redirected by redis-py.** Each call goes to its slot's master in
+  redis-py's slot map, packed here, every master's calls in one write on its own pooled
+  connection, all masters before any reply is read (one round trip per master, in
+  parallel; ``_run_direct``). Only the calls answered ``MOVED``/``ASK``/``TRYAGAIN``/
+  ``CLUSTERDOWN``/``NOSCRIPT``, or whose connection failed, go again through redis-py's
+  cluster pipeline, which follows redirections and re-reads the topology (every call is
+  idempotent). Reads and the take's fence copies likewise. ``direct=False`` sends
+  everything through the pipeline (the path before; the benchmark compares the two).
 - **Fences per slot.** The owner registers ``sk:own:<group>:<topic>:<p>`` live in one slot
   each, so a write script cannot read them. ``take_epochs`` takes the epoch on the register
   exactly as on one node, then copies it into a *fence hash* in every slot
@@ -36,9 +43,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -54,13 +62,14 @@ from connectors.redis_store import (
     RedisOnlineStore,
     RedisTls,
     _hash,
+    _pack,
     _Prepacked,
     _raise_fenced,
     _write_chunks,
 )
 from engine import _native
 from engine.errors import ConfigError, OnlineStoreUnavailable, OnlineWriteConflict
-from engine.online import PREFIX
+from engine.online import PREFIX, EntityWrites
 from engine.online_read import Held
 from engine.ports import StateWrite, Watermark
 from engine.secrets import Secret, split_url_credentials
@@ -70,6 +79,11 @@ if TYPE_CHECKING:
     from engine.config import Config
 
 __all__ = ["RedisClusterOnlineStore", "fence_key", "slot_tag"]
+
+# One command of the direct path: (its slot, the command packed in RESP)
+_Call = tuple[int, bytes]
+# A command in redis-py's form for its cluster pipeline: (Lua source or None, arguments)
+_Command = tuple[str | None, Sequence[bytes] | _Prepacked]
 
 # The fence of a cluster script: KEYS ends with the slot's fence hash, ARGV with n (register
 # key, epoch) pairs and n. A copy holding a later epoch refuses the whole call and names the
@@ -117,7 +131,7 @@ def slot_tag(slot: int) -> str:
                 left, i = REDIS_CLUSTER_HASH_SLOTS, 0
                 while left:
                     text = b"%x" % i
-                    s = key_slot(text)
+                    s = _native.key_slot(text)
                     if tags[s] is None:
                         tags[s] = text
                         left -= 1
@@ -129,6 +143,19 @@ def slot_tag(slot: int) -> str:
 def fence_key(slot: int) -> str:
     """The fence hash of one slot: a copy of every owner register's epoch."""
     return f"{PREFIX}:fence:slot:{{{slot_tag(slot)}}}"  # not sk:<fp>:{…}: no entity key
+
+
+_FENCES: list[tuple[bytes, bytes]] = []  # per slot: (fence hash name, as a RESP bulk string)
+_FENCES_LOCK = threading.Lock()
+
+
+def _fences() -> list[tuple[bytes, bytes]]:
+    if not _FENCES:
+        with _FENCES_LOCK:
+            if not _FENCES:
+                names = [fence_key(slot).encode() for slot in range(REDIS_CLUSTER_HASH_SLOTS)]
+                _FENCES.extend((n, b"$%d\r\n%s\r\n" % (len(n), n)) for n in names)
+    return _FENCES
 
 
 def _sha(lua: str) -> bytes:
@@ -169,6 +196,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         connect_timeout_ms: int = 2_000,
         max_connections: int = 64,
         client_name: str | None = "skewless",
+        direct: bool = True,
     ) -> None:
         if not nodes:
             raise ConfigError("redis.cluster is on but no startup node is given (redis.nodes)")
@@ -205,6 +233,10 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self._scripts_allowed = True
         self._shas: dict[str, bytes] = {}
         self._revalidations: dict[tuple[str, Held], bytes] = {}
+        # True: commands packed here and sent on each master's own connection, only the
+        # redirected ones through redis-py's cluster pipeline; False: every command through
+        # the pipeline (the path before; benchmarks/cluster_writes.py compares the two)
+        self.direct = direct
 
     @classmethod
     def from_config(cls, config: Config) -> RedisClusterOnlineStore:
@@ -245,7 +277,99 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def _run_packed(
         self, commands: Sequence[tuple[str | None, Sequence[bytes] | _Prepacked]]
     ) -> list[Any]:
-        """Each command routed by its keys (scripts by KEYS: one slot each), every node's
+        """Each command routed by its first key (a script's: its first KEYS, all in one
+        slot), every master's share sent at once on its own connection (``_run_direct``).
+        Raises the first error reply."""
+        if not self.direct:
+            return self._run_pipelined(commands)
+        calls: list[_Call] = []
+        for lua, args in commands:
+            assert not isinstance(args, _Prepacked)  # only the one-node write packs natively
+            if lua is None:
+                calls.append((_native.key_slot(args[1]), _pack(args)))
+            else:
+                calls.append(
+                    (_native.key_slot(args[1]), _pack((b"EVALSHA", self._sha(lua), *args)))
+                )
+        return self._run_direct(calls, lambda i: commands[i])
+
+    def _run_direct(self, calls: Sequence[_Call], command: Callable[[int], _Command]) -> list[Any]:
+        """Send each call to the master of its slot in redis-py's slot map: every master's
+        calls joined into one write on one of its pooled connections, all masters before
+        any reply is read (one round trip per master, in parallel). The calls that come
+        back redirected or refused by a cluster in flux (``MOVED``, ``ASK``, ``TRYAGAIN``,
+        ``CLUSTERDOWN``), missing their script, or whose connection failed, go again as
+        ``command(i)`` through redis-py's cluster pipeline (``_run_pipelined``), which
+        follows the redirection and re-reads the slot map — every caller's calls are
+        idempotent. Raises the first error reply."""
+        cluster = self._client
+        slots = cluster.nodes_manager.slots_cache
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        again: list[int] = []
+        for i, (slot, _) in enumerate(calls):
+            nodes = slots.get(slot)
+            if not nodes:
+                again.append(i)
+                continue
+            entry = by_node.get(nodes[0].name)
+            if entry is None:
+                entry = by_node[nodes[0].name] = (nodes[0], [])
+            entry[1].append(i)
+        replies: list[Any] = [None] * len(calls)
+        sent: list[tuple[Any, Any, list[int]]] = []
+        try:
+            for node, indices in by_node.values():
+                pool = cluster.get_redis_connection(node).connection_pool
+                try:
+                    conn = pool.get_connection()
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    again += indices  # the node is down: redis-py's retries and slot map
+                    continue
+                try:
+                    conn.send_packed_command([b"".join([calls[i][1] for i in indices])])  # type: ignore[no-untyped-call]  # untyped in redis-py
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    pool.release(conn)
+                    again += indices
+                    continue
+                except BaseException:
+                    conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                    pool.release(conn)
+                    raise
+                sent.append((pool, conn, indices))
+            while sent:
+                pool, conn, indices = sent[0]
+                got: list[Any] = []  # one reply per call, errors included
+                try:
+                    _read_replies(conn, len(indices), got)
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    conn.disconnect()
+                    again += indices[len(got) :]  # applied or not: sent again, idempotent
+                for i, reply in zip(indices, got, strict=False):
+                    replies[i] = reply
+                sent.pop(0)
+                pool.release(conn)
+        finally:
+            for pool, conn, _ in sent:  # interrupted: their replies are not read
+                conn.disconnect()
+                pool.release(conn)
+        again += [i for i, reply in enumerate(replies) if isinstance(reply, _SEND_AGAIN)]
+        if any(isinstance(replies[i], redis.exceptions.NoScriptError) for i in again):
+            self._load_scripts()  # a promoted replica or a restarted master: no scripts
+        if again:
+            again.sort()
+            redone = self._run_pipelined([command(i) for i in again])
+            for i, reply in zip(again, redone, strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _run_pipelined(
+        self, commands: Sequence[tuple[str | None, Sequence[bytes] | _Prepacked]]
+    ) -> list[Any]:
+        """Through redis-py's cluster pipeline: each command routed by its keys (scripts by KEYS: one slot each), every node's
         share sent at once; a script missing on a node (a promoted replica) is loaded on
         every master and the batch sent again. Raises the first error reply."""
         for attempt in (0, 1):
@@ -290,8 +414,16 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         if not keys:
             return []
+        names = [key.encode() for key in keys]
         try:
-            replies = self._run_packed([(None, (b"HGETALL", key.encode())) for key in keys])
+            if self.direct:
+                calls = [
+                    (_native.key_slot(n), b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(n), n))
+                    for n in names
+                ]
+                replies = self._run_direct(calls, lambda i: (None, (b"HGETALL", names[i])))
+            else:
+                replies = self._run_pipelined([(None, (b"HGETALL", n)) for n in names])
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
         return [_hash(reply) for reply in replies]
@@ -320,6 +452,69 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             return []
         suffix = [b for key, epoch in fence for b in (key.encode(), b"%d" % epoch)]
         suffix.append(b"%d" % len(fence))
+        refused: list[str] = []
+        if writes:
+            write = self._write_direct if self.direct else self._write_pipelined
+            refused = self._scripted(lambda: write(writes, suffix), "write (EVALSHA)")
+        previous = self._swap_marks(marks, suffix) if marks else []
+        if refused:
+            raise OnlineWriteConflict(refused, previous)
+        return previous
+
+    def _write_direct(self, writes: Sequence[StateWrite], suffix: list[bytes]) -> list[str]:
+        """The entity writes, one script call per slot and chunk (``_run_direct``): the
+        native core's writes grouped and packed natively (``EntityWrites.slot_chunks``),
+        the rest grouped here; raises ``OwnerFenced``, returns the refused keys."""
+        sha = self._sha(_CLUSTER_WRITE_LUA)
+        tail = b"".join([b"$%d\r\n%s\r\n" % (len(b), b) for b in suffix])
+        fences = _fences()
+        order: list[int] = []
+        native: list[tuple[int, int, int, int, bytes, bytes]] = []
+        rest: Sequence[StateWrite] = writes
+        if isinstance(writes, EntityWrites):
+            order, native = writes.slot_chunks(_WRITE_CHUNK_ARGS)
+            rest = writes.extra
+        calls: list[_Call] = []
+        for slot, elements, _, count, keys, args in native:
+            numkeys = b"%d" % (count + 1)
+            calls.append((slot, b"".join((
+                b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                % (elements + 4 + len(suffix), len(sha), sha, len(numkeys), numkeys),
+                keys, fences[slot][1], args, tail))))  # fmt: skip
+        by_slot: dict[int, list[StateWrite]] = {}
+        for w in rest:  # a linked write shares its lead's hash tag: its slot
+            by_slot.setdefault(_native.key_slot(w.key.encode()), []).append(w)
+        chunks = [(slot, k, a) for slot, group in by_slot.items()
+                  for k, a in _write_chunks(group, _WRITE_CHUNK_ARGS)]  # fmt: skip
+        calls += ((slot, _pack((b"EVALSHA", sha, b"%d" % (len(k) + 1), *k, fences[slot][0], *a,
+                                *suffix))) for slot, k, a in chunks)  # fmt: skip
+
+        def command(i: int) -> _Command:  # call i as redis-py's cluster pipeline takes it
+            if i < len(native):
+                slot, _, first, count, _, _ = native[i]
+                group = [writes[j] for j in order[first : first + count]]
+                k, a = _write_chunks(group, 1 << 62)[0]  # the same writes: one call
+            else:
+                slot, k, a = chunks[i - len(native)]
+            return (_CLUSTER_WRITE_LUA, (b"%d" % (len(k) + 1), *k, fences[slot][0], *a, *suffix))
+
+        replies = self._run_direct(calls, command)
+        _raise_fenced(replies)
+        refused = [
+            writes.key(order[first + int(i) - 1])  # type: ignore[attr-defined]  # EntityWrites
+            for (_, _, first, _, _, _), reply in zip(native, replies, strict=False)
+            for i in reply
+        ]
+        refused += [
+            k[int(i) - 1].decode()
+            for (_, k, _), reply in zip(chunks, replies[len(native) :], strict=True)
+            for i in reply
+        ]
+        return refused
+
+    def _write_pipelined(self, writes: Sequence[StateWrite], suffix: list[bytes]) -> list[str]:
+        """``_write_direct`` through redis-py's cluster pipeline, the writes grouped in
+        Python (the path before; ``direct=False``)."""
         by_slot: dict[int, list[StateWrite]] = {}
         for w in writes:  # native writes become StateWrites here: grouped by slot in Python
             by_slot.setdefault(key_slot(w.key.encode()), []).append(w)
@@ -327,24 +522,15 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         for slot, group in by_slot.items():  # a linked write shares its lead's hash tag
             fence_name = fence_key(slot).encode()
             chunks += (([*k, fence_name], a) for k, a in _write_chunks(group, _WRITE_CHUNK_ARGS))
-        refused: list[str] = []
-        if chunks:
-            replies = self._scripted(
-                lambda: self._run_packed(
-                    [(_CLUSTER_WRITE_LUA, (b"%d" % len(k), *k, *a, *suffix)) for k, a in chunks]
-                ),
-                "write (EVALSHA)",
-            )
-            _raise_fenced(replies)
-            refused = [
-                keys_[int(i) - 1].decode()
-                for (keys_, _), reply in zip(chunks, replies, strict=True)
-                for i in reply
-            ]
-        previous = self._swap_marks(marks, suffix) if marks else []
-        if refused:
-            raise OnlineWriteConflict(refused, previous)
-        return previous
+        replies = self._run_pipelined(
+            [(_CLUSTER_WRITE_LUA, (b"%d" % len(k), *k, *a, *suffix)) for k, a in chunks]
+        )
+        _raise_fenced(replies)
+        return [
+            keys_[int(i) - 1].decode()
+            for (keys_, _), reply in zip(chunks, replies, strict=True)
+            for i in reply
+        ]
 
     def _swap_marks(self, marks: Sequence[Watermark], suffix: list[bytes]) -> list[bytes | None]:
         copies = self._mark_copies()
@@ -372,11 +558,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def _mark_copies(self) -> list[tuple[str, int]]:
         """(master name, its lowest slot) per master of the current slot map."""
         lowest: dict[str, int] = {}
-        cache = self._client.nodes_manager.slots_cache
-        for slot in sorted(cache):
-            nodes = cache[slot]
-            if nodes:
-                lowest.setdefault(nodes[0].name, slot)
+        get = self._client.nodes_manager.slots_cache.get
+        for slot in range(REDIS_CLUSTER_HASH_SLOTS):  # in order: the first seen is the lowest
+            nodes = get(slot)
+            if nodes and nodes[0].name not in lowest:
+                lowest[nodes[0].name] = slot
         return sorted(lowest.items(), key=lambda pair: pair[1])
 
     def _node_of(self, slot: int) -> str:
@@ -398,12 +584,25 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         epochs = [int(reply[0]) for reply in got]
         pairs = [b for key, e in zip(keys, epochs, strict=True) if e > 0
                  for b in (key.encode(), b"%d" % e)]  # fmt: skip
-        if pairs:
+        if pairs and self.direct:  # one packed command per slot, all sent as in write
+            fences = _fences()
+            sha = self._sha(_COPY_LUA)
+            head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (
+                4 + len(pairs), len(sha), sha)  # fmt: skip
+            tail = b"".join([b"$%d\r\n%s\r\n" % (len(b), b) for b in pairs])
+            calls = [(slot, head + fences[slot][1] + tail) for slot in range(len(fences))]
+            self._scripted(
+                lambda: self._run_direct(
+                    calls, lambda i: (_COPY_LUA, (b"1", fences[i][0], *pairs))
+                ),
+                "owner epoch fence copies",
+            )
+        elif pairs:
             copies: list[tuple[str | None, Sequence[bytes]]] = [
                 (_COPY_LUA, (b"1", fence_key(slot).encode(), *pairs))
                 for slot in range(REDIS_CLUSTER_HASH_SLOTS)
             ]
-            self._scripted(lambda: self._run_packed(copies), "owner epoch fence copies")
+            self._scripted(lambda: self._run_pipelined(copies), "owner epoch fence copies")
         return [e if e > 0 else None for e in epochs]
 
     # -- operations ---------------------------------------------------------------------------
@@ -458,6 +657,15 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         super()._unavailable(what, exc)
 
 
+# Replies of the direct path that redis-py's cluster pipeline gets to handle: redirections,
+# a cluster in flux, a script missing on a node
+_SEND_AGAIN = (
+    redis.exceptions.AskError,  # MovedError is an AskError
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.NoScriptError,
+)
+
 # Replies of a cluster in the middle of a failover or a resharding that redis-py gave up on
 _FAILING_OVER = (
     redis.exceptions.ClusterDownError,
@@ -466,6 +674,49 @@ _FAILING_OVER = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.ClusterError,
 )
+
+
+_RECV = 1 << 16  # bytes per receive of _read_replies
+
+
+def _read_replies(conn: Any, count: int, out: list[Any]) -> None:
+    """Append ``count`` replies read from redis-py connection ``conn`` to ``out``, error
+    replies as redis-py's exceptions (``MovedError``, ``NoScriptError``…), not raised. With
+    hiredis' parser and nothing buffered in it, the socket is read into one hiredis reader
+    (not ``read_response`` per reply: its Python layers cost more than the reply); socket
+    errors raise as redis-py's (the caller drops the connection), ``out`` holding the
+    replies read before."""
+    parser = getattr(conn, "_parser", None)
+    has_data = getattr(getattr(parser, "_reader", None), "has_data", None)
+    sock = getattr(parser, "_sock", None)
+    if has_data is None or sock is None or has_data():
+        for _ in range(count):
+            try:
+                out.append(conn.read_response())
+            except redis.exceptions.ResponseError as exc:
+                out.append(exc)
+        return
+    reader = hiredis.Reader(
+        protocolError=redis.exceptions.InvalidResponse,
+        replyError=parser.parse_error,  # type: ignore[union-attr]
+    )
+    while len(out) < count:
+        try:
+            chunk = sock.recv(_RECV)
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError("Timeout reading from socket") from exc
+        except OSError as exc:
+            raise redis.exceptions.ConnectionError(
+                f"Error while reading from socket: {exc.args}"
+            ) from exc
+        if not chunk:
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        reader.feed(chunk)
+        while len(out) < count:
+            reply = reader.gets()
+            if reply is False:
+                break
+            out.append(reply)
 
 
 def _as_redis_error(exc: Exception) -> redis.exceptions.RedisError:

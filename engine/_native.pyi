@@ -281,6 +281,37 @@ def online_values(
     """Values as of ``t_ms`` of many entities from their hashes (engine.errors.CodecError
     on a corrupt tile a requested window uses)."""
 
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster slot of ``key`` (CRC16 of its hash tag, as Redis computes it)."""
+
+# (write order, [(slot, elements, first, count, keys RESP, arguments RESP)]): the writes
+# ``order[first:first + count]`` of one slot per call of the cluster write script
+_SlotChunks = tuple[list[int], list[tuple[int, int, int, int, bytes, bytes]]]
+
+class Writes:
+    """A batch's entity writes from ``OnlineCore.apply``, held natively (``PackedWrites``)."""
+
+    @staticmethod
+    def from_list(
+        items: list[
+            tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]
+        ],
+    ) -> Writes:
+        """Writes from ``to_list``'s tuples (benchmarks, tests)."""
+
+    def __len__(self) -> int: ...
+    def to_list(
+        self,
+    ) -> list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]]:
+        """``(key, {field: bytes}, [deleted fields], expire_at_ms | None, expect | None)`` each."""
+
+    def key(self, i: int) -> str: ...
+    def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
+        """``(elements, first write, writes, RESP body)`` per call of the write script."""
+
+    def slot_chunks(self, max_args: int) -> _SlotChunks:
+        """The writes grouped by Redis Cluster slot, one slot per call of the write script."""
+
 # --- rebuild-online's replay (native/python/src/replay.rs) ----------------------------------
 
 class ReplayWrites:
@@ -295,6 +326,9 @@ class ReplayWrites:
     def key(self, i: int) -> str: ...
     def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
         """``(elements, first write, writes, RESP body)`` per call of the write script."""
+
+    def slot_chunks(self, max_args: int) -> _SlotChunks:
+        """The writes grouped by Redis Cluster slot, one slot per call of the write script."""
 
 class Replay:
     """Rebuild-online's replay of one source partition for the views of one source

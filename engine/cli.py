@@ -1069,7 +1069,7 @@ def demo(
     ),
 )
 @click.argument("action", type=click.Choice(["up", "down", "status"]))
-@click.argument("target", type=click.Choice(["kafka", "redis"]), required=False)
+@click.argument("target", type=click.Choice(["kafka", "redis", "redis-cluster"]), required=False)
 @click.option("--purge", is_flag=True, help="With down: delete the services' data.")
 @repo_option
 def services(action: str, target: str | None, purge: bool) -> int:
@@ -1078,7 +1078,8 @@ def services(action: str, target: str | None, purge: bool) -> int:
     Uses the Kafka and Redis ports that --repo's config names (127.0.0.1 only). `up`
     installs what is missing, starts both and waits until they answer; `down` stops them
     (--purge: and deletes their data); `status` exits 0 only when they run. TARGET limits it
-    to one service. See docs/services.md.
+    to one service; `redis-cluster` (never part of the default) is the local 3-master Redis
+    Cluster on the ports from redis.nodes. See docs/services.md.
     """
     from engine.config import load_config
     from engine.services import run_services

@@ -219,6 +219,15 @@ class EntityWrites(Sequence[StateWrite]):
     def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
         return list(self.native.script_chunks(max_args))
 
+    def slot_chunks(
+        self, max_args: int
+    ) -> tuple[list[int], list[tuple[int, int, int, int, bytes, bytes]]]:
+        """The native writes grouped by Redis Cluster slot into write-script calls: the write
+        order and ``(slot, elements, first, count, keys, arguments)`` per call, its writes
+        ``order[first:first + count]`` (``extra`` apart; RESP bulk strings)."""
+        order, chunks = self.native.slot_chunks(max_args)
+        return list(order), list(chunks)
+
     def key(self, i: int) -> str:
         return str(self.native.key(i))
 

@@ -1,4 +1,4 @@
-"""`skewless services up|down|status`: the local Kafka and Redis of ``scripts/services.sh``.
+"""`skewless services up|down|status`: the local Kafka, Redis and Redis Cluster of ``scripts/services.sh``.
 
 The shell script stays the one implementation (install, fetch jars, start, wait, stop); this
 module finds it next to the package, points it at the ports the config names, and runs it.
@@ -35,9 +35,9 @@ __all__ = [
 ]
 
 Action = Literal["up", "down", "status"]
-Target = Literal["kafka", "redis"]
+Target = Literal["kafka", "redis", "redis-cluster"]
 ACTIONS: tuple[Action, ...] = ("up", "down", "status")
-TARGETS: tuple[Target, ...] = ("kafka", "redis")
+TARGETS: tuple[Target, ...] = ("kafka", "redis", "redis-cluster")  # the cluster: named only
 SERVICES_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
 STOP_HINT = "`skewless services down` (or `bash scripts/services.sh down`)"
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -69,8 +69,10 @@ def _local_port(address: str, setting: str, default: int) -> int:
         raise ConfigError(f"{setting} is {address!r}: not a valid port") from None
 
 
-def service_ports(config: Config) -> dict[str, str]:
-    """``SKEWLESS_KAFKA_PORT`` / ``SKEWLESS_REDIS_PORT`` for the addresses ``config`` names.
+def service_ports(config: Config, target: Target | None = None) -> dict[str, str]:
+    """``SKEWLESS_KAFKA_PORT`` / ``SKEWLESS_REDIS_PORT`` for the addresses ``config`` names;
+    for the ``redis-cluster`` target also ``SKEWLESS_REDIS_CLUSTER_PORT``, the lowest port of
+    ``redis.nodes`` (the script's six nodes take it and the five after it; default 7001).
 
     Raises ConfigError when Kafka or Redis is configured on another machine, or through a
     unix socket, since the script only starts services on 127.0.0.1.
@@ -88,7 +90,11 @@ def service_ports(config: Config) -> dict[str, str]:
         )
     kafka = _local_port(brokers[0], "kafka.bootstrap_servers", 9092)
     redis = _local_port(config.redis_url, "redis.url", 6379)
-    return {"SKEWLESS_KAFKA_PORT": str(kafka), "SKEWLESS_REDIS_PORT": str(redis)}
+    ports = {"SKEWLESS_KAFKA_PORT": str(kafka), "SKEWLESS_REDIS_PORT": str(redis)}
+    if target == "redis-cluster":
+        nodes = [_local_port(n, "redis.nodes", 7001) for n in config.redis_nodes]
+        ports["SKEWLESS_REDIS_CLUSTER_PORT"] = str(min(nodes, default=7001))
+    return ports
 
 
 def run_services(
@@ -111,7 +117,7 @@ def run_services(
         raise ConfigError(f"services target must be one of {TARGETS}, got {target!r}")
     script = services_script()
     env = dict(os.environ if environ is None else environ)
-    env.update(service_ports(config))
+    env.update(service_ports(config, target))
     argv = ["bash", str(script), action]
     if target is not None:
         argv.append(target)

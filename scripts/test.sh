@@ -55,7 +55,8 @@ set +e
   tests/integration/test_online_status.py tests/integration/test_status.py \
   tests/integration/test_verify.py tests/integration/test_bad_input.py \
   tests/integration/test_merged_tiles.py tests/integration/test_local_state.py \
-  tests/integration/test_cluster_failover.py tests/e2e
+  tests/integration/test_cluster_failover.py tests/integration/test_cluster_resharding.py \
+  tests/e2e
 code=$?
 set -e
 if [ "$code" -eq 5 ]; then

@@ -36,6 +36,20 @@ def test_ports_come_from_the_config(tmp_path: Path) -> None:
     assert default == {"SKEWLESS_KAFKA_PORT": "9092", "SKEWLESS_REDIS_PORT": "6379"}
 
 
+def test_the_cluster_port_comes_from_redis_nodes(tmp_path: Path) -> None:
+    on = {"SKEWLESS_REDIS_CLUSTER": "true"}
+    config = _config(tmp_path, SKEWLESS_REDIS_NODES="127.0.0.1:17102,localhost:17101", **on)
+    assert "SKEWLESS_REDIS_CLUSTER_PORT" not in services.service_ports(config)
+    ports = services.service_ports(config, "redis-cluster")
+    assert ports["SKEWLESS_REDIS_CLUSTER_PORT"] == "17101"
+    default = services.service_ports(_config(tmp_path), "redis-cluster")
+    assert default["SKEWLESS_REDIS_CLUSTER_PORT"] == "7001"
+    remote = _config(tmp_path, SKEWLESS_REDIS_NODES="cache-0.internal:7001", **on)
+    with pytest.raises(ConfigError, match=r"redis\.nodes .*not this machine"):
+        services.service_ports(remote, "redis-cluster")
+    assert services.service_ports(remote)["SKEWLESS_REDIS_PORT"] == "6379"  # other targets
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

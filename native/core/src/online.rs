@@ -1125,42 +1125,7 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
         }
         let mut elements = 1 + chunk.len();
         for w in chunk {
-            bulk_int(&mut body, w.fields.len() as i64);
-            bulk_int(&mut body, w.delete.len() as i64);
-            match w.expire_at_ms {
-                None => bulk(&mut body, b""),
-                Some(at) => bulk_int(&mut body, at),
-            }
-            match &w.expect {
-                None => {
-                    bulk(&mut body, b"");
-                    bulk(&mut body, b"");
-                    bulk(&mut body, b"");
-                }
-                Some((field, None)) if field == LINKED => {
-                    bulk(&mut body, b"&");
-                    bulk(&mut body, b"");
-                    bulk(&mut body, b"");
-                }
-                Some((field, None)) => {
-                    bulk(&mut body, b"0");
-                    bulk(&mut body, field.as_bytes());
-                    bulk(&mut body, b"");
-                }
-                Some((field, Some(value))) => {
-                    bulk(&mut body, b"1");
-                    bulk(&mut body, field.as_bytes());
-                    bulk(&mut body, value);
-                }
-            }
-            for (name, value) in &w.fields {
-                bulk(&mut body, name.as_bytes());
-                bulk(&mut body, value);
-            }
-            for name in &w.delete {
-                bulk(&mut body, name.as_bytes());
-            }
-            elements += 6 + 2 * w.fields.len() + w.delete.len();
+            elements += pack_args(&mut body, w);
         }
         debug_assert_eq!(body.len(), bytes, "the body's size is computed exactly");
         out.push(ScriptChunk {
@@ -1172,6 +1137,146 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
         start = end;
     }
     out
+}
+
+/// One write's arguments of a script call (its key apart) appended to `out`; how many.
+fn pack_args(out: &mut Vec<u8>, w: &Write) -> usize {
+    bulk_int(out, w.fields.len() as i64);
+    bulk_int(out, w.delete.len() as i64);
+    match w.expire_at_ms {
+        None => bulk(out, b""),
+        Some(at) => bulk_int(out, at),
+    }
+    match &w.expect {
+        None => {
+            bulk(out, b"");
+            bulk(out, b"");
+            bulk(out, b"");
+        }
+        Some((field, None)) if field == LINKED => {
+            bulk(out, b"&");
+            bulk(out, b"");
+            bulk(out, b"");
+        }
+        Some((field, None)) => {
+            bulk(out, b"0");
+            bulk(out, field.as_bytes());
+            bulk(out, b"");
+        }
+        Some((field, Some(value))) => {
+            bulk(out, b"1");
+            bulk(out, field.as_bytes());
+            bulk(out, value);
+        }
+    }
+    for (name, value) in &w.fields {
+        bulk(out, name.as_bytes());
+        bulk(out, value);
+    }
+    for name in &w.delete {
+        bulk(out, name.as_bytes());
+    }
+    6 + 2 * w.fields.len() + w.delete.len()
+}
+
+/// Slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: u16 = 16384;
+
+const fn crc16_table() -> [u16; 256] {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+}
+
+static CRC16: [u16; 256] = crc16_table();
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag — the bytes between the
+/// first `{` and the next `}` when that is not empty — else of the whole key, mod 16,384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let mut hashed = key;
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                hashed = &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc = (crc << 8) ^ CRC16[usize::from(((crc >> 8) as u8) ^ b)];
+    }
+    crc % CLUSTER_SLOTS
+}
+
+/// One write-script call of a Redis Cluster: writes of one slot only. `keys` is the RESP
+/// bulk strings of the writes' keys, `args` those of their arguments (as `ScriptChunk`'s
+/// body, without `numkeys`: the caller adds the slot's fence hash between the two);
+/// `elements` counts both; the writes are `order[first..first + count]`.
+#[derive(Clone, Debug)]
+pub struct SlotChunk {
+    pub slot: u16,
+    pub elements: usize,
+    pub first: usize,
+    pub count: usize,
+    pub keys: Vec<u8>,
+    pub args: Vec<u8>,
+}
+
+/// `writes` grouped by cluster slot (their order kept within a slot, so a linked write
+/// stays after the write it depends on), each slot's writes chunked as `script_chunks`
+/// does. Returns the write indices in the chunks' order and the chunks, by slot.
+pub fn slot_chunks(writes: &[Write], max_args: usize) -> (Vec<usize>, Vec<SlotChunk>) {
+    let slots: Vec<u16> = writes.iter().map(|w| key_slot(w.key.as_bytes())).collect();
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by_key(|&i| slots[i]); // stable
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let slot = slots[order[start]];
+        let mut size = 0;
+        let mut end = start;
+        while end < order.len()
+            && slots[order[end]] == slot
+            && (size < max_args || is_linked(&writes[order[end]]))
+        {
+            let w = &writes[order[end]];
+            size += 7 + 2 * w.fields.len() + w.delete.len();
+            end += 1;
+        }
+        let chunk = &order[start..end];
+        let mut keys =
+            Vec::with_capacity(chunk.iter().map(|&i| bulk_len(writes[i].key.len())).sum());
+        let mut args = Vec::with_capacity(chunk.iter().map(|&i| write_len(&writes[i])).sum());
+        let mut elements = chunk.len();
+        for &i in chunk {
+            bulk(&mut keys, writes[i].key.as_bytes());
+            elements += pack_args(&mut args, &writes[i]);
+        }
+        out.push(SlotChunk {
+            slot,
+            elements,
+            first: start,
+            count: chunk.len(),
+            keys,
+            args,
+        });
+        start = end;
+    }
+    (order, out)
 }
 
 /// The state partition `p` holds in a loaded hash (an empty entry when it holds none).
@@ -1698,6 +1803,57 @@ mod tests {
                     $12\r\n\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\x07\r\n\
                     $3\r\nf:0\r\n$2\r\n-1\r\n$12\r\nt:0:10000:-9\r\n";
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn key_slots_follow_redis_cluster() {
+        // values of Redis' CLUSTER KEYSLOT
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % CLUSTER_SLOTS);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}")); // empty tag: whole key
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b""), 0);
+    }
+
+    #[test]
+    fn slot_chunks_group_by_slot_in_order() {
+        let w = |key: &str, expect: Option<(String, Option<Vec<u8>>)>| Write {
+            key: key.into(),
+            fields: vec![("f:0".into(), b"1".to_vec())],
+            delete: vec![],
+            expire_at_ms: Some(5),
+            expect,
+        };
+        let linked = || Some((LINKED.to_string(), None));
+        let writes = [
+            w("sk:a:{x}", None),
+            w("sk:a:{y}", None),
+            w("sk:m:{x}", linked()),
+            w("sk:a:{x}", None),
+            w("sk:b:{x}", linked()),
+        ];
+        let (order, chunks) = slot_chunks(&writes, 18);
+        let (sx, sy) = (key_slot(b"x"), key_slot(b"y"));
+        assert!(chunks.windows(2).all(|c| c[0].slot <= c[1].slot));
+        let x: Vec<&SlotChunk> = chunks.iter().filter(|c| c.slot == sx).collect();
+        // 9 arguments each: a new chunk at 18, but a linked write stays with its lead
+        assert_eq!(x.iter().map(|c| c.count).collect::<Vec<_>>(), vec![2, 2]);
+        let xs: Vec<usize> = x
+            .iter()
+            .flat_map(|c| order[c.first..c.first + c.count].to_vec())
+            .collect();
+        assert_eq!(xs, vec![0, 2, 3, 4]);
+        let y = chunks.iter().find(|c| c.slot == sy).unwrap();
+        assert_eq!((y.count, y.elements), (1, 1 + 8));
+        assert_eq!(y.keys, b"$8\r\nsk:a:{y}\r\n");
+        // the same argument bytes as script_chunks' body after its numkeys and keys
+        let one = script_chunks(&writes[1..2], 100);
+        let head = b"$1\r\n1\r\n$8\r\nsk:a:{y}\r\n".len();
+        assert_eq!(y.args, one[0].body[head..]);
+        assert_eq!(one[0].elements, 1 + y.elements);
     }
 
     #[test]

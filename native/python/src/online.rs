@@ -7,8 +7,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use skewless_core::agg::{Agg, Func};
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{
-    evaluate, script_chunks, CacheKey, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView,
-    Write,
+    evaluate, key_slot, script_chunks, slot_chunks, CacheKey, Events, GroupColumns, OnlineCore,
+    OnlineGroup, OnlineView, SlotChunk, Write,
 };
 use skewless_core::tiles::Layout;
 use skewless_core::value::{Kind, Value};
@@ -126,6 +126,67 @@ fn write_to_py<'py>(py: Python<'py>, w: &Write) -> PyResult<Bound<'py, PyTuple>>
     )
 }
 
+/// `(write order, [(slot, elements, first, count, keys RESP, arguments RESP)])` of
+/// `skewless_core::online::slot_chunks`, for the Redis Cluster store.
+pub fn slot_chunks_to_py<'py>(
+    py: Python<'py>,
+    writes: &[Write],
+    max_args: usize,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (order, chunks) = py.detach(|| slot_chunks(writes, max_args));
+    let out = PyList::empty(py);
+    for SlotChunk {
+        slot,
+        elements,
+        first,
+        count,
+        keys,
+        args,
+    } in chunks
+    {
+        out.append((
+            slot,
+            elements,
+            first,
+            count,
+            PyBytes::new(py, &keys),
+            PyBytes::new(py, &args),
+        ))?;
+    }
+    (PyList::new(py, order)?, out).into_pyobject(py)
+}
+
+/// The Redis Cluster slot of `key` (CRC16 of its hash tag, as Redis computes it).
+#[pyfunction(name = "key_slot")]
+fn py_key_slot(key: &[u8]) -> u16 {
+    key_slot(key)
+}
+
+/// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, expect | None)`.
+type WriteArgs<'py> = (
+    String,
+    Bound<'py, PyDict>,
+    Vec<String>,
+    Option<i64>,
+    Option<(String, Option<Vec<u8>>)>,
+);
+
+/// A write from `(key, {field: bytes}, [deleted fields], expire_at_ms | None, expect | None)`.
+fn write_from_py(item: &Bound<'_, PyAny>) -> PyResult<Write> {
+    let (key, fields, delete, expire_at_ms, expect): WriteArgs<'_> = item.extract()?;
+    let mut named = Vec::with_capacity(fields.len());
+    for (k, v) in fields.iter() {
+        named.push((k.extract::<String>()?, bytes_of(&v)?));
+    }
+    Ok(Write {
+        key,
+        fields: named,
+        delete,
+        expire_at_ms,
+        expect,
+    })
+}
+
 /// A batch's entity writes, held natively: packed into script calls by the core
 /// (`script_chunks`), or turned into Python tuples for other stores (`to_list`).
 #[pyclass(module = "engine._native", name = "Writes", frozen)]
@@ -135,6 +196,17 @@ pub struct PyWrites {
 
 #[pymethods]
 impl PyWrites {
+    /// Writes from `to_list`'s tuples (benchmarks and tests: the worker's writes come from
+    /// `OnlineCore.apply`).
+    #[staticmethod]
+    fn from_list(items: &Bound<'_, PyList>) -> PyResult<Self> {
+        let writes = items
+            .iter()
+            .map(|item| write_from_py(&item))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Self { writes })
+    }
+
     fn __len__(&self) -> usize {
         self.writes.len()
     }
@@ -165,6 +237,11 @@ impl PyWrites {
             out.append((c.elements, c.first, c.count, PyBytes::new(py, &c.body)))?;
         }
         Ok(out)
+    }
+
+    /// The writes grouped by Redis Cluster slot into script calls (`slot_chunks_to_py`).
+    fn slot_chunks<'py>(&self, py: Python<'py>, max_args: usize) -> PyResult<Bound<'py, PyTuple>> {
+        slot_chunks_to_py(py, &self.writes, max_args)
     }
 }
 
@@ -571,5 +648,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyOnlineCore>()?;
     m.add_class::<PyWrites>()?;
     m.add_function(wrap_pyfunction!(online_values, m)?)?;
+    m.add_function(wrap_pyfunction!(py_key_slot, m)?)?;
     Ok(())
 }

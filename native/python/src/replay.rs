@@ -94,6 +94,11 @@ impl PyReplayWrites {
         }
         Ok(out)
     }
+
+    /// The writes grouped by Redis Cluster slot into script calls (see `Writes.slot_chunks`).
+    fn slot_chunks<'py>(&self, py: Python<'py>, max_args: usize) -> PyResult<Bound<'py, PyTuple>> {
+        crate::online::slot_chunks_to_py(py, &self.writes, max_args)
+    }
 }
 
 /// The replay of one source partition for the views of one source (`engine.rebuild`).
