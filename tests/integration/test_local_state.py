@@ -51,7 +51,7 @@ def test_local_state_bounds_the_cache_restarts_warm_and_never_serves_stale(
 
     publish(repo, 900, seed=21)  # 40 customers in 2 sources, 8 states cached per source
     first = run_worker(repo, bounded)
-    assert first["spilled"] > 40 and first["hits"] > 40 and first["stale"] == 0
+    assert first["spilled"] > 40 and first["hits"] >= 40 and first["stale"] == 0
     check_online_equals_backfill(repo, now_ms(), SPEND + SPEND_JSON)
     assert (repo.store.config.state_dir / "worker" / repo.group / repo.avro / "0").is_dir()
 
