@@ -59,7 +59,10 @@ def main() -> int:
                     "env SKEWLESS_BENCH_REDIS_URL)")  # fmt: skip
     ap.add_argument("--compare", action="store_true",
                     help="A/B: the pre-Replay rebuild vs the current one, checked identical")  # fmt: skip
-    ap.add_argument("--rounds", type=int, default=1, help="rounds of --compare")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="A/B: each view rebuilt alone vs all views in one pass "
+                         "(rebuild_views), checked identical")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of --compare / --one-pass")
     args = ap.parse_args()
     base = args.redis_url.rstrip("/")
     work = Path(tempfile.mkdtemp(prefix="skewless-rebuild-"))
@@ -86,6 +89,8 @@ def main() -> int:
         client.flushdb()
         if args.compare:
             return _compare(store, client, args)
+        if args.one_pass:
+            return _one_pass(store, client, args)
         rows = []
         total_entities = 0
         total_seconds = 0.0
@@ -205,6 +210,78 @@ def _compare(store: Any, client: Any, args: argparse.Namespace) -> int:
     (out / "rebuild_compare.json").write_text(json.dumps(
         {"events": args.events, "rounds": args.rounds, "views": views,
          "identical": identical}, indent=2))  # fmt: skip
+    return 0 if identical else 1
+
+
+def _one_pass(store: Any, client: Any, args: argparse.Namespace) -> int:
+    """Per round: every view rebuilt alone, one after the other (``rebuild_view``), and all
+    views in one pass over the log (``rebuild_views``), each into the flushed database at
+    the same ``now`` (the two ways take turns going first); both must leave it
+    byte-identical."""
+    from connectors.eventlog import EventLogReader
+    from engine.rebuild import rebuild_view, rebuild_views
+
+    online = store.online_store
+    log = EventLogReader(store.config.event_log_root)
+    names = sorted(store.plan.views)
+
+    def alone(now_ms: int) -> tuple[int, dict[str, tuple[float, float]]]:
+        entities, per_view = 0, {}
+        for name in names:
+            c0, w0 = time.process_time(), time.perf_counter()
+            entities += rebuild_view(store.plan, name, log, online, now_ms=now_ms).entities_written
+            per_view[name] = (time.perf_counter() - w0, time.process_time() - c0)
+        return entities, per_view
+
+    def one_pass(now_ms: int) -> tuple[int, dict[str, tuple[float, float]]]:
+        results = rebuild_views(store.plan, names, log, online, now_ms=now_ms)
+        return sum(r.entities_written for r in results), {}
+
+    ways = {"alone": alone, "one pass": one_pass}
+    runs: dict[str, list[tuple[int, float, float, float, dict[str, tuple[float, float]]]]] = {}
+    identical = True
+    for r in range(args.rounds):
+        now_ms = time.time_ns() // 1_000_000
+        digests = {}
+        order = list(ways) if r % 2 == 0 else list(reversed(ways))
+        for way in order:
+            client.flushdb()
+            r0 = _redis_cpu(client)
+            c0, w0 = time.process_time(), time.perf_counter()
+            entities, per_view = ways[way](now_ms)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            rcpu = _redis_cpu(client) - r0
+            runs.setdefault(way, []).append((entities, wall, cpu, rcpu, per_view))
+            digests[way] = _digest(client)
+            print(f"[rebuild] round {r + 1} {way}: {entities:,} entities in {wall:.2f} s wall, "
+                  f"{cpu:.2f} CPU-s, Redis {rcpu:.2f} CPU-s: {entities / wall:,.0f} entities/s",
+                  flush=True)  # fmt: skip
+        same = digests["alone"] == digests["one pass"]
+        identical &= same
+        print(f"[rebuild] round {r + 1}: {digests['alone'][0]:,} keys, "
+              f"{'identical' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
+    client.flushdb()
+    print()
+    print(f"Rebuild-online, all {len(names)} views — {args.events:,} events, {args.rounds} "
+          f"round(s), best wall time of each way")  # fmt: skip
+    best = {way: min(runs[way], key=lambda run: run[1]) for way in ways}
+    for name, (wall, cpu) in best["alone"][4].items():
+        print(f"  alone {name:<18}: {wall:.2f} s wall, {cpu:.2f} CPU-s")
+    for way in ways:
+        entities, wall, cpu, rcpu, _ = best[way]
+        print(f"  {way:<8}: {entities:,} entities in {wall:.2f} s wall ({cpu:.2f} CPU-s here, "
+              f"{rcpu:.2f} CPU-s in Redis): {entities / wall:,.0f} entities/s = "
+              f"{entities / wall / FEAST_MATERIALIZE_ENTITIES_PER_S:.1f}x Feast materialize")  # fmt: skip
+    a, b = best["alone"], best["one pass"]
+    print(f"  speed-up: {a[1] / b[1]:.2f}x wall, {a[2] / b[2]:.2f}x CPU; Redis state "
+          f"{'byte-identical' if identical else 'DIFFERENT'} in every round")  # fmt: skip
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rebuild_one_pass.json").write_text(json.dumps(
+        {"events": args.events, "rounds": args.rounds, "identical": identical,
+         "runs": {way: [{"entities": e, "wall_s": w, "cpu_s": c, "redis_cpu_s": rc,
+                         "per_view": pv} for e, w, c, rc, pv in runs[way]] for way in ways}},
+        indent=2))  # fmt: skip
     return 0 if identical else 1
 
 
