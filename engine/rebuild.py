@@ -48,6 +48,10 @@ _PARALLEL = 4  # partitions replayed at a time, at most (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _NO_LIMIT = (1 << 63) - 1  # no upper offset limit
 _PROGRESS_STEP = 100_000
+# the allocator keeps freed memory this long while a rebuild runs (ms; None: its default of
+# 1 s), so a partition's states reuse the pages of the one written before it instead of
+# faulting in fresh zeroed ones (docs/benchmarks.md, Rebuild-online)
+_PURGE_DELAY_MS: int | None = 10_000
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
 # user code (transforms, filters) runs in one replay thread at a time, as in a worker
 _USER_CODE = threading.Lock()
@@ -293,9 +297,16 @@ def rebuild_views(
                                             progress=progress)  # fmt: skip
         else:
             by_source.setdefault(view.source, []).append(view)
-    for views in by_source.values():
-        for result in _rebuild_source(plan, views, log, store, now_ms=now_ms, progress=progress):
-            results[result.view] = result
+    if by_source and _PURGE_DELAY_MS is not None:
+        before = _native.allocator_purge_delay(_PURGE_DELAY_MS)
+    try:
+        for views in by_source.values():
+            for result in _rebuild_source(plan, views, log, store, now_ms=now_ms,
+                                          progress=progress):  # fmt: skip
+                results[result.view] = result
+    finally:
+        if by_source and _PURGE_DELAY_MS is not None:
+            _native.allocator_purge_delay(before)
     return [results[name] for name in view_names]
 
 
