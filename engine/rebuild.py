@@ -52,6 +52,9 @@ _PROGRESS_STEP = 100_000
 # 1 s), so a partition's states reuse the pages of the one written before it instead of
 # faulting in fresh zeroed ones (docs/benchmarks.md, Rebuild-online)
 _PURGE_DELAY_MS: int | None = 10_000
+# while a rebuild runs, fresh memory is faulted in 4-KiB pages, not transparent huge pages:
+# the states touch their pages sparsely, and a huge page is zeroed whole on first touch
+_NO_HUGE_PAGES = True
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
 # user code (transforms, filters) runs in one replay thread at a time, as in a worker
 _USER_CODE = threading.Lock()
@@ -299,6 +302,8 @@ def rebuild_views(
             by_source.setdefault(view.source, []).append(view)
     if by_source and _PURGE_DELAY_MS is not None:
         before = _native.allocator_purge_delay(_PURGE_DELAY_MS)
+    if by_source and _NO_HUGE_PAGES:
+        huge_off = _native.huge_pages_disabled(True)
     try:
         for views in by_source.values():
             for result in _rebuild_source(plan, views, log, store, now_ms=now_ms,
@@ -307,6 +312,8 @@ def rebuild_views(
     finally:
         if by_source and _PURGE_DELAY_MS is not None:
             _native.allocator_purge_delay(before)
+        if by_source and _NO_HUGE_PAGES:
+            _native.huge_pages_disabled(huge_off)
     return [results[name] for name in view_names]
 
 

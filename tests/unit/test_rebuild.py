@@ -249,7 +249,10 @@ def test_views_rebuilt_in_one_pass_equal_each_view_rebuilt_alone(
     alone = _Exact()
     results = [rebuild_view(store.plan, name, log, alone, now_ms=end) for name in names]
     together = _Exact()
+    memory = (_native.allocator_purge_delay(), _native.huge_pages_disabled())
     assert rebuild_views(store.plan, names, log, together, now_ms=end) == results
+    # the allocator's purge delay and the huge pages setting are the process's again
+    assert (_native.allocator_purge_delay(), _native.huge_pages_disabled()) == memory
     assert together.state() == alone.state()
     assert len(alone.marks) == len(names) * PARTITIONS
     assert None in alone.expiry.values() and any(alone.expiry.values())

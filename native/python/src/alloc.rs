@@ -1,5 +1,6 @@
-//! The extension's allocator (mimalloc, `lib.rs`): the one knob a caller turns, how long
-//! freed memory stays with the allocator before it is given back to the OS.
+//! The extension's allocator (mimalloc, `lib.rs`) and the process's memory: how long freed
+//! memory stays with the allocator before it is given back to the OS, and whether fresh
+//! memory is faulted in as transparent huge pages.
 
 use std::os::raw::{c_int, c_long};
 
@@ -33,7 +34,48 @@ fn allocator_purge_delay(ms: Option<i64>) -> i64 {
     }
 }
 
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn prctl(option: c_int, ...) -> c_int;
+}
+
+#[cfg(target_os = "linux")]
+const PR_SET_THP_DISABLE: c_int = 41;
+#[cfg(target_os = "linux")]
+const PR_GET_THP_DISABLE: c_int = 42;
+
+/// Whether transparent huge pages are disabled for this process (Linux
+/// `prctl(PR_SET_THP_DISABLE)`: later page faults of every mapping take 4-KiB pages, so a
+/// sparsely touched region is not zeroed 2 MiB at a time); `disabled` sets it. Returns the
+/// value before the call (always False, and nothing set, elsewhere than Linux).
+#[pyfunction]
+#[pyo3(signature = (disabled=None))]
+fn huge_pages_disabled(disabled: Option<bool>) -> PyResult<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with these options takes plain integer arguments and touches no
+        // memory of ours; it only reads or sets a flag of this process.
+        let before = unsafe { prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        if before < 0 {
+            return Err(crate::convert::err(std::io::Error::last_os_error()));
+        }
+        if let Some(off) = disabled {
+            // SAFETY: as above.
+            if unsafe { prctl(PR_SET_THP_DISABLE, c_int::from(off), 0, 0, 0) } < 0 {
+                return Err(crate::convert::err(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(before == 1)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = disabled;
+        Ok(false)
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocator_purge_delay, m)?)?;
+    m.add_function(wrap_pyfunction!(huge_pages_disabled, m)?)?;
     Ok(())
 }
