@@ -15,12 +15,25 @@ one, interleaved, at the same ``now``; it checks that both leave Redis byte-iden
 (every key, field, value and expiry time) and reports both speeds and the Redis server's
 CPU seconds.
 
+``--one-pass`` is the A/B of the whole rebuild in one process: per round, every view rebuilt
+alone as before ``rebuild_views`` (a view with user code one partition at a time, the
+allocator's default purge delay), every view alone with today's ``rebuild_view``, and all
+views in one pass (``rebuild_views``) with the allocator's default purge delay and with the
+rebuild's; all must leave Redis byte-identical.
+
+``--against DIR`` is the A/B against an older checkout (``git archive <commit> | tar -x -C
+DIR`` and its ``engine/_native`` built there): per round, DIR's code rebuilds every view one
+by one and this checkout rebuilds all of them in one pass, each in a child process, taking
+turns going first, at the same ``now``; both must leave Redis byte-identical.
+
 Usage (from the repo root; Redis on 127.0.0.1:6379 unless ``--redis-url`` or
 ``SKEWLESS_BENCH_REDIS_URL`` says otherwise)::
 
     .venv/bin/python benchmarks/rebuild.py                 # 1M events, 100k customers
     .venv/bin/python benchmarks/rebuild.py --events 200000 # quicker
     .venv/bin/python benchmarks/rebuild.py --compare --rounds 2
+    .venv/bin/python benchmarks/rebuild.py --one-pass --rounds 3
+    .venv/bin/python benchmarks/rebuild.py --against /tmp/base --rounds 4
 """
 
 from __future__ import annotations
@@ -59,7 +72,15 @@ def main() -> int:
                     "env SKEWLESS_BENCH_REDIS_URL)")  # fmt: skip
     ap.add_argument("--compare", action="store_true",
                     help="A/B: the pre-Replay rebuild vs the current one, checked identical")  # fmt: skip
-    ap.add_argument("--rounds", type=int, default=1, help="rounds of --compare")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="A/B: each view rebuilt alone vs all views in one pass "
+                         "(rebuild_views), checked identical")  # fmt: skip
+    ap.add_argument("--against", metavar="DIR",
+                    help="A/B: the rebuild of every view, one by one, by the checkout in DIR "
+                         "(an older commit, its engine/_native built) vs all views in one pass "
+                         "by this one; each in a child process, checked identical")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of --compare / --one-pass / --against")  # fmt: skip
     args = ap.parse_args()
     base = args.redis_url.rstrip("/")
     work = Path(tempfile.mkdtemp(prefix="skewless-rebuild-"))
@@ -86,6 +107,10 @@ def main() -> int:
         client.flushdb()
         if args.compare:
             return _compare(store, client, args)
+        if args.one_pass:
+            return _one_pass(store, client, args)
+        if args.against:
+            return _against(store, repo, client, args)
         rows = []
         total_entities = 0
         total_seconds = 0.0
@@ -102,7 +127,12 @@ def main() -> int:
             print(f"[rebuild] {name}: {written:,} entities from {outcome.result.records:,} "
                   f"records in {wall:.2f} s ({written / wall:,.0f} entities/s, "
                   f"{outcome.result.records / wall:,.0f} records/s)", flush=True)  # fmt: skip
-        rate = total_entities / total_seconds
+        client.flushdb()  # `skewless rebuild-online --all`: every view in one pass
+        c0, w0 = time.process_time(), time.perf_counter()
+        outcomes = store.rebuild_online_views(sorted(store.plan.views))
+        one_wall, one_cpu = time.perf_counter() - w0, time.process_time() - c0
+        one_entities = sum(o.result.entities_written for o in outcomes)
+        rate = one_entities / one_wall
         print()
         print(f"Rebuild-online — {args.events:,} events, {len(store.plan.views)} views "
               f"(the example definitions)")  # fmt: skip
@@ -111,8 +141,12 @@ def main() -> int:
             print(
                 f"  {name:<20} {records:>10,} {written:>10,} {wall:>8.2f} {written / wall:>12,.0f}"
             )
-        print(f"  all views: {total_entities:,} entities in {total_seconds:.2f} s wall "
-              f"({total_cpu:.2f} CPU-s): {rate:,.0f} entities/s")  # fmt: skip
+        print(
+            f"  all views, one by one: {total_entities:,} entities in {total_seconds:.2f} s "
+            f"wall ({total_cpu:.2f} CPU-s): {total_entities / total_seconds:,.0f} entities/s"
+        )
+        print(f"  all views in one pass (rebuild-online --all): {one_entities:,} entities in "
+              f"{one_wall:.2f} s wall ({one_cpu:.2f} CPU-s): {rate:,.0f} entities/s")  # fmt: skip
         ratio = rate / FEAST_MATERIALIZE_ENTITIES_PER_S
         print(f"  vs Feast materialize (15.6k entities/s, quoted): {ratio:.1f}x   "
               f"target >= 5x: {'PASS' if ratio >= 5 else 'FAIL'}")  # fmt: skip
@@ -122,6 +156,7 @@ def main() -> int:
             "events": args.events, "views": [
                 {"view": n, "records": r, "entities": w, "wall_s": s, "cpu_s": c}
                 for n, r, w, s, c in rows],
+            "one_pass": {"entities": one_entities, "wall_s": one_wall, "cpu_s": one_cpu},
             "entities_per_s": rate, "feast_ratio": ratio}, indent=2))  # fmt: skip
         return 0
     finally:
@@ -208,6 +243,200 @@ def _compare(store: Any, client: Any, args: argparse.Namespace) -> int:
     return 0 if identical else 1
 
 
+def _one_pass(store: Any, client: Any, args: argparse.Namespace) -> int:
+    """Per round: every view rebuilt alone, one after the other (``rebuild_view``), and all
+    views in one pass over the log (``rebuild_views``), each into the flushed database at
+    the same ``now`` (the two ways take turns going first); both must leave it
+    byte-identical."""
+    from connectors.eventlog import EventLogReader
+    from engine import rebuild as rebuild_module
+    from engine.rebuild import rebuild_view, rebuild_views
+
+    online = store.online_store
+    log = EventLogReader(store.config.event_log_root)
+    names = sorted(store.plan.views)
+
+    def alone(now_ms: int) -> tuple[int, dict[str, tuple[float, float]]]:
+        entities, per_view = 0, {}
+        for name in names:
+            c0, w0 = time.process_time(), time.perf_counter()
+            entities += rebuild_view(store.plan, name, log, online, now_ms=now_ms).entities_written
+            per_view[name] = (time.perf_counter() - w0, time.process_time() - c0)
+        return entities, per_view
+
+    def one_pass(now_ms: int) -> tuple[int, dict[str, tuple[float, float]]]:
+        results = rebuild_views(store.plan, names, log, online, now_ms=now_ms)
+        return sum(r.entities_written for r in results), {}
+
+    def as_before(now_ms: int) -> tuple[int, dict[str, tuple[float, float]]]:
+        """Each view alone as the rebuild was before ``rebuild_views``: a view with user
+        code one partition at a time, the allocator's default purge delay."""
+        workers, delay = rebuild_module._workers, rebuild_module._PURGE_DELAY_MS
+        rebuild_module._PURGE_DELAY_MS = None
+        entities, per_view = 0, {}
+        try:
+            for name in names:
+                view = store.plan.views[name]
+                user = view.transform or view.filter or view.batch_transform
+                rebuild_module._workers = (lambda partitions: 1) if user else workers
+                c0, w0 = time.process_time(), time.perf_counter()
+                result = rebuild_view(store.plan, name, log, online, now_ms=now_ms)
+                entities += result.entities_written
+                per_view[name] = (time.perf_counter() - w0, time.process_time() - c0)
+        finally:
+            rebuild_module._workers, rebuild_module._PURGE_DELAY_MS = workers, delay
+        return entities, per_view
+
+    def one_pass_default_purge(now_ms: int) -> tuple[int, dict[str, tuple[float, float]]]:
+        delay = rebuild_module._PURGE_DELAY_MS
+        rebuild_module._PURGE_DELAY_MS = None
+        try:
+            return one_pass(now_ms)
+        finally:
+            rebuild_module._PURGE_DELAY_MS = delay
+
+    ways = {"before": as_before, "alone": alone, "one pass, purge 1 s": one_pass_default_purge,
+            "one pass": one_pass}  # fmt: skip
+    runs: dict[str, list[tuple[int, float, float, float, dict[str, tuple[float, float]]]]] = {}
+    identical = True
+    for r in range(args.rounds):
+        now_ms = time.time_ns() // 1_000_000
+        digests = {}
+        order = list(ways) if r % 2 == 0 else list(reversed(ways))  # each way first in turn
+        for way in order:
+            client.flushdb()
+            r0 = _redis_cpu(client)
+            c0, w0 = time.process_time(), time.perf_counter()
+            entities, per_view = ways[way](now_ms)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            rcpu = _redis_cpu(client) - r0
+            runs.setdefault(way, []).append((entities, wall, cpu, rcpu, per_view))
+            digests[way] = _digest(client)
+            print(f"[rebuild] round {r + 1} {way}: {entities:,} entities in {wall:.2f} s wall, "
+                  f"{cpu:.2f} CPU-s, Redis {rcpu:.2f} CPU-s: {entities / wall:,.0f} entities/s",
+                  flush=True)  # fmt: skip
+        same = len(set(digests.values())) == 1
+        identical &= same
+        print(f"[rebuild] round {r + 1}: {digests['one pass'][0]:,} keys, "
+              f"{'identical' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
+    client.flushdb()
+    print()
+    print(f"Rebuild-online, all {len(names)} views — {args.events:,} events, {args.rounds} "
+          f"round(s), best wall time of each way")  # fmt: skip
+    best = {way: min(runs[way], key=lambda run: run[1]) for way in ways}
+    for way in ("before", "alone"):
+        for name, (wall, cpu) in best[way][4].items():
+            print(f"  {way} {name:<18}: {wall:.2f} s wall, {cpu:.2f} CPU-s")
+    for way in ways:
+        entities, wall, cpu, rcpu, _ = best[way]
+        print(f"  {way:<19}: {entities:,} entities in {wall:.2f} s wall ({cpu:.2f} CPU-s here, "
+              f"{rcpu:.2f} CPU-s in Redis): {entities / wall:,.0f} entities/s = "
+              f"{entities / wall / FEAST_MATERIALIZE_ENTITIES_PER_S:.1f}x Feast materialize")  # fmt: skip
+    a, b = best["before"], best["one pass"]
+    print(f"  speed-up before -> one pass: {a[1] / b[1]:.2f}x wall, {a[2] / b[2]:.2f}x CPU; "
+          f"Redis state "
+          f"{'byte-identical' if identical else 'DIFFERENT'} in every round")  # fmt: skip
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rebuild_one_pass.json").write_text(json.dumps(
+        {"events": args.events, "rounds": args.rounds, "identical": identical,
+         "runs": {way: [{"entities": e, "wall_s": w, "cpu_s": c, "redis_cpu_s": rc,
+                         "per_view": pv} for e, w, c, rc, pv in runs[way]] for way in ways}},
+        indent=2))  # fmt: skip
+    return 0 if identical else 1
+
+
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from connectors.eventlog import EventLogReader
+from engine import FeatureStore
+from engine import rebuild
+store = FeatureStore.from_repo(sys.argv[2])
+now_ms, names = int(sys.argv[3]), sorted(store.plan.views)
+log, online = EventLogReader(store.config.event_log_root), store.online_store
+per_view = {}
+c0, w0 = time.process_time(), time.perf_counter()
+if sys.argv[4] == "one pass":
+    entities = sum(r.entities_written
+                   for r in rebuild.rebuild_views(store.plan, names, log, online, now_ms=now_ms))
+else:
+    entities = 0
+    for name in names:
+        c1, w1 = time.process_time(), time.perf_counter()
+        entities += rebuild.rebuild_view(store.plan, name, log, online,
+                                         now_ms=now_ms).entities_written
+        per_view[name] = (time.perf_counter() - w1, time.process_time() - c1)
+wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+print(json.dumps({"entities": entities, "wall_s": wall, "cpu_s": cpu, "per_view": per_view,
+                  "native": rebuild._native.__file__}))
+"""
+
+
+def _against(store: Any, repo: Path, client: Any, args: argparse.Namespace) -> int:
+    """Per round: every view rebuilt one by one by the checkout in ``--against`` and all
+    views in one pass by this checkout, each in a child process (its own build of
+    ``engine._native``) into the flushed database at the same ``now``, taking turns going
+    first; both must leave it byte-identical."""
+    import subprocess
+
+    ways = {"before": (str(Path(args.against).resolve()), "alone"),
+            "after": (str(REPO), "one pass")}  # fmt: skip
+    runs: dict[str, list[dict[str, Any]]] = {}
+    identical = True
+    for r in range(args.rounds):
+        now_ms = time.time_ns() // 1_000_000
+        digests = {}
+        for way in list(ways) if r % 2 == 0 else list(reversed(ways)):
+            root, mode = ways[way]
+            client.flushdb()
+            r0 = _redis_cpu(client)
+            got = subprocess.run([sys.executable, "-c", _CHILD, root, str(repo), str(now_ms), mode],
+                                 check=True, capture_output=True, text=True, cwd=root)  # fmt: skip
+            run = json.loads(got.stdout.strip().splitlines()[-1])
+            run["redis_cpu_s"] = _redis_cpu(client) - r0
+            runs.setdefault(way, []).append(run)
+            digests[way] = _digest(client)
+            print(f"[rebuild] round {r + 1} {way} ({mode}, {run['native']}): "
+                  f"{run['entities']:,} entities in {run['wall_s']:.2f} s wall, "
+                  f"{run['cpu_s']:.2f} CPU-s, Redis {run['redis_cpu_s']:.2f} CPU-s", flush=True)  # fmt: skip
+        same = digests["before"] == digests["after"]
+        identical &= same
+        print(f"[rebuild] round {r + 1}: {digests['after'][0]:,} keys, "
+              f"{'identical' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
+    client.flushdb()
+    print()
+    print(f"Rebuild-online of all {len(store.plan.views)} views — {args.events:,} events, "
+          f"{args.rounds} round(s): before = {args.against} view by view, after = this "
+          f"checkout in one pass; median of the rounds")  # fmt: skip
+
+    def median(way: str, key: str) -> float:
+        values = sorted(run[key] for run in runs[way])
+        return values[len(values) // 2]
+
+    for name in sorted(store.plan.views):
+        walls = sorted(run["per_view"][name][0] for run in runs["before"])
+        cpus = sorted(run["per_view"][name][1] for run in runs["before"])
+        print(f"  before {name:<18}: {walls[len(walls) // 2]:.2f} s wall, "
+              f"{cpus[len(cpus) // 2]:.2f} CPU-s")  # fmt: skip
+    for way in ways:
+        entities = runs[way][0]["entities"]
+        wall, cpu, rcpu = (median(way, k) for k in ("wall_s", "cpu_s", "redis_cpu_s"))
+        print(f"  {way:<6}: {entities:,} entities in {wall:.2f} s wall ({cpu:.2f} CPU-s here, "
+              f"{rcpu:.2f} CPU-s in Redis): {entities / wall:,.0f} entities/s, "
+              f"{entities / cpu:,.0f} per CPU-second = "
+              f"{entities / wall / FEAST_MATERIALIZE_ENTITIES_PER_S:.1f}x Feast materialize")  # fmt: skip
+    print(f"  speed-up: {median('before', 'wall_s') / median('after', 'wall_s'):.2f}x wall, "
+          f"{median('before', 'cpu_s') / median('after', 'cpu_s'):.2f}x CPU; Redis state "
+          f"{'byte-identical' if identical else 'DIFFERENT'} in every round")  # fmt: skip
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rebuild_against.json").write_text(json.dumps(
+        {"events": args.events, "rounds": args.rounds, "against": args.against,
+         "identical": identical, "runs": runs}, indent=2))  # fmt: skip
+    return 0 if identical else 1
+
+
 def _redis_cpu(client: Any) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -217,16 +446,29 @@ def _digest(client: Any) -> tuple[int, str]:
     """(keys, a hash of every key, field, value and absolute expiry) of the database."""
     h = hashlib.sha256()
     keys = sorted(client.scan_iter(count=1000))
-    for key in keys:
-        h.update(b"%d:%s" % (len(key), key))
-        kind = client.type(key)
-        if kind == b"hash":
-            for field, value in sorted(client.hgetall(key).items()):
-                h.update(b"%d:%s%d:%s" % (len(field), field, len(value), value))
-        else:
-            value = client.get(key)
-            h.update(b"%d:%s" % (len(value), value))
-        h.update(b"@%d" % client.pexpiretime(key))
+    for at in range(0, len(keys), 1000):  # pipelined: one round trip per 1,000 keys
+        chunk = keys[at : at + 1000]
+        pipe = client.pipeline(transaction=False)
+        for key in chunk:
+            pipe.type(key)
+        kinds = pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for key, kind in zip(chunk, kinds, strict=True):
+            if kind == b"hash":
+                pipe.hgetall(key)
+            else:
+                pipe.get(key)
+            pipe.pexpiretime(key)
+        got = pipe.execute()
+        for i, (key, kind) in enumerate(zip(chunk, kinds, strict=True)):
+            value, expiry = got[2 * i], got[2 * i + 1]
+            h.update(b"%d:%s" % (len(key), key))
+            if kind == b"hash":
+                for field, v in sorted(value.items()):
+                    h.update(b"%d:%s%d:%s" % (len(field), field, len(v), v))
+            else:
+                h.update(b"%d:%s" % (len(value), value))
+            h.update(b"@%d" % expiry)
     return len(keys), h.hexdigest()
 
 

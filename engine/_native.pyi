@@ -7,6 +7,17 @@ from typing import Any
 
 __version__: str
 
+# --- allocator (native/python/src/alloc.rs) ------------------------------------------------
+
+def allocator_purge_delay(ms: int | None = None) -> int:
+    """mimalloc's purge delay in ms (freed pages go back to the OS that long after they were
+    freed; -1: never); ``ms`` sets it. Returns the value before the call."""
+
+def huge_pages_disabled(disabled: bool | None = None) -> bool:
+    """Whether transparent huge pages are disabled for this process (Linux
+    ``prctl(PR_SET_THP_DISABLE)``; later page faults take 4-KiB pages); ``disabled`` sets
+    it. Returns the value before the call (False, nothing set, elsewhere than Linux)."""
+
 # --- aggregation kernel (native/python/src/kernel.rs) -------------------------------------
 # Bridge and parity calls: values are converted once per call (None, bool, int within
 # 64 bits, float, str, bytes). Bad function or kind names raise engine.errors.DefinitionError

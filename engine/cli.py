@@ -847,27 +847,38 @@ def status(as_json: bool, key_scan_limit: int) -> int:
 
 @cli.command(
     "rebuild-online",
-    short_help="Refill a view's online state from the event log.",
-    epilog=_example("skewless rebuild-online customer_spend"),
+    short_help="Refill views' online state from the event log.",
+    epilog=_example("skewless rebuild-online customer_spend", "skewless rebuild-online --all"),
 )
-@click.argument("view")
+@click.argument("views", metavar="[VIEW]...", nargs=-1)
+@click.option("--all", "all_views", is_flag=True, help="Rebuild every view of the definitions.")
 @repo_option
-def rebuild_online(view: str) -> int:
-    """Refill VIEW's online keyspace from the event log (stop the view's workers first)."""
+def rebuild_online(views: tuple[str, ...], all_views: bool) -> int:
+    """Refill each VIEW's online keyspace from the event log (stop the views' workers first).
+
+    The views of one source are rebuilt in one pass over its log."""
     from tqdm import tqdm
 
+    if bool(views) == all_views:
+        raise click.UsageError("name one or more views, or pass --all (not both)")
     store = _store()
+    names = sorted(store.plan.views) if all_views else list(views)
     started = time.perf_counter()
-    with tqdm(desc=f"rebuild {view}", unit=" records", disable=None) as bar:
-        outcome = store.rebuild_online(view, progress=lambda n: (bar.update(n), None)[1])
-    result = outcome.result
-    click.echo(
-        f"rebuilt view {result.view} (fingerprint {result.fingerprint}): {result.records} log "
-        f"records replayed, {result.entities_written} entity hashes written in "
-        f"{time.perf_counter() - started:.1f}s"
-    )
-    for fingerprint, keys in outcome.dropped_keys.items():
-        click.echo(f"dropped retired keyspace {fingerprint} ({keys} keys)")
+    desc = f"rebuild {names[0]}" if len(names) == 1 else f"rebuild {len(names)} views"
+    with tqdm(desc=desc, unit=" records", disable=None) as bar:
+        outcomes = store.rebuild_online_views(names, progress=lambda n: (bar.update(n), None)[1])
+    elapsed = time.perf_counter() - started
+    for outcome in outcomes:
+        result = outcome.result
+        click.echo(
+            f"rebuilt view {result.view} (fingerprint {result.fingerprint}): {result.records} "
+            f"log records replayed, {result.entities_written} entity hashes written"
+            + (f" in {elapsed:.1f}s" if len(outcomes) == 1 else "")
+        )
+        for fingerprint, keys in outcome.dropped_keys.items():
+            click.echo(f"dropped retired keyspace {fingerprint} ({keys} keys)")
+    if len(outcomes) > 1:
+        click.echo(f"{len(outcomes)} views rebuilt in {elapsed:.1f}s")
     return EXIT_OK
 
 

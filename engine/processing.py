@@ -307,8 +307,18 @@ def _check_result(result: Any, index: range) -> None:
 
     if not isinstance(result, pd.DataFrame):
         raise TypeError(f"a batch transform must return a DataFrame, got {type(result).__name__}")
-    if not result.index.is_unique or not set(result.index).issubset(index):
+    if not result.index.is_unique or not _labels_within(result.index, index):
         raise ValueError("a batch transform's index must be a subset of its input's")
+
+
+def _labels_within(labels: pd.Index, index: range) -> bool:
+    """Whether every label is in ``index``: for integer labels a bounds check (the same
+    answer as the set test, without a Python int per row)."""
+    if not len(labels):
+        return True
+    if labels.dtype.kind in "iu" and index.step == 1:
+        return bool(labels.min() >= index.start and labels.max() < index.stop)
+    return set(labels).issubset(index)
 
 
 def group_columns(

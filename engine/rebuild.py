@@ -9,9 +9,10 @@ partition, the tiles still in a window as of ``now``, the fence (last logged off
 the newest write time, and a journal entry. The partition's watermark
 (``engine.watermarks``) is then set to the last logged offset.
 
-- ``rebuild_view`` (``skewless rebuild-online``) fills a view's fresh keyspace, every
-  partition. Workers of the view should be stopped while it runs; restarted, they continue
-  from their committed offsets and the fences make them skip what the rebuild already holds.
+- ``rebuild_views`` (``skewless rebuild-online``) fills views' fresh keyspaces, every
+  partition, the views of one source in one pass over its log (``rebuild_view``: one view).
+  Workers of the views should be stopped while it runs; restarted, they continue from their
+  committed offsets and the fences make them skip what the rebuild already holds.
 - ``rebuild_partition`` (a worker that found its state lost, ``engine.stream.recovery``)
   replaces, in place, the fields one source partition owns (``t:/l:/f:/u:/j:<p>``) in every
   entity hash the log names for it, for several views in one pass over the log. The caller
@@ -47,7 +48,16 @@ _PARALLEL = 4  # partitions replayed at a time, at most (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _NO_LIMIT = (1 << 63) - 1  # no upper offset limit
 _PROGRESS_STEP = 100_000
+# the allocator keeps freed memory this long while a rebuild runs (ms; None: its default of
+# 1 s), so a partition's states reuse the pages of the one written before it instead of
+# faulting in fresh zeroed ones (docs/benchmarks.md, Rebuild-online)
+_PURGE_DELAY_MS: int | None = 10_000
+# while a rebuild runs, fresh memory is faulted in 4-KiB pages, not transparent huge pages:
+# the states touch their pages sparsely, and a huge page is zeroed whole on first touch
+_NO_HUGE_PAGES = True
 _PARTITION_FIELDS = frozenset("tlfuj")  # field kinds namespaced by source partition
+# user code (transforms, filters) runs in one replay thread at a time, as in a worker
+_USER_CODE = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,9 +169,10 @@ def _fold_file(
     user = [g for g, group in enumerate(spec.groups) if not group.native]
     fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
     if user:
-        payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
-        fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
-               for g in user}  # fmt: skip
+        with _USER_CODE:
+            payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
+            fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
+                   for g in user}  # fmt: skip
     core.fold(
         got.offsets.tobytes(),
         (got.raw_event_time // source.timestamp_divisor).tobytes(),
@@ -180,11 +191,12 @@ def _fold(
     kinds = [f.kind for f in source.fields.values()]
     ts, divisor = source.timestamp_field, source.timestamp_divisor
     payloads = [e.payload for e in batch]
-    fed = {
-        g: group_columns(group, spec.group_inputs[g], payloads)
-        for g, group in enumerate(spec.groups)
-        if not group.native
-    }
+    with _USER_CODE:
+        fed = {
+            g: group_columns(group, spec.group_inputs[g], payloads)
+            for g, group in enumerate(spec.groups)
+            if not group.native
+        }
     core.fold(
         array("q", (e.offset for e in batch)).tobytes(),
         array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
@@ -248,19 +260,76 @@ def rebuild_view(
     progress: Callable[[int], None] | None = None,
 ) -> RebuildResult:
     """Write every entity's state of ``view_name`` from the log into its current keyspace
-    (expected empty), then set each partition's watermark to its last logged offset.
+    (expected empty), then set each partition's watermark to its last logged offset:
+    ``rebuild_views`` of one view."""
+    (result,) = rebuild_views(plan, [view_name], log, store, now_ms=now_ms, progress=progress)
+    return result
 
-    Partitions replay in worker threads — in parallel, up to one per CPU, for a view without
-    user code (the native replay releases the GIL) — and are written in partition order as
-    each is ready, while the next ones replay. The order matters: partitions share hashes,
-    and a state that sets no expiry (``PERSIST``) and one that does must meet the hash in
-    the order the sequential rebuild gives."""
-    view = plan.views[view_name]
-    source = plan.sources[view.source]
+
+def rebuild_views(
+    plan: Plan,
+    view_names: Sequence[str],
+    log: EventLogSource,
+    store: OnlineStateStore,
+    *,
+    now_ms: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[RebuildResult]:
+    """Write every entity's state of each of ``view_names`` from the log into its current
+    keyspace (expected empty), then set each partition's watermark to its last logged
+    offset; one result per view, in the order given.
+
+    The views of one source are rebuilt in one pass over its log: each file is decoded
+    once and folded into all of them (a batch transform's frame built once per file), so
+    the work per record is shared. Partitions replay in worker threads — in parallel, up to
+    one per CPU (the native replay releases the GIL; user code runs in one thread at a
+    time) — and are written in partition order as each is ready, while the next ones
+    replay. The order matters: partitions share hashes, and a state that sets no expiry
+    (``PERSIST``) and one that does must meet the hash in the order the sequential rebuild
+    gives. Each view's Redis state is byte-identical to its rebuild alone."""
+    for name in view_names:
+        if name not in plan.views:
+            raise KeyError(f"unknown view {name!r}")
+    results: dict[str, RebuildResult] = {}
+    by_source: dict[str, list[ViewPlan]] = {}
+    for name in dict.fromkeys(view_names):
+        view = plan.views[name]
+        if view.merged:
+            partitions = list(log.partitions(view.source))
+            results[name] = _rebuild_merged(plan, view, log, store, partitions, now_ms=now_ms,
+                                            progress=progress)  # fmt: skip
+        else:
+            by_source.setdefault(view.source, []).append(view)
+    if by_source and _PURGE_DELAY_MS is not None:
+        before = _native.allocator_purge_delay(_PURGE_DELAY_MS)
+    if by_source and _NO_HUGE_PAGES:
+        huge_off = _native.huge_pages_disabled(True)
+    try:
+        for views in by_source.values():
+            for result in _rebuild_source(plan, views, log, store, now_ms=now_ms,
+                                          progress=progress):  # fmt: skip
+                results[result.view] = result
+    finally:
+        if by_source and _PURGE_DELAY_MS is not None:
+            _native.allocator_purge_delay(before)
+        if by_source and _NO_HUGE_PAGES:
+            _native.huge_pages_disabled(huge_off)
+    return [results[name] for name in view_names]
+
+
+def _rebuild_source(
+    plan: Plan,
+    views: Sequence[ViewPlan],
+    log: EventLogSource,
+    store: OnlineStateStore,
+    *,
+    now_ms: int,
+    progress: Callable[[int], None] | None,
+) -> list[RebuildResult]:
+    """``rebuild_views`` of per-partition views of one source: one replay of each
+    partition for all of them."""
+    source = plan.sources[views[0].source]
     partitions = list(log.partitions(source.name))
-    if view.merged:
-        return _rebuild_merged(plan, view, log, store, partitions, now_ms=now_ms,
-                               progress=progress)  # fmt: skip
     lock = threading.Lock()
 
     def counted(n: int) -> None:
@@ -269,11 +338,12 @@ def rebuild_view(
             progress(n)
 
     def replay(partition: int) -> _Replay:
-        return _replay([view], plan, log, partition, progress and counted, now_ms,
+        return _replay(views, plan, log, partition, progress and counted, now_ms,
                        drop_expired=True)  # fmt: skip
 
-    records = written = 0
-    workers = _workers(view, partitions)
+    records = 0
+    written = [0] * len(views)
+    workers = _workers(partitions)
     with ThreadPoolExecutor(workers, thread_name_prefix="skewless-rebuild") as pool:
         ahead = iter(partitions)
         pending = deque((p, pool.submit(replay, p)) for p in islice(ahead, workers))
@@ -284,19 +354,24 @@ def rebuild_view(
             if following is not None:  # keep the workers busy while this one is written
                 pending.append((following, pool.submit(replay, following)))
             records += done.records
-            for _, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
+            for v, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
                 store.write(chunk)
-                written += len(chunk)
-            newest = done.newest_event_ms[0]
-            if newest is not None:  # the view's stats, as the workers write them
-                store.write([stats_write(view, {partition: newest}, now_ms)])
+                written[v] += len(chunk)
+            stats = [stats_write(view, {partition: newest}, now_ms)
+                     for view, newest in zip(views, done.newest_event_ms, strict=True)
+                     if newest is not None]  # fmt: skip
+            if stats:  # each view's stats, as the workers write them
+                store.write(stats)
             if done.last_offset is not None:
-                mark = Watermark(key=watermark_key(view, partition),
-                                 value=encode_watermark(done.last_offset))  # fmt: skip
-                store.write([], [mark])
-    return RebuildResult(
-        view=view_name, fingerprint=view.fingerprint, records=records, entities_written=written
-    )
+                value = encode_watermark(done.last_offset)
+                store.write([], [Watermark(key=watermark_key(view, partition), value=value)
+                                 for view in views])  # fmt: skip
+    return [
+        RebuildResult(
+            view=view.name, fingerprint=view.fingerprint, records=records, entities_written=n
+        )
+        for view, n in zip(views, written, strict=True)
+    ]
 
 
 def _rebuild_merged(
@@ -396,12 +471,10 @@ def _rebuild_merged(
     )
 
 
-def _workers(view: ViewPlan, partitions: Sequence[int]) -> int:
-    """Partitions replayed at a time: one per CPU (at most ``_PARALLEL``, which bounds the
-    memory of the states held) when the view runs no user code; otherwise one, as the
-    workers run transforms — one thread, while the writes of the previous partition go."""
-    if view.transform is not None or view.filter is not None or view.batch_transform is not None:
-        return 1
+def _workers(partitions: Sequence[int]) -> int:
+    """Partitions replayed at a time: one per CPU, at most ``_PARALLEL`` (which bounds the
+    memory of the states held). User code (transforms) runs in one thread at a time
+    (``_USER_CODE``), as in a worker; the native decoding and folds overlap it."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(len(partitions), cpus or 1, _PARALLEL))
 

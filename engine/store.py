@@ -30,7 +30,7 @@ from engine.online_read import EntityRows, OnlineResponse, ReadCache, read_onlin
 from engine.plan import Plan, compile_plan, with_merged_tiles
 from engine.ports import OnlineStateStore
 from engine.push import encode_rows
-from engine.rebuild import RebuildResult, rebuild_view
+from engine.rebuild import RebuildResult, rebuild_views
 from engine.registry import (
     PlanDiff,
     diff,
@@ -146,27 +146,44 @@ class FeatureStore:
         Example:
             >>> store.rebuild_online("customer_spend")  # doctest: +SKIP
         """
+        (outcome,) = self.rebuild_online_views([view_name], progress=progress)
+        return outcome
+
+    def rebuild_online_views(
+        self, view_names: Sequence[str], *, progress: Callable[[int], None] | None = None
+    ) -> list[RebuildOutcome]:
+        """``rebuild_online`` of several views (one outcome each, in the order given), the
+        views of one source in one pass over its log: each log file is read and decoded
+        once for all of them. ``progress`` counts the log records replayed.
+
+        Example:
+            >>> store.rebuild_online_views(sorted(store.plan.views))  # doctest: +SKIP
+        """
         from connectors.redis_store import RedisOnlineStore
 
-        view = self.plan.views.get(view_name)
-        if view is None:
-            raise InputDataError(
-                f"unknown view {view_name!r}; views: {', '.join(sorted(self.plan.views))}"
-            )
+        names = list(dict.fromkeys(view_names))
+        unknown = [name for name in names if name not in self.plan.views]
+        if unknown or not names:
+            what = f"unknown view {unknown[0]!r}" if unknown else "no view to rebuild"
+            raise InputDataError(f"{what}; views: {', '.join(sorted(self.plan.views))}")
         online = self.online_store
         if not isinstance(online, RedisOnlineStore):
             raise InputDataError("rebuild_online needs the Redis online store")
-        online.delete_keyspace(view.fingerprint)
-        result = rebuild_view(
-            self.plan, view_name, EventLogReader(self.config.event_log_root), online,
+        for name in names:
+            online.delete_keyspace(self.plan.views[name].fingerprint)
+        results = rebuild_views(
+            self.plan, names, EventLogReader(self.config.event_log_root), online,
             now_ms=time.time_ns() // 1_000_000, progress=progress,
         )  # fmt: skip
-        dropped: dict[str, int] = {}
-        for fingerprint in read_retired(self.config.registry_path).get(view_name, []):
-            if fingerprint != view.fingerprint:
-                dropped[fingerprint] = online.delete_keyspace(fingerprint)
-        forget_retired(self.config.registry_path, view_name)
-        return RebuildOutcome(result=result, dropped_keys=dropped)
+        outcomes = []
+        for name, result in zip(names, results, strict=True):
+            dropped: dict[str, int] = {}
+            for fingerprint in read_retired(self.config.registry_path).get(name, []):
+                if fingerprint != result.fingerprint:
+                    dropped[fingerprint] = online.delete_keyspace(fingerprint)
+            forget_retired(self.config.registry_path, name)
+            outcomes.append(RebuildOutcome(result=result, dropped_keys=dropped))
+        return outcomes
 
     # -- push ----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from connectors.eventlog import EventLogWriter
+from engine.cli import main
 from engine.keys import encode_key, partition_for
 from engine.online import stats_key
 from engine.online_read import FeatureStatus
@@ -138,3 +139,86 @@ def test_rebuild_restores_lost_state_and_replaces_a_changed_definition(
         for row in expected[list(changed.plan.views["spend"].features)].itertuples(index=False)
     ]
     assert online(changed, customers, read_at) == rows
+
+
+TWO_VIEWS = """
+big = FeatureView("big", entity=customer, source=tx, filter=big_only, aggregations=[
+    Aggregation("amount", "max", window="10m", hop="1m"),
+])
+"""
+
+
+def test_rebuild_online_of_several_views_in_one_pass_equals_each_alone(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``skewless rebuild-online --all`` (every view of the source in one pass over the log)
+    leaves Redis as ``rebuild-online`` of each view alone does, and reads what the workers
+    wrote."""
+    make_store(tmp_path, "5m", redis_url, monkeypatch)
+    repo = tmp_path / "repo"
+    (repo / "defs.py").write_text(
+        (repo / "defs.py")
+        .read_text()
+        .replace(
+            "spend = FeatureView",
+            "def big_only(row):\n    return row if (row['amount'] or 0) > 1 else None\n\n"
+            "spend = FeatureView",
+        )
+        + textwrap.dedent(TWO_VIEWS)
+    )
+    store = FeatureStore.from_repo(repo)
+    assert sorted(store.plan.views) == ["big", "spend"]
+    source = store.plan.sources["tx"]
+    codec = SourceCodec(source)
+    rnd = random.Random(9)
+    now = time.time_ns() // 1_000_000
+    customers = [f"c{i}" for i in range(25)]
+    offsets = [0, 0, 0]
+    records = []
+    for _ in range(1_500):
+        c = rnd.choice(customers)
+        key = encode_key([c])
+        p = partition_for(key, 3)
+        value = codec.encode({"customer_id": c, "amount": rnd.choice([None, 0.5, 2.5, 1e6]),
+                              "ts": now - rnd.randrange(15 * 60_000)})  # fmt: skip
+        records.append(
+            SourceRecord(topic="tx", partition=p, offset=offsets[p], key=key, value=value)
+        )
+        offsets[p] += 1
+    log = EventLogWriter(store.config.event_log_root, "tx", dict(source.schema))
+    core = BatchProcessor(store.plan, "tx", online=store.online_store, log=log, dead=Letters())
+    for start in range(0, len(records), 250):
+        core.process(records[start : start + 250])
+    read_at = time.time_ns() // 1_000_000 + 1
+    refs = [f"{v}:{f}" for v in ("spend", "big") for f in store.plan.views[v].features]
+    rows = [{"customer_id": c} for c in customers]
+    before = store.get_online_features(
+        refs, rows, now_ms=read_at, full_feature_names=True
+    ).to_dict()
+    assert any(v is not None for v in before["big__amount_max_10m"])
+
+    client = raw_redis(redis_url)
+
+    def fields() -> dict[bytes, dict[bytes, bytes]]:
+        """Every hash's fields, but the stats' write times (the rebuild's `now`)."""
+        return {
+            k: {n: v for n, v in client.hgetall(k).items() if not n.startswith(b"w:")}
+            for k in client.scan_iter("sk:*")
+            if client.type(k) == b"hash"
+        }
+
+    client.flushdb()
+    for name in ("spend", "big"):
+        store.rebuild_online(name)
+    alone = fields()
+    client.flushdb()
+    assert main(["--repo", str(repo), "rebuild-online", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "rebuilt view big" in out and "rebuilt view spend" in out and "2 views" in out
+    assert fields() == alone  # every key and field (expiries: the unit test, same `now`)
+    assert (
+        store.get_online_features(refs, rows, now_ms=read_at, full_feature_names=True).to_dict()
+        == before
+    )
+    assert main(["--repo", str(repo), "rebuild-online"]) == 2  # a view or --all
+    assert main(["--repo", str(repo), "rebuild-online", "nope"]) == 1

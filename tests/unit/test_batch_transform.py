@@ -228,3 +228,28 @@ def test_batch_frame_matches_from_records_for_dicts_and_native_columns() -> None
             assert list(frame.columns) == names
             assert frame.dtypes.to_dict() == expected.dtypes.to_dict(), (n, frame.dtypes)
             pd.testing.assert_frame_equal(frame, expected)
+
+
+@pytest.mark.parametrize(
+    ("labels", "index"),
+    [
+        ([0, 1, 2], range(3)),
+        ([2, 0], range(3)),
+        ([0, 3], range(3)),
+        ([-1], range(3)),
+        ([4], range(4, 5)),
+        ([3], range(4, 5)),
+        ([1.0, 2.0], range(3)),
+        ([1.5], range(3)),
+        (["a"], range(3)),
+        ([], range(3)),
+    ],
+)
+def test_a_batch_transforms_index_is_checked_as_a_subset_of_its_input(
+    labels: list[object], index: range
+) -> None:
+    """The bounds check of integer labels answers as the set test does, whatever the labels."""
+    from engine.processing import _labels_within
+
+    frame = pd.DataFrame({"x": range(len(labels))}, index=labels)
+    assert _labels_within(frame.index, index) == set(labels).issubset(index)

@@ -1,7 +1,8 @@
 """rebuild-online's replay (``engine.rebuild``, the native ``Replay``): the log files folded
-natively equal the same files folded through the Python path, and a view rebuilt with its
+natively equal the same files folded through the Python path, a view rebuilt with its
 partitions replayed in parallel is written partition by partition, in order, and reads what
-the workers wrote."""
+the workers wrote, and several views rebuilt in one pass over the log write what each
+rebuilt alone writes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from engine import FeatureStore, _native
 from engine import rebuild as rebuild_module
 from engine.plan import with_merged_tiles
 from engine.ports import StateWrite, Watermark
-from engine.rebuild import _replay, rebuild_view
+from engine.rebuild import _replay, rebuild_view, rebuild_views
 from tests.unit.stream.test_core import (
     PARTITIONS,
     T0,
@@ -192,3 +193,75 @@ def _fences(store: FakeStore) -> dict[str, dict[bytes, bytes]]:
         for key, fields in store.hashes.items()
         if key.startswith("sk:fm:")
     }
+
+
+USER_CODE_VIEWS = """
+def tenfold(batch):
+    kept = batch[~(batch["amount"] > 1e8)].copy()
+    kept["amount10"] = kept["amount"] * 10
+    return kept
+
+def big_only(row):
+    return row if row["amount"] is not None and row["amount"] > 1 else None
+
+batched = FeatureView("batched", entity=customer, source=tx, batch_transform=tenfold,
+                      columns={"amount10": "double"}, aggregations=[
+    Aggregation("amount10", "sum", window="5m", hop="1m"),
+    Aggregation("customer_id", "count_distinct", window="5m", hop="1m"),
+])
+filtered = FeatureView("filtered", entity=customer, source=tx, filter=big_only, aggregations=[
+    Aggregation("amount", "max", window="10m", hop="1m"),
+])
+"""
+
+
+class _Exact(FakeStore):
+    """The unit tests' store, keeping what Redis keeps beside the fields: each key's expiry
+    as the last write left it (None: ``PERSIST``) and the watermarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expiry: dict[str, int | None] = {}
+        self.marks: dict[str, bytes] = {}
+
+    def write(  # type: ignore[override]
+        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
+    ) -> list[bytes | None]:
+        for w in writes:
+            self.expiry[w.key] = w.expire_at_ms
+        self.marks.update((m.key, m.value) for m in marks)
+        return super().write(writes)
+
+    def state(self) -> tuple[Any, ...]:
+        return self.hashes, self.expiry, self.marks
+
+
+def test_views_rebuilt_in_one_pass_equal_each_view_rebuilt_alone(
+    make_repo: Callable[..., Path],
+) -> None:
+    store = FeatureStore.from_repo(
+        make_repo(VIEWS + USER_CODE_VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n")
+    )
+    fake, _ = run(store, make_records(store, 900, seed=13))
+    end = T0 + 20_000 * (900 // 37 + 2)
+    log = EventLogReader(store.config.event_log_root)
+    names = ["spend", "batched", "shop", "filtered"]  # native and user-code views mixed
+    alone = _Exact()
+    results = [rebuild_view(store.plan, name, log, alone, now_ms=end) for name in names]
+    together = _Exact()
+    memory = (_native.allocator_purge_delay(), _native.huge_pages_disabled())
+    assert rebuild_views(store.plan, names, log, together, now_ms=end) == results
+    # the allocator's purge delay and the huge pages setting are the process's again
+    assert (_native.allocator_purge_delay(), _native.huge_pages_disabled()) == memory
+    assert together.state() == alone.state()
+    assert len(alone.marks) == len(names) * PARTITIONS
+    assert None in alone.expiry.values() and any(alone.expiry.values())
+    assert all(r.entities_written > 0 and r.records == results[0].records for r in results)
+    # and the state reads what the workers wrote (their processing-time replay of the log)
+    customers = [(f"c{i}",) for i in range(12)]
+    entities = {"spend": customers, "batched": customers, "filtered": customers,
+                "shop": [(f"m{i}",) for i in range(4)]}  # fmt: skip
+    for t in (end, end + 60_000):
+        assert online_values(store, together, entities, t) == online_values(
+            store, fake, entities, t
+        )

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod alloc;
 mod avro;
 mod columns;
 mod convert;
@@ -24,6 +25,7 @@ mod sweep;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    alloc::register(m)?;
     kernel::register(m)?;
     avro::register(m)?;
     columns::register(m)?;

@@ -2,7 +2,7 @@
 //! `skewless_core::replay`), and `ReplayWrites`, its entity writes held natively.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{script_chunks, GroupColumns, OnlineGroup, OnlineView, Write};
@@ -17,6 +17,9 @@ use crate::online::{layout_of, AggArgs};
 type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
 
 fn any_column(values: &Bound<'_, PyList>) -> Column {
+    if let Some(col) = typed_column(values) {
+        return col;
+    }
     let mut v = Vec::with_capacity(values.len());
     let mut valid = Vec::with_capacity(values.len());
     for x in values.iter() {
@@ -28,6 +31,51 @@ fn any_column(values: &Bound<'_, PyList>) -> Column {
         data: ColumnData::Value(v),
         valid: Some(valid),
     }
+}
+
+/// A list of only str (or only float) cells and None as a typed column: the same inputs
+/// and keys as `scalar` gives cell by cell (`Value::Str`/`Value::Float`, None invalid),
+/// without a `String` per cell. None when another kind of cell is among them.
+fn typed_column(values: &Bound<'_, PyList>) -> Option<Column> {
+    let n = values.len();
+    let mut valid = Vec::with_capacity(n);
+    let first = values.iter().find(|x| !x.is_none())?;
+    if first.cast::<PyString>().is_ok() {
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut data = Vec::new();
+        offsets.push(0i64);
+        for x in values.iter() {
+            if x.is_none() {
+                valid.push(false);
+            } else {
+                let s = x.extract::<&str>().ok()?;
+                data.extend_from_slice(s.as_bytes());
+                valid.push(true);
+            }
+            offsets.push(data.len() as i64);
+        }
+        return Some(Column {
+            data: ColumnData::Str { offsets, data },
+            valid: Some(valid),
+        });
+    }
+    if first.cast::<PyFloat>().is_ok() {
+        let mut v = Vec::with_capacity(n);
+        for x in values.iter() {
+            if x.is_none() {
+                valid.push(false);
+                v.push(0.0);
+            } else {
+                v.push(x.cast::<PyFloat>().ok()?.value());
+                valid.push(true);
+            }
+        }
+        return Some(Column {
+            data: ColumnData::Float(v),
+            valid: Some(valid),
+        });
+    }
+    None
 }
 
 /// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)`.
