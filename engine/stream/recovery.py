@@ -103,13 +103,30 @@ class Watermarks:
                 lost.append(LostState(view=self._views[v].name, partition=p, reason=reason))
         return lost
 
+    def check_held(
+        self, slots: Sequence[Slot], held: Sequence[bytes | None], log: EventLogSink
+    ) -> list[LostState]:
+        """Judge watermarks read before a write (merge-on-write batches) as ``confirm`` judges
+        the ones a write swaps, without remembering anything."""
+        lost: list[LostState] = []
+        for slot, previous in zip(slots, held, strict=True):
+            reason = self._check(slot, None, log.last_offset(slot[1]), previous)
+            if reason is not None:
+                lost.append(LostState(view=self._views[slot[0]].name, partition=slot[1],
+                                      reason=f"before the batch's write: {reason}"))  # fmt: skip
+        return lost
+
     def _check(
-        self, slot: Slot, value: bytes, logged: int | None, previous: bytes | None
+        self, slot: Slot, value: bytes | None, logged: int | None, previous: bytes | None
     ) -> str | None:
         key = watermark_key(self._views[slot[0]], slot[1])
         expect = self._expect.get(slot)
         if expect is not None:
-            if previous == expect.confirmed or previous == value or previous in expect.attempted:
+            if (
+                previous == expect.confirmed
+                or (value is not None and previous == value)
+                or previous in expect.attempted
+            ):
                 return None
             was = "missing" if previous is None else repr(previous.decode(errors="replace"))
             return (
