@@ -15,7 +15,10 @@ the newest write time, and a journal entry. The partition's watermark
 - ``rebuild_partition`` (a worker that found its state lost, ``engine.stream.recovery``)
   replaces, in place, the fields one source partition owns (``t:/l:/f:/u:/j:<p>``) in every
   entity hash the log names for it, for several views in one pass over the log. The caller
-  must own the partition; the other partitions' fields are not touched.
+  must own the partition; the other partitions' fields are not touched. A merge-on-write
+  view's share cannot be cut out of its one tile set: its partition's log is folded in
+  again instead (``_fold_merged``), the fences skipping what Redis kept — exactly the
+  missing records, whatever the other partitions' workers do meanwhile.
 """
 
 from __future__ import annotations
@@ -462,6 +465,10 @@ def rebuild_partition(
 
     Entity hashes the log does not name keep their fields: only a write whose records the
     log does not hold yet can have made them, and the fences make its replay consistent.
+    Merge-on-write views are folded in again, not replaced (``_fold_merged``): sound because
+    a batch never writes into merged state lost before it read it (``BatchProcessor``
+    checks the watermarks first), so each entity's fence of the partition says which of its
+    records the tile set holds.
     """
     merged = [v for v in views if v.merged]
     views = [v for v in views if not v.merged]

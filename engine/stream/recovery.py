@@ -16,9 +16,14 @@ Anything else means Redis lost writes of ``p`` — emptied (``FLUSHALL``), resta
 last writes, failed over to a lagging replica, keys evicted — or that a view is new to a
 log that already holds records (its keyspace was never filled).
 
+Merge-on-write views are also checked *before* a batch writes: their watermarks are read
+right after their hashes (``BatchProcessor._check_merged``, ``Watermarks.check_held``), so
+no batch folds into merged state Redis lost before it was read.
+
 Recovery (``StateRecovery``), by the worker that owns the partition, before it writes more:
 say so at ERROR, rebuild the partition's fields of the lost views from the log
-(``engine.rebuild.rebuild_partition``), set the watermarks, drop the cached state, and retry
+(``engine.rebuild.rebuild_partition``; a merged view's partition log folded in again), set
+the watermarks, drop the cached state, and retry
 the batch in hand — fences and the journal make that idempotent, the log drops offsets it
 already holds. While it runs the batch is not committed, so consumption of the worker's
 partitions is paused.
