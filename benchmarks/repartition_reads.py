@@ -2,10 +2,10 @@
 
 A view keyed by another entity than its topic — ``merchant_risk``'s shape: the source is
 keyed by customer, the view by merchant — gathers each merchant's events from every source
-partition. With the per-partition layout (today's default) a merchant's hash holds one
-tile set per source partition and a read merges them all; with the merge-on-write layout
-(``engine.plan.with_merged_tiles``, docs/decisions.md) the workers fold their batches into
-one tile set per merchant and a read merges one.
+partition. With the per-partition layout (``online.merge_rekeyed_views: false``) a
+merchant's hash holds one tile set per source partition and a read merges them all; with the
+merge-on-write layout (the default, ``engine.plan.with_merged_tiles``, docs/decisions.md)
+the workers fold their batches into one tile set per merchant and a read merges one.
 
 For each partition count the same events (``--events`` over the last 30 days, ``--entities``
 merchants, customers spread over the partitions by the Kafka key hash) go through the stream
@@ -209,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             (repo / "skewless.yaml").write_text(
                 f"redis:\n  url: {url}\nkafka:\n  partitions: {partitions}\n"
+                "online:\n  merge_rekeyed_views: false\n"  # the merged layout is the default
             )
             old = FeatureStore.from_repo(repo)
             new = FeatureStore(with_merged_tiles(old.plan), old.config)

@@ -13,6 +13,9 @@ server's CPU per event (``INFO cpu`` before and after), and the share of each st
     .venv/bin/python benchmarks/worker_core.py --native old.so # another build of the core
     .venv/bin/python benchmarks/worker_core.py --merged 3      # per-partition vs merge-on-write
                                                                # layout, 3 alternating rounds
+    .venv/bin/python benchmarks/worker_core.py --merged 3 --recovery  # with lost-state
+        # detection wired as the runtimes wire it (watermarks swapped and checked); adds a
+        # merge-on-write run without its pre-write watermark read (the check's own cost)
 """
 
 from __future__ import annotations
@@ -135,13 +138,25 @@ def redis_cpu(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def run(kind: str, n: int, batch: int, profile: bool, merged: bool = False) -> dict[str, Any]:
-    from connectors.eventlog import EventLogWriter
+def run(
+    kind: str,
+    n: int,
+    batch: int,
+    profile: bool,
+    merged: bool = True,
+    recovery: bool = False,
+    precheck: bool = True,
+) -> dict[str, Any]:
+    """``merged``: the re-keyed views on the merge-on-write layout (the default), else per
+    partition; ``recovery``: a ``StateRecovery`` wired in (watermarks swapped and checked);
+    ``precheck`` False: without the merged batches' watermark read before the write."""
+    from connectors.eventlog import EventLogReader, EventLogWriter
     from connectors.redis_store import RedisOnlineStore
     from engine.stream.ownership import Ownership
+    from engine.stream.recovery import StateRecovery
 
     with tempfile.TemporaryDirectory(prefix="sk-core-") as tmp:
-        environ = {"SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS": "true"} if merged else {}
+        environ = {"SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS": "true" if merged else "false"}
         store = FeatureStore.from_repo(make_repo(kind, Path(tmp)), environ=environ)
         online = RedisOnlineStore.from_config(store.config)
         client = online._client  # the benchmark reads the server's INFO
@@ -149,8 +164,14 @@ def run(kind: str, n: int, batch: int, profile: bool, merged: bool = False) -> d
         source = store.plan.sources["transactions"]
         log = EventLogWriter(store.config.event_log_root, "transactions", dict(source.schema))
         own = Ownership(online, group="bench_core", topic="transactions", log=log)
+        root = store.config.event_log_root
+        heal = (StateRecovery(store.plan, EventLogReader(root), online, log_root=root,
+                              clock=lambda: time.time_ns() // 1_000_000)
+                if recovery else None)  # fmt: skip
         core = BatchProcessor(store.plan, "transactions", online=online, log=log,
-                              dead=_NoLetters(), ownership=own)  # fmt: skip
+                              dead=_NoLetters(), ownership=own, recovery=heal)  # fmt: skip
+        if not precheck:  # the A/B switch: no watermark read with the merged hashes
+            core._merged_slots = lambda kept: []  # type: ignore[method-assign]
         core.assign(range(PARTITIONS), 1)
         now_ms = time.time_ns() // 1_000_000
         recs = records(store, events(n, 7, now_ms))
@@ -218,11 +239,13 @@ def main() -> None:
     parser.add_argument("--merged", type=int, metavar="ROUNDS", default=0,
                         help="compare the per-partition and the merge-on-write layout of the "
                         "re-keyed views (online.merge_rekeyed_views), alternating, ROUNDS each")  # fmt: skip
+    parser.add_argument("--recovery", action="store_true",
+                        help="wire lost-state detection in, as the runtimes do")  # fmt: skip
     args = parser.parse_args()
     if args.merged:
-        compare_layouts(args.defs, args.events, args.batch, args.merged)
+        compare_layouts(args.defs, args.events, args.batch, args.merged, args.recovery)
         return
-    got = run(args.defs, args.events, args.batch, args.profile)
+    got = run(args.defs, args.events, args.batch, args.profile, recovery=args.recovery)
     print(f"{got['defs']} definitions, {got['events']:,} events in batches of {got['batch']:,}:")
     print(f"  worker: {got['worker_us_per_event']:.1f} µs CPU/event = "
           f"{got['events_per_worker_cpu_s']:,.0f} events per worker CPU-second")  # fmt: skip
@@ -237,26 +260,34 @@ def main() -> None:
         print(got["profile"])
 
 
-def compare_layouts(kind: str, n: int, batch: int, rounds: int) -> None:
-    """Worker and Redis CPU per event with the re-keyed views per partition and merged, the
-    two alternating in one process; the best round of each."""
-    got: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+def compare_layouts(kind: str, n: int, batch: int, rounds: int, recovery: bool = False) -> None:
+    """Worker and Redis CPU per event with the re-keyed views per partition and merged (and,
+    with ``recovery``, merged without the pre-write watermark read), the variants rotating
+    in one process; the best round of each."""
+    variants = [("per partition", False, True), ("merge-on-write", True, True)]
+    if recovery:
+        variants.append(("merged, no check", True, False))
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
     for r in range(rounds):
-        for merged in (False, True) if r % 2 == 0 else (True, False):
-            got[merged].append(run(kind, n, batch, False, merged=merged))
-    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds:")
+        for name, merged, precheck in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            got[name].append(run(kind, n, batch, False, merged=merged, recovery=recovery,
+                                 precheck=precheck))  # fmt: skip
+    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds"
+          f"{', lost-state detection on' if recovery else ''}:")  # fmt: skip
     best = {}
-    for merged, runs in got.items():
+    for name, runs in got.items():
         b = min(runs, key=lambda g: g["worker_us_per_event"])
         redis = min(g["redis_us_per_event"] for g in runs)
-        best[merged] = (b["worker_us_per_event"], redis)
-        name = "merge-on-write" if merged else "per partition"
+        best[name] = (b["worker_us_per_event"], redis)
         each = ", ".join(f"{g['worker_us_per_event']:.1f}" for g in runs)
-        print(f"  {name:<15} worker {b['worker_us_per_event']:6.1f} µs CPU/event "
+        print(f"  {name:<16} worker {b['worker_us_per_event']:6.1f} µs CPU/event "
               f"({b['events_per_worker_cpu_s']:,.0f}/CPU-s), redis {redis:5.1f} µs CPU/event; "
               f"rounds: {each}")  # fmt: skip
-    print(f"  merged / per partition: worker {best[True][0] / best[False][0]:.2f}x, "
-          f"redis {best[True][1] / best[False][1]:.2f}x")  # fmt: skip
+    base = best["per partition"]
+    for name, (worker, redis) in best.items():
+        if name != "per partition":
+            print(f"  {name} / per partition: worker {worker / base[0]:.2f}x, "
+                  f"redis {redis / base[1]:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

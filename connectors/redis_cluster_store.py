@@ -428,6 +428,37 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             self._unavailable("HGETALL", exc)
         return [_hash(reply) for reply in replies]
 
+    def load_watermarked(
+        self, keys: Sequence[str], marks: Sequence[str]
+    ) -> tuple[list[dict[bytes, bytes]], list[bytes | None]]:
+        """``RedisOnlineStore.load_watermarked`` on a cluster: each watermark read from every
+        copy (one per master, each read after that node's hashes: the pipeline keeps a node's
+        commands in order), the worst copy returned, as ``write`` judges its swaps."""
+        commands: list[tuple[str | None, Sequence[bytes]]] = [
+            (None, (b"HGETALL", key.encode())) for key in keys
+        ]
+        spans: list[int] = []
+        copies = self._mark_copies() if marks else []
+        for mark in marks:
+            names = self._copy_names(mark, copies)
+            spans.append(len(names))
+            commands.extend((None, (b"GET", name.encode())) for name in names)
+        if not commands:
+            return [], []
+        try:
+            replies = self._run_packed(commands)
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("HGETALL", exc)
+        hashes = [_hash(reply) for reply in replies[: len(keys)]]
+        out: list[bytes | None] = []
+        at = len(keys)
+        for span in spans:
+            out.append(
+                _worst([r if isinstance(r, bytes) else None for r in replies[at : at + span]])
+            )
+            at += span
+        return hashes, out
+
     def load_and_probe_resp(
         self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
     ) -> _native.RespReplies | None:
@@ -537,9 +568,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         commands: list[tuple[str | None, Sequence[bytes]]] = []
         spans: list[int] = []
         for mark in marks:
-            names = [mark.key]
-            own = self._node_of(key_slot(mark.key.encode()))
-            names += [f"{mark.key}:{{{slot_tag(s)}}}" for node, s in copies if node != own]
+            names = self._copy_names(mark.key, copies)
             spans.append(len(names))
             for name in names:
                 key = name.encode()
@@ -554,6 +583,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             at += span
             out.append(_worst([r if isinstance(r, bytes) else None for r in got]))
         return out
+
+    def _copy_names(self, key: str, copies: list[tuple[str, int]]) -> list[str]:
+        """A watermark's key and the keys of its copies on every other master."""
+        own = self._node_of(key_slot(key.encode()))
+        return [key, *(f"{key}:{{{slot_tag(s)}}}" for node, s in copies if node != own)]
 
     def _mark_copies(self) -> list[tuple[str, int]]:
         """(master name, its lowest slot) per master of the current slot map."""

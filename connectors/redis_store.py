@@ -118,8 +118,10 @@ _FENCED = b"fenced"
 # write) — is skipped and its index returned; an absent field passes (the key expired, or
 # Redis lost it: the watermarks tell those apart). Otherwise the same commands as the
 # pipeline fallback. The check '&' (a merged view's marks hash, ``engine/online.py``) lands
-# the write iff the write before it in the call landed. ARGV ends with the fence
-# (``_FENCE_LUA``).
+# the write iff the write before it in the call landed; the write a '&' follows (a merged
+# entity hash) is a strict compare-and-set: read at a version, it is also skipped when the
+# version is absent now (the hash expired or was lost since it and its marks hash were
+# read, maybe one of the two only). ARGV ends with the fence (``_FENCE_LUA``).
 _WRITE_BODY_LUA = """
 local function each(cmd, key, first, last)
   -- unpack() is bounded by Lua's stack: send long argument lists in slices (even sizes)
@@ -147,6 +149,8 @@ for i = 1, #KEYS do
       for f = first, first + 2 * nf - 2, 2 do
         if ARGV[f] == ARGV[a + 4] and ARGV[f + 1] == current then ok = true end
       end
+    elseif not current and check == '1' and ARGV[first + 2 * nf + nd + 3] == '&' then
+      ok = false  -- a merged hash read at a version, gone since (expired, lost): reload
     end
   end
   if ok then
@@ -567,6 +571,26 @@ class RedisOnlineStore:
                     raise reply
             return replies
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def load_watermarked(
+        self, keys: Sequence[str], marks: Sequence[str]
+    ) -> tuple[list[dict[bytes, bytes]], list[bytes | None]]:
+        """``load(keys)``, then the value of each watermark key of ``marks`` (None where
+        missing), in one round trip: Redis runs the reads in order, so a watermark still as
+        its writer left it says Redis lost none of that writer's state before the hashes were
+        read (a merge-on-write batch checks it before it writes, ``engine.stream.core``)."""
+        commands: list[tuple[str | None, Sequence[bytes]]] = [
+            (None, (b"HGETALL", key.encode())) for key in keys
+        ]
+        commands.extend((None, (b"GET", key.encode())) for key in marks)
+        if not commands:
+            return [], []
+        try:
+            replies = self._run_packed(commands)
+        except redis.exceptions.RedisError as exc:
+            self._unavailable("HGETALL", exc)
+        hashes = [_hash(reply) for reply in replies[: len(keys)]]
+        return hashes, [r if isinstance(r, bytes) else None for r in replies[len(keys) :]]
 
     def load_and_marks(
         self, keys: Sequence[str], marked: Sequence[tuple[str, int]]

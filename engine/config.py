@@ -77,7 +77,7 @@ class Config:
     decode_max_future_ms: int = 86_400_000  # an event time further ahead is a dead letter
     # merge-on-write layout for views keyed by another entity than their source's records
     # (engine.plan.with_merged_tiles, docs/decisions.md): reads merge one tile set
-    online_merge_rekeyed_views: bool = False
+    online_merge_rekeyed_views: bool = True
 
     def __post_init__(self) -> None:
         url, user, password = split_url_credentials(self.redis_url)

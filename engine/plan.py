@@ -115,11 +115,11 @@ def rekeyed(view: ViewPlan, source: SourcePlan) -> bool:
 
 
 def with_merged_tiles(plan: Plan) -> Plan:
-    """``plan`` with every re-keyed view on the merge-on-write layout (experimental,
-    docs/decisions.md): its workers fold their batches into one tile set per entity, so a
-    read merges one set whatever the source's partition count. The layout is another
-    keyspace (the fingerprint changes). Lost-state rebuilds and ``rebuild-online`` do not
-    handle it yet: not for production use."""
+    """``plan`` with every re-keyed view on the merge-on-write layout (the default,
+    ``online.merge_rekeyed_views``; docs/decisions.md): its workers fold their batches into
+    one tile set per entity, so a read merges one set whatever the source's partition count.
+    The layout is another keyspace (the fingerprint changes): workers fill it from the event
+    log like any view new to a non-empty log."""
     views: dict[str, ViewPlan] = {}
     for name, view in plan.views.items():
         if rekeyed(view, plan.sources[view.source]) and not view.merged:

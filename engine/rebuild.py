@@ -16,7 +16,10 @@ the newest write time, and a journal entry. The partition's watermark
 - ``rebuild_partition`` (a worker that found its state lost, ``engine.stream.recovery``)
   replaces, in place, the fields one source partition owns (``t:/l:/f:/u:/j:<p>``) in every
   entity hash the log names for it, for several views in one pass over the log. The caller
-  must own the partition; the other partitions' fields are not touched.
+  must own the partition; the other partitions' fields are not touched. A merge-on-write
+  view's share cannot be cut out of its one tile set: its partition's log is folded in
+  again instead (``_fold_merged``), the fences skipping what Redis kept — exactly the
+  missing records, whatever the other partitions' workers do meanwhile.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 
 from engine import _native
 from engine.envelope import Envelope
-from engine.errors import OnlineStateLost
+from engine.errors import OnlineWriteConflict
 from engine.log_columns import decode_log_file
 from engine.log_files import LogFiles, read_partition
 from engine.online import CoreSpec, EntityWrites, core_spec, marks_key, stats_write
@@ -47,6 +50,7 @@ _WRITE_CHUNK = 5_000  # entity writes per round trip (rebuild_view)
 _PARALLEL = 4  # partitions replayed at a time, at most (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 _NO_LIMIT = (1 << 63) - 1  # no upper offset limit
+_MERGE_ROUNDS = 100  # folds of one chunk whose merged writes other workers kept beating
 _PROGRESS_STEP = 100_000
 # the allocator keeps freed memory this long while a rebuild runs (ms; None: its default of
 # 1 s), so a partition's states reuse the pages of the one written before it instead of
@@ -385,90 +389,131 @@ def _rebuild_merged(
     progress: Callable[[int], None] | None,
 ) -> RebuildResult:
     """``rebuild_view`` of a merge-on-write view (``ViewPlan.merged``): every partition's
-    log records folded into the one tile set per entity, as the workers fold them — the
-    worker core's merged path (``OnlineCore.apply_logged``: fences per partition, each
-    record admitted by its logged processed_at), a log file at a time, each entity loaded
-    and written back with the write version's compare-and-set. Workers must be stopped."""
+    log records folded into the one tile set per entity (``_fold_merged``), then each
+    partition's stats and watermark. Workers should be stopped."""
+    records = written = 0
+    for partition in partitions:
+        done = _fold_merged(plan, view, partition, log, store, now_ms=now_ms,
+                            progress=progress)  # fmt: skip
+        records += done.records
+        written += done.written
+        _finish_merged(view, partition, done, store, now_ms)
+    return RebuildResult(
+        view=view.name, fingerprint=view.fingerprint, records=records, entities_written=written
+    )
+
+
+@dataclass(slots=True)
+class _MergedFold:
+    records: int = 0
+    written: int = 0  # entity hashes written (with their marks hashes)
+    newest: int | None = None  # event time of the newest event applied
+    last_offset: int | None = None  # the log's highest offset of the partition
+    conflicts: int = 0  # writes another worker beat, folded again
+
+
+def _finish_merged(
+    view: ViewPlan, partition: int, done: _MergedFold, store: OnlineStateStore, now_ms: int
+) -> None:
+    """The view's stats and the partition's watermark after ``_fold_merged``."""
+    if done.newest is not None:  # the view's stats, as the workers write them
+        store.write([stats_write(view, {partition: done.newest}, now_ms)])
+    if done.last_offset is not None:
+        mark = Watermark(key=watermark_key(view, partition),
+                         value=encode_watermark(done.last_offset))  # fmt: skip
+        store.write([], [mark])
+
+
+def _fold_merged(
+    plan: Plan,
+    view: ViewPlan,
+    partition: int,
+    log: EventLogSource,
+    store: OnlineStateStore,
+    *,
+    now_ms: int,
+    progress: Callable[[int], None] | None = None,
+) -> _MergedFold:
+    """Fold one partition's log records into a merge-on-write view's tile sets, as the
+    workers fold them — the worker core's merged path (``OnlineCore.apply_logged``: each
+    entity and its marks hash loaded, what the partition's fence says is applied skipped,
+    each record admitted by its logged processed_at, the write a compare-and-set on the
+    version), a log file at a time. Exactly once whatever other partitions' workers do
+    meanwhile: a write one of them beat is refused, and the chunk folded again from
+    reloaded state (what landed is fenced now). Used by ``rebuild-online`` (workers
+    stopped) and by a worker healing the partition in place (``rebuild_partition``)."""
     source = plan.sources[view.source]
     spec = core_spec([view])
     core = spec.new_core(1)
     user = [g for g, group in enumerate(spec.groups) if not group.native]
-    records = written = 0
+    out = _MergedFold()
 
-    def fold(partition: int, offsets: Any, event_ms: Any, processed_at: Any, columns: Any,
-             fed: dict[int, Any]) -> int | None:  # fmt: skip
-        nonlocal records, written
+    def fold(offsets: Any, event_ms: Any, processed_at: Any, columns: Any,
+             fed: dict[int, Any]) -> None:  # fmt: skip
         n = len(offsets) // 8  # int64 buffers
         parts = array("q", [partition] * n).tobytes()
-        missing = core.prepare(parts, offsets, event_ms, columns, fed)
-        wanted = dict.fromkeys(k for key, *_ in missing for k in (key, marks_key(key)))
-        by_key = dict(zip(wanted, store.load(list(wanted)), strict=True))
-        core.load_merged([(v, entity, by_key[key], by_key[marks_key(key)])
-                          for key, v, _, entity in missing])  # fmt: skip
-        raw, _, _, _, newest, _ = core.apply_logged(processed_at, now_ms)
-        if len(raw):
-            store.write(EntityWrites(raw))
-            written += len(raw)
-        records += n
+        for _ in range(_MERGE_ROUNDS):
+            missing = core.prepare(parts, offsets, event_ms, columns, fed)
+            wanted = dict.fromkeys(k for key, *_ in missing for k in (key, marks_key(key)))
+            by_key = dict(zip(wanted, store.load(list(wanted)), strict=True))
+            core.load_merged([(v, entity, by_key[key], by_key[marks_key(key)])
+                              for key, v, _, entity in missing])  # fmt: skip
+            raw, _, _, _, newest, _ = core.apply_logged(processed_at, now_ms)
+            got = [ms for (_, p), ms in newest.items() if p == partition]
+            if got:
+                out.newest = max(got) if out.newest is None else max(out.newest, *got)
+            try:
+                if len(raw):
+                    store.write(EntityWrites(raw))
+            except OnlineWriteConflict as exc:  # refused: the entity write and its marks
+                out.written += (len(raw) - len(exc.keys)) // 2
+                out.conflicts += 1
+                continue  # fold the chunk again: the fences skip what landed
+            out.written += len(raw) // 2  # an entity write and its marks write each
+            break
+        else:
+            raise OnlineWriteConflict([], [])
+        out.records += n
         if progress:
             progress(n)
-        got = [ms for (_, p), ms in newest.items() if p == partition]
-        return max(got) if got else None
 
-    for partition in partitions:
-        newest: int | None = None
-        last: int | None = None
-        if isinstance(log, LogFiles):
+    if isinstance(log, LogFiles):
 
-            def take(data: bytes, high: int, upto: int, partition: int = partition) -> int:
-                nonlocal newest, last
-                got = decode_log_file(data, high, source.timestamp_field, upto)
-                if got is None:
-                    return high
-                fed: dict[int, Any] = {}
-                if user:
-                    payloads, frame = user_code_input([spec.groups[g] for g in user],
-                                                      got.payload)  # fmt: skip
-                    fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads,
-                                            frame) for g in user}  # fmt: skip
-                event_ms = got.raw_event_time // source.timestamp_divisor
-                seen = fold(partition, got.offsets.tobytes(), event_ms.tobytes(),
-                            got.processed_at_ms.tobytes(), got.payload, fed)  # fmt: skip
-                if seen is not None:
-                    newest = seen if newest is None else max(newest, seen)
-                last = int(got.offsets.max())
-                return last
-
-            read_partition(log, source.name, partition, take)
-        else:
-            envelopes = list(log.read(source.name, partition))
-            for at in range(0, len(envelopes), _REPLAY_BATCH):
-                batch = envelopes[at : at + _REPLAY_BATCH]
-                names = list(source.fields)
-                kinds = [f.kind for f in source.fields.values()]
-                payloads = [e.payload for e in batch]
-                fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads)
+        def take(data: bytes, high: int, upto: int) -> int:
+            got = decode_log_file(data, high, source.timestamp_field, upto)
+            if got is None:
+                return high
+            fed: dict[int, Any] = {}
+            if user:
+                payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
+                fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
                        for g in user}  # fmt: skip
-                ts, divisor = source.timestamp_field, source.timestamp_divisor
-                seen = fold(
-                    partition,
-                    array("q", (e.offset for e in batch)).tobytes(),
-                    array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
-                    array("q", (e.processed_at_ms for e in batch)).tobytes(),
-                    _native.Columns.from_rows(names, kinds, payloads),
-                    fed,
-                )
-                if seen is not None:
-                    newest = seen if newest is None else max(newest, seen)
-                last = batch[-1].offset
-        if newest is not None:  # the view's stats, as the workers write them
-            store.write([stats_write(view, {partition: newest}, now_ms)])
-        if last is not None:
-            mark = Watermark(key=watermark_key(view, partition), value=encode_watermark(last))
-            store.write([], [mark])
-    return RebuildResult(
-        view=view.name, fingerprint=view.fingerprint, records=records, entities_written=written
-    )
+            event_ms = got.raw_event_time // source.timestamp_divisor
+            fold(got.offsets.tobytes(), event_ms.tobytes(), got.processed_at_ms.tobytes(),
+                 got.payload, fed)  # fmt: skip
+            out.last_offset = int(got.offsets.max())
+            return out.last_offset
+
+        read_partition(log, source.name, partition, take)
+    else:
+        envelopes = list(log.read(source.name, partition))
+        names = list(source.fields)
+        kinds = [f.kind for f in source.fields.values()]
+        ts, divisor = source.timestamp_field, source.timestamp_divisor
+        for at in range(0, len(envelopes), _REPLAY_BATCH):
+            batch = envelopes[at : at + _REPLAY_BATCH]
+            payloads = [e.payload for e in batch]
+            fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads)
+                   for g in user}  # fmt: skip
+            fold(
+                array("q", (e.offset for e in batch)).tobytes(),
+                array("q", (e.payload[ts] // divisor for e in batch)).tobytes(),
+                array("q", (e.processed_at_ms for e in batch)).tobytes(),
+                _native.Columns.from_rows(names, kinds, payloads),
+                fed,
+            )
+            out.last_offset = batch[-1].offset
+    return out
 
 
 def _workers(partitions: Sequence[int]) -> int:
@@ -493,19 +538,28 @@ def rebuild_partition(
 
     Entity hashes the log does not name keep their fields: only a write whose records the
     log does not hold yet can have made them, and the fences make its replay consistent.
+    Merge-on-write views are folded in again, not replaced (``_fold_merged``): sound because
+    a batch never writes into merged state lost before it read it (``BatchProcessor``
+    checks the watermarks first), so each entity's fence of the partition says which of its
+    records the tile set holds.
     """
-    merged = [v.name for v in views if v.merged]
-    if merged:  # its partitions share one tile set: no partition's share can be replaced
-        raise OnlineStateLost(
-            f"view(s) {', '.join(map(repr, merged))} use the merge-on-write layout, whose "
-            "state cannot be rebuilt one source partition at a time: stop the view's workers "
-            "and run `skewless rebuild-online`"
-        )
+    merged = [v for v in views if v.merged]
+    views = [v for v in views if not v.merged]
+    written: dict[str, int] = {}
+    records = 0
+    last: int | None = None
+    for view in merged:  # one tile set of all partitions: partition p's missing records added
+        done = _fold_merged(plan, view, partition, log, store, now_ms=now_ms)
+        _finish_merged(view, partition, done, store, now_ms)
+        written[view.name] = done.written
+        records, last = done.records, done.last_offset
+    if not views:
+        return PartitionRebuild(partition=partition, records=records, last_offset=last,
+                                entities_written=written)  # fmt: skip
     replay = _replay(views, plan, log, partition, None, now_ms, drop_expired=False)
     per_view: list[list[StateWrite]] = [[] for _ in views]
     for v, chunk in replay.writes:
         per_view[v].extend(chunk)
-    written: dict[str, int] = {}
     for view, writes in zip(views, per_view, strict=True):
         written[view.name] = _replace_states(writes, partition, store, now_ms)
     if replay.last_offset is not None:

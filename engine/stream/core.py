@@ -56,7 +56,6 @@ REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
 # retries of a batch whose merge-on-write entities other workers kept writing meanwhile
 MERGE_ROUNDS = 100
 _MERGED = -1  # the partition the native core lists a merge-on-write entry under
-LOST_MARK = b"lost: run rebuild-online"  # a watermark no check accepts (merge-on-write views)
 _NO_EVENT = -(1 << 63)
 
 
@@ -150,29 +149,9 @@ class BatchProcessor:
             if v.merged
             for prefix in (f"sk:{v.fingerprint}:", f"sk:fm:{v.fingerprint}:")
         )
-        self._merged_views = {v.name for v in self.views if v.merged}
 
     def _is_merged_key(self, key: str) -> bool:
         return key.startswith(self._merged)
-
-    def _hold_lost(self, lost: list[LostState]) -> None:
-        """Hold merge-on-write state found lost as lost until ``rebuild-online`` restores
-        it: the batch's write swapped the watermarks to its own offsets, which would pass the
-        next attempt's check (this worker's or a successor's); they are set to a value no
-        check accepts (under the owner epochs, like every write), and this worker's
-        expectations dropped (after the rebuild the watermark is the log's last offset,
-        which a first write accepts)."""
-        assert self._marks is not None  # _StateLost comes from the watermarks
-        slots = {v.name: v for v in self.views}
-        marks = [Watermark(key=watermark_key(slots[i.view], i.partition), value=LOST_MARK)
-                 for i in lost]  # fmt: skip
-        parts = sorted({i.partition for i in lost})
-        if self.ownership is None:
-            self.online.write([], marks)
-        else:
-            fence = self.ownership.fence(parts)
-            self.online.write([], marks, fence=fence)  # type: ignore[call-arg]  # RedisOnlineStore
-        self._marks.forget(parts)
 
     # -- cache -----------------------------------------------------------------------------
 
@@ -262,19 +241,6 @@ class BatchProcessor:
                     rebuilt += self._rebuild_lost()
                 outcome = self._process(records)
             except _StateLost as exc:
-                merged = sorted({i.view for i in exc.lost} & self._merged_views)
-                if merged:  # never rebuilt in place (engine.rebuild): an operator must
-                    for item in exc.lost:
-                        if item.view not in self._merged_views:  # rebuilt on the next try
-                            self._lost.setdefault(item.partition, []).append(item)
-                    self._hold_lost([i for i in exc.lost if i.view in self._merged_views])
-                    raise OnlineStateLost(
-                        f"source {self.source.name!r}: online state of merge-on-write "
-                        f"view(s) {', '.join(map(repr, merged))} was lost "
-                        f"({'; '.join(i.reason for i in exc.lost)}); it cannot be rebuilt "
-                        "in place: stop the workers of the source and run `skewless "
-                        "rebuild-online` for it. The batch stays uncommitted and is retried"
-                    ) from exc
                 for item in exc.lost:
                     self._lost.setdefault(item.partition, []).append(item)
                 rounds += 1
@@ -381,26 +347,29 @@ class BatchProcessor:
                 self._fed(kept),
             )
             if missing:
-                self._load(missing)
+                self._load(missing, kept)
             return self._apply(batch_p, kept, letters, refused, commits, len(records))
         except BaseException:
             core.discard_prepared()  # half-applied effects: reload from the store next time
             raise
 
-    def _load(self, missing: list[tuple[str, int, int, str]]) -> None:
+    def _load(self, missing: list[tuple[str, int, int, str]], kept: _Kept) -> None:
         """Cache the ``(redis key, view, partition, entity)`` entries ``prepare`` listed:
         from the local tier where it holds them and Redis's marks say they are current,
         from Redis otherwise (one round trip; a second for local entries found stale).
         A merge-on-write entry (partition ``_MERGED``) is never spilled: its hash and its
-        marks hash are read from Redis in the same round trip."""
+        marks hash are read from Redis in the same round trip, followed by the watermarks
+        of the merged views (``_check_merged``)."""
         core = self._core
         merged = [m for m in missing if m[2] == _MERGED]
         if merged:
             missing = [m for m in missing if m[2] != _MERGED]
         extra = list(dict.fromkeys(k for m in merged for k in (m[0], marks_key(m[0]))))
+        slots = self._merged_slots(kept) if merged else []
         if self.local is None:
             keys = list(dict.fromkeys(m[0] for m in missing))
-            got = self.online.load(keys + extra)
+            got, wms = self._load_watermarked(keys + extra, slots)
+            self._check_merged(slots, wms)
             self._load_hashes(missing, got[: len(keys)])
             self._load_merged(merged, got[len(keys) :], extra)
             return
@@ -411,6 +380,8 @@ class BatchProcessor:
         hashes, marks = self._load_and_marks(
             keys + extra, [(missing[i][0], missing[i][2]) for i in held]
         )
+        if slots:  # read after the merged hashes, as above (one more round trip)
+            self._check_merged(slots, self._load_watermarked([], slots)[1])
         self._load_hashes(cold, hashes[: len(keys)])
         self._load_merged(merged, hashes[len(keys) :], extra)
         refused = core.load_spilled([
@@ -424,6 +395,45 @@ class BatchProcessor:
         if refused:  # changed in Redis since it was spilled: Redis's state is the one used
             stale = [missing[held[r]] for r in refused]
             self._load_hashes(stale, self.online.load(list(dict.fromkeys(m[0] for m in stale))))
+
+    def _merged_slots(self, kept: _Kept) -> list[tuple[tuple[int, int], str]]:
+        """((view slot, partition), watermark key) of each merged view and batch partition;
+        none without a recovery (no watermarks)."""
+        if self._marks is None:
+            return []
+        parts = np.unique(kept.partitions).tolist()
+        return [((v, p), watermark_key(view, p))
+                for v, view in enumerate(self.views) if view.merged for p in parts]  # fmt: skip
+
+    def _load_watermarked(
+        self, keys: list[str], slots: list[tuple[tuple[int, int], str]]
+    ) -> tuple[list[dict[bytes, bytes]], list[bytes | None] | None]:
+        """``keys``' hashes, then the watermarks of ``slots`` read after them (None: the
+        store cannot, so no check)."""
+        read = getattr(self.online, "load_watermarked", None) if slots else None
+        if read is None:
+            return self.online.load(keys) if keys else [], None
+        got: tuple[list[dict[bytes, bytes]], list[bytes | None]]
+        got = read(keys, [key for _, key in slots])
+        return got
+
+    def _check_merged(
+        self, slots: list[tuple[tuple[int, int], str]], held: list[bytes | None] | None
+    ) -> None:
+        """Refuse to fold a batch into merge-on-write state Redis lost before it was read.
+
+        A merged write is a compare-and-set on the hash's version, so it lands only on the
+        state it was folded from; but that state may already have lost writes of this
+        worker's partitions (a flush, a failover), and folding the batch on top would move
+        their fences past records the hash then lacks — the in-place rebuild could not add
+        them back. The watermarks, read after the hashes, tell: one not as this worker left
+        it (``Watermarks.check_held``) raises ``_StateLost`` before anything is written, so
+        the partition is rebuilt from the log and the batch retried."""
+        if held is None or self._marks is None:
+            return
+        lost = self._marks.check_held([slot for slot, _ in slots], held, self.log)
+        if lost:
+            raise _StateLost(lost)
 
     def _load_merged(
         self,

@@ -16,9 +16,14 @@ Anything else means Redis lost writes of ``p`` — emptied (``FLUSHALL``), resta
 last writes, failed over to a lagging replica, keys evicted — or that a view is new to a
 log that already holds records (its keyspace was never filled).
 
+Merge-on-write views are also checked *before* a batch writes: their watermarks are read
+right after their hashes (``BatchProcessor._check_merged``, ``Watermarks.check_held``), so
+no batch folds into merged state Redis lost before it was read.
+
 Recovery (``StateRecovery``), by the worker that owns the partition, before it writes more:
 say so at ERROR, rebuild the partition's fields of the lost views from the log
-(``engine.rebuild.rebuild_partition``), set the watermarks, drop the cached state, and retry
+(``engine.rebuild.rebuild_partition``; a merged view's partition log folded in again), set
+the watermarks, drop the cached state, and retry
 the batch in hand — fences and the journal make that idempotent, the log drops offsets it
 already holds. While it runs the batch is not committed, so consumption of the worker's
 partitions is paused.
@@ -103,13 +108,30 @@ class Watermarks:
                 lost.append(LostState(view=self._views[v].name, partition=p, reason=reason))
         return lost
 
+    def check_held(
+        self, slots: Sequence[Slot], held: Sequence[bytes | None], log: EventLogSink
+    ) -> list[LostState]:
+        """Judge watermarks read before a write (merge-on-write batches) as ``confirm`` judges
+        the ones a write swaps, without remembering anything."""
+        lost: list[LostState] = []
+        for slot, previous in zip(slots, held, strict=True):
+            reason = self._check(slot, None, log.last_offset(slot[1]), previous)
+            if reason is not None:
+                lost.append(LostState(view=self._views[slot[0]].name, partition=slot[1],
+                                      reason=f"before the batch's write: {reason}"))  # fmt: skip
+        return lost
+
     def _check(
-        self, slot: Slot, value: bytes, logged: int | None, previous: bytes | None
+        self, slot: Slot, value: bytes | None, logged: int | None, previous: bytes | None
     ) -> str | None:
         key = watermark_key(self._views[slot[0]], slot[1])
         expect = self._expect.get(slot)
         if expect is not None:
-            if previous == expect.confirmed or previous == value or previous in expect.attempted:
+            if (
+                previous == expect.confirmed
+                or (value is not None and previous == value)
+                or previous in expect.attempted
+            ):
                 return None
             was = "missing" if previous is None else repr(previous.decode(errors="replace"))
             return (

@@ -23,7 +23,7 @@ import redis
 
 from connectors.eventlog import EventLogReader
 from connectors.kafka import dead_letter_topic
-from engine.online import state_key
+from engine.online import marks_key, state_key
 from engine.processing import extract
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
@@ -115,13 +115,29 @@ def features_of(store: FeatureStore, views: tuple[str, ...]) -> list[str]:
     return [f"{v}:{f}" for v in views for f in store.plan.views[v].features]
 
 
-def marks(client: redis.Redis, keys: list[str]) -> list[tuple[bytes | None, ...]]:
-    """Fence and write-time fields of every partition, per key."""
+def marks(
+    client: redis.Redis, keys: list[str], merged: frozenset[str] = frozenset()
+) -> list[tuple[bytes | None, ...]]:
+    """Fence and write-time fields of every partition, per key. A merge-on-write view's
+    key (in ``merged``): the fences from its marks hash, its write time ``u:0`` (any
+    partition's newest write; a write moves some fence, so a change still shows)."""
     names = [f"{kind}:{p}" for kind in "fu" for p in range(PARTITIONS)]
+    fences = names[:PARTITIONS]
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.hmget(key, names)
-    return [tuple(got) for got in pipe.execute()]
+        if key in merged:
+            pipe.hmget(marks_key(key), fences)
+            pipe.hmget(key, ["u:0"])
+        else:
+            pipe.hmget(key, names)
+    replies = iter(pipe.execute())
+    out: list[tuple[bytes | None, ...]] = []
+    for key in keys:
+        got = next(replies)
+        if key in merged:
+            got = [*got, *next(replies), *([None] * (PARTITIONS - 1))]
+        out.append(tuple(got))
+    return out
 
 
 def sample_round(
@@ -144,7 +160,14 @@ def sample_round(
     for g, (_column, views, entities) in groups.items():
         keys[g] = [[state_key(store.plan.views[v], (e,)) for v in views] for e in entities]
     flat = [k for g in keys for per in keys[g] for k in per]
-    before = marks(client, flat)
+    merged = frozenset(
+        state_key(store.plan.views[v], (e,))
+        for _column, views, entities in groups.values()
+        for v in views
+        if store.plan.views[v].merged
+        for e in entities
+    )
+    before = marks(client, flat, merged)
     t = time.time_ns() // 1_000_000
     got: dict[str, dict[str, list[Any]]] = {}
     for g, (column, views, entities) in groups.items():
@@ -156,7 +179,7 @@ def sample_round(
         )
         got[g] = resp.to_dict()
     time.sleep(SETTLE_S)
-    after = marks(client, flat)
+    after = marks(client, flat, merged)
     i = 0
     for g, (_column, views, entities) in groups.items():
         for r, entity in enumerate(entities):
@@ -204,10 +227,12 @@ def complete(read: Read, index: list[dict[str, list[tuple[int, int, int]]]]) -> 
     return True
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize(("runtime", "merged"), [*((r, True) for r in RUNTIMES), ("kafka", False)])
 def test_online_reads_equal_processing_time_backfill(
-    runtime: str, tmp_path: Path, kafka_service: str, stream_redis_url: str
+    runtime: str, merged: bool, tmp_path: Path, kafka_service: str, stream_redis_url: str
 ) -> None:
+    """``merged``: merchant_risk (keyed by merchant, the topic by customer) on the
+    merge-on-write layout, the default; else on the per-partition layout."""
     source = unique("pay")
     repo = payments_repo(
         tmp_path / "repo",
@@ -216,7 +241,10 @@ def test_online_reads_equal_processing_time_backfill(
         bootstrap=kafka_service,
         redis_url=stream_redis_url,
     )
+    with open(repo / "skewless.yaml", "a") as fh:
+        fh.write(f"online:\n  merge_rekeyed_views: {str(merged).lower()}\n")
     store = FeatureStore.from_repo(repo)
+    assert store.plan.views["merchant_risk"].merged == merged
     store.apply()
     try:
         _parity(runtime, store, source, repo, kafka_service, stream_redis_url)

@@ -136,7 +136,7 @@ class Run:
         runtime: str = "kafka",
         batch_max: int = 1000,
         log_root: str | None = None,
-        merged: bool = False,
+        merged: bool = True,
     ) -> None:
         self.root = root
         self.bootstrap = bootstrap
@@ -151,9 +151,10 @@ class Run:
         if log_root is not None:
             with open(self.repo / "skewless.yaml", "a") as fh:
                 fh.write(f"event_log:\n  root: {log_root}\n")
-        if merged:  # merchant_risk (keyed by merchant) on the merge-on-write layout
-            with open(self.repo / "skewless.yaml", "a") as fh:
-                fh.write("online:\n  merge_rekeyed_views: true\n")
+        # merchant_risk (keyed by merchant) on the merge-on-write layout (the default), or
+        # on the per-partition one
+        with open(self.repo / "skewless.yaml", "a") as fh:
+            fh.write(f"online:\n  merge_rekeyed_views: {str(merged).lower()}\n")
         self.store = FeatureStore.from_repo(self.repo)
         self.store.apply()
         self.group = f"skewless.{project}"

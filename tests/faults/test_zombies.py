@@ -59,13 +59,14 @@ CATCH_UP_S = 30.0
 
 @pytest.mark.parametrize("runtime", ["kafka", "faust"])
 def test_zombie_rounds(runtime: str, tmp_path: Path, services: PrivateServices) -> None:
-    zombie_run(runtime, tmp_path, services, rounds=ROUNDS, events=EVENTS, seed=111)
+    """merchant_risk on the per-partition layout (``online.merge_rekeyed_views: false``)."""
+    zombie_run(runtime, tmp_path, services, rounds=ROUNDS, events=EVENTS, seed=111, merged=False)
 
 
 @pytest.mark.parametrize("runtime", ["kafka", "faust"])
 def test_zombie_rounds_merged(runtime: str, tmp_path: Path, services: PrivateServices) -> None:
-    """The same with ``online.merge_rekeyed_views``: a zombie of one partition and the live
-    workers of the others write the same merged merchant hashes."""
+    """The same on the merge-on-write layout (the default): a zombie of one partition and
+    the live workers of the others write the same merged merchant hashes."""
     zombie_run(runtime, tmp_path, services, rounds=ROUNDS, events=EVENTS, seed=112, merged=True)
 
 
@@ -83,7 +84,7 @@ def zombie_run(
     rounds: int,
     events: int,
     seed: int,
-    merged: bool = False,
+    merged: bool = True,
 ) -> None:
     started = time.monotonic()
     run = Run(tmp_path, bootstrap=services.bootstrap, redis_url=services.redis_url,

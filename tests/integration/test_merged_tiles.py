@@ -7,10 +7,13 @@ its log append; and a read finds one tile set per entity, whatever the partition
 
 from __future__ import annotations
 
+import os
 import random
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,14 @@ import pytest
 import redis
 
 from connectors.eventlog import EventLogReader, EventLogWriter
-from engine.errors import OnlineStateLost, OnlineWriteConflict
+from engine.errors import OnlineWriteConflict
 from engine.keys import encode_key, partition_for
 from engine.online import field_name, marks_key, state_key
 from engine.plan import with_merged_tiles
 from engine.ports import OnlineStateStore, StateWrite, Watermark
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
-from engine.stream.core import BatchProcessor, SourceRecord, wall_clock_ms
+from engine.stream.core import BatchProcessor, SourceRecord
 from engine.stream.recovery import StateRecovery
 from tests.integration.test_online_read import (
     DAY,
@@ -48,6 +51,7 @@ from tests.integration.test_online_read import (
 pytestmark = pytest.mark.redis
 
 PARTITIONS = 4
+_OPTION = "SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS"
 
 
 class RacingStore:
@@ -113,8 +117,9 @@ def merged(tmp_path: Path, redis_url: str) -> tuple[Scenario, RacingStore]:
     (repo / "skewless.yaml").write_text(
         f"redis:\n  url: {redis_url}\nkafka:\n  partitions: {PARTITIONS}\n"
     )
-    loaded = FeatureStore.from_repo(repo)
-    store = FeatureStore(with_merged_tiles(loaded.plan), loaded.config)
+    loaded = FeatureStore.from_repo(repo, environ={**os.environ, _OPTION: "false"})
+    store = FeatureStore.from_repo(repo)  # the default layout
+    assert store.plan == with_merged_tiles(loaded.plan)
     assert store.plan.views["store_sales"].merged  # keyed by store, the topic by customer
     assert not store.plan.views["customer_spend"].merged
     assert (
@@ -236,22 +241,17 @@ def test_rebuild_online_of_a_merged_view(
         assert int(redis_client.get(f"sk:wm:{view.fingerprint}:{p}")) == last
 
 
-def test_lost_state_of_a_merged_view_stops_the_batch(
+def test_lost_state_of_a_merged_view_heals_in_place(
     merged: tuple[Scenario, RacingStore], redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    """Lost state of a merged view is never rebuilt in place (one partition's share of a
-    merged tile set cannot be replaced): the batch fails uncommitted, naming the fix, and
-    goes through once ``rebuild-online`` restored the view."""
+    """Lost state of a merged view is rebuilt in place by the worker that finds it: its
+    partition's log folded again into the one tile set, the fences skipping what Redis
+    kept (here nothing: the batch's own write is refused before it lands)."""
     scenario, _ = merged
     _write_log(scenario)
     store = scenario.store
-    reader = EventLogReader(store.config.event_log_root)
-    recovery = StateRecovery(store.plan, reader, store.online_store,
-                             log_root=store.config.event_log_root, clock=wall_clock_ms)  # fmt: skip
-    log = EventLogWriter(store.config.event_log_root, "tx", dict(store.plan.sources["tx"].schema))
     clock = Clock(scenario.last_processed_ms + 1_000)
-    worker = BatchProcessor(store.plan, "tx", online=store.online_store, log=log,
-                            dead=ListDeadLetters(), clock=clock, recovery=recovery)  # fmt: skip
+    worker = _worker(store, clock)
     codec = SourceCodec(store.plan.sources["tx"])
     payload = {"customer_id": "c1", "merchant_id": "m1", "store_id": 2, "amount": 5.5,
                "qty": 3, "ts": clock.now_ms - 1_000}  # fmt: skip
@@ -260,23 +260,221 @@ def test_lost_state_of_a_merged_view_stops_the_batch(
     batch = [SourceRecord(topic="tx", partition=p, offset=top[p] + 1, key=encode_key(["c1"]),
                           value=codec.encode(payload))]  # fmt: skip
     redis_client.flushdb()
-    with pytest.raises(OnlineStateLost, match="rebuild-online"):
-        worker.process(batch)
-    with pytest.raises(OnlineStateLost):  # still lost: retried, refused again
-        worker.process(batch)
-    store.rebuild_online("store_sales")
-    store.rebuild_online("customer_spend")
     outcome = worker.process(batch)
-    assert outcome.applied == 2 and outcome.rebuilt == 0
-    # the rebuild evicted what was stale at its (real) clock: compare as of later than that
-    t = time.time_ns() // 1_000_000 + MINUTE
+    # both views of partition p rebuilt: store_sales found lost before the batch's write,
+    # customer_spend by it (its rebuild replaced what had landed: applied again), and
+    # store_sales' write, which had landed, fenced on the retry
+    assert (outcome.applied, outcome.fenced, outcome.rebuilt) == (1, 1, 2)
+    t = clock.now_ms + 1
     refs = ["store_sales:amount_count_lifetime", "customer_spend:amount_last_lifetime"]
     rows = [{"store_id": 2, "customer_id": "c1"}]
     got = store.get_online_features(refs, rows, now_ms=t).to_dict()
     assert got["amount_last_lifetime"] == [5.5]
+    # the other partitions' shares are back once their owners write (or rebuild-online)
+    for q in range(PARTITIONS):
+        if q != p:
+            assert (
+                redis_client.get(f"sk:wm:{store.plan.views['store_sales'].fingerprint}:{q}") is None
+            )
     want = _backfill_of(scenario, refs[:1], t, rows=rows)
-    assert got["amount_count_lifetime"] == want["amount_count_lifetime"]
     assert want["amount_count_lifetime"][0] > 1  # the log's events and the new one
+    fences = redis_client.hgetall(marks_key(state_key(store.plan.views["store_sales"], (2,))))
+    assert set(fences) <= {b"f:%d" % p, b"j:%d" % p}
+
+
+def _worker(store: FeatureStore, clock: Clock) -> BatchProcessor:
+    """A worker as the runtimes wire it: the event log on disk, lost state rebuilt in place."""
+    root = store.config.event_log_root
+    recovery = StateRecovery(store.plan, EventLogReader(root), store.online_store,
+                             log_root=root, clock=clock)  # fmt: skip
+    log = EventLogWriter(root, "tx", dict(store.plan.sources["tx"].schema))
+    return BatchProcessor(store.plan, "tx", online=store.online_store, log=log,
+                          dead=ListDeadLetters(), clock=clock, recovery=recovery)  # fmt: skip
+
+
+class HealingRun:
+    """Two workers with recovery (partitions 1-2 and 0, 3) writing the same merged hashes,
+    batch by batch, the log on disk; ``disasters`` run before the batch of that number."""
+
+    def __init__(self, repo: Path, *, merged: bool = True) -> None:
+        self.repo = repo
+        self.store = FeatureStore.from_repo(
+            repo, environ={**os.environ, _OPTION: str(merged).lower()}
+        )
+        assert self.store.plan.views["store_sales"].merged == merged
+        self.base_ms = (time.time_ns() // 1_000_000 // HOUR - 3) * HOUR
+        self.clock = Clock(self.base_ms)
+        self.rng = random.Random(11)
+        records = _records(self.store, self.base_ms)
+        # four customers each (none hashes to partition 0): both have records to the end
+        owners = ((1, 2), (0, 3))
+        self.streams = [[r for r in records if r.partition in own] for own in owners]
+        self.cursors = [0, 0]
+        self.codec = SourceCodec(self.store.plan.sources["tx"])
+        self.workers = [_worker(self.store, self.clock), _worker(self.store, self.clock)]
+
+    def batch(self, w: int) -> list[SourceRecord]:
+        batch = self.streams[w][self.cursors[w] : self.cursors[w] + self.rng.randrange(5, 30)]
+        self.cursors[w] += len(batch)
+        if batch:
+            newest = max(self.codec.decode(r.key, r.value, now_ms=self.base_ms + DAY)["ts"]
+                         for r in batch)  # fmt: skip
+            self.clock.now_ms = max(self.clock.now_ms + 1, newest + self.rng.randrange(0, 60_000))
+        return batch
+
+    def run(self, disasters: dict[int, Any], *, together: Sequence[int] = ()) -> int:
+        """Process every record; after ``disasters[n]`` the ``n``-th round (or each round in
+        ``together``) gives both workers a batch at once, in two threads. Returns the
+        (view, partition) states rebuilt."""
+        rebuilt = 0
+        n = 0
+        while self.cursors[0] < len(self.streams[0]) or self.cursors[1] < len(self.streams[1]):
+            n += 1
+            if n in disasters:
+                disasters[n]()
+            if n in together:
+                rebuilt += self._together()
+                continue
+            w = n % 2  # alternating: both workers write after every disaster
+            batch = self.batch(w)
+            if batch:
+                rebuilt += self.workers[w].process(batch).rebuilt
+        return rebuilt
+
+    def _together(self) -> int:
+        """Both workers' next batches at once, in two threads; the states they rebuilt."""
+        batches = [self.batch(0), self.batch(1)]
+        rebuilt = [0, 0]
+        errors: list[BaseException] = []
+
+        def go(w: int) -> None:
+            try:
+                if batches[w]:
+                    rebuilt[w] = self.workers[w].process(batches[w]).rebuilt
+            except BaseException as exc:  # re-raised in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=go, args=(w,)) for w in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        return sum(rebuilt)
+
+    def assert_equals_reference(self, redis_client: redis.Redis) -> None:
+        """Every entity's online read equals the processing-time replay of the log on disk."""
+        scenario = Scenario(repo=self.repo, store=self.store, base_ms=self.base_ms,
+                            snapshots=[], last_processed_ms=self.clock.now_ms, log=ListLog(),
+                            dead=ListDeadLetters())  # fmt: skip
+        end = self.clock.now_ms + 1
+        for t in (end, end + 7 * MINUTE, end + 61 * MINUTE, self.base_ms + DAY + 2 * HOUR + 1):
+            online = self.store.get_online_features(REFS, ROWS, now_ms=t).to_dict()
+            _assert_same(online, _backfill(scenario, t), t)
+        view = self.store.plan.views["store_sales"]
+        for store_id in STORES if view.merged else ():  # one tile set, expiring with its marks
+            key = state_key(view, (store_id,))
+            slots = {field_name(n)[1] for n in redis_client.hgetall(key) if field_name(n)}
+            assert slots == {0}, key
+            assert redis_client.pexpiretime(marks_key(key)) == redis_client.pexpiretime(key)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, redis_url: str) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "defs.py").write_text(textwrap.dedent(DEFINITIONS))
+    (repo / "skewless.yaml").write_text(
+        f"redis:\n  url: {redis_url}\nkafka:\n  partitions: {PARTITIONS}\n"
+    )
+    return repo
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "per_partition"])
+def test_flushed_redis_heals_in_place_two_workers_at_once(
+    merged: bool, repo: Path, redis_client: redis.Redis
+) -> None:
+    """Redis emptied mid-stream: each worker finds its partitions' state lost on its next
+    batch — both at the same time, in two threads — and folds its own partitions' logs back
+    into the shared tile sets; the per-partition fences make the two rebuilds and the other
+    worker's batches compose, exactly once. The same on the per-partition layout
+    (``online.merge_rekeyed_views: false``), whose rebuild replaces the partition's fields."""
+    run = HealingRun(repo, merged=merged)
+    rebuilt = run.run({9: redis_client.flushdb}, together=(9, 10))
+    assert rebuilt == 6  # 2 views x partitions 1-3 (no customer of the 8 hashes to 0)
+    run.assert_equals_reference(redis_client)
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "per_partition"])
+def test_lost_rounds_heal_in_place(merged: bool, repo: Path, redis_client: redis.Redis) -> None:
+    """A failover to a replica that lacks the last rounds of writes: Redis reverts to an
+    older, consistent state (every entity hash with its marks hash), the log holds more."""
+    run = HealingRun(repo, merged=merged)
+    saved: list[tuple[bytes, int, bytes]] = []
+
+    def snapshot() -> None:
+        for key in redis_client.scan_iter(count=1000):
+            saved.append((key, redis_client.pexpiretime(key), redis_client.dump(key)))
+
+    def revert() -> None:
+        redis_client.flushdb()
+        for key, at, value in saved:
+            redis_client.restore(key, max(at, 0), value, absttl=at > 0)
+
+    rebuilt = run.run({8: snapshot, 15: revert}, together=(15, 16))
+    assert rebuilt >= 2
+    run.assert_equals_reference(redis_client)
+
+
+def test_upgrade_fills_the_merged_layout_from_the_log(
+    repo: Path, redis_client: redis.Redis
+) -> None:
+    """A deployment upgrading from the per-partition layout (``online.merge_rekeyed_views:
+    false``): the merged layout is another keyspace (another fingerprint), so the new
+    workers find the view new to a non-empty log and fill it from the log themselves —
+    the old keyspace is never read as the new one."""
+    run = HealingRun(repo)
+    old = FeatureStore.from_repo(repo, environ={**os.environ, _OPTION: "false"})
+    assert not old.plan.views["store_sales"].merged
+    old_fp = old.plan.views["store_sales"].fingerprint
+    assert old_fp != run.store.plan.views["store_sales"].fingerprint
+    assert old.plan.views["customer_spend"] == run.store.plan.views["customer_spend"]
+    run.workers = [_worker(old, run.clock), _worker(old, run.clock)]
+
+    def upgrade() -> None:
+        assert list(redis_client.scan_iter(f"sk:{old_fp}:*"))
+        run.workers = [_worker(run.store, run.clock), _worker(run.store, run.clock)]
+
+    rebuilt = run.run({12: upgrade})
+    assert rebuilt == 3  # store_sales of partitions 1-3, by their owners; customer_spend not
+    run.assert_equals_reference(redis_client)
+
+
+def test_a_merged_write_is_refused_once_its_hash_is_gone(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The compare-and-set of a merged entity hash (the write a linked marks write follows)
+    is strict: read at a version, an absent version refuses it — the hash and its marks hash
+    expired or were lost since they were read, maybe one of the two only. A per-partition
+    write still passes on an absent fence (the watermarks tell lost from new)."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    (repo / "defs.py").write_text(textwrap.dedent(DEFINITIONS))
+    (repo / "skewless.yaml").write_text(f"redis:\n  url: {redis_url}\n")
+    store = FeatureStore.from_repo(repo).online_store
+    key, marks = "sk:mgtest:{e}", "sk:fm:mgtest:{e}"
+    lead = StateWrite(key=key, fields={"f:0": b"2", "t:0:1:1": b"x"}, expect=("f:0", b"1"))
+    linked = StateWrite(key=marks, fields={"f:3": b"9"}, expect=("&", None))
+    with pytest.raises(OnlineWriteConflict) as caught:
+        store.write([lead, linked])
+    assert set(caught.value.keys) == {key, marks}
+    assert not redis_client.exists(key) and not redis_client.exists(marks)
+    store.write([replace(lead, expect=("f:0", None)), linked])  # read as absent: lands
+    assert redis_client.hget(marks, "f:3") == b"9"
+    redis_client.delete(key, marks)
+    store.write([lead])  # not linked: the per-partition rule
+    assert redis_client.hget(key, "f:0") == b"2"
+    redis_client.delete(key)
 
 
 SALES_REFS = [r for r in REFS if r.startswith("store_sales:")]

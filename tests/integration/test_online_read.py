@@ -223,10 +223,14 @@ def scenario(tmp_path: Path, redis_url: str) -> Scenario:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "defs.py").write_text(textwrap.dedent(DEFINITIONS))
+    # store_sales on the per-partition layout: each store's hash holds one tile set per
+    # source partition (the merge-on-write default: tests/integration/test_merged_tiles.py)
     (repo / "skewless.yaml").write_text(
         f"redis:\n  url: {redis_url}\nkafka:\n  partitions: {PARTITIONS}\n"
+        "online:\n  merge_rekeyed_views: false\n"
     )
     store = FeatureStore.from_repo(repo)
+    assert not store.plan.views["store_sales"].merged
     # near the real clock: Redis expires keys by its own clock
     base_ms = (time.time_ns() // 1_000_000 // HOUR - 3) * HOUR
     rng = random.Random(20260101)

@@ -65,7 +65,9 @@ class _Recording(FakeStore):
 
 @pytest.fixture
 def store(make_repo: Callable[..., Path]) -> FeatureStore:
-    return FeatureStore.from_repo(make_repo(VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
+    """``shop`` (keyed by merchant) on the per-partition layout; the merged one via ``with_merged_tiles``."""
+    yaml = f"kafka:\n  partitions: {PARTITIONS}\nonline:\n  merge_rekeyed_views: false\n"
+    return FeatureStore.from_repo(make_repo(VIEWS, yaml=yaml))
 
 
 def _written(replay: Any) -> list[tuple[int, Any]]:

@@ -566,7 +566,14 @@ impl OnlineCore {
                     newest.push(((ck.0, p), et));
                 }
                 let lowest = part_latest.iter().map(|x| x.0).min().unwrap_or(0);
-                entry.fence = next_version(entry.fence, lowest);
+                let mut fences: Vec<(i32, i64)> = entry
+                    .parts
+                    .iter()
+                    .filter(|m| m.touched)
+                    .map(|m| (m.partition, m.fence))
+                    .collect();
+                fences.sort_unstable();
+                entry.fence = next_version(entry.fence, lowest, batch_p, &fences);
                 for marks in entry.parts.iter_mut().filter(|m| m.touched) {
                     marks.journal.push((marks.fence, batch_p));
                     if marks.journal.len() > JOURNAL_ENTRIES {
@@ -929,17 +936,35 @@ thread_local! {
     static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A merged hash's next write version: a counter above `prior`'s, with the writer's
-/// lowest source partition in the low bits, so two workers that read the same version
-/// never write the same one (their partitions differ) while a retried write stays equal.
-pub fn next_version(prior: i64, lowest_partition: i32) -> i64 {
-    let count = if prior == NO_FENCE {
-        0
-    } else {
-        prior >> VERSION_PARTITION_BITS
-    };
-    ((count + 1) << VERSION_PARTITION_BITS)
-        | (i64::from(lowest_partition) & ((1 << VERSION_PARTITION_BITS) - 1))
+/// A merged hash's next write version: bits mixed from what the write is made of — the
+/// version it was folded from, the writer's processed_at and each touched partition's new
+/// fence — above the writer's lowest source partition in the low bits; never `prior`.
+/// Two workers that read the same version never write the same one (their partitions
+/// differ) and a retried write sets the same, as with a counter; but a write made again
+/// on a state Redis reverted to (a failover that lost writes) carries another version
+/// unless it is the same write, where a counter would repeat the lost one and let a
+/// worker that read the lost version pass its compare-and-set on other content.
+pub fn next_version(prior: i64, lowest_partition: i32, batch_p: i64, fences: &[(i32, i64)]) -> i64 {
+    fn mix(h: u64, x: u64) -> u64 {
+        // splitmix64's finalizer over the running state and the next input
+        let mut z = h ^ x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let mut h = mix(mix(0, prior as u64), batch_p as u64);
+    for &(p, fence) in fences {
+        h = mix(mix(h, p as u64), fence as u64);
+    }
+    let low = i64::from(lowest_partition) & ((1 << VERSION_PARTITION_BITS) - 1);
+    loop {
+        let version =
+            (((h >> (VERSION_PARTITION_BITS + 1)) as i64) << VERSION_PARTITION_BITS) | low;
+        if version != prior {
+            return version;
+        }
+        h = mix(h, 1);
+    }
 }
 
 /// The marks write of a merged entity: the fence and journal of each partition that
@@ -1732,13 +1757,18 @@ mod tests {
     }
 
     #[test]
-    fn merged_versions_differ_by_writer_and_grow() {
-        let first = next_version(NO_FENCE, 3);
-        assert_ne!(first, next_version(NO_FENCE, 5));
-        assert_eq!(first, next_version(NO_FENCE, 3)); // a retried write sets the same
-        let second = next_version(first, 5);
-        assert!(second > first && second > next_version(NO_FENCE, 63));
-        assert_ne!(second, next_version(first, 3));
+    fn merged_versions_differ_by_writer_and_content() {
+        let first = next_version(NO_FENCE, 3, 1000, &[(3, 17)]);
+        assert_eq!(first & ((1 << VERSION_PARTITION_BITS) - 1), 3);
+        assert!(first >= 0);
+        assert_ne!(first, next_version(NO_FENCE, 5, 1000, &[(5, 17)]));
+        assert_eq!(first, next_version(NO_FENCE, 3, 1000, &[(3, 17)])); // a retried write
+                                                                        // the same writer from the same prior, made again after Redis lost the first
+        assert_ne!(first, next_version(NO_FENCE, 3, 1000, &[(3, 18)]));
+        assert_ne!(first, next_version(NO_FENCE, 3, 1001, &[(3, 17)]));
+        let second = next_version(first, 5, 1000, &[(5, 2)]);
+        assert_ne!(second, first);
+        assert_eq!(second & ((1 << VERSION_PARTITION_BITS) - 1), 5);
     }
 
     #[test]

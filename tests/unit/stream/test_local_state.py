@@ -52,7 +52,9 @@ class CountingStore(FakeStore):
 
 @pytest.fixture
 def store(make_repo: Callable[..., Path]) -> FeatureStore:
-    return FeatureStore.from_repo(make_repo(VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
+    """``shop`` (keyed by merchant) on the local tier holds per-partition entries (merge-on-write ones are never spilled)."""
+    yaml = f"kafka:\n  partitions: {PARTITIONS}\nonline:\n  merge_rekeyed_views: false\n"
+    return FeatureStore.from_repo(make_repo(VIEWS, yaml=yaml))
 
 
 def processor(

@@ -40,6 +40,12 @@ class MarkingStore:
     def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         return [dict(self.hashes.get(k, {})) for k in keys]
 
+    def load_watermarked(
+        self, keys: Sequence[str], marks: Sequence[str]
+    ) -> tuple[list[dict[bytes, bytes]], list[bytes | None]]:
+        """The hashes, then the watermarks (what a merge-on-write batch checks first)."""
+        return self.load(keys), [self.strings.get(k) for k in marks]
+
     def write(
         self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
     ) -> list[bytes | None]:
