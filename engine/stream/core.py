@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.envelope import Envelope
-from engine.errors import OnlineStateLost, OnlineWriteConflict, OwnerFenced
+from engine.errors import ConfigError, OnlineStateLost, OnlineWriteConflict, OwnerFenced
 from engine.online import EntityWrites, core_spec, marks_key, stats_write
 from engine.plan import Plan, ViewPlan
 from engine.ports import DeadLetter, DeadLetterSink, EventLogSink, OnlineStateStore, Watermark
@@ -149,6 +149,16 @@ class BatchProcessor:
             if v.merged
             for prefix in (f"sk:{v.fingerprint}:", f"sk:fm:{v.fingerprint}:")
         )
+        merged = sorted(v.name for v in self.views if v.merged)
+        if recovery is not None and merged and not hasattr(online, "load_watermarked"):
+            # without the watermark read after the merged hashes a batch could fold into
+            # merge-on-write state Redis lost before it was read (docs/reliability.md)
+            raise ConfigError(
+                f"source {source!r}: view(s) {', '.join(merged)} use the merge-on-write "
+                f"layout, which needs an online store with load_watermarked; "
+                f"{type(online).__name__} has none (set online.merge_rekeyed_views: false, "
+                "or use the Redis stores)"
+            )
 
     def _is_merged_key(self, key: str) -> bool:
         return key.startswith(self._merged)

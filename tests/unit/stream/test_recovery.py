@@ -11,6 +11,7 @@ import pytest
 
 from connectors.eventlog import EventLogReader, EventLogWriter
 from engine import FeatureStore
+from engine.errors import ConfigError
 from engine.ports import StateWrite, Watermark
 from engine.stream.core import BatchProcessor, SourceRecord
 from engine.stream.recovery import StateRecovery, Watermarks
@@ -297,3 +298,25 @@ def test_later_writes_must_find_what_this_worker_wrote(repo: Path) -> None:
     assert not marks.confirm(marks.prepare({0: 60}, log), [b"50"])
     marks.forget([0])  # revoked: the next write starts afresh
     assert not marks.confirm(marks.prepare({0: 70}, log), [b"65"])
+
+
+class LoadOnlyStore(MarkingStore):
+    """A store without ``load_watermarked``: the merged views' pre-write check cannot run."""
+
+    def __getattribute__(self, name: str) -> object:
+        if name == "load_watermarked":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_merged_views_refuse_a_store_that_cannot_read_watermarks_after_hashes(
+    repo: Path,
+) -> None:
+    store = FeatureStore.from_repo(repo)
+    merged = sorted(v.name for v in store.plan.views.values() if v.merged)
+    assert merged, "the definitions need a view keyed off its topic"
+    with pytest.raises(ConfigError, match="load_watermarked") as info:
+        Run(store, LoadOnlyStore())
+    assert all(name in str(info.value) for name in merged)
+    # without recovery (no watermarks at all) the same store is accepted
+    BatchProcessor(store.plan, "tx", online=LoadOnlyStore(), log=None, dead=Letters())  # type: ignore[arg-type]
