@@ -53,6 +53,9 @@ __all__ = ["ClusterUnavailable", "run_columns"]
 _BIG_INT = 1  # msgpack ext type: an int beyond 64 bits, as its decimal text
 _CONNECT_TIMEOUT_S = 10.0
 _NO_SOURCE = "\x00none"  # the source of the groups a task does not read
+# False: every view through the exchange by entity shard, as before the partition tasks
+# (``benchmarks/backfill_dask.py --exchange-too`` times both ways in one run)
+_PARTITION_TASKS = True
 
 
 def _client(address: str) -> Any:
@@ -172,7 +175,8 @@ def _on_cluster(
     # the log is partitioned by that key, so a task over some partitions finishes them alone
     # (checked below: an entity found in two tasks goes through the exchange after all)
     local = {g for g, group in enumerate(spec.groups)
-             if not rekeyed(group.first_view, plan.sources[group.source])}  # fmt: skip
+             if _PARTITION_TASKS and not rekeyed(group.first_view,
+                                                 plan.sources[group.source])}  # fmt: skip
     group_of = [spec.view_specs[v][0] for v, _, _, _ in spec.request_specs]
     by_partition = [r for r, g in enumerate(group_of) if g in local]
     exchanged = [r for r, g in enumerate(group_of) if g not in local]
