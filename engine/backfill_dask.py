@@ -34,6 +34,7 @@ client's (docs/decisions.md).
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -161,7 +162,14 @@ def _on_cluster(
     progress: Progress | None,
 ) -> list[list[_Column]]:
     fingerprints = {req.view: plan.views[req.view].fingerprint for req in requests}
+    # the native sweep's threads per task: the host's cores shared by its Dask worker threads
+    # (two single-threaded workers on two cores: one each, not a pool of two in each)
+    host_threads: dict[str, int] = {}
+    for address, n in client.nthreads().items():
+        host = _host(address)
+        host_threads[host] = host_threads.get(host, 0) + int(n)
     base = {
+        "host_threads": host_threads,
         "repo": str(Path(repo_path).resolve()),
         "fingerprints": fingerprints,
         "log": log_root,
@@ -597,7 +605,7 @@ def _sweep_task(
     sweep = _sweep_of(shared, keys, request_specs)
     for blob in blobs:
         sweep.add_shard(blob)
-    return _values(sweep.finish())
+    return _values(sweep.finish(_threads(shared)))
 
 
 def _partition_task(
@@ -622,7 +630,27 @@ def _partition_task(
     for source, partition in partitions:
         reader.partition(source, partition)
     kept = sweep.keep_present_labels()
-    return reads, kept, _values(sweep.finish())
+    return reads, kept, _values(sweep.finish(_threads(shared)))
+
+
+def _host(address: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(address).hostname or address
+
+
+def _threads(shared: Mapping[str, Any]) -> int | None:
+    """The sweep threads of a task on this worker: the machine's cores over the Dask worker
+    threads of its host (``None``, the process's pool, outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    sharing = int(shared["host_threads"].get(_host(worker.address), worker.state.nthreads))
+    return max(1, (cores or 1) // max(1, sharing))
 
 
 def _groups(plan: Plan, shared: Mapping[str, Any]) -> list[_Group]:

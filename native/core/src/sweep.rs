@@ -724,6 +724,16 @@ impl Sweep {
         out
     }
 
+    /// [`Sweep::finish`] on a pool of `threads` threads rather than the process's (a
+    /// caller that runs several sweeps at once on one machine, e.g. one per Dask worker).
+    pub fn finish_on(self, threads: usize) -> Result<Vec<Vec<OutColumn>>, KernelError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| KernelError::Sweep(format!("sweep thread pool: {e}")))?;
+        Ok(pool.install(|| self.finish()))
+    }
+
     fn sweep_request(&self, req: &RequestSpec, labels: &LabelOrder) -> Vec<OutColumn> {
         let view = &self.views[req.view];
         let rows = &self.rows[view.group];
