@@ -177,7 +177,6 @@ def _on_cluster(
         "include_late": include_late,
         "view_specs": spec.view_specs,
     }
-    [keys_f] = client.scatter([spec.keys], broadcast=True, hash=False)
     out = _Out(spec, requests)
     # groups keyed by their source's key: an entity's records are in one log partition when
     # the log is partitioned by that key, so a task over some partitions finishes them alone
@@ -189,10 +188,16 @@ def _on_cluster(
     by_partition = [r for r, g in enumerate(group_of) if g in local]
     exchanged = [r for r, g in enumerate(group_of) if g not in local]
     run = uuid.uuid4().hex[:12]
+    # what every worker needs, in one scatter (one round trip)
+    send: list[Any] = [spec.keys]
+    if by_partition:
+        send += [_masked(base, spec, local), [spec.request_specs[r] for r in by_partition]]
+    keys_f, *partition_fs = client.scatter(send, broadcast=True, hash=False)
     pending = None
     if by_partition:
+        shared_f, specs_f = partition_fs
         pending = _submit_partition_tasks(
-            client, keys_f, base, spec, local, by_partition, tasks, shards, run
+            client, keys_f, shared_f, specs_f, spec, local, tasks, shards, run
         )
     try:
         if exchanged:
@@ -288,23 +293,20 @@ def _masked(base: Mapping[str, Any], spec: _Spec, groups: set[int]) -> dict[str,
 def _submit_partition_tasks(
     client: Any,
     keys_f: Any,
-    base: Mapping[str, Any],
+    shared_f: Any,
+    specs_f: Any,
     spec: _Spec,
     groups: set[int],
-    requests: list[int],
     tasks: list[tuple[str, int]],
     slots: int,
     run: str,
 ) -> tuple[list[Any], list[Any]]:
     """One task per worker thread (at most one per partition), each reading every
     ``slots``-th partition of the sources of ``groups`` through a sweep over every label of
-    ``requests`` and finishing the labels of the entities it found records of."""
+    ``specs_f`` (the requests of ``groups``) and finishing the labels of the entities it
+    found records of."""
     mine = [t for t in tasks if any(spec.groups[g].source == t[0] for g in groups)]
     n = max(1, min(slots, len(mine)))
-    shared = _masked(base, spec, groups)
-    [shared_f] = client.scatter([shared], broadcast=True, hash=False)
-    [specs_f] = client.scatter([[spec.request_specs[r] for r in requests]], broadcast=True,
-                               hash=False)  # fmt: skip
     parts = [mine[k::n] for k in range(n)]
     futures = [
         client.submit(
@@ -338,8 +340,12 @@ def _collect_partition_tasks(
         if progress is not None:
             for read in reads:
                 progress(int(read), 1)
+        positions: dict[bytes, np.ndarray] = {}  # requests over the same labels: one array
         for r, at, cols in zip(requests, kept, values, strict=True):
-            out.put(r, np.frombuffer(at, dtype=np.uint32), cols)
+            got = positions.get(at)
+            if got is None:
+                got = positions[at] = np.frombuffer(at, dtype=np.uint32).astype(np.intp)
+            out.put(r, got, cols)
     again = {r: np.flatnonzero(out.given[r] > 1) for r in requests}
     for r, at in again.items():
         out.given[r][at] = 0
