@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
                 bench._say("check", f"cluster frame == local frame, bit for bit: {same}")
                 if not same:
                     return 1
+        # what the cluster burns doing nothing (heartbeats, monitors, the workers' profiler):
+        # part of every run's CPU, in proportion to its wall time
+        c0, t0 = _process_cpu_s() + cluster_cpu_s(client), time.perf_counter()
+        time.sleep(5)
+        at_rest = (_process_cpu_s() + cluster_cpu_s(client) - c0) / (time.perf_counter() - t0)
     lm, dm = statistics.median(local_s), statistics.median(dask_s)
     overhead = dm / lm - 1
     lc, dc = statistics.median(cpu["local"]), statistics.median(cpu["dask"][1:])
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_cpu_seconds": cpu["local"],
         "dask_cpu_seconds": cpu["dask"][1:],
         "cpu_overhead": cpu_overhead,
+        "dask_at_rest_cpu_per_s": at_rest,
     }
     if exchange_s:
         em, ec = statistics.median(exchange_s), statistics.median(cpu["exchange"])
@@ -217,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  CPU: local {lc:.1f} CPU-s, Dask {dc:.1f} CPU-s (client, scheduler, workers): "
         f"{cpu_overhead:+.1%}"
     )
+    print(f"  Dask at rest (no task): {at_rest:.3f} CPU-s per second, "
+          f"{at_rest * dm:.1f} CPU-s over the median run")  # fmt: skip
     if exchange_s:
         print(f"  Dask, every view exchanged: {em:7.2f} s  {records / em:12,.0f} events/s, "
               f"{em / lm - 1:+.1%} wall time, {ec:.1f} CPU-s ({ec / lc - 1:+.1%})")  # fmt: skip
