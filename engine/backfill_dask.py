@@ -92,7 +92,8 @@ def run_columns(
     ``cluster``: the scheduler's address (``tcp://HOST:8786``) or a connected
     ``distributed.Client``; ``log_root``: the event log's URL, which every worker must
     reach; ``repo_path``: the definitions repo, at that path on every worker; ``shards``:
-    entity shards swept in parallel (default: the cluster's worker threads).
+    tasks swept in parallel — partition tasks (at most one per partition) and entity shards
+    (default: the cluster's worker threads).
     """
     columns = _execute(
         plan, log_root, repo_path, requests, mode, include_late, cluster, shards, progress
