@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +202,12 @@ def _on_cluster(
         )
     try:
         if exchanged:
-            # the re-keyed views' entity shards (their reading reports the progress when
-            # no partition task does)
+            # the re-keyed views' entity shards (their read tasks report the partitions of
+            # sources no partition task reads: each partition is reported once)
+            read_by_tasks = {spec.groups[g].source for g in local}
             _exchange(client, keys_f, base, spec, exchanged, {group_of[r] for r in exchanged},
-                      tasks, shards, f"{run}x", None if pending else progress, out)  # fmt: skip
+                      tasks, shards, f"{run}x", progress, out,
+                      report=lambda source: source not in read_by_tasks)  # fmt: skip
         if pending is not None:
             again = _collect_partition_tasks(client, pending, by_partition, progress, out)
             if again:
@@ -366,6 +368,7 @@ def _exchange(
     progress: Progress | None,
     out: _Out,
     labels: Mapping[int, np.ndarray] | None = None,
+    report: Callable[[str], bool] = lambda _source: True,
 ) -> None:
     """Sweep ``requests`` (only their ``labels`` when given) by entity shard: read tasks per
     partition hand their kept records to one sweep task per shard."""
@@ -412,9 +415,10 @@ def _exchange(
     ]
     try:
         # this client's loop: the client need not be the process's default one
+        source_of = {c.key: source for c, (source, _) in zip(counts, mine, strict=True)}
         for done in as_completed(counts, loop=client.loop):  # type: ignore[no-untyped-call]
             read = done.result()
-            if progress is not None:
+            if progress is not None and report(source_of[done.key]):
                 progress(int(read), 1)
         results = client.gather(sweeps)
     finally:

@@ -200,10 +200,37 @@ def test_entities_found_in_several_partitions_go_through_the_exchange(
     kwargs: dict[str, Any] = {"mode": mode, "include_late": include_late,
                               "full_feature_names": True}  # fmt: skip
     local = scattered.get_historical_features(labels, ALL_REFS, workers=1, **kwargs)
-    got = scattered.get_historical_features(labels, ALL_REFS, cluster=cluster, **kwargs)
+    reads: list[tuple[int, int]] = []
+    got = scattered.get_historical_features(labels, ALL_REFS, cluster=cluster,
+                                            progress=lambda r, d: reads.append((r, d)),
+                                            **kwargs)  # fmt: skip
     assert_identical(got, local)
+    # each partition reported once, though the log was read three times (partition tasks,
+    # the merchant views' exchange, the customers found in two tasks)
+    assert sum(d for _, d in reads) == len(reads) == 3
+    assert sum(r for r, _ in reads) == len(world.events)
     # some customers' labels went through the exchange again, not all of them
     assert 0 < max(exchanged) < len(labels)
+
+
+def test_only_rekeyed_views(cluster: Any, world: World) -> None:  # noqa: F811
+    """Views keyed by another entity than their source's: the exchange alone, its read
+    tasks reporting the progress."""
+    from engine.plan import rekeyed
+
+    plan = world.store.plan
+    refs = [ref for ref in ALL_REFS
+            if rekeyed(plan.views[ref.split(":")[0]], plan.sources["tx"])]  # fmt: skip
+    assert refs and len(refs) < len(ALL_REFS)
+    labels = world.labels.frame()
+    reads: list[tuple[int, int]] = []
+    got = world.store.get_historical_features(labels, refs, full_feature_names=True,
+                                              cluster=cluster,
+                                              progress=lambda r, d: reads.append((r, d)))  # fmt: skip
+    assert_identical(got, world.store.get_historical_features(labels, refs,
+                                                              full_feature_names=True))  # fmt: skip
+    assert sum(d for _, d in reads) == len(reads) == 3
+    assert sum(r for r, _ in reads) == len(world.events)
 
 
 @pytest.fixture(scope="module")
