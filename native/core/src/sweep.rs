@@ -1215,6 +1215,18 @@ mod tests {
                 feed(&mut one, lo, hi, p);
             }
             let want = one.finish().pop().unwrap();
+            // on a pool of its own (one thread, or three): the same values
+            let mut own = sweep(codes.clone(), times.clone());
+            for &(lo, hi, p) in &parts {
+                feed(&mut own, lo, hi, p);
+            }
+            let got = own.finish_on(1 + 2 * (case % 2)).unwrap().pop().unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    (&g.kinds, &g.bits, &g.objects),
+                    (&w.kinds, &w.bits, &w.objects)
+                );
+            }
             let shards = 1 + case % 4;
             let blobs: Vec<Vec<Vec<u8>>> = parts
                 .iter()
