@@ -5,8 +5,8 @@
 exactly as the local run does (``engine.backfill._spec``) and sends the sweep's spec to
 every worker once. Then:
 
-1. **Partition tasks**, for the views keyed by their source's key: one task per worker
-   thread (at most one per log partition) reads its share of the partitions from the log's
+1. **Partition tasks**, for the views keyed by their source's key: two tasks per worker
+   thread (at most one per log partition) each read a share of the partitions from the log's
    fsspec URL (``EventLogReader``, honouring each file's ``upto``) through a sweep over
    every label of those views, keeps the labels of the entities it kept records of
    (``Sweep.keep_present_labels``) and finishes them. When the log is partitioned by that
@@ -57,6 +57,9 @@ _NO_SOURCE = "\x00none"  # the source of the groups a task does not read
 # False: every view through the exchange by entity shard, as before the partition tasks
 # (``benchmarks/backfill_dask.py --exchange-too`` times both ways in one run)
 _PARTITION_TASKS = True
+# partition tasks per worker thread (at most one per partition): two even out the ends (a
+# worker that finishes early takes another), measured against one in the same runs
+_TASKS_PER_THREAD = 2
 
 
 def _client(address: str) -> Any:
@@ -304,12 +307,12 @@ def _submit_partition_tasks(
     slots: int,
     run: str,
 ) -> tuple[list[Any], list[Any]]:
-    """One task per worker thread (at most one per partition), each reading every
-    ``slots``-th partition of the sources of ``groups`` through a sweep over every label of
+    """Two tasks per worker thread (at most one per partition), each reading every
+    ``n``-th partition of the sources of ``groups`` through a sweep over every label of
     ``specs_f`` (the requests of ``groups``) and finishing the labels of the entities it
     found records of."""
     mine = [t for t in tasks if any(spec.groups[g].source == t[0] for g in groups)]
-    n = max(1, min(slots, len(mine)))
+    n = max(1, min(slots * _TASKS_PER_THREAD, len(mine)))
     parts = [mine[k::n] for k in range(n)]
     futures = [
         client.submit(
