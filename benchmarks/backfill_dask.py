@@ -18,6 +18,7 @@ Usage (from the repo root)::
     .venv/bin/python benchmarks/backfill_dask.py --quick
     .venv/bin/python benchmarks/backfill_dask.py --events 1000000 --entities 10000 --labels 100000
     .venv/bin/python benchmarks/backfill_dask.py           # 10M events, 100k entities, 1M labels
+    .venv/bin/python benchmarks/backfill_dask.py --rounds 5 --exchange-too  # + the exchange-only path
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment of the worker processes, e.g. RAYON_NUM_THREADS=1 "
                          "(the native core's threads per worker)")  # fmt: skip
+    ap.add_argument("--exchange-too", action="store_true",
+                    help="also time, each round, the cluster run with every view through the "
+                         "exchange by entity shard (the path before the partition tasks)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="100k events, 1k entities, 10k labels")
     args = ap.parse_args(argv)
     if args.quick:
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed import Client, LocalCluster
 
     from connectors.eventlog import EventLogReader
-    from engine import FeatureStore
+    from engine import FeatureStore, backfill_dask
 
     bench.OUT.mkdir(parents=True, exist_ok=True)
     partitions = FeatureStore.from_repo(bench.DEFS).config.kafka_partitions
@@ -109,25 +113,28 @@ def main(argv: list[str] | None = None) -> int:
                         f"local: {args.workers} threads; Dask: {args.dask_workers} worker "
                         "processes x 1 thread")  # fmt: skip
 
-    cpu: dict[str, list[float]] = {"local": [], "dask": []}
+    cpu: dict[str, list[float]] = {"local": [], "dask": [], "exchange": []}
 
     def cluster_cpu_s(client: Any) -> float:
         """CPU seconds of the worker processes (this process holds the client, the scheduler
         and the nannies, counted by ``_process_cpu_s``)."""
         return float(sum(client.run(_process_cpu_s).values()))
 
-    def backfill(cluster: Any) -> tuple[float, Any]:
+    def backfill(cluster: Any, exchange: bool = False) -> tuple[float, Any]:
+        backfill_dask._PARTITION_TASKS = not exchange
         c0 = _process_cpu_s() + (cluster_cpu_s(cluster) if cluster else 0.0)
         t0 = time.perf_counter()
         out = store.get_historical_features(labels, bench.FEATURES, workers=args.workers,
                                             cluster=cluster)  # fmt: skip
         elapsed = time.perf_counter() - t0
         c1 = _process_cpu_s() + (cluster_cpu_s(cluster) if cluster else 0.0)
-        cpu["dask" if cluster else "local"].append(c1 - c0)
+        cpu["exchange" if exchange else "dask" if cluster else "local"].append(c1 - c0)
+        backfill_dask._PARTITION_TASKS = True
         return elapsed, out
 
     local_s: list[float] = []
     dask_s: list[float] = []
+    exchange_s: list[float] = []
     with (
         LocalCluster(
             n_workers=args.dask_workers,
@@ -141,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         first, reference = backfill(client)
         bench._say("dask", f"first round (loads the definitions on each worker): {first:.2f} s")
+        if args.exchange_too:
+            backfill(client, exchange=True)  # its first round: not counted
+            cpu["exchange"].clear()
         for r in range(args.rounds):
             s, local = backfill(None)
             local_s.append(s)
@@ -156,13 +166,31 @@ def main(argv: list[str] | None = None) -> int:
                 f"round {r + 1}: {s:.2f} s, {records / s:,.0f} events/s, "
                 f"{cpu['dask'][-1]:.1f} CPU-s (client, scheduler, workers)",
             )
+            exchanged = remote
+            if args.exchange_too:
+                s, exchanged = backfill(client, exchange=True)
+                exchange_s.append(s)
+                bench._say(
+                    "exchange",
+                    f"round {r + 1}: {s:.2f} s, {records / s:,.0f} events/s, "
+                    f"{cpu['exchange'][-1]:.1f} CPU-s (every view through the exchange)",
+                )
             if r == 0:
-                same = _frames_equal(local, remote) and _frames_equal(local, reference)
+                same = (_frames_equal(local, remote) and _frames_equal(local, reference)
+                        and _frames_equal(local, exchanged))  # fmt: skip
                 bench._say("check", f"cluster frame == local frame, bit for bit: {same}")
                 if not same:
                     return 1
+        # what the cluster burns doing nothing (heartbeats, monitors, the workers' profiler):
+        # part of every run's CPU, in proportion to its wall time
+        c0, t0 = _process_cpu_s() + cluster_cpu_s(client), time.perf_counter()
+        time.sleep(5)
+        at_rest = (_process_cpu_s() + cluster_cpu_s(client) - c0) / (time.perf_counter() - t0)
     lm, dm = statistics.median(local_s), statistics.median(dask_s)
     overhead = dm / lm - 1
+    # each round's cluster run against the local run just before it: the load of other jobs
+    # drifts between rounds far more than within one
+    paired = statistics.median(d / loc for d, loc in zip(dask_s, local_s, strict=True)) - 1
     lc, dc = statistics.median(cpu["local"]), statistics.median(cpu["dask"][1:])
     cpu_overhead = dc / lc - 1
     result = {
@@ -178,21 +206,33 @@ def main(argv: list[str] | None = None) -> int:
         "local_events_per_s": records / lm,
         "dask_events_per_s": records / dm,
         "overhead": overhead,
+        "paired_overhead": paired,
         "local_cpu_seconds": cpu["local"],
         "dask_cpu_seconds": cpu["dask"][1:],
         "cpu_overhead": cpu_overhead,
+        "dask_at_rest_cpu_per_s": at_rest,
     }
+    if exchange_s:
+        em, ec = statistics.median(exchange_s), statistics.median(cpu["exchange"])
+        result.update(exchange_seconds=exchange_s, exchange_cpu_seconds=cpu["exchange"],
+                      exchange_overhead=em / lm - 1, exchange_cpu_overhead=ec / lc - 1)  # fmt: skip
     print()
     print(f"Backfill local vs Dask ({records:,} events, {len(labels):,} labels, "
           f"{len(bench.FEATURES)} features), median of {args.rounds} alternated rounds")  # fmt: skip
     print(f"  local ({args.workers} threads):          {lm:7.2f} s  {records / lm:12,.0f} events/s")
     print(f"  Dask ({args.dask_workers} workers x 1 thread):  {dm:7.2f} s  "
           f"{records / dm:12,.0f} events/s")  # fmt: skip
-    print(f"  overhead of the cluster:     {overhead:+.1%} wall time")
+    print(f"  overhead of the cluster:     {overhead:+.1%} wall time "
+          f"(median of the rounds' own ratios: {paired:+.1%})")  # fmt: skip
     print(
         f"  CPU: local {lc:.1f} CPU-s, Dask {dc:.1f} CPU-s (client, scheduler, workers): "
         f"{cpu_overhead:+.1%}"
     )
+    print(f"  Dask at rest (no task): {at_rest:.3f} CPU-s per second, "
+          f"{at_rest * dm:.1f} CPU-s over the median run")  # fmt: skip
+    if exchange_s:
+        print(f"  Dask, every view exchanged: {em:7.2f} s  {records / em:12,.0f} events/s, "
+              f"{em / lm - 1:+.1%} wall time, {ec:.1f} CPU-s ({ec / lc - 1:+.1%})")  # fmt: skip
     data: dict[str, Any] = {}
     if RESULTS_JSON.exists():
         data = json.loads(RESULTS_JSON.read_text())

@@ -143,6 +143,97 @@ def test_cluster_backfill_of_a_rolling_log_equals_the_local_run(
 
 
 @pytest.fixture(scope="module")
+def scattered(tmp_path_factory: pytest.TempPathFactory, world: World) -> FeatureStore:  # noqa: F811
+    """``world``'s records in a log not partitioned by the source's key: every third
+    customer's records dealt round-robin over the 3 partitions, the others' left where
+    they were (as after a producer changed its partitioner or the topic its partition count)."""
+    from dataclasses import replace
+
+    from connectors.eventlog import EventLogReader, EventLogWriter
+    from engine.envelope import Envelope
+    from tests.unit.test_backfill_reference import make_repo
+
+    store = FeatureStore.from_repo(make_repo(tmp_path_factory.mktemp("scattered") / "repo"))
+    customers = sorted({e.customer_id for e in world.events})
+    split = set(customers[::3])
+    by_partition: dict[int, list[Envelope]] = {0: [], 1: [], 2: []}
+    dealt = 0
+    for e in EventLogReader(world.store.config.event_log_root).read_all("tx"):
+        p = e.partition
+        if e.payload["customer_id"] in split:
+            p, dealt = dealt % 3, dealt + 1
+        by_partition[p].append(replace(e, partition=p, offset=len(by_partition[p])))
+    writer = EventLogWriter(store.config.event_log_root, "tx",
+                            dict(store.plan.sources["tx"].schema))  # fmt: skip
+    for envs in by_partition.values():
+        writer.append(envs)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("mode", "include_late"), [("event_time", False), ("processing_time", True)]
+)
+def test_entities_found_in_several_partitions_go_through_the_exchange(
+    cluster: Any,
+    world: World,  # noqa: F811
+    scattered: FeatureStore,
+    mode: str,
+    include_late: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A view keyed by its source's key is read and swept per partition task; the labels of
+    entities whose records two tasks found are swept again by entity shard: the values are
+    the local run's, bit for bit."""
+    from engine import backfill_dask
+
+    exchanged: list[int] = []
+    exchange = backfill_dask._exchange
+
+    def spy(*args: Any, **kwargs: Any) -> None:
+        labels = args[11] if len(args) > 11 else kwargs.get("labels")
+        if labels is not None:
+            exchanged.extend(len(at) for at in labels.values())
+        exchange(*args, **kwargs)
+
+    monkeypatch.setattr(backfill_dask, "_exchange", spy)
+    labels = world.labels.frame()
+    kwargs: dict[str, Any] = {"mode": mode, "include_late": include_late,
+                              "full_feature_names": True}  # fmt: skip
+    local = scattered.get_historical_features(labels, ALL_REFS, workers=1, **kwargs)
+    reads: list[tuple[int, int]] = []
+    got = scattered.get_historical_features(labels, ALL_REFS, cluster=cluster,
+                                            progress=lambda r, d: reads.append((r, d)),
+                                            **kwargs)  # fmt: skip
+    assert_identical(got, local)
+    # each partition reported once, though the log was read three times (partition tasks,
+    # the merchant views' exchange, the customers found in two tasks)
+    assert sum(d for _, d in reads) == len(reads) == 3
+    assert sum(r for r, _ in reads) == len(world.events)
+    # some customers' labels went through the exchange again, not all of them
+    assert 0 < max(exchanged) < len(labels)
+
+
+def test_only_rekeyed_views(cluster: Any, world: World) -> None:  # noqa: F811
+    """Views keyed by another entity than their source's: the exchange alone, its read
+    tasks reporting the progress."""
+    from engine.plan import rekeyed
+
+    plan = world.store.plan
+    refs = [ref for ref in ALL_REFS
+            if rekeyed(plan.views[ref.split(":")[0]], plan.sources["tx"])]  # fmt: skip
+    assert refs and len(refs) < len(ALL_REFS)
+    labels = world.labels.frame()
+    reads: list[tuple[int, int]] = []
+    got = world.store.get_historical_features(labels, refs, full_feature_names=True,
+                                              cluster=cluster,
+                                              progress=lambda r, d: reads.append((r, d)))  # fmt: skip
+    assert_identical(got, world.store.get_historical_features(labels, refs,
+                                                              full_feature_names=True))  # fmt: skip
+    assert sum(d for _, d in reads) == len(reads) == 3
+    assert sum(r for r, _ in reads) == len(world.events)
+
+
+@pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[FeatureStore, pd.DataFrame]:
     repo = tmp_path_factory.mktemp("example") / "definitions"
     shutil.copytree(EXAMPLE_DEFINITIONS, repo,

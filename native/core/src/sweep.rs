@@ -724,6 +724,16 @@ impl Sweep {
         out
     }
 
+    /// [`Sweep::finish`] on a pool of `threads` threads rather than the process's (a
+    /// caller that runs several sweeps at once on one machine, e.g. one per Dask worker).
+    pub fn finish_on(self, threads: usize) -> Result<Vec<Vec<OutColumn>>, KernelError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| KernelError::Sweep(format!("sweep thread pool: {e}")))?;
+        Ok(pool.install(|| self.finish()))
+    }
+
     fn sweep_request(&self, req: &RequestSpec, labels: &LabelOrder) -> Vec<OutColumn> {
         let view = &self.views[req.view];
         let rows = &self.rows[view.group];
@@ -1205,6 +1215,18 @@ mod tests {
                 feed(&mut one, lo, hi, p);
             }
             let want = one.finish().pop().unwrap();
+            // on a pool of its own (one thread, or three): the same values
+            let mut own = sweep(codes.clone(), times.clone());
+            for &(lo, hi, p) in &parts {
+                feed(&mut own, lo, hi, p);
+            }
+            let got = own.finish_on(1 + 2 * (case % 2)).unwrap().pop().unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    (&g.kinds, &g.bits, &g.objects),
+                    (&w.kinds, &w.bits, &w.objects)
+                );
+            }
             let shards = 1 + case % 4;
             let blobs: Vec<Vec<Vec<u8>>> = parts
                 .iter()
@@ -1214,6 +1236,61 @@ mod tests {
                     s.take_shards(shards)
                 })
                 .collect();
+            // a sweep fed the records of some entities only (as a partition task sees a
+            // topic-keyed view): its present entities' labels get the one sweep's values
+            for parity in 0..2u64 {
+                let idx: Vec<usize> = (0..n)
+                    .filter(|&i| {
+                        keys[i]
+                            .as_deref()
+                            .is_some_and(|k| k[1..].parse::<u64>().unwrap() % 2 == parity)
+                    })
+                    .collect();
+                let take = |c: &Column| {
+                    let mut cells = Column::empty_like(&c.data);
+                    cells.extend_gather(c, &idx);
+                    cells
+                };
+                let pick = |v: &[i64]| idx.iter().map(|&i| v[i]).collect::<Vec<_>>();
+                let mut s = sweep(codes.clone(), times.clone());
+                s.add_rows(
+                    0,
+                    0,
+                    &pick(&offsets),
+                    &pick(&et),
+                    &pick(&pt),
+                    &[str_column(
+                        &idx.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>(),
+                    )],
+                    &[take(&amount), take(&word), take(&count)],
+                )
+                .unwrap();
+                let present: Vec<bool> = (0..entities)
+                    .map(|e| s.rows[0].code.contains(&(e as u32)))
+                    .collect();
+                let mine = s.keep_present_labels().pop().unwrap();
+                let expect: Vec<u32> = (0..labels as u32)
+                    .filter(|&l| present[codes[l as usize] as usize])
+                    .collect();
+                assert_eq!(mine, expect, "case {case}");
+                assert!(mine.iter().all(|&l| codes[l as usize] as u64 % 2 == parity));
+                let got = s.finish().pop().unwrap();
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.kinds.len(), mine.len());
+                    for (k, &l) in mine.iter().enumerate() {
+                        let l = l as usize;
+                        assert_eq!(g.kinds[k], w.kinds[l], "case {case} agg {j} label {l}");
+                        assert_eq!(g.bits[k], w.bits[l], "case {case} agg {j} label {l}");
+                        let object = |c: &OutColumn, at: usize| {
+                            c.objects
+                                .iter()
+                                .find(|(i, _)| *i as usize == at)
+                                .map(|o| o.1.clone())
+                        };
+                        assert_eq!(object(g, k), object(w, l), "case {case} agg {j} label {l}");
+                    }
+                }
+            }
             for shard in 0..shards {
                 let mine: Vec<usize> = (0..labels)
                     .filter(|&l| codes[l] as usize % shards == shard)

@@ -352,17 +352,40 @@ impl PySweep {
         py.detach(|| self.with(|s| s.add_shard(bytes).map_err(err)))
     }
 
+    /// Keep, in every request, only the labels of entities with kept records in its group;
+    /// per request, the kept labels' positions as uint32 bytes (ascending). `finish` then
+    /// covers those labels only, in that order (GIL released).
+    fn keep_present_labels<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let kept = py.detach(|| self.with(|s| Ok(s.keep_present_labels())))?;
+        Ok(kept
+            .iter()
+            .map(|at| {
+                let bytes: Vec<u8> = at.iter().flat_map(|i| i.to_le_bytes()).collect();
+                PyBytes::new(py, &bytes)
+            })
+            .collect())
+    }
+
     /// Sweep; per request, per wanted aggregation: `(kinds, bits, objects)` where `kinds`
     /// (uint8 bytes: 0 None, 1 int64, 2 float64, 3 object) and `bits` (int64 bytes) cover
-    /// every label and `objects` lists `(label, value)` for kind 3.
-    fn finish<'py>(&self, py: Python<'py>) -> PyResult<Vec<Vec<Bound<'py, PyTuple>>>> {
+    /// every label and `objects` lists `(label, value)` for kind 3. `threads`: the sweep's
+    /// threads (default: the process's pool, one per core).
+    #[pyo3(signature = (threads=None))]
+    fn finish<'py>(
+        &self,
+        py: Python<'py>,
+        threads: Option<usize>,
+    ) -> PyResult<Vec<Vec<Bound<'py, PyTuple>>>> {
         let taken = self
             .inner
             .write()
             .map_err(|_| err("a sweep call panicked earlier"))?
             .take();
         let sweep = taken.ok_or_else(|| err("this sweep has finished"))?;
-        let results = py.detach(move || sweep.finish());
+        let results = py.detach(move || match threads {
+            Some(n) => sweep.finish_on(n).map_err(err),
+            None => Ok(sweep.finish()),
+        })?;
         let mut out = Vec::with_capacity(results.len());
         for request in results {
             let mut cols = Vec::with_capacity(request.len());

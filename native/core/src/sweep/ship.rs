@@ -504,3 +504,38 @@ impl Sweep {
         Ok(added)
     }
 }
+
+impl Sweep {
+    /// Keep, in every request, only the labels of entities with kept records in the
+    /// request's group, and return each request's kept label positions (ascending): what a
+    /// sweep over some log partitions can finish alone when no other partition holds records
+    /// of those entities (the distributed backfill's partition tasks, `engine/backfill_dask.py`).
+    /// [`Sweep::finish`] then gives values for the kept labels only, in that order.
+    pub fn keep_present_labels(&mut self) -> Vec<Vec<u32>> {
+        let present: Vec<Vec<bool>> = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(g, rows)| {
+                let mut seen = vec![false; self.tables[self.groups[g].table].len()];
+                for &code in &rows.code {
+                    seen[code as usize] = true;
+                }
+                seen
+            })
+            .collect();
+        let mut out = Vec::with_capacity(self.requests.len());
+        for req in &mut self.requests {
+            let seen = &present[self.views[req.view].group];
+            let at: Vec<u32> = (0..req.codes.len() as u32)
+                .filter(|&l| seen[req.codes[l as usize] as usize])
+                .collect();
+            if at.len() != req.codes.len() {
+                req.codes = at.iter().map(|&l| req.codes[l as usize]).collect();
+                req.times_ms = at.iter().map(|&l| req.times_ms[l as usize]).collect();
+            }
+            out.push(at);
+        }
+        out
+    }
+}
