@@ -176,6 +176,9 @@ def _on_cluster(
         "host_threads": host_threads,
         "repo": str(Path(repo_path).resolve()),
         "fingerprints": fingerprints,
+        # the client's online.merge_rekeyed_views: it changes re-keyed views' fingerprints
+        # (their keyspace), not what the backfill computes
+        "merged_tiles": any(v.merged for v in plan.views.values()),
         "log": log_root,
         "mode": mode,
         "include_late": include_late,
@@ -493,17 +496,19 @@ def _shard_positions(
 # ------------------------------------------------------------------------------------------
 # on the workers
 
-_plans: dict[tuple[str, tuple[tuple[str, str], ...]], Plan] = {}
+_plans: dict[tuple[str, tuple[tuple[str, str], ...], bool], Plan] = {}
 _plans_lock = threading.Lock()
 
 
-def _worker_plan(repo: str, fingerprints: Mapping[str, str]) -> Plan:
+def _worker_plan(repo: str, fingerprints: Mapping[str, str], merged_tiles: bool) -> Plan:
     """The definitions at ``repo`` (loaded once per worker process), checked against the
-    client's view fingerprints: a worker never runs other user code than the client's."""
+    client's view fingerprints: a worker never runs other user code than the client's.
+    ``merged_tiles``: the client's plan marks re-keyed views merge-on-write (their
+    fingerprints then name that keyspace), so the worker's plan does too."""
     from engine.loader import load_definitions
-    from engine.plan import compile_plan
+    from engine.plan import compile_plan, with_merged_tiles
 
-    key = (repo, tuple(sorted(fingerprints.items())))
+    key = (repo, tuple(sorted(fingerprints.items())), merged_tiles)
     with _plans_lock:
         plan = _plans.get(key)
         if plan is None:
@@ -522,6 +527,8 @@ def _worker_plan(repo: str, fingerprints: Mapping[str, str]) -> Plan:
                 base_dir=path.resolve(),
                 problems=loaded.problems,
             )
+            if merged_tiles:
+                plan = with_merged_tiles(plan)
             for name, fingerprint in fingerprints.items():
                 view = plan.views.get(name)
                 if view is None or view.fingerprint != fingerprint:
@@ -595,7 +602,7 @@ def _read_task(
     need."""
     from connectors.eventlog import EventLogReader
 
-    plan = _worker_plan(shared["repo"], shared["fingerprints"])
+    plan = _worker_plan(shared["repo"], shared["fingerprints"], shared["merged_tiles"])
     sweep = _read_sweep(run, shared, keys, request_specs)
     read = 0
 
@@ -633,7 +640,7 @@ def _partition_task(
     those labels' positions as uint32 bytes, their values as ``_sweep_task``'s)."""
     from connectors.eventlog import EventLogReader
 
-    plan = _worker_plan(shared["repo"], shared["fingerprints"])
+    plan = _worker_plan(shared["repo"], shared["fingerprints"], shared["merged_tiles"])
     sweep = _sweep_of(shared, keys, request_specs)
     reads: list[int] = []
 
