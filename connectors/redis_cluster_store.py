@@ -65,6 +65,7 @@ from connectors.redis_store import (
     _pack,
     _Prepacked,
     _raise_fenced,
+    _recv,
     _write_chunks,
 )
 from engine import _native
@@ -710,9 +711,6 @@ _FAILING_OVER = (
 )
 
 
-_RECV = 1 << 16  # bytes per receive of _read_replies
-
-
 def _read_replies(conn: Any, count: int, out: list[Any]) -> None:
     """Append ``count`` replies read from redis-py connection ``conn`` to ``out``, error
     replies as redis-py's exceptions (``MovedError``, ``NoScriptError``…), not raised. With
@@ -735,17 +733,7 @@ def _read_replies(conn: Any, count: int, out: list[Any]) -> None:
         replyError=parser.parse_error,  # type: ignore[union-attr]
     )
     while len(out) < count:
-        try:
-            chunk = sock.recv(_RECV)
-        except TimeoutError as exc:
-            raise redis.exceptions.TimeoutError("Timeout reading from socket") from exc
-        except OSError as exc:
-            raise redis.exceptions.ConnectionError(
-                f"Error while reading from socket: {exc.args}"
-            ) from exc
-        if not chunk:
-            raise redis.exceptions.ConnectionError("Connection closed by server.")
-        reader.feed(chunk)
+        reader.feed(_recv(sock))
         while len(out) < count:
             reply = reader.gets()
             if reply is False:

@@ -579,18 +579,8 @@ class RedisOnlineStore:
         missing), in one round trip: Redis runs the reads in order, so a watermark still as
         its writer left it says Redis lost none of that writer's state before the hashes were
         read (a merge-on-write batch checks it before it writes, ``engine.stream.core``)."""
-        commands: list[tuple[str | None, Sequence[bytes]]] = [
-            (None, (b"HGETALL", key.encode())) for key in keys
-        ]
-        commands.extend((None, (b"GET", key.encode())) for key in marks)
-        if not commands:
-            return [], []
-        try:
-            replies = self._run_packed(commands)
-        except redis.exceptions.RedisError as exc:
-            self._unavailable("HGETALL", exc)
-        hashes = [_hash(reply) for reply in replies[: len(keys)]]
-        return hashes, [r if isinstance(r, bytes) else None for r in replies[len(keys) :]]
+        hashes, rest = self._load_then(keys, [(b"GET", key.encode()) for key in marks])
+        return hashes, [r if isinstance(r, bytes) else None for r in rest]
 
     def load_and_marks(
         self, keys: Sequence[str], marked: Sequence[tuple[str, int]]
@@ -598,20 +588,27 @@ class RedisOnlineStore:
         """``load(keys)`` and, per ``(key, partition)`` of ``marked``, the ``f:<p>`` and
         ``j:<p>`` fields it holds (None where absent; one ``HMGET`` each), in one round trip:
         the marks a worker's local state is checked against (engine/stream/local_state.py)."""
+        hashes, rest = self._load_then(
+            keys, [(b"HMGET", key.encode(), b"f:%d" % p, b"j:%d" % p) for key, p in marked]
+        )
+        return hashes, [(r[0], r[1]) for r in rest]
+
+    def _load_then(
+        self, keys: Sequence[str], after: Sequence[Sequence[bytes]]
+    ) -> tuple[list[dict[bytes, bytes]], list[Any]]:
+        """``keys``' hashes, then the raw replies of the ``after`` commands, run in that order
+        in one round trip."""
         commands: list[tuple[str | None, Sequence[bytes]]] = [
             (None, (b"HGETALL", key.encode())) for key in keys
         ]
-        commands.extend(
-            (None, (b"HMGET", key.encode(), b"f:%d" % p, b"j:%d" % p)) for key, p in marked
-        )
+        commands.extend((None, command) for command in after)
         if not commands:
             return [], []
         try:
             replies = self._run_packed(commands)
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
-        hashes = [_hash(reply) for reply in replies[: len(keys)]]
-        return hashes, [(r[0], r[1]) for r in replies[len(keys) :]]
+        return [_hash(reply) for reply in replies[: len(keys)]], list(replies[len(keys) :])
 
     def _sha(self, lua: str) -> bytes:
         sha = self._shas.get(lua)
@@ -930,8 +927,24 @@ def _hash(reply: Any) -> dict[bytes, bytes]:
     return dict(zip(it, it, strict=True))
 
 
-_RECV = 1 << 16  # bytes per receive of _read_resp
+_RECV = 1 << 16  # bytes per receive (_recv)
 _REVALIDATIONS_MAX = 1 << 15  # packed revalidations kept (RedisOnlineStore._load_packed)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    """The next bytes ``sock`` received (at most ``_RECV``); socket errors and a closed
+    connection as redis-py's."""
+    try:
+        chunk = sock.recv(_RECV)
+    except TimeoutError as exc:
+        raise redis.exceptions.TimeoutError("Timeout reading from socket") from exc
+    except OSError as exc:
+        raise redis.exceptions.ConnectionError(
+            f"Error while reading from socket: {exc.args}"
+        ) from exc
+    if not chunk:
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+    return chunk
 
 
 def _read_resp(sock: socket.socket, count: int) -> _native.RespReplies:
@@ -940,16 +953,7 @@ def _read_resp(sock: socket.socket, count: int) -> _native.RespReplies:
     replies = _native.RespReplies(count)
     left = count
     while left:
-        try:
-            chunk = sock.recv(_RECV)
-        except TimeoutError as exc:
-            raise redis.exceptions.TimeoutError("Timeout reading from socket") from exc
-        except OSError as exc:
-            raise redis.exceptions.ConnectionError(
-                f"Error while reading from socket: {exc.args}"
-            ) from exc
-        if not chunk:
-            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        chunk = _recv(sock)
         try:
             left = replies.feed(chunk)
         except ValueError as exc:
