@@ -374,8 +374,18 @@ class Replay:
     ) -> None:
         """Fold a batch of records admitting each by its logged processed_at."""
 
+    def set_merged(self, views: list[int]) -> None:
+        """Mark the views of these slots merge-on-write: every partition folded (see
+        ``set_partition``) into one tile set per entity, as the workers' merged path leaves
+        it; ``writes`` gives each entity's entity write then its marks write."""
+
+    def set_partition(self, partition: int) -> None:
+        """Fold source partition ``partition`` next (the states carry on; the newest event
+        times start again)."""
+
     def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, ReplayWrites]]:
-        """(view, writes) chunks: one write per entity; empties the replay."""
+        """(view, writes) chunks: one write per entity (a merged view's: the entity write,
+        then its marks write); empties the replay."""
 
 # -- online reads (native/python/src/read.rs) -------------------------------------------------
 

@@ -107,6 +107,44 @@ def _replay(
 
     The native ``Replay`` folds the records; when no view runs user code it also decodes
     the log files itself, with the GIL released, so partitions replay in parallel."""
+    core, spec = _new_replay(views, plan, partition)
+    out = _Replay(writes=[])
+    _fold_partition(core, spec, plan.sources[views[0].source], log, partition, progress,
+                    now_ms, out)  # fmt: skip
+    out.newest_event_ms = list(core.newest_event_ms())
+    out.writes = [(v, EntityWrites(chunk))
+                  for v, chunk in core.writes(now_ms, drop_expired, _WRITE_CHUNK)]  # fmt: skip
+    return out
+
+
+def _replay_merged(
+    views: Sequence[ViewPlan],
+    plan: Plan,
+    log: EventLogSource,
+    partitions: Sequence[int],
+    progress: Callable[[int], None] | None,
+    now_ms: int,
+) -> tuple[list[_Replay], list[tuple[int, EntityWrites]]]:
+    """Merge-on-write views (all of one source) replayed from the log, every partition in
+    turn into one tile set per entity, as the workers' merged path (``_fold_merged``, a
+    log file at a time, partition after partition) leaves it: per partition its records,
+    last offset and newest event times; then every entity's entity and marks writes
+    (the entities whose key would expire at once left out)."""
+    core, spec = _new_replay(views, plan, partitions[0] if partitions else 0)
+    core.set_merged(list(range(len(spec.views))))
+    source = plan.sources[views[0].source]
+    parts = []
+    for partition in partitions:
+        core.set_partition(partition)
+        out = _Replay(writes=[])
+        _fold_partition(core, spec, source, log, partition, progress, now_ms, out)
+        out.newest_event_ms = list(core.newest_event_ms())
+        parts.append(out)
+    writes = [(v, EntityWrites(chunk)) for v, chunk in core.writes(now_ms, True, _WRITE_CHUNK)]
+    return parts, writes
+
+
+def _new_replay(views: Sequence[ViewPlan], plan: Plan, partition: int) -> tuple[Any, CoreSpec]:
     source = plan.sources[views[0].source]
     spec = core_spec(list(views))
     groups = [(list(g.join_keys), list(inputs))
@@ -114,8 +152,22 @@ def _replay(
     core = _native.Replay(
         list(spec.views), groups, partition, source.timestamp_field, source.timestamp_divisor
     )
+    return core, spec
+
+
+def _fold_partition(
+    core: Any,
+    spec: CoreSpec,
+    source: SourcePlan,
+    log: EventLogSource,
+    partition: int,
+    progress: Callable[[int], None] | None,
+    now_ms: int,
+    out: _Replay,
+) -> None:
+    """Fold one log partition into ``core``, a log file (or ``_REPLAY_BATCH`` records) at a
+    time; counts the records and the last offset in ``out``."""
     native = all(group.native for group in spec.groups)
-    out = _Replay(writes=[])
     if isinstance(log, LogFiles):  # the core decodes the files: no record object in Python
 
         def take(data: bytes, high: int, upto: int) -> int:
@@ -147,10 +199,6 @@ def _replay(
             out.records += len(batch)
             if progress:
                 progress(len(batch))
-    out.newest_event_ms = list(core.newest_event_ms())
-    out.writes = [(v, EntityWrites(chunk))
-                  for v, chunk in core.writes(now_ms, drop_expired, _WRITE_CHUNK)]  # fmt: skip
-    return out
 
 
 def _fold_file(
@@ -298,12 +346,7 @@ def rebuild_views(
     by_source: dict[str, list[ViewPlan]] = {}
     for name in dict.fromkeys(view_names):
         view = plan.views[name]
-        if view.merged:
-            partitions = list(log.partitions(view.source))
-            results[name] = _rebuild_merged(plan, view, log, store, partitions, now_ms=now_ms,
-                                            progress=progress)  # fmt: skip
-        else:
-            by_source.setdefault(view.source, []).append(view)
+        by_source.setdefault(view.source, []).append(view)
     if by_source and _PURGE_DELAY_MS is not None:
         before = _native.allocator_purge_delay(_PURGE_DELAY_MS)
     if by_source and _NO_HUGE_PAGES:
@@ -330,10 +373,14 @@ def _rebuild_source(
     now_ms: int,
     progress: Callable[[int], None] | None,
 ) -> list[RebuildResult]:
-    """``rebuild_views`` of per-partition views of one source: one replay of each
-    partition for all of them."""
+    """``rebuild_views`` of the views of one source: one replay of each partition for all
+    of its per-partition views and, beside it in a thread of its own, one replay of every
+    partition in turn for its merge-on-write views (``_replay_merged``: their tile sets
+    are built in partition order, as the workers' merged path builds them)."""
     source = plan.sources[views[0].source]
     partitions = list(log.partitions(source.name))
+    plain = [view for view in views if not view.merged]
+    merged = [view for view in views if view.merged]
     lock = threading.Lock()
 
     def counted(n: int) -> None:
@@ -341,9 +388,46 @@ def _rebuild_source(
         with lock:
             progress(n)
 
+    results: dict[str, RebuildResult] = {}
+    with ThreadPoolExecutor(1, thread_name_prefix="skewless-rebuild-merged") as side:
+        pending = None
+        if merged:  # the records are counted once: by the per-partition pass if there is one
+            count = None if plain or not progress else counted
+            pending = side.submit(_replay_merged, merged, plan, log, partitions, count, now_ms)
+        if plain:
+            results.update((r.view, r) for r in _rebuild_plain(
+                plan, plain, log, store, partitions, now_ms=now_ms,
+                progress=progress and counted))  # fmt: skip
+        if pending is not None:
+            parts, writes = pending.result()
+            written = [0] * len(merged)
+            for v, chunk in writes:  # an entity write and its marks write each
+                store.write(chunk)
+                written[v] += len(chunk) // 2
+            for partition, done in zip(partitions, parts, strict=True):
+                _finish_partition(merged, partition, done, store, now_ms)
+            records = sum(done.records for done in parts)
+            results.update((view.name, RebuildResult(
+                view=view.name, fingerprint=view.fingerprint, records=records,
+                entities_written=n)) for view, n in zip(merged, written, strict=True))  # fmt: skip
+    return [results[view.name] for view in views]
+
+
+def _rebuild_plain(
+    plan: Plan,
+    views: Sequence[ViewPlan],
+    log: EventLogSource,
+    store: OnlineStateStore,
+    partitions: Sequence[int],
+    *,
+    now_ms: int,
+    progress: Callable[[int], None] | None,
+) -> list[RebuildResult]:
+    """``_rebuild_source`` of per-partition views: partitions replayed in worker threads,
+    written in partition order as each is ready."""
+
     def replay(partition: int) -> _Replay:
-        return _replay(views, plan, log, partition, progress and counted, now_ms,
-                       drop_expired=True)  # fmt: skip
+        return _replay(views, plan, log, partition, progress, now_ms, drop_expired=True)
 
     records = 0
     written = [0] * len(views)
@@ -361,15 +445,7 @@ def _rebuild_source(
             for v, chunk in done.writes:  # a fresh keyspace: nothing to load or replace
                 store.write(chunk)
                 written[v] += len(chunk)
-            stats = [stats_write(view, {partition: newest}, now_ms)
-                     for view, newest in zip(views, done.newest_event_ms, strict=True)
-                     if newest is not None]  # fmt: skip
-            if stats:  # each view's stats, as the workers write them
-                store.write(stats)
-            if done.last_offset is not None:
-                value = encode_watermark(done.last_offset)
-                store.write([], [Watermark(key=watermark_key(view, partition), value=value)
-                                 for view in views])  # fmt: skip
+            _finish_partition(views, partition, done, store, now_ms)
     return [
         RebuildResult(
             view=view.name, fingerprint=view.fingerprint, records=records, entities_written=n
@@ -378,29 +454,20 @@ def _rebuild_source(
     ]
 
 
-def _rebuild_merged(
-    plan: Plan,
-    view: ViewPlan,
-    log: EventLogSource,
-    store: OnlineStateStore,
-    partitions: Sequence[int],
-    *,
-    now_ms: int,
-    progress: Callable[[int], None] | None,
-) -> RebuildResult:
-    """``rebuild_view`` of a merge-on-write view (``ViewPlan.merged``): every partition's
-    log records folded into the one tile set per entity (``_fold_merged``), then each
-    partition's stats and watermark. Workers should be stopped."""
-    records = written = 0
-    for partition in partitions:
-        done = _fold_merged(plan, view, partition, log, store, now_ms=now_ms,
-                            progress=progress)  # fmt: skip
-        records += done.records
-        written += done.written
-        _finish_merged(view, partition, done, store, now_ms)
-    return RebuildResult(
-        view=view.name, fingerprint=view.fingerprint, records=records, entities_written=written
-    )
+def _finish_partition(
+    views: Sequence[ViewPlan], partition: int, done: _Replay, store: OnlineStateStore, now_ms: int
+) -> None:
+    """Each view's stats (as the workers write them) and watermark after a partition's
+    replay."""
+    stats = [stats_write(view, {partition: newest}, now_ms)
+             for view, newest in zip(views, done.newest_event_ms, strict=True)
+             if newest is not None]  # fmt: skip
+    if stats:
+        store.write(stats)
+    if done.last_offset is not None:
+        value = encode_watermark(done.last_offset)
+        store.write([], [Watermark(key=watermark_key(view, partition), value=value)
+                         for view in views])  # fmt: skip
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import redis
 
@@ -239,6 +240,82 @@ def test_rebuild_online_of_a_merged_view(
     for p in {e.partition for e in scenario.log.records}:
         last = max(e.offset for e in scenario.log.records if e.partition == p)
         assert int(redis_client.get(f"sk:wm:{view.fingerprint}:{p}")) == last
+
+
+def _redis_state(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key: its type, content and absolute expiry (ms; -1: none)."""
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter("*"):
+        kind = client.type(key)
+        value = client.hgetall(key) if kind == b"hash" else client.get(key)
+        out[key] = (kind, value, client.execute_command("PEXPIRETIME", key))
+    return out
+
+
+@pytest.mark.parametrize("log_kind", ["files", "list"])
+def test_rebuild_of_a_merged_view_in_the_one_pass_equals_the_merged_fold(
+    log_kind: str,
+    merged: tuple[Scenario, RacingStore],
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one-pass replay's merged views (``MergedViews``: every partition's states merged
+    into one tile set per entity) leave Redis byte-identical — every key, field, value and
+    absolute expiry, the marks hashes' fences and journals, the write versions — to the
+    workers' merged path replaying the log a chunk at a time, partition after partition
+    (``_fold_merged``, what ``rebuild-online`` ran before), with entities spanning several
+    partitions and many chunks per entity and partition (journals cut at 8 entries)."""
+    from engine import rebuild
+    from tests.integration.test_online_read import LogSource
+
+    scenario, _ = merged
+    store = scenario.store
+    plan = store.plan
+    online = store.online_store
+    if log_kind == "files":  # one file per partition per append: many chunks each
+        writer = EventLogWriter(store.config.event_log_root, "tx", dict(plan.sources["tx"].schema))
+        for at in range(0, len(scenario.log.records), 40):
+            writer.append(scenario.log.records[at : at + 40])
+        log: Any = EventLogReader(store.config.event_log_root)
+    else:
+        monkeypatch.setattr(rebuild, "_REPLAY_BATCH", 13)  # chunks of 13 records
+        log = LogSource(scenario.log)
+    partitions = list(log.partitions("tx"))
+    assert len(partitions) > 1
+    sales, spend = plan.views["store_sales"], plan.views["customer_spend"]
+    assert sales.merged and not spend.merged
+    now = time.time_ns() // 1_000_000
+
+    redis_client.flushdb()
+    chunks = 0
+    for p in partitions:  # the merged path, as rebuild-online ran it before
+        done = rebuild._fold_merged(plan, sales, p, log, online, now_ms=now)
+        rebuild._finish_merged(sales, p, done, online, now)
+        chunks += done.written
+    rebuild.rebuild_views(plan, ["customer_spend"], log, online, now_ms=now)
+    before = _redis_state(redis_client)
+    assert chunks > 3 * len(STORES)  # several writes (chunks) per entity
+
+    redis_client.flushdb()
+    (got_sales, got_spend) = rebuild.rebuild_views(
+        plan, ["store_sales", "customer_spend"], log, online, now_ms=now
+    )
+    after = _redis_state(redis_client)
+    assert got_sales.entities_written == len(STORES)
+    assert got_sales.records == got_spend.records == len(scenario.log.records)
+    assert after.keys() == before.keys()
+    for key in before:
+        assert after[key] == before[key], key
+    spanning = 0
+    longest = 0
+    for store_id in STORES:  # the entities span partitions, with cut journals
+        marks = redis_client.hgetall(marks_key(state_key(sales, (store_id,))))
+        fences = [n for n in marks if n.startswith(b"f:")]
+        spanning += len(fences) > 1
+        journals = [msgpack.unpackb(v) for n, v in marks.items() if n.startswith(b"j:")]
+        longest = max(longest, *map(len, journals))
+    assert spanning >= 3
+    assert longest == 8  # JOURNAL_ENTRIES: longer journals were cut
 
 
 def test_lost_state_of_a_merged_view_heals_in_place(

@@ -984,6 +984,59 @@ fn marks_write(view: &OnlineView, entity: &str, entry: &Entry, expire: Option<i6
     }
 }
 
+/// One source partition's marks in a merged entity rebuilt from the log: `(partition,
+/// fence, journal)`.
+pub type PartitionMarks = (i32, i64, Vec<(i64, i64)>);
+
+/// The writes of a merged entity rebuilt from the log (`crate::replay`): its entity write
+/// — the tiles and lifetime accumulators as encoded, `f:0` the write version, `u:0` the
+/// newest write time, the expiry [`expire_at_ms`] gives for those tiles — and its marks
+/// write (`f:<p>`, `j:<p>` of every partition, the same expiry); both unchecked.
+pub fn rebuilt_merged_writes(
+    view: &OnlineView,
+    entity: &str,
+    tiles: &[((usize, i64), Vec<u8>)],
+    lifetime: Option<&[u8]>,
+    version: i64,
+    updated_ms: i64,
+    parts: &[PartitionMarks],
+) -> (Write, Write) {
+    let layout = &view.layout;
+    let mut fields = Vec::with_capacity(tiles.len() + 3);
+    let mut horizon = 0;
+    for ((g, k), bytes) in tiles {
+        let group = &layout.groups[*g];
+        fields.push((tile_field(MERGED_SLOT, group.hop_ms, *k), bytes.clone()));
+        horizon = horizon.max((k + 1) * group.hop_ms + group.span * group.hop_ms);
+    }
+    if let Some(bytes) = lifetime {
+        fields.push((part_field('l', MERGED_SLOT), bytes.to_vec()));
+    }
+    fields.push((part_field('f', MERGED_SLOT), decimal(version)));
+    fields.push((part_field('u', MERGED_SLOT), decimal(updated_ms)));
+    let expire = (layout.lifetime.is_empty() && horizon != 0).then_some(horizon);
+    let mut marks = Vec::with_capacity(2 * parts.len());
+    for (p, fence, journal) in parts {
+        marks.push((part_field('f', *p), decimal(*fence)));
+        marks.push((part_field('j', *p), pack_journal(journal)));
+    }
+    let entity_write = Write {
+        key: redis_key_of(view, entity),
+        fields,
+        delete: Vec::new(),
+        expire_at_ms: expire,
+        expect: None,
+    };
+    let marks_write = Write {
+        key: marks_key(view, entity),
+        fields: marks,
+        delete: Vec::new(),
+        expire_at_ms: expire,
+        expect: None,
+    };
+    (entity_write, marks_write)
+}
+
 /// The marks hash of a merged view's entity: `sk:fm:<fingerprint>:{<entity>}` (same hash
 /// tag as the entity hash, outside the view's `sk:<fingerprint>:*` keyspace).
 pub fn marks_key(view: &OnlineView, entity: &str) -> String {

@@ -14,19 +14,31 @@
 //! - [`Replay::fold_file`] decodes an event-log file itself (the Avro container, the
 //!   "each offset once" rule of `engine.log_files`) when no view of the replay runs user
 //!   code, so a partition is replayed without the GIL and partitions run in parallel;
-//! - the writes come out ready for the store's write script ([`crate::online::script_chunks`]).
+//! - the writes come out ready for the store's write script ([`crate::online::script_chunks`]);
+//! - a replay of merge-on-write views ([`Replay::set_merged`]) folds every partition in turn
+//!   ([`Replay::set_partition`]) into one tile set per entity, exactly as the workers' merged
+//!   path (`OnlineCore::apply_logged`, one batch at a time, partition after partition) leaves
+//!   the entity and marks hashes: per batch that admits a record of an entity, its tiles are
+//!   decoded from their encodings (as loaded from the store), folded, and the touched ones
+//!   encoded again (as written), the version chained, the partition's fence and journal
+//!   moved on. The decode/encode round trip is kept because a `count_distinct` set is
+//!   encoded in its hash set's order, which depends on how the set was built: only the same
+//!   steps give the same bytes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxBuildHasher;
 
-use crate::agg::Input;
+use crate::agg::{Agg, Input};
 use crate::avro::{read_container, AvroError};
+use crate::codec::{decode_tile, encode_tile};
 use crate::columns::{Batch, Column, ColumnData};
 use crate::online::{
-    entity_text, entity_write, escape, parse_partition, CacheKey, Entry, GroupColumns, OnlineGroup,
-    OnlineView, Write,
+    entity_text, entity_write, escape, next_version, parse_partition, rebuilt_merged_writes,
+    CacheKey, Entry, GroupColumns, OnlineGroup, OnlineView, PartitionMarks, Write, JOURNAL_ENTRIES,
+    NO_FENCE,
 };
+use crate::tiles::EntityTiles;
 use crate::tiles::{window_end, Layout};
 use crate::value::Value;
 
@@ -34,6 +46,105 @@ use crate::value::Value;
 struct Slot {
     entry: Entry,
     seen: u64,
+    /// The batch that last admitted a record into it.
+    admitted: u64,
+    /// Merged views only: the entity as the store would hold it between batches.
+    merged: Option<Box<Stored>>,
+}
+
+/// A merged entity between batches, as the workers' merged path leaves its hashes: the
+/// tiles encoded (`entry.tiles` holds them decoded only while a batch folds into them).
+struct Stored {
+    tiles: BTreeMap<(usize, i64), Vec<u8>>,
+    lifetime: Option<Vec<u8>>,
+    /// The write version (`f:0`).
+    version: i64,
+    /// Per source partition that applied an event: its fence and journal (the marks hash).
+    parts: Vec<PartitionMarks>,
+    /// The event times the current batch admitted (the tiles it touched).
+    times: Vec<i64>,
+}
+
+impl Stored {
+    fn new() -> Stored {
+        Stored {
+            tiles: BTreeMap::new(),
+            lifetime: None,
+            version: NO_FENCE,
+            parts: Vec::new(),
+            times: Vec::new(),
+        }
+    }
+
+    /// The tiles decoded, as the workers' merged path loads them.
+    fn load(&self, layout: &crate::tiles::Layout) -> EntityTiles {
+        let mut tiles = EntityTiles::new(layout);
+        for (&(g, k), bytes) in &self.tiles {
+            let aggs: Vec<&Agg> = layout.groups[g]
+                .members
+                .iter()
+                .map(|&i| &layout.aggs[i])
+                .collect();
+            tiles.insert_tile(
+                g,
+                k,
+                decode_tile(&aggs, bytes).expect("a tile encoded here"),
+            );
+        }
+        if let Some(bytes) = &self.lifetime {
+            let aggs: Vec<&Agg> = layout.lifetime.iter().map(|&i| &layout.aggs[i]).collect();
+            tiles.set_lifetime(decode_tile(&aggs, bytes).expect("a tile encoded here"));
+        }
+        tiles
+    }
+
+    /// The batch's write: the touched tiles (after eviction at `now_ms`) and the lifetime
+    /// accumulators encoded, the evicted tiles dropped, the version chained and the
+    /// partition's fence and journal moved on, as `OnlineCore::apply` and `entity_write`
+    /// do for a merged entry.
+    fn store(
+        &mut self,
+        layout: &crate::tiles::Layout,
+        tiles: &EntityTiles,
+        p: i32,
+        fence: i64,
+        now_ms: i64,
+    ) {
+        let mut touched: Vec<(usize, i64)> = Vec::with_capacity(self.times.len());
+        for (g, group) in layout.groups.iter().enumerate() {
+            touched.extend(self.times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        self.times.clear();
+        let mut bytes = Vec::new();
+        for (g, k) in touched {
+            if let Some(tile) = tiles.tile(g, k) {
+                bytes.clear();
+                encode_tile(tile, &mut bytes);
+                self.tiles.insert((g, k), bytes.clone());
+            }
+        }
+        self.tiles.retain(|&(g, k), _| tiles.tile(g, k).is_some());
+        if let Some(lifetime) = tiles.lifetime_tile() {
+            bytes.clear();
+            encode_tile(lifetime, &mut bytes);
+            self.lifetime = Some(bytes);
+        }
+        self.version = next_version(self.version, p, now_ms, &[(p, fence)]);
+        let at = match self.parts.iter().position(|m| m.0 == p) {
+            Some(at) => at,
+            None => {
+                self.parts.push((p, NO_FENCE, Vec::new()));
+                self.parts.len() - 1
+            }
+        };
+        let marks = &mut self.parts[at];
+        marks.1 = fence;
+        marks.2.push((fence, now_ms));
+        let over = marks.2.len().saturating_sub(JOURNAL_ENTRIES);
+        marks.2.drain(..over);
+    }
 }
 
 /// What [`Replay::fold_file`] took from one file.
@@ -62,6 +173,8 @@ pub struct Replay {
     visited: Vec<Vec<u32>>,
     /// Per view: the newest event time folded (admitted), `i64::MIN` before any.
     newest: Vec<i64>,
+    /// Per view: merge-on-write (its states go to [`MergedViews`], not [`Replay::writes`]).
+    merged: Vec<bool>,
     batch: u64,
     /// Per view, for the `now_ms` they were made for: the layouts records fold with.
     live: Option<(i64, Vec<LiveLayouts>)>,
@@ -136,9 +249,28 @@ impl Replay {
             slots: (0..n).map(|_| Vec::new()).collect(),
             visited: vec![Vec::new(); n],
             newest: vec![i64::MIN; n],
+            merged: vec![false; n],
             batch: 0,
             live: None,
         }
+    }
+
+    /// Mark `views` merge-on-write: one tile set per entity for every partition folded
+    /// (see the module docs); [`Replay::writes`] gives their entity and marks hashes.
+    pub fn set_merged(&mut self, views: &[u32]) {
+        for &v in views {
+            if let Some(m) = self.merged.get_mut(v as usize) {
+                *m = true;
+            }
+        }
+    }
+
+    /// Fold source partition `partition` next (the entities' states carry on; the newest
+    /// event times start again). For replays of merged views: partitions in the order the
+    /// workers' merged path replayed them.
+    pub fn set_partition(&mut self, partition: i32) {
+        self.partition = partition;
+        self.newest.fill(i64::MIN);
     }
 
     pub fn groups(&self) -> &[OnlineGroup] {
@@ -212,6 +344,8 @@ impl Replay {
                     let slot = slots[id].get_or_insert_with(|| Slot {
                         entry: parse_partition(view, partition, &[]).expect("no fields to parse"),
                         seen: 0,
+                        admitted: 0,
+                        merged: None,
                     });
                     if slot.seen != batch {
                         slot.seen = batch;
@@ -222,6 +356,15 @@ impl Replay {
                             continue;
                         }
                     }
+                    if self.merged[v as usize] {
+                        let stored = slot.merged.get_or_insert_with(|| Box::new(Stored::new()));
+                        if slot.admitted != batch {
+                            // its first record in the batch: the tiles as the store holds them
+                            slot.entry.tiles = stored.load(&view.layout);
+                        }
+                        stored.times.push(et);
+                    }
+                    slot.admitted = batch;
                     let inputs = &cols.inputs;
                     let entry = &mut slot.entry;
                     let layout = live[v as usize].at(et);
@@ -237,9 +380,16 @@ impl Replay {
         }
         for (v, visited) in self.visited.iter_mut().enumerate() {
             let layout = &self.views[v].layout;
+            let merged = self.merged[v];
             for id in visited.drain(..) {
                 if let Some(slot) = self.slots[v][id as usize].as_mut() {
                     slot.entry.tiles.evict_stale(layout, now_ms);
+                    if merged && slot.admitted == batch {
+                        let stored = slot.merged.as_mut().expect("set when admitted");
+                        let tiles = &slot.entry.tiles;
+                        stored.store(layout, tiles, self.partition, slot.entry.fence, now_ms);
+                        slot.entry.tiles = EntityTiles::new(layout);
+                    }
                 }
             }
         }
@@ -377,10 +527,44 @@ impl Replay {
     /// fence, the write time and a one-entry journal, stale tiles evicted at `now_ms`), in
     /// (view, entity) order, as `(view, write)`; empties the replay. `drop_expired`: leave
     /// out the writes whose key would expire at once (`expire_at_ms <= now_ms`).
+    /// A merged view's entity gives its entity write (`t:0:…`, `l:0`, `f:0`, `u:0`, the
+    /// expiry) then its marks write (every partition's `f:<p>`, `j:<p>`), unchecked (a
+    /// rebuild writes into an emptied keyspace).
     pub fn writes(&mut self, now_ms: i64, drop_expired: bool) -> Vec<(u32, Write)> {
         let mut out = Vec::new();
         for v in 0..self.views.len() {
             let view = &self.views[v];
+            if self.merged[v] {
+                let texts = &self.texts[view.group];
+                let mut held: Vec<(u32, i64, Box<Stored>)> = std::mem::take(&mut self.slots[v])
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(id, s)| {
+                        let s = s?;
+                        Some((id as u32, s.entry.updated_ms, s.merged?))
+                    })
+                    .collect();
+                held.sort_unstable_by(|a, b| texts[a.0 as usize].cmp(&texts[b.0 as usize]));
+                out.reserve(2 * held.len());
+                for (id, updated_ms, stored) in held {
+                    let tiles: Vec<_> = stored.tiles.into_iter().collect();
+                    let (w, marks) = rebuilt_merged_writes(
+                        view,
+                        &texts[id as usize],
+                        &tiles,
+                        stored.lifetime.as_deref(),
+                        stored.version,
+                        updated_ms,
+                        &stored.parts,
+                    );
+                    if drop_expired && w.expire_at_ms.is_some_and(|at| at <= now_ms) {
+                        continue;
+                    }
+                    out.push((v as u32, w));
+                    out.push((v as u32, marks));
+                }
+                continue;
+            }
             let texts = &self.texts[view.group];
             let mut held: Vec<(u32, Entry)> = std::mem::take(&mut self.slots[v])
                 .into_iter()

@@ -149,6 +149,47 @@ impl PyReplayWrites {
     }
 }
 
+fn views_of(views: Vec<ViewArgs>) -> PyResult<Vec<OnlineView>> {
+    views
+        .into_iter()
+        .map(|(fingerprint, functions, group, inputs, lateness)| {
+            Ok(OnlineView {
+                fingerprint,
+                layout: layout_of(functions)?,
+                group,
+                inputs,
+                allowed_lateness_ms: lateness,
+            })
+        })
+        .collect()
+}
+
+/// `(view, ReplayWrites)` per run of one view's writes, at most `chunk` writes each.
+fn chunked<'py>(
+    py: Python<'py>,
+    writes: Vec<(u32, Write)>,
+    chunk: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let chunk = chunk.max(1);
+    let out = PyList::empty(py);
+    let mut current: Option<(u32, Vec<Write>)> = None;
+    for (v, w) in writes {
+        match &mut current {
+            Some((cv, ws)) if *cv == v && ws.len() < chunk => ws.push(w),
+            _ => {
+                if let Some((cv, ws)) = current.take() {
+                    out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
+                }
+                current = Some((v, vec![w]));
+            }
+        }
+    }
+    if let Some((cv, ws)) = current {
+        out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
+    }
+    Ok(out)
+}
+
 /// The replay of one source partition for the views of one source (`engine.rebuild`).
 #[pyclass(module = "engine._native", name = "Replay", frozen)]
 pub struct PyReplay {
@@ -179,18 +220,7 @@ impl PyReplay {
         timestamp_field: String,
         divisor: i64,
     ) -> PyResult<Self> {
-        let views = views
-            .into_iter()
-            .map(|(fingerprint, functions, group, inputs, lateness)| {
-                Ok(OnlineView {
-                    fingerprint,
-                    layout: layout_of(functions)?,
-                    group,
-                    inputs,
-                    allowed_lateness_ms: lateness,
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+        let views = views_of(views)?;
         if views.iter().any(|v| v.group >= groups.len()) {
             return Err(err("Replay: a view names a group that does not exist"));
         }
@@ -205,6 +235,24 @@ impl PyReplay {
             inner: std::sync::Mutex::new(Replay::new(views, groups, partition)),
             timestamp_field,
             divisor,
+        })
+    }
+
+    /// Mark the views of slots `views` merge-on-write (one tile set per entity for every
+    /// partition folded; `writes` gives each entity's entity and marks writes).
+    fn set_merged(&self, views: Vec<u32>) -> PyResult<()> {
+        self.with(|r| {
+            r.set_merged(&views);
+            Ok(())
+        })
+    }
+
+    /// Fold source partition `partition` next (a replay of merged views: every partition
+    /// in turn into one tile set per entity); the newest event times start again.
+    fn set_partition(&self, partition: i32) -> PyResult<()> {
+        self.with(|r| {
+            r.set_partition(partition);
+            Ok(())
         })
     }
 
@@ -331,25 +379,8 @@ impl PyReplay {
         drop_expired: bool,
         chunk: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        let chunk = chunk.max(1);
         let writes = self.with(|r| Ok(py.detach(|| r.writes(now_ms, drop_expired))))?;
-        let out = PyList::empty(py);
-        let mut current: Option<(u32, Vec<Write>)> = None;
-        for (v, w) in writes {
-            match &mut current {
-                Some((cv, ws)) if *cv == v && ws.len() < chunk => ws.push(w),
-                _ => {
-                    if let Some((cv, ws)) = current.take() {
-                        out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
-                    }
-                    current = Some((v, vec![w]));
-                }
-            }
-        }
-        if let Some((cv, ws)) = current {
-            out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
-        }
-        Ok(out)
+        chunked(py, writes, chunk)
     }
 }
 
