@@ -23,8 +23,11 @@ rebuild's; all must leave Redis byte-identical.
 
 ``--against DIR`` is the A/B against an older checkout (``git archive <commit> | tar -x -C
 DIR`` and its ``engine/_native`` built there): per round, DIR's code rebuilds every view one
-by one and this checkout rebuilds all of them in one pass, each in a child process, taking
-turns going first, at the same ``now``; both must leave Redis byte-identical.
+by one (``--before one-pass``: in one pass too) and this checkout rebuilds all of them in one
+pass, each in a child process, taking turns going first, at the same ``now``; both must
+leave Redis byte-identical. ``--views a,b`` rebuilds only those views. Entities per second
+are this checkout's count of entities written for both sides (before the one-pass merged
+views, a merged view counted one write per entity and log file).
 
 Usage (from the repo root; Redis on 127.0.0.1:6379 unless ``--redis-url`` or
 ``SKEWLESS_BENCH_REDIS_URL`` says otherwise)::
@@ -34,6 +37,8 @@ Usage (from the repo root; Redis on 127.0.0.1:6379 unless ``--redis-url`` or
     .venv/bin/python benchmarks/rebuild.py --compare --rounds 2
     .venv/bin/python benchmarks/rebuild.py --one-pass --rounds 3
     .venv/bin/python benchmarks/rebuild.py --against /tmp/base --rounds 4
+    .venv/bin/python benchmarks/rebuild.py --against /tmp/base --before one-pass \
+        --views merchant_risk --rounds 3
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ def main() -> int:
                     help="A/B: the rebuild of every view, one by one, by the checkout in DIR "
                          "(an older commit, its engine/_native built) vs all views in one pass "
                          "by this one; each in a child process, checked identical")  # fmt: skip
+    ap.add_argument("--before", choices=("alone", "one-pass"), default="alone",
+                    help="--against: DIR rebuilds the views one by one (default) or in one "
+                         "pass, as this checkout does")  # fmt: skip
+    ap.add_argument("--views", help="--against: the views to rebuild, comma-separated "
+                    "(default: every view)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of --compare / --one-pass / --against")  # fmt: skip
     args = ap.parse_args()
@@ -353,7 +363,8 @@ from connectors.eventlog import EventLogReader
 from engine import FeatureStore
 from engine import rebuild
 store = FeatureStore.from_repo(sys.argv[2])
-now_ms, names = int(sys.argv[3]), sorted(store.plan.views)
+now_ms = int(sys.argv[3])
+names = sys.argv[5].split(",") if sys.argv[5] else sorted(store.plan.views)
 log, online = EventLogReader(store.config.event_log_root), store.online_store
 per_view = {}
 c0, w0 = time.process_time(), time.perf_counter()
@@ -380,8 +391,10 @@ def _against(store: Any, repo: Path, client: Any, args: argparse.Namespace) -> i
     first; both must leave it byte-identical."""
     import subprocess
 
-    ways = {"before": (str(Path(args.against).resolve()), "alone"),
+    before = "one pass" if args.before == "one-pass" else "alone"
+    ways = {"before": (str(Path(args.against).resolve()), before),
             "after": (str(REPO), "one pass")}  # fmt: skip
+    names = args.views.split(",") if args.views else sorted(store.plan.views)
     runs: dict[str, list[dict[str, Any]]] = {}
     identical = True
     for r in range(args.rounds):
@@ -391,7 +404,8 @@ def _against(store: Any, repo: Path, client: Any, args: argparse.Namespace) -> i
             root, mode = ways[way]
             client.flushdb()
             r0 = _redis_cpu(client)
-            got = subprocess.run([sys.executable, "-c", _CHILD, root, str(repo), str(now_ms), mode],
+            got = subprocess.run([sys.executable, "-c", _CHILD, root, str(repo), str(now_ms), mode,
+                                  ",".join(names)],
                                  check=True, capture_output=True, text=True, cwd=root)  # fmt: skip
             run = json.loads(got.stdout.strip().splitlines()[-1])
             run["redis_cpu_s"] = _redis_cpu(client) - r0
@@ -406,23 +420,24 @@ def _against(store: Any, repo: Path, client: Any, args: argparse.Namespace) -> i
               f"{'identical' if same else 'DIFFERENT'}", flush=True)  # fmt: skip
     client.flushdb()
     print()
-    print(f"Rebuild-online of all {len(store.plan.views)} views — {args.events:,} events, "
-          f"{args.rounds} round(s): before = {args.against} view by view, after = this "
+    print(f"Rebuild-online of {', '.join(names)} — {args.events:,} events, "
+          f"{args.rounds} round(s): before = {args.against} {before}, after = this "
           f"checkout in one pass; median of the rounds")  # fmt: skip
 
     def median(way: str, key: str) -> float:
         values = sorted(run[key] for run in runs[way])
         return values[len(values) // 2]
 
-    for name in sorted(store.plan.views):
+    for name in names if before == "alone" else []:
         walls = sorted(run["per_view"][name][0] for run in runs["before"])
         cpus = sorted(run["per_view"][name][1] for run in runs["before"])
         print(f"  before {name:<18}: {walls[len(walls) // 2]:.2f} s wall, "
               f"{cpus[len(cpus) // 2]:.2f} CPU-s")  # fmt: skip
+    entities = runs["after"][0]["entities"]  # entity hashes (a merged view: not its marks)
     for way in ways:
-        entities = runs[way][0]["entities"]
         wall, cpu, rcpu = (median(way, k) for k in ("wall_s", "cpu_s", "redis_cpu_s"))
-        print(f"  {way:<6}: {entities:,} entities in {wall:.2f} s wall ({cpu:.2f} CPU-s here, "
+        print(f"  {way:<6}: {entities:,} entities (it counted {runs[way][0]['entities']:,}) in "
+              f"{wall:.2f} s wall ({cpu:.2f} CPU-s here, "
               f"{rcpu:.2f} CPU-s in Redis): {entities / wall:,.0f} entities/s, "
               f"{entities / cpu:,.0f} per CPU-second = "
               f"{entities / wall / FEAST_MATERIALIZE_ENTITIES_PER_S:.1f}x Feast materialize")  # fmt: skip
