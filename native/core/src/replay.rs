@@ -18,8 +18,8 @@
 //! - a replay of merge-on-write views ([`Replay::set_merged`]) folds every partition in turn
 //!   ([`Replay::set_partition`]) into one tile set per entity, exactly as the workers' merged
 //!   path (`OnlineCore::apply_logged`, one batch at a time, partition after partition) leaves
-//!   the entity and marks hashes: per batch that admits a record of an entity, its tiles are
-//!   decoded from their encodings (as loaded from the store), folded, and the touched ones
+//!   the entity and marks hashes: per batch that admits a record of an entity, the tiles it
+//!   folds into are decoded from their encodings (as loaded from the store), folded, and
 //!   encoded again (as written), the version chained, the partition's fence and journal
 //!   moved on. The decode/encode round trip is kept because a `count_distinct` set is
 //!   encoded in its hash set's order, which depends on how the set was built: only the same
@@ -76,26 +76,38 @@ impl Stored {
         }
     }
 
-    /// The tiles decoded, as the workers' merged path loads them.
-    fn load(&self, layout: &crate::tiles::Layout) -> EntityTiles {
-        let mut tiles = EntityTiles::new(layout);
-        for (&(g, k), bytes) in &self.tiles {
-            let aggs: Vec<&Agg> = layout.groups[g]
-                .members
-                .iter()
-                .map(|&i| &layout.aggs[i])
-                .collect();
-            tiles.insert_tile(
-                g,
-                k,
-                decode_tile(&aggs, bytes).expect("a tile encoded here"),
-            );
-        }
+    /// The lifetime accumulators decoded into `tiles`, as the workers' merged path loads
+    /// them at the start of a batch.
+    fn load_lifetime(&self, layout: &crate::tiles::Layout, tiles: &mut EntityTiles) {
         if let Some(bytes) = &self.lifetime {
             let aggs: Vec<&Agg> = layout.lifetime.iter().map(|&i| &layout.aggs[i]).collect();
             tiles.set_lifetime(decode_tile(&aggs, bytes).expect("a tile encoded here"));
         }
-        tiles
+    }
+
+    /// Every group's tile of event time `t` decoded into `tiles`, unless there already: the
+    /// workers' merged path decodes every tile at the start of a batch, but only the ones
+    /// the batch folds into are written again (the others keep their bytes), so only those
+    /// are decoded here.
+    #[inline]
+    fn load_tiles(&self, layout: &crate::tiles::Layout, tiles: &mut EntityTiles, t: i64) {
+        if self.tiles.is_empty() {
+            return;
+        }
+        for (g, group) in layout.groups.iter().enumerate() {
+            let k = t.div_euclid(group.hop_ms);
+            if tiles.tile(g, k).is_some() {
+                continue;
+            }
+            if let Some(bytes) = self.tiles.get(&(g, k)) {
+                let aggs: Vec<&Agg> = group.members.iter().map(|&i| &layout.aggs[i]).collect();
+                tiles.insert_tile(
+                    g,
+                    k,
+                    decode_tile(&aggs, bytes).expect("a tile encoded here"),
+                );
+            }
+        }
     }
 
     /// The batch's write: the touched tiles (after eviction at `now_ms`) and the lifetime
@@ -125,7 +137,7 @@ impl Stored {
                 self.tiles.insert((g, k), bytes.clone());
             }
         }
-        self.tiles.retain(|&(g, k), _| tiles.tile(g, k).is_some());
+        // (a tile stored is live at `now_ms`, the one time of the rebuild: none is evicted)
         if let Some(lifetime) = tiles.lifetime_tile() {
             bytes.clear();
             encode_tile(lifetime, &mut bytes);
@@ -359,9 +371,10 @@ impl Replay {
                     if self.merged[v as usize] {
                         let stored = slot.merged.get_or_insert_with(|| Box::new(Stored::new()));
                         if slot.admitted != batch {
-                            // its first record in the batch: the tiles as the store holds them
-                            slot.entry.tiles = stored.load(&view.layout);
+                            // its first record in the batch: loaded as the store holds it
+                            stored.load_lifetime(&view.layout, &mut slot.entry.tiles);
                         }
+                        stored.load_tiles(&view.layout, &mut slot.entry.tiles, et);
                         stored.times.push(et);
                     }
                     slot.admitted = batch;
