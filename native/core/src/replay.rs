@@ -796,4 +796,146 @@ mod tests {
         // dropping the expired ones leaves the others as they are
         assert!(replay.writes(now, true).is_empty()); // emptied
     }
+
+    /// Every partition's records folded into merged views by `Replay` (one tile set per
+    /// entity, `set_partition` between partitions) leave the same hashes, byte for byte, as
+    /// the workers' merged path: per batch the entities loaded from the store, folded by
+    /// `OnlineCore::apply_logged` and written back, partition after partition.
+    #[test]
+    fn merged_replay_writes_equal_the_merged_paths() {
+        use std::collections::BTreeMap;
+        type Hash = BTreeMap<String, Vec<u8>>;
+        let now = 1_800_000_000_000;
+        let views = vec![
+            view("a", 0, true, None),
+            view("c", 1, false, Some(2 * HOUR)),
+        ];
+        let groups = vec![
+            OnlineGroup {
+                key_fields: vec!["merchant".into()],
+                input_fields: vec!["amount".into(), "country".into()],
+            },
+            OnlineGroup {
+                key_fields: vec!["merchant".into()],
+                input_fields: vec!["amount".into(), "country".into()],
+            },
+        ];
+        let mut core = OnlineCore::new(views.clone(), groups.clone(), 1 << 40);
+        core.set_merged(&[0, 1]);
+        let mut replay = Replay::new(views, groups, 0);
+        replay.set_merged(&[0, 1]);
+        // the store the merged path writes: key -> (fields, expiry)
+        let mut store: HashMap<String, (Hash, Option<i64>)> = HashMap::new();
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut newest = Vec::new();
+        for p in [2, 0, 5] {
+            replay.set_partition(p);
+            let mut offset = 100i64;
+            for _ in 0..12 {
+                let n = 400;
+                let (mut offsets, mut et, mut pt) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut merchant, mut amount, mut country) = (Vec::new(), Vec::new(), Vec::new());
+                for _ in 0..n {
+                    offset += 1 + (next() % 3) as i64;
+                    offsets.push(offset);
+                    let t = now - (next() % (40 * DAY as u64)) as i64;
+                    et.push(t);
+                    pt.push(t + (next() % (4 * HOUR as u64)) as i64);
+                    merchant.push((next() % 30 != 0).then(|| format!("m{}", next() % 40)));
+                    amount.push((next() % 10) as f64 * 1.25);
+                    let c = ["DE", "FR", "GB", "US", "JP", "BR", "{x}"][(next() % 7) as usize];
+                    country.push(Some(c.to_string()));
+                }
+                let merchant = str_column(&merchant);
+                let country = str_column(&country);
+                let amount = Column {
+                    data: ColumnData::Float(amount),
+                    valid: None,
+                };
+                let cols = vec![
+                    GroupColumns {
+                        keys: vec![&merchant],
+                        inputs: vec![Some(&amount), Some(&country)],
+                    },
+                    GroupColumns {
+                        keys: vec![&merchant],
+                        inputs: vec![Some(&amount), Some(&country)],
+                    },
+                ];
+                // the merged path: load, fold, write back
+                let events = Events {
+                    partition: vec![p; n],
+                    offset: offsets.clone(),
+                    event_time: et.clone(),
+                };
+                for ck in core.prepare(events, &cols) {
+                    let key = format!(
+                        "sk:{}:{{{}}}",
+                        if ck.0 == 0 { "a" } else { "c" },
+                        escape(&ck.2)
+                    );
+                    let marks = core.marks_key(&ck);
+                    let as_pairs = |k: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+                        store.get(k).map_or(Vec::new(), |(h, _)| {
+                            h.iter()
+                                .map(|(f, v)| (f.as_bytes().to_vec(), v.clone()))
+                                .collect()
+                        })
+                    };
+                    let (fields, marks) = (as_pairs(&key), as_pairs(&marks));
+                    let fields: Vec<(&[u8], &[u8])> =
+                        fields.iter().map(|(f, v)| (&f[..], &v[..])).collect();
+                    let marks: Vec<(&[u8], &[u8])> =
+                        marks.iter().map(|(f, v)| (&f[..], &v[..])).collect();
+                    core.load_merged(ck, &fields, &marks).unwrap();
+                }
+                let applied = core.apply_logged(&pt, now).unwrap();
+                for w in applied.writes {
+                    let (hash, expiry) = store.entry(w.key).or_default();
+                    for (f, v) in w.fields {
+                        hash.insert(f, v);
+                    }
+                    for f in &w.delete {
+                        hash.remove(f);
+                    }
+                    if let Some(at) = w.expire_at_ms {
+                        *expiry = Some(expiry.map_or(at, |e| e.max(at)));
+                    }
+                }
+                replay.fold(&offsets, &et, &pt, &cols, now);
+            }
+            newest.push(replay.newest_event_ms());
+        }
+        let mut rebuilt: HashMap<String, (Hash, Option<i64>)> = HashMap::new();
+        for (_, w) in replay.writes(now, false) {
+            assert!(w.expect.is_none() && w.delete.is_empty());
+            let fields: Hash = w.fields.into_iter().collect();
+            assert!(rebuilt.insert(w.key, (fields, w.expire_at_ms)).is_none());
+        }
+        assert!(store.len() > 100);
+        assert_eq!(rebuilt.len(), store.len());
+        for (key, held) in &store {
+            assert_eq!(rebuilt.get(key), Some(held), "{key}");
+        }
+        // entities spanning the partitions, with journals cut at 8 batches
+        let spanning = store
+            .iter()
+            .filter(|(k, (h, _))| k.starts_with("sk:fm:") && h.len() == 6)
+            .count();
+        assert!(spanning > 50);
+        let longest = store
+            .iter()
+            .filter(|(k, _)| k.starts_with("sk:fm:"))
+            .flat_map(|(_, (h, _))| h.iter().filter(|(f, _)| f.starts_with("j:")))
+            .map(|(_, v)| crate::online::unpack_journal(v).unwrap().len())
+            .max();
+        assert_eq!(longest, Some(JOURNAL_ENTRIES));
+        assert!(newest.iter().all(|n| n.iter().all(Option::is_some)));
+    }
 }
