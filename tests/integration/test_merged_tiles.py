@@ -259,12 +259,13 @@ def test_rebuild_of_a_merged_view_in_the_one_pass_equals_the_merged_fold(
     redis_client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The one-pass replay's merged views (``MergedViews``: every partition's states merged
-    into one tile set per entity) leave Redis byte-identical — every key, field, value and
-    absolute expiry, the marks hashes' fences and journals, the write versions — to the
-    workers' merged path replaying the log a chunk at a time, partition after partition
-    (``_fold_merged``, what ``rebuild-online`` ran before), with entities spanning several
-    partitions and many chunks per entity and partition (journals cut at 8 entries)."""
+    """``rebuild_views`` of a merged view (its native replay: every partition in turn folded
+    into one tile set per entity) beside a per-partition view leaves Redis byte-identical —
+    every key, field, value and absolute expiry, the marks hashes' fences and journals, the
+    write versions — to the workers' merged path replaying the log a chunk at a time,
+    partition after partition (``_fold_merged``, what ``rebuild-online`` ran before), with
+    entities spanning several partitions and many chunks per entity and partition (journals
+    cut at 8 entries)."""
     from engine import rebuild
     from tests.integration.test_online_read import LogSource
 

@@ -185,7 +185,7 @@ pub struct Replay {
     visited: Vec<Vec<u32>>,
     /// Per view: the newest event time folded (admitted), `i64::MIN` before any.
     newest: Vec<i64>,
-    /// Per view: merge-on-write (its states go to [`MergedViews`], not [`Replay::writes`]).
+    /// Per view: merge-on-write (one tile set per entity for every partition folded).
     merged: Vec<bool>,
     batch: u64,
     /// Per view, for the `now_ms` they were made for: the layouts records fold with.
