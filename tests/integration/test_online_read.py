@@ -39,6 +39,7 @@ from engine.serde import SourceCodec
 from engine.serve import make_app
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
+from tests.integration.test_online_status import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -604,8 +605,12 @@ def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
                           dead=ListDeadLetters(), clock=clock)  # fmt: skip
     payload = {"customer_id": "c1", "merchant_id": "m-new", "store_id": 2, "amount": 123.5,
                "qty": 3, "ts": t + 1_000}  # fmt: skip
+    cache = store._read_cache
+    seq = cache.seq
     core.process([SourceRecord(topic="tx", partition=p, offset=next_offset, key=key,
                                value=codec.encode(payload))])  # fmt: skip
+    # the write's invalidation reaches the ReadCache's tracking connection (a bounded wait)
+    wait_until(lambda: cache.sync(store.online_store) and cache.seq > seq, "the invalidation")
     later = t + 10_000
     cached = store.get_online_features(REFS, ROWS, now_ms=later, with_freshness=True).to_dict()
     fresh = FeatureStore.from_repo(scenario.repo)  # a new store: nothing cached
