@@ -241,10 +241,12 @@ def read_online(
     now_ms: int,
     cache: ReadCache | None = None,
 ) -> OnlineResult:
-    """Features ``refs`` of every entity row as of ``now_ms``, with one store call (one round trip).
+    """Features ``refs`` of every entity row as of ``now_ms``, with at most one store call
+    (one round trip).
 
     With a ``cache``, an entity whose stored state and window boundaries are unchanged since
-    an earlier read is not decoded again (see ``ReadCache``); the answer is the same.
+    an earlier read is not decoded again (see ``ReadCache``), and with a ``TrackingStore``
+    not even asked for: a read of held entities only makes no store call.
 
     Each value gets a ``FeatureStatus``. Telling ``NOT_FOUND`` from ``NO_STATE`` needs to know
     whether the view's write-stats hash exists: a ``ProbingStore`` asks in the same round
@@ -338,13 +340,12 @@ def read_online(
     found: list[tuple[dict[int, _Got], list[int]]] = []  # per view: its read entities, missing
     unsure = False  # some view's requested entities are all missing
     for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
-        at = read.reader.at(now_ms)
         done: dict[int, _Got] = {}
         missing: list[int] = []
         pending: list[int] = []  # slots to evaluate, in one native call
         for slot in dict.fromkeys(slots):
             size = sizes[slot]
-            if size is None:  # unchanged since the cached read (load_changed)
+            if size is None:  # held: tracked, or unchanged since the cached read (load_changed)
                 done[slot] = confirmed[slot]
             elif not size:
                 missing.append(slot)
@@ -357,6 +358,7 @@ def read_online(
                 else:
                     done[slot] = got
         if pending:
+            at = read.reader.at(now_ms)  # only when something is evaluated
             for slot, got in zip(pending, _evaluate_many(at, slot_keys, fetched, pending),
                                  strict=True):  # fmt: skip
                 done[slot] = got

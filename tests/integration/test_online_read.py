@@ -593,7 +593,7 @@ def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
     store, plan = scenario.store, scenario.store.plan
     t = scenario.last_processed_ms + 1
     first = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()
-    again = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()  # revalidated in Redis
+    again = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()  # held: no round trip
     assert again == first
     # more events for c1 and store 2, by a fresh worker core that resumes from Redis's fences
     codec = SourceCodec(plan.sources["tx"])

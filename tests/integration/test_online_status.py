@@ -191,7 +191,7 @@ def _by_column(got: dict[str, list[Any]]) -> dict[str, tuple[list[Any], list[Any
 
 def test_statuses_over_the_python_api(scenario: tuple[FeatureStore, int]) -> None:
     store, t = scenario
-    for _ in range(2):  # the second read is revalidated from the ReadCache inside Redis
+    for _ in range(2):  # the second read is served from the ReadCache
         resp = store.get_online_features(REFS, ROWS, now_ms=t, full_feature_names=True)
         got = resp.to_dict(include_status=True)
         assert got["customer_id"] == ["c1", "c2", "c-unknown"]

@@ -264,6 +264,14 @@ def test_a_value_invalidated_while_its_read_was_in_flight_is_not_held() -> None:
     assert len(cache) == 0
 
 
+def test_the_cluster_store_keeps_revalidation() -> None:
+    from connectors.redis_cluster_store import RedisClusterOnlineStore
+
+    # no cluster needed: the method answers without touching one
+    assert RedisClusterOnlineStore.invalidations(object.__new__(RedisClusterOnlineStore)) is None
+    assert ReadCache().sync(object.__new__(RedisClusterOnlineStore)) is False
+
+
 def test_the_feed_owns_one_connection_and_reports_its_loss(status_url: str) -> None:
     online = RedisOnlineStore(status_url)
     feed = online.invalidations()
