@@ -15,6 +15,7 @@ See docs/online.md#readcache-and-invalidation.
 
 from __future__ import annotations
 
+import select
 import ssl
 import threading
 import time
@@ -34,12 +35,13 @@ class RedisInvalidations:
     """The invalidation messages of one tracking connection (``InvalidationFeed``).
 
     ``connect`` makes a new, unconnected redis-py ``Connection`` to the store's server (its
-    credentials, TLS and database). ``poll()`` never blocks: it reads what arrived and says
+    credentials, TLS and database). ``poll()`` reads what arrived, without blocking, and says
     ``(flushed, keys, trusted)`` — ``flushed`` when everything held must go (a flush, the
     connection lost or made anew), ``keys`` the names changed since the last poll, and
     ``trusted`` whether the connection is live: it has been heard from within two
-    heartbeats (a ``PING`` is sent after one quiet heartbeat). A lost connection is made
-    again at most once per heartbeat; until then ``trusted`` is False.
+    heartbeats (a ``PING`` is sent after one quiet heartbeat; after two, the poll waits for
+    its answer, at most a heartbeat, and a silent connection is lost). A lost connection is
+    made again at most once per heartbeat; until then ``trusted`` is False.
 
     Raises ``redis.exceptions.ResponseError`` from the constructor when Redis refuses
     tracking (before 6.0, or an ACL without ``CLIENT``/``SUBSCRIBE``).
@@ -100,7 +102,9 @@ class RedisInvalidations:
         self._flush = True
 
     def poll(self) -> tuple[bool, list[bytes], bool]:
-        """``(flushed, changed keys, trusted)`` since the last poll; never blocks."""
+        """``(flushed, changed keys, trusted)`` since the last poll. Does not block, but on a
+        connection quiet for two heartbeats (an idle reader), where it waits for a ``PING``'s
+        answer: one round trip, at most a heartbeat."""
         if not self._lock.acquire(blocking=False):  # another thread is draining now
             return False, [], self._live(time.monotonic_ns())
         try:
@@ -115,12 +119,35 @@ class RedisInvalidations:
                         self._tried_ns = now
             else:
                 self._receive(keys, now)
+                if self._sock is not None and not self._live(now):
+                    now = self._confirm(keys)  # quiet for two heartbeats: ask, one round trip
             flushed, self._flush = self._flush, False
             if flushed:
                 keys.clear()
             return flushed, keys, self._live(now)
         finally:
             self._lock.release()
+
+    def _confirm(self, keys: list[bytes]) -> int:
+        """Wait (at most a heartbeat) for the answer to a ``PING`` on a connection nothing
+        has come from for two heartbeats: heard from, it is live again; silent, it is lost.
+        Returns the time after."""
+        sock = self._sock
+        if not self._ping_ns:
+            try:
+                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            except OSError:
+                self._lose()
+                return time.monotonic_ns()
+            self._ping_ns = time.monotonic_ns()
+        left = self._ping_ns + self._heartbeat_ns - time.monotonic_ns()
+        if left > 0 and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            select.select([sock], [], [], left / 1e9)
+        now = time.monotonic_ns()
+        self._receive(keys, now)
+        if self._sock is not None and not self._live(now):
+            self._lose()  # no answer within a heartbeat
+        return now
 
     def _live(self, now: int) -> bool:
         return self._sock is not None and now - self._heard_ns <= 2 * self._heartbeat_ns

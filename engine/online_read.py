@@ -563,9 +563,10 @@ class InvalidationFeed(Protocol):
     client-side caching: ``connectors.redis_invalidations``)."""
 
     def poll(self) -> tuple[bool, list[bytes], bool]:
-        """Never blocks: ``(flushed, keys, trusted)`` — drop everything held (a flush, the
-        feed's connection lost or made anew), the keys changed since the last poll, and
-        whether every change up to now is known but for messages in flight."""
+        """``(flushed, keys, trusted)`` — drop everything held (a flush, the feed's
+        connection lost or made anew), the keys changed since the last poll, and whether
+        every change up to now is known but for messages in flight. Reads what arrived
+        without blocking (a feed may take one round trip to confirm a quiet connection)."""
         ...
 
     def close(self) -> None: ...

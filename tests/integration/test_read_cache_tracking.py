@@ -7,6 +7,7 @@ sleeps that assume a speed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,27 @@ def test_a_value_invalidated_while_its_read_was_in_flight_is_not_held() -> None:
     feed.keys = [b"sk:v:{b}", b"sk:v:{zzz}"]
     cache.sync(store)
     assert len(cache) == 0
+
+
+def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) -> None:
+    online = RedisOnlineStore(status_url)
+    pool = online._client.connection_pool
+    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
+                              heartbeat_ms=50)  # fmt: skip
+    client = raw_redis(status_url)
+    try:
+        assert feed.poll() == (True, [], True)
+        time.sleep(0.15)  # an idle reader: quiet for three heartbeats
+        assert feed.poll() == (False, [], True)  # confirmed by a PING's answer
+        client.execute_command("CLIENT", "PAUSE", "400", "ALL")  # Redis answers nobody
+        time.sleep(0.15)
+        flushed, _, trusted = feed.poll()  # the PING gets no answer within a heartbeat
+        assert (flushed, trusted) == (True, False)
+        _wait(lambda: feed.poll()[2], "a new connection once Redis answers again")
+    finally:
+        client.close()
+        feed.close()
+        online.close()
 
 
 def test_the_cluster_store_keeps_revalidation() -> None:
