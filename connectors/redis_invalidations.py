@@ -15,10 +15,12 @@ See docs/online.md#readcache-and-invalidation.
 
 from __future__ import annotations
 
+import os
 import select
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = ["RedisInvalidations"]
 
 _RECV = 1 << 16
 _CHANNEL = b"__redis__:invalidate"
+_FEEDS: weakref.WeakSet[RedisInvalidations] = weakref.WeakSet()  # for the fork hook
 
 
 class RedisInvalidations:
@@ -62,6 +65,15 @@ class RedisInvalidations:
         self._tried_ns = 0  # when a connection was last attempted
         self._flush = False  # a flush to report at the next poll
         self._open()
+        _FEEDS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the socket is the parent's; leave it to the parent (no
+        shutdown) and make the child's own at its next poll, dropping what was held."""
+        self._lock = threading.Lock()
+        self._conn = self._sock = self._reader = None
+        self._heard_ns = self._ping_ns = self._tried_ns = 0
+        self._flush = True
 
     def _open(self) -> None:
         """Connect, turn tracking on, subscribe; the first poll after reports a flush."""
@@ -210,3 +222,11 @@ class RedisInvalidations:
         """Close the tracking connection (Redis stops tracking for it)."""
         with self._lock:
             self._lose()
+
+
+def _after_fork_in_child() -> None:
+    for feed in list(_FEEDS):
+        feed._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

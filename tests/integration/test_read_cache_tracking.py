@@ -7,6 +7,7 @@ sleeps that assume a speed.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -280,6 +281,34 @@ def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) 
         flushed, _, trusted = feed.poll()  # the PING gets no answer within a heartbeat
         assert (flushed, trusted) == (True, False)
         _wait(lambda: feed.poll()[2], "a new connection once Redis answers again")
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+def test_a_forked_child_makes_its_own_connection(status_url: str) -> None:
+    online = RedisOnlineStore(status_url)
+    feed = online.invalidations()
+    assert feed is not None
+    client = raw_redis(status_url)
+    try:
+        assert feed.poll()[0] is True
+        pid = os.fork()
+        if pid == 0:  # the child: its first poll drops all and connects anew
+            ok = False
+            try:
+                flushed, _, trusted = feed.poll()
+                ok = flushed and trusted
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's connection is untouched: it still hears of changes
+        client.hset("sk:fork:{a}", "f", 1)
+        seen: list[bytes] = []
+        _wait(lambda: seen.extend(feed.poll()[1]) or seen, "the parent's invalidation")
+        assert seen == [b"sk:fork:{a}"]
     finally:
         client.close()
         feed.close()
