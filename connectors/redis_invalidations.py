@@ -1,16 +1,17 @@
 """Redis's key invalidations for one online ``ReadCache``: server-assisted client-side caching.
 
-One dedicated connection asks Redis to track the entity state keys in broadcasting mode
-(``CLIENT TRACKING on REDIRECT <its own id> BCAST PREFIX sk:``, then ``SUBSCRIBE
-__redis__:invalidate`` for a RESP2 connection; a RESP3 one gets push messages): from then on
-Redis sends the name of every key under the prefix that any client changes (a write, a
+One dedicated connection switches to RESP3 (``HELLO 3``) and asks Redis to track the entity
+state keys in broadcasting mode (``CLIENT TRACKING on BCAST PREFIX sk:``): from then on Redis
+pushes to it the name of every key under the prefix that any client changes (a write, a
 delete, an expiry, an eviction) and a null list when a database is flushed. The reader
 drains those messages without blocking before it serves a held value
 (``engine.online_read.InvalidationFeed``), so a hit needs no round trip. Broadcasting
 rather than per-key tracking because then no reading connection has to be set up or
-watched: the pooled connections stay as they are, and only this one connection's life
-matters. Its loss (closed, reset, silent past the heartbeat) is reported as a flush.
-See docs/online.md#readcache-and-invalidation.
+watched: the pooled connections stay as they are (RESP as configured, read raw by the
+native index), and only this one connection's life matters. Its loss (closed, reset,
+silent past the heartbeat) is reported as a flush. RESP3 pushes rather than RESP2's
+``REDIRECT`` + ``SUBSCRIBE __redis__:invalidate`` because they need no pub/sub permission
+(an ACL user with ``+@connection`` may track). See docs/online.md#readcache-and-invalidation.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = ["RedisInvalidations"]
 
 _RECV = 1 << 16
 _CHANNEL = b"__redis__:invalidate"
+_PENDING_MAX = 1 << 20  # names held between two polls; beyond, drop everything held instead
 _FEEDS: weakref.WeakSet[RedisInvalidations] = weakref.WeakSet()  # for the fork hook
 
 
@@ -44,10 +46,12 @@ class RedisInvalidations:
     ``trusted`` whether the connection is live: it has been heard from within two
     heartbeats (a ``PING`` is sent after one quiet heartbeat; after two, the poll waits for
     its answer, at most a heartbeat, and a silent connection is lost). A lost connection is
-    made again at most once per heartbeat; until then ``trusted`` is False.
+    made again at most once per heartbeat; until then ``trusted`` is False. A daemon thread
+    does the same every heartbeat between reads (drain, ping, reconnect), so an idle reader
+    stays live and Redis never buffers much for it.
 
     Raises ``redis.exceptions.ResponseError`` from the constructor when Redis refuses
-    tracking (before 6.0, or an ACL without ``CLIENT``/``SUBSCRIBE``).
+    tracking (before 6.0, or an ACL without ``HELLO``/``CLIENT``).
     """
 
     def __init__(
@@ -64,8 +68,43 @@ class RedisInvalidations:
         self._ping_ns = 0  # when the outstanding PING was sent (0: none)
         self._tried_ns = 0  # when a connection was last attempted
         self._flush = False  # a flush to report at the next poll
+        self._pending: list[bytes] = []  # names the tending thread drained, for the next poll
         self._open()
         _FEEDS.add(self)
+        self._stop = self._tend_in_background()
+
+    def _tend_in_background(self) -> threading.Event:
+        """A daemon thread that tends the connection every heartbeat — drains it (so Redis
+        never holds much for an idle reader), pings a quiet one, reconnects a lost one —
+        until ``close()`` or the feed is garbage."""
+        stop = threading.Event()
+        thread = threading.Thread(target=_tend, args=(weakref.ref(self), stop,
+                                  self._heartbeat_ns / 1e9), name="skewless-invalidations",
+                                  daemon=True)  # fmt: skip
+        thread.start()
+        return stop
+
+    def _tend(self) -> None:
+        if not self._lock.acquire(blocking=False):  # a read is polling: it does the work
+            return
+        try:
+            now = time.monotonic_ns()
+            if self._sock is not None:
+                self._receive(self._pending, now)
+                if len(self._pending) > _PENDING_MAX:  # nobody reads: drop all instead
+                    self._pending.clear()
+                    self._flush = True
+            elif now - self._tried_ns >= self._heartbeat_ns:
+                self._reopen(now)
+        finally:
+            self._lock.release()
+
+    def _reopen(self, now: int) -> None:
+        try:
+            self._open()
+        except (redis.exceptions.RedisError, OSError):
+            self._lose()
+            self._tried_ns = now
 
     def _forked(self) -> None:
         """In a forked child: the socket is the parent's; leave it to the parent (no
@@ -74,28 +113,31 @@ class RedisInvalidations:
         self._conn = self._sock = self._reader = None
         self._heard_ns = self._ping_ns = self._tried_ns = 0
         self._flush = True
+        self._pending = []
+        self._stop = self._tend_in_background()  # threads do not survive a fork
 
     def _open(self) -> None:
-        """Connect, turn tracking on, subscribe; the first poll after reports a flush."""
+        """Connect, switch to RESP3, turn tracking on; the first poll after reports a flush."""
         self._tried_ns = time.monotonic_ns()
         conn = self._connect()
         try:
-            conn.connect()
-            conn.send_command("CLIENT", "ID")
-            client_id = int(conn.read_response())
-            conn.send_command("CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST",
-                              "PREFIX", self._prefix)  # fmt: skip
-            conn.read_response()
+            conn.connect()  # credentials, TLS, database: as the store's connections
             sock = conn._sock  # read around redis-py's parser from here on
-            sock.sendall(b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(_CHANNEL), _CHANNEL))
+            sock.sendall(_command(b"HELLO", b"3")  # RESP3: pushes, no SUBSCRIBE needed
+                         + _command(b"CLIENT", b"TRACKING", b"on", b"BCAST", b"PREFIX",
+                                    self._prefix))  # fmt: skip
             reader = hiredis.Reader()
-            while True:  # the subscription's confirmation (RESP2 reply or RESP3 push)
-                reader.feed(sock.recv(_RECV))
-                reply = reader.gets()
-                if reply is not False:
-                    break
-            if isinstance(reply, redis.exceptions.ResponseError | hiredis.ReplyError):
-                raise redis.exceptions.ResponseError(str(reply))
+            replies: list[object] = []
+            while len(replies) < 2:
+                chunk = sock.recv(_RECV)
+                if not chunk:
+                    raise redis.exceptions.ConnectionError("Connection closed by server.")
+                reader.feed(chunk)
+                while (reply := reader.gets()) is not False:
+                    replies.append(reply)
+            for reply in replies:
+                if isinstance(reply, redis.exceptions.ResponseError | hiredis.ReplyError):
+                    raise redis.exceptions.ResponseError(str(reply))
             sock.setblocking(False)
         except BaseException:
             conn.disconnect()
@@ -117,18 +159,14 @@ class RedisInvalidations:
         """``(flushed, changed keys, trusted)`` since the last poll. Does not block, but on a
         connection quiet for two heartbeats (an idle reader), where it waits for a ``PING``'s
         answer: one round trip, at most a heartbeat."""
-        if not self._lock.acquire(blocking=False):  # another thread is draining now
-            return False, [], self._live(time.monotonic_ns())
+        if not self._lock.acquire(blocking=False):  # another thread is draining: not sure
+            return False, [], False
         try:
-            keys: list[bytes] = []
+            keys, self._pending = self._pending, []
             now = time.monotonic_ns()
             if self._sock is None:
                 if now - self._tried_ns >= self._heartbeat_ns:
-                    try:
-                        self._open()
-                    except (redis.exceptions.RedisError, OSError):
-                        self._lose()
-                        self._tried_ns = now
+                    self._reopen(now)
             else:
                 self._receive(keys, now)
                 if self._sock is not None and not self._live(now):
@@ -147,7 +185,7 @@ class RedisInvalidations:
         sock = self._sock
         if not self._ping_ns:
             try:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                sock.sendall(_command(b"PING"))
             except OSError:
                 self._lose()
                 return time.monotonic_ns()
@@ -188,7 +226,7 @@ class RedisInvalidations:
                 self._lose()
         elif now - self._heard_ns > self._heartbeat_ns:
             try:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                sock.sendall(_command(b"PING"))
                 self._ping_ns = now
             except OSError:
                 self._lose()
@@ -220,8 +258,23 @@ class RedisInvalidations:
 
     def close(self) -> None:
         """Close the tracking connection (Redis stops tracking for it)."""
+        self._stop.set()
         with self._lock:
             self._lose()
+
+
+def _tend(ref: weakref.ref[RedisInvalidations], stop: threading.Event, every_s: float) -> None:
+    while not stop.wait(every_s):
+        feed = ref()
+        if feed is None:
+            return
+        feed._tend()
+        del feed
+
+
+def _command(*args: bytes) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
 def _after_fork_in_child() -> None:

@@ -182,7 +182,7 @@ def test_a_killed_invalidation_connection_flushes_and_reads_stay_right(
     client = raw_redis(status_url)
     try:
         _read(store, counting, cache, t)
-        tracking = [c for c in client.client_list() if int(c.get("sub", 0)) > 0]
+        tracking = [c for c in client.client_list() if "t" in c["flags"]]
         assert len(tracking) == 1  # the cache's one invalidation connection
         assert client.client_kill_filter(_id=tracking[0]["id"]) == 1
         # the loss is seen as the connection's end arrives (at once here); the same or a
@@ -195,7 +195,7 @@ def test_a_killed_invalidation_connection_flushes_and_reads_stay_right(
         assert after == _read(store, online, None, t)
         # the connection is made again (after a heartbeat); held values are served again
         _wait(lambda: cache.sync(online), "a new invalidation connection")
-        assert len([c for c in client.client_list() if int(c.get("sub", 0)) > 0]) == 1
+        assert len([c for c in client.client_list() if "t" in c["flags"]]) == 1
         loads = counting.loads
         again = _read(store, counting, cache, t)
         assert again == after
@@ -274,12 +274,18 @@ def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) 
     client = raw_redis(status_url)
     try:
         assert feed.poll() == (True, [], True)
-        time.sleep(0.15)  # an idle reader: quiet for three heartbeats
-        assert feed.poll() == (False, [], True)  # confirmed by a PING's answer
+        time.sleep(0.15)  # an idle reader: three heartbeats without a read
+        assert feed.poll() == (False, [], True)  # kept live by the feed's thread's PINGs
+        client.hset("sk:idle:{a}", "f", 1)  # with no read to drain it, the thread does
+        _wait(lambda: feed._pending == [b"sk:idle:{a}"], "the feed's thread to drain it")
+        assert feed.poll() == (False, [b"sk:idle:{a}"], True)
         client.execute_command("CLIENT", "PAUSE", "400", "ALL")  # Redis answers nobody
         time.sleep(0.15)
-        flushed, _, trusted = feed.poll()  # the PING gets no answer within a heartbeat
-        assert (flushed, trusted) == (True, False)
+        # the PING gets no answer within a heartbeat: lost, reported as a flush (by this
+        # poll, or once the feed's thread has connected again); never trusted before it
+        polls: list[tuple[bool, list[bytes], bool]] = []
+        _wait(lambda: polls.append(feed.poll()) or polls[-1][0], "the loss, as a flush")
+        assert not any(trusted for _, _, trusted in polls[:-1])
         _wait(lambda: feed.poll()[2], "a new connection once Redis answers again")
     finally:
         client.close()
