@@ -460,6 +460,12 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             at += span
         return hashes, out
 
+    def invalidations(self) -> None:
+        """None: a ReadCache over the cluster revalidates held entities in the read's round
+        trip (tracking would need a connection per master, made again as slots move;
+        docs/online.md#readcache-and-invalidation)."""
+        return None
+
     def load_and_probe_resp(
         self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
     ) -> _native.RespReplies | None:

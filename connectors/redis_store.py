@@ -26,6 +26,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from connectors.redis_invalidations import RedisInvalidations
 from engine import _native
 from engine.errors import (
     ConfigError,
@@ -34,7 +35,7 @@ from engine.errors import (
     OnlineWriteConflict,
     OwnerFenced,
 )
-from engine.online import keyspace_pattern, marks_pattern
+from engine.online import PREFIX, keyspace_pattern, marks_pattern
 from engine.online_read import Held
 from engine.ports import PackedWrites, StateWrite, Watermark
 from engine.secrets import Secret, split_url_credentials
@@ -300,6 +301,7 @@ class RedisOnlineStore:
         self._shas: dict[str, bytes] = {}  # Lua source -> SHA1 in Redis' script cache
         # (key, held) -> its packed revalidation (load_and_probe_resp)
         self._revalidations: dict[tuple[str, Held], bytes] = {}
+        self._tracking_allowed = True  # False once Redis refused CLIENT TRACKING
 
     @classmethod
     def from_config(cls, config: Config) -> RedisOnlineStore:
@@ -703,6 +705,25 @@ class RedisOnlineStore:
             return self._run_resp(lambda: self._load_packed(keys, plain, probes))
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
+
+    def invalidations(self) -> RedisInvalidations | None:
+        """A new feed of Redis's invalidations of every entity state key (one connection,
+        ``CLIENT TRACKING … BCAST PREFIX sk:``; ``engine.online_read.TrackingStore``), or None
+        when Redis refuses tracking (before 6.0, an ACL without ``CLIENT``/``SUBSCRIBE``:
+        learned once) or cannot be reached now (the read's own load then says so)."""
+        if not self._tracking_allowed:
+            return None
+        pool = self._client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        try:  # not from the pool: the feed owns its connection for its whole life
+            return RedisInvalidations(
+                lambda: pool.connection_class(**kwargs), PREFIX.encode() + b":"
+            )
+        except redis.exceptions.ResponseError:  # NOPERM, unknown command
+            self._tracking_allowed = False
+            return None
+        except (redis.exceptions.RedisError, OSError):
+            return None
 
     def _load_packed(
         self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]

@@ -78,6 +78,9 @@ class Config:
     # merge-on-write layout for views keyed by another entity than their source's records
     # (engine.plan.with_merged_tiles, docs/decisions.md): reads merge one tile set
     online_merge_rekeyed_views: bool = True
+    # the FeatureStore's ReadCache follows Redis's invalidations (CLIENT TRACKING); False:
+    # it revalidates each held entity in Redis, one round trip (docs/online.md)
+    online_read_cache_tracking: bool = True
 
     def __post_init__(self) -> None:
         url, user, password = split_url_credentials(self.redis_url)
@@ -244,6 +247,9 @@ _KEYS: dict[tuple[str, str], _Key] = {
     ("redis", "tls_verify"): _Key("redis_tls_verify", _bool, "SKEWLESS_REDIS_TLS_VERIFY"),
     ("online", "merge_rekeyed_views"): _Key(
         "online_merge_rekeyed_views", _bool, "SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS"
+    ),
+    ("online", "read_cache_tracking"): _Key(
+        "online_read_cache_tracking", _bool, "SKEWLESS_ONLINE_READ_CACHE_TRACKING"
     ),
     ("redis", "cluster"): _Key("redis_cluster", _bool, "SKEWLESS_REDIS_CLUSTER"),
     ("redis", "nodes"): _Key("redis_nodes", _nodes, "SKEWLESS_REDIS_NODES"),

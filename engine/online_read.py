@@ -20,9 +20,11 @@ Freshness of a (row, view) is the newest ``processed_at`` any partition wrote fo
 entity (``u:<p>`` fields), in epoch milliseconds — a timestamp, not an age; None when the
 store holds nothing for the entity.
 
-``ReadCache`` keeps finalized values of recently read entities; with a store that can
-revalidate (``RevalidatingStore.load_changed``) an unchanged entity is confirmed inside
-Redis and not even sent. No Redis and no pandas here (``OnlineResponse.to_df`` imports
+``ReadCache`` keeps finalized values of recently read entities. With a ``TrackingStore``
+Redis tells the cache which keys changed (server-assisted client-side caching), so a held
+entity is served with no round trip; otherwise, with a store that can revalidate
+(``RevalidatingStore.load_changed``), an unchanged entity is confirmed inside Redis and not
+even sent. No Redis and no pandas here (``OnlineResponse.to_df`` imports
 pandas when called).
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import base64
 import itertools
 import operator
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -54,9 +57,11 @@ __all__ = [
     "OnlineResponse",
     "OnlineResult",
     "Held",
+    "InvalidationFeed",
     "ProbingStore",
     "ReadCache",
     "RevalidatingStore",
+    "TrackingStore",
     "ReadPlan",
     "prepare_read",
     "read_online",
@@ -236,10 +241,12 @@ def read_online(
     now_ms: int,
     cache: ReadCache | None = None,
 ) -> OnlineResult:
-    """Features ``refs`` of every entity row as of ``now_ms``, with one store call (one round trip).
+    """Features ``refs`` of every entity row as of ``now_ms``, with at most one store call
+    (one round trip).
 
     With a ``cache``, an entity whose stored state and window boundaries are unchanged since
-    an earlier read is not decoded again (see ``ReadCache``); the answer is the same.
+    an earlier read is not decoded again (see ``ReadCache``), and with a ``TrackingStore``
+    not even asked for: a read of held entities only makes no store call.
 
     Each value gets a ``FeatureStatus``. Telling ``NOT_FOUND`` from ``NO_STATE`` needs to know
     whether the view's write-stats hash exists: a ``ProbingStore`` asks in the same round
@@ -281,33 +288,51 @@ def read_online(
     fetched: _Fetched = _DictHashes([])
     confirmed: dict[int, _Got] = {}  # held values, by slot
     marked: dict[str, bool] | None = None  # view marker → exists (None: not asked)
+    # tracked: Redis invalidates what the cache holds (just drained), so a hit is served as
+    # is; else a hit is revalidated in the load's round trip
+    tracked = cache is not None and cache.sync(store)
+    since = 0 if cache is None else cache.seq  # a put is dropped if invalidated after this
     if slot_keys:
         probe = getattr(store, "load_and_probe", None)  # ProbingStore
         probe_resp = getattr(store, "load_and_probe_resp", None)  # RespStore
         load_changed = None if cache is None else getattr(store, "load_changed", None)
         held: list[Held | None] | None = None
-        if cache is not None and (probe is not None or load_changed is not None):
+        send = slot_keys  # the keys the load asks for
+        if cache is not None and tracked:
+            for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
+                for slot in slots:
+                    hit = cache.held(slot_keys[slot], read.indices, ends)
+                    if hit is not None:
+                        confirmed[slot] = hit[1]
+            if confirmed:
+                send = [k for slot, k in enumerate(slot_keys) if slot not in confirmed]
+        elif cache is not None and (probe is not None or load_changed is not None):
             held = [None] * len(slot_keys)
             for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
                 for slot in slots:
                     hit = cache.held(slot_keys[slot], read.indices, ends)
                     if hit is not None:
                         held[slot], confirmed[slot] = hit
-        if probe is not None:
+        if not send:
+            pass  # every entity held and tracked: no round trip
+        elif probe is not None:
             wanted = list(dict.fromkeys(read.marker for read in prepared.views))
-            held_or_none = held or [None] * len(slot_keys)
-            replies = None if probe_resp is None else probe_resp(slot_keys, held_or_none, wanted)
+            held_or_none = held or [None] * len(send)
+            replies = None if probe_resp is None else probe_resp(send, held_or_none, wanted)
             if replies is not None:
-                fetched = _RespHashes(replies, len(slot_keys))
-                exist = [bool(replies.int_at(len(slot_keys) + i)) for i in range(len(wanted))]
+                fetched = _RespHashes(replies, len(send))
+                exist = [bool(replies.int_at(len(send) + i)) for i in range(len(wanted))]
             else:
-                hashes, exist = probe(slot_keys, held_or_none, wanted)
+                hashes, exist = probe(send, held_or_none, wanted)
                 fetched = _DictHashes(hashes)
             marked = dict(zip(wanted, exist, strict=True))
         elif load_changed is not None and held is not None:
-            fetched = _DictHashes(load_changed(slot_keys, held))
+            fetched = _DictHashes(load_changed(send, held))
         else:
-            fetched = _DictHashes(store.load(slot_keys))
+            fetched = _DictHashes(store.load(send))
+        if send is not slot_keys:
+            fetched = _Subset(fetched, [s for s in range(len(slot_keys)) if s not in confirmed],
+                              len(slot_keys))  # fmt: skip
     sizes = fetched.sizes
     values: list[list[Any]] = [[None] * n for _ in prepared.features]
     row_statuses: list[list[tuple[FeatureStatus, ...]]] = []
@@ -315,13 +340,12 @@ def read_online(
     found: list[tuple[dict[int, _Got], list[int]]] = []  # per view: its read entities, missing
     unsure = False  # some view's requested entities are all missing
     for read, slots, ends in zip(prepared.views, row_keys, all_ends, strict=True):
-        at = read.reader.at(now_ms)
         done: dict[int, _Got] = {}
         missing: list[int] = []
         pending: list[int] = []  # slots to evaluate, in one native call
         for slot in dict.fromkeys(slots):
             size = sizes[slot]
-            if size is None:  # unchanged since the cached read (load_changed)
+            if size is None:  # held: tracked, or unchanged since the cached read (load_changed)
                 done[slot] = confirmed[slot]
             elif not size:
                 missing.append(slot)
@@ -334,13 +358,13 @@ def read_online(
                 else:
                     done[slot] = got
         if pending:
+            at = read.reader.at(now_ms)  # only when something is evaluated
             for slot, got in zip(pending, _evaluate_many(at, slot_keys, fetched, pending),
                                  strict=True):  # fmt: skip
                 done[slot] = got
                 if cache is not None:
-                    cache.put(
-                        slot_keys[slot], read.indices, sizes[slot], fetched.marks(slot), ends, got
-                    )
+                    cache.put(slot_keys[slot], read.indices, sizes[slot], fetched.marks(slot),
+                              ends, got, since=since)  # fmt: skip
         found.append((done, missing))
         unsure = unsure or (bool(missing) and not done)
     if marked is None:  # a store that cannot probe: ask only where the answer depends on it
@@ -423,6 +447,28 @@ class _RespHashes:
         self, at: WindowAt, slots: Sequence[int]
     ) -> list[tuple[list[Any], int | None, bytes]]:
         return at.evaluate_replies(self.replies, slots)
+
+
+class _Subset:
+    """Some slots' hashes (the rest held and tracked: size None), as their one load gave them."""
+
+    __slots__ = ("inner", "pos", "sizes")
+
+    def __init__(self, inner: _Fetched, slots: Sequence[int], n: int) -> None:
+        self.inner = inner
+        self.pos = [-1] * n  # slot → its place in the load
+        self.sizes: list[int | None] = [None] * n
+        for i, slot in enumerate(slots):
+            self.pos[slot] = i
+            self.sizes[slot] = inner.sizes[i]
+
+    def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]:
+        return self.inner.marks(self.pos[slot])
+
+    def evaluate(
+        self, at: WindowAt, slots: Sequence[int]
+    ) -> list[tuple[list[Any], int | None, bytes]]:
+        return self.inner.evaluate(at, [self.pos[s] for s in slots])
 
 
 _STATE_KEYS: dict[str, dict[tuple[Any, ...], str]] = {}  # fingerprint → entity → state key
@@ -511,37 +557,141 @@ class ProbingStore(Protocol):
         ...
 
 
+@runtime_checkable
+class InvalidationFeed(Protocol):
+    """What the store tells a ``ReadCache`` about keys changed in it (server-assisted
+    client-side caching: ``connectors.redis_invalidations``)."""
+
+    def poll(self) -> tuple[bool, list[bytes], bool]:
+        """``(flushed, keys, trusted)`` — drop everything held (a flush, the feed's
+        connection lost or made anew), the keys changed since the last poll, and whether
+        every change up to now is known but for messages in flight. Reads what arrived
+        without blocking (a feed may take one round trip to confirm a quiet connection)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class TrackingStore(Protocol):
+    """An online store that can report changed keys to a cache (optional)."""
+
+    def invalidations(self) -> InvalidationFeed | None:
+        """A new feed for one cache, or None when the store cannot track now."""
+        ...
+
+
 _MARK_KIND_BYTES = b"fu"  # fence and write time: rewritten with every tile change
 _MARK_KINDS = frozenset(_MARK_KIND_BYTES)
+_DROPPED_MAX = 8192  # invalidated keys remembered for reads in flight (ReadCache.put)
+_ATTACH_EVERY_NS = 1_000_000_000  # a store that could not give a feed is asked again after
 
 
 class ReadCache:
     """Finalized values of recently read entities, reused while nothing they depend on moved.
 
     A value as of ``t`` is a pure function of the entity's stored fields and, per hop group,
-    of ``ceil(t / hop)`` (``kernel.tiles.window_states``). Every state write of partition
-    ``p`` carries its fence ``f:<p>`` — which only grows, as a write applies at least one
-    newer offset — and write time ``u:<p>`` in the same HSET as its tiles
-    (``engine.online.encode_fields``, ``stream.core``), and evictions ride along with a
-    write; so while those marks and the field count are unchanged, so are the tiles. An
-    entry is reused only when the marks and the window boundaries match; values that are
-    lists (first_n/last_n) are never cached, so callers may mutate what they get. With a
-    store that has ``load_changed`` (``RevalidatingStore``), the marks are compared inside
-    Redis and an unchanged hash is not even sent.
-    At most ``max_entries`` (entity, feature set) entries are held, oldest dropped first.
+    of ``ceil(t / hop)`` (``kernel.tiles.window_states``), so an entry is reused only while
+    the window boundaries match and the hash is unchanged. Values that are lists
+    (first_n/last_n) are never cached, so callers may mutate what they get. At most
+    ``max_entries`` (entity, feature set) entries are held, oldest dropped first.
+
+    How "unchanged" is known (docs/online.md#readcache-and-invalidation):
+
+    - ``tracking=True`` (the default), with a ``TrackingStore``: Redis sends the name of
+      every state key any client changes (``CLIENT TRACKING`` in broadcasting mode) to a
+      connection of the cache's own; each read first drains those messages without blocking
+      and drops what they name, then serves what is left without a round trip. A flush, or
+      the connection lost, drops everything. What a hit may miss: a change whose message is
+      still in flight when the read starts (a write acknowledged to its writer a moment
+      earlier), or, on a network path that died silently, up to two heartbeats (~1 s) of
+      changes; while the feed is not live the cache revalidates as below.
+    - ``tracking=False``, or a store without tracking (the Redis Cluster store): every state
+      write of partition ``p`` carries its fence ``f:<p>`` — which only grows — and write
+      time ``u:<p>`` in the same HSET as its tiles (``engine.online.encode_fields``), and
+      evictions ride along with a write; so while those marks and the field count are
+      unchanged, so are the tiles. A held entry is revalidated in the read's one round trip
+      (``RevalidatingStore.load_changed``: compared inside Redis, an unchanged hash is not
+      sent): never stale, one round trip per read.
     """
 
-    __slots__ = ("_entries", "max_entries")
+    __slots__ = ("_attached_ns", "_by_key", "_dropped", "_entries", "_feed", "_feed_store",
+                 "_floor", "_flushed", "_seq", "max_entries", "tracking")  # fmt: skip
 
-    def __init__(self, max_entries: int = 50_000) -> None:
+    def __init__(self, max_entries: int = 50_000, *, tracking: bool = True) -> None:
         self.max_entries = max_entries
+        self.tracking = tracking
         self._entries: dict[
             tuple[str, tuple[int, ...]],
             tuple[int, frozenset[tuple[bytes, bytes]], tuple[int, ...], _Got, Held],
         ] = {}
+        self._by_key: dict[bytes, list[tuple[str, tuple[int, ...]]]] = {}  # Redis key → entries
+        self._feed: InvalidationFeed | None = None
+        self._feed_store: object = None  # the store the feed is of
+        self._attached_ns = 0  # when the store was last asked for a feed
+        self._seq = 0  # bumped by every batch of invalidations and every flush
+        self._flushed = 0  # seq of the last flush
+        self._floor = 0  # invalidations at or before this seq are no longer in _dropped
+        self._dropped: dict[bytes, int] = {}  # key → seq of its last invalidation
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def seq(self) -> int:
+        """A counter of invalidations seen: ``put(..., since=seq)`` before a load."""
+        return self._seq
+
+    def sync(self, store: object) -> bool:
+        """Drain the invalidations the store sent since the last call and drop what they name;
+        True when what is held may be served without asking the store (``tracking`` on, the
+        store a ``TrackingStore`` whose feed is live)."""
+        if not self.tracking:
+            return False
+        feed = self._feed
+        if feed is None or self._feed_store is not store:
+            feed = self._attach(store)
+            if feed is None:
+                return False
+        flushed, keys, trusted = feed.poll()
+        if flushed:
+            self._seq += 1
+            self._flushed = self._seq
+            self._entries.clear()
+            self._by_key.clear()
+        if keys:
+            self._seq = seq = self._seq + 1
+            dropped, by_key, entries = self._dropped, self._by_key, self._entries
+            if len(dropped) + len(keys) > _DROPPED_MAX:
+                dropped.clear()
+                self._floor = seq
+            for key in keys:
+                dropped[key] = seq
+                held = by_key.pop(key, None)
+                if held is not None:
+                    for entry in held:
+                        entries.pop(entry, None)
+        return trusted
+
+    def _attach(self, store: object) -> InvalidationFeed | None:
+        if self._feed_store is not store:
+            self.close()
+            self.clear()
+            self._feed_store = store
+            self._attached_ns = 0
+        now = time.monotonic_ns()
+        if self._attached_ns and now - self._attached_ns < _ATTACH_EVERY_NS:
+            return None
+        self._attached_ns = now
+        make = getattr(store, "invalidations", None)  # TrackingStore
+        self._feed = None if make is None else make()
+        return self._feed
+
+    def close(self) -> None:
+        """Close the invalidation feed (a later tracked read opens one again)."""
+        feed, self._feed, self._feed_store = self._feed, None, None
+        if feed is not None:
+            feed.close()
 
     @staticmethod
     def _marks(fields: Mapping[bytes, bytes]) -> frozenset[tuple[bytes, bytes]]:
@@ -581,20 +731,39 @@ class ReadCache:
         marks: frozenset[tuple[bytes, bytes]],
         ends: tuple[int, ...],
         got: _Got,
+        *,
+        since: int | None = None,
     ) -> None:
         """Hold ``got``, the values of ``key``'s hash of ``count`` fields and mark fields
-        ``marks`` as of window ends ``ends``."""
+        ``marks`` as of window ends ``ends`` — unless, with ``since`` (``seq`` before the
+        load), an invalidation of ``key`` or a flush came after it (the value may be older)."""
         if any(isinstance(v, list) for v in got[0]):
+            return
+        name = key.encode()
+        if since is not None and (
+            self._flushed > since or self._floor > since or self._dropped.get(name, 0) > since
+        ):
             return
         entries = self._entries
         if len(entries) >= self.max_entries:
+            by_key = self._by_key
             for old in list(itertools.islice(entries, max(1, self.max_entries // 8))):
                 entries.pop(old, None)
+                same = by_key.get(old[0].encode())
+                if same is not None:
+                    if old in same:
+                        same.remove(old)
+                    if not same:
+                        del by_key[old[0].encode()]
         count = count or 0
-        entries[(key, indices)] = (count, marks, ends, got, (count, tuple(marks)))
+        entry = (key, indices)
+        if entry not in entries:
+            self._by_key.setdefault(name, []).append(entry)
+        entries[entry] = (count, marks, ends, got, (count, tuple(marks)))
 
     def clear(self) -> None:
         self._entries.clear()
+        self._by_key.clear()
 
 
 def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]]:

@@ -71,7 +71,7 @@ class FeatureStore:
         self._publisher: KafkaPublisher | None = None
         self._offsets: KafkaOffsets | None = None
         self._online: OnlineStateStore | None = None
-        self._read_cache = ReadCache()
+        self._read_cache = ReadCache(tracking=config.online_read_cache_tracking)
 
     @classmethod
     def from_repo(

@@ -39,6 +39,7 @@ from engine.serde import SourceCodec
 from engine.serve import make_app
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
+from tests.integration.test_online_status import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -592,7 +593,7 @@ def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
     store, plan = scenario.store, scenario.store.plan
     t = scenario.last_processed_ms + 1
     first = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()
-    again = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()  # revalidated in Redis
+    again = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()  # held: no round trip
     assert again == first
     # more events for c1 and store 2, by a fresh worker core that resumes from Redis's fences
     codec = SourceCodec(plan.sources["tx"])
@@ -604,8 +605,12 @@ def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
                           dead=ListDeadLetters(), clock=clock)  # fmt: skip
     payload = {"customer_id": "c1", "merchant_id": "m-new", "store_id": 2, "amount": 123.5,
                "qty": 3, "ts": t + 1_000}  # fmt: skip
+    cache = store._read_cache
+    seq = cache.seq
     core.process([SourceRecord(topic="tx", partition=p, offset=next_offset, key=key,
                                value=codec.encode(payload))])  # fmt: skip
+    # the write's invalidation reaches the ReadCache's tracking connection (a bounded wait)
+    wait_until(lambda: cache.sync(store.online_store) and cache.seq > seq, "the invalidation")
     later = t + 10_000
     cached = store.get_online_features(REFS, ROWS, now_ms=later, with_freshness=True).to_dict()
     fresh = FeatureStore.from_repo(scenario.repo)  # a new store: nothing cached

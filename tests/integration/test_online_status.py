@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,10 @@ def status_url(redis_service: str) -> Iterator[str]:
 
 @pytest.fixture
 def scenario(tmp_path: Path, status_url: str) -> tuple[FeatureStore, int]:
+    return build_scenario(tmp_path, status_url)
+
+
+def build_scenario(tmp_path: Path, status_url: str) -> tuple[FeatureStore, int]:
     """c1: 10.0 and 20.0 ten minutes before t; c2: 7.5 two hours before t. Returns (store, t)."""
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -167,6 +171,16 @@ def scenario(tmp_path: Path, status_url: str) -> tuple[FeatureStore, int]:
     return store, t
 
 
+def wait_until(done: Callable[[], object], why: str, bound_s: float = 5.0) -> None:
+    """Poll ``done()`` until it is true; fail after ``bound_s`` (for a message Redis sends
+    another connection: an invalidation reaching a ReadCache)."""
+    deadline = time.monotonic() + bound_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {bound_s}s for {why}")
+        time.sleep(0.001)
+
+
 def _by_column(got: dict[str, list[Any]]) -> dict[str, tuple[list[Any], list[Any]]]:
     return {
         name: (got[name], got[name + "__status"])
@@ -177,7 +191,7 @@ def _by_column(got: dict[str, list[Any]]) -> dict[str, tuple[list[Any], list[Any
 
 def test_statuses_over_the_python_api(scenario: tuple[FeatureStore, int]) -> None:
     store, t = scenario
-    for _ in range(2):  # the second read is revalidated from the ReadCache inside Redis
+    for _ in range(2):  # the second read is served from the ReadCache
         resp = store.get_online_features(REFS, ROWS, now_ms=t, full_feature_names=True)
         got = resp.to_dict(include_status=True)
         assert got["customer_id"] == ["c1", "c2", "c-unknown"]
@@ -217,6 +231,9 @@ def test_statuses_follow_what_redis_holds(
         client.flushdb()
     finally:
         client.close()
+    # the flush message reaches the ReadCache's invalidation connection (a bounded wait)
+    cache = store._read_cache
+    wait_until(lambda: cache.sync(store.online_store) and len(cache) == 0, "the flush message")
     after = store.get_online_features(REFS[:2], ROWS, now_ms=t).to_dict(include_status=True)
     assert after["amount_sum_1h"] == [0, 0, 0] and after["amount_stddev_1d"] == [None] * 3
     assert after["amount_sum_1h__status"] == [NS] * 3

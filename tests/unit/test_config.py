@@ -37,6 +37,22 @@ def test_worker_cache_and_local_state(tmp_path: Path) -> None:
         load_config(tmp_path, environ={"SKEWLESS_WORKER_CACHE_ENTITIES": "0"})
 
 
+def test_read_cache_tracking_from_yaml_then_environment(tmp_path: Path) -> None:
+    from engine.store import FeatureStore  # the FeatureStore's ReadCache takes the setting
+
+    assert load_config(tmp_path, environ={}).online_read_cache_tracking is True
+    (tmp_path / "skewless.yaml").write_text("online:\n  read_cache_tracking: false\n")
+    cfg = load_config(tmp_path, environ={})
+    assert cfg.online_read_cache_tracking is False
+    repo = Path(__file__).resolve().parents[2] / "definitions"
+    store = FeatureStore.from_repo(repo, environ={})
+    assert store._read_cache.tracking is True
+    env = {"SKEWLESS_ONLINE_READ_CACHE_TRACKING": "false"}
+    assert FeatureStore.from_repo(repo, environ=env)._read_cache.tracking is False
+    env = {"SKEWLESS_ONLINE_READ_CACHE_TRACKING": "true"}
+    assert load_config(tmp_path, environ=env).online_read_cache_tracking is True
+
+
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [

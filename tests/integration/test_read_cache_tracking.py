@@ -1,0 +1,351 @@
+"""The ReadCache with Redis's key tracking (server-assisted client-side caching) on a real
+Redis: a held entity is served with no round trip; a write by another client, a FLUSHDB, the
+invalidation connection killed, each drop what they touch before a read serves it; eviction
+by ``max_entries`` still works. Waits are bounded loops on the invalidation's arrival, never
+sleeps that assume a speed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.redis_invalidations import RedisInvalidations
+from connectors.redis_store import RedisOnlineStore
+from engine.keys import encode_key, partition_for
+from engine.online_read import Held, InvalidationFeed, ReadCache, read_online
+from engine.serde import SourceCodec
+from engine.store import FeatureStore
+from engine.stream.core import BatchProcessor, SourceRecord
+from tests.integration.test_online_status import (
+    MINUTE,
+    NF,
+    NS,
+    OW,
+    PARTITIONS,
+    PR,
+    _Discard,
+    build_scenario,
+    wait_until,
+)
+from tests.stream_harness import flushed_redis_db, raw_redis
+
+pytestmark = pytest.mark.redis
+
+REFS = ["customer_spend:amount_sum_1h", "customer_spend:amount_last_lifetime"]
+ROWS = [{"customer_id": "c1"}, {"customer_id": "c2"}]
+WAIT_S = 5.0  # the bound of every wait for a message Redis sends
+TRACKING_DB = 10  # this file's Redis database, flushed per test
+
+
+@pytest.fixture
+def status_url(redis_service: str) -> Iterator[str]:
+    with flushed_redis_db(redis_service, TRACKING_DB) as url:
+        yield url
+
+
+@pytest.fixture
+def scenario(tmp_path: Path, status_url: str) -> tuple[FeatureStore, int]:
+    """test_online_status's: c1 10.0 and 20.0 ten minutes before t, c2 7.5 two hours before."""
+    return build_scenario(tmp_path, status_url)
+
+
+class Counting:
+    """The real store, counting the loads the reader makes (tracking passed through)."""
+
+    def __init__(self, inner: RedisOnlineStore) -> None:
+        self.inner = inner
+        self.loads = 0
+
+    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        self.loads += 1
+        return self.inner.load(keys)
+
+    def load_and_probe(
+        self, keys: Sequence[str], held: Sequence[Held | None], probes: Sequence[str]
+    ) -> tuple[list[dict[bytes, bytes] | None], list[bool]]:
+        self.loads += 1
+        return self.inner.load_and_probe(keys, held, probes)
+
+    def invalidations(self) -> InvalidationFeed | None:
+        return self.inner.invalidations()
+
+
+def _wait(what: Any, why: str) -> None:
+    wait_until(what, why, WAIT_S)
+
+
+def _read(store: FeatureStore, online: Any, cache: ReadCache | None, t: int) -> dict[str, Any]:
+    result = read_online(store.plan, online, REFS, ROWS, now_ms=t, cache=cache)
+    return {
+        "values": result.values,
+        "statuses": result.statuses,
+        "freshness": dict(result.freshness_ms),
+    }
+
+
+def _write_c1(store: FeatureStore, amount: float, t: int) -> None:
+    """One more event for c1, applied by a worker core with its own Redis client."""
+    other = RedisOnlineStore(store.config.redis_url)
+    try:
+        codec = SourceCodec(store.plan.sources["tx"])
+        key = encode_key(["c1"])
+        p = partition_for(key, PARTITIONS)
+        sink = _Discard()
+        core = BatchProcessor(store.plan, "tx", online=other, log=sink, dead=sink,
+                              clock=lambda: t - MINUTE)  # fmt: skip
+        payload = {"customer_id": "c1", "amount": amount, "ts": t - 2 * MINUTE}
+        outcome = core.process([SourceRecord(topic="tx", partition=p, offset=1_000, key=key,
+                                             value=codec.encode(payload))])  # fmt: skip
+        assert outcome.applied == 1
+    finally:
+        other.close()
+
+
+def test_a_held_entity_is_served_without_a_round_trip(scenario: tuple[FeatureStore, int]) -> None:
+    store, t = scenario
+    online = store.online_store
+    assert isinstance(online, RedisOnlineStore)
+    counting = Counting(online)
+    cache = ReadCache()
+    try:
+        first = _read(store, counting, cache, t)
+        assert counting.loads == 1
+        assert first["values"][0] == [30.0, 0.0]
+        for _ in range(3):
+            assert _read(store, counting, cache, t) == first
+        assert counting.loads == 1  # hits: no load at all
+        assert _read(store, online, None, t) == first  # what an uncached read says
+        # the revalidating mode asks Redis every time, and answers the same
+        revalidating = ReadCache(tracking=False)
+        for _ in range(2):
+            assert _read(store, counting, revalidating, t) == first
+        assert counting.loads == 3
+    finally:
+        cache.close()
+
+
+def test_a_write_by_another_client_invalidates_before_the_next_read(
+    scenario: tuple[FeatureStore, int],
+) -> None:
+    store, t = scenario
+    online = store.online_store
+    counting = Counting(online)  # type: ignore[arg-type]
+    cache = ReadCache()
+    try:
+        before = _read(store, counting, cache, t)
+        assert _read(store, counting, cache, t) == before and counting.loads == 1
+        seq = cache.seq
+        _write_c1(store, 5.0, t)
+        _wait(lambda: cache.sync(online) and cache.seq > seq, "the invalidation of c1")
+        after = _read(store, counting, cache, t)
+        assert counting.loads == 2  # c1 fetched again (c2 still held)
+        assert after["values"][0] == [35.0, 0.0]  # the new event is in c1's 1h sum
+        assert after == _read(store, online, None, t)
+        assert after["freshness"]["customer_spend"][0] == t - MINUTE
+        assert _read(store, counting, cache, t) == after and counting.loads == 2  # held again
+    finally:
+        cache.close()
+
+
+def test_flushdb_flushes_the_cache(scenario: tuple[FeatureStore, int], status_url: str) -> None:
+    store, t = scenario
+    online = store.online_store
+    cache = ReadCache()
+    try:
+        before = _read(store, online, cache, t)
+        assert before["statuses"][0] == [PR, OW] and len(cache) == 2
+        client = raw_redis(status_url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+        _wait(lambda: cache.sync(online) and len(cache) == 0, "the flush message")
+        after = _read(store, online, cache, t)
+        assert after["values"][0] == [0.0, 0.0] and after["statuses"][0] == [NS, NS]
+    finally:
+        cache.close()
+
+
+def test_a_killed_invalidation_connection_flushes_and_reads_stay_right(
+    scenario: tuple[FeatureStore, int], status_url: str
+) -> None:
+    store, t = scenario
+    online = store.online_store
+    counting = Counting(online)  # type: ignore[arg-type]
+    cache = ReadCache()
+    client = raw_redis(status_url)
+    try:
+        _read(store, counting, cache, t)
+        tracking = [c for c in client.client_list() if "t" in c["flags"]]
+        assert len(tracking) == 1  # the cache's one invalidation connection
+        assert client.client_kill_filter(_id=tracking[0]["id"]) == 1
+        # the loss is seen as the connection's end arrives (at once here); the same or a
+        # later poll connects again; both drop everything held
+        _wait(lambda: cache.sync(online) is not None and len(cache) == 0, "the loss")
+        # a write while the invalidation connection may be down: the read must see it
+        client.delete(f"sk:{store.plan.views['customer_spend'].fingerprint}:{{c1}}")
+        after = _read(store, counting, cache, t)
+        assert after["statuses"][0] == [NF, OW] and after["values"][0] == [0.0, 0.0]
+        assert after == _read(store, online, None, t)
+        # the connection is made again (after a heartbeat); held values are served again
+        _wait(lambda: cache.sync(online), "a new invalidation connection")
+        assert len([c for c in client.client_list() if "t" in c["flags"]]) == 1
+        loads = counting.loads
+        again = _read(store, counting, cache, t)
+        assert again == after
+        assert _read(store, counting, cache, t) == after
+        assert counting.loads == loads + 2  # c1 is missing (never held); c2 held from 'again'
+    finally:
+        client.close()
+        cache.close()
+
+
+def test_eviction_by_max_entries_with_tracking(scenario: tuple[FeatureStore, int]) -> None:
+    store, t = scenario
+    online = store.online_store
+    cache = ReadCache(max_entries=1)
+    try:
+        c1 = read_online(store.plan, online, REFS, ROWS[:1], now_ms=t, cache=cache)
+        assert len(cache) == 1
+        c2 = read_online(store.plan, online, REFS, ROWS[1:], now_ms=t, cache=cache)
+        assert len(cache) == 1  # c1 evicted
+        seq = cache.seq
+        _write_c1(store, 5.0, t)  # invalidates c1, which the cache no longer holds
+        _wait(lambda: cache.sync(online) and cache.seq > seq, "the invalidation of c1")
+        assert len(cache) == 1  # c2 still held
+        again = read_online(store.plan, online, REFS, ROWS, now_ms=t, cache=cache)
+        assert again.values[0] == [c1.values[0][0] + 5.0, c2.values[0][0]]
+        assert len(cache) == 1
+    finally:
+        cache.close()
+
+
+class _Feed:
+    """An InvalidationFeed that says what the test tells it to."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+
+    def poll(self) -> tuple[bool, list[bytes], bool]:
+        keys, self.keys = self.keys, []
+        return False, keys, True
+
+    def close(self) -> None:
+        pass
+
+
+class _Tracking:
+    def __init__(self, feed: _Feed) -> None:
+        self.feed = feed
+
+    def invalidations(self) -> _Feed:
+        return self.feed
+
+
+def test_a_value_invalidated_while_its_read_was_in_flight_is_not_held() -> None:
+    feed = _Feed()
+    store = _Tracking(feed)
+    cache = ReadCache()
+    got: Any = ([1.0], 7, ())
+    assert cache.sync(store)
+    since = cache.seq  # a read starts (its load is sent) ...
+    feed.keys = [b"sk:v:{a}"]
+    assert cache.sync(store)  # ... another thread drains an invalidation of its key ...
+    cache.put("sk:v:{a}", (0,), 3, frozenset(), (1,), got, since=since)  # ... then it puts
+    cache.put("sk:v:{b}", (0,), 3, frozenset(), (1,), got, since=since)
+    assert cache.held("sk:v:{a}", (0,), (1,)) is None
+    assert cache.held("sk:v:{b}", (0,), (1,)) is not None
+    feed.keys = [b"sk:v:{b}", b"sk:v:{zzz}"]
+    cache.sync(store)
+    assert len(cache) == 0
+
+
+def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) -> None:
+    online = RedisOnlineStore(status_url)
+    pool = online._client.connection_pool
+    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
+                              heartbeat_ms=50)  # fmt: skip
+    client = raw_redis(status_url)
+    try:
+        assert feed.poll() == (True, [], True)
+        time.sleep(0.15)  # an idle reader: three heartbeats without a read
+        assert feed.poll() == (False, [], True)  # kept live by the feed's thread's PINGs
+        client.hset("sk:idle:{a}", "f", 1)  # with no read to drain it, the thread does
+        _wait(lambda: feed._pending == [b"sk:idle:{a}"], "the feed's thread to drain it")
+        assert feed.poll() == (False, [b"sk:idle:{a}"], True)
+        client.execute_command("CLIENT", "PAUSE", "400", "ALL")  # Redis answers nobody
+        time.sleep(0.15)
+        # the PING gets no answer within a heartbeat: lost, reported as a flush (by this
+        # poll, or once the feed's thread has connected again); never trusted before it
+        polls: list[tuple[bool, list[bytes], bool]] = []
+        _wait(lambda: polls.append(feed.poll()) or polls[-1][0], "the loss, as a flush")
+        assert not any(trusted for _, _, trusted in polls[:-1])
+        _wait(lambda: feed.poll()[2], "a new connection once Redis answers again")
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+def test_a_forked_child_makes_its_own_connection(status_url: str) -> None:
+    online = RedisOnlineStore(status_url)
+    feed = online.invalidations()
+    assert feed is not None
+    client = raw_redis(status_url)
+    try:
+        assert feed.poll()[0] is True
+        pid = os.fork()
+        if pid == 0:  # the child: its first poll drops all and connects anew
+            ok = False
+            try:
+                flushed, _, trusted = feed.poll()
+                ok = flushed and trusted
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's connection is untouched: it still hears of changes
+        client.hset("sk:fork:{a}", "f", 1)
+        seen: list[bytes] = []
+        _wait(lambda: seen.extend(feed.poll()[1]) or seen, "the parent's invalidation")
+        assert seen == [b"sk:fork:{a}"]
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+def test_the_cluster_store_keeps_revalidation() -> None:
+    from connectors.redis_cluster_store import RedisClusterOnlineStore
+
+    # no cluster needed: the method answers without touching one
+    assert RedisClusterOnlineStore.invalidations(object.__new__(RedisClusterOnlineStore)) is None
+    assert ReadCache().sync(object.__new__(RedisClusterOnlineStore)) is False
+
+
+def test_the_feed_owns_one_connection_and_reports_its_loss(status_url: str) -> None:
+    online = RedisOnlineStore(status_url)
+    feed = online.invalidations()
+    assert isinstance(feed, RedisInvalidations)
+    try:
+        assert feed.poll() == (True, [], True)  # a new connection: drop whatever was held
+        client = raw_redis(status_url)
+        try:
+            client.hset("sk:x:{a}", "f", 1)
+            client.hset("not-a-state-key", "f", 1)  # outside the prefix: not reported
+            seen: list[bytes] = []
+            _wait(lambda: seen.extend(feed.poll()[1]) or seen, "the invalidation")
+            assert seen == [b"sk:x:{a}"]
+        finally:
+            client.close()
+        feed.close()
+        assert feed.poll()[0] is True
+    finally:
+        feed.close()
+        online.close()
