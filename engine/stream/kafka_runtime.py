@@ -746,6 +746,7 @@ class KafkaWorker:
     def _on_lost(self, parts: list[Partition]) -> None:
         self.stats.rebalances += 1
         metrics.observe_rebalance("lost", parts)
+        self._drop_unlogged({tp[0] for tp in parts})
         self._release(parts, "lost")
 
     def _release(self, parts: list[Partition], how: str) -> None:

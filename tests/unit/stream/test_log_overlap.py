@@ -88,7 +88,7 @@ def test_an_append_returns_at_once_and_settles_before_the_log_is_read() -> None:
     events: list[str] = []
     gate = threading.Event()
     writer = SlowWriter(events, gate)
-    owned = OwnedPartitionsLog(lambda: writer, overlap=True)  # type: ignore[arg-type, return-value]
+    owned = OwnedPartitionsLog(lambda: writer, overlap=True)
     try:
         assert owned.append_batch_columns((1, 2)) == []
         assert owned.submitted == 1 and owned.durable == 0 and writer.appended == []
@@ -104,7 +104,7 @@ def test_a_failed_background_append_is_retried_at_settle_and_raises_while_failin
     gate = threading.Event()
     gate.set()
     writer = SlowWriter(events, gate, failures=2)
-    owned = OwnedPartitionsLog(lambda: writer, overlap=True)  # type: ignore[arg-type, return-value]
+    owned = OwnedPartitionsLog(lambda: writer, overlap=True)
     try:
         owned.append_batch_columns((7,))
         with pytest.raises(OSError):
@@ -120,7 +120,7 @@ def test_the_next_online_write_waits_for_the_log_and_offsets_wait_for_their_log(
     events: list[str] = []
     gate = threading.Event()
     writer = SlowWriter(events, gate)
-    owned = OwnedPartitionsLog(lambda: writer, overlap=True)  # type: ignore[arg-type, return-value]
+    owned = OwnedPartitionsLog(lambda: writer, overlap=True)
     online = SettledOnlineStore(Online(events), [owned])  # type: ignore[arg-type]
     stop = threading.Event()
     consumer = ScriptedConsumer([[rec(0, 0), rec(0, 1)], [rec(1, 0)]], stop)
@@ -151,7 +151,24 @@ def test_without_overlap_the_append_is_done_when_it_returns() -> None:
     gate = threading.Event()
     gate.set()
     writer = SlowWriter(events, gate)
-    owned = OwnedPartitionsLog(lambda: writer)  # type: ignore[arg-type, return-value]
+    owned = OwnedPartitionsLog(lambda: writer)
     owned.append_batch_columns((3,))
     assert writer.appended == [(3,)] and owned.durable == owned.submitted == 1
     assert WorkerOptions().overlap_log_append
+
+
+def test_a_batch_whose_append_still_fails_at_a_revoke_is_never_committed() -> None:
+    events: list[str] = []
+    gate = threading.Event()
+    gate.set()
+    writer = SlowWriter(events, gate, failures=1_000)  # the disk stays full
+    owned = OwnedPartitionsLog(lambda: writer, overlap=True)
+    online = SettledOnlineStore(Online(events), [owned])  # type: ignore[arg-type]
+    stop = threading.Event()
+    consumer = ScriptedConsumer([[rec(0, 0), rec(1, 0)]], stop)
+    consumer.events[2] = lambda: consumer.on_revoke([(TOPIC, 0), (TOPIC, 1)])
+    wiring = SourceWiring(processor=WritingProcessor(online, owned), log=owned)  # type: ignore[arg-type]
+    worker = KafkaWorker({TOPIC: wiring}, consumer.factory, FAST)  # type: ignore[arg-type]
+    worker.run(stop)
+    assert events == ["load", "write (0, 0)"] and writer.appended == []
+    assert consumer.commits == []  # replayed from the last commit by whoever owns it next
