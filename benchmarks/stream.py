@@ -14,7 +14,8 @@ In one run, against the local Kafka and Redis (``bash scripts/services.sh up``):
    its first and last record. The count jobs and Quix run ``--repeat`` alternating rounds
    (medians reported), so they see the same machine noise.
 3. **Freshness.** A worker (example definitions) is fed ``--rate`` events/s (batch timeout
-   50 ms and 10 ms; then two worker processes in one group at 10 ms) and then ``--low-rate``,
+   50 ms and 10 ms; then two worker processes in one group at 10 ms, and at 4x ``--rate``)
+   and then ``--low-rate``,
    a load one worker sustains, for ``--freshness-seconds``, after an untimed warm-up of
    30,000 events that puts every customer and merchant in the workers' caches; for a sample of the events (``--sample``), freshness = the time
    the entity's fence field ``f:<partition>`` in Redis first shows the event's offset (it is
@@ -29,6 +30,17 @@ Usage (from the repo root)::
     .venv/bin/python benchmarks/stream.py                      # 200k events, 5k/s for 20 s
     .venv/bin/python benchmarks/stream.py --quick              # 50k events, 10 s of freshness
     .venv/bin/python benchmarks/stream.py --profile            # + cProfile of the kafka loop
+    # freshness alone, where each sample's time went, and an A/B of worker switches
+    # (variants alternate over --rounds in one run; benchmarks/out/stream-freshness-ab.json):
+    .venv/bin/python benchmarks/stream.py --freshness-only --loads 5000:0.01:1 --breakdown \
+        --rounds 3 --variant "before:SKEWLESS_WORKER_OVERLAP_LOG=0" \
+        --variant "after:SKEWLESS_WORKER_OVERLAP_LOG=1"
+
+With ``--breakdown`` the workers write a trace of their batches (``SKEWLESS_WORKER_TRACE``,
+engine/stream/kafka_runtime.py ``BatchTrace``) and the freshness topic stamps records with
+the broker's append time, so each sample splits into produce → broker, waiting behind the
+batch before, fetch, the batch's decode/fold/Redis write, and the watcher's lag; per batch,
+the log append, commit and gc times on the loop between two batches.
 """
 
 from __future__ import annotations
@@ -161,7 +173,8 @@ def produce_backlog(topic: str, rows: list[dict[str, Any]], codec: SourceCodec) 
 
 def create_topic(name: str, config: dict[str, str] | None = None) -> None:
     if config:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
 
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
         new = NewTopic(name, num_partitions=PARTITIONS, replication_factor=1, config=config)

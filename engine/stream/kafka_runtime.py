@@ -118,15 +118,16 @@ class WorkerOptions:
     # them, checked against Redis before use (engine/stream/local_state.py;
     # `skewless worker --local-state`)
     local_state: bool = False
-    # the event-log append (write + fsync) of a batch runs on a background thread while the
-    # next batch is fetched, decoded and folded; that batch's online write and the batch's
-    # offset commit wait for it (OwnedPartitionsLog; $SKEWLESS_WORKER_OVERLAP_LOG=0/1
-    # overrides, for A/B runs of benchmarks/stream.py)
-    overlap_log_append: bool = True
-    # an idle loop's wait (up to batch_timeout_s) ends at the first record that arrives, and
-    # the batch is what the client holds then — rather than waiting out the timeout for a
-    # fuller batch ($SKEWLESS_WORKER_WAKE_ON_FIRST=0/1 overrides, for A/B runs)
-    wake_on_first: bool = True
+    # opt-in: the event-log append (write + fsync) of a batch runs on a background thread
+    # while the next batch is fetched, decoded and folded; that batch's online write and the
+    # batch's offset commit wait for it (OwnedPartitionsLog). Off by default: on the shared
+    # 2-core machine the A/B showed no net freshness gain (docs/benchmarks.md#streaming).
+    # $SKEWLESS_WORKER_OVERLAP_LOG=0/1 overrides, for A/B runs of benchmarks/stream.py
+    overlap_log_append: bool = False
+    # opt-in: an idle loop's wait (up to batch_timeout_s) ends at the first record that
+    # arrives, and the batch is what the client holds then, rather than waiting out the
+    # timeout for a fuller batch ($SKEWLESS_WORKER_WAKE_ON_FIRST=0/1 overrides)
+    wake_on_first: bool = False
 
 
 @dataclass(slots=True)

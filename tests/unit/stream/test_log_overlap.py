@@ -154,7 +154,7 @@ def test_without_overlap_the_append_is_done_when_it_returns() -> None:
     owned = OwnedPartitionsLog(lambda: writer)
     owned.append_batch_columns((3,))
     assert writer.appended == [(3,)] and owned.durable == owned.submitted == 1
-    assert WorkerOptions().overlap_log_append
+    assert not WorkerOptions().overlap_log_append  # opt-in (docs/streaming.md)
 
 
 def test_a_batch_whose_append_still_fails_at_a_revoke_is_never_committed() -> None:
