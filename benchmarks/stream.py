@@ -14,7 +14,8 @@ In one run, against the local Kafka and Redis (``bash scripts/services.sh up``):
    its first and last record. The count jobs and Quix run ``--repeat`` alternating rounds
    (medians reported), so they see the same machine noise.
 3. **Freshness.** A worker (example definitions) is fed ``--rate`` events/s (batch timeout
-   50 ms and 10 ms; then two worker processes in one group at 10 ms) and then ``--low-rate``,
+   50 ms and 10 ms; then two worker processes in one group at 10 ms, and at 4x ``--rate``)
+   and then ``--low-rate``,
    a load one worker sustains, for ``--freshness-seconds``, after an untimed warm-up of
    30,000 events that puts every customer and merchant in the workers' caches; for a sample of the events (``--sample``), freshness = the time
    the entity's fence field ``f:<partition>`` in Redis first shows the event's offset (it is
@@ -29,6 +30,17 @@ Usage (from the repo root)::
     .venv/bin/python benchmarks/stream.py                      # 200k events, 5k/s for 20 s
     .venv/bin/python benchmarks/stream.py --quick              # 50k events, 10 s of freshness
     .venv/bin/python benchmarks/stream.py --profile            # + cProfile of the kafka loop
+    # freshness alone, where each sample's time went, and an A/B of worker switches
+    # (variants alternate over --rounds in one run; benchmarks/out/stream-freshness-ab.json):
+    .venv/bin/python benchmarks/stream.py --freshness-only --loads 5000:0.01:1 --breakdown \
+        --rounds 3 --variant "before:SKEWLESS_WORKER_OVERLAP_LOG=0" \
+        --variant "after:SKEWLESS_WORKER_OVERLAP_LOG=1"
+
+With ``--breakdown`` the workers write a trace of their batches (``SKEWLESS_WORKER_TRACE``,
+engine/stream/kafka_runtime.py ``BatchTrace``) and the freshness topic stamps records with
+the broker's append time, so each sample splits into produce → broker, waiting behind the
+batch before, fetch, the batch's decode/fold/Redis write, and the watcher's lag; per batch,
+the log append, commit and gc times on the loop between two batches.
 """
 
 from __future__ import annotations
@@ -159,10 +171,19 @@ def produce_backlog(topic: str, rows: list[dict[str, Any]], codec: SourceCodec) 
     return time.perf_counter() - started
 
 
-def create_topic(name: str) -> None:
-    from connectors.kafka import KafkaSettings, ensure_topics
+def create_topic(name: str, config: dict[str, str] | None = None) -> None:
+    if config:
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
 
-    ensure_topics(KafkaSettings(bootstrap_servers=BOOTSTRAP), {name: PARTITIONS})
+        admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+        new = NewTopic(name, num_partitions=PARTITIONS, replication_factor=1, config=config)
+        admin.create_topics([new])[name].result(30)
+        time.sleep(1)  # leaders elected
+    else:
+        from connectors.kafka import KafkaSettings, ensure_topics
+
+        ensure_topics(KafkaSettings(bootstrap_servers=BOOTSTRAP), {name: PARTITIONS})
     CREATED.append(name)
 
 
@@ -318,16 +339,27 @@ def quix(topic: str, total: int) -> dict[str, Any]:
 
 
 def freshness(
-    rate: int, seconds: float, sample: float, batch_timeout: float, workers: int = 1
+    rate: int,
+    seconds: float,
+    sample: float,
+    batch_timeout: float,
+    workers: int = 1,
+    *,
+    variant: str = "",
+    env: dict[str, str] | None = None,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     """p50/p99 ms from produce() to the event's fence being visible in Redis, with
-    ``workers`` worker processes in the group."""
+    ``workers`` worker processes in the group (their environment plus ``env``); with
+    ``breakdown``, where each sample's time went (``latency_breakdown``)."""
     import redis
 
     from engine.online import state_key
 
     topic = f"fresh_{uuid.uuid4().hex[:8]}"
-    create_topic(topic)
+    # the broker stamps each record when it appends it: the delivery report then carries
+    # the produce → broker part of a sample's latency
+    create_topic(topic, {"message.timestamp.type": "LogAppendTime"})
     repo = make_repo("example", topic)
     flush_redis()
     store = FeatureStore.from_repo(repo)
@@ -335,20 +367,31 @@ def freshness(
     CREATED.extend(store.topics())
     view = store.plan.views["customer_spend"]  # keyed by the topic key: written by one partition
     codec = SourceCodec(next(iter(store.plan.sources.values())))
-    logs = [(WORK / f"worker-fresh-{rate}-{batch_timeout}-{w}.log") for w in range(workers)]
+    name = f"fresh-{rate}-{batch_timeout}-{workers}{'-' + variant if variant else ''}"
+    logs = [(WORK / f"worker-{name}-{w}.log") for w in range(workers)]
+    traces = [(WORK / f"trace-{name}-{w}.jsonl") for w in range(workers)]
     command = [sys.executable, "-m", "engine.cli", "--repo", str(repo), "worker",
                "--batch-timeout", str(batch_timeout)]  # fmt: skip
     handles = [path.open("wb") for path in logs]
-    procs = [
-        subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT) for fh in handles
-    ]
+    procs = []
+    for fh, trace in zip(handles, traces, strict=True):
+        trace.unlink(missing_ok=True)
+        wenv = {**os.environ, **(env or {})}
+        if breakdown:
+            wenv["SKEWLESS_WORKER_TRACE"] = str(trace)
+        procs.append(
+            subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=wenv)
+        )
     client = redis.Redis.from_url(REDIS_URL)
     rng = random.Random(5)
     p = producer()
-    pending: dict[int, tuple[str, str, int, float]] = {}  # id → (key, field, offset, t0)
+    # id → (key, field, partition, offset, t0, broker append time in perf_counter seconds)
+    pending: dict[int, tuple[str, str, int, int, float, float]] = {}
     lock = threading.Lock()
     results: list[float] = []
+    timed: list[tuple[int, int, float, float, float]] = []  # (p, offset, t0, broker, seen)
     stop = threading.Event()
+    wall_minus_perf = time.time() - time.perf_counter()
 
     def watcher() -> None:
         while not stop.is_set() or pending:
@@ -358,14 +401,15 @@ def freshness(
                 time.sleep(0.001)
                 continue
             pipe = client.pipeline(transaction=False)
-            for _, (key, field, _, _) in items:
+            for _, (key, field, *_) in items:
                 pipe.hget(key, field)
             got = pipe.execute()
             seen = time.perf_counter()
             with lock:
-                for (i, (_, _, offset, t0)), fence in zip(items, got, strict=True):
+                for (i, (_, _, part, offset, t0, broker)), fence in zip(items, got, strict=True):
                     if fence is not None and int(fence) >= offset:
                         results.append((seen - t0) * 1000)
+                        timed.append((part, offset, t0, broker, seen))
                         del pending[i]
             if stop.is_set() and time.perf_counter() - last_produce[0] > 240:
                 break
@@ -420,12 +464,15 @@ def freshness(
                         k: str = row["customer_id"],
                     ) -> None:
                         if err is None:
+                            broker = msg.timestamp()[1] / 1000 - wall_minus_perf
                             with lock:
                                 pending[i] = (
                                     state_key(view, (k,)),
                                     f"f:{msg.partition()}",
+                                    msg.partition(),
                                     msg.offset(),
                                     t0,
+                                    broker,
                                 )
 
                     p.produce(topic, value, key, on_delivery=delivered)
@@ -447,9 +494,13 @@ def freshness(
             fh.close()
         client.close()
     results.sort()
+    parts = latency_breakdown(timed, traces) if breakdown else None
     return {
         "rate": rate,
         "workers": workers,
+        "variant": variant,
+        "env": env or {},
+        "breakdown": parts,
         "warmup_events": WARMUP_EVENTS,
         "produced_rate": produced_rate,
         "seconds": seconds,
@@ -463,6 +514,112 @@ def freshness(
         "mean_ms": statistics.fmean(results) if results else None,
         "cdf_ms": [percentile(results, q) for q in range(0, 101)],
     }
+
+
+def read_traces(paths: list[Path]) -> list[dict[str, Any]]:
+    """The workers' batch traces (``SKEWLESS_WORKER_TRACE``, engine/stream/kafka_runtime.py)."""
+    batches = []
+    for path in paths:
+        if path.exists():
+            batches += [json.loads(line) for line in path.read_text().splitlines() if line]
+    batches.sort(key=lambda b: b["got"])
+    return batches
+
+
+BREAKDOWN_PARTS = (
+    ("produce→broker", "produce() → the broker appended it (linger 5 ms, send)"),
+    ("behind batch", "broker → the loop asked for records (the batch before still running)"),
+    ("fetch", "the later of broker/ask → the loop had the batch (fetch, idle wait)"),
+    (
+        "apply+write",
+        "batch start → the online write done (decode, fold, Redis; with the log behind the loop, waiting for the batch before's log)",
+    ),
+    ("→ seen", "online write done → the watcher saw the fence (its 1 ms poll)"),
+)
+
+
+def latency_breakdown(
+    timed: list[tuple[int, int, float, float, float]], trace_paths: list[Path]
+) -> dict[str, Any]:
+    """Where each sample's latency went, joined to the batch that held it; per part the
+    p50/p99 over all samples and its mean over the slowest 1%; per batch, what ran on the
+    loop between two batches (log append, commit, gc)."""
+    batches = read_traces(trace_paths)
+    by_part: dict[int, list[dict[str, Any]]] = {}
+    for b in batches:
+        for p in b["parts"]:
+            by_part.setdefault(int(p), []).append(b)
+    rows = []
+    for part, offset, t0, broker, seen in timed:
+        held = next(
+            (b for b in by_part.get(part, ())
+             if b["parts"][str(part)][0] <= offset <= b["parts"][str(part)][1]
+             and "log0" in b),
+            None,
+        )  # fmt: skip
+        if held is None:
+            continue
+        broker = min(max(broker, t0), held["got"])  # ms-resolution stamp, clamped
+        asked = held["poll"]
+        rows.append({
+            "total": seen - t0,
+            "produce→broker": broker - t0,
+            "behind batch": max(0.0, asked - broker),
+            "fetch": held["got"] - max(asked, broker),
+            "apply+write": held["log0"] - held["got"],
+            "→ seen": seen - held["log0"],
+        })  # fmt: skip
+    rows.sort(key=lambda r: r["total"])
+    tail = rows[int(len(rows) * 0.99) :] if rows else []
+    out: dict[str, Any] = {"samples": len(rows), "parts": {}}
+    for name, _ in BREAKDOWN_PARTS:
+        values = sorted(r[name] * 1000 for r in rows)
+        out["parts"][name] = {
+            "p50_ms": percentile(values, 50),
+            "p99_ms": percentile(values, 99),
+            "mean_ms": statistics.fmean(values) if values else None,
+            "tail_mean_ms": statistics.fmean(r[name] * 1000 for r in tail) if tail else None,
+        }
+    loop = {
+        "batch records": [float(b["n"]) for b in batches],
+        "apply+write": [(b["log0"] - b["got"]) * 1000 for b in batches if "log0" in b],
+        "log append": [(b["log1"] - b["log0"]) * 1000 for b in batches if "log1" in b],
+        "after log": [(b["done"] - b["log1"]) * 1000 for b in batches if "log1" in b],
+        "commit": [(b["commit"] - b["done"]) * 1000 for b in batches if "commit" in b],
+        "log wait": [b.get("log_wait", 0.0) * 1000 for b in batches],
+        "gc freeze": [(b["gc"] - b["commit"]) * 1000 for b in batches if "commit" in b],
+        "poll": [(b["got"] - b["poll"]) * 1000 for b in batches],
+    }
+    out["batches"] = len(batches)
+    out["per_batch"] = {
+        name: {
+            "p50": percentile(sorted(v), 50),
+            "p99": percentile(sorted(v), 99),
+            "mean": statistics.fmean(v) if v else None,
+        }
+        for name, v in loop.items()
+    }
+    return out
+
+
+def show_breakdown(f: dict[str, Any]) -> None:
+    b = f.get("breakdown")
+    if not b:
+        return
+    print(f"  where the time went ({b['samples']} samples joined to {b['batches']} batches):")
+    print("  | part | p50 ms | p99 ms | mean ms | mean of the slowest 1% ms | what |")
+    print("  | --- | ---: | ---: | ---: | ---: | --- |")
+    for name, what in BREAKDOWN_PARTS:
+        v = b["parts"][name]
+        if v["p50_ms"] is None:
+            continue
+        print(f"  | {name} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {v['mean_ms']:.1f} | "
+              f"{v['tail_mean_ms']:.1f} | {what} |")  # fmt: skip
+    print("  per batch (ms; records for 'batch records'): | part | p50 | p99 | mean |")
+    for name, v in b["per_batch"].items():
+        if v["p50"] is None:
+            continue
+        print(f"  | {name} | {v['p50']:.1f} | {v['p99']:.1f} | {v['mean']:.1f} |")
 
 
 def show(got: dict[str, Any]) -> None:
@@ -557,6 +714,45 @@ def report(result: dict[str, Any]) -> None:
               f"{p99 / TARGET_P99_MS:.2f}x |")  # fmt: skip
 
 
+def show_freshness(f: dict[str, Any]) -> None:
+    label = f" [{f['variant']}]" if f.get("variant") else ""
+    print(f"freshness @ {f['rate']}/s{label}, batch timeout {f['batch_timeout_s']}s, "
+          f"{f['workers']} worker(s): p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms "
+          f"({f['samples']} samples, sent {f['produced_rate']:.0f}/s)", flush=True)  # fmt: skip
+    show_breakdown(f)
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(";") if a)
+    return name, env
+
+
+def freshness_ab(args: argparse.Namespace, loads: list[tuple[int, float, int]]) -> None:
+    """Each load once per variant, the variants alternating over ``--rounds`` (one run, so
+    they see the same machine); a table of every run at the end."""
+    variants = [parse_variant(v) for v in args.variant] or [("", {})]
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(args.rounds):
+            for rate, timeout, workers in loads:
+                for name, env in variants:
+                    got = freshness(rate, args.freshness_seconds, args.sample, timeout, workers,
+                                    variant=name, env=env, breakdown=args.breakdown)  # fmt: skip
+                    show_freshness(got)
+                    runs.append(got)
+    finally:
+        (OUT / "stream-freshness-ab.json").write_text(json.dumps(runs, indent=2))
+    print(
+        "\n| freshness at | batch timeout | workers | variant | samples | p50 ms | p99 ms | max ms |"
+    )
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for f in runs:
+        print(f"| {f['rate']}/s (sent {f['produced_rate']:.0f}/s) | "
+              f"{f['batch_timeout_s'] * 1000:.0f} ms | {f['workers']} | {f['variant'] or '-'} | "
+              f"{f['samples']} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['max_ms']:.1f} |")  # fmt: skip
+
+
 def main() -> None:
     try:
         run()
@@ -582,10 +778,38 @@ def run() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds of (count job, Quix), alternating"
     )
+    parser.add_argument(
+        "--freshness-only",
+        action="store_true",
+        help="skip throughput and Quix (an A/B of freshness)",
+    )
+    parser.add_argument(
+        "--loads", default="",
+        help="freshness loads rate:batch_timeout_s:workers,... (default: the table's rows)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="NAME[:ENV=VALUE;...]",
+        help="with --freshness-only: run each load once per variant (workers' environment), "
+             "alternating over --rounds",
+    )  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="trace the workers' batches and show where each sample's latency went",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.events, args.freshness_seconds, args.repeat = 50_000, 10.0, 1
     WORK.mkdir(parents=True, exist_ok=True)
+    loads = [(args.rate, 0.05, 1), (args.rate, 0.01, 1), (args.rate, 0.01, 2),
+             (4 * args.rate, 0.01, 2), (args.low_rate, 0.05, 1),
+             (args.low_rate, 0.01, 1)]  # fmt: skip
+    if args.loads:
+        loads = [(int(r), float(t), int(w))
+                 for r, t, w in (item.split(":") for item in args.loads.split(","))]  # fmt: skip
+    if args.freshness_only:
+        freshness_ab(args, loads)
+        return
 
     from engine.cli import WORKER_RUNTIMES
 
@@ -622,13 +846,12 @@ def run() -> None:
     quix_result: dict[str, Any] = {"quixstreams": QUIX_VERSION, "events_per_s": float("nan")}
     if quix_runs:
         quix_result = median_run(quix_runs)
-    loads = [(args.rate, 0.05, 1), (args.rate, 0.01, 1), (args.rate, 0.01, 2),
-             (args.low_rate, 0.05, 1), (args.low_rate, 0.01, 1)]  # fmt: skip
-    fresh = [freshness(rate, args.freshness_seconds, args.sample, t, w) for rate, t, w in loads]
+    fresh = [
+        freshness(rate, args.freshness_seconds, args.sample, t, w, breakdown=args.breakdown)
+        for rate, t, w in loads
+    ]
     for f in fresh:
-        print(f"freshness @ {f['rate']}/s, batch timeout {f['batch_timeout_s']}s, "
-              f"{f['workers']} worker(s): p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms "
-              f"({f['samples']} samples)")  # fmt: skip
+        show_freshness(f)
     profile_text = None
     if args.profile:
         profile_text = profile_worker(

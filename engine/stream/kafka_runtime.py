@@ -24,12 +24,15 @@ hand is processed and committed; the consumer then leaves the group. A batch sti
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -50,6 +53,9 @@ from engine.stream.recovery import StateRecovery
 log = logging.getLogger("skewless.worker")
 
 Partition = tuple[str, int]
+TRACE_ENV = "SKEWLESS_WORKER_TRACE"
+OVERLAP_ENV = "SKEWLESS_WORKER_OVERLAP_LOG"
+WAKE_ENV = "SKEWLESS_WORKER_WAKE_ON_FIRST"
 PartitionsCallback = Callable[[list[Partition]], None]
 
 
@@ -112,6 +118,16 @@ class WorkerOptions:
     # them, checked against Redis before use (engine/stream/local_state.py;
     # `skewless worker --local-state`)
     local_state: bool = False
+    # opt-in: the event-log append (write + fsync) of a batch runs on a background thread
+    # while the next batch is fetched, decoded and folded; that batch's online write and the
+    # batch's offset commit wait for it (OwnedPartitionsLog). Off by default: on the shared
+    # 2-core machine the A/B showed no net freshness gain (docs/benchmarks.md#streaming).
+    # $SKEWLESS_WORKER_OVERLAP_LOG=0/1 overrides, for A/B runs of benchmarks/stream.py
+    overlap_log_append: bool = False
+    # opt-in: an idle loop's wait (up to batch_timeout_s) ends at the first record that
+    # arrives, and the batch is what the client holds then, rather than waiting out the
+    # timeout for a fuller batch ($SKEWLESS_WORKER_WAKE_ON_FIRST=0/1 overrides)
+    wake_on_first: bool = False
 
 
 @dataclass(slots=True)
@@ -164,23 +180,81 @@ class WorkerStats:
         }
 
 
+class BatchTrace:
+    """Per-batch timestamps of the loop as JSON lines (``$SKEWLESS_WORKER_TRACE``), read by
+    ``benchmarks/stream.py --breakdown``: where a sampled event's freshness goes.
+
+    Times are ``time.perf_counter()`` seconds (CLOCK_MONOTONIC on Linux, so comparable with
+    another process's); one line per batch: ``poll`` (the loop asked for records), ``got``
+    (it had them: the batch starts), ``log0``/``log1`` (the event-log append began/ended —
+    the online write is done at ``log0``), ``done`` (processed), ``commit`` (its commit
+    queued), ``gc`` (after the post-batch ``gc.freeze``), ``n`` and per partition the
+    batch's first and last offset (``parts``).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.marks: dict[str, Any] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter()
+
+    def batch(self, records: Sequence[SourceRecord]) -> None:
+        parts: dict[int, list[int]] = {}
+        for rec in records:
+            span = parts.get(rec.partition)
+            if span is None:
+                parts[rec.partition] = [rec.offset, rec.offset]
+            else:
+                span[0] = min(span[0], rec.offset)
+                span[1] = max(span[1], rec.offset)
+        self.marks["n"] = len(records)
+        self.marks["parts"] = parts
+
+    def flush(self) -> None:
+        if "got" in self.marks:
+            self._out.write(json.dumps(self.marks) + "\n")
+        self.marks = {}
+
+    def close(self) -> None:
+        self._out.close()
+
+
 class OwnedPartitionsLog:
-    """An ``EventLogSink`` whose per-partition high-water marks are re-learned after a revoke.
+    """An ``EventLogSink`` whose per-partition high-water marks are re-learned after a revoke,
+    and whose appends may run behind the loop (``overlap``).
 
     ``EventLogWriter`` caches each partition's highest logged offset; once a partition has
     been owned by another worker that cache is stale, so ``forget`` replaces the writer
     (the new one re-reads the partition's file names on first use). Owner epochs
     (``begin_epoch``) are per assignment, so they go with it.
+
+    With ``overlap``, an append (write + fsync) is handed to a background thread and the
+    call returns at once, so the next batch is fetched, decoded and folded while it runs.
+    ``settle`` waits for it; every other use of the log settles first, and so does the
+    worker before its next online write (``SettledOnlineStore``) and before committing the
+    batch's offsets (``durable``). So the order of what becomes durable is unchanged — the
+    online write of batch n, then its log, then the online write of batch n + 1 — only the
+    CPU work of batch n + 1 runs beside the fsync. An append that failed in the background
+    is retried at the next ``settle``, which raises while it fails (the next batch then
+    fails before its online write, and is retried).
     """
 
-    def __init__(self, make: Callable[[], EventLogSink]) -> None:
+    def __init__(self, make: Callable[[], EventLogSink], *, overlap: bool = False) -> None:
         self._make = make
         self._writer: Any = make()
+        self.trace: BatchTrace | None = None  # set by the worker when tracing
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="log-append") if overlap else None
+        # the append in flight or failed: (future or None once failed, the call, its args)
+        self._job: tuple[Future[Any] | None, Callable[..., Any], tuple[Any, ...]] | None = None
+        self.submitted = 0  # appends handed over so far (the batch sequence of the log)
+        self.durable = 0  # appends known to be on disk: every one up to this number
 
     def append(self, records: Sequence[Envelope]) -> list[str]:
-        return cast(list[str], self._writer.append(records))
+        return cast(list[str], self._run(self._writer.append, (records,)))
 
     def last_offset(self, partition: int) -> int | None:
+        self.settle()
         return cast(int | None, self._writer.last_offset(partition))
 
     def __getattr__(self, name: str) -> Any:
@@ -188,16 +262,124 @@ class OwnedPartitionsLog:
         # when the writer has them, so BatchProcessor's getattr() checks still see a plain sink
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._writer, name)
+        found = getattr(self._writer, name)
+        if name == "append_batch_columns":
+            return lambda *args: self._run(found, args)
+        if callable(found):
+
+            def settled(*args: Any, **kwargs: Any) -> Any:
+                self.settle()
+                return found(*args, **kwargs)
+
+            return settled
+        return found
+
+    def _run(self, call: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """One append: now, or (``overlap``) on the background thread after the one before."""
+        self.settle()
+        trace = self.trace
+        if trace is not None:
+            trace.mark("log0")
+        self.submitted += 1
+        try:
+            if self._pool is None:
+                out = call(*args)
+                self.durable = self.submitted
+                return out
+            self._job = (self._pool.submit(call, *args), call, args)
+            return []  # the paths are not known yet (the worker does not use them)
+        finally:
+            if trace is not None:
+                trace.mark("log1")
+
+    def poll(self) -> None:
+        """Note an append in flight that has finished, without waiting (for commits)."""
+        job = self._job
+        future = job[0] if job is not None else None
+        if future is not None and future.done() and future.exception() is None:
+            self._job = None
+            self.durable = self.submitted
+
+    def settle(self) -> None:
+        """Wait for the append in flight; one that failed is tried again here, and this
+        raises its error while it still fails (it stays pending)."""
+        job = self._job
+        if job is None:
+            return
+        started = time.perf_counter()
+        future, call, args = job
+        try:
+            if future is not None:
+                try:
+                    future.result()
+                except Exception as exc:
+                    self._job = (None, call, args)
+                    log.warning("event log append behind the loop failed (retrying): %s", exc)
+                else:
+                    self._job = None
+                    self.durable = self.submitted
+                    return
+            call(*args)  # raises while it fails: the job stays for the next settle
+            self._job = None
+            self.durable = self.submitted
+        finally:
+            trace = self.trace
+            if trace is not None:
+                trace.marks["log_wait"] = trace.marks.get("log_wait", 0.0) + (
+                    time.perf_counter() - started
+                )
+
+    def drop_pending(self) -> None:
+        """Wait for the append in flight; if it fails, give it up (its batch was never
+        committed: after a revoke it is fetched again and replayed)."""
+        try:
+            self.settle()
+        except Exception as exc:
+            log.warning("event log append given up at a revoke (the batch is replayed): %s", exc)
+            self._job = None
+
+    def shutdown(self) -> None:
+        """Stop the background thread (after ``settle``; an append still failing is left
+        undone: its batch was not committed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def forget(self) -> None:
-        old, self._writer = self._writer, self._make()
+        self.drop_pending()
+        old: Any = self._writer
+        self._writer = self._make()
         close = getattr(old, "close", None)
         if close is not None:  # roll the old writer's open files (readers need not wait)
             try:
                 close()
             except SkewlessError as exc:  # its files stay open-named: readers cope
                 log.warning("event log: %s", exc)
+
+
+class SettledOnlineStore:
+    """The online store as the processors see it when the log runs behind the loop: every
+    call but the reads first settles the logs' appends in flight, so batch n's log is on
+    disk before batch n + 1 writes anything (``OwnedPartitionsLog``)."""
+
+    READS = frozenset({"load", "load_watermarked", "load_and_marks"})
+
+    def __init__(self, store: OnlineStateStore, logs: Sequence[OwnedPartitionsLog]) -> None:
+        self._store = store
+        self._logs = logs
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        found = getattr(self._store, name)
+        if name in self.READS or not callable(found):
+            return found
+
+        def settled(*args: Any, **kwargs: Any) -> Any:
+            for owned in self._logs:
+                owned.settle()
+            return found(*args, **kwargs)
+
+        return settled
 
 
 @dataclass(slots=True)
@@ -232,6 +414,8 @@ class KafkaWorker:
         self._assigned: set[Partition] = set()
         self._epoch: dict[Partition, int] = {}  # bumped on every assignment of a partition
         self._pending: dict[Partition, int] = {}  # processed, not yet committed
+        # processed, their log append still in flight: (topic, appends submitted, offsets)
+        self._unlogged: list[tuple[str, int, dict[Partition, int]]] = []
         self._committed: dict[Partition, int] = {}  # the last offset asked to be committed
         self._stash: list[SourceRecord] = []  # fetched while a failed batch waited
         self._stop = threading.Event()
@@ -241,6 +425,11 @@ class KafkaWorker:
         self._last_stats_records = 0
         self._last_full_gc = time.monotonic()
         self.compaction: BackgroundCompaction | None = None  # set by build_worker
+        trace_path = os.environ.get(TRACE_ENV)
+        self._trace = BatchTrace(trace_path) if trace_path else None
+        if self._trace is not None:
+            for wiring in self.sources.values():
+                wiring.log.trace = self._trace
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -274,7 +463,10 @@ class KafkaWorker:
             if self.compaction is not None:
                 self.compaction.start()
             try:
+                trace = self._trace
                 while not self._stop.is_set():
+                    if trace is not None:
+                        trace.mark("poll")
                     if self._stash:
                         records, self._stash = self._stash, []
                     else:
@@ -282,12 +474,21 @@ class KafkaWorker:
                             self.options.batch_max, self.options.batch_timeout_s
                         )
                     if records:
+                        if trace is not None:
+                            trace.mark("got")
+                            trace.batch(records)
                         self._handle(records)
                         self._collect_garbage()
+                        if trace is not None:
+                            trace.mark("gc")
+                            trace.flush()
+                    elif self._unlogged and self._promote():  # idle: commit what is logged
+                        self._commit_pending()
                     self._maybe_log_stats()
             finally:
                 if self.compaction is not None:
                     self.compaction.stop()
+                self._settle_logs()
                 self._commit_pending(final=True)
                 self._close_local()  # before on_revoke empties the caches
                 consumer.close()  # leaves the group: runs on_revoke
@@ -295,7 +496,41 @@ class KafkaWorker:
                 self._log_stats(force=True)
                 if self.options.gc_freeze:
                     gc.unfreeze()
+                for wiring in self.sources.values():
+                    wiring.log.shutdown()
+                if self._trace is not None:
+                    self._trace.close()
         return self.stats
+
+    def _settle_logs(self) -> None:
+        """Wait for every append in flight and queue its batch's offsets (one still failing
+        leaves its batch uncommitted: it is fetched again)."""
+        for topic, wiring in self.sources.items():
+            try:
+                wiring.log.settle()
+            except Exception as exc:
+                log.error("event log of %s still failing at stop: %s — its last batch stays "
+                          "uncommitted", topic, exc)  # fmt: skip
+        self._promote()
+
+    def _promote(self) -> bool:
+        """Move the offsets of batches whose log append is on disk to the pending commits."""
+        if not self._unlogged:
+            return False
+        moved = False
+        waiting: list[tuple[str, int, dict[Partition, int]]] = []
+        for topic, seq, offsets in self._unlogged:
+            owned = self.sources[topic].log
+            owned.poll()
+            if owned.durable >= seq:
+                for tp, next_offset in offsets.items():
+                    if tp in self._assigned:
+                        self._pending[tp] = next_offset
+                moved = True
+            else:
+                waiting.append((topic, seq, offsets))
+        self._unlogged = waiting
+        return moved
 
     def _close_local(self) -> None:
         """Spill each source's cached states to its local tier, for a warm restart."""
@@ -331,12 +566,21 @@ class KafkaWorker:
             if outcome is None:
                 continue
             metrics.observe_batch(topic, outcome, time.perf_counter() - started)
+            if self._trace is not None:
+                self._trace.mark("done")
             self.stats.add(outcome)
             self.stats.batches += 1
-            for p, next_offset in outcome.commits.items():
-                if self._owned((topic, p), epochs):
-                    self._pending[(topic, p)] = next_offset
+            offsets = {
+                (topic, p): next_offset
+                for p, next_offset in outcome.commits.items()
+                if self._owned((topic, p), epochs)
+            }
+            # committed once the batch's log append is on disk (at once without overlap)
+            self._unlogged.append((topic, wiring.log.submitted, offsets))
+        self._promote()
         self._commit_pending()
+        if self._trace is not None:
+            self._trace.mark("commit")
 
     def _owned(self, tp: Partition, epochs: Mapping[Partition, int | None]) -> bool:
         """Still assigned, and not revoked and re-assigned since the batch was fetched."""
@@ -475,6 +719,7 @@ class KafkaWorker:
         self.stats.rebalances += 1
         metrics.observe_rebalance("revoked", parts)
         revoked = set(parts)
+        self._drop_unlogged({tp[0] for tp in parts})
         # what was committed asynchronously is committed again, synchronously: the new owner
         # then starts where this worker stopped, even if an asynchronous commit failed
         mine = {tp: o for tp, o in self._committed.items() if tp in revoked}
@@ -488,9 +733,21 @@ class KafkaWorker:
                 log.warning("commit on revoke failed (the new owner replays; fences skip): %s", exc)
         self._release(parts, "revoked")
 
+    def _drop_unlogged(self, topics: set[str]) -> None:
+        """Settle the appends in flight of ``topics``' logs and queue their offsets; an
+        append that fails is given up, and so are the offsets of its batches: they were never
+        committed, and the (eager) rebalance fetches every partition again from its commit."""
+        for topic in topics:
+            wiring = self.sources.get(topic)
+            if wiring is not None:
+                wiring.log.drop_pending()
+        self._promote()
+        self._unlogged = [u for u in self._unlogged if u[0] not in topics]
+
     def _on_lost(self, parts: list[Partition]) -> None:
         self.stats.rebalances += 1
         metrics.observe_rebalance("lost", parts)
+        self._drop_unlogged({tp[0] for tp in parts})
         self._release(parts, "lost")
 
     def _release(self, parts: list[Partition], how: str) -> None:
@@ -586,6 +843,12 @@ def close_local_state(topic: str, processor: BatchProcessor) -> None:
              counts["spilled"])  # fmt: skip
 
 
+def _switch(env: str, default: bool) -> bool:
+    """An option overridden by ``$env`` set to 0 or 1 (A/B runs of the benchmarks)."""
+    value = os.environ.get(env)
+    return default if value not in ("0", "1") else value == "1"
+
+
 def build_worker(
     plan: Plan,
     config: Config,
@@ -625,6 +888,12 @@ def build_worker(
             return KafkaDeadLetterSink(publisher, source)
 
     limits = DecodeLimits.from_config(config)
+    overlap = _switch(OVERLAP_ENV, opts.overlap_log_append)
+    wake_on_first = _switch(WAKE_ENV, opts.wake_on_first)
+    logs: list[OwnedPartitionsLog] = []
+    register = online
+    if overlap:  # nothing reaches Redis before the log of the batch before is on disk
+        online = cast(OnlineStateStore, SettledOnlineStore(online, logs))
     # lost online state is rebuilt in place from the log (docs/reliability.md)
     recovery = StateRecovery(plan, EventLogReader(config.event_log_root), online,
                              log_root=config.event_log_root, clock=wall_clock_ms)  # fmt: skip
@@ -637,12 +906,18 @@ def build_worker(
             return EventLogWriter(config.event_log_root, name, dict(schema),
                                   roll_bytes=opts.log_roll_bytes, roll_seconds=opts.log_roll_s)  # fmt: skip
 
-        owned = OwnedPartitionsLog(make_writer)
+        owned = OwnedPartitionsLog(make_writer, overlap=overlap)
+        logs.append(owned)
         # owner epochs fence zombies (docs/reliability.md#owner-epochs); a store without an
         # owner register (a test fake) runs unfenced
         ownership = (
-            Ownership(online, group=group_id(config.project), topic=source.topic, log=owned)
-            if isinstance(online, OwnerRegister)
+            Ownership(
+                cast(OwnerRegister, online),
+                group=group_id(config.project),
+                topic=source.topic,
+                log=owned,
+            )
+            if isinstance(register, OwnerRegister)
             else None
         )
         local = (
@@ -669,7 +944,13 @@ def build_worker(
         on_assign: PartitionsCallback, on_revoke: PartitionsCallback, on_lost: PartitionsCallback
     ) -> BatchConsumer:
         return KafkaBatchConsumer(
-            settings, group, topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_lost
+            settings,
+            group,
+            topics,
+            on_assign=on_assign,
+            on_revoke=on_revoke,
+            on_lost=on_lost,
+            wake_on_first=wake_on_first,
         )
 
     worker = KafkaWorker(sources, factory, options)

@@ -284,13 +284,18 @@ def test_push_validates_every_row_and_keys_like_the_java_client(
 # -- the worker ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "latency",
+    [{}, {"overlap_log_append": True, "wake_on_first": True}],
+    ids=["default", "log-behind-the-loop"],
+)
 def test_worker_folds_and_logs_every_record(
-    tmp_path: Path, kafka_service: str, stream_redis_url: str
+    tmp_path: Path, kafka_service: str, stream_redis_url: str, latency: dict[str, bool]
 ) -> None:
     repo = Repo(tmp_path, kafka_service, stream_redis_url)
     repo.store.apply()
     publish(repo, 900, seed=3)
-    with WorkerThread(repo.store, WorkerOptions(batch_max=700)) as worker:
+    with WorkerThread(repo.store, WorkerOptions(batch_max=700, **latency)) as worker:
         wait_caught_up(kafka_service, repo.group, [repo.avro, repo.json], 120)
         worker.stop()
     stats = worker.worker.stats
