@@ -195,13 +195,16 @@ def wait_committed(group: str, topic: str, total: int, timeout_s: float) -> None
         time.sleep(0.2)
 
 
-def committed_total(group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+def committed_total(group: str, topic: str, poller: Consumer | None = None) -> int:
+    """Records of ``topic`` committed by ``group``; ``poller``: a consumer of ``group`` to
+    ask (one kept across polls spares the broker a connection per poll), else a new one."""
+    c = poller or Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
     try:
         got = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
         return sum(max(tp.offset, 0) for tp in got)
     finally:
-        c.close()
+        if poller is None:
+            c.close()
 
 
 def flush_redis() -> None:
@@ -232,10 +235,11 @@ def run_until_committed(
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []
     pids = service_pids() if cpu is not None else {}
+    poller = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
     try:
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            done = committed_total(group, topic)
+            done = committed_total(group, topic, poller)
             now = time.perf_counter()
             if done and (not samples or done != samples[-1][1]):
                 samples.append((now, done))
@@ -245,6 +249,9 @@ def run_until_committed(
                 break
             time.sleep(0.05)
     finally:
+        poller.close()
+        if cpu:  # the worker's peak RSS (MiB), read before it stops
+            cpu[-1]["worker_peak_rss_mib"] = peak_rss_mib(proc.pid)
         proc.terminate()
         proc.wait(120)
         log.close()
@@ -301,6 +308,17 @@ def service_pids() -> dict[str, int]:
     return pids
 
 
+def peak_rss_mib(pid: int) -> float:
+    """``VmHWM`` of ``/proc/PID/status`` in MiB (NaN if unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -329,9 +347,11 @@ def cpu_shares(before: dict[str, float], after: dict[str, float], events: int) -
     """The drain's CPU seconds per process between two ``cpu_now`` readings, their shares
     of the machine's busy time, and events per worker CPU-second."""
     spent = {k: after[k] - before[k] for k in after if k in before and k != "wall"}
+    peak = after.get("worker_peak_rss_mib", float("nan"))
     wall = after["wall"] - before["wall"]
     busy = spent.get("machine", 0.0)
-    out: dict[str, Any] = {"cpu_s": spent, "cores": os.cpu_count(), "cpu_wall_s": wall}
+    out: dict[str, Any] = {"cpu_s": spent, "cores": os.cpu_count(), "cpu_wall_s": wall,
+                           "worker_peak_rss_mib": peak}  # fmt: skip
     if busy > 0:
         out["cpu_share"] = {k: v / busy for k, v in spent.items() if k != "machine"}
     if spent.get("worker", 0) > 0:
@@ -564,6 +584,7 @@ def cpu_line(got: dict[str, Any]) -> str:
     if "machine" in got["cpu_s"]:
         busy = got["cpu_s"]["machine"] / (got["cpu_wall_s"] * (got["cores"] or 1))
         parts.append(f"machine busy {busy:.0%} of {got['cores']} cores")
+    parts.append(f"worker peak RSS {got.get('worker_peak_rss_mib', float('nan')):.0f} MiB")
     return "; ".join(parts)
 
 
@@ -654,20 +675,22 @@ def report(result: dict[str, Any]) -> None:
               f"{p99 / TARGET_P99_MS:.2f}x |")  # fmt: skip
 
 
-def backlog_rounds(topic: str, total: int, batch_max: int, rounds: int, codes: list[Path]) -> None:
+def backlog_rounds(
+    topic: str, total: int, batch_maxes: list[int], rounds: int, codes: list[Path]
+) -> None:
     """``--backlog-only``: the kafka worker drains the example definitions' backlog
-    ``rounds`` times per checkout in ``codes`` (rotating, so each sees the same noise);
-    prints each drain's rate and CPU shares and writes ``benchmarks/out/stream-backlog.json``."""
-    runs: dict[str, list[dict[str, Any]]] = {str(c): [] for c in codes}
+    ``rounds`` times per checkout in ``codes`` and ``--batch-max`` in ``batch_maxes``
+    (rotating, so each sees the same noise); prints each drain's rate and CPU shares and
+    writes ``benchmarks/out/stream-backlog.json``."""
+    variants = [(code, b) for code in codes for b in batch_maxes]
+    runs: dict[str, list[dict[str, Any]]] = {f"{c} --batch-max {b}": [] for c, b in variants}
     for r in range(rounds):
-        for code in codes[r % len(codes) :] + codes[: r % len(codes)]:
-            got = worker_throughput(make_repo("example", topic), topic, total, "kafka",
-                                    batch_max, code)  # fmt: skip
-            print(f"[{code}]")
+        for code, b in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            got = worker_throughput(make_repo("example", topic), topic, total, "kafka", b, code)
+            print(f"[{code} --batch-max {b}]")
             show(got)
-            runs[str(code)].append(got)
-    print(f"\nbacklog of {total:,} events, kafka runtime, example definitions, "
-          f"--batch-max {batch_max:,}, {rounds} rounds:")  # fmt: skip
+            runs[f"{code} --batch-max {b}"].append(got)
+    print(f"\nbacklog of {total:,} events, kafka runtime, example definitions, {rounds} rounds:")
     for code, got in runs.items():
         rates = [g["events_per_s"] for g in got]
         med = median_run(got)
@@ -675,7 +698,7 @@ def backlog_rounds(topic: str, total: int, batch_max: int, rounds: int, codes: l
               f"(runs {', '.join(f'{x / 1000:.1f}k' for x in rates)}); median run: "
               f"{cpu_line(med)}")  # fmt: skip
     path = OUT / "stream-backlog.json"
-    path.write_text(json.dumps({"events": total, "batch_max": batch_max, "runs": runs,
+    path.write_text(json.dumps({"events": total, "runs": runs,
                                 "produced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                              time.gmtime())}, indent=2))  # fmt: skip
     print(f"wrote {path.relative_to(REPO)}")
@@ -698,7 +721,10 @@ def run() -> None:
     parser.add_argument("--freshness-seconds", type=float, default=20.0)
     parser.add_argument("--sample", type=float, default=0.02, help="share of events timed")
     parser.add_argument(
-        "--batch-max", type=int, default=50_000, help="the worker's --batch-max (its default)"
+        "--batch-max",
+        default="50000",
+        help="the worker's --batch-max (its default); with --backlog-only a comma-separated "
+        "list alternates several",
     )
     parser.add_argument("--quick", action="store_true", help="50k events, 10 s of freshness")
     parser.add_argument("--profile", action="store_true", help="cProfile the kafka loop too")
@@ -723,6 +749,8 @@ def run() -> None:
         "--repeat", type=int, default=3, help="rounds of (count job, Quix), alternating"
     )
     args = parser.parse_args()
+    batch_maxes = [int(b) for b in args.batch_max.split(",")]
+    args.batch_max = batch_maxes[0]
     if args.quick:
         args.events, args.freshness_seconds, args.repeat = 50_000, 10.0, 1
     WORK.mkdir(parents=True, exist_ok=True)
@@ -739,7 +767,7 @@ def run() -> None:
     produce_s = produce_backlog(topic, rows, codec)
     print(f"produced {args.events} records to {topic} in {produce_s:.1f}s")
     if args.backlog_only:
-        backlog_rounds(topic, args.events, args.batch_max, args.backlog_only,
+        backlog_rounds(topic, args.events, batch_maxes, args.backlog_only,
                        args.worker_code or [REPO])  # fmt: skip
         return
 
