@@ -83,6 +83,7 @@ QUIX_VERSION = "3.28.1"
 SCHEMA = REPO / "definitions" / "schemas" / "transaction.avsc"
 BOOTSTRAP = os.environ.get("SKEWLESS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("SKEWLESS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+PREFIX = os.environ.get("SKEWLESS_BENCH_PREFIX", "bench")  # of the run's topics and groups
 PARTITIONS = 4
 TARGET_RATE = 100_000
 TARGET_VS_QUIX = 4.0  # issue 10: the count job >= 4x Quix Streams, same run
@@ -118,7 +119,7 @@ def make_repo(kind: str, topic: str) -> Path:
     else:
         (root / "defs.py").write_text(COUNT_DEFS.replace("SOURCE", source).replace("TOPIC", topic))
     (root / "skewless.yaml").write_text(
-        f"project:\n  name: bench-{source}\nkafka:\n  bootstrap_servers: {BOOTSTRAP}\n"
+        f"project:\n  name: {PREFIX}-{source}\nkafka:\n  bootstrap_servers: {BOOTSTRAP}\n"
         f"  partitions: {PARTITIONS}\nredis:\n  url: {REDIS_URL}\n"
     )
     return root
@@ -215,13 +216,16 @@ def wait_committed(group: str, topic: str, total: int, timeout_s: float) -> None
         time.sleep(0.2)
 
 
-def committed_total(group: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
+def committed_total(group: str, topic: str, poller: Consumer | None = None) -> int:
+    """Records of ``topic`` committed by ``group``; ``poller``: a consumer of ``group`` to
+    ask (one kept across polls spares the broker a connection per poll), else a new one."""
+    c = poller or Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
     try:
         got = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
         return sum(max(tp.offset, 0) for tp in got)
     finally:
-        c.close()
+        if poller is None:
+            c.close()
 
 
 def flush_redis() -> None:
@@ -236,23 +240,39 @@ def flush_redis() -> None:
 
 
 def run_until_committed(
-    cmd: list[str], log: IO[bytes], group: str, topic: str, total: int, what: str
+    cmd: list[str],
+    log: IO[bytes],
+    group: str,
+    topic: str,
+    total: int,
+    what: str,
+    cpu: list[dict[str, float]] | None = None,
+    cwd: Path = REPO,
 ) -> list[tuple[float, int]]:
     """Run a worker command until ``group`` has committed ``total`` records of ``topic``;
-    return (time, records committed) at every change. Closes ``log``."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    return (time, records committed) at every change. Closes ``log``. ``cpu``: filled with
+    the CPU seconds of the worker, Redis, the broker, this process and the machine
+    (``cpu_now``) at each of those changes. ``cwd``: the checkout the worker runs from."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     samples: list[tuple[float, int]] = []
+    pids = service_pids() if cpu is not None else {}
+    poller = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
     try:
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            done = committed_total(group, topic)
+            done = committed_total(group, topic, poller)
             now = time.perf_counter()
             if done and (not samples or done != samples[-1][1]):
                 samples.append((now, done))
+                if cpu is not None:
+                    cpu.append(cpu_now({"worker": proc.pid, **pids}))
             if done >= total or proc.poll() is not None:
                 break
             time.sleep(0.05)
     finally:
+        poller.close()
+        if cpu:  # the worker's peak RSS (MiB), read before it stops
+            cpu[-1]["worker_peak_rss_mib"] = peak_rss_mib(proc.pid)
         proc.terminate()
         proc.wait(120)
         log.close()
@@ -262,9 +282,10 @@ def run_until_committed(
 
 
 def worker_throughput(
-    repo: Path, topic: str, total: int, runtime: str, batch_max: int
+    repo: Path, topic: str, total: int, runtime: str, batch_max: int, code: Path = REPO
 ) -> dict[str, Any]:
-    """One worker process on the backlog; rate between its first and its last commit."""
+    """One worker process on the backlog; rate between its first and its last commit.
+    ``code``: the checkout whose engine the worker runs (``--worker-code``)."""
     flush_redis()
     store = FeatureStore.from_repo(repo)
     store.apply()
@@ -273,12 +294,91 @@ def worker_throughput(
     log = (WORK / f"worker-{repo.name}-{runtime}.log").open("wb")
     cmd = [sys.executable, "-m", "engine.cli", "--repo", str(repo), "worker", "--runtime",
            runtime, "--batch-max", str(batch_max)]  # fmt: skip
-    samples = run_until_committed(cmd, log, group, topic, total, "worker")
+    cpu: list[dict[str, float]] = []
+    samples = run_until_committed(cmd, log, group, topic, total, "worker", cpu, code)
     (t0, n0), (t1, n1) = samples[0], samples[-1]
     rate = (n1 - n0) / (t1 - t0)
     return {"runtime": runtime, "definitions": repo.name.split("_")[0], "records": total,
             "measured_records": n1 - n0, "seconds": t1 - t0, "events_per_s": rate,
-            "batch_max": batch_max}  # fmt: skip
+            "batch_max": batch_max, "code": str(code), **cpu_shares(cpu[0], cpu[-1], n1 - n0)}  # fmt: skip
+
+
+def service_pids() -> dict[str, int]:
+    """The pids of the Redis server (its ``INFO``; only when it runs on this machine) and of
+    the Kafka broker (the ``kafka.Kafka`` java process) whose CPU a drain is charged."""
+    import redis
+
+    pids: dict[str, int] = {}
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        pid = int(client.info("server")["process_id"])
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"redis-server"):
+            pids["redis"] = pid
+    except (OSError, redis.exceptions.RedisError):
+        pass
+    finally:
+        client.close()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                    pids["kafka"] = int(entry.name)
+                    break
+            except OSError:
+                continue
+    return pids
+
+
+def peak_rss_mib(pid: int) -> float:
+    """``VmHWM`` of ``/proc/PID/status`` in MiB (NaN if unreadable)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return float("nan")
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system, every thread) so far of each named pid (from
+    ``/proc/PID/stat``), of this process (``bench``: the commit poller) and of the whole
+    machine (``machine``, busy time of every core, and ``wall``)."""
+    out: dict[str, float] = {"wall": time.perf_counter()}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / _TICK
+        except (OSError, IndexError, ValueError):
+            continue
+    times = os.times()
+    out["bench"] = times.user + times.system
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        out["machine"] = (sum(ticks) - ticks[3] - ticks[4]) / _TICK  # all but idle, iowait
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def cpu_shares(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, Any]:
+    """The drain's CPU seconds per process between two ``cpu_now`` readings, their shares
+    of the machine's busy time, and events per worker CPU-second."""
+    spent = {k: after[k] - before[k] for k in after if k in before and k != "wall"}
+    peak = after.get("worker_peak_rss_mib", float("nan"))
+    wall = after["wall"] - before["wall"]
+    busy = spent.get("machine", 0.0)
+    out: dict[str, Any] = {"cpu_s": spent, "cores": os.cpu_count(), "cpu_wall_s": wall,
+                           "worker_peak_rss_mib": peak}  # fmt: skip
+    if busy > 0:
+        out["cpu_share"] = {k: v / busy for k, v in spent.items() if k != "machine"}
+    if spent.get("worker", 0) > 0:
+        out["events_per_worker_cpu_s"] = events / spent["worker"]
+    out["us_per_event"] = {k: v / events * 1e6 for k, v in spent.items()}
+    return out
 
 
 def profile_worker(repo: Path, topic: str, total: int, batch_max: int, top: int = 30) -> str:
@@ -625,6 +725,24 @@ def show_breakdown(f: dict[str, Any]) -> None:
 def show(got: dict[str, Any]) -> None:
     print(f"{got['runtime']:>6} {got['definitions']:<8} {got['events_per_s']:>10,.0f} events/s "
           f"({got['measured_records']} records in {got['seconds']:.1f}s)")  # fmt: skip
+    if "cpu_s" in got:
+        print("       " + cpu_line(got))
+
+
+def cpu_line(got: dict[str, Any]) -> str:
+    """The drain's CPU: events per worker CPU-second, then per process µs of CPU per event
+    and its share of the machine's busy CPU time."""
+    per = got["us_per_event"]
+    share = got.get("cpu_share", {})
+    parts = [f"{got.get('events_per_worker_cpu_s', float('nan')):,.0f} events per worker CPU-s"]
+    for name in ("worker", "redis", "kafka", "bench"):
+        if name in per:
+            parts.append(f"{name} {per[name]:.1f} µs/event ({share.get(name, float('nan')):.0%})")
+    if "machine" in got["cpu_s"]:
+        busy = got["cpu_s"]["machine"] / (got["cpu_wall_s"] * (got["cores"] or 1))
+        parts.append(f"machine busy {busy:.0%} of {got['cores']} cores")
+    parts.append(f"worker peak RSS {got.get('worker_peak_rss_mib', float('nan')):.0f} MiB")
+    return "; ".join(parts)
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -753,6 +871,35 @@ def freshness_ab(args: argparse.Namespace, loads: list[tuple[int, float, int]]) 
               f"{f['samples']} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['max_ms']:.1f} |")  # fmt: skip
 
 
+def backlog_rounds(
+    topic: str, total: int, batch_maxes: list[int], rounds: int, codes: list[Path]
+) -> None:
+    """``--backlog-only``: the kafka worker drains the example definitions' backlog
+    ``rounds`` times per checkout in ``codes`` and ``--batch-max`` in ``batch_maxes``
+    (rotating, so each sees the same noise); prints each drain's rate and CPU shares and
+    writes ``benchmarks/out/stream-backlog.json``."""
+    variants = [(code, b) for code in codes for b in batch_maxes]
+    runs: dict[str, list[dict[str, Any]]] = {f"{c} --batch-max {b}": [] for c, b in variants}
+    for r in range(rounds):
+        for code, b in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            got = worker_throughput(make_repo("example", topic), topic, total, "kafka", b, code)
+            print(f"[{code} --batch-max {b}]")
+            show(got)
+            runs[f"{code} --batch-max {b}"].append(got)
+    print(f"\nbacklog of {total:,} events, kafka runtime, example definitions, {rounds} rounds:")
+    for code, got in runs.items():
+        rates = [g["events_per_s"] for g in got]
+        med = median_run(got)
+        print(f"  {code}: median {med['events_per_s']:,.0f} events/s "
+              f"(runs {', '.join(f'{x / 1000:.1f}k' for x in rates)}); median run: "
+              f"{cpu_line(med)}")  # fmt: skip
+    path = OUT / "stream-backlog.json"
+    path.write_text(json.dumps({"events": total, "runs": runs,
+                                "produced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                             time.gmtime())}, indent=2))  # fmt: skip
+    print(f"wrote {path.relative_to(REPO)}")
+
+
 def main() -> None:
     try:
         run()
@@ -770,11 +917,30 @@ def run() -> None:
     parser.add_argument("--freshness-seconds", type=float, default=20.0)
     parser.add_argument("--sample", type=float, default=0.02, help="share of events timed")
     parser.add_argument(
-        "--batch-max", type=int, default=50_000, help="the worker's --batch-max (its default)"
+        "--batch-max",
+        default="50000",
+        help="the worker's --batch-max (its default); with --backlog-only a comma-separated "
+        "list alternates several",
     )
     parser.add_argument("--quick", action="store_true", help="50k events, 10 s of freshness")
     parser.add_argument("--profile", action="store_true", help="cProfile the kafka loop too")
     parser.add_argument("--skip-quix", action="store_true")
+    parser.add_argument(
+        "--backlog-only",
+        type=int,
+        metavar="ROUNDS",
+        default=0,
+        help="only the kafka worker on the example definitions' backlog, ROUNDS times (with "
+        "the CPU of the worker, Redis and the broker), then stop",
+    )
+    parser.add_argument(
+        "--worker-code",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="with --backlog-only: a checkout whose engine the worker runs (its built "
+        "engine/_native*.so beside it); repeat to alternate between several in each round",
+    )
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds of (count job, Quix), alternating"
     )
@@ -798,6 +964,8 @@ def run() -> None:
         help="trace the workers' batches and show where each sample's latency went",
     )  # fmt: skip
     args = parser.parse_args()
+    batch_maxes = [int(b) for b in args.batch_max.split(",")]
+    args.batch_max = batch_maxes[0]
     if args.quick:
         args.events, args.freshness_seconds, args.repeat = 50_000, 10.0, 1
     WORK.mkdir(parents=True, exist_ok=True)
@@ -814,7 +982,7 @@ def run() -> None:
     from engine.cli import WORKER_RUNTIMES
 
     runtimes = sorted(WORKER_RUNTIMES, key=lambda r: (r != "kafka", r))
-    topic = f"bench_{uuid.uuid4().hex[:8]}"
+    topic = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
     create_topic(topic)
     now = int(time.time() * 1000)
     rows = events(args.events, 42, now)
@@ -822,6 +990,10 @@ def run() -> None:
     codec = SourceCodec(next(iter(plan.sources.values())))
     produce_s = produce_backlog(topic, rows, codec)
     print(f"produced {args.events} records to {topic} in {produce_s:.1f}s")
+    if args.backlog_only:
+        backlog_rounds(topic, args.events, batch_maxes, args.backlog_only,
+                       args.worker_code or [REPO])  # fmt: skip
+        return
 
     throughput = []
     for runtime in runtimes:

@@ -138,6 +138,12 @@ def redis_cpu(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def commandstats(client: Any) -> dict[str, tuple[int, int]]:
+    """``INFO commandstats``: (calls, µs) per command (scripts' inner calls included)."""
+    return {name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in client.info("commandstats").items()}  # fmt: skip
+
+
 def run(
     kind: str,
     n: int,
@@ -180,6 +186,8 @@ def run(
         rest = batches[1:]
         events_timed = sum(len(b) for b in rest)
         r0 = redis_cpu(client)
+        s0 = commandstats(client)
+        written = 0
         c0 = resource.getrusage(resource.RUSAGE_SELF)
         w0 = time.perf_counter()
         profiler = None
@@ -189,12 +197,15 @@ def run(
             profiler = cProfile.Profile(time.process_time)  # CPU time: the machine is shared
             profiler.enable()
         for b in rest:
-            core.process(b)
+            written += core.process(b).entities_written
         if profiler is not None:
             profiler.disable()
         wall = time.perf_counter() - w0
         c1 = resource.getrusage(resource.RUSAGE_SELF)
         r1 = redis_cpu(client)
+        s1 = commandstats(client)
+        calls = {name: (c - s0.get(name, (0, 0))[0], u - s0.get(name, (0, 0))[1])
+                 for name, (c, u) in s1.items() if c > s0.get(name, (0, 0))[0]}  # fmt: skip
         cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
         redis_s = r1 - r0
         result = {
@@ -209,6 +220,8 @@ def run(
             "worker_us_per_event": cpu / events_timed * 1e6,
             "redis_us_per_event": redis_s / events_timed * 1e6,
             "redis_share": redis_s / (redis_s + cpu),
+            "entities_written": written,
+            "commandstats": calls,
         }
         if profiler is not None:
             import io
@@ -241,7 +254,14 @@ def main() -> None:
                         "re-keyed views (online.merge_rekeyed_views), alternating, ROUNDS each")  # fmt: skip
     parser.add_argument("--recovery", action="store_true",
                         help="wire lost-state detection in, as the runtimes do")  # fmt: skip
+    parser.add_argument("--lua-body", metavar="PATH", type=Path,
+                        help="a variant of the write script's body (redis_store._WRITE_BODY_LUA) "
+                        "to run instead of the shipped one")  # fmt: skip
     args = parser.parse_args()
+    if args.lua_body:
+        from connectors import redis_store
+
+        redis_store._WRITE_LUA = "\n" + redis_store._FENCE_LUA + args.lua_body.read_text()
     if args.merged:
         compare_layouts(args.defs, args.events, args.batch, args.merged, args.recovery)
         return
@@ -252,6 +272,13 @@ def main() -> None:
     print(f"  redis:  {got['redis_us_per_event']:.1f} µs CPU/event "
           f"({got['redis_share']:.0%} of worker + redis CPU)")  # fmt: skip
     print(f"  wall:   {got['events_per_s_wall']:,.0f} events/s (worker and redis share 2 cores)")
+    written = got["entities_written"]
+    print(f"  entity writes: {written:,} ({written / got['events']:.2f} per event); "
+          "Redis µs per entity write by command (calls per entity write):")  # fmt: skip
+    for name, (calls, usec) in sorted(got["commandstats"].items(), key=lambda x: -x[1][1]):
+        print(
+            f"  {name:>12} {usec / max(written, 1):6.2f} µs ({calls / max(written, 1):.2f} calls)"
+        )
     if args.native:
         print(f"  native: {sys.modules['engine._native'].__file__}")
     for name, us in sorted(got.get("native_us_per_event", {}).items(), key=lambda x: -x[1]):

@@ -480,7 +480,7 @@ class RedisOnlineStore:
         suffix.append(b"%d" % len(fence))
         tail = b"".join(b"$%d\r\n%s\r\n" % (len(b), b) for b in suffix)
         commands: list[tuple[str | None, Sequence[bytes] | _Prepacked]] = [
-            (_WRITE_LUA, _Prepacked(elements + len(suffix), body + tail))
+            (_WRITE_LUA, _Prepacked(elements + len(suffix), body, tail))
             for elements, _, _, body in packed
         ]
         commands.extend((_WRITE_LUA, (b"%d" % len(k), *k, *a, *suffix)) for k, a in chunks)
@@ -537,7 +537,7 @@ class RedisOnlineStore:
                         % (args.elements + 2, len(sha), sha)
                     )
                     packed += (b"".join(small), args.body)
-                    small = []
+                    small = [args.tail]  # sent with what follows: the body is not copied
                 elif lua is None:
                     small.append(_pack(args))
                 else:
@@ -984,10 +984,12 @@ def _read_resp(sock: socket.socket, count: int) -> _native.RespReplies:
 
 @dataclass(frozen=True, slots=True)
 class _Prepacked:
-    """A script call's arguments already in RESP (``elements`` bulk strings in ``body``)."""
+    """A script call's arguments already in RESP (``elements`` bulk strings in ``body``,
+    then ``tail``)."""
 
     elements: int
     body: bytes
+    tail: bytes = b""
 
 
 def _pack(args: Sequence[bytes]) -> bytes:

@@ -262,6 +262,8 @@ def group_cells(
         cells = [[None if row is None else row.get(name) for row in rows] for name in names]
     keys, inputs = cells[: len(group.join_keys)], cells[len(group.join_keys) :]
     for column in keys:  # a NaN key (a batch transform's missing value) is no entity
+        if not any(issubclass(t, float) for t in set(map(type, column))):
+            continue  # no float at all (the usual case): no per-cell Python
         for i, value in enumerate(column):
             if isinstance(value, float) and value != value:
                 column[i] = None

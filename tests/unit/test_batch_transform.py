@@ -253,3 +253,32 @@ def test_a_batch_transforms_index_is_checked_as_a_subset_of_its_input(
 
     frame = pd.DataFrame({"x": range(len(labels))}, index=labels)
     assert _labels_within(frame.index, index) == set(labels).issubset(index)
+
+
+def test_a_nan_key_from_a_batch_transform_is_no_entity(store: FeatureStore) -> None:
+    """A batch transform's missing key (NaN in its output) drops the record for the view,
+    whatever else the key column holds; a key column without floats is left as it is."""
+    from dataclasses import replace
+
+    from engine.processing import RowGroup, group_cells
+
+    def nan_keys(batch: pd.DataFrame) -> pd.DataFrame:
+        out = batch.copy()
+        out["customer_id"] = out["customer_id"].where(out["amount"] < 100.0)  # NaN above
+        return out
+
+    view = replace(store.plan.views["batched"], batch_transform=nan_keys)
+    group = RowGroup(transform=None, filter=None, join_keys=view.join_keys,
+                     members=((0, view),), batch_transform=nan_keys)  # fmt: skip
+    payloads = [
+        {"customer_id": f"c{i}", "merchant_id": "m", "amount": float(a), "qty": i, "ts": T0}
+        for i, a in enumerate((1.0, 500.0, 2.0, 700.0))
+    ]
+    keys, inputs = group_cells(group, ["amount"], payloads)
+    assert keys == [["c0", None, "c2", None]]
+    assert inputs == [[1.0, 500.0, 2.0, 700.0]]
+    plain = RowGroup(transform=None, filter=None, join_keys=view.join_keys,
+                     members=((0, store.plan.views["batched"]),),
+                     batch_transform=store.plan.views["batched"].batch_transform)  # fmt: skip
+    keys, _ = group_cells(plain, ["amount"], payloads)
+    assert keys == [["c0", "c1", "c2", "c3"]]
