@@ -887,10 +887,10 @@ def backlog_rounds(
             show(got)
             runs[f"{code} --batch-max {b}"].append(got)
     print(f"\nbacklog of {total:,} events, kafka runtime, example definitions, {rounds} rounds:")
-    for code, got in runs.items():
-        rates = [g["events_per_s"] for g in got]
-        med = median_run(got)
-        print(f"  {code}: median {med['events_per_s']:,.0f} events/s "
+    for label, drains in runs.items():
+        rates = [g["events_per_s"] for g in drains]
+        med = median_run(drains)
+        print(f"  {label}: median {med['events_per_s']:,.0f} events/s "
               f"(runs {', '.join(f'{x / 1000:.1f}k' for x in rates)}); median run: "
               f"{cpu_line(med)}")  # fmt: skip
     path = OUT / "stream-backlog.json"
