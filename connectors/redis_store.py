@@ -326,13 +326,7 @@ class RedisOnlineStore:
 
     def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         """Every field of each key (``{}`` for a missing key), in one round trip."""
-        if not keys:
-            return []
-        try:
-            replies = self._run_packed([(None, (b"HGETALL", key.encode())) for key in keys])
-        except redis.exceptions.RedisError as exc:
-            self._unavailable("HGETALL", exc)
-        return [_hash(reply) for reply in replies]
+        return self._load_then(keys, [])[0]
 
     def write(
         self,
@@ -606,11 +600,23 @@ class RedisOnlineStore:
         commands.extend((None, command) for command in after)
         if not commands:
             return [], []
+        n = len(keys)
         try:
-            replies = self._run_packed(commands)
+            # the hashes indexed natively (dicts built in the core, not per reply by
+            # redis-py), the few other replies parsed by hiredis from their bytes
+            got = self._run_resp(lambda: [_pack(args) for _, args in commands], others_from=n)
+            if got is None:  # not a hiredis connection: redis-py's replies
+                replies = self._run_packed(commands)
+                return [_hash(r) for r in replies[:n]], list(replies[n:])
         except redis.exceptions.RedisError as exc:
             self._unavailable("HGETALL", exc)
-        return [_hash(reply) for reply in replies[: len(keys)]], list(replies[len(keys) :])
+        hashes = [got.hash(i) or {} for i in range(n)]
+        rest: list[Any] = []
+        if after:
+            reader = hiredis.Reader()
+            reader.feed(got.tail(n))
+            rest = [reader.gets() for _ in after]
+        return hashes, rest
 
     def _sha(self, lua: str) -> bytes:
         sha = self._shas.get(lua)
@@ -754,14 +760,19 @@ class RedisOnlineStore:
             packed.append(b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
         return packed
 
-    def _run_resp(self, pack: Callable[[], list[bytes]]) -> _native.RespReplies | None:
+    def _run_resp(
+        self, pack: Callable[[], list[bytes]], others_from: int | None = None
+    ) -> _native.RespReplies | None:
         """``_run_packed`` of the commands ``pack()`` gives (called again after a missing
         script was loaded), whose replies stay one RESP buffer, indexed natively
         (``engine._native.RespReplies``); None when the pooled connection's parser is not
         hiredis (its socket cannot be read around it) or a reply's kind is unknown.
         Error replies raise redis-py's exception, a missing script is loaded and the batch
-        sent again, a connection Redis closed is retried once."""
-        pool = self._client.connection_pool
+        sent again, a connection Redis closed is retried once. Replies from ``others_from``
+        on may be of any kind (the caller parses them from ``tail``)."""
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is None:  # a cluster client: its own routing (_run_packed)
+            return None
         for attempt in (0, 1):
             packed = pack()
             conn = pool.get_connection()
@@ -771,15 +782,15 @@ class RedisOnlineStore:
                 sock = getattr(parser, "_sock", None)  # and socket, read around it
                 if has_data is None or sock is None or has_data():
                     return None
-                conn.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]  # untyped in redis-py
+                conn.send_packed_command([b"".join(packed)])
                 replies = _read_resp(sock, len(packed))
             except redis.exceptions.ConnectionError:
-                conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                conn.disconnect()
                 if attempt == 0:  # a pooled connection Redis closed (restart): once more
                     continue
                 raise
             except BaseException:
-                conn.disconnect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                conn.disconnect()
                 raise
             finally:
                 pool.release(conn)
@@ -794,7 +805,7 @@ class RedisOnlineStore:
                 continue
             if errors:
                 raise errors[0]
-            if -3 in shape:
+            if -3 in (shape if others_from is None else shape[:others_from]):
                 return None
             return replies
         raise AssertionError("unreachable")  # pragma: no cover

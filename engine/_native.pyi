@@ -419,6 +419,8 @@ class RespReplies:
     def marks(self, i: int, kinds: bytes) -> frozenset[tuple[bytes, bytes]]:
         """The fields of hash reply ``i`` whose names start with a byte of ``kinds``."""
     def hash(self, i: int) -> dict[bytes, bytes] | None: ...
+    def tail(self, i: int) -> bytes:
+        """The bytes of the complete replies from reply ``i`` on (empty past the last)."""
     def raw(self) -> bytes: ...
 
 # -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------

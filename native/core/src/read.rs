@@ -418,6 +418,8 @@ fn reply(buf: &[u8], at: usize, index: bool) -> Result<Option<(usize, Reply)>, S
 pub struct Replies {
     pub buf: Vec<u8>,
     pub replies: Vec<Reply>,
+    /// Where each complete reply ends in `buf` (the next one begins there).
+    pub ends: Vec<u32>,
     count: usize,
     /// Where the first reply not yet complete begins.
     at: usize,
@@ -428,6 +430,7 @@ impl Replies {
         Replies {
             buf: Vec::new(),
             replies: Vec::with_capacity(count),
+            ends: Vec::with_capacity(count),
             count,
             at: 0,
         }
@@ -444,6 +447,7 @@ impl Replies {
             match reply(&self.buf, self.at, true)? {
                 Some((end, r)) => {
                     self.replies.push(r);
+                    self.ends.push(end as u32);
                     self.at = end;
                 }
                 None => break,
@@ -457,6 +461,16 @@ impl Replies {
             ));
         }
         Ok(self.count - self.replies.len())
+    }
+
+    /// The bytes of the complete replies from reply `i` on (empty past the last one), to
+    /// parse them another way.
+    pub fn tail(&self, i: usize) -> &[u8] {
+        let start = match i {
+            0 => 0,
+            _ => self.ends.get(i - 1).map_or(self.at, |&e| e as usize),
+        };
+        &self.buf[start.min(self.at)..self.at]
     }
 
     /// The fields of hash reply `i` as slices of the buffer (None: not a hash).
@@ -549,7 +563,14 @@ mod tests {
             assert_eq!(r[6], Reply::Hash(vec![]));
             assert_eq!(r[7], Reply::Other);
             assert_eq!(r[8], Reply::Int(-7));
+            assert_eq!(replies.tail(0), buf);
+            assert_eq!(replies.tail(5), b"+OK\r\n*-1\r\n*2\r\n:1\r\n$1\r\nx\r\n:-7\r\n");
+            assert_eq!(replies.tail(8), b":-7\r\n");
+            assert_eq!(replies.tail(9), b"");
         }
+        let mut partial = Replies::new(3);
+        assert_eq!(partial.feed(b":1\r\n:2"), Ok(2));
+        assert_eq!(partial.tail(1), b"", "an incomplete reply is not in a tail");
         let mut odd = Replies::new(1);
         assert_eq!(odd.feed(b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"), Ok(0));
         assert_eq!(odd.replies[0], Reply::Other);

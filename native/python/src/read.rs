@@ -186,6 +186,12 @@ impl RespReplies {
         Ok(Some(out))
     }
 
+    /// The bytes of the complete replies from reply `i` on, to parse them another way
+    /// (empty past the last one).
+    fn tail<'py>(&self, py: Python<'py>, i: usize) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.tail(i))
+    }
+
     /// The whole buffer (to parse it another way).
     fn raw<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.inner.buf)
