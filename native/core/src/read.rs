@@ -564,7 +564,10 @@ mod tests {
             assert_eq!(r[7], Reply::Other);
             assert_eq!(r[8], Reply::Int(-7));
             assert_eq!(replies.tail(0), buf);
-            assert_eq!(replies.tail(5), b"+OK\r\n*-1\r\n*2\r\n:1\r\n$1\r\nx\r\n:-7\r\n");
+            assert_eq!(
+                replies.tail(5),
+                b"+OK\r\n*-1\r\n*2\r\n:1\r\n$1\r\nx\r\n:-7\r\n"
+            );
             assert_eq!(replies.tail(8), b":-7\r\n");
             assert_eq!(replies.tail(9), b"");
         }
