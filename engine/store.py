@@ -96,6 +96,30 @@ class FeatureStore:
             plan = with_merged_tiles(plan)
         return cls(plan, config)
 
+    def close(self) -> None:
+        """Release what the store opened: the read cache's invalidation connection (and its
+        thread), queued Kafka sends (delivered first, bounded by the Kafka timeout) and the
+        Redis connections. Idempotent; a later call opens what it needs again. ``with
+        FeatureStore.from_repo(...) as store:`` closes on leaving the block."""
+        self._read_cache.close()
+        publisher, self._publisher = self._publisher, None
+        online, self._online = self._online, None
+        self._offsets = None  # an admin client: nothing to flush, released with it
+        try:
+            if publisher is not None:
+                publisher.close()
+        finally:
+            if online is not None:
+                close = getattr(online, "close", None)
+                if close is not None:
+                    close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"FeatureStore(repo={str(self.config.repo_path)!r}, views={sorted(self.plan.views)})"
 

@@ -39,7 +39,7 @@ from engine.serde import SourceCodec
 from engine.serve import make_app
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
-from tests.integration.test_online_status import wait_until
+from tests.integration.test_online_status import wait_tracked
 
 pytestmark = pytest.mark.redis
 
@@ -610,7 +610,8 @@ def test_cached_reads_follow_new_writes(scenario: Scenario) -> None:
     core.process([SourceRecord(topic="tx", partition=p, offset=next_offset, key=key,
                                value=codec.encode(payload))])  # fmt: skip
     # the write's invalidation reaches the ReadCache's tracking connection (a bounded wait)
-    wait_until(lambda: cache.sync(store.online_store) and cache.seq > seq, "the invalidation")
+    wait_tracked(store, lambda: cache.sync(store.online_store) and cache.seq > seq,
+                 "the invalidation")  # fmt: skip
     later = t + 10_000
     cached = store.get_online_features(REFS, ROWS, now_ms=later, with_freshness=True).to_dict()
     fresh = FeatureStore.from_repo(scenario.repo)  # a new store: nothing cached

@@ -349,3 +349,28 @@ def test_the_feed_owns_one_connection_and_reports_its_loss(status_url: str) -> N
     finally:
         feed.close()
         online.close()
+
+
+def test_closing_the_store_closes_its_connections_and_a_later_read_reopens(
+    scenario: tuple[FeatureStore, int], status_url: str
+) -> None:
+    """``FeatureStore.close()`` (and ``with``) ends the read cache's invalidation connection,
+    which would otherwise live (with its thread) until the store is garbage-collected; the
+    store stays usable: the next read connects again and answers the same."""
+    store, t = scenario
+    client = raw_redis(status_url)
+
+    def tracking() -> list[dict[str, Any]]:
+        return [c for c in client.client_list() if "t" in c.get("flags", "")]
+
+    try:
+        before = store.get_online_features(REFS, ROWS, now_ms=t).to_dict()
+        _wait(lambda: len(tracking()) == 1, "the read cache's tracking connection")
+        with store as same:
+            assert same is store
+        _wait(lambda: not tracking(), "the tracking connection closed by close()")
+        assert store.get_online_features(REFS, ROWS, now_ms=t).to_dict() == before
+        _wait(lambda: len(tracking()) == 1, "a tracking connection again after a read")
+    finally:
+        store.close()
+        client.close()
