@@ -231,6 +231,13 @@ class OnlineCore:
     def load(self, entries: list[tuple[int, int, str, dict[bytes, bytes]]]) -> None:
         """Cache loaded hashes (raises engine.errors.CodecError on foreign tile bytes)."""
 
+    def set_keep_merged(self, on: bool) -> None:
+        """Keep merged entries cached across batches (the worker owns every source
+        partition; each write is still a compare-and-set on the version cached), or drop
+        them after each batch and now (the default)."""
+
+    @property
+    def keeps_merged(self) -> bool: ...
     def set_spill(self, on: bool) -> None:
         """Spill mode: ``apply`` no longer evicts; ``spill`` does, once the batch is durable."""
 

@@ -29,6 +29,7 @@ safe: fences make the store idempotent and the log drops offsets it already hold
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +56,9 @@ if TYPE_CHECKING:  # rocksdict is imported by the workers that keep local state 
 REBUILD_ROUNDS = 3  # rebuilds of one batch's lost state before the batch fails
 # retries of a batch whose merge-on-write entities other workers kept writing meanwhile
 MERGE_ROUNDS = 100
+# "0": a worker owning every source partition still reloads its merge-on-write entries
+# each batch (the rule for several workers); on by default (docs/decisions.md)
+KEEP_MERGED_ENV = "SKEWLESS_WORKER_KEEP_MERGED"
 _MERGED = -1  # the partition the native core lists a merge-on-write entry under
 _NO_EVENT = -(1 << 63)
 
@@ -118,6 +122,7 @@ class BatchProcessor:
         recovery: StateRecovery | None = None,
         ownership: Ownership | None = None,
         local: LocalState | None = None,
+        keep_merged: bool | None = None,
     ) -> None:
         self.plan = plan
         self.source = plan.sources[source]
@@ -149,6 +154,13 @@ class BatchProcessor:
             if v.merged
             for prefix in (f"sk:{v.fingerprint}:", f"sk:fm:{v.fingerprint}:")
         )
+        # a sole owner (its assignment covers every partition of the source) keeps merged
+        # entries cached across batches; None: from KEEP_MERGED_ENV (on unless "0")
+        if keep_merged is None:
+            keep_merged = os.environ.get(KEEP_MERGED_ENV, "1") != "0"
+        self._keep_merged = keep_merged and bool(self._merged)
+        self._assigned: set[int] = set()  # the partitions the runtime assigned (assign)
+        self.source_partitions: int | None = None  # the source topic's, when known
         merged = sorted(v.name for v in self.views if v.merged)
         if recovery is not None and merged and not hasattr(online, "load_watermarked"):
             # without the watermark read after the merged hashes a batch could fold into
@@ -163,6 +175,38 @@ class BatchProcessor:
     def _is_merged_key(self, key: str) -> bool:
         return key.startswith(self._merged)
 
+    # -- merge-on-write entries of a sole owner ------------------------------------------
+
+    def set_source_partitions(self, count: int | None) -> None:
+        """The source topic has ``count`` partitions (None: unknown). A worker whose
+        assignment covers all of them keeps its merge-on-write entries cached across
+        batches; each write stays a strict compare-and-set on the version cached, so a
+        count that is wrong (a topic that grew) costs a refused write and a reload, never
+        a wrong fold (docs/decisions.md, merge-on-write)."""
+        self.source_partitions = count
+        self._sole_owner_changed()
+
+    @property
+    def keeps_merged(self) -> bool:
+        """Merge-on-write entries stay cached across batches now (a sole owner)."""
+        return bool(self._core.keeps_merged)
+
+    def _sole_owner_changed(self) -> None:
+        count = self.source_partitions
+        sole = (
+            self._keep_merged
+            and count is not None
+            and count > 0
+            and self._assigned.issuperset(range(count))
+        )
+        if sole != self._core.keeps_merged:
+            self._core.set_keep_merged(sole)  # off: drops every merged entry at once
+
+    def _forget_merged(self) -> None:
+        """Drop every cached merge-on-write entry (the next batch reloads what it touches)."""
+        if self._merged:
+            self._core.forget_partitions([_MERGED])
+
     # -- cache -----------------------------------------------------------------------------
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
@@ -172,6 +216,12 @@ class BatchProcessor:
         partitions back — or restarts, which revokes everything — starts warm; what another
         owner wrote meanwhile is refused on load (the marks differ), never served."""
         gone = set(partitions)
+        if gone and self._merged:
+            # no longer every partition's writer (or fenced out of one): merged entries are
+            # dropped at once and reloaded each batch again
+            self._assigned -= gone
+            self._forget_merged()
+            self._sole_owner_changed()
         if self.local is not None and gone:
             keys, values = self._core.spill(True)
             if keys:
@@ -188,10 +238,19 @@ class BatchProcessor:
     def assign(self, partitions: Iterable[int], generation: int) -> None:
         """The runtime assigned ``partitions`` in consumer-group ``generation``: the next batch
         takes an owner epoch for each (no-op without ``ownership``)."""
+        partitions = list(partitions)
         if self.ownership is not None:
             self.ownership.assign(partitions, generation)
+        if self._merged:
+            self._assigned.update(partitions)
+            if self.source_partitions is not None and partitions:
+                # a partition past the count: the topic grew since it was read
+                self.source_partitions = max(self.source_partitions, max(partitions) + 1)
+            self._sole_owner_changed()
 
     def forget_all(self) -> None:
+        self._assigned.clear()
+        self._sole_owner_changed()
         self._core.forget_all()
         if self._marks is not None:
             self._marks.forget_all()
@@ -324,6 +383,8 @@ class BatchProcessor:
                 self._marks.rebuilt((v, p), result.last_offset)
             del self._lost[p]
             count += len(slots)
+        if count:  # a rebuild wrote merged hashes too: reload them, don't bet on the CAS
+            self._forget_merged()
         return count
 
     def _process(self, records: Sequence[SourceRecord]) -> BatchOutcome:

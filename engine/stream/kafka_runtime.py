@@ -932,12 +932,15 @@ def build_worker(
     topics = sorted(sources)
     if not topics:
         raise ConfigError(f"{config.repo_path}: no view reads any source; nothing to consume")
-    missing = sorted(set(topics) - set(topic_partitions(settings, topics)))
+    counts = topic_partitions(settings, topics)
+    missing = sorted(set(topics) - set(counts))
     if missing:
         raise KafkaUnavailable(
             f"{settings.describe()}: topic(s) {', '.join(missing)} do not exist; run "
             "`skewless apply` to create the topics of the definitions"
         )
+    for topic, wiring in sources.items():  # a sole owner keeps its merged entries cached
+        wiring.processor.set_source_partitions(counts[topic])
     group = group_id(config.project)
 
     def factory(

@@ -197,6 +197,9 @@ pub struct OnlineCore {
     groups: Vec<OnlineGroup>,
     /// Per view: its entities' tiles are merged across source partitions on write.
     merged: Vec<bool>,
+    /// Merged entries stay cached across batches (the worker owns every source partition;
+    /// see [`OnlineCore::set_keep_merged`]).
+    keep_merged: bool,
     cache: HashMap<CacheKey, Entry, FxBuildHasher>,
     capacity: usize,
     /// Spill mode (a local tier behind the cache): `apply` does not trim; the caller
@@ -220,6 +223,7 @@ impl OnlineCore {
             views,
             groups,
             merged,
+            keep_merged: false,
             cache: HashMap::default(),
             capacity: capacity.max(1),
             spill: false,
@@ -275,8 +279,10 @@ impl OnlineCore {
         } else {
             self.trim()
         };
+        // a merged entry is never spilled: it is loaded from Redis only (with its marks)
         victims
             .into_iter()
+            .filter(|(ck, _)| ck.1 != MERGED)
             .map(|(ck, entry)| {
                 let view = &self.views[ck.0 as usize];
                 let key = local_key(ck.1, &redis_key_of(view, &ck.2));
@@ -432,6 +438,22 @@ impl OnlineCore {
         entry.used = self.tick;
         self.cache.insert(ck, entry);
         Ok(())
+    }
+
+    /// Keep merged entries cached across batches (`on`), or drop them after each batch and
+    /// now (the default: other partitions' workers write the same hashes). Kept entries
+    /// carry the version they were written or read at, and their next write is still the
+    /// strict compare-and-set on it: a refused write is discarded and reloaded as before.
+    pub fn set_keep_merged(&mut self, on: bool) {
+        self.keep_merged = on;
+        if !on {
+            self.cache.retain(|k, _| k.1 != MERGED);
+        }
+    }
+
+    /// Whether merged entries stay cached across batches.
+    pub fn keeps_merged(&self) -> bool {
+        self.keep_merged
     }
 
     /// Forget the cache entries the prepared batch touched (after a failed write: they
@@ -620,8 +642,9 @@ impl OnlineCore {
         // stable: a merged entity's marks write stays right after its entity write
         writes.sort_by_key(|w| w.0);
         out.writes = writes.into_iter().map(|w| w.1).collect();
-        // merged entries are never kept: other partitions' workers write the same hashes
-        if self.merged.iter().any(|&m| m) {
+        // merged entries are not kept unless this worker writes every partition of them:
+        // other partitions' workers write the same hashes
+        if !self.keep_merged && self.merged.iter().any(|&m| m) {
             self.cache.retain(|k, _| k.1 != MERGED);
         }
         newest.sort_unstable();

@@ -467,6 +467,21 @@ impl PyOnlineCore {
         Ok(())
     }
 
+    /// Keep merged entries cached across batches (this worker owns every source
+    /// partition), or drop them after each batch and now (the default).
+    fn set_keep_merged(&self, on: bool) -> PyResult<()> {
+        self.with(|c| {
+            c.set_keep_merged(on);
+            Ok(())
+        })
+    }
+
+    /// Whether merged entries stay cached across batches.
+    #[getter]
+    fn keeps_merged(&self) -> PyResult<bool> {
+        self.with(|c| Ok(c.keeps_merged()))
+    }
+
     /// Spill mode: `apply` no longer evicts; `spill` does, once the batch is durable.
     fn set_spill(&self, on: bool) -> PyResult<()> {
         self.with(|c| {
