@@ -16,6 +16,11 @@ server's CPU per event (``INFO cpu`` before and after), and the share of each st
     .venv/bin/python benchmarks/worker_core.py --merged 3 --recovery  # with lost-state
         # detection wired as the runtimes wire it (watermarks swapped and checked); adds a
         # merge-on-write run without its pre-write watermark read (the check's own cost)
+    .venv/bin/python benchmarks/worker_core.py --keep-merged 3 --recovery --batch 150
+        # a sole owner keeping its merge-on-write entries cached across batches vs
+        # reloading them every batch (SKEWLESS_WORKER_KEEP_MERGED), alternating, 3 rounds
+
+Redis: SKEWLESS_BENCH_REDIS_URL (default redis://127.0.0.1:6379/13).
 """
 
 from __future__ import annotations
@@ -152,10 +157,13 @@ def run(
     merged: bool = True,
     recovery: bool = False,
     precheck: bool = True,
+    keep_merged: bool | None = None,
 ) -> dict[str, Any]:
     """``merged``: the re-keyed views on the merge-on-write layout (the default), else per
     partition; ``recovery``: a ``StateRecovery`` wired in (watermarks swapped and checked);
-    ``precheck`` False: without the merged batches' watermark read before the write."""
+    ``precheck`` False: without the merged batches' watermark read before the write;
+    ``keep_merged``: the sole owner keeps merged entries across batches (None: the default,
+    ``SKEWLESS_WORKER_KEEP_MERGED``)."""
     from connectors.eventlog import EventLogReader, EventLogWriter
     from connectors.redis_store import RedisOnlineStore
     from engine.stream.ownership import Ownership
@@ -175,7 +183,9 @@ def run(
                               clock=lambda: time.time_ns() // 1_000_000)
                 if recovery else None)  # fmt: skip
         core = BatchProcessor(store.plan, "transactions", online=online, log=log,
-                              dead=_NoLetters(), ownership=own, recovery=heal)  # fmt: skip
+                              dead=_NoLetters(), ownership=own, recovery=heal,
+                              keep_merged=keep_merged)  # fmt: skip
+        core.set_source_partitions(PARTITIONS)  # as the Kafka runtime does: a sole owner
         if not precheck:  # the A/B switch: no watermark read with the merged hashes
             core._merged_slots = lambda kept: []  # type: ignore[method-assign]
         core.assign(range(PARTITIONS), 1)
@@ -252,6 +262,9 @@ def main() -> None:
     parser.add_argument("--merged", type=int, metavar="ROUNDS", default=0,
                         help="compare the per-partition and the merge-on-write layout of the "
                         "re-keyed views (online.merge_rekeyed_views), alternating, ROUNDS each")  # fmt: skip
+    parser.add_argument("--keep-merged", type=int, metavar="ROUNDS", default=0,
+                        help="compare a sole owner keeping its merge-on-write entries across "
+                        "batches with reloading them every batch, alternating, ROUNDS each")  # fmt: skip
     parser.add_argument("--recovery", action="store_true",
                         help="wire lost-state detection in, as the runtimes do")  # fmt: skip
     parser.add_argument("--lua-body", metavar="PATH", type=Path,
@@ -262,6 +275,9 @@ def main() -> None:
         from connectors import redis_store
 
         redis_store._WRITE_LUA = "\n" + redis_store._FENCE_LUA + args.lua_body.read_text()
+    if args.keep_merged:
+        compare_keep_merged(args.defs, args.events, args.batch, args.keep_merged, args.recovery)
+        return
     if args.merged:
         compare_layouts(args.defs, args.events, args.batch, args.merged, args.recovery)
         return
@@ -315,6 +331,40 @@ def compare_layouts(kind: str, n: int, batch: int, rounds: int, recovery: bool =
         if name != "per partition":
             print(f"  {name} / per partition: worker {worker / base[0]:.2f}x, "
                   f"redis {redis / base[1]:.2f}x")  # fmt: skip
+
+
+def compare_keep_merged(kind: str, n: int, batch: int, rounds: int, recovery: bool) -> None:
+    """Worker and Redis CPU per event of a sole owner that reloads its merge-on-write
+    entries every batch (the rule for several workers) and one that keeps them cached across
+    batches, alternating in one process; the best round of each."""
+    variants = [("reload each batch", False), ("keep across batches", True)]
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
+    for r in range(rounds):
+        for name, keep in variants[r % 2 :] + variants[: r % 2]:
+            got[name].append(run(kind, n, batch, False, recovery=recovery, keep_merged=keep))
+    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds"
+          f"{', lost-state detection on' if recovery else ''}:")  # fmt: skip
+    best = {}
+    for name, runs in got.items():
+        b = min(runs, key=lambda g: g["worker_us_per_event"])
+        redis = min(g["redis_us_per_event"] for g in runs)
+        hgetall = min(g["commandstats"].get("hgetall", (0, 0))[0] for g in runs)
+        best[name] = (b["worker_us_per_event"], redis)
+        each = ", ".join(f"{g['worker_us_per_event']:.1f}/{g['redis_us_per_event']:.1f}"
+                         for g in runs)  # fmt: skip
+        print(f"  {name:<20} worker {b['worker_us_per_event']:6.1f} µs CPU/event, redis "
+              f"{redis:5.1f} µs CPU/event, {hgetall:,} HGETALLs; rounds (worker/redis): {each}")  # fmt: skip
+    (w0, r0), (w1, r1) = best["reload each batch"], best["keep across batches"]
+    print(f"  keep / reload, best rounds: worker {w1 / w0:.2f}x, redis {r1 / r0:.2f}x, "
+          f"worker + redis {(w1 + r1) / (w0 + r0):.2f}x")  # fmt: skip
+    # each round's keep run against the reload run next to it (the machine is shared)
+    pairs = sorted(
+        (k["worker_us_per_event"] + k["redis_us_per_event"])
+        / (o["worker_us_per_event"] + o["redis_us_per_event"])
+        for k, o in zip(got["keep across batches"], got["reload each batch"], strict=True)
+    )
+    print(f"  keep / reload, worker + redis, per round: "
+          f"{', '.join(f'{x:.2f}x' for x in pairs)} (median {pairs[len(pairs) // 2]:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":
