@@ -344,8 +344,9 @@ def broker_credentials(config: Config) -> faust.SASLCredentials | faust.SSLCrede
     return None
 
 
-def _check_topics(config: Config, topics: Iterable[str]) -> None:
-    """Fail fast (Faust would wait forever) when a source topic does not exist."""
+def _check_topics(config: Config, topics: Iterable[str]) -> dict[str, int]:
+    """Fail fast (Faust would wait forever) when a source topic does not exist; the
+    partition count of each."""
     from connectors.kafka import KafkaSettings, topic_partitions
 
     wanted = sorted(topics)
@@ -356,6 +357,7 @@ def _check_topics(config: Config, topics: Iterable[str]) -> None:
             f"Kafka at {config.kafka_bootstrap}: topic(s) {', '.join(missing)} do not exist; "
             "run `skewless apply` to create the topics of the definitions"
         )
+    return {t: found[t] for t in wanted}
 
 
 def run_faust_worker(
@@ -383,7 +385,9 @@ def run_faust_worker(
     fopts = faust_options or FaustOptions()
     if wiring is None:
         wiring = wire_sources(plan, config, opts)
-    _check_topics(config, wiring)
+    counts = _check_topics(config, wiring)
+    for topic, source in wiring.items():  # a sole owner keeps its merged entries cached
+        source.processor.set_source_partitions(counts[topic])
     app, runners, stats = build_app(config, wiring, opts, fopts)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
