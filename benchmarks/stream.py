@@ -35,6 +35,11 @@ Usage (from the repo root)::
     .venv/bin/python benchmarks/stream.py --freshness-only --loads 5000:0.01:1 --breakdown \
         --rounds 3 --variant "before:SKEWLESS_WORKER_OVERLAP_LOG=0" \
         --variant "after:SKEWLESS_WORKER_OVERLAP_LOG=1"
+    # backlog throughput alone, an A/B of worker switches, two batch sizes; worker and Redis
+    # CPU per event too (benchmarks/out/stream-backlog-ab.json):
+    .venv/bin/python benchmarks/stream.py --backlog-only --events 300000 --rounds 3 \
+        --batch-maxes 50000,200000 --variant "serial:SKEWLESS_WORKER_PIPELINE=0" \
+        --variant "pipeline:SKEWLESS_WORKER_PIPELINE=1"
 
 With ``--breakdown`` the workers write a trace of their batches (``SKEWLESS_WORKER_TRACE``,
 engine/stream/kafka_runtime.py ``BatchTrace``) and the freshness topic stamps records with
@@ -83,6 +88,7 @@ QUIX_VERSION = "3.28.1"
 SCHEMA = REPO / "definitions" / "schemas" / "transaction.avsc"
 BOOTSTRAP = os.environ.get("SKEWLESS_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 REDIS_URL = os.environ.get("SKEWLESS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+PREFIX = os.environ.get("SKEWLESS_BENCH_PREFIX", "bench")  # of the topics a run creates
 PARTITIONS = 4
 TARGET_RATE = 100_000
 TARGET_VS_QUIX = 4.0  # issue 10: the count job >= 4x Quix Streams, same run
@@ -236,11 +242,25 @@ def flush_redis() -> None:
 
 
 def run_until_committed(
-    cmd: list[str], log: IO[bytes], group: str, topic: str, total: int, what: str
+    cmd: list[str],
+    log: IO[bytes],
+    group: str,
+    topic: str,
+    total: int,
+    what: str,
+    env: dict[str, str] | None = None,
+    usage: dict[str, float] | None = None,
 ) -> list[tuple[float, int]]:
     """Run a worker command until ``group`` has committed ``total`` records of ``topic``;
-    return (time, records committed) at every change. Closes ``log``."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    return (time, records committed) at every change. Closes ``log``. ``env``: added to the
+    worker's environment; ``usage`` gets the CPU seconds (user + system) the worker and the
+    benchmark's Redis spent between the first commit and the last (``worker_cpu_s``,
+    ``redis_cpu_s``)."""
+    if usage is not None:  # the whole run too (a worker's first commit follows the
+        usage["redis_run_s"] = -redis_cpu_s()  # pipeline's first decode-ahead: not in the window)
+        usage["started"] = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})  # fmt: skip
     samples: list[tuple[float, int]] = []
     try:
         deadline = time.monotonic() + 1800
@@ -248,11 +268,20 @@ def run_until_committed(
             done = committed_total(group, topic)
             now = time.perf_counter()
             if done and (not samples or done != samples[-1][1]):
+                if not samples and usage is not None:
+                    usage["worker_cpu_s"] = -process_cpu_s(proc.pid)
+                    usage["redis_cpu_s"] = -redis_cpu_s()
                 samples.append((now, done))
             if done >= total or proc.poll() is not None:
                 break
             time.sleep(0.05)
     finally:
+        if usage is not None and samples:
+            worker_now, redis_now = process_cpu_s(proc.pid), redis_cpu_s()
+            usage["worker_run_s"] = worker_now
+            usage["worker_cpu_s"] += worker_now
+            usage["redis_run_s"] += redis_now
+            usage["redis_cpu_s"] += redis_now
         proc.terminate()
         proc.wait(120)
         log.close()
@@ -261,10 +290,37 @@ def run_until_committed(
     return samples
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process so far (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s() -> float:
+    """CPU seconds the benchmark's Redis server has used (``INFO cpu``: user + system)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def worker_throughput(
-    repo: Path, topic: str, total: int, runtime: str, batch_max: int
+    repo: Path,
+    topic: str,
+    total: int,
+    runtime: str,
+    batch_max: int,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One worker process on the backlog; rate between its first and its last commit."""
+    """One worker process on the backlog; rate between its first and its last commit, and
+    the CPU seconds the worker and Redis spent meanwhile."""
     flush_redis()
     store = FeatureStore.from_repo(repo)
     store.apply()
@@ -273,12 +329,16 @@ def worker_throughput(
     log = (WORK / f"worker-{repo.name}-{runtime}.log").open("wb")
     cmd = [sys.executable, "-m", "engine.cli", "--repo", str(repo), "worker", "--runtime",
            runtime, "--batch-max", str(batch_max)]  # fmt: skip
-    samples = run_until_committed(cmd, log, group, topic, total, "worker")
+    usage: dict[str, float] = {}
+    samples = run_until_committed(cmd, log, group, topic, total, "worker", env, usage)
     (t0, n0), (t1, n1) = samples[0], samples[-1]
     rate = (n1 - n0) / (t1 - t0)
     return {"runtime": runtime, "definitions": repo.name.split("_")[0], "records": total,
             "measured_records": n1 - n0, "seconds": t1 - t0, "events_per_s": rate,
-            "batch_max": batch_max}  # fmt: skip
+            "batch_max": batch_max, "worker_cpu_s": usage["worker_cpu_s"],
+            "redis_cpu_s": usage["redis_cpu_s"], "worker_run_cpu_s": usage["worker_run_s"],
+            "redis_run_cpu_s": usage["redis_run_s"],
+            "run_events_per_s": n1 / (t1 - usage["started"])}  # fmt: skip
 
 
 def profile_worker(repo: Path, topic: str, total: int, batch_max: int, top: int = 30) -> str:
@@ -728,6 +788,59 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
+def backlog_ab(args: argparse.Namespace) -> None:
+    """The example definitions' backlog drained once per variant and ``--batch-max`` value,
+    the variants alternating over ``--rounds`` (one run, so they see the same machine);
+    events/s, events per worker CPU-second and Redis CPU per event of every run, then the
+    medians (benchmarks/out/stream-backlog-ab.json)."""
+    variants = [parse_variant(v) for v in args.variant] or [("", {})]
+    sizes = [int(b) for b in str(args.batch_maxes or args.batch_max).split(",")]
+    topic = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
+    create_topic(topic)
+    rows = events(args.events, 42, int(time.time() * 1000))
+    plan = FeatureStore.from_repo(make_repo("count", topic)).plan
+    produce_s = produce_backlog(topic, rows, SourceCodec(next(iter(plan.sources.values()))))
+    print(f"produced {args.events} records to {topic} in {produce_s:.1f}s")
+    runs: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        for batch_max in sizes:
+            for name, env in variants:
+                got = worker_throughput(make_repo("example", topic), topic, args.events, "kafka",
+                                        batch_max, env)  # fmt: skip
+                got.update(variant=name, round=r)
+                runs.append(got)
+                print(f"  round {r} batch-max {batch_max:>6} {name or '-':>8}: "
+                      f"{got['events_per_s']:>8,.0f} events/s, worker "
+                      f"{got['worker_cpu_s']:.2f} CPU-s, Redis {got['redis_cpu_s']:.2f} CPU-s",
+                      flush=True)  # fmt: skip
+    (OUT / "stream-backlog-ab.json").write_text(json.dumps(runs, indent=2))
+    print("\n| batch max | variant | runs | events/s (median) | events/s (each) | events per "
+          "worker CPU-s | worker µs CPU/event | Redis µs CPU/event | whole run: events/s, "
+          "worker µs/event, Redis µs/event |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch_max in sizes:
+        for name, _ in variants:
+            mine = [x for x in runs if x["batch_max"] == batch_max and x["variant"] == name]
+            rates = [x["events_per_s"] for x in mine]
+            n = [x["measured_records"] for x in mine]  # CPU: between the first and last commit
+            per_cpu = statistics.median(k / x["worker_cpu_s"] for k, x in zip(n, mine, strict=True))
+            worker_us = statistics.median(
+                x["worker_cpu_s"] / k * 1e6 for k, x in zip(n, mine, strict=True)
+            )
+            redis_us = statistics.median(
+                x["redis_cpu_s"] / k * 1e6 for k, x in zip(n, mine, strict=True)
+            )
+            each = ", ".join(f"{v / 1000:.1f}k" for v in rates)
+            # from the worker's start to its last commit, startup included: no window bias
+            whole = statistics.median(x["run_events_per_s"] for x in mine)
+            whole_worker = statistics.median(x["worker_run_cpu_s"] for x in mine) / args.events
+            whole_redis = statistics.median(x["redis_run_cpu_s"] for x in mine) / args.events
+            print(f"| {batch_max:,} | {name or '-'} | {len(mine)} | "
+                  f"{statistics.median(rates):,.0f} | {each} | {per_cpu:,.0f} | "
+                  f"{worker_us:.1f} | {redis_us:.1f} | {whole:,.0f}, {whole_worker * 1e6:.1f}, "
+                  f"{whole_redis * 1e6:.1f} |")  # fmt: skip
+
+
 def freshness_ab(args: argparse.Namespace, loads: list[tuple[int, float, int]]) -> None:
     """Each load once per variant, the variants alternating over ``--rounds`` (one run, so
     they see the same machine); a table of every run at the end."""
@@ -794,6 +907,14 @@ def run() -> None:
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
     parser.add_argument(
+        "--backlog-only", action="store_true",
+        help="only the example definitions' backlog throughput, once per --variant (workers' "
+             "environment) and --batch-maxes value, alternating over --rounds",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-maxes", default="", help="with --backlog-only: comma-separated --batch-max values"
+    )
+    parser.add_argument(
         "--breakdown", action="store_true",
         help="trace the workers' batches and show where each sample's latency went",
     )  # fmt: skip
@@ -810,11 +931,14 @@ def run() -> None:
     if args.freshness_only:
         freshness_ab(args, loads)
         return
+    if args.backlog_only:
+        backlog_ab(args)
+        return
 
     from engine.cli import WORKER_RUNTIMES
 
     runtimes = sorted(WORKER_RUNTIMES, key=lambda r: (r != "kafka", r))
-    topic = f"bench_{uuid.uuid4().hex[:8]}"
+    topic = f"{PREFIX}_{uuid.uuid4().hex[:8]}"
     create_topic(topic)
     now = int(time.time() * 1000)
     rows = events(args.events, 42, now)
