@@ -636,7 +636,10 @@ class KafkaWorker:
                 continue
             try:
                 processor = self.sources[group.topic].processor
-                out.append(processor.process(group.recs, decoded=group.decoded))
+                if group.decoded is None:
+                    out.append(processor.process(group.recs))
+                else:
+                    out.append(processor.process(group.recs, decoded=group.decoded))
             except Exception as exc:  # handed to the loop, which retries as ever
                 out.append(exc)
                 failed = True
