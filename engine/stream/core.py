@@ -242,13 +242,14 @@ class BatchProcessor:
             if enabled:
                 gc.enable()
 
-    def decode(self, records: Sequence[SourceRecord]) -> BatchInput:
+    def decode(self, records: Sequence[SourceRecord], *, transforms: bool = True) -> BatchInput:
         """Step 1 and 2's user code of a batch: decode and validate it, and run the batch
         and row transforms (their columns for ``prepare``). Reads and changes no entity
         state, so it may run while another batch of this processor is in flight (the
         kafka runtime's pipeline); ``processed_at`` of the batch is the clock now. A
         transform that raises is left to ``process`` (it raises there, and the batch is
-        retried as ever). User code never runs on two threads at once."""
+        retried as ever). User code never runs on two threads at once. ``transforms=False``:
+        leave them to ``process`` (``fed`` None)."""
         batch_p = self.clock()
         letters: list[DeadLetter] = []
         refused: Counter[str] = Counter()
@@ -271,10 +272,11 @@ class BatchProcessor:
                         src.timestamp_field, src.timestamp_divisor)  # fmt: skip
         out = BatchInput(records=records, batch_p=batch_p, letters=letters, refused=refused,
                          commits=commits, kept=kept)  # fmt: skip
-        try:
-            out.fed = self._fed(kept)
-        except Exception:  # raised again by process(), which fails the batch
-            out.fed = None
+        if transforms:
+            try:
+                out.fed = self._fed(kept)
+            except Exception:  # raised again by process(), which fails the batch
+                out.fed = None
         return out
 
     def _process_rounds(
@@ -376,8 +378,8 @@ class BatchProcessor:
     def _process(
         self, records: Sequence[SourceRecord], pre: BatchInput | None = None
     ) -> BatchOutcome:
-        if pre is None:
-            pre = self.decode(records)
+        if pre is None:  # the transforms run below, as part of the batch's attempt
+            pre = self.decode(records, transforms=False)
         kept = pre.kept
         core = self._core
         try:
