@@ -63,6 +63,10 @@ TRACE_ENV = "SKEWLESS_WORKER_TRACE"
 OVERLAP_ENV = "SKEWLESS_WORKER_OVERLAP_LOG"
 WAKE_ENV = "SKEWLESS_WORKER_WAKE_ON_FIRST"
 PIPELINE_ENV = "SKEWLESS_WORKER_PIPELINE"
+# the pipeline decodes ahead only a batch of at least this many records (or a full one):
+# a smaller one is a live stream's, kept until the batch in flight is done and topped up
+# with what arrived meanwhile, so live batches do not shrink (docs/streaming.md#the-pipeline)
+AHEAD_MIN_RECORDS = 10_000
 PartitionsCallback = Callable[[list[Partition]], None]
 
 
@@ -553,7 +557,11 @@ class KafkaWorker:
 
     def _run_pipelined(self, consumer: BatchConsumer) -> None:
         """The loop with the pipeline: batch n runs on the helper thread while this thread
-        fetches batch n + 1 and decodes it (``BatchProcessor.decode``: no entity state);
+        takes the records the client already holds (no wait) and, if they are a backlog's
+        (``AHEAD_MIN_RECORDS`` or a full batch), decodes them as batch n + 1
+        (``BatchProcessor.decode``: no entity state) — fewer wait in the stash and are
+        topped up once n is done, so a live stream's batches are as large as in the
+        serial loop;
         then n is joined and its offsets queued — or, if it failed, n + 1 goes back to the
         stash undecoded and n is retried here as in the serial loop — and only then is
         n + 1 handed to the thread. A rebalance inside the fetch joins n first
@@ -569,10 +577,17 @@ class KafkaWorker:
                 pass
             elif self._stash:
                 records, self._stash = self._stash, []
-            else:
-                records = consumer.poll_batch(self.options.batch_max, self.options.batch_timeout_s)
-            groups = self._groups(records) if records else []
+                room = self.options.batch_max - len(records)
+                if self._inflight is None and room > 0:  # and what arrived meanwhile
+                    records += consumer.poll_batch(room, 0.0)
+            else:  # beside a batch in flight, only what the client holds: never wait
+                timeout = 0.0 if self._inflight is not None else self.options.batch_timeout_s
+                records = consumer.poll_batch(self.options.batch_max, timeout)
             busy = self._inflight is not None
+            if busy and records and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
+                self._stash = records + self._stash  # a live stream's: not worth a batch
+                records = []
+            groups = self._groups(records) if records else []
             if busy:
                 for group in groups:  # beside batch n's write: decode batch n + 1
                     group.decoded = self._decode_ahead(group)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
+from engine.stream import kafka_runtime
 from engine.stream.core import BatchOutcome, SourceRecord
 from engine.stream.kafka_runtime import (
     PIPELINE_ENV,
@@ -29,8 +30,10 @@ TOPIC = "tx"
 
 @pytest.fixture(autouse=True, params=[False, True], ids=["serial", "pipeline"])
 def pipeline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Every test runs with the loop serial and with the pipeline."""
+    """Every test runs with the loop serial and with the pipeline (which here decodes every
+    batch ahead, however small)."""
     monkeypatch.setenv(PIPELINE_ENV, "1" if request.param else "0")
+    monkeypatch.setattr(kafka_runtime, "AHEAD_MIN_RECORDS", 1)
     return bool(request.param)
 
 
@@ -374,3 +377,18 @@ def test_stop_waits_for_the_batch_in_flight_and_commits_it(pipeline: bool) -> No
     # the loop fetched nothing more, and batch 2 was finished and committed before it left
     assert consumer.polls == 3 and processor.timeline[-1] == ("commit", [(0, 2)])
     assert processor.calls == [[(0, 0)], [(0, 1)]] and stats.batches == 2
+
+
+def test_a_live_streams_small_batch_waits_for_the_one_in_flight_and_is_topped_up(
+    pipeline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pipeline:
+        return
+    monkeypatch.setattr(kafka_runtime, "AHEAD_MIN_RECORDS", 2)
+    processor = FakeProcessor()
+    worker, consumer, stop = worker_for(processor, [[rec(0, 0)], [rec(0, 1)], [rec(0, 2)]])
+    worker.run(stop)
+    # [(0, 1)] came beside batch 1, too small to decode ahead: once batch 1 was done, it
+    # went out with what had arrived meanwhile, as one batch
+    assert processor.calls == [[(0, 0)], [(0, 1), (0, 2)]] and processor.decoded == []
+    assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 3}]
