@@ -248,12 +248,15 @@ def run_until_committed(
     what: str,
     cpu: list[dict[str, float]] | None = None,
     cwd: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> list[tuple[float, int]]:
     """Run a worker command until ``group`` has committed ``total`` records of ``topic``;
     return (time, records committed) at every change. Closes ``log``. ``cpu``: filled with
     the CPU seconds of the worker, Redis, the broker, this process and the machine
-    (``cpu_now``) at each of those changes. ``cwd``: the checkout the worker runs from."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    (``cpu_now``) at each of those changes. ``cwd``: the checkout the worker runs from;
+    ``env``: added to the worker's environment."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})  # fmt: skip
     samples: list[tuple[float, int]] = []
     pids = service_pids() if cpu is not None else {}
     poller = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group})
@@ -282,10 +285,17 @@ def run_until_committed(
 
 
 def worker_throughput(
-    repo: Path, topic: str, total: int, runtime: str, batch_max: int, code: Path = REPO
+    repo: Path,
+    topic: str,
+    total: int,
+    runtime: str,
+    batch_max: int,
+    code: Path = REPO,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One worker process on the backlog; rate between its first and its last commit.
-    ``code``: the checkout whose engine the worker runs (``--worker-code``)."""
+    ``code``: the checkout whose engine the worker runs (``--worker-code``); ``env``: added
+    to the worker's environment (``--variant``)."""
     flush_redis()
     store = FeatureStore.from_repo(repo)
     store.apply()
@@ -295,7 +305,7 @@ def worker_throughput(
     cmd = [sys.executable, "-m", "engine.cli", "--repo", str(repo), "worker", "--runtime",
            runtime, "--batch-max", str(batch_max)]  # fmt: skip
     cpu: list[dict[str, float]] = []
-    samples = run_until_committed(cmd, log, group, topic, total, "worker", cpu, code)
+    samples = run_until_committed(cmd, log, group, topic, total, "worker", cpu, code, env)
     (t0, n0), (t1, n1) = samples[0], samples[-1]
     rate = (n1 - n0) / (t1 - t0)
     return {"runtime": runtime, "definitions": repo.name.split("_")[0], "records": total,
@@ -872,25 +882,36 @@ def freshness_ab(args: argparse.Namespace, loads: list[tuple[int, float, int]]) 
 
 
 def backlog_rounds(
-    topic: str, total: int, batch_maxes: list[int], rounds: int, codes: list[Path]
+    topic: str,
+    total: int,
+    batch_maxes: list[int],
+    rounds: int,
+    codes: list[Path],
+    envs: list[tuple[str, dict[str, str]]],
 ) -> None:
     """``--backlog-only``: the kafka worker drains the example definitions' backlog
-    ``rounds`` times per checkout in ``codes`` and ``--batch-max`` in ``batch_maxes``
-    (rotating, so each sees the same noise); prints each drain's rate and CPU shares and
-    writes ``benchmarks/out/stream-backlog.json``."""
-    variants = [(code, b) for code in codes for b in batch_maxes]
-    runs: dict[str, list[dict[str, Any]]] = {f"{c} --batch-max {b}": [] for c, b in variants}
+    ``rounds`` times per checkout in ``codes``, ``--batch-max`` in ``batch_maxes`` and
+    ``--variant`` (the worker's environment) in ``envs`` (rotating, so each sees the same
+    noise); prints each drain's rate and CPU shares and writes
+    ``benchmarks/out/stream-backlog.json``."""
+    variants = [(c, b, e) for c in codes for b in batch_maxes for e in envs]
+
+    def label(code: Path, b: int, name: str) -> str:
+        return f"{code} --batch-max {b}" + (f" [{name}]" if name else "")
+
+    runs: dict[str, list[dict[str, Any]]] = {label(c, b, e[0]): [] for c, b, e in variants}
     for r in range(rounds):
-        for code, b in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            got = worker_throughput(make_repo("example", topic), topic, total, "kafka", b, code)
-            print(f"[{code} --batch-max {b}]")
+        for code, b, (name, env) in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            got = worker_throughput(make_repo("example", topic), topic, total, "kafka", b, code,
+                                    env)  # fmt: skip
+            print(f"[{label(code, b, name)}]")
             show(got)
-            runs[f"{code} --batch-max {b}"].append(got)
+            runs[label(code, b, name)].append(got)
     print(f"\nbacklog of {total:,} events, kafka runtime, example definitions, {rounds} rounds:")
-    for label, drains in runs.items():
+    for key, drains in runs.items():
         rates = [g["events_per_s"] for g in drains]
         med = median_run(drains)
-        print(f"  {label}: median {med['events_per_s']:,.0f} events/s "
+        print(f"  {key}: median {med['events_per_s']:,.0f} events/s "
               f"(runs {', '.join(f'{x / 1000:.1f}k' for x in rates)}); median run: "
               f"{cpu_line(med)}")  # fmt: skip
     path = OUT / "stream-backlog.json"
@@ -956,7 +977,7 @@ def run() -> None:
     parser.add_argument(
         "--variant", action="append", default=[], metavar="NAME[:ENV=VALUE;...]",
         help="with --freshness-only: run each load once per variant (workers' environment), "
-             "alternating over --rounds",
+             "alternating over --rounds; with --backlog-only: each drain once per variant",
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
     parser.add_argument(
@@ -992,7 +1013,8 @@ def run() -> None:
     print(f"produced {args.events} records to {topic} in {produce_s:.1f}s")
     if args.backlog_only:
         backlog_rounds(topic, args.events, batch_maxes, args.backlog_only,
-                       args.worker_code or [REPO])  # fmt: skip
+                       args.worker_code or [REPO],
+                       [parse_variant(v) for v in args.variant] or [("", {})])  # fmt: skip
         return
 
     throughput = []

@@ -710,6 +710,14 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
     "(kafka runtime).",
 )
 @click.option(
+    "--pipeline/--no-pipeline",
+    default=None,
+    show_default="off; $SKEWLESS_WORKER_PIPELINE=0/1",
+    help="Process each batch on a helper thread while the next one is fetched and decoded, "
+    "so Redis runs a batch's write beside the worker's decoding (kafka runtime; "
+    "docs/streaming.md#the-pipeline).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -741,6 +749,7 @@ def worker(
     log_roll_seconds: float,
     cache_entities: int | None,
     local_state: bool | None,
+    pipeline: bool | None,
     log_level: str,
     metrics_port: int | None,
     metrics_host: str,
@@ -774,6 +783,7 @@ def worker(
             if cache_entities is None
             else cache_entities,
             local_state=store.config.worker_local_state if local_state is None else local_state,
+            **({} if pipeline is None else {"pipeline": pipeline}),
         )
         return WORKER_RUNTIMES[runtime](store, options)
     finally:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -135,6 +136,7 @@ class BatchProcessor:
         self.dead = dead
         self.clock = clock
         self.cache_entities = cache_entities
+        self._user_code = threading.Lock()  # transforms run on one thread at a time
         # without a recovery, no watermarks are written or checked
         self.recovery = recovery
         self._marks = Watermarks(self.views) if recovery is not None else None
@@ -277,23 +279,68 @@ class BatchProcessor:
 
     # -- the batch -------------------------------------------------------------------------
 
-    def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+    def process(
+        self, records: Sequence[SourceRecord], *, decoded: BatchInput | None = None
+    ) -> BatchOutcome:
         """Process one batch; raises (leaving no trace in the cache) if a write fails.
 
         State found lost is rebuilt from the log and the batch retried, up to
         ``REBUILD_ROUNDS`` times; a rebuild that fails raises, and the next call resumes it.
+
+        ``decoded``: ``decode(records)`` done beforehand (the kafka runtime's pipeline decodes
+        a batch while the one before is written); used by the first attempt when it is of
+        these very records (a later round, or records cut by ownership, decode again).
         """
         # the cyclic collector is paused for the batch: it allocates many small acyclic
         # objects, and each collection would walk every live object of the process
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._process_rounds(records)
+            return self._process_rounds(records, decoded)
         finally:
             if enabled:
                 gc.enable()
 
-    def _process_rounds(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+    def decode(self, records: Sequence[SourceRecord], *, transforms: bool = True) -> BatchInput:
+        """Step 1 and 2's user code of a batch: decode and validate it, and run the batch
+        and row transforms (their columns for ``prepare``). Reads and changes no entity
+        state, so it may run while another batch of this processor is in flight (the
+        kafka runtime's pipeline); ``processed_at`` of the batch is the clock now. A
+        transform that raises is left to ``process`` (it raises there, and the batch is
+        retried as ever). User code never runs on two threads at once. ``transforms=False``:
+        leave them to ``process`` (``fed`` None)."""
+        batch_p = self.clock()
+        letters: list[DeadLetter] = []
+        refused: Counter[str] = Counter()
+        _, parts, offs, keys, values = zip(*records, strict=True) if records else ((),) * 5
+        partitions = np.array(parts, dtype=np.int64)
+        offsets = np.array(offs, dtype=np.int64)
+        commits = {  # per partition: the next offset to read
+            int(p): int(offsets[partitions == p].max()) + 1 for p in np.unique(partitions)
+        }
+        decoded = self.codec.decode_batch(list(keys), list(values), now_ms=batch_p)
+        for i, exc in decoded.refused:
+            rec = records[i]
+            refused[exc.code] += 1
+            letters.append(
+                DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                           key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
+            )  # fmt: skip
+        src = self.source
+        kept = _Kept.of(partitions, offsets, keys, decoded.kept, decoded.columns,
+                        src.timestamp_field, src.timestamp_divisor)  # fmt: skip
+        out = BatchInput(records=records, batch_p=batch_p, letters=letters, refused=refused,
+                         commits=commits, kept=kept)  # fmt: skip
+        if transforms:
+            try:
+                out.fed = self._fed(kept)
+            except Exception:  # raised again by process(), which fails the batch
+                out.fed = None
+        return out
+
+    def _process_rounds(
+        self, records: Sequence[SourceRecord], decoded: BatchInput | None = None
+    ) -> BatchOutcome:
         rebuilt = 0
         rounds = 0
         contended = 0
@@ -305,10 +352,12 @@ class BatchProcessor:
                 fenced += taken
                 if not records:
                     return self._nothing(received, fenced)
+            pre = decoded if decoded is not None and decoded.records is records else None
+            decoded = None  # a later round decodes again (its own processed_at), as ever
             try:
                 if self._lost:  # a zombie's rebuild is fenced too (OwnerFenced below)
                     rebuilt += self._rebuild_lost()
-                outcome = self._process(records)
+                outcome = self._process(records, pre)
             except _StateLost as exc:
                 for item in exc.lost:
                     self._lost.setdefault(item.partition, []).append(item)
@@ -387,27 +436,12 @@ class BatchProcessor:
             self._forget_merged()
         return count
 
-    def _process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
-        batch_p = self.clock()
-        src = self.source
-        letters: list[DeadLetter] = []
-        refused: Counter[str] = Counter()
-        _, parts, offs, keys, values = zip(*records, strict=True) if records else ((),) * 5
-        partitions = np.array(parts, dtype=np.int64)
-        offsets = np.array(offs, dtype=np.int64)
-        commits = {  # per partition: the next offset to read
-            int(p): int(offsets[partitions == p].max()) + 1 for p in np.unique(partitions)
-        }
-        decoded = self.codec.decode_batch(list(keys), list(values), now_ms=batch_p)
-        for i, exc in decoded.refused:
-            rec = records[i]
-            refused[exc.code] += 1
-            letters.append(
-                DeadLetter(topic=rec.topic, partition=rec.partition, offset=rec.offset,
-                           key=rec.key, value=rec.value, code=exc.code, reason=str(exc))
-            )  # fmt: skip
-        kept = _Kept.of(partitions, offsets, keys, decoded.kept, decoded.columns,
-                        src.timestamp_field, src.timestamp_divisor)  # fmt: skip
+    def _process(
+        self, records: Sequence[SourceRecord], pre: BatchInput | None = None
+    ) -> BatchOutcome:
+        if pre is None:  # the transforms run below, as part of the batch's attempt
+            pre = self.decode(records, transforms=False)
+        kept = pre.kept
         core = self._core
         try:
             missing = core.prepare(
@@ -415,11 +449,12 @@ class BatchProcessor:
                 kept.offsets.tobytes(),
                 kept.event_time.tobytes(),
                 kept.columns,
-                self._fed(kept),
+                pre.fed if pre.fed is not None else self._fed(kept),
             )
             if missing:
                 self._load(missing, kept)
-            return self._apply(batch_p, kept, letters, refused, commits, len(records))
+            return self._apply(pre.batch_p, kept, pre.letters, pre.refused, pre.commits,
+                               len(records))  # fmt: skip
         except BaseException:
             core.discard_prepared()  # half-applied effects: reload from the store next time
             raise
@@ -562,10 +597,11 @@ class BatchProcessor:
             return {}
         # batch transforms read the decoded columns (one DataFrame per batch, built column
         # by column); row transforms and filters need a dict per row
-        payloads, frame = user_code_input([spec.groups[g] for g in fed], kept.columns)
-        return {
-            g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame) for g in fed
-        }
+        with self._user_code:  # decode() of the next batch may run on another thread
+            payloads, frame = user_code_input([spec.groups[g] for g in fed], kept.columns)
+            return {
+                g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame) for g in fed
+            }
 
     def _apply(
         self,
@@ -661,6 +697,19 @@ class BatchProcessor:
                 )
             ]
         )
+
+
+@dataclass(slots=True)
+class BatchInput:
+    """A decoded batch (``BatchProcessor.decode``), ready for ``process(records, decoded=…)``."""
+
+    records: Sequence[SourceRecord]
+    batch_p: int  # the batch's processed_at: the worker clock when it was decoded
+    letters: list[DeadLetter]
+    refused: Counter[str]
+    commits: dict[int, int]  # per partition: the next offset to read
+    kept: _Kept
+    fed: dict[int, tuple[list[Any], list[list[Any]]]] | None = None  # None: not computed
 
 
 @dataclass(slots=True)

@@ -45,7 +45,13 @@ from engine.errors import ConfigError, KafkaUnavailable, SkewlessError
 from engine.plan import Plan
 from engine.ports import DeadLetterSink, EventLogSink, OnlineStateStore
 from engine.serde import DecodeLimits
-from engine.stream.core import BatchOutcome, BatchProcessor, SourceRecord, wall_clock_ms
+from engine.stream.core import (
+    BatchInput,
+    BatchOutcome,
+    BatchProcessor,
+    SourceRecord,
+    wall_clock_ms,
+)
 from engine.stream.log_compaction import BackgroundCompaction, CompactionOptions
 from engine.stream.ownership import OwnerRegister, Ownership
 from engine.stream.recovery import StateRecovery
@@ -56,6 +62,11 @@ Partition = tuple[str, int]
 TRACE_ENV = "SKEWLESS_WORKER_TRACE"
 OVERLAP_ENV = "SKEWLESS_WORKER_OVERLAP_LOG"
 WAKE_ENV = "SKEWLESS_WORKER_WAKE_ON_FIRST"
+PIPELINE_ENV = "SKEWLESS_WORKER_PIPELINE"
+# the pipeline decodes ahead only a batch of at least this many records (or a full one):
+# a smaller one is a live stream's, kept until the batch in flight is done and topped up
+# with what arrived meanwhile, so live batches do not shrink (docs/streaming.md#the-pipeline)
+AHEAD_MIN_RECORDS = 10_000
 PartitionsCallback = Callable[[list[Partition]], None]
 
 
@@ -128,6 +139,11 @@ class WorkerOptions:
     # arrives, and the batch is what the client holds then, rather than waiting out the
     # timeout for a fuller batch ($SKEWLESS_WORKER_WAKE_ON_FIRST=0/1 overrides)
     wake_on_first: bool = False
+    # batch n is processed on a helper thread while the loop fetches and decodes batch
+    # n + 1 (KafkaWorker, "the pipeline"): Redis executes n's write while the worker decodes
+    # n + 1. n + 1 is prepared only once n is written, checked, logged and its offsets
+    # queued ($SKEWLESS_WORKER_PIPELINE=0/1 overrides, for A/B runs of benchmarks/stream.py)
+    pipeline: bool = False
 
 
 @dataclass(slots=True)
@@ -390,6 +406,27 @@ class SourceWiring:
     log: OwnedPartitionsLog
 
 
+@dataclass(slots=True)
+class _Group:
+    """One topic's share of a batch: its records, their partitions' assignment epochs when
+    fetched, when it started, and (pipeline) its records decoded ahead."""
+
+    topic: str
+    recs: list[SourceRecord]
+    epochs: dict[Partition, int | None]
+    started: float = 0.0
+    decoded: BatchInput | None = None
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A batch on the pipeline's thread: per group its outcome, the exception of its one
+    attempt, or (after a failed group) nothing — not attempted."""
+
+    groups: list[_Group]
+    future: Future[list[BatchOutcome | Exception | None]]
+
+
 class KafkaWorker:
     """The consumer loop around one ``BatchProcessor`` per source topic.
 
@@ -418,6 +455,12 @@ class KafkaWorker:
         self._unlogged: list[tuple[str, int, dict[Partition, int]]] = []
         self._committed: dict[Partition, int] = {}  # the last offset asked to be committed
         self._stash: list[SourceRecord] = []  # fetched while a failed batch waited
+        # the pipeline (WorkerOptions.pipeline): the batch on the helper thread, and the
+        # groups of one that failed there, retried by the loop
+        self.pipeline = _switch(PIPELINE_ENV, self.options.pipeline)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch") if self.pipeline else None
+        self._inflight: _InFlight | None = None
+        self._failed: list[tuple[_Group, Exception | None]] = []
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._sleep = sleep
@@ -463,29 +506,14 @@ class KafkaWorker:
             if self.compaction is not None:
                 self.compaction.start()
             try:
-                trace = self._trace
-                while not self._stop.is_set():
-                    if trace is not None:
-                        trace.mark("poll")
-                    if self._stash:
-                        records, self._stash = self._stash, []
-                    else:
-                        records = consumer.poll_batch(
-                            self.options.batch_max, self.options.batch_timeout_s
-                        )
-                    if records:
-                        if trace is not None:
-                            trace.mark("got")
-                            trace.batch(records)
-                        self._handle(records)
-                        self._collect_garbage()
-                        if trace is not None:
-                            trace.mark("gc")
-                            trace.flush()
-                    elif self._unlogged and self._promote():  # idle: commit what is logged
-                        self._commit_pending()
-                    self._maybe_log_stats()
+                if self.pipeline:
+                    self._run_pipelined(consumer)
+                else:
+                    self._run_serial(consumer)
             finally:
+                if self._inflight is not None:  # the loop raised: what succeeded is committed
+                    self._join_inflight()
+                    self._failed.clear()  # uncommitted: fetched again
                 if self.compaction is not None:
                     self.compaction.stop()
                 self._settle_logs()
@@ -498,9 +526,184 @@ class KafkaWorker:
                     gc.unfreeze()
                 for wiring in self.sources.values():
                     wiring.log.shutdown()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
                 if self._trace is not None:
                     self._trace.close()
         return self.stats
+
+    def _run_serial(self, consumer: BatchConsumer) -> None:
+        """The loop: fetch a batch, process it, commit; again."""
+        trace = self._trace
+        while not self._stop.is_set():
+            if trace is not None:
+                trace.mark("poll")
+            if self._stash:
+                records, self._stash = self._stash, []
+            else:
+                records = consumer.poll_batch(self.options.batch_max, self.options.batch_timeout_s)
+            if records:
+                if trace is not None:
+                    trace.mark("got")
+                    trace.batch(records)
+                self._handle(records)
+                self._collect_garbage()
+                if trace is not None:
+                    trace.mark("gc")
+                    trace.flush()
+            elif self._unlogged and self._promote():  # idle: commit what is logged
+                self._commit_pending()
+            self._maybe_log_stats()
+
+    def _run_pipelined(self, consumer: BatchConsumer) -> None:
+        """The loop with the pipeline: batch n runs on the helper thread while this thread
+        takes the records the client already holds (no wait) and, if they are a backlog's
+        (``AHEAD_MIN_RECORDS`` or a full batch), decodes them as batch n + 1
+        (``BatchProcessor.decode``: no entity state) — fewer wait in the stash and are
+        topped up once n is done, so a live stream's batches are as large as in the
+        serial loop;
+        then n is joined and its offsets queued — or, if it failed, n + 1 goes back to the
+        stash undecoded and n is retried here as in the serial loop — and only then is
+        n + 1 handed to the thread. A rebalance inside the fetch joins n first
+        (``_join_inflight``), so a revoke never overtakes a batch in flight. A stop request
+        fetches nothing more and waits for n. (``$SKEWLESS_WORKER_TRACE`` records the log
+        appends only: its per-batch marks describe the serial loop.)"""
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and self._inflight is None and not self._failed:
+                return
+            records: list[SourceRecord] = []
+            if stopping:
+                pass
+            elif self._stash:
+                records, self._stash = self._stash, []
+                room = self.options.batch_max - len(records)
+                if self._inflight is None and room > 0:  # and what arrived meanwhile
+                    records += consumer.poll_batch(room, 0.0)
+            else:  # beside a batch in flight, only what the client holds: never wait
+                timeout = 0.0 if self._inflight is not None else self.options.batch_timeout_s
+                records = consumer.poll_batch(self.options.batch_max, timeout)
+            busy = self._inflight is not None
+            if busy and records and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
+                self._stash = records + self._stash  # a live stream's: not worth a batch
+                records = []
+            groups = self._groups(records) if records else []
+            if busy:
+                for group in groups:  # beside batch n's write: decode batch n + 1
+                    group.decoded = self._decode_ahead(group)
+            if busy or self._failed:
+                if self._finish_inflight():  # n failed: n + 1 waits, undecoded
+                    self._stash = records + self._stash
+                    groups = []
+                self._collect_garbage()
+            if groups:
+                self._submit(groups)
+            elif self._unlogged and self._promote():  # idle: commit what is logged
+                self._commit_pending()
+            self._maybe_log_stats()
+
+    def _groups(self, records: list[SourceRecord]) -> list[_Group]:
+        by_topic: dict[str, list[SourceRecord]] = {}
+        for rec in records:
+            group = by_topic.get(rec.topic)
+            if group is None:
+                group = by_topic[rec.topic] = []
+            group.append(rec)
+        out = []
+        for topic, recs in by_topic.items():
+            if topic not in self.sources:  # pragma: no cover - subscribed to these topics only
+                log.error("record of unexpected topic %r skipped", topic)
+                continue
+            epochs = {(topic, p): self._epoch.get((topic, p)) for p in {r.partition for r in recs}}
+            out.append(_Group(topic, recs, epochs))
+        return out
+
+    def _decode_ahead(self, group: _Group) -> BatchInput | None:
+        try:
+            return self.sources[group.topic].processor.decode(group.recs)
+        except Exception as exc:  # decoded again on the thread, which fails the batch there
+            log.warning("decoding a batch of %s ahead failed: %s", group.topic, exc)
+            return None
+
+    def _submit(self, groups: list[_Group]) -> None:
+        """Hand a batch to the pipeline's thread, without its records of partitions revoked
+        since they were fetched (their decoding, if any, is of other records: redone)."""
+        assert self._pool is not None and self._inflight is None
+        live: list[_Group] = []
+        for group in groups:
+            if not all(self._owned(tp, group.epochs) for tp in group.epochs):
+                group.recs = [r for r in group.recs
+                              if self._owned((r.topic, r.partition), group.epochs)]  # fmt: skip
+                if not group.recs:
+                    continue
+            group.started = time.perf_counter()
+            live.append(group)
+        if live:
+            self._inflight = _InFlight(live, self._pool.submit(self._attempt, live))
+
+    def _attempt(self, groups: list[_Group]) -> list[BatchOutcome | Exception | None]:
+        """(the pipeline's thread) One attempt of each group, in order, until one fails."""
+        out: list[BatchOutcome | Exception | None] = []
+        failed = False
+        for group in groups:
+            if failed:
+                out.append(None)
+                continue
+            try:
+                processor = self.sources[group.topic].processor
+                if group.decoded is None:
+                    out.append(processor.process(group.recs))
+                else:
+                    out.append(processor.process(group.recs, decoded=group.decoded))
+            except Exception as exc:  # handed to the loop, which retries as ever
+                out.append(exc)
+                failed = True
+            group.decoded = None  # its columns are no longer needed
+        return out
+
+    def _join_inflight(self) -> None:
+        """Wait for the batch on the pipeline's thread and queue the offsets of its groups
+        that succeeded; keep the others for ``_finish_inflight``. Also called at the start
+        of every rebalance callback, so a batch in flight is done (or failed) first."""
+        job = self._inflight
+        if job is None:
+            return
+        self._inflight = None
+        results = job.future.result()
+        for group, result in zip(job.groups, results, strict=True):
+            if isinstance(result, BatchOutcome):
+                self._done(group, result)
+            else:
+                self._failed.append((group, result))
+
+    def _finish_inflight(self) -> bool:
+        """Join the batch in flight, retry what failed of it (here, as the serial loop
+        does) and queue and commit its offsets; True when part of it had failed."""
+        self._join_inflight()
+        failed, self._failed = self._failed, []
+        for group, error in failed:
+            outcome = self._process(
+                self.sources[group.topic].processor, group.topic, group.recs, group.epochs,
+                error=error,
+            )  # fmt: skip
+            if outcome is not None:
+                self._done(group, outcome)
+        self._promote()
+        self._commit_pending()
+        return bool(failed)
+
+    def _done(self, group: _Group, outcome: BatchOutcome) -> None:
+        """Count a group's outcome; its offsets are committed once its log is on disk."""
+        topic, epochs = group.topic, group.epochs
+        metrics.observe_batch(topic, outcome, time.perf_counter() - group.started)
+        self.stats.add(outcome)
+        self.stats.batches += 1
+        offsets = {
+            (topic, p): next_offset
+            for p, next_offset in outcome.commits.items()
+            if self._owned((topic, p), epochs)
+        }
+        self._unlogged.append((topic, self.sources[topic].log.submitted, offsets))
 
     def _settle_logs(self) -> None:
         """Wait for every append in flight and queue its batch's offsets (one still failing
@@ -592,9 +795,12 @@ class KafkaWorker:
         topic: str,
         recs: list[SourceRecord],
         epochs: Mapping[Partition, int | None],
+        *,
+        error: Exception | None = None,
     ) -> BatchOutcome | None:
         """Process ``recs`` until it succeeds; None when every record's partition was revoked
-        or a stop request's drain deadline passed (nothing committed for them)."""
+        or a stop request's drain deadline passed (nothing committed for them). ``error``:
+        the failure of an attempt already made (the pipeline's thread): backed off first."""
         attempt = 0
         while True:
             if all(self._owned(tp, epochs) for tp in epochs):
@@ -608,6 +814,9 @@ class KafkaWorker:
                             "(their new owner replays them)", len(recs) - len(live), topic)  # fmt: skip
                 recs = live
             try:
+                if error is not None:
+                    failed, error = error, None
+                    raise failed
                 return processor.process(recs)
             except Exception as exc:  # retried forever: never drop, never skip, never commit
                 delay = min(self.options.backoff_max_s, self.options.backoff_initial_s * 2**attempt)
@@ -698,6 +907,7 @@ class KafkaWorker:
     # -- rebalances (called inside poll_batch / close, on this thread) -----------------
 
     def _on_assign(self, parts: list[Partition]) -> None:
+        self._join_inflight()
         self.stats.rebalances += 1
         metrics.observe_rebalance("assigned", parts)
         self._assigned.update(parts)
@@ -716,6 +926,7 @@ class KafkaWorker:
         log.info("assigned %s", _describe(parts))  # the fault harness parses this line
 
     def _on_revoke(self, parts: list[Partition]) -> None:
+        self._join_inflight()  # the batch in flight is done first: its offsets are committed
         self.stats.rebalances += 1
         metrics.observe_rebalance("revoked", parts)
         revoked = set(parts)
@@ -745,6 +956,7 @@ class KafkaWorker:
         self._unlogged = [u for u in self._unlogged if u[0] not in topics]
 
     def _on_lost(self, parts: list[Partition]) -> None:
+        self._join_inflight()
         self.stats.rebalances += 1
         metrics.observe_rebalance("lost", parts)
         self._drop_unlogged({tp[0] for tp in parts})

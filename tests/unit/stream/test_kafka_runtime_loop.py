@@ -12,8 +12,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
+import pytest
+
+from engine.stream import kafka_runtime
 from engine.stream.core import BatchOutcome, SourceRecord
 from engine.stream.kafka_runtime import (
+    PIPELINE_ENV,
     KafkaWorker,
     OwnedPartitionsLog,
     PartitionsCallback,
@@ -22,6 +26,17 @@ from engine.stream.kafka_runtime import (
 )
 
 TOPIC = "tx"
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["serial", "pipeline"])
+def pipeline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs with the loop serial and with the pipeline (which here decodes every
+    batch ahead, however small)."""
+    monkeypatch.setenv(PIPELINE_ENV, "1" if request.param else "0")
+    monkeypatch.setattr(kafka_runtime, "AHEAD_MIN_RECORDS", 1)
+    return bool(request.param)
+
+
 FAST = WorkerOptions(backoff_initial_s=0.001, backoff_max_s=0.004, drain_timeout_s=0.05)
 
 
@@ -37,8 +52,13 @@ class FakeProcessor:
         self.on_failure = on_failure
         self.calls: list[list[tuple[int, int]]] = []
         self.forgotten: list[list[int]] = []
+        self.decoded: list[list[tuple[int, int]]] = []  # decoded ahead (the pipeline)
 
-    def process(self, records: Sequence[SourceRecord]) -> BatchOutcome:
+    def decode(self, records: Sequence[SourceRecord]) -> object:
+        self.decoded.append([(r.partition, r.offset) for r in records])
+        return records
+
+    def process(self, records: Sequence[SourceRecord], *, decoded: object = None) -> BatchOutcome:
         self.calls.append([(r.partition, r.offset) for r in records])
         if self.failures:
             self.failures -= 1
@@ -205,7 +225,9 @@ def test_a_failed_asynchronous_commit_is_queued_again_unless_superseded() -> Non
     assert stats.commit_failures >= 1
 
 
-def test_stop_while_a_batch_keeps_failing_leaves_it_uncommitted_after_the_drain_timeout() -> None:
+def test_stop_while_a_batch_keeps_failing_leaves_it_uncommitted_after_the_drain_timeout(
+    pipeline: bool,
+) -> None:
     processor = FakeProcessor(failures=10_000)
     worker, consumer, stop = worker_for(processor, [[rec(0, 0)], [rec(0, 1)]])
     processor.on_failure = lambda n: stop.set() if n == 2 else None
@@ -213,5 +235,160 @@ def test_stop_while_a_batch_keeps_failing_leaves_it_uncommitted_after_the_drain_
     stats = worker.run(stop)
     assert time.monotonic() - started < 5
     assert consumer.commits == [] and stats.records == 0
-    assert consumer.batches == [[rec(0, 1)]]  # the loop did not move on to newer records
+    # the loop did not move on to newer records (the pipeline fetched the next batch while
+    # the first was in flight, but never processed it)
+    assert all(call == [(0, 0)] for call in processor.calls)
+    assert consumer.batches == ([] if pipeline else [[rec(0, 1)]])
     assert consumer.closed
+
+
+# -- the pipeline (WorkerOptions.pipeline): batch n on a thread while n + 1 is fetched -----
+
+
+class GatedProcessor(FakeProcessor):
+    """A FakeProcessor whose ``process`` of the k-th batch on the pipeline's thread lasts
+    until the loop decoded k batches ahead ("the write"; or ``stop``, or ``opened``), and
+    that logs what happened in which order (``timeline``)."""
+
+    def __init__(self, stop: threading.Event, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.stop = stop
+        self.opened = threading.Event()  # ends every wait
+        self.timeline: list[tuple[str, list[tuple[int, int]]]] = []
+        self.busy = threading.Lock()
+        self.on_thread = 0
+
+    def decode(self, records: Sequence[SourceRecord]) -> object:
+        self.timeline.append(("decode", [(r.partition, r.offset) for r in records]))
+        return super().decode(records)
+
+    def process(self, records: Sequence[SourceRecord], *, decoded: object = None) -> BatchOutcome:
+        which = [(r.partition, r.offset) for r in records]
+        assert self.busy.acquire(blocking=False), "two batches processed at once"
+        try:
+            self.timeline.append(("start", which))
+            if threading.current_thread() is not threading.main_thread():
+                self.on_thread += 1
+                deadline = time.monotonic() + 2
+                while (len(self.decoded) < self.on_thread and not self.stop.is_set()
+                       and not self.opened.is_set() and time.monotonic() < deadline):  # fmt: skip
+                    time.sleep(0.001)
+            out = super().process(records)
+            self.timeline.append(("end", which))
+            return out
+        except Exception:
+            self.timeline.append(("failed", which))
+            raise
+        finally:
+            self.busy.release()
+
+
+def pipelined(
+    batches: list[list[SourceRecord]], failures: int = 0
+) -> tuple[KafkaWorker, ScriptedConsumer, threading.Event, GatedProcessor]:
+    stop = threading.Event()
+    processor = GatedProcessor(stop, failures)
+    worker, consumer, _ = worker_for(processor, batches)
+    consumer.stop = stop
+    commit = consumer.commit
+
+    def logged_commit(offsets: Mapping[tuple[str, int], int], *, wait: bool = True) -> None:
+        processor.timeline.append(("commit", sorted((p, o) for (_, p), o in offsets.items())))
+        commit(offsets, wait=wait)
+
+    consumer.commit = logged_commit  # type: ignore[method-assign]
+    return worker, consumer, stop, processor
+
+
+def test_the_pipeline_decodes_the_next_batch_beside_a_write_and_applies_it_after(
+    pipeline: bool,
+) -> None:
+    if not pipeline:
+        return
+    worker, _, stop, processor = pipelined([[rec(0, 0), rec(1, 0)], [rec(0, 1)], [rec(1, 1)]])
+    assert worker.pipeline
+    stats = worker.run(stop)
+    at = {(what, tuple(which)): i for i, (what, which) in enumerate(processor.timeline)}
+    b1, b2, b3 = ((0, 0), (1, 0)), ((0, 1),), ((1, 1),)
+    # batch 2 was fetched and decoded while batch 1 was in flight ...
+    assert at["decode", b2] < at["end", b1]
+    # ... and applied only once batch 1 was done and its offsets committed
+    assert at["end", b1] < at["commit", ((0, 1), (1, 1))] < at["start", b2]
+    assert at["decode", b3] < at["end", b2]
+    assert at["end", b2] < at["commit", ((0, 2),)] < at["start", b3] < at["end", b3]
+    assert at["end", b3] < at["commit", ((1, 2),)]
+    assert stats.batches == 3 and stats.records == 4
+
+
+def test_a_failed_batch_holds_the_next_one_back_until_its_retry_succeeded(
+    pipeline: bool,
+) -> None:
+    if not pipeline:
+        return
+    worker, _, stop, processor = pipelined([[rec(0, 0)], [rec(0, 1)]], failures=2)
+    worker.run(stop)
+    events = [(what, which) for what, which in processor.timeline if what != "decode"]
+    assert events == [
+        ("start", [(0, 0)]),
+        ("failed", [(0, 0)]),  # on the thread, while batch 2 was fetched and decoded
+        ("start", [(0, 0)]),
+        ("failed", [(0, 0)]),  # retried by the loop, batch 2 waiting in the stash
+        ("start", [(0, 0)]),
+        ("end", [(0, 0)]),
+        ("commit", [(0, 1)]),
+        ("start", [(0, 1)]),  # only now, and decoded again (its first decoding was dropped)
+        ("end", [(0, 1)]),
+        ("commit", [(0, 2)]),
+    ]
+    assert processor.decoded.count([(0, 1)]) == 1  # the stash's records go to the thread whole
+
+
+def test_a_revoke_while_a_batch_is_in_flight_waits_for_it_and_commits_it(
+    pipeline: bool,
+) -> None:
+    if not pipeline:
+        return
+    worker, consumer, stop, processor = pipelined([[rec(0, 3), rec(1, 4)], [rec(0, 4), rec(1, 5)]])
+    revoked: list[list[str]] = []
+
+    def revoke() -> None:  # inside the poll that fetches batch 2, batch 1 still in flight
+        deadline = time.monotonic() + 2
+        while not processor.timeline and time.monotonic() < deadline:
+            time.sleep(0.001)  # batch 1 has started on the thread
+        revoked.append([what for what, _ in processor.timeline])
+        processor.opened.set()  # batch 1's "write" ends while the revoke waits for it
+        consumer.on_revoke([(TOPIC, 1)])
+
+    consumer.events[2] = revoke
+    worker.run(stop)
+    assert revoked == [["start"]]  # batch 1 was in flight when the revoke began
+    commit_at = processor.timeline.index(("commit", [(1, 5)]))  # the revoke's, of batch 1
+    assert processor.timeline.index(("end", [(0, 3), (1, 4)])) < commit_at
+    assert processor.calls[1] == [(0, 4)]  # batch 2 without the revoked partition's records
+    assert consumer.commits[-1] == {(TOPIC, 0): 5}
+
+
+def test_stop_waits_for_the_batch_in_flight_and_commits_it(pipeline: bool) -> None:
+    if not pipeline:
+        return
+    worker, consumer, stop, processor = pipelined([[rec(0, 0)], [rec(0, 1)]])
+    consumer.events[3] = stop.set  # during the poll beside batch 2
+    stats = worker.run(stop)
+    # the loop fetched nothing more, and batch 2 was finished and committed before it left
+    assert consumer.polls == 3 and processor.timeline[-1] == ("commit", [(0, 2)])
+    assert processor.calls == [[(0, 0)], [(0, 1)]] and stats.batches == 2
+
+
+def test_a_live_streams_small_batch_waits_for_the_one_in_flight_and_is_topped_up(
+    pipeline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not pipeline:
+        return
+    monkeypatch.setattr(kafka_runtime, "AHEAD_MIN_RECORDS", 2)
+    processor = FakeProcessor()
+    worker, consumer, stop = worker_for(processor, [[rec(0, 0)], [rec(0, 1)], [rec(0, 2)]])
+    worker.run(stop)
+    # [(0, 1)] came beside batch 1, too small to decode ahead: once batch 1 was done, it
+    # went out with what had arrived meanwhile, as one batch
+    assert processor.calls == [[(0, 0)], [(0, 1), (0, 2)]] and processor.decoded == []
+    assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 3}]
