@@ -662,7 +662,7 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
 @click.option(
     "--batch-max",
     type=click.IntRange(min=1),
-    default=50_000,
+    default=200_000,
     help="Most records per batch (a batch is what arrived; only a backlog fills one).",
 )
 @click.option(
@@ -712,7 +712,7 @@ WORKER_RUNTIMES: dict[str, Callable[[FeatureStore, WorkerOptions], int]] = {
 @click.option(
     "--pipeline/--no-pipeline",
     default=None,
-    show_default="off; $SKEWLESS_WORKER_PIPELINE=0/1",
+    show_default="on; $SKEWLESS_WORKER_PIPELINE=0/1",
     help="Process each batch on a helper thread while the next one is fetched and decoded, "
     "so Redis runs a batch's write beside the worker's decoding (kafka runtime; "
     "docs/streaming.md#the-pipeline).",

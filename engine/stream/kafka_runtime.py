@@ -102,7 +102,8 @@ class WorkerOptions:
 
     # a batch is what the consumer holds (never a wait for more): under load it grows, and
     # each entity a batch touches is written once however many of its events it holds
-    batch_max: int = 50_000
+    # (200,000: Redis's CPU per event halves against 50,000 on a backlog; docs/benchmarks.md)
+    batch_max: int = 200_000
     batch_timeout_s: float = 0.05
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0
@@ -143,7 +144,7 @@ class WorkerOptions:
     # n + 1 (KafkaWorker, "the pipeline"): Redis executes n's write while the worker decodes
     # n + 1. n + 1 is prepared only once n is written, checked, logged and its offsets
     # queued ($SKEWLESS_WORKER_PIPELINE=0/1 overrides, for A/B runs of benchmarks/stream.py)
-    pipeline: bool = False
+    pipeline: bool = True
 
 
 @dataclass(slots=True)
