@@ -940,8 +940,9 @@ def run() -> None:
     parser.add_argument(
         "--batch-max",
         default="50000",
-        help="the worker's --batch-max (its default); with --backlog-only a comma-separated "
-        "list alternates several",
+        help="the worker's --batch-max (50,000 here, not the worker's 200,000: a rate is "
+        "measured between a drain's first and last commit, so the backlog must span several "
+        "batches); with --backlog-only a comma-separated list alternates several",
     )
     parser.add_argument("--quick", action="store_true", help="50k events, 10 s of freshness")
     parser.add_argument("--profile", action="store_true", help="cProfile the kafka loop too")
