@@ -199,11 +199,15 @@ class FeatureStore:
             self.plan, names, EventLogReader(self.config.event_log_root), online,
             now_ms=time.time_ns() // 1_000_000, progress=progress,
         )  # fmt: skip
+        # a keyspace is named by its definition's fingerprint, not by the view's name: two
+        # views defined alike share one, so a fingerprint that a view of the plan still uses
+        # is live, even when another view retired it (docs/decisions.md)
+        live = {view.fingerprint for view in self.plan.views.values()}
         outcomes = []
         for name, result in zip(names, results, strict=True):
             dropped: dict[str, int] = {}
             for fingerprint in read_retired(self.config.registry_path).get(name, []):
-                if fingerprint != result.fingerprint:
+                if fingerprint not in live:
                     dropped[fingerprint] = online.delete_keyspace(fingerprint)
             forget_retired(self.config.registry_path, name)
             outcomes.append(RebuildOutcome(result=result, dropped_keys=dropped))
