@@ -28,6 +28,8 @@ Needs Redis on 127.0.0.1:6379 (``bash scripts/services.sh up redis``), or on the
     .venv/bin/python benchmarks/online.py --quick     # fewer calls
     .venv/bin/python benchmarks/online.py --profile   # cProfile of skewless 1x10 and 100x10,
                                                       # cached and uncached
+    .venv/bin/python benchmarks/online.py --ab-statuses   # also the uncached reader with the
+                                                          # statuses derived per row (before)
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ if str(REPO) not in sys.path:
 
 from engine.envelope import Envelope  # noqa: E402
 from engine.keys import encode_key, partition_for  # noqa: E402
-from engine.online_read import OnlineResponse, ReadCache, read_online  # noqa: E402
+from engine.online_read import OnlineResponse, ReadCache, _RespHashes, read_online  # noqa: E402
 from engine.ports import DeadLetter  # noqa: E402
 from engine.serde import SourceCodec  # noqa: E402
 from engine.store import FeatureStore  # noqa: E402
@@ -201,6 +203,7 @@ def time_skewless(
     *,
     cached: bool = True,
     revalidate: bool = False,
+    before: bool = False,
 ) -> list[int]:
     """Latency of each call; ``cached=False`` reads without the ReadCache (every hash decoded),
     ``revalidate=True`` with a ReadCache that revalidates every held entity in Redis (one
@@ -218,13 +221,26 @@ def time_skewless(
     cache = None
     if revalidate:
         cache = _REVALIDATING.setdefault(id(store), ReadCache(tracking=False))
-    for entity_rows in rows:
-        t0 = clock()
-        now_ms = time.time_ns() // 1_000_000
-        result = read_online(plan, online, refs, entity_rows, now_ms=now_ms, cache=cache)
-        OnlineResponse(result).to_dict()
-        out.append(clock() - t0)
+    now_path = _RespHashes.evaluate_states
+    if before:  # the statuses as before (per row in Python), to A/B them in one run
+        _RespHashes.evaluate_states = _statuses_per_row  # type: ignore[method-assign]
+    try:
+        for entity_rows in rows:
+            t0 = clock()
+            now_ms = time.time_ns() // 1_000_000
+            result = read_online(plan, online, refs, entity_rows, now_ms=now_ms, cache=cache)
+            OnlineResponse(result).to_dict()
+            out.append(clock() - t0)
+    finally:
+        _RespHashes.evaluate_states = now_path  # type: ignore[method-assign]
     return out
+
+
+def _statuses_per_row(self: _RespHashes, at: Any, slots: Sequence[int]) -> Any:
+    """``_RespHashes.evaluate_states`` before the status keys: ``seen`` per row, the window
+    states derived from values and ``seen`` row by row (``WindowAt.windows_seen``)."""
+    got = at.evaluate_replies(self.replies, slots)
+    return got, at.windows_seen(got)
 
 
 def time_load(store: FeatureStore, calls: list[list[str]]) -> list[int]:
@@ -298,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument("--profile", action="store_true", help="cProfile skewless, no Feast")
     parser.add_argument(
+        "--ab-statuses",
+        action="store_true",
+        help="also time the uncached reader with the statuses derived per row in Python "
+        "(before the native status keys), in the same rotation",
+    )
+    parser.add_argument(
         "--redis-port",
         type=int,
         default=int(os.environ.get("SKEWLESS_BENCH_REDIS_PORT", "0")) or None,
@@ -370,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "skewless": [],
                 "skewless_revalidating": [],
                 "skewless_uncached": [],
+                **({"skewless_uncached_before": []} if args.ab_statuses else {}),
                 "redis_load": [],
                 "feast": [],
             }
@@ -385,6 +408,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (
                         "skewless_uncached",
                         lambda c=chunk: time_skewless(store, refs, c, cached=False),
+                    ),
+                    *(
+                        [
+                            (
+                                "skewless_uncached_before",
+                                lambda c=chunk: time_skewless(
+                                    store, refs, c, cached=False, before=True
+                                ),
+                            )
+                        ]
+                        if args.ab_statuses
+                        else []
                     ),
                     ("redis_load", lambda c=chunk: time_load(store, c)),
                     (
@@ -405,6 +440,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "revalidating_ratio_p99": stats["skewless_revalidating"]["p99_ms"] / fe["p99_ms"],
                 "uncached_ratio_p50": stats["skewless_uncached"]["p50_ms"] / fe["p50_ms"],
                 "uncached_ratio_p99": stats["skewless_uncached"]["p99_ms"] / fe["p99_ms"],
+                **(
+                    {
+                        "uncached_before_ratio_p50": stats["skewless_uncached_before"]["p50_ms"]
+                        / fe["p50_ms"],
+                        "uncached_before_ratio_p99": stats["skewless_uncached_before"]["p99_ms"]
+                        / fe["p99_ms"],
+                    }
+                    if args.ab_statuses
+                    else {}
+                ),
                 "load_ratio_p99": stats["redis_load"]["p99_ms"] / fe["p99_ms"],
                 "target_ratio_p99": TARGETS[case],
                 "cached_target_ratio_p99": CACHED_TARGET,
@@ -431,6 +476,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         for name, label in (("skewless", "skewless (default, ReadCache, tracking)"),
                             ("skewless_revalidating", "skewless, ReadCache revalidating"),
                             ("skewless_uncached", "skewless, no cache"),
+                            ("skewless_uncached_before",
+                             "skewless, no cache, statuses per row (before)"),
                             ("redis_load", "(its Redis load alone)"),
                             ("feast", f"Feast {results['feast_version']}")):  # fmt: skip
             if name not in d:

@@ -407,9 +407,11 @@ class ReadKernel:
         tile of requested aggregation i's window (a lifetime accumulator) exists.
         engine.errors.CodecError on a corrupt tile a requested window uses."""
     def evaluate_replies(
-        self, replies: RespReplies, slots: list[int], t_ms: int
+        self, replies: RespReplies, slots: list[int], t_ms: int, keyed: bool = False
     ) -> list[_Evaluated]:
-        """``evaluate`` of the hash replies ``slots`` of ``replies``."""
+        """``evaluate`` of the hash replies ``slots`` of ``replies``; ``keyed``: each row's
+        third element is its status key instead of ``seen`` (per requested position
+        ``2 * code + seen``, the value's code 0 for None, 1 for one equal to 0, 2 other)."""
 
 class RespReplies:
     """``count`` RESP replies, fed as the socket receives them and indexed in place."""

@@ -60,6 +60,7 @@ class WindowReader:
         "_functions",
         "_hops",
         "_kernel",
+        "_keyed",
         "_last",
         "_narrower",
         "_patterns",
@@ -115,6 +116,8 @@ class WindowReader:
         self._patterns: dict[tuple[int, ...], tuple[int | None, ...]] = {}
         # (value pattern, what the evaluation saw per window) → the window states
         self._settled: dict[tuple[tuple[int, ...], bytes], tuple[int, ...]] = {}
+        # status key (``ReadKernel.evaluate_replies(..., keyed=True)``) → window states
+        self._keyed: dict[bytes, tuple[int, ...]] = {}
 
     def _from_values(self, pattern: tuple[int, ...]) -> tuple[int | None, ...]:
         """Window states per position from a value pattern alone; None where it cannot tell."""
@@ -227,14 +230,15 @@ class WindowAt:
         return got
 
     def evaluate_replies(
-        self, replies: Any, slots: Sequence[int]
+        self, replies: Any, slots: Sequence[int], *, keyed: bool = False
     ) -> list[tuple[list[Any], int | None, bytes]]:
         """``evaluate_seen`` of hash replies ``slots`` of a ``_native.RespReplies`` (the
-        fields stay in the socket's buffer)."""
+        fields stay in the socket's buffer). ``keyed``: each row's third element is its
+        status key instead of ``seen`` (``windows_keyed``)."""
         reader = self._reader
         try:
             got: list[tuple[list[Any], int | None, bytes]] = reader._kernel.evaluate_replies(
-                replies, list(slots), self.t_ms
+                replies, list(slots), self.t_ms, keyed
             )
         except CodecError as exc:
             raise CodecError(f"view {reader.view.name!r}: {exc}") from exc
@@ -272,6 +276,25 @@ class WindowAt:
                 states = settled
             out.append(states)  # type: ignore[arg-type]  # no None left
         return out
+
+    def windows_keyed(
+        self, got: Sequence[tuple[Sequence[Any], int | None, bytes]]
+    ) -> list[tuple[int, ...]]:
+        """``windows_seen`` from what ``evaluate_replies(..., keyed=True)`` gave. A row's key
+        (per requested aggregation ``2 * code + seen``, the code of its value as ``_said``
+        makes it: 0 None, 1 equal to 0, 2 other) holds all that ``windows_seen`` decides
+        from, so each distinct key is settled once by ``windows_seen`` and then looked up."""
+        keyed = self._reader._keyed
+        out: list[tuple[int, ...] | None] = [keyed.get(key) for _, _, key in got]
+        if None in out:
+            for i, (row, updated, key) in enumerate(got):
+                if out[i] is None:
+                    seen = bytes(k & 1 for k in key)
+                    (states,) = self.windows_seen([(row, updated, seen)])
+                    if len(keyed) >= _PATTERNS_MAX:
+                        keyed.clear()
+                    out[i] = keyed[key] = states
+        return out  # type: ignore[return-value]  # no None left
 
     def _said(self, row: Sequence[Any]) -> tuple[tuple[int, ...], tuple[int | None, ...]]:
         """A row's value pattern (per value 0: None, 1: zero, 2: other) and the window

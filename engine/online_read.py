@@ -107,6 +107,8 @@ _PLAIN = {status: status.value for status in FeatureStatus}  # member → plain 
 _NO_STATE, _NOT_FOUND = FeatureStatus.NO_STATE, FeatureStatus.NOT_FOUND  # (enum lookups cost)
 
 _Got = tuple[list[Any], int | None, tuple[FeatureStatus, ...]]
+# evaluations (values, updated, seen or status key) and their window states
+_Evaluated = tuple[list[tuple[list[Any], int | None, bytes]], list[tuple[int, ...]]]
 """What a read has for one (view, entity): values, freshness, statuses (in request order)."""
 
 
@@ -406,9 +408,10 @@ class _Fetched(Protocol):
 
     def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]: ...
 
-    def evaluate(
-        self, at: WindowAt, slots: Sequence[int]
-    ) -> list[tuple[list[Any], int | None, bytes]]: ...
+    def evaluate_states(self, at: WindowAt, slots: Sequence[int]) -> _Evaluated:
+        """The evaluations of ``slots`` (``WindowAt.evaluate_seen``) and their window states
+        (``WindowAt.windows_seen``)."""
+        ...
 
 
 class _DictHashes:
@@ -423,10 +426,9 @@ class _DictHashes:
     def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]:
         return ReadCache._marks(self.hashes[slot] or {})
 
-    def evaluate(
-        self, at: WindowAt, slots: Sequence[int]
-    ) -> list[tuple[list[Any], int | None, bytes]]:
-        return at.evaluate_seen([self.hashes[s] or {} for s in slots])
+    def evaluate_states(self, at: WindowAt, slots: Sequence[int]) -> _Evaluated:
+        got = at.evaluate_seen([self.hashes[s] or {} for s in slots])
+        return got, at.windows_seen(got)
 
 
 class _RespHashes:
@@ -443,10 +445,9 @@ class _RespHashes:
         marks: frozenset[tuple[bytes, bytes]] = self.replies.marks(slot, _MARK_KIND_BYTES)
         return marks
 
-    def evaluate(
-        self, at: WindowAt, slots: Sequence[int]
-    ) -> list[tuple[list[Any], int | None, bytes]]:
-        return at.evaluate_replies(self.replies, slots)
+    def evaluate_states(self, at: WindowAt, slots: Sequence[int]) -> _Evaluated:
+        got = at.evaluate_replies(self.replies, slots, keyed=True)  # statuses by key
+        return got, at.windows_keyed(got)
 
 
 class _Subset:
@@ -465,10 +466,8 @@ class _Subset:
     def marks(self, slot: int) -> frozenset[tuple[bytes, bytes]]:
         return self.inner.marks(self.pos[slot])
 
-    def evaluate(
-        self, at: WindowAt, slots: Sequence[int]
-    ) -> list[tuple[list[Any], int | None, bytes]]:
-        return self.inner.evaluate(at, [self.pos[s] for s in slots])
+    def evaluate_states(self, at: WindowAt, slots: Sequence[int]) -> _Evaluated:
+        return self.inner.evaluate_states(at, [self.pos[s] for s in slots])
 
 
 _STATE_KEYS: dict[str, dict[tuple[Any, ...], str]] = {}  # fingerprint → entity → state key
@@ -498,15 +497,14 @@ def _evaluate_many(
     """The values, freshness and statuses of many entities' (non-empty) hashes in one native
     call; a corrupt tile's error names its Redis key."""
     try:
-        got = fetched.evaluate(at, slots)
+        got, states = fetched.evaluate_states(at, slots)
     except CodecError:
         for slot in slots:  # find the entity whose tile failed, to name it
             try:
-                fetched.evaluate(at, [slot])
+                fetched.evaluate_states(at, [slot])
             except CodecError as exc:
                 raise CodecError(f"Redis key {keys[slot]!r}: {exc}") from exc
         raise
-    states = at.windows_seen(got)
     rows = _STATUS_ROWS
     out: list[_Got] = []
     for (values, updated, _), state in zip(got, states, strict=True):

@@ -169,6 +169,16 @@ def read_times(clock: int, next_clock: int | None) -> list[int]:
     return sorted(t for t in times if next_clock is None or t <= next_clock)
 
 
+def resp_of(fields: dict[bytes, bytes]) -> Any:
+    """``fields`` as Redis sends an ``HGETALL`` reply (RESP2), indexed natively."""
+    out = [b"*%d\r\n" % (2 * len(fields))]
+    for name, value in fields.items():
+        out += [b"$%d\r\n%s\r\n" % (len(name), name), b"$%d\r\n%s\r\n" % (len(value), value)]
+    replies = _native.RespReplies(1)
+    assert replies.feed(b"".join(out)) == 0
+    return replies
+
+
 def bits(values: list[Any]) -> str:
     return repr(values)  # repr tells -0.0 from 0.0 and 1 from 1.0
 
@@ -232,6 +242,15 @@ def test_equals_processing_time_backfill_of_the_same_records(
                 assert bits(legacy) == bits(values), where
                 got = at.evaluate_seen([fields])
                 assert at.windows_seen(got) == at.windows_many([fields], [values]), where
+                # the same hash as a Redis reply, its statuses by key (the uncached read path)
+                keyed = at.evaluate_replies(resp_of(fields), [0], keyed=True)
+                assert bits(keyed[0][0]) == bits(values) and keyed[0][1] == updated, where
+                seen = got[0][2]
+                codes = [0 if v is None else 1 if v == 0 else 2 for v in values]
+                assert list(keyed[0][2]) == [2 * c + s for c, s in zip(codes, seen, strict=True)], (
+                    where
+                )
+                assert at.windows_keyed(keyed) == at.windows_seen(got), where
                 # freshness: the newest batch that applied (admitted) an event of the entity
                 written = [e.processed_at_ms for e in logged
                            if e.payload["customer_id"] == customer

@@ -10,6 +10,7 @@ use skewless_core::read::{hash_fields, Evaluated, ReadSpec, Replies, Reply};
 
 use crate::kernel::value_to_py;
 use crate::online::{codec_err, fields_of, layout_of, AggArgs};
+use skewless_core::value::Value;
 
 /// Aggregations `indices` of a view's layout, read from raw hashes.
 #[pyclass(frozen, module = "engine._native")]
@@ -17,11 +18,26 @@ pub struct ReadKernel {
     spec: ReadSpec,
 }
 
+/// A value's pattern code, as `engine.online_eval` derives it from the Python value: 0 for
+/// None, 1 for a value equal to 0 (`0`, `0.0`, `-0.0`, `False`), 2 for any other.
+fn pattern_code(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::Bool(false) | Value::Int(0) | Value::Wide(0) => 1,
+        Value::Float(x) if *x == 0.0 => 1,
+        _ => 2,
+    }
+}
+
+/// Per entity `(values, updated or None, seen)`; `keyed`: the third element is instead the
+/// row's status key, per requested position `2 × pattern code + seen`.
 fn rows<'py>(
     py: Python<'py>,
     results: Vec<Result<Evaluated, String>>,
+    keyed: bool,
 ) -> PyResult<Bound<'py, PyList>> {
     let out = PyList::empty(py);
+    let mut key = Vec::new();
     for r in results {
         let e = r.map_err(|e| codec_err(py, e))?;
         let row = PyList::empty(py);
@@ -29,7 +45,19 @@ fn rows<'py>(
             row.append(value_to_py(py, v)?)?;
         }
         let updated = (e.updated_ms > 0).then_some(e.updated_ms);
-        out.append((row, updated, PyBytes::new(py, &e.seen)))?;
+        let third = if keyed {
+            key.clear();
+            key.extend(
+                e.values
+                    .iter()
+                    .zip(&e.seen)
+                    .map(|(v, &seen)| 2 * pattern_code(v) + seen),
+            );
+            PyBytes::new(py, &key)
+        } else {
+            PyBytes::new(py, &e.seen)
+        };
+        out.append((row, updated, third))?;
     }
     Ok(out)
 }
@@ -63,16 +91,20 @@ impl ReadKernel {
                 })
                 .collect()
         });
-        rows(py, results)
+        rows(py, results, false)
     }
 
-    /// `evaluate` of the hash replies `slots` of `replies`.
+    /// `evaluate` of the hash replies `slots` of `replies`; `keyed`: each row's third element
+    /// is its status key (per requested position `2 × pattern code + seen`, the pattern code
+    /// 0 for None, 1 for a value equal to 0, 2 for any other) instead of `seen`.
+    #[pyo3(signature = (replies, slots, t_ms, keyed = false))]
     fn evaluate_replies<'py>(
         &self,
         py: Python<'py>,
         replies: PyRef<'_, RespReplies>,
         slots: Vec<usize>,
         t_ms: i64,
+        keyed: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         let mut hashes = Vec::with_capacity(slots.len());
         for &s in &slots {
@@ -90,7 +122,7 @@ impl ReadKernel {
                 .map(|pairs| at.evaluate(hash_fields(buf, pairs)).map_err(|e| e.0))
                 .collect()
         });
-        rows(py, results)
+        rows(py, results, keyed)
     }
 }
 
