@@ -16,6 +16,9 @@ server's CPU per event (``INFO cpu`` before and after), and the share of each st
     .venv/bin/python benchmarks/worker_core.py --merged 3 --recovery  # with lost-state
         # detection wired as the runtimes wire it (watermarks swapped and checked); adds a
         # merge-on-write run without its pre-write watermark read (the check's own cost)
+    .venv/bin/python benchmarks/worker_core.py --steps --batch 100 --recovery
+        # wall and CPU ms per batch of each step of BatchProcessor.process (live-sized
+        # batches: compare with --batch 5000 for the per-record cost of each step)
     .venv/bin/python benchmarks/worker_core.py --keep-merged 3 --recovery --batch 150
         # a sole owner keeping its merge-on-write entries cached across batches vs
         # reloading them every batch (SKEWLESS_WORKER_KEEP_MERGED), alternating, 3 rounds
@@ -133,6 +136,78 @@ def records(store: FeatureStore, rows: Sequence[dict[str, Any]]) -> list[SourceR
     return out
 
 
+class _Steps:
+    """``--steps``: wall time and the calling thread's CPU time of each step of
+    ``BatchProcessor.process``, summed over the timed batches (wrapping the processor's
+    methods and its native core's calls). Wall minus CPU is waiting: on Redis (load, write)
+    or on the event log's writer threads and their fsyncs (append)."""
+
+    NAMES = (
+        ("decode", "decode and validate (native) + batch bookkeeping"),
+        ("transforms", "batch transforms: the engine's part (the frame, copies, columns out)"),
+        ("user", "batch transforms: the user's functions (pandas)"),
+        ("prepare", "native prepare (entities, inputs)"),
+        ("load", "state load from Redis (+ watermark read)"),
+        ("apply", "native apply (fold, evict, encode)"),
+        ("write", "Redis write (script chunks, fences, watermarks)"),
+        ("append", "event-log append (write + fsync)"),
+    )
+
+    def __init__(self, core: Any) -> None:
+        self.spent: dict[str, float] = dict.fromkeys((n for n, _ in self.NAMES), 0.0)
+        self.cpu: dict[str, float] = dict.fromkeys(self.spent, 0.0)  # this thread's CPU
+        for name, attr in (("transforms", "_fed"), ("load", "_load"), ("write", "_write"),
+                           ("append", "_append")):  # fmt: skip
+            setattr(core, attr, self._timed(name, getattr(core, attr)))
+        for view in core.views:  # the user's functions, timed apart from the engine's part
+            if view.batch_transform is not None:
+                object.__setattr__(
+                    view, "batch_transform", self._timed("user", view.batch_transform)
+                )
+        decode = core.decode
+
+        def untimed_transforms(records: Any, *, transforms: bool = True) -> Any:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            out = decode(records, transforms=False)
+            self.spent["decode"] += time.perf_counter() - t0
+            self.cpu["decode"] += time.thread_time() - c0
+            if transforms:
+                out.fed = core._fed(out.kept)
+            return out
+
+        core.decode = untimed_transforms
+        native = core._core
+        steps = self
+
+        class Native:
+            def __getattr__(self, name: str) -> Any:
+                got = getattr(native, name)
+                return steps._timed(name, got) if name in ("prepare", "apply") else got
+
+        core._core = Native()
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[name] += time.perf_counter() - t0
+                self.cpu[name] += time.thread_time() - c0
+
+        return timed
+
+    def report(self, batches: int, total_s: float, cpu_s: float) -> dict[str, tuple[float, float]]:
+        """Per step: (wall ms, this thread's CPU ms) per batch."""
+        ms = {name: (self.spent[name] / batches * 1e3, self.cpu[name] / batches * 1e3)
+              for name, _ in self.NAMES}  # fmt: skip
+        ms["transforms"] = tuple(t - u for t, u in zip(ms["transforms"], ms["user"], strict=True))  # type: ignore[assignment]
+        ms["rest"] = (total_s / batches * 1e3 - sum(w for w, _ in ms.values()),
+                      cpu_s / batches * 1e3 - sum(c for _, c in ms.values()))  # fmt: skip
+        ms["total"] = (total_s / batches * 1e3, cpu_s / batches * 1e3)
+        return ms
+
+
 class _NoLetters:
     def send(self, letters: Sequence[Any]) -> None:
         raise AssertionError(f"benchmark events were refused: {letters[:1]}")
@@ -158,6 +233,8 @@ def run(
     recovery: bool = False,
     precheck: bool = True,
     keep_merged: bool | None = None,
+    steps: bool = False,
+    profile_sort: str = "tottime",
 ) -> dict[str, Any]:
     """``merged``: the re-keyed views on the merge-on-write layout (the default), else per
     partition; ``recovery``: a ``StateRecovery`` wired in (watermarks swapped and checked);
@@ -193,6 +270,7 @@ def run(
         recs = records(store, events(n, 7, now_ms))
         batches = [recs[i : i + batch] for i in range(0, len(recs), batch)]
         core.process(batches[0])  # warm-up: scripts loaded, epochs taken
+        timer = _Steps(core) if steps else None
         rest = batches[1:]
         events_timed = sum(len(b) for b in rest)
         r0 = redis_cpu(client)
@@ -200,6 +278,7 @@ def run(
         written = 0
         c0 = resource.getrusage(resource.RUSAGE_SELF)
         w0 = time.perf_counter()
+        t0 = time.thread_time()
         profiler = None
         if profile:
             import cProfile
@@ -208,6 +287,9 @@ def run(
             profiler.enable()
         for b in rest:
             written += core.process(b).entities_written
+        if timer is not None:
+            result_steps = timer.report(len(rest), time.perf_counter() - w0,
+                                        time.thread_time() - t0)  # fmt: skip
         if profiler is not None:
             profiler.disable()
         wall = time.perf_counter() - w0
@@ -233,13 +315,15 @@ def run(
             "entities_written": written,
             "commandstats": calls,
         }
+        if timer is not None:
+            result["steps"] = result_steps
         if profiler is not None:
             import io
             import pstats
 
             out = io.StringIO()
             stats = pstats.Stats(profiler, stream=out)
-            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats(profile_sort).print_stats(25)
             result["profile"] = out.getvalue()
             # the native calls' own time (no Python below them), per event
             result["native_us_per_event"] = {
@@ -257,6 +341,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-sort", default="tottime",
+                        help="the profile's order (pstats: tottime, cumulative, ...)")  # fmt: skip
+    parser.add_argument("--steps", action="store_true",
+                        help="wall and CPU ms per batch of each step of BatchProcessor.process")  # fmt: skip
     parser.add_argument("--native", metavar="PATH",
                         help="an engine/_native*.so build to run instead of the installed one")  # fmt: skip
     parser.add_argument("--merged", type=int, metavar="ROUNDS", default=0,
@@ -281,7 +369,8 @@ def main() -> None:
     if args.merged:
         compare_layouts(args.defs, args.events, args.batch, args.merged, args.recovery)
         return
-    got = run(args.defs, args.events, args.batch, args.profile, recovery=args.recovery)
+    got = run(args.defs, args.events, args.batch, args.profile, recovery=args.recovery,
+              steps=args.steps, profile_sort=args.profile_sort)  # fmt: skip
     print(f"{got['defs']} definitions, {got['events']:,} events in batches of {got['batch']:,}:")
     print(f"  worker: {got['worker_us_per_event']:.1f} µs CPU/event = "
           f"{got['events_per_worker_cpu_s']:,.0f} events per worker CPU-second")  # fmt: skip
@@ -297,6 +386,14 @@ def main() -> None:
         )
     if args.native:
         print(f"  native: {sys.modules['engine._native'].__file__}")
+    if "steps" in got:
+        batches = got["events"] / got["batch"]
+        print(f"  per batch of {got['batch']:,} records ({batches:,.0f} batches), "
+              "wall ms / the loop thread's CPU ms:")  # fmt: skip
+        labels = dict(_Steps.NAMES, rest="the rest (Python glue, stats, bookkeeping)",
+                      total="total")  # fmt: skip
+        for name, (ms, cpu) in got["steps"].items():
+            print(f"  {ms:8.3f} / {cpu:6.3f} ms  {labels[name]}")
     for name, us in sorted(got.get("native_us_per_event", {}).items(), key=lambda x: -x[1]):
         print(f"  {us:7.2f} µs/event in {name}")
     if "profile" in got:
