@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -539,10 +539,7 @@ class KafkaWorker:
         while not self._stop.is_set():
             if trace is not None:
                 trace.mark("poll")
-            if self._stash:
-                records, self._stash = self._stash, []
-            else:
-                records = consumer.poll_batch(self.options.batch_max, self.options.batch_timeout_s)
+            records = self._take(consumer, self.options.batch_timeout_s, top_up=False)
             if records:
                 if trace is not None:
                     trace.mark("got")
@@ -552,8 +549,8 @@ class KafkaWorker:
                 if trace is not None:
                     trace.mark("gc")
                     trace.flush()
-            elif self._unlogged and self._promote():  # idle: commit what is logged
-                self._commit_pending()
+            else:
+                self._commit_logged()
             self._maybe_log_stats()
 
     def _run_pipelined(self, consumer: BatchConsumer) -> None:
@@ -574,17 +571,11 @@ class KafkaWorker:
             if stopping and self._inflight is None and not self._failed:
                 return
             records: list[SourceRecord] = []
-            if stopping:
-                pass
-            elif self._stash:
-                records, self._stash = self._stash, []
-                room = self.options.batch_max - len(records)
-                if self._inflight is None and room > 0:  # and what arrived meanwhile
-                    records += consumer.poll_batch(room, 0.0)
-            else:  # beside a batch in flight, only what the client holds: never wait
-                timeout = 0.0 if self._inflight is not None else self.options.batch_timeout_s
-                records = consumer.poll_batch(self.options.batch_max, timeout)
-            busy = self._inflight is not None
+            if not stopping:  # beside a batch in flight, only what the client holds: no wait
+                idle = self._inflight is None
+                timeout = self.options.batch_timeout_s if idle else 0.0
+                records = self._take(consumer, timeout, top_up=idle)
+            busy = self._inflight is not None  # (a rebalance inside the fetch joined it)
             if busy and records and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
                 self._stash = records + self._stash  # a live stream's: not worth a batch
                 records = []
@@ -599,19 +590,40 @@ class KafkaWorker:
                 self._collect_garbage()
             if groups:
                 self._submit(groups)
-            elif self._unlogged and self._promote():  # idle: commit what is logged
-                self._commit_pending()
+            else:
+                self._commit_logged()
             self._maybe_log_stats()
 
+    def _take(
+        self, consumer: BatchConsumer, timeout_s: float, *, top_up: bool
+    ) -> list[SourceRecord]:
+        """The next batch's records: the stash if it holds any (``top_up``: with what the
+        client holds besides, up to ``batch_max``, without waiting), else a fetch that waits
+        at most ``timeout_s``."""
+        if not self._stash:
+            return consumer.poll_batch(self.options.batch_max, timeout_s)
+        records, self._stash = self._stash, []
+        room = self.options.batch_max - len(records)
+        if top_up and room > 0:  # and what arrived meanwhile
+            records += consumer.poll_batch(room, 0.0)
+        return records
+
+    def _commit_logged(self) -> None:
+        """Idle: commit the offsets of processed batches whose log append is now on disk."""
+        if self._unlogged and self._promote():
+            self._commit_pending()
+
+    def _commit_done(self) -> None:
+        """After a batch: queue the offsets of what is logged and commit them (async)."""
+        self._promote()
+        self._commit_pending()
+
     def _groups(self, records: list[SourceRecord]) -> list[_Group]:
-        by_topic: dict[str, list[SourceRecord]] = {}
-        for rec in records:
-            group = by_topic.get(rec.topic)
-            if group is None:
-                group = by_topic[rec.topic] = []
-            group.append(rec)
+        """``records`` per source topic, in the order their topics first appear, each with
+        its partitions' assignment epochs now (a record of a topic without a source is
+        logged and skipped)."""
         out = []
-        for topic, recs in by_topic.items():
+        for topic, recs in _by_topic(records).items():
             if topic not in self.sources:  # pragma: no cover - subscribed to these topics only
                 log.error("record of unexpected topic %r skipped", topic)
                 continue
@@ -689,8 +701,7 @@ class KafkaWorker:
             )  # fmt: skip
             if outcome is not None:
                 self._done(group, outcome)
-        self._promote()
-        self._commit_pending()
+        self._commit_done()
         return bool(failed)
 
     def _done(self, group: _Group, outcome: BatchOutcome) -> None:
@@ -753,36 +764,19 @@ class KafkaWorker:
     # -- one batch ----------------------------------------------------------------------
 
     def _handle(self, records: list[SourceRecord]) -> None:
-        by_topic: dict[str, list[SourceRecord]] = {}
-        for rec in records:
-            group = by_topic.get(rec.topic)
-            if group is None:
-                group = by_topic[rec.topic] = []
-            group.append(rec)
-        for topic, recs in by_topic.items():
-            wiring = self.sources.get(topic)
-            if wiring is None:  # pragma: no cover - the consumer subscribes to these topics only
-                log.error("record of unexpected topic %r skipped", topic)
-                continue
-            epochs = {(topic, p): self._epoch.get((topic, p)) for p in {r.partition for r in recs}}
-            started = time.perf_counter()
-            outcome = self._process(wiring.processor, topic, recs, epochs)
+        """The serial loop's batch: each topic's share processed (retried until it
+        succeeds), then its offsets queued and committed."""
+        for group in self._groups(records):
+            group.started = time.perf_counter()
+            processor = self.sources[group.topic].processor
+            outcome = self._process(processor, group.topic, group.recs, group.epochs)
             if outcome is None:
                 continue
-            metrics.observe_batch(topic, outcome, time.perf_counter() - started)
             if self._trace is not None:
                 self._trace.mark("done")
-            self.stats.add(outcome)
-            self.stats.batches += 1
-            offsets = {
-                (topic, p): next_offset
-                for p, next_offset in outcome.commits.items()
-                if self._owned((topic, p), epochs)
-            }
             # committed once the batch's log append is on disk (at once without overlap)
-            self._unlogged.append((topic, wiring.log.submitted, offsets))
-        self._promote()
-        self._commit_pending()
+            self._done(group, outcome)
+        self._commit_done()
         if self._trace is not None:
             self._trace.mark("commit")
 
@@ -917,10 +911,7 @@ class KafkaWorker:
         of = getattr(self._consumer, "generation", None)  # a test's fake consumer may not know
         generation = of() if of is not None else None
         if generation is not None:  # owner epochs are taken under it (engine/stream/ownership.py)
-            by_topic: dict[str, list[int]] = {}
-            for topic, p in parts:
-                by_topic.setdefault(topic, []).append(p)
-            for topic, ps in by_topic.items():
+            for topic, ps in _partitions_by_topic(parts).items():
                 wiring = self.sources.get(topic)
                 if wiring is not None:
                     wiring.processor.assign(ps, generation)
@@ -969,10 +960,7 @@ class KafkaWorker:
         for tp in gone:
             self._pending.pop(tp, None)
             self._committed.pop(tp, None)
-        by_topic: dict[str, list[int]] = {}
-        for topic, p in gone:
-            by_topic.setdefault(topic, []).append(p)
-        for topic, ps in by_topic.items():
+        for topic, ps in _partitions_by_topic(gone).items():
             wiring = self.sources.get(topic)
             if wiring is not None:
                 wiring.processor.forget_partitions(ps)
@@ -1010,10 +998,26 @@ def _span(recs: Sequence[SourceRecord]) -> str:
     return ", ".join(f"p{p} offsets {lo}..{hi}" for p, (lo, hi) in sorted(bounds.items()))
 
 
-def _describe(parts: Sequence[Partition]) -> str:
-    by_topic: dict[str, list[int]] = {}
+def _by_topic(records: Sequence[SourceRecord]) -> dict[str, list[SourceRecord]]:
+    """``records`` per topic, in their order, the topics in the order they first appear."""
+    out: dict[str, list[SourceRecord]] = {}
+    for rec in records:
+        group = out.get(rec.topic)
+        if group is None:
+            group = out[rec.topic] = []
+        group.append(rec)
+    return out
+
+
+def _partitions_by_topic(parts: Iterable[Partition]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
     for topic, p in parts:
-        by_topic.setdefault(topic, []).append(p)
+        out.setdefault(topic, []).append(p)
+    return out
+
+
+def _describe(parts: Sequence[Partition]) -> str:
+    by_topic = _partitions_by_topic(parts)
     return "; ".join(f"{t} {sorted(ps)}" for t, ps in sorted(by_topic.items())) or "nothing"
 
 
