@@ -61,8 +61,6 @@ struct Stored {
     version: i64,
     /// Per source partition that applied an event: its fence and journal (the marks hash).
     parts: Vec<PartitionMarks>,
-    /// The event times the current batch admitted (the tiles it touched).
-    times: Vec<i64>,
 }
 
 impl Stored {
@@ -72,7 +70,6 @@ impl Stored {
             lifetime: None,
             version: NO_FENCE,
             parts: Vec::new(),
-            times: Vec::new(),
         }
     }
 
@@ -122,26 +119,19 @@ impl Stored {
         fence: i64,
         now_ms: i64,
     ) {
-        let mut touched: Vec<(usize, i64)> = Vec::with_capacity(self.times.len());
-        for (g, group) in layout.groups.iter().enumerate() {
-            touched.extend(self.times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        self.times.clear();
-        let mut bytes = Vec::new();
-        for (g, k) in touched {
-            if let Some(tile) = tiles.tile(g, k) {
-                bytes.clear();
-                encode_tile(tile, &mut bytes);
-                self.tiles.insert((g, k), bytes.clone());
-            }
+        // the tiles the batch loaded or folded into (after eviction): a tile is only ever
+        // in `tiles` because a record of the batch had its event time, so these are the
+        // batch's touched tiles still live, as the workers' merged path encodes them
+        for (g, k, tile) in tiles.iter_tiles() {
+            let bytes = self.tiles.entry((g, k)).or_default();
+            bytes.clear();
+            encode_tile(tile, bytes);
         }
         // (a tile stored is live at `now_ms`, the one time of the rebuild: none is evicted)
         if let Some(lifetime) = tiles.lifetime_tile() {
+            let bytes = self.lifetime.get_or_insert_with(Vec::new);
             bytes.clear();
-            encode_tile(lifetime, &mut bytes);
-            self.lifetime = Some(bytes);
+            encode_tile(lifetime, bytes);
         }
         self.version = next_version(self.version, p, now_ms, &[(p, fence)]);
         let at = match self.parts.iter().position(|m| m.0 == p) {
@@ -375,7 +365,6 @@ impl Replay {
                             stored.load_lifetime(&view.layout, &mut slot.entry.tiles);
                         }
                         stored.load_tiles(&view.layout, &mut slot.entry.tiles, et);
-                        stored.times.push(et);
                     }
                     slot.admitted = batch;
                     let inputs = &cols.inputs;
