@@ -1,10 +1,12 @@
 //! `Columns`: a decoded batch held natively, handed between native calls without copying
 //! (decode → fold → log append) and turned into Python objects only on the slow path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
+use rustc_hash::FxBuildHasher;
 
 use skewless_core::columns::{Batch, Column, ColumnData};
 use skewless_core::value::Value;
@@ -173,6 +175,9 @@ impl PyColumns {
             .batch
             .column(name)
             .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("no column {name:?}")))?;
+        if let ColumnData::Str { offsets, data } = &col.data {
+            return str_cells(py, col, offsets, data, self.batch.rows);
+        }
         let out = PyList::empty(py);
         for i in 0..self.batch.rows {
             out.append(value_to_py(py, &col.value_at(i))?)?;
@@ -192,6 +197,42 @@ impl PyColumns {
         }
         Ok(out)
     }
+}
+
+/// Distinct strings of one column given one shared `str` object each, at most: past it, a
+/// new value gets its own object (a column of unique ids does not grow the table further).
+const SHARED_STRS: usize = 1 << 17;
+
+/// A string column's cells as `Columns.column` gives them (`value_at`'s text: invalid
+/// UTF-8 replaced; None for nulls), equal cells sharing one `str` object (immutable, so the
+/// same values): a batch transform's frame is built from these lists, and a column of a
+/// few distinct values (currencies, countries, merchants) then costs no object per row.
+fn str_cells<'py>(
+    py: Python<'py>,
+    col: &Column,
+    offsets: &[i64],
+    data: &[u8],
+    rows: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut shared: HashMap<&[u8], Bound<'py, PyAny>, FxBuildHasher> = HashMap::default();
+    let mut cells: Vec<Bound<'py, PyAny>> = Vec::with_capacity(rows);
+    for i in 0..rows {
+        if !col.is_valid(i) {
+            cells.push(py.None().into_bound(py));
+            continue;
+        }
+        let bytes = &data[offsets[i] as usize..offsets[i + 1] as usize];
+        if let Some(s) = shared.get(bytes) {
+            cells.push(s.clone());
+            continue;
+        }
+        let s = PyString::new(py, &String::from_utf8_lossy(bytes)).into_any();
+        if shared.len() < SHARED_STRS {
+            shared.insert(bytes, s.clone());
+        }
+        cells.push(s);
+    }
+    PyList::new(py, cells)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
