@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxBuildHasher;
 
 use skewless_core::columns::{Batch, Column, ColumnData};
@@ -185,6 +185,42 @@ impl PyColumns {
         Ok(out)
     }
 
+    /// A string column's Arrow `large_string` buffers, `(validity bitmap or None, offsets,
+    /// data)` (`pyarrow.Array.from_buffers`), cell for cell what `column` gives: None unless
+    /// the column is a string column with a non-null cell, every cell valid UTF-8.
+    fn str_buffers<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<StrBuffers<'py>>> {
+        let col = self
+            .batch
+            .column(name)
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("no column {name:?}")))?;
+        let ColumnData::Str { offsets, data } = &col.data else {
+            return Ok(None);
+        };
+        let rows = self.batch.rows;
+        if offsets.len() != rows + 1 || offsets[0] != 0 || (0..rows).all(|i| !col.is_valid(i)) {
+            return Ok(None);
+        }
+        let utf8 = offsets
+            .windows(2)
+            .all(|w| std::str::from_utf8(&data[w[0] as usize..w[1] as usize]).is_ok());
+        if !utf8 {
+            return Ok(None); // `column` replaces the invalid bytes
+        }
+        let validity = col.valid.as_ref().map(|valid| {
+            let mut bits = vec![0u8; rows.div_ceil(8)];
+            for (i, _) in valid.iter().enumerate().filter(|(_, &v)| v) {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+            PyBytes::new(py, &bits)
+        });
+        let raw: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        Ok(Some((
+            validity,
+            PyBytes::new(py, &raw),
+            PyBytes::new(py, data),
+        )))
+    }
+
     /// Every row as a dict `{name: value}` (the slow path: transforms, fallbacks).
     fn to_pylist<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
@@ -198,6 +234,13 @@ impl PyColumns {
         Ok(out)
     }
 }
+
+/// A string column's Arrow buffers: validity bitmap (None: no null), offsets, data.
+type StrBuffers<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
 
 /// Distinct strings of one column given one shared `str` object each, at most: past it, a
 /// new value gets its own object (a column of unique ids does not grow the table further).
