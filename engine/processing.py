@@ -64,12 +64,11 @@ def _frame_column(payloads: Any, name: str) -> Any:
     non-null cell straight from its Arrow buffers when pandas holds such a list of ``str``
     as Arrow strings anyway (its default ``str`` dtype) — the same array, without a Python
     ``str`` per cell; any other column as a list of its cells."""
-    import pandas as pd
-
-    dtype = _arrow_str_dtype(pd.get_option("future.infer_string"))
+    dtype = _arrow_str_dtype()
     got = payloads.str_buffers(name) if dtype is not None else None
     if got is None:
         return payloads.column(name)
+    import pandas as pd
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
     validity, offsets, data = got
@@ -79,10 +78,10 @@ def _frame_column(payloads: Any, name: str) -> Any:
 
 
 @cache
-def _arrow_str_dtype(infer_string: bool) -> Any:
+def _arrow_str_dtype() -> Any:
     """The dtype pandas gives a column built from a list of ``str`` when it is Arrow
-    ``large_string``-backed (pandas >= 3 with pyarrow; per ``future.infer_string``), else
-    None."""
+    ``large_string``-backed (pandas >= 3 with pyarrow: its default), else None. Asked once
+    per process (pandas 3 deprecates turning that default off)."""
     import pandas as pd
 
     inferred = pd.DataFrame({"s": ["a", None]})["s"]
