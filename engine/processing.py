@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.envelope import Envelope
@@ -54,8 +55,40 @@ def batch_frame(payloads: Payloads) -> pd.DataFrame:
         names = dict.fromkeys(name for payload in payloads for name in payload)
         data = {name: [payload.get(name) for payload in payloads] for name in names}
     else:
-        data = {name: payloads.column(name) for name in payloads.names}
+        data = {name: _frame_column(payloads, name) for name in payloads.names}
     return pd.DataFrame(data, index=range(n))
+
+
+def _frame_column(payloads: Any, name: str) -> Any:
+    """One native column as ``batch_frame`` puts it in the frame: a string column with a
+    non-null cell straight from its Arrow buffers when pandas holds such a list of ``str``
+    as Arrow strings anyway (its default ``str`` dtype) — the same array, without a Python
+    ``str`` per cell; any other column as a list of its cells."""
+    dtype = _arrow_str_dtype()
+    got = payloads.str_buffers(name) if dtype is not None else None
+    if got is None:
+        return payloads.column(name)
+    import pandas as pd
+    import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
+
+    validity, offsets, data = got
+    buffers = [None if validity is None else pa.py_buffer(validity), pa.py_buffer(offsets),
+               pa.py_buffer(data)]  # fmt: skip
+    return pd.array(pa.Array.from_buffers(pa.large_string(), len(payloads), buffers), dtype=dtype)
+
+
+@cache
+def _arrow_str_dtype() -> Any:
+    """The dtype pandas gives a column built from a list of ``str`` when it is Arrow
+    ``large_string``-backed (pandas >= 3 with pyarrow: its default), else None. Asked once
+    per process (pandas 3 deprecates turning that default off)."""
+    import pandas as pd
+
+    inferred = pd.DataFrame({"s": ["a", None]})["s"]
+    arrow = getattr(inferred.array, "_pa_array", None)
+    if arrow is None or str(arrow.type) != "large_string":
+        return None
+    return inferred.dtype
 
 
 @dataclass(frozen=True, slots=True)

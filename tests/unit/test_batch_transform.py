@@ -199,7 +199,7 @@ def test_batch_frame_matches_from_records_for_dicts_and_native_columns() -> None
     from engine.processing import batch_frame
 
     rng = random.Random(11)
-    kinds = {"i": "int", "f": "float", "s": "str", "b": "bool", "y": "bytes"}
+    kinds = {"i": "int", "f": "float", "s": "str", "b": "bool", "y": "bytes", "t": "str"}
 
     def cell(kind: str) -> object:
         if rng.random() < 0.2:
@@ -208,6 +208,7 @@ def test_batch_frame_matches_from_records_for_dicts_and_native_columns() -> None
             "i": lambda: rng.randrange(-(2**40), 2**40),
             "f": lambda: rng.uniform(-1e6, 1e6),
             "s": lambda: rng.choice(["a", "b", "ü", ""]),
+            "t": lambda: rng.choice(["a", "b", "ü", "", "a" * 40]),
             "b": lambda: rng.random() < 0.5,
             "y": lambda: bytes([rng.randrange(256)]),
         }[kind]()
@@ -221,6 +222,9 @@ def test_batch_frame_matches_from_records_for_dicts_and_native_columns() -> None
         names = list(kinds)
         columns = Columns.from_rows(names, [kinds[k] for k in names], rows)
         expected = pd.DataFrame.from_records(rows, index=range(n), columns=names)
+        # a string column with cells reaches the frame from its Arrow buffers, not as strs
+        assert (columns.str_buffers("t") is not None) == (n > 0)
+        assert columns.str_buffers("s") is None and columns.str_buffers("i") is None
         for frame in (batch_frame(rows), batch_frame(columns)):
             if not n:
                 assert len(frame) == 0

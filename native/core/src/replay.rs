@@ -61,8 +61,6 @@ struct Stored {
     version: i64,
     /// Per source partition that applied an event: its fence and journal (the marks hash).
     parts: Vec<PartitionMarks>,
-    /// The event times the current batch admitted (the tiles it touched).
-    times: Vec<i64>,
 }
 
 impl Stored {
@@ -72,7 +70,6 @@ impl Stored {
             lifetime: None,
             version: NO_FENCE,
             parts: Vec::new(),
-            times: Vec::new(),
         }
     }
 
@@ -89,14 +86,23 @@ impl Stored {
     /// workers' merged path decodes every tile at the start of a batch, but only the ones
     /// the batch folds into are written again (the others keep their bytes), so only those
     /// are decoded here.
+    /// `oldest[g]` is group g's oldest tile live at the rebuild's `now`: every tile stored
+    /// is live then (the batches evict at that `now` before storing), so an older one is
+    /// never looked up.
     #[inline]
-    fn load_tiles(&self, layout: &crate::tiles::Layout, tiles: &mut EntityTiles, t: i64) {
+    fn load_tiles(
+        &self,
+        layout: &crate::tiles::Layout,
+        tiles: &mut EntityTiles,
+        t: i64,
+        oldest: &[i64],
+    ) {
         if self.tiles.is_empty() {
             return;
         }
         for (g, group) in layout.groups.iter().enumerate() {
             let k = t.div_euclid(group.hop_ms);
-            if tiles.tile(g, k).is_some() {
+            if k < oldest[g] || tiles.tile(g, k).is_some() {
                 continue;
             }
             if let Some(bytes) = self.tiles.get(&(g, k)) {
@@ -114,34 +120,20 @@ impl Stored {
     /// accumulators encoded, the evicted tiles dropped, the version chained and the
     /// partition's fence and journal moved on, as `OnlineCore::apply` and `entity_write`
     /// do for a merged entry.
-    fn store(
-        &mut self,
-        layout: &crate::tiles::Layout,
-        tiles: &EntityTiles,
-        p: i32,
-        fence: i64,
-        now_ms: i64,
-    ) {
-        let mut touched: Vec<(usize, i64)> = Vec::with_capacity(self.times.len());
-        for (g, group) in layout.groups.iter().enumerate() {
-            touched.extend(self.times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        self.times.clear();
-        let mut bytes = Vec::new();
-        for (g, k) in touched {
-            if let Some(tile) = tiles.tile(g, k) {
-                bytes.clear();
-                encode_tile(tile, &mut bytes);
-                self.tiles.insert((g, k), bytes.clone());
-            }
+    fn store(&mut self, tiles: &EntityTiles, p: i32, fence: i64, now_ms: i64) {
+        // the tiles the batch loaded or folded into (after eviction): a tile is only ever
+        // in `tiles` because a record of the batch had its event time, so these are the
+        // batch's touched tiles still live, as the workers' merged path encodes them
+        for (g, k, tile) in tiles.iter_tiles() {
+            let bytes = self.tiles.entry((g, k)).or_default();
+            bytes.clear();
+            encode_tile(tile, bytes);
         }
         // (a tile stored is live at `now_ms`, the one time of the rebuild: none is evicted)
         if let Some(lifetime) = tiles.lifetime_tile() {
+            let bytes = self.lifetime.get_or_insert_with(Vec::new);
             bytes.clear();
-            encode_tile(lifetime, &mut bytes);
-            self.lifetime = Some(bytes);
+            encode_tile(lifetime, bytes);
         }
         self.version = next_version(self.version, p, now_ms, &[(p, fence)]);
         let at = match self.parts.iter().position(|m| m.0 == p) {
@@ -200,6 +192,8 @@ pub struct Replay {
 struct LiveLayouts {
     starts: Vec<i64>,
     layouts: Vec<Layout>,
+    /// Per group: its oldest tile index live at `now_ms`.
+    oldest: Vec<i64>,
 }
 
 impl LiveLayouts {
@@ -225,6 +219,11 @@ impl LiveLayouts {
         LiveLayouts {
             starts: order.iter().map(|&(t, _)| t).collect(),
             layouts,
+            oldest: layout
+                .groups
+                .iter()
+                .map(|group| window_end(group.hop_ms, now_ms) - group.span)
+                .collect(),
         }
     }
 
@@ -374,8 +373,8 @@ impl Replay {
                             // its first record in the batch: loaded as the store holds it
                             stored.load_lifetime(&view.layout, &mut slot.entry.tiles);
                         }
-                        stored.load_tiles(&view.layout, &mut slot.entry.tiles, et);
-                        stored.times.push(et);
+                        let oldest = &live[v as usize].oldest;
+                        stored.load_tiles(&view.layout, &mut slot.entry.tiles, et, oldest);
                     }
                     slot.admitted = batch;
                     let inputs = &cols.inputs;
@@ -400,7 +399,7 @@ impl Replay {
                     if merged && slot.admitted == batch {
                         let stored = slot.merged.as_mut().expect("set when admitted");
                         let tiles = &slot.entry.tiles;
-                        stored.store(layout, tiles, self.partition, slot.entry.fence, now_ms);
+                        stored.store(tiles, self.partition, slot.entry.fence, now_ms);
                         slot.entry.tiles = EntityTiles::new(layout);
                     }
                 }

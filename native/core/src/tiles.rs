@@ -226,6 +226,15 @@ impl EntityTiles {
             .unwrap_or_default()
     }
 
+    /// Every tile held, as `(group, k, tile)`, by group then ascending `k` (the lifetime
+    /// accumulators not among them).
+    pub fn iter_tiles(&self) -> impl Iterator<Item = (usize, i64, &[State])> + '_ {
+        self.by_group
+            .iter()
+            .enumerate()
+            .flat_map(|(g, tiles)| tiles.iter().map(move |t| (g, t.0, &t.1[..])))
+    }
+
     /// Tile `k` of group `g`, if held.
     pub fn tile(&self, g: usize, k: i64) -> Option<&[State]> {
         let tiles = self.by_group.get(g)?;

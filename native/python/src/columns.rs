@@ -1,10 +1,12 @@
 //! `Columns`: a decoded batch held natively, handed between native calls without copying
 //! (decode → fold → log append) and turned into Python objects only on the slow path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use rustc_hash::FxBuildHasher;
 
 use skewless_core::columns::{Batch, Column, ColumnData};
 use skewless_core::value::Value;
@@ -173,11 +175,50 @@ impl PyColumns {
             .batch
             .column(name)
             .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("no column {name:?}")))?;
+        if let ColumnData::Str { offsets, data } = &col.data {
+            return str_cells(py, col, offsets, data, self.batch.rows);
+        }
         let out = PyList::empty(py);
         for i in 0..self.batch.rows {
             out.append(value_to_py(py, &col.value_at(i))?)?;
         }
         Ok(out)
+    }
+
+    /// A string column's Arrow `large_string` buffers, `(validity bitmap or None, offsets,
+    /// data)` (`pyarrow.Array.from_buffers`), cell for cell what `column` gives: None unless
+    /// the column is a string column with a non-null cell, every cell valid UTF-8.
+    fn str_buffers<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<StrBuffers<'py>>> {
+        let col = self
+            .batch
+            .column(name)
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err(format!("no column {name:?}")))?;
+        let ColumnData::Str { offsets, data } = &col.data else {
+            return Ok(None);
+        };
+        let rows = self.batch.rows;
+        if offsets.len() != rows + 1 || offsets[0] != 0 || (0..rows).all(|i| !col.is_valid(i)) {
+            return Ok(None);
+        }
+        let utf8 = offsets
+            .windows(2)
+            .all(|w| std::str::from_utf8(&data[w[0] as usize..w[1] as usize]).is_ok());
+        if !utf8 {
+            return Ok(None); // `column` replaces the invalid bytes
+        }
+        let validity = col.valid.as_ref().map(|valid| {
+            let mut bits = vec![0u8; rows.div_ceil(8)];
+            for (i, _) in valid.iter().enumerate().filter(|(_, &v)| v) {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+            PyBytes::new(py, &bits)
+        });
+        let raw: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        Ok(Some((
+            validity,
+            PyBytes::new(py, &raw),
+            PyBytes::new(py, data),
+        )))
     }
 
     /// Every row as a dict `{name: value}` (the slow path: transforms, fallbacks).
@@ -192,6 +233,49 @@ impl PyColumns {
         }
         Ok(out)
     }
+}
+
+/// A string column's Arrow buffers: validity bitmap (None: no null), offsets, data.
+type StrBuffers<'py> = (
+    Option<Bound<'py, PyBytes>>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
+/// Distinct strings of one column given one shared `str` object each, at most: past it, a
+/// new value gets its own object (a column of unique ids does not grow the table further).
+const SHARED_STRS: usize = 1 << 17;
+
+/// A string column's cells as `Columns.column` gives them (`value_at`'s text: invalid
+/// UTF-8 replaced; None for nulls), equal cells sharing one `str` object (immutable, so the
+/// same values): a batch transform's frame is built from these lists, and a column of a
+/// few distinct values (currencies, countries, merchants) then costs no object per row.
+fn str_cells<'py>(
+    py: Python<'py>,
+    col: &Column,
+    offsets: &[i64],
+    data: &[u8],
+    rows: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut shared: HashMap<&[u8], Bound<'py, PyAny>, FxBuildHasher> = HashMap::default();
+    let mut cells: Vec<Bound<'py, PyAny>> = Vec::with_capacity(rows);
+    for i in 0..rows {
+        if !col.is_valid(i) {
+            cells.push(py.None().into_bound(py));
+            continue;
+        }
+        let bytes = &data[offsets[i] as usize..offsets[i + 1] as usize];
+        if let Some(s) = shared.get(bytes) {
+            cells.push(s.clone());
+            continue;
+        }
+        let s = PyString::new(py, &String::from_utf8_lossy(bytes)).into_any();
+        if shared.len() < SHARED_STRS {
+            shared.insert(bytes, s.clone());
+        }
+        cells.push(s);
+    }
+    PyList::new(py, cells)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
