@@ -14,42 +14,28 @@ import pytest
 
 from connectors.eventlog import EventLogWriter
 from engine.keys import encode_key, partition_for
-from engine.ports import DeadLetter
 from engine.registry import read_retired, write_applied
 from engine.serde import SourceCodec
 from engine.store import FeatureStore
 from engine.stream.core import BatchProcessor, SourceRecord
+from tests.integration.test_rebuild_online import DEFS, Letters
 from tests.stream_harness import raw_redis
 
 pytestmark = pytest.mark.redis
 
-DEFS = """
-from engine import Aggregation, Entity, FeatureView, KafkaSource
-customer = Entity("customer", join_keys=["customer_id"])
-tx = KafkaSource("tx", schema={{"type": "record", "name": "Tx", "fields": [
-    {{"name": "customer_id", "type": "string"}},
-    {{"name": "amount", "type": ["null", "double"]}},
-    {{"name": "ts", "type": "long"}}]}}, timestamp_field="ts")
-spend = FeatureView("spend", entity=customer, source=tx, aggregations=[
-    Aggregation("amount", "sum", window="{window}", hop="1m"),
-    Aggregation("amount", "count", window="lifetime"),
-])
+TWIN = """
 twin = FeatureView("twin", entity=customer, source=tx, aggregations=[
     Aggregation("amount", "sum", window="5m", hop="1m"),
+    Aggregation("amount", "max", window="10m", hop="1m"),
     Aggregation("amount", "count", window="lifetime"),
 ])
 """
 
 
-class Letters:
-    def send(self, letters: list[DeadLetter]) -> None:
-        raise AssertionError(f"unexpected dead letters: {letters}")
-
-
 def make_store(tmp_path: Path, window: str, monkeypatch: pytest.MonkeyPatch) -> FeatureStore:
     repo = tmp_path / "repo"
     repo.mkdir(exist_ok=True)
-    (repo / "defs.py").write_text(textwrap.dedent(DEFS.format(window=window)))
+    (repo / "defs.py").write_text(textwrap.dedent(DEFS.format(window=window)) + TWIN)
     (repo / "skewless.yaml").write_text("kafka:\n  partitions: 3\n")
     return FeatureStore.from_repo(repo)
 
