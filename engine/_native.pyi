@@ -307,7 +307,8 @@ def key_slot(key: bytes) -> int:
 _SlotChunks = tuple[list[int], list[tuple[int, int, int, int, bytes, bytes]]]
 
 class Writes:
-    """A batch's entity writes from ``OnlineCore.apply``, held natively (``PackedWrites``)."""
+    """Entity writes held natively (``PackedWrites``): a batch's from ``OnlineCore.apply``, or
+    one view's run from a ``Replay``."""
 
     @staticmethod
     def from_list(
@@ -331,22 +332,6 @@ class Writes:
         """The writes grouped by Redis Cluster slot, one slot per call of the write script."""
 
 # --- rebuild-online's replay (native/python/src/replay.rs) ----------------------------------
-
-class ReplayWrites:
-    """Entity writes of one view from a ``Replay``, held natively (``PackedWrites``)."""
-
-    def __len__(self) -> int: ...
-    def to_list(
-        self,
-    ) -> list[tuple[str, dict[str, bytes], list[str], int | None, tuple[str, bytes | None] | None]]:
-        """``(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)`` each."""
-
-    def key(self, i: int) -> str: ...
-    def script_chunks(self, max_args: int) -> list[tuple[int, int, int, bytes]]:
-        """``(elements, first write, writes, RESP body)`` per call of the write script."""
-
-    def slot_chunks(self, max_args: int) -> _SlotChunks:
-        """The writes grouped by Redis Cluster slot, one slot per call of the write script."""
 
 class Replay:
     """Rebuild-online's replay of one source partition for the views of one source
@@ -390,7 +375,7 @@ class Replay:
         """Fold source partition ``partition`` next (the states carry on; the newest event
         times start again)."""
 
-    def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, ReplayWrites]]:
+    def writes(self, now_ms: int, drop_expired: bool, chunk: int) -> list[tuple[int, Writes]]:
         """(view, writes) chunks: one write per entity (a merged view's: the entity write,
         then its marks write); empties the replay."""
 

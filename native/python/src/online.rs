@@ -194,6 +194,13 @@ pub struct PyWrites {
     writes: Vec<Write>,
 }
 
+impl PyWrites {
+    /// Writes built natively (the worker's `apply`, rebuild-online's replay).
+    pub(crate) fn new(writes: Vec<Write>) -> Self {
+        Self { writes }
+    }
+}
+
 #[pymethods]
 impl PyWrites {
     /// Writes from `to_list`'s tuples (benchmarks and tests: the worker's writes come from

@@ -1,17 +1,17 @@
 //! `Replay`: rebuild-online's replay of one event-log partition (see
-//! `skewless_core::replay`), and `ReplayWrites`, its entity writes held natively.
+//! `skewless_core::replay`); its entity writes come back as `Writes`, like the worker's.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString};
 
 use skewless_core::columns::{Column, ColumnData};
-use skewless_core::online::{script_chunks, GroupColumns, OnlineGroup, OnlineView, Write};
+use skewless_core::online::{GroupColumns, OnlineGroup, OnlineView, Write};
 use skewless_core::replay::{Replay, Taken};
 use skewless_core::value::Value;
 
 use crate::columns::PyColumns;
 use crate::convert::{err, i64s, scalar};
-use crate::online::{layout_of, AggArgs};
+use crate::online::{layout_of, AggArgs, PyWrites};
 
 /// A view spec: `(fingerprint, aggregations, group, input per aggregation, lateness)`.
 type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
@@ -78,77 +78,6 @@ fn typed_column(values: &Bound<'_, PyList>) -> Option<Column> {
     None
 }
 
-/// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)`.
-fn write_to_py<'py>(py: Python<'py>, w: &Write) -> PyResult<Bound<'py, PyTuple>> {
-    let fields = PyDict::new(py);
-    for (name, bytes) in &w.fields {
-        fields.set_item(name, PyBytes::new(py, bytes))?;
-    }
-    let expect = match &w.expect {
-        None => py.None().into_bound(py),
-        Some((f, v)) => (f.as_str(), v.as_ref().map(|b| PyBytes::new(py, b)))
-            .into_pyobject(py)?
-            .into_any(),
-    };
-    PyTuple::new(
-        py,
-        [
-            w.key.as_str().into_pyobject(py)?.into_any(),
-            fields.into_any(),
-            PyList::new(py, &w.delete)?.into_any(),
-            w.expire_at_ms.into_pyobject(py)?.into_any(),
-            expect,
-        ],
-    )
-}
-
-/// Entity writes of one view from a replay, held natively: packed into the store's script
-/// calls by the core (`script_chunks`), or turned into Python tuples (`to_list`).
-#[pyclass(module = "engine._native", name = "ReplayWrites", frozen)]
-pub struct PyReplayWrites {
-    writes: Vec<Write>,
-}
-
-#[pymethods]
-impl PyReplayWrites {
-    fn __len__(&self) -> usize {
-        self.writes.len()
-    }
-
-    /// `(key, {field: bytes}, [deleted fields], expire_at_ms | None, None)` each.
-    fn to_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let out = PyList::empty(py);
-        for w in &self.writes {
-            out.append(write_to_py(py, w)?)?;
-        }
-        Ok(out)
-    }
-
-    /// The Redis key of write `i`.
-    fn key(&self, i: usize) -> PyResult<String> {
-        self.writes
-            .get(i)
-            .map(|w| w.key.clone())
-            .ok_or_else(|| err(format!("no write {i}")))
-    }
-
-    /// `(elements, first write, writes, RESP body)` per script call of about `max_args`
-    /// arguments (see `skewless_core::online::script_chunks`).
-    fn script_chunks<'py>(&self, py: Python<'py>, max_args: usize) -> PyResult<Bound<'py, PyList>> {
-        let chunks = py.detach(|| script_chunks(&self.writes, max_args));
-        let out = PyList::empty(py);
-        for c in chunks {
-            out.append((c.elements, c.first, c.count, PyBytes::new(py, &c.body)))?;
-        }
-        Ok(out)
-    }
-
-    /// The writes grouped by Redis Cluster slot into script calls (see `Writes.slot_chunks`).
-    fn slot_chunks<'py>(&self, py: Python<'py>, max_args: usize) -> PyResult<Bound<'py, PyTuple>> {
-        crate::online::slot_chunks_to_py(py, &self.writes, max_args)
-    }
-}
-
 fn views_of(views: Vec<ViewArgs>) -> PyResult<Vec<OnlineView>> {
     views
         .into_iter()
@@ -164,7 +93,7 @@ fn views_of(views: Vec<ViewArgs>) -> PyResult<Vec<OnlineView>> {
         .collect()
 }
 
-/// `(view, ReplayWrites)` per run of one view's writes, at most `chunk` writes each.
+/// `(view, Writes)` per run of one view's writes, at most `chunk` writes each.
 fn chunked<'py>(
     py: Python<'py>,
     writes: Vec<(u32, Write)>,
@@ -178,14 +107,14 @@ fn chunked<'py>(
             Some((cv, ws)) if *cv == v && ws.len() < chunk => ws.push(w),
             _ => {
                 if let Some((cv, ws)) = current.take() {
-                    out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
+                    out.append((cv, Bound::new(py, PyWrites::new(ws))?))?;
                 }
                 current = Some((v, vec![w]));
             }
         }
     }
     if let Some((cv, ws)) = current {
-        out.append((cv, Bound::new(py, PyReplayWrites { writes: ws })?))?;
+        out.append((cv, Bound::new(py, PyWrites::new(ws))?))?;
     }
     Ok(out)
 }
@@ -386,6 +315,5 @@ impl PyReplay {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReplay>()?;
-    m.add_class::<PyReplayWrites>()?;
     Ok(())
 }
