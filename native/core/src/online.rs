@@ -1676,8 +1676,9 @@ fn json_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
+/// An aggregation input cell of a column (the worker's fold and rebuild-online's replay).
 #[inline]
-fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
+pub(crate) fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
     let Some(col) = col else { return Input::Null };
     if !col.is_valid(row) {
         return Input::Null;

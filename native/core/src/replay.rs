@@ -29,14 +29,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::FxBuildHasher;
 
-use crate::agg::{Agg, Input};
+use crate::agg::Agg;
 use crate::avro::{read_container, AvroError};
 use crate::codec::{decode_tile, encode_tile};
 use crate::columns::{Batch, Column, ColumnData};
 use crate::online::{
-    entity_text, entity_write, escape, next_version, parse_partition, rebuilt_merged_writes,
-    CacheKey, Entry, GroupColumns, OnlineGroup, OnlineView, PartitionMarks, Write, JOURNAL_ENTRIES,
-    NO_FENCE,
+    entity_text, entity_write, escape, input_at, next_version, parse_partition,
+    rebuilt_merged_writes, CacheKey, Entry, GroupColumns, OnlineGroup, OnlineView, PartitionMarks,
+    Write, JOURNAL_ENTRIES, NO_FENCE,
 };
 use crate::tiles::EntityTiles;
 use crate::tiles::{window_end, Layout};
@@ -617,25 +617,6 @@ fn ints<'a>(batch: &'a Batch, name: &str) -> Option<&'a [i64]> {
     match &col.data {
         ColumnData::Int(v) => Some(v),
         _ => None,
-    }
-}
-
-/// An aggregation input cell (as the online core reads one).
-#[inline]
-fn input_at(col: Option<&Column>, row: usize) -> Input<'_> {
-    let Some(col) = col else { return Input::Null };
-    if !col.is_valid(row) {
-        return Input::Null;
-    }
-    match &col.data {
-        ColumnData::Int(v) => Input::Int(v[row]),
-        ColumnData::Float(v) => Input::Float(v[row]),
-        ColumnData::Bool(v) => Input::Bool(v[row]),
-        ColumnData::Str { .. } => col.str_at(row).map_or(Input::Null, Input::Str),
-        ColumnData::Bytes { offsets, data } => {
-            Input::Bytes(&data[offsets[row] as usize..offsets[row + 1] as usize])
-        }
-        ColumnData::Value(v) => v[row].as_input(),
     }
 }
 
