@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use skewless_core::agg::{Agg, Func};
-use skewless_core::columns::{Column, ColumnData};
+use skewless_core::columns::{Batch, Column, ColumnData};
 use skewless_core::online::{
     evaluate, key_slot, script_chunks, slot_chunks, CacheKey, Events, GroupColumns, OnlineCore,
     OnlineGroup, OnlineView, SlotChunk, Write,
@@ -252,6 +252,90 @@ impl PyWrites {
     }
 }
 
+/// Owned key and input columns of one group.
+pub(crate) type FedColumns = (Vec<Column>, Vec<Column>);
+
+/// The columns a group was fed after a transform (`fed[g] = (key columns, input columns)`
+/// as lists, each turned into a column by `column`), owned, per group; `None` for a group
+/// read from the payload. `what` names the call in errors.
+pub(crate) fn fed_columns(
+    fed: &Bound<'_, PyDict>,
+    groups: usize,
+    n: usize,
+    column: fn(&Bound<'_, PyList>) -> Column,
+    what: &str,
+) -> PyResult<Vec<Option<FedColumns>>> {
+    let mut owned = Vec::with_capacity(groups);
+    for g in 0..groups {
+        match fed.get_item(g)? {
+            Some(spec) => {
+                let (keys, inputs): (Vec<Bound<'_, PyList>>, Vec<Bound<'_, PyList>>) =
+                    spec.extract()?;
+                let keys: Vec<Column> = keys.iter().map(column).collect();
+                let inputs: Vec<Column> = inputs.iter().map(column).collect();
+                if keys.iter().chain(&inputs).any(|c| c.len() != n) {
+                    return Err(err(format!("{what}: group {g}'s columns are not {n} long")));
+                }
+                owned.push(Some((keys, inputs)));
+            }
+            None => owned.push(None),
+        }
+    }
+    Ok(owned)
+}
+
+/// A column of `n` nulls: the key column of a field the payload lacks.
+pub(crate) fn null_column(n: usize) -> Column {
+    Column {
+        data: ColumnData::Value(vec![Value::Null; n]),
+        valid: Some(vec![false; n]),
+    }
+}
+
+/// Each group's key and input columns: the fed ones, else the payload's by field name
+/// (a missing key field reads as `null_col`). `what` names the call in errors.
+pub(crate) fn group_columns<'a>(
+    groups: &[OnlineGroup],
+    owned: &'a [Option<FedColumns>],
+    batch: Option<&'a Batch>,
+    null_col: &'a Column,
+    n: usize,
+    what: &str,
+) -> PyResult<Vec<GroupColumns<'a>>> {
+    if let Some(b) = batch {
+        if b.rows != n {
+            return Err(err(format!(
+                "{what}: payload has {} rows for {n} records",
+                b.rows
+            )));
+        }
+    }
+    let mut cols = Vec::with_capacity(groups.len());
+    for (g, group) in groups.iter().enumerate() {
+        if let Some((keys, inputs)) = &owned[g] {
+            cols.push(GroupColumns {
+                keys: keys.iter().collect(),
+                inputs: inputs.iter().map(Some).collect(),
+            });
+        } else {
+            let Some(b) = batch else {
+                return Err(err(format!(
+                    "{what}: group {g} has neither payload columns nor fed columns"
+                )));
+            };
+            cols.push(GroupColumns {
+                keys: group
+                    .key_fields
+                    .iter()
+                    .map(|f| b.column(f).unwrap_or(null_col))
+                    .collect(),
+                inputs: group.input_fields.iter().map(|f| b.column(f)).collect(),
+            });
+        }
+    }
+    Ok(cols)
+}
+
 /// `(view, partition, entity, local value, store's fence, store's journal)`.
 type SpilledEntry = (u32, i32, String, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -387,64 +471,10 @@ impl PyOnlineCore {
             ));
         }
         let groups: Vec<OnlineGroup> = self.with(|c| Ok(c.groups().to_vec()))?;
-        // owned columns for fed groups; payload columns are borrowed
-        let mut owned: Vec<(Vec<Column>, Vec<Column>)> = Vec::new();
-        let mut owned_at: Vec<Option<usize>> = Vec::new();
-        for g in 0..groups.len() {
-            match fed.get_item(g)? {
-                Some(spec) => {
-                    let (keys, inputs): (Vec<Bound<'py, PyList>>, Vec<Bound<'py, PyList>>) =
-                        spec.extract()?;
-                    let keys: Vec<Column> = keys.iter().map(any_column).collect();
-                    let inputs: Vec<Column> = inputs.iter().map(any_column).collect();
-                    if keys.iter().chain(&inputs).any(|c| c.len() != n) {
-                        return Err(err(format!(
-                            "prepare: group {g}'s columns are not {n} long"
-                        )));
-                    }
-                    owned_at.push(Some(owned.len()));
-                    owned.push((keys, inputs));
-                }
-                None => owned_at.push(None),
-            }
-        }
+        let owned = fed_columns(fed, groups.len(), n, any_column, "prepare")?;
         let batch = payload.as_ref().map(|p| p.batch.clone());
-        if let Some(b) = &batch {
-            if b.rows != n {
-                return Err(err(format!(
-                    "prepare: payload has {} rows for {n} events",
-                    b.rows
-                )));
-            }
-        }
-        let null_col = Column {
-            data: ColumnData::Value(vec![Value::Null; n]),
-            valid: Some(vec![false; n]),
-        };
-        let mut cols: Vec<GroupColumns<'_>> = Vec::with_capacity(groups.len());
-        for (g, group) in groups.iter().enumerate() {
-            if let Some(at) = owned_at[g] {
-                let (keys, inputs) = &owned[at];
-                cols.push(GroupColumns {
-                    keys: keys.iter().collect(),
-                    inputs: inputs.iter().map(Some).collect(),
-                });
-            } else {
-                let Some(b) = &batch else {
-                    return Err(err(format!(
-                        "prepare: group {g} has neither payload columns nor fed columns"
-                    )));
-                };
-                cols.push(GroupColumns {
-                    keys: group
-                        .key_fields
-                        .iter()
-                        .map(|f| b.column(f).unwrap_or(&null_col))
-                        .collect(),
-                    inputs: group.input_fields.iter().map(|f| b.column(f)).collect(),
-                });
-            }
-        }
+        let null_col = null_column(n);
+        let cols = group_columns(&groups, &owned, batch.as_deref(), &null_col, n, "prepare")?;
         let events = Events {
             partition,
             offset,

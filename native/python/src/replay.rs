@@ -5,13 +5,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString};
 
 use skewless_core::columns::{Column, ColumnData};
-use skewless_core::online::{GroupColumns, OnlineGroup, OnlineView, Write};
+use skewless_core::online::{OnlineGroup, OnlineView, Write};
 use skewless_core::replay::{Replay, Taken};
-use skewless_core::value::Value;
 
 use crate::columns::PyColumns;
 use crate::convert::{err, i64s, scalar};
-use crate::online::{layout_of, AggArgs, PyWrites};
+use crate::online::{fed_columns, group_columns, layout_of, null_column, AggArgs, PyWrites};
 
 /// A view spec: `(fingerprint, aggregations, group, input per aggregation, lateness)`.
 type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
@@ -239,58 +238,10 @@ impl PyReplay {
             ));
         }
         let groups: Vec<OnlineGroup> = self.with(|r| Ok(r.groups().to_vec()))?;
-        let mut owned: Vec<Option<(Vec<Column>, Vec<Column>)>> = Vec::new();
-        for g in 0..groups.len() {
-            match fed.get_item(g)? {
-                Some(spec) => {
-                    let (keys, inputs): (Vec<Bound<'py, PyList>>, Vec<Bound<'py, PyList>>) =
-                        spec.extract()?;
-                    let keys: Vec<Column> = keys.iter().map(any_column).collect();
-                    let inputs: Vec<Column> = inputs.iter().map(any_column).collect();
-                    if keys.iter().chain(&inputs).any(|c| c.len() != n) {
-                        return Err(err(format!("fold: group {g}'s columns are not {n} long")));
-                    }
-                    owned.push(Some((keys, inputs)));
-                }
-                None => owned.push(None),
-            }
-        }
+        let owned = fed_columns(fed, groups.len(), n, any_column, "fold")?;
         let batch = payload.as_ref().map(|p| p.batch.clone());
-        if let Some(b) = &batch {
-            if b.rows != n {
-                return Err(err(format!(
-                    "fold: payload has {} rows for {n} records",
-                    b.rows
-                )));
-            }
-        }
-        let null_col = Column {
-            data: ColumnData::Value(vec![Value::Null; n]),
-            valid: Some(vec![false; n]),
-        };
-        let mut cols: Vec<GroupColumns<'_>> = Vec::with_capacity(groups.len());
-        for (g, group) in groups.iter().enumerate() {
-            if let Some((keys, inputs)) = &owned[g] {
-                cols.push(GroupColumns {
-                    keys: keys.iter().collect(),
-                    inputs: inputs.iter().map(Some).collect(),
-                });
-            } else {
-                let Some(b) = &batch else {
-                    return Err(err(format!(
-                        "fold: group {g} has neither payload columns nor fed columns"
-                    )));
-                };
-                cols.push(GroupColumns {
-                    keys: group
-                        .key_fields
-                        .iter()
-                        .map(|f| b.column(f).unwrap_or(&null_col))
-                        .collect(),
-                    inputs: group.input_fields.iter().map(|f| b.column(f)).collect(),
-                });
-            }
-        }
+        let null_col = null_column(n);
+        let cols = group_columns(&groups, &owned, batch.as_deref(), &null_col, n, "fold")?;
         self.with(|r| {
             py.detach(|| r.fold(&offset, &event_time, &processed, &cols, now_ms));
             Ok(())
