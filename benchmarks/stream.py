@@ -33,8 +33,8 @@ Usage (from the repo root)::
     # freshness alone, where each sample's time went, and an A/B of worker switches
     # (variants alternate over --rounds in one run; benchmarks/out/stream-freshness-ab.json):
     .venv/bin/python benchmarks/stream.py --freshness-only --loads 5000:0.01:1 --breakdown \
-        --rounds 3 --variant "before:SKEWLESS_WORKER_OVERLAP_LOG=0" \
-        --variant "after:SKEWLESS_WORKER_OVERLAP_LOG=1"
+        --rounds 3 --variant "serial:SKEWLESS_WORKER_PIPELINE=0" \
+        --variant "pipeline:SKEWLESS_WORKER_PIPELINE=1"
 
 With ``--breakdown`` the workers write a trace of their batches (``SKEWLESS_WORKER_TRACE``,
 engine/stream/kafka_runtime.py ``BatchTrace``) and the freshness topic stamps records with
@@ -654,7 +654,7 @@ BREAKDOWN_PARTS = (
     ("fetch", "the later of broker/ask → the loop had the batch (fetch, idle wait)"),
     (
         "apply+write",
-        "batch start → the online write done (decode, fold, Redis; with the log behind the loop, waiting for the batch before's log)",
+        "batch start → the online write done (decode, fold, Redis)",
     ),
     ("→ seen", "online write done → the watcher saw the fence (its 1 ms poll)"),
 )
@@ -708,7 +708,6 @@ def latency_breakdown(
         "log append": [(b["log1"] - b["log0"]) * 1000 for b in batches if "log1" in b],
         "after log": [(b["done"] - b["log1"]) * 1000 for b in batches if "log1" in b],
         "commit": [(b["commit"] - b["done"]) * 1000 for b in batches if "commit" in b],
-        "log wait": [b.get("log_wait", 0.0) * 1000 for b in batches],
         "gc freeze": [(b["gc"] - b["commit"]) * 1000 for b in batches if "commit" in b],
         "poll": [(b["got"] - b["poll"]) * 1000 for b in batches],
     }
