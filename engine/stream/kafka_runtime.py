@@ -191,10 +191,16 @@ class BatchTrace:
 
     Times are ``time.perf_counter()`` seconds (CLOCK_MONOTONIC on Linux, so comparable with
     another process's); one line per batch: ``poll`` (the loop asked for records), ``got``
-    (it had them: the batch starts), ``log0``/``log1`` (the event-log append began/ended —
-    the online write is done at ``log0``), ``done`` (processed), ``commit`` (its commit
-    queued), ``gc`` (after the post-batch ``gc.freeze``), ``n`` and per partition the
-    batch's first and last offset (``parts``).
+    (it had them), ``start`` (the batch is handed to the pipeline's thread; absent in the
+    serial loop, where it starts at ``got``), ``log0``/``log1`` (the event-log append
+    began/ended — the online write is done at ``log0``), ``done`` (processed), ``commit``
+    (its commit queued), ``gc`` (after the post-batch ``gc.freeze``), ``n`` and per
+    partition the batch's first and last offset (``parts``).
+
+    ``marks`` is the batch being processed: the serial loop marks it as it goes; the
+    pipelined loop notes ``poll``/``got`` of the next batch aside and ``start``s it only
+    once the batch before was joined and written out, so the pipeline's thread (``log0``,
+    ``log1``, ``done``) and the loop never mark the same batch at once.
     """
 
     def __init__(self, path: str) -> None:
@@ -215,6 +221,14 @@ class BatchTrace:
                 span[1] = max(span[1], rec.offset)
         self.marks["n"] = len(records)
         self.marks["parts"] = parts
+
+    def start(self, asked: float, got: float, records: Sequence[SourceRecord]) -> None:
+        """(pipeline) Write out the batch before, if still held, and begin the next one,
+        fetched between ``asked`` and ``got``."""
+        self.flush()
+        self.marks = {"poll": asked, "got": got}
+        self.batch(records)
+        self.mark("start")
 
     def flush(self) -> None:
         if "got" in self.marks:
@@ -405,6 +419,7 @@ class KafkaWorker:
                 if self._pool is not None:
                     self._pool.shutdown(wait=True)
                 if self._trace is not None:
+                    self._trace.flush()  # a pipelined batch joined by a rebalance or a stop
                     self._trace.close()
         return self.stats
 
@@ -439,8 +454,10 @@ class KafkaWorker:
         stash undecoded and n is retried here as in the serial loop — and only then is
         n + 1 handed to the thread. A rebalance inside the fetch joins n first
         (``_join_inflight``), so a revoke never overtakes a batch in flight. A stop request
-        fetches nothing more and waits for n. (``$SKEWLESS_WORKER_TRACE`` records the log
-        appends only: its per-batch marks describe the serial loop.)"""
+        fetches nothing more and waits for n. ``$SKEWLESS_WORKER_TRACE`` marks a batch from
+        the fetch that completed it to its ``gc`` after the join (``BatchTrace``)."""
+        trace = self._trace
+        asked = got = 0.0
         while True:
             stopping = self._stop.is_set()
             if stopping and self._inflight is None and not self._failed:
@@ -449,7 +466,11 @@ class KafkaWorker:
             if not stopping:  # beside a batch in flight, only what the client holds: no wait
                 idle = self._inflight is None
                 timeout = self.options.batch_timeout_s if idle else 0.0
+                if trace is not None:
+                    asked = time.perf_counter()
                 records = self._take(consumer, timeout, top_up=idle)
+                if trace is not None:
+                    got = time.perf_counter()
             busy = self._inflight is not None  # (a rebalance inside the fetch joined it)
             if busy and records and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
                 self._stash = records + self._stash  # a live stream's: not worth a batch
@@ -459,12 +480,18 @@ class KafkaWorker:
                 for group in groups:  # beside batch n's write: decode batch n + 1
                     group.decoded = self._decode_ahead(group)
             if busy or self._failed:
-                if self._finish_inflight():  # n failed: n + 1 waits, undecoded
+                failed = self._finish_inflight()
+                if trace is not None:
+                    trace.mark("commit")
+                if failed:  # n failed: n + 1 waits, undecoded
                     self._stash = records + self._stash
                     groups = []
                 self._collect_garbage()
+                if trace is not None:
+                    trace.mark("gc")
+                    trace.flush()
             if groups:
-                self._submit(groups)
+                self._submit(groups, asked, got)
             else:
                 self._commit_queued()
             self._maybe_log_stats()
@@ -513,9 +540,10 @@ class KafkaWorker:
             log.warning("decoding a batch of %s ahead failed: %s", group.topic, exc)
             return None
 
-    def _submit(self, groups: list[_Group]) -> None:
+    def _submit(self, groups: list[_Group], asked: float = 0.0, got: float = 0.0) -> None:
         """Hand a batch to the pipeline's thread, without its records of partitions revoked
-        since they were fetched (their decoding, if any, is of other records: redone)."""
+        since they were fetched (their decoding, if any, is of other records: redone);
+        ``asked``/``got``: when the fetch that completed it began and returned (the trace)."""
         assert self._pool is not None and self._inflight is None
         live: list[_Group] = []
         for group in groups:
@@ -527,6 +555,8 @@ class KafkaWorker:
             group.started = time.perf_counter()
             live.append(group)
         if live:
+            if self._trace is not None:
+                self._trace.start(asked, got, [r for group in live for r in group.recs])
             self._inflight = _InFlight(live, self._pool.submit(self._attempt, live))
 
     def _attempt(self, groups: list[_Group]) -> list[BatchOutcome | Exception | None]:
@@ -547,6 +577,8 @@ class KafkaWorker:
                 out.append(exc)
                 failed = True
             group.decoded = None  # its columns are no longer needed
+        if self._trace is not None:
+            self._trace.mark("done")
         return out
 
     def _join_inflight(self) -> None:
