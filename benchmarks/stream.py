@@ -33,8 +33,8 @@ Usage (from the repo root)::
     # freshness alone, where each sample's time went, and an A/B of worker switches
     # (variants alternate over --rounds in one run; benchmarks/out/stream-freshness-ab.json):
     .venv/bin/python benchmarks/stream.py --freshness-only --loads 5000:0.01:1 --breakdown \
-        --rounds 3 --variant "before:SKEWLESS_WORKER_OVERLAP_LOG=0" \
-        --variant "after:SKEWLESS_WORKER_OVERLAP_LOG=1"
+        --rounds 3 --variant "serial:SKEWLESS_WORKER_PIPELINE=0" \
+        --variant "pipeline:SKEWLESS_WORKER_PIPELINE=1"
 
 With ``--breakdown`` the workers write a trace of their batches (``SKEWLESS_WORKER_TRACE``,
 engine/stream/kafka_runtime.py ``BatchTrace``) and the freshness topic stamps records with
@@ -478,7 +478,7 @@ def freshness(
 
     from engine.online import state_key
 
-    topic = f"fresh_{uuid.uuid4().hex[:8]}"
+    topic = f"{PREFIX}_fresh_{uuid.uuid4().hex[:8]}"  # SKEWLESS_BENCH_PREFIX, as every topic
     # the broker stamps each record when it appends it: the delivery report then carries
     # the produce → broker part of a sample's latency
     create_topic(topic, {"message.timestamp.type": "LogAppendTime"})
@@ -653,8 +653,12 @@ BREAKDOWN_PARTS = (
     ("behind batch", "broker → the loop asked for records (the batch before still running)"),
     ("fetch", "the later of broker/ask → the loop had the batch (fetch, idle wait)"),
     (
+        "queued",
+        "had → handed to the pipeline's thread (decode ahead, the batch before; 0 serial)",
+    ),
+    (
         "apply+write",
-        "batch start → the online write done (decode, fold, Redis; with the log behind the loop, waiting for the batch before's log)",
+        "batch start → the online write done (decode, fold, Redis; with the pipeline, on its thread)",
     ),
     ("→ seen", "online write done → the watcher saw the fence (its 1 ms poll)"),
 )
@@ -683,12 +687,14 @@ def latency_breakdown(
             continue
         broker = min(max(broker, t0), held["got"])  # ms-resolution stamp, clamped
         asked = held["poll"]
+        start = held.get("start", held["got"])  # the pipeline's hand-over (serial: got)
         rows.append({
             "total": seen - t0,
             "produce→broker": broker - t0,
             "behind batch": max(0.0, asked - broker),
             "fetch": held["got"] - max(asked, broker),
-            "apply+write": held["log0"] - held["got"],
+            "queued": start - held["got"],
+            "apply+write": held["log0"] - start,
             "→ seen": seen - held["log0"],
         })  # fmt: skip
     rows.sort(key=lambda r: r["total"])
@@ -704,11 +710,13 @@ def latency_breakdown(
         }
     loop = {
         "batch records": [float(b["n"]) for b in batches],
-        "apply+write": [(b["log0"] - b["got"]) * 1000 for b in batches if "log0" in b],
+        "queued": [(b["start"] - b["got"]) * 1000 for b in batches if "start" in b],
+        "apply+write": [
+            (b["log0"] - b.get("start", b["got"])) * 1000 for b in batches if "log0" in b
+        ],
         "log append": [(b["log1"] - b["log0"]) * 1000 for b in batches if "log1" in b],
         "after log": [(b["done"] - b["log1"]) * 1000 for b in batches if "log1" in b],
         "commit": [(b["commit"] - b["done"]) * 1000 for b in batches if "commit" in b],
-        "log wait": [b.get("log_wait", 0.0) * 1000 for b in batches],
         "gc freeze": [(b["gc"] - b["commit"]) * 1000 for b in batches if "commit" in b],
         "poll": [(b["got"] - b["poll"]) * 1000 for b in batches],
     }

@@ -549,12 +549,10 @@ class KafkaBatchConsumer:
         on_assign: PartitionsCallback,
         on_revoke: PartitionsCallback,
         on_lost: PartitionsCallback,
-        wake_on_first: bool = False,
         **overrides: Any,
     ) -> None:
         self.settings = settings
         self.group = group
-        self.wake_on_first = wake_on_first
         self._failed_commits: dict[Partition, int] = {}
         self._failed_reason = ""
         self._consumer: Any = _client(
@@ -593,10 +591,7 @@ class KafkaBatchConsumer:
         load a batch is what arrived while the previous one was processed). Only when it
         holds none does this wait, until ``max_records`` arrive or ``timeout_s`` passes, so
         an idle worker still gathers a trickle into batches (librdkafka's ``consume(n,
-        timeout)`` waits like that even with records in hand). With ``wake_on_first`` the
-        wait ends at the first record instead, and the batch is what the client holds then:
-        an idle worker starts on a record as soon as it arrives (freshness), at the price of
-        smaller batches at low rates.
+        timeout)`` waits like that even with records in hand).
         Per-partition errors the client reports (a broker restarting, a topic deleted) are
         logged at most every 5 s and skipped — they are not records; a fatal client error
         raises KafkaUnavailable.
@@ -604,11 +599,7 @@ class KafkaBatchConsumer:
         consumer = self._consumer
         try:
             messages = consumer.consume(num_messages=max_records, timeout=0)
-            if not messages and self.wake_on_first:
-                messages = consumer.consume(num_messages=1, timeout=timeout_s)
-                if messages and max_records > 1:
-                    messages += consumer.consume(num_messages=max_records - 1, timeout=0)
-            elif not messages:
+            if not messages:
                 messages = consumer.consume(num_messages=max_records, timeout=timeout_s)
         except KafkaException as exc:
             raise _unavailable(self.settings, "consuming", _error_of(exc) or str(exc)) from exc

@@ -60,8 +60,6 @@ log = logging.getLogger("skewless.worker")
 
 Partition = tuple[str, int]
 TRACE_ENV = "SKEWLESS_WORKER_TRACE"
-OVERLAP_ENV = "SKEWLESS_WORKER_OVERLAP_LOG"
-WAKE_ENV = "SKEWLESS_WORKER_WAKE_ON_FIRST"
 PIPELINE_ENV = "SKEWLESS_WORKER_PIPELINE"
 # the pipeline decodes ahead only a batch of at least this many records (or a full one):
 # a smaller one is a live stream's, kept until the batch in flight is done and topped up
@@ -130,16 +128,6 @@ class WorkerOptions:
     # them, checked against Redis before use (engine/stream/local_state.py;
     # `skewless worker --local-state`)
     local_state: bool = False
-    # opt-in: the event-log append (write + fsync) of a batch runs on a background thread
-    # while the next batch is fetched, decoded and folded; that batch's online write and the
-    # batch's offset commit wait for it (OwnedPartitionsLog). Off by default: on the shared
-    # 2-core machine the A/B showed no net freshness gain (docs/benchmarks.md#streaming).
-    # $SKEWLESS_WORKER_OVERLAP_LOG=0/1 overrides, for A/B runs of benchmarks/stream.py
-    overlap_log_append: bool = False
-    # opt-in: an idle loop's wait (up to batch_timeout_s) ends at the first record that
-    # arrives, and the batch is what the client holds then, rather than waiting out the
-    # timeout for a fuller batch ($SKEWLESS_WORKER_WAKE_ON_FIRST=0/1 overrides)
-    wake_on_first: bool = False
     # batch n is processed on a helper thread while the loop fetches and decodes batch
     # n + 1 (KafkaWorker, "the pipeline"): Redis executes n's write while the worker decodes
     # n + 1. n + 1 is prepared only once n is written, checked, logged and its offsets
@@ -203,10 +191,16 @@ class BatchTrace:
 
     Times are ``time.perf_counter()`` seconds (CLOCK_MONOTONIC on Linux, so comparable with
     another process's); one line per batch: ``poll`` (the loop asked for records), ``got``
-    (it had them: the batch starts), ``log0``/``log1`` (the event-log append began/ended —
-    the online write is done at ``log0``), ``done`` (processed), ``commit`` (its commit
-    queued), ``gc`` (after the post-batch ``gc.freeze``), ``n`` and per partition the
-    batch's first and last offset (``parts``).
+    (it had them), ``start`` (the batch is handed to the pipeline's thread; absent in the
+    serial loop, where it starts at ``got``), ``log0``/``log1`` (the event-log append
+    began/ended — the online write is done at ``log0``), ``done`` (processed), ``commit``
+    (its commit queued), ``gc`` (after the post-batch ``gc.freeze``), ``n`` and per
+    partition the batch's first and last offset (``parts``).
+
+    ``marks`` is the batch being processed: the serial loop marks it as it goes; the
+    pipelined loop notes ``poll``/``got`` of the next batch aside and ``start``s it only
+    once the batch before was joined and written out, so the pipeline's thread (``log0``,
+    ``log1``, ``done``) and the loop never mark the same batch at once.
     """
 
     def __init__(self, path: str) -> None:
@@ -228,6 +222,14 @@ class BatchTrace:
         self.marks["n"] = len(records)
         self.marks["parts"] = parts
 
+    def start(self, asked: float, got: float, records: Sequence[SourceRecord]) -> None:
+        """(pipeline) Write out the batch before, if still held, and begin the next one,
+        fetched between ``asked`` and ``got``."""
+        self.flush()
+        self.marks = {"poll": asked, "got": got}
+        self.batch(records)
+        self.mark("start")
+
     def flush(self) -> None:
         if "got" in self.marks:
             self._out.write(json.dumps(self.marks) + "\n")
@@ -238,40 +240,24 @@ class BatchTrace:
 
 
 class OwnedPartitionsLog:
-    """An ``EventLogSink`` whose per-partition high-water marks are re-learned after a revoke,
-    and whose appends may run behind the loop (``overlap``).
+    """An ``EventLogSink`` whose per-partition high-water marks are re-learned after a revoke.
 
     ``EventLogWriter`` caches each partition's highest logged offset; once a partition has
     been owned by another worker that cache is stale, so ``forget`` replaces the writer
     (the new one re-reads the partition's file names on first use). Owner epochs
-    (``begin_epoch``) are per assignment, so they go with it.
-
-    With ``overlap``, an append (write + fsync) is handed to a background thread and the
-    call returns at once, so the next batch is fetched, decoded and folded while it runs.
-    ``settle`` waits for it; every other use of the log settles first, and so does the
-    worker before its next online write (``SettledOnlineStore``) and before committing the
-    batch's offsets (``durable``). So the order of what becomes durable is unchanged — the
-    online write of batch n, then its log, then the online write of batch n + 1 — only the
-    CPU work of batch n + 1 runs beside the fsync. An append that failed in the background
-    is retried at the next ``settle``, which raises while it fails (the next batch then
-    fails before its online write, and is retried).
+    (``begin_epoch``) are per assignment, so they go with it. An append is on disk when it
+    returns; with ``trace`` set, it marks ``log0``/``log1`` around it.
     """
 
-    def __init__(self, make: Callable[[], EventLogSink], *, overlap: bool = False) -> None:
+    def __init__(self, make: Callable[[], EventLogSink]) -> None:
         self._make = make
         self._writer: Any = make()
         self.trace: BatchTrace | None = None  # set by the worker when tracing
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="log-append") if overlap else None
-        # the append in flight or failed: (future or None once failed, the call, its args)
-        self._job: tuple[Future[Any] | None, Callable[..., Any], tuple[Any, ...]] | None = None
-        self.submitted = 0  # appends handed over so far (the batch sequence of the log)
-        self.durable = 0  # appends known to be on disk: every one up to this number
 
     def append(self, records: Sequence[Envelope]) -> list[str]:
         return cast(list[str], self._run(self._writer.append, (records,)))
 
     def last_offset(self, partition: int) -> int | None:
-        self.settle()
         return cast(int | None, self._writer.last_offset(partition))
 
     def __getattr__(self, name: str) -> Any:
@@ -282,87 +268,19 @@ class OwnedPartitionsLog:
         found = getattr(self._writer, name)
         if name == "append_batch_columns":
             return lambda *args: self._run(found, args)
-        if callable(found):
-
-            def settled(*args: Any, **kwargs: Any) -> Any:
-                self.settle()
-                return found(*args, **kwargs)
-
-            return settled
         return found
 
     def _run(self, call: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        """One append: now, or (``overlap``) on the background thread after the one before."""
-        self.settle()
         trace = self.trace
-        if trace is not None:
-            trace.mark("log0")
-        self.submitted += 1
+        if trace is None:
+            return call(*args)
+        trace.mark("log0")
         try:
-            if self._pool is None:
-                out = call(*args)
-                self.durable = self.submitted
-                return out
-            self._job = (self._pool.submit(call, *args), call, args)
-            return []  # the paths are not known yet (the worker does not use them)
+            return call(*args)
         finally:
-            if trace is not None:
-                trace.mark("log1")
-
-    def poll(self) -> None:
-        """Note an append in flight that has finished, without waiting (for commits)."""
-        job = self._job
-        future = job[0] if job is not None else None
-        if future is not None and future.done() and future.exception() is None:
-            self._job = None
-            self.durable = self.submitted
-
-    def settle(self) -> None:
-        """Wait for the append in flight; one that failed is tried again here, and this
-        raises its error while it still fails (it stays pending)."""
-        job = self._job
-        if job is None:
-            return
-        started = time.perf_counter()
-        future, call, args = job
-        try:
-            if future is not None:
-                try:
-                    future.result()
-                except Exception as exc:
-                    self._job = (None, call, args)
-                    log.warning("event log append behind the loop failed (retrying): %s", exc)
-                else:
-                    self._job = None
-                    self.durable = self.submitted
-                    return
-            call(*args)  # raises while it fails: the job stays for the next settle
-            self._job = None
-            self.durable = self.submitted
-        finally:
-            trace = self.trace
-            if trace is not None:
-                trace.marks["log_wait"] = trace.marks.get("log_wait", 0.0) + (
-                    time.perf_counter() - started
-                )
-
-    def drop_pending(self) -> None:
-        """Wait for the append in flight; if it fails, give it up (its batch was never
-        committed: after a revoke it is fetched again and replayed)."""
-        try:
-            self.settle()
-        except Exception as exc:
-            log.warning("event log append given up at a revoke (the batch is replayed): %s", exc)
-            self._job = None
-
-    def shutdown(self) -> None:
-        """Stop the background thread (after ``settle``; an append still failing is left
-        undone: its batch was not committed)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            trace.mark("log1")
 
     def forget(self) -> None:
-        self.drop_pending()
         old: Any = self._writer
         self._writer = self._make()
         close = getattr(old, "close", None)
@@ -371,32 +289,6 @@ class OwnedPartitionsLog:
                 close()
             except SkewlessError as exc:  # its files stay open-named: readers cope
                 log.warning("event log: %s", exc)
-
-
-class SettledOnlineStore:
-    """The online store as the processors see it when the log runs behind the loop: every
-    call but the reads first settles the logs' appends in flight, so batch n's log is on
-    disk before batch n + 1 writes anything (``OwnedPartitionsLog``)."""
-
-    READS = frozenset({"load", "load_watermarked", "load_and_marks"})
-
-    def __init__(self, store: OnlineStateStore, logs: Sequence[OwnedPartitionsLog]) -> None:
-        self._store = store
-        self._logs = logs
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        found = getattr(self._store, name)
-        if name in self.READS or not callable(found):
-            return found
-
-        def settled(*args: Any, **kwargs: Any) -> Any:
-            for owned in self._logs:
-                owned.settle()
-            return found(*args, **kwargs)
-
-        return settled
 
 
 @dataclass(slots=True)
@@ -452,8 +344,8 @@ class KafkaWorker:
         self._assigned: set[Partition] = set()
         self._epoch: dict[Partition, int] = {}  # bumped on every assignment of a partition
         self._pending: dict[Partition, int] = {}  # processed, not yet committed
-        # processed, their log append still in flight: (topic, appends submitted, offsets)
-        self._unlogged: list[tuple[str, int, dict[Partition, int]]] = []
+        # offsets queued since the last commit (a batch joined inside a rebalance callback)
+        self._queued = False
         self._committed: dict[Partition, int] = {}  # the last offset asked to be committed
         self._stash: list[SourceRecord] = []  # fetched while a failed batch waited
         # the pipeline (WorkerOptions.pipeline): the batch on the helper thread, and the
@@ -517,7 +409,6 @@ class KafkaWorker:
                     self._failed.clear()  # uncommitted: fetched again
                 if self.compaction is not None:
                     self.compaction.stop()
-                self._settle_logs()
                 self._commit_pending(final=True)
                 self._close_local()  # before on_revoke empties the caches
                 consumer.close()  # leaves the group: runs on_revoke
@@ -525,11 +416,10 @@ class KafkaWorker:
                 self._log_stats(force=True)
                 if self.options.gc_freeze:
                     gc.unfreeze()
-                for wiring in self.sources.values():
-                    wiring.log.shutdown()
                 if self._pool is not None:
                     self._pool.shutdown(wait=True)
                 if self._trace is not None:
+                    self._trace.flush()  # a pipelined batch joined by a rebalance or a stop
                     self._trace.close()
         return self.stats
 
@@ -550,7 +440,7 @@ class KafkaWorker:
                     trace.mark("gc")
                     trace.flush()
             else:
-                self._commit_logged()
+                self._commit_queued()
             self._maybe_log_stats()
 
     def _run_pipelined(self, consumer: BatchConsumer) -> None:
@@ -564,8 +454,10 @@ class KafkaWorker:
         stash undecoded and n is retried here as in the serial loop — and only then is
         n + 1 handed to the thread. A rebalance inside the fetch joins n first
         (``_join_inflight``), so a revoke never overtakes a batch in flight. A stop request
-        fetches nothing more and waits for n. (``$SKEWLESS_WORKER_TRACE`` records the log
-        appends only: its per-batch marks describe the serial loop.)"""
+        fetches nothing more and waits for n. ``$SKEWLESS_WORKER_TRACE`` marks a batch from
+        the fetch that completed it to its ``gc`` after the join (``BatchTrace``)."""
+        trace = self._trace
+        asked = got = 0.0
         while True:
             stopping = self._stop.is_set()
             if stopping and self._inflight is None and not self._failed:
@@ -574,7 +466,11 @@ class KafkaWorker:
             if not stopping:  # beside a batch in flight, only what the client holds: no wait
                 idle = self._inflight is None
                 timeout = self.options.batch_timeout_s if idle else 0.0
+                if trace is not None:
+                    asked = time.perf_counter()
                 records = self._take(consumer, timeout, top_up=idle)
+                if trace is not None:
+                    got = time.perf_counter()
             busy = self._inflight is not None  # (a rebalance inside the fetch joined it)
             if busy and records and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
                 self._stash = records + self._stash  # a live stream's: not worth a batch
@@ -584,14 +480,20 @@ class KafkaWorker:
                 for group in groups:  # beside batch n's write: decode batch n + 1
                     group.decoded = self._decode_ahead(group)
             if busy or self._failed:
-                if self._finish_inflight():  # n failed: n + 1 waits, undecoded
+                failed = self._finish_inflight()
+                if trace is not None:
+                    trace.mark("commit")
+                if failed:  # n failed: n + 1 waits, undecoded
                     self._stash = records + self._stash
                     groups = []
                 self._collect_garbage()
+                if trace is not None:
+                    trace.mark("gc")
+                    trace.flush()
             if groups:
-                self._submit(groups)
+                self._submit(groups, asked, got)
             else:
-                self._commit_logged()
+                self._commit_queued()
             self._maybe_log_stats()
 
     def _take(
@@ -608,14 +510,14 @@ class KafkaWorker:
             records += consumer.poll_batch(room, 0.0)
         return records
 
-    def _commit_logged(self) -> None:
-        """Idle: commit the offsets of processed batches whose log append is now on disk."""
-        if self._unlogged and self._promote():
+    def _commit_queued(self) -> None:
+        """Idle: commit the offsets of processed batches queued since the last commit."""
+        if self._queued:
             self._commit_pending()
 
     def _commit_done(self) -> None:
-        """After a batch: queue the offsets of what is logged and commit them (async)."""
-        self._promote()
+        """After a batch: commit the offsets queued (async)."""
+        self._queued = False
         self._commit_pending()
 
     def _groups(self, records: list[SourceRecord]) -> list[_Group]:
@@ -638,9 +540,10 @@ class KafkaWorker:
             log.warning("decoding a batch of %s ahead failed: %s", group.topic, exc)
             return None
 
-    def _submit(self, groups: list[_Group]) -> None:
+    def _submit(self, groups: list[_Group], asked: float = 0.0, got: float = 0.0) -> None:
         """Hand a batch to the pipeline's thread, without its records of partitions revoked
-        since they were fetched (their decoding, if any, is of other records: redone)."""
+        since they were fetched (their decoding, if any, is of other records: redone);
+        ``asked``/``got``: when the fetch that completed it began and returned (the trace)."""
         assert self._pool is not None and self._inflight is None
         live: list[_Group] = []
         for group in groups:
@@ -652,6 +555,8 @@ class KafkaWorker:
             group.started = time.perf_counter()
             live.append(group)
         if live:
+            if self._trace is not None:
+                self._trace.start(asked, got, [r for group in live for r in group.recs])
             self._inflight = _InFlight(live, self._pool.submit(self._attempt, live))
 
     def _attempt(self, groups: list[_Group]) -> list[BatchOutcome | Exception | None]:
@@ -672,6 +577,8 @@ class KafkaWorker:
                 out.append(exc)
                 failed = True
             group.decoded = None  # its columns are no longer needed
+        if self._trace is not None:
+            self._trace.mark("done")
         return out
 
     def _join_inflight(self) -> None:
@@ -705,47 +612,16 @@ class KafkaWorker:
         return bool(failed)
 
     def _done(self, group: _Group, outcome: BatchOutcome) -> None:
-        """Count a group's outcome; its offsets are committed once its log is on disk."""
+        """Count a group's outcome and queue its offsets (its log is on disk: committed
+        next)."""
         topic, epochs = group.topic, group.epochs
         metrics.observe_batch(topic, outcome, time.perf_counter() - group.started)
         self.stats.add(outcome)
         self.stats.batches += 1
-        offsets = {
-            (topic, p): next_offset
-            for p, next_offset in outcome.commits.items()
-            if self._owned((topic, p), epochs)
-        }
-        self._unlogged.append((topic, self.sources[topic].log.submitted, offsets))
-
-    def _settle_logs(self) -> None:
-        """Wait for every append in flight and queue its batch's offsets (one still failing
-        leaves its batch uncommitted: it is fetched again)."""
-        for topic, wiring in self.sources.items():
-            try:
-                wiring.log.settle()
-            except Exception as exc:
-                log.error("event log of %s still failing at stop: %s — its last batch stays "
-                          "uncommitted", topic, exc)  # fmt: skip
-        self._promote()
-
-    def _promote(self) -> bool:
-        """Move the offsets of batches whose log append is on disk to the pending commits."""
-        if not self._unlogged:
-            return False
-        moved = False
-        waiting: list[tuple[str, int, dict[Partition, int]]] = []
-        for topic, seq, offsets in self._unlogged:
-            owned = self.sources[topic].log
-            owned.poll()
-            if owned.durable >= seq:
-                for tp, next_offset in offsets.items():
-                    if tp in self._assigned:
-                        self._pending[tp] = next_offset
-                moved = True
-            else:
-                waiting.append((topic, seq, offsets))
-        self._unlogged = waiting
-        return moved
+        for p, next_offset in outcome.commits.items():
+            if self._owned((topic, p), epochs):
+                self._pending[(topic, p)] = next_offset
+        self._queued = True
 
     def _close_local(self) -> None:
         """Spill each source's cached states to its local tier, for a warm restart."""
@@ -774,7 +650,6 @@ class KafkaWorker:
                 continue
             if self._trace is not None:
                 self._trace.mark("done")
-            # committed once the batch's log append is on disk (at once without overlap)
             self._done(group, outcome)
         self._commit_done()
         if self._trace is not None:
@@ -922,7 +797,6 @@ class KafkaWorker:
         self.stats.rebalances += 1
         metrics.observe_rebalance("revoked", parts)
         revoked = set(parts)
-        self._drop_unlogged({tp[0] for tp in parts})
         # what was committed asynchronously is committed again, synchronously: the new owner
         # then starts where this worker stopped, even if an asynchronous commit failed
         mine = {tp: o for tp, o in self._committed.items() if tp in revoked}
@@ -936,22 +810,10 @@ class KafkaWorker:
                 log.warning("commit on revoke failed (the new owner replays; fences skip): %s", exc)
         self._release(parts, "revoked")
 
-    def _drop_unlogged(self, topics: set[str]) -> None:
-        """Settle the appends in flight of ``topics``' logs and queue their offsets; an
-        append that fails is given up, and so are the offsets of its batches: they were never
-        committed, and the (eager) rebalance fetches every partition again from its commit."""
-        for topic in topics:
-            wiring = self.sources.get(topic)
-            if wiring is not None:
-                wiring.log.drop_pending()
-        self._promote()
-        self._unlogged = [u for u in self._unlogged if u[0] not in topics]
-
     def _on_lost(self, parts: list[Partition]) -> None:
         self._join_inflight()
         self.stats.rebalances += 1
         metrics.observe_rebalance("lost", parts)
-        self._drop_unlogged({tp[0] for tp in parts})
         self._release(parts, "lost")
 
     def _release(self, parts: list[Partition], how: str) -> None:
@@ -1105,12 +967,7 @@ def build_worker(
             return KafkaDeadLetterSink(publisher, source)
 
     limits = DecodeLimits.from_config(config)
-    overlap = _switch(OVERLAP_ENV, opts.overlap_log_append)
-    wake_on_first = _switch(WAKE_ENV, opts.wake_on_first)
-    logs: list[OwnedPartitionsLog] = []
     register = online
-    if overlap:  # nothing reaches Redis before the log of the batch before is on disk
-        online = cast(OnlineStateStore, SettledOnlineStore(online, logs))
     # lost online state is rebuilt in place from the log (docs/reliability.md)
     recovery = StateRecovery(plan, EventLogReader(config.event_log_root), online,
                              log_root=config.event_log_root, clock=wall_clock_ms)  # fmt: skip
@@ -1123,8 +980,7 @@ def build_worker(
             return EventLogWriter(config.event_log_root, name, dict(schema),
                                   roll_bytes=opts.log_roll_bytes, roll_seconds=opts.log_roll_s)  # fmt: skip
 
-        owned = OwnedPartitionsLog(make_writer, overlap=overlap)
-        logs.append(owned)
+        owned = OwnedPartitionsLog(make_writer)
         # owner epochs fence zombies (docs/reliability.md#owner-epochs); a store without an
         # owner register (a test fake) runs unfenced
         ownership = (
@@ -1170,7 +1026,6 @@ def build_worker(
             on_assign=on_assign,
             on_revoke=on_revoke,
             on_lost=on_lost,
-            wake_on_first=wake_on_first,
         )
 
     worker = KafkaWorker(sources, factory, options)

@@ -286,8 +286,8 @@ def test_push_validates_every_row_and_keys_like_the_java_client(
 
 @pytest.mark.parametrize(
     "latency",
-    [{}, {"overlap_log_append": True, "wake_on_first": True}, {"pipeline": True}],
-    ids=["default", "log-behind-the-loop", "pipeline"],
+    [{"pipeline": False}, {"pipeline": True}],  # the serial loop, and the default
+    ids=["serial", "pipeline"],
 )
 def test_worker_folds_and_logs_every_record(
     tmp_path: Path, kafka_service: str, stream_redis_url: str, latency: dict[str, bool]

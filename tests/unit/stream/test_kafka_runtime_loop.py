@@ -7,10 +7,12 @@ scripted consumer makes the rare interleavings happen on purpose.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -392,3 +394,44 @@ def test_a_live_streams_small_batch_waits_for_the_one_in_flight_and_is_topped_up
     # went out with what had arrived meanwhile, as one batch
     assert processor.calls == [[(0, 0)], [(0, 1), (0, 2)]] and processor.decoded == []
     assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 3}]
+
+
+# -- the batch trace ($SKEWLESS_WORKER_TRACE, benchmarks/stream.py --breakdown) ------------
+
+
+class LoggingProcessor(FakeProcessor):
+    """A FakeProcessor that appends each batch to its log, as ``BatchProcessor`` does after
+    the online write."""
+
+    def __init__(self, log: OwnedPartitionsLog) -> None:
+        super().__init__()
+        self.log = log
+
+    def process(self, records: Sequence[SourceRecord], *, decoded: object = None) -> BatchOutcome:
+        out = super().process(records)
+        self.log.append(records)  # type: ignore[arg-type]
+        return out
+
+
+def test_the_trace_marks_every_step_of_every_batch_in_both_loops(
+    pipeline: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(kafka_runtime.TRACE_ENV, str(path))
+    owned = OwnedPartitionsLog(NullLog)  # type: ignore[arg-type]
+    stop = threading.Event()
+    consumer = ScriptedConsumer([[rec(0, 0), rec(1, 0), rec(0, 1)], [rec(1, 1)]], stop)
+    wiring = SourceWiring(processor=LoggingProcessor(owned), log=owned)  # type: ignore[arg-type]
+    KafkaWorker({TOPIC: wiring}, consumer.factory, FAST).run(stop)  # type: ignore[arg-type]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(b["n"], b["parts"]) for b in lines] == [
+        (3, {"0": [0, 1], "1": [0, 0]}),
+        (1, {"1": [1, 1]}),
+    ]
+    # asked, had, (pipeline: handed to its thread), log began/ended, done, committed, gc
+    steps = ["poll", "got", *(["start"] if pipeline else []), "log0", "log1", "done"]
+    steps += ["commit", "gc"]
+    for batch in lines:
+        assert set(batch) == {*steps, "n", "parts"}
+        times = [batch[step] for step in steps]
+        assert times == sorted(times), batch
