@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis
 
-from engine.errors import OnlineWriteConflict
-from engine.ports import OnlineStateStore, StateWrite, Watermark
+from engine.ports import OnlineStateStore
 from engine.stream.core import BatchProcessor
 from tests.integration.test_merged_tiles import (
     PARTITIONS,
+    ConflictCountingStore,
     HealingRun,
     RedisSnapshot,
     _records,
@@ -33,14 +33,13 @@ from tests.integration.test_online_read import ListDeadLetters, ListLog
 pytestmark = pytest.mark.redis
 
 
-class CountingStore:
+class CountingStore(ConflictCountingStore):
     """The real store, counting each merged entity hash loaded and the refused writes."""
 
     def __init__(self, inner: OnlineStateStore, prefix: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.prefix = prefix  # the merged view's entity hashes: sk:<fingerprint>:
         self.loads: Counter[str] = Counter()
-        self.conflicts = 0
 
     def _count(self, keys: Sequence[str]) -> None:
         self.loads.update(k for k in keys if k.startswith(self.prefix))
@@ -56,15 +55,6 @@ class CountingStore:
     def load_and_marks(self, keys: Sequence[str], marked: Sequence[tuple[str, int]]) -> Any:
         self._count(keys)
         return self.inner.load_and_marks(keys, marked)  # type: ignore[attr-defined]
-
-    def write(
-        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
-    ) -> list[bytes | None]:
-        try:
-            return self.inner.write(writes, marks)
-        except OnlineWriteConflict:
-            self.conflicts += 1
-            raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -55,21 +55,12 @@ PARTITIONS = 4
 _OPTION = "SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS"
 
 
-class RacingStore:
-    """The real store; ``race`` runs once right after the next ``load`` (another worker's
-    batch landing between this worker's load and its write). Counts refused writes."""
+class ConflictCountingStore:
+    """The real store, counting the writes it refuses (``OnlineWriteConflict``)."""
 
     def __init__(self, inner: OnlineStateStore) -> None:
         self.inner = inner
-        self.race: Any = None
         self.conflicts = 0
-
-    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
-        got = self.inner.load(keys)
-        race, self.race = self.race, None
-        if race is not None:
-            race()
-        return got
 
     def write(
         self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
@@ -79,6 +70,22 @@ class RacingStore:
         except OnlineWriteConflict:
             self.conflicts += 1
             raise
+
+
+class RacingStore(ConflictCountingStore):
+    """The real store; ``race`` runs once right after the next ``load`` (another worker's
+    batch landing between this worker's load and its write). Counts refused writes."""
+
+    def __init__(self, inner: OnlineStateStore) -> None:
+        super().__init__(inner)
+        self.race: Any = None
+
+    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        got = self.inner.load(keys)
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return got
 
 
 class CrashingLog(ListLog):
