@@ -423,3 +423,39 @@ def test_a_feed_behind_a_burst_catches_up_before_it_is_trusted(status_url: str) 
         client.close()
         feed.close()
         online.close()
+
+
+@pytest.mark.single_redis
+def test_a_feed_that_cannot_catch_up_within_a_heartbeat_is_not_trusted(status_url: str) -> None:
+    """Behind after a burst, and Redis answering nobody (``CLIENT PAUSE``): the catch-up's
+    ``PING`` gets no answer within the heartbeat, so the poll says not trusted (the read
+    revalidates) rather than wait longer; once Redis answers, a poll catches up with every
+    name of the burst (or, had the silence lasted past the liveness check, reports the
+    connection lost: a flush, which drops everything held)."""
+    online = RedisOnlineStore(status_url)
+    pool = online._client.connection_pool
+    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
+                              heartbeat_ms=300)  # fmt: skip
+    client = raw_redis(status_url)
+    target = b"sk:target:{paused}"
+    try:
+        assert feed.poll()[0]
+        client.eval(_BURST_LUA, 0, 50_000, target)
+        client.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        flushed, keys, trusted = feed.poll()
+        assert not trusted
+        seen = set(keys)
+        flushes = [flushed]
+
+        def caught_up() -> bool:
+            flushed, more, trusted = feed.poll()
+            flushes.append(flushed)
+            seen.update(more)
+            return trusted
+
+        _wait(caught_up, "a poll that catches up once Redis answers again")
+        assert any(flushes) or (target in seen and len(seen) == 50_001)
+    finally:
+        client.close()
+        feed.close()
+        online.close()
