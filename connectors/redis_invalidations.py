@@ -45,7 +45,10 @@ class RedisInvalidations:
     connection lost or made anew), ``keys`` the names changed since the last poll, and
     ``trusted`` whether the connection is live: it has been heard from within two
     heartbeats (a ``PING`` is sent after one quiet heartbeat; after two, the poll waits for
-    its answer, at most a heartbeat, and a silent connection is lost). A lost connection is
+    its answer, at most a heartbeat, and a silent connection is lost) and not behind: a
+    drain that filled a whole receive buffer means Redis may still hold names of writes
+    other clients already read, so the next poll reads up to a ``PING``'s answer first
+    (at most a heartbeat; not trusted until it has). A lost connection is
     made again at most once per heartbeat; until then ``trusted`` is False. A daemon thread
     does the same every heartbeat between reads (drain, ping, reconnect), so an idle reader
     stays live and Redis never buffers much for it.
@@ -164,8 +167,8 @@ class RedisInvalidations:
 
     def poll(self) -> tuple[bool, list[bytes], bool]:
         """``(flushed, changed keys, trusted)`` since the last poll. Does not block, but on a
-        connection quiet for two heartbeats (an idle reader), where it waits for a ``PING``'s
-        answer: one round trip, at most a heartbeat."""
+        connection quiet for two heartbeats (an idle reader) or behind (after a burst),
+        where it waits for a ``PING``'s answer: one round trip, at most a heartbeat."""
         if not self._lock.acquire(blocking=False):  # another thread is draining: not sure
             return False, [], False
         try:
