@@ -3,7 +3,13 @@
 1. **In flight**: ``--writes`` writes by another client (a plain ``HSET``, then an ``HSET``
    inside a Lua script as the worker writes), each followed at once by one non-blocking poll
    of a ReadCache's invalidation feed: how often the invalidation had not arrived yet.
-2. **Cost**: ``--keys`` ``HSET``s of state keys in pipelines of 5,000, alternately without
+2. **Bursts**: ``--bursts`` times, one Lua script writes ``--burst-names`` state keys (a
+   worker's large batch: Redis sends their names as one message, more than the socket
+   buffers hold) and then one more key, which another client reads at once; then one poll.
+   Alternating, the feed as shipped and with its catch-up switched off (the previous
+   behaviour): how often the poll said ``trusted`` without that key's name (a held value
+   of it would have been served stale), and how long the poll took.
+3. **Cost**: ``--keys`` ``HSET``s of state keys in pipelines of 5,000, alternately without
    and with one tracking reader connected (``--rounds`` rounds): Redis's CPU per ``HSET``
    (``INFO cpu``), and the reader's CPU to drain the key names it is sent.
 
@@ -52,6 +58,42 @@ def in_flight(client: redis.Redis, store: RedisOnlineStore, writes: int) -> None
         feed.close()
 
 
+_BURST_LUA = """
+for i = 1, tonumber(ARGV[1]) do
+    redis.call('HSET', 'sk:burst:{' .. i .. '}:a-name-as-long-as-a-state-key', 'f:0', i)
+end
+redis.call('HSET', ARGV[2], 'f:0', ARGV[1])
+"""
+
+
+def bursts(client: redis.Redis, store: RedisOnlineStore, count: int, names: int) -> None:
+    stale = {"catch-up on": 0, "catch-up off": 0}
+    took: dict[str, list[float]] = {name: [] for name in stale}
+    for i in range(count):
+        for variant in list(stale)[i % 2 :] + list(stale)[: i % 2]:
+            feed = store.invalidations()
+            assert feed is not None, "this Redis refuses CLIENT TRACKING"
+            try:
+                if variant == "catch-up off":
+                    feed._catch_up = lambda keys: (True, time.monotonic_ns())  # type: ignore[method-assign]
+                feed.poll()
+                target = f"sk:target:{{{i}}}".encode()
+                client.eval(_BURST_LUA, 0, names, target)
+                assert client.hget(target, "f:0") is not None  # another client sees it
+                t0 = time.perf_counter()
+                _, keys, trusted = feed.poll()
+                took[variant].append(time.perf_counter() - t0)
+                if trusted and target not in keys:
+                    stale[variant] += 1
+            finally:
+                feed.close()
+    for variant, n in stale.items():
+        ms = sorted(took[variant])
+        print(f"burst of {names:,} names + 1 write another client read, then one poll, "
+              f"{variant}: trusted without the write's name {n}/{count}; poll "
+              f"p50 {ms[len(ms) // 2] * 1e3:.2f} ms, max {ms[-1] * 1e3:.2f} ms")  # fmt: skip
+
+
 def cost(client: redis.Redis, store: RedisOnlineStore, keys: int, rounds: int) -> None:
     def redis_cpu() -> float:
         info = client.info("cpu")
@@ -92,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=int(os.environ.get("SKEWLESS_BENCH_REDIS_PORT", "6379")))  # fmt: skip
     parser.add_argument("--db", type=int, default=6)
     parser.add_argument("--writes", type=int, default=3000)
+    parser.add_argument("--bursts", type=int, default=20)
+    parser.add_argument("--burst-names", type=int, default=20_000)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
@@ -101,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client.flushdb()
     try:
         in_flight(client, store, args.writes)
+        bursts(client, store, args.bursts, args.burst_names)
         cost(client, store, args.keys, args.rounds)
     finally:
         client.flushdb()
