@@ -9,6 +9,9 @@
    Alternating, the feed as shipped and with its catch-up switched off (the previous
    behaviour): how often the poll said ``trusted`` without that key's name (a held value
    of it would have been served stale), and how long the poll took.
+   Then ``--ingest-s`` seconds of steady ingestion (a script of 2,000 names every 100 ms)
+   while two feeds, catch-up on and off, are polled alternately every 20 ms: what the
+   catch-up costs a poll when bursts keep coming.
 3. **Cost**: ``--keys`` ``HSET``s of state keys in pipelines of 5,000, alternately without
    and with one tracking reader connected (``--rounds`` rounds): Redis's CPU per ``HSET``
    (``INFO cpu``), and the reader's CPU to drain the key names it is sent.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,6 +98,49 @@ def bursts(client: redis.Redis, store: RedisOnlineStore, count: int, names: int)
               f"p50 {ms[len(ms) // 2] * 1e3:.2f} ms, max {ms[-1] * 1e3:.2f} ms")  # fmt: skip
 
 
+def ingesting(client: redis.Redis, store: RedisOnlineStore, seconds: float) -> None:
+    lua = ("for i = 1, tonumber(ARGV[1]) do redis.call('HSET', 'sk:ing:{' .. ARGV[2] .. ':' "
+           ".. i .. '}:a-name-as-long-as-a-state-key', 'f:0', i) end")  # fmt: skip
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            client.eval(lua, 0, 2000, n)
+            n += 1
+            time.sleep(0.1)
+
+    feeds = {"catch-up on": store.invalidations(), "catch-up off": store.invalidations()}
+    took: dict[str, list[float]] = {name: [] for name in feeds}
+    for name, feed in feeds.items():
+        assert feed is not None, "this Redis refuses CLIENT TRACKING"
+        if name == "catch-up off":
+            feed._catch_up = lambda keys: (True, time.monotonic_ns())  # type: ignore[method-assign]
+        feed.poll()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        end = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < end:
+            for name in list(feeds)[i % 2 :] + list(feeds)[: i % 2]:
+                t0 = time.perf_counter()
+                feeds[name].poll()  # type: ignore[union-attr]
+                took[name].append(time.perf_counter() - t0)
+            i += 1
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join()
+        for feed in feeds.values():
+            feed.close()  # type: ignore[union-attr]
+    for name, ms in took.items():
+        ms.sort()
+        print(f"steady ingestion, a poll every 20 ms, {name}: {len(ms)} polls, p50 "
+              f"{ms[len(ms) // 2] * 1e3:.3f} ms, p90 {ms[int(len(ms) * 0.9)] * 1e3:.3f} ms, "
+              f"p99 {ms[int(len(ms) * 0.99)] * 1e3:.3f} ms")  # fmt: skip
+
+
 def cost(client: redis.Redis, store: RedisOnlineStore, keys: int, rounds: int) -> None:
     def redis_cpu() -> float:
         info = client.info("cpu")
@@ -136,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--writes", type=int, default=3000)
     parser.add_argument("--bursts", type=int, default=20)
     parser.add_argument("--burst-names", type=int, default=20_000)
+    parser.add_argument("--ingest-s", type=float, default=8.0)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
@@ -146,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         in_flight(client, store, args.writes)
         bursts(client, store, args.bursts, args.burst_names)
+        ingesting(client, store, args.ingest_s)
         cost(client, store, args.keys, args.rounds)
     finally:
         client.flushdb()
