@@ -29,13 +29,14 @@ Redis: SKEWLESS_BENCH_REDIS_URL (default redis://127.0.0.1:6379/13).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -400,6 +401,32 @@ def main() -> None:
         print(got["profile"])
 
 
+def _alternating(
+    variants: dict[str, Callable[[], dict[str, Any]]], rounds: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Each variant's figures, ``rounds`` runs each, one of every variant a round, the order
+    rotating round by round (the machine is shared: no variant always runs first)."""
+    names = list(variants)
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            got[name].append(variants[name]())
+    return got
+
+
+def _heading(kind: str, n: int, batch: int, rounds: int, recovery: bool) -> None:
+    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds"
+          f"{', lost-state detection on' if recovery else ''}:")  # fmt: skip
+
+
+def _best(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """The run of least worker CPU per event, and the least Redis CPU per event of any run."""
+    return (
+        min(runs, key=lambda g: g["worker_us_per_event"]),
+        min(g["redis_us_per_event"] for g in runs),
+    )
+
+
 def compare_layouts(kind: str, n: int, batch: int, rounds: int, recovery: bool = False) -> None:
     """Worker and Redis CPU per event with the re-keyed views per partition and merged (and,
     with ``recovery``, merged without the pre-write watermark read), the variants rotating
@@ -407,17 +434,19 @@ def compare_layouts(kind: str, n: int, batch: int, rounds: int, recovery: bool =
     variants = [("per partition", False, True), ("merge-on-write", True, True)]
     if recovery:
         variants.append(("merged, no check", True, False))
-    got: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
-    for r in range(rounds):
-        for name, merged, precheck in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            got[name].append(run(kind, n, batch, False, merged=merged, recovery=recovery,
-                                 precheck=precheck))  # fmt: skip
-    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds"
-          f"{', lost-state detection on' if recovery else ''}:")  # fmt: skip
+    got = _alternating(
+        {
+            name: functools.partial(
+                run, kind, n, batch, False, merged=merged, recovery=recovery, precheck=precheck
+            )
+            for name, merged, precheck in variants
+        },
+        rounds,
+    )
+    _heading(kind, n, batch, rounds, recovery)
     best = {}
     for name, runs in got.items():
-        b = min(runs, key=lambda g: g["worker_us_per_event"])
-        redis = min(g["redis_us_per_event"] for g in runs)
+        b, redis = _best(runs)
         best[name] = (b["worker_us_per_event"], redis)
         each = ", ".join(f"{g['worker_us_per_event']:.1f}" for g in runs)
         print(f"  {name:<16} worker {b['worker_us_per_event']:6.1f} µs CPU/event "
@@ -435,16 +464,17 @@ def compare_keep_merged(kind: str, n: int, batch: int, rounds: int, recovery: bo
     entries every batch (the rule for several workers) and one that keeps them cached across
     batches, alternating in one process; the best round of each."""
     variants = [("reload each batch", False), ("keep across batches", True)]
-    got: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
-    for r in range(rounds):
-        for name, keep in variants[r % 2 :] + variants[: r % 2]:
-            got[name].append(run(kind, n, batch, False, recovery=recovery, keep_merged=keep))
-    print(f"{kind} definitions, {n:,} events in batches of {batch:,}, best of {rounds} rounds"
-          f"{', lost-state detection on' if recovery else ''}:")  # fmt: skip
+    got = _alternating(
+        {
+            name: functools.partial(run, kind, n, batch, False, recovery=recovery, keep_merged=keep)
+            for name, keep in variants
+        },
+        rounds,
+    )
+    _heading(kind, n, batch, rounds, recovery)
     best = {}
     for name, runs in got.items():
-        b = min(runs, key=lambda g: g["worker_us_per_event"])
-        redis = min(g["redis_us_per_event"] for g in runs)
+        b, redis = _best(runs)
         hgetall = min(g["commandstats"].get("hgetall", (0, 0))[0] for g in runs)
         best[name] = (b["worker_us_per_event"], redis)
         each = ", ".join(f"{g['worker_us_per_event']:.1f}/{g['redis_us_per_event']:.1f}"

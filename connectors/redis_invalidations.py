@@ -45,7 +45,10 @@ class RedisInvalidations:
     connection lost or made anew), ``keys`` the names changed since the last poll, and
     ``trusted`` whether the connection is live: it has been heard from within two
     heartbeats (a ``PING`` is sent after one quiet heartbeat; after two, the poll waits for
-    its answer, at most a heartbeat, and a silent connection is lost). A lost connection is
+    its answer, at most a heartbeat, and a silent connection is lost) and not behind: a
+    drain that filled a whole receive buffer means Redis may still hold names of writes
+    other clients already read, so the next poll reads up to a ``PING``'s answer first
+    (at most a heartbeat; not trusted until it has). A lost connection is
     made again at most once per heartbeat; until then ``trusted`` is False. A daemon thread
     does the same every heartbeat between reads (drain, ping, reconnect), so an idle reader
     stays live and Redis never buffers much for it.
@@ -69,6 +72,11 @@ class RedisInvalidations:
         self._tried_ns = 0  # when a connection was last attempted
         self._flush = False  # a flush to report at the next poll
         self._pending: list[bytes] = []  # names the tending thread drained, for the next poll
+        # a drain took a whole buffer's worth: Redis may hold more in its output buffer (a
+        # burst larger than the socket buffers), so the next poll catches up first
+        self._behind = False
+        self._pings = 0  # PINGs sent on this connection
+        self._pongs = 0  # their answers received (in order: after all sent before them)
         self._open()
         _FEEDS.add(self)
         self._stop = self._tend_in_background()
@@ -145,6 +153,8 @@ class RedisInvalidations:
         self._conn, self._sock, self._reader = conn, sock, reader
         self._heard_ns = time.monotonic_ns()
         self._ping_ns = 0
+        self._behind = False
+        self._pings = self._pongs = 0
         self._flush = True
         self._drain_buffered([])
 
@@ -157,8 +167,8 @@ class RedisInvalidations:
 
     def poll(self) -> tuple[bool, list[bytes], bool]:
         """``(flushed, changed keys, trusted)`` since the last poll. Does not block, but on a
-        connection quiet for two heartbeats (an idle reader), where it waits for a ``PING``'s
-        answer: one round trip, at most a heartbeat."""
+        connection quiet for two heartbeats (an idle reader) or behind (after a burst),
+        where it waits for a ``PING``'s answer: one round trip, at most a heartbeat."""
         if not self._lock.acquire(blocking=False):  # another thread is draining: not sure
             return False, [], False
         try:
@@ -171,10 +181,13 @@ class RedisInvalidations:
                 self._receive(keys, now)
                 if self._sock is not None and not self._live(now):
                     now = self._confirm(keys)  # quiet for two heartbeats: ask, one round trip
+            caught_up = True
+            if self._sock is not None and self._behind:
+                caught_up, now = self._catch_up(keys)  # a burst: one round trip
             flushed, self._flush = self._flush, False
             if flushed:
                 keys.clear()
-            return flushed, keys, self._live(now)
+            return flushed, keys, caught_up and self._live(now)
         finally:
             self._lock.release()
 
@@ -190,6 +203,7 @@ class RedisInvalidations:
                 self._lose()
                 return time.monotonic_ns()
             self._ping_ns = time.monotonic_ns()
+            self._pings += 1
         left = self._ping_ns + self._heartbeat_ns - time.monotonic_ns()
         if left > 0 and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             select.select([sock], [], [], left / 1e9)
@@ -198,6 +212,34 @@ class RedisInvalidations:
         if self._sock is not None and not self._live(now):
             self._lose()  # no answer within a heartbeat
         return now
+
+    def _catch_up(self, keys: list[bytes]) -> tuple[bool, int]:
+        """The feed fell behind (a drain filled a whole receive buffer: Redis may still hold
+        names of writes other clients already see): send a ``PING`` and read until its
+        answer, which Redis queues after every name queued before it. Waits at most a
+        heartbeat; True when caught up (or the connection was lost: reported as a flush),
+        and the time after."""
+        sock = self._sock
+        self._behind = False  # set again if what follows the PING is a burst too
+        try:
+            sock.sendall(_command(b"PING"))
+        except OSError:
+            self._lose()
+            return True, time.monotonic_ns()
+        self._pings += 1
+        wanted = self._pings
+        deadline = time.monotonic_ns() + self._heartbeat_ns
+        now = time.monotonic_ns()
+        while self._sock is not None and self._pongs < wanted:
+            left = deadline - now
+            if left <= 0:
+                self._behind = True  # not caught up: not trusted, asked again next poll
+                return False, now
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                select.select([sock], [], [], left / 1e9)
+            now = time.monotonic_ns()
+            self._receive(keys, now)
+        return True, now
 
     def _live(self, now: int) -> bool:
         return self._sock is not None and now - self._heard_ns <= 2 * self._heartbeat_ns
@@ -219,6 +261,7 @@ class RedisInvalidations:
             self._heard_ns, self._ping_ns = now, 0
             if len(chunk) < _RECV:
                 break
+            self._behind = True  # a whole buffer: Redis may hold more than reached the socket
         if not self._drain_buffered(keys):
             return
         if self._ping_ns:
@@ -228,6 +271,7 @@ class RedisInvalidations:
             try:
                 sock.sendall(_command(b"PING"))
                 self._ping_ns = now
+                self._pings += 1
             except OSError:
                 self._lose()
 
@@ -242,8 +286,11 @@ class RedisInvalidations:
                 return False
             if message is False:
                 return True
+            if message == b"PONG":
+                self._pongs += 1
+                continue
             if not isinstance(message, list) or not message:
-                continue  # +PONG (RESP3)
+                continue
             kind = message[0]
             if kind == b"invalidate" and len(message) == 2:  # RESP3 push
                 changed = message[1]

@@ -599,11 +599,13 @@ class ReadCache:
     - ``tracking=True`` (the default), with a ``TrackingStore``: Redis sends the name of
       every state key any client changes (``CLIENT TRACKING`` in broadcasting mode) to a
       connection of the cache's own; each read first drains those messages without blocking
-      and drops what they name, then serves what is left without a round trip. A flush, or
-      the connection lost, drops everything. What a hit may miss: a change whose message is
-      still in flight when the read starts (a write acknowledged to its writer a moment
-      earlier), or, on a network path that died silently, up to two heartbeats (~1 s) of
-      changes; while the feed is not live the cache revalidates as below.
+      and drops what they name, then serves what is left without a round trip (after a
+      burst of names larger than the socket buffers, the feed first catches up to a
+      ``PING``'s answer: one round trip). A flush, or the connection lost, drops
+      everything. What a hit may miss: a change whose message is still in flight when the
+      read starts (a write acknowledged to its writer a moment earlier), or, on a network
+      path that died silently, up to two heartbeats (~1 s) of changes; while the feed is
+      not live the cache revalidates as below.
     - ``tracking=False``, or a store without tracking (the Redis Cluster store): every state
       write of partition ``p`` carries its fence ``f:<p>`` — which only grows — and write
       time ``u:<p>`` in the same HSET as its tiles (``engine.online.encode_fields``), and

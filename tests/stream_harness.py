@@ -13,6 +13,7 @@ import io
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -430,6 +431,14 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(30)
         self._log.close()
+
+
+def holds_partitions(worker: WorkerProcess, source: str) -> bool:
+    """Whether the worker has logged an assignment of at least one partition of ``source``
+    (both runtimes log ``assigned <source> [0, 2]``). A bare ``"assigned"`` is not enough:
+    aiokafka logs ``Revoking previously assigned partitions set()`` as a Faust worker joins,
+    before it holds anything."""
+    return re.search(rf"assigned {re.escape(source)} \[\d", worker.text()) is not None
 
 
 # -- generated payments (the e2e parity test and the fault tests) ----------------------------

@@ -31,6 +31,7 @@ from tests.stream_harness import (
     WorkerProcess,
     delete_topics,
     end_offsets,
+    holds_partitions,
     logged,
     payment_events,
     payments_repo,
@@ -298,7 +299,9 @@ def _parity(
     client = raw_redis(stream_redis_url)
     reads = Reads()
     try:
-        wait_until(lambda: all("assigned" in w.text() for w in workers), 90, "two members")
+        # both hold partitions (a bare "assigned" also matches aiokafka's "Revoking previously
+        # assigned partitions set()", logged as a Faust worker joins, before the second one has)
+        wait_until(lambda: all(holds_partitions(w, source) for w in workers), 90, "two members")
         feeding = threading.Thread(target=pusher)
         feeding.start()
         rounds = 0

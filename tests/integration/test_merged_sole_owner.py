@@ -17,26 +17,29 @@ from typing import Any
 import pytest
 import redis
 
-from connectors.eventlog import EventLogReader, EventLogWriter
-from engine.errors import OnlineWriteConflict
-from engine.ports import OnlineStateStore, StateWrite, Watermark
+from engine.ports import OnlineStateStore
 from engine.stream.core import BatchProcessor
-from engine.stream.recovery import StateRecovery
-from tests.integration.test_merged_tiles import PARTITIONS, HealingRun, _records
+from tests.integration.test_merged_tiles import (
+    PARTITIONS,
+    ConflictCountingStore,
+    HealingRun,
+    RedisSnapshot,
+    _records,
+    _worker,
+)
 from tests.integration.test_merged_tiles import repo as repo
 from tests.integration.test_online_read import ListDeadLetters, ListLog
 
 pytestmark = pytest.mark.redis
 
 
-class CountingStore:
+class CountingStore(ConflictCountingStore):
     """The real store, counting each merged entity hash loaded and the refused writes."""
 
     def __init__(self, inner: OnlineStateStore, prefix: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.prefix = prefix  # the merged view's entity hashes: sk:<fingerprint>:
         self.loads: Counter[str] = Counter()
-        self.conflicts = 0
 
     def _count(self, keys: Sequence[str]) -> None:
         self.loads.update(k for k in keys if k.startswith(self.prefix))
@@ -52,15 +55,6 @@ class CountingStore:
     def load_and_marks(self, keys: Sequence[str], marked: Sequence[tuple[str, int]]) -> Any:
         self._count(keys)
         return self.inner.load_and_marks(keys, marked)  # type: ignore[attr-defined]
-
-    def write(
-        self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
-    ) -> list[bytes | None]:
-        try:
-            return self.inner.write(writes, marks)
-        except OnlineWriteConflict:
-            self.conflicts += 1
-            raise
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -78,13 +72,7 @@ class SoleRun(HealingRun):
         view = self.store.plan.views["store_sales"]
         assert view.merged
         self.counting = CountingStore(self.store.online_store, f"sk:{view.fingerprint}:")
-        root = self.store.config.event_log_root
-        recovery = StateRecovery(self.store.plan, EventLogReader(root), self.store.online_store,
-                                 log_root=root, clock=self.clock)  # fmt: skip
-        self.log = EventLogWriter(root, "tx", dict(self.store.plan.sources["tx"].schema))
-        self.worker = BatchProcessor(self.store.plan, "tx", online=self.counting, log=self.log,
-                                     dead=ListDeadLetters(), clock=self.clock, recovery=recovery,
-                                     keep_merged=keep)  # fmt: skip
+        self.worker = _worker(self.store, self.clock, online=self.counting, keep_merged=keep)
         self.worker.set_source_partitions(PARTITIONS)
         self.worker.assign(range(PARTITIONS), 1)
         self.workers = [self.worker]
@@ -199,18 +187,8 @@ def test_reverted_redis_is_detected_and_healed_by_a_sole_owner(
     """A failover to a replica that lacks the last rounds of writes (Redis reverted to an
     older, consistent state) between two batches of a sole owner."""
     run = SoleRun(repo)
-    saved: list[tuple[Any, int, Any]] = []
-
-    def snapshot() -> None:
-        for key in redis_client.scan_iter(count=1000):
-            saved.append((key, redis_client.pexpiretime(key), redis_client.dump(key)))
-
-    def revert() -> None:
-        redis_client.flushdb()
-        for key, at, value in saved:
-            redis_client.restore(key, max(at, 0), value, absttl=at > 0)
-
-    rebuilt = run.run({8: snapshot, 15: revert})
+    redis_at = RedisSnapshot(redis_client)
+    rebuilt = run.run({8: redis_at.take, 15: redis_at.revert})
     assert rebuilt >= 2
     run.assert_equals_reference(redis_client)
 

@@ -55,21 +55,12 @@ PARTITIONS = 4
 _OPTION = "SKEWLESS_ONLINE_MERGE_REKEYED_VIEWS"
 
 
-class RacingStore:
-    """The real store; ``race`` runs once right after the next ``load`` (another worker's
-    batch landing between this worker's load and its write). Counts refused writes."""
+class ConflictCountingStore:
+    """The real store, counting the writes it refuses (``OnlineWriteConflict``)."""
 
     def __init__(self, inner: OnlineStateStore) -> None:
         self.inner = inner
-        self.race: Any = None
         self.conflicts = 0
-
-    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
-        got = self.inner.load(keys)
-        race, self.race = self.race, None
-        if race is not None:
-            race()
-        return got
 
     def write(
         self, writes: Sequence[StateWrite], marks: Sequence[Watermark] = ()
@@ -79,6 +70,22 @@ class RacingStore:
         except OnlineWriteConflict:
             self.conflicts += 1
             raise
+
+
+class RacingStore(ConflictCountingStore):
+    """The real store; ``race`` runs once right after the next ``load`` (another worker's
+    batch landing between this worker's load and its write). Counts refused writes."""
+
+    def __init__(self, inner: OnlineStateStore) -> None:
+        super().__init__(inner)
+        self.race: Any = None
+
+    def load(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        got = self.inner.load(keys)
+        race, self.race = self.race, None
+        if race is not None:
+            race()
+        return got
 
 
 class CrashingLog(ListLog):
@@ -360,14 +367,42 @@ def test_lost_state_of_a_merged_view_heals_in_place(
     assert set(fences) <= {b"f:%d" % p, b"j:%d" % p}
 
 
-def _worker(store: FeatureStore, clock: Clock) -> BatchProcessor:
-    """A worker as the runtimes wire it: the event log on disk, lost state rebuilt in place."""
+def _worker(
+    store: FeatureStore,
+    clock: Clock,
+    *,
+    online: OnlineStateStore | None = None,
+    keep_merged: bool | None = None,
+) -> BatchProcessor:
+    """A worker as the runtimes wire it: the event log on disk, lost state rebuilt in place.
+    ``online``: what it writes through (default the store's own online store, which the
+    rebuild uses in any case); ``keep_merged``: ``BatchProcessor``'s switch."""
     root = store.config.event_log_root
     recovery = StateRecovery(store.plan, EventLogReader(root), store.online_store,
                              log_root=root, clock=clock)  # fmt: skip
     log = EventLogWriter(root, "tx", dict(store.plan.sources["tx"].schema))
-    return BatchProcessor(store.plan, "tx", online=store.online_store, log=log,
-                          dead=ListDeadLetters(), clock=clock, recovery=recovery)  # fmt: skip
+    return BatchProcessor(store.plan, "tx", online=store.online_store if online is None else online,
+                          log=log, dead=ListDeadLetters(), clock=clock, recovery=recovery,
+                          keep_merged=keep_merged)  # fmt: skip
+
+
+class RedisSnapshot:
+    """Every key of a Redis database as ``take`` found it (value and expiry); ``revert``
+    empties the database and restores them: a failover to a replica that lacks the rounds
+    of writes since (an older, consistent state)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.saved: list[tuple[Any, int, Any]] = []
+
+    def take(self) -> None:
+        for key in self.client.scan_iter(count=1000):
+            self.saved.append((key, self.client.pexpiretime(key), self.client.dump(key)))
+
+    def revert(self) -> None:
+        self.client.flushdb()
+        for key, at, value in self.saved:
+            self.client.restore(key, max(at, 0), value, absttl=at > 0)
 
 
 class HealingRun:
@@ -488,18 +523,8 @@ def test_lost_rounds_heal_in_place(merged: bool, repo: Path, redis_client: redis
     """A failover to a replica that lacks the last rounds of writes: Redis reverts to an
     older, consistent state (every entity hash with its marks hash), the log holds more."""
     run = HealingRun(repo, merged=merged)
-    saved: list[tuple[bytes, int, bytes]] = []
-
-    def snapshot() -> None:
-        for key in redis_client.scan_iter(count=1000):
-            saved.append((key, redis_client.pexpiretime(key), redis_client.dump(key)))
-
-    def revert() -> None:
-        redis_client.flushdb()
-        for key, at, value in saved:
-            redis_client.restore(key, max(at, 0), value, absttl=at > 0)
-
-    rebuilt = run.run({8: snapshot, 15: revert}, together=(15, 16))
+    redis_at = RedisSnapshot(redis_client)
+    rebuilt = run.run({8: redis_at.take, 15: redis_at.revert}, together=(15, 16))
     assert rebuilt >= 2
     run.assert_equals_reference(redis_client)
 

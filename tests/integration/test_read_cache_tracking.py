@@ -385,3 +385,77 @@ def test_closing_the_store_closes_its_connections_and_a_later_read_reopens(
     finally:
         store.close()
         client.close()
+
+
+_BURST_LUA = """
+for i = 1, tonumber(ARGV[1]) do
+    redis.call('HSET', 'sk:burst:{' .. i .. '}:a-name-as-long-as-a-state-key', 'f:0', i)
+end
+redis.call('HSET', ARGV[2], 'f:0', ARGV[1])
+"""
+
+
+@pytest.mark.single_redis
+def test_a_feed_behind_a_burst_catches_up_before_it_is_trusted(status_url: str) -> None:
+    """A burst of names larger than the socket buffers (a worker's large batch: Redis sends
+    one turn's names as one message) is still partly in Redis's output buffer when another
+    client already reads the burst's writes. A poll then must not say ``trusted`` without
+    the burst's names: it catches up first (a ``PING``, answered after everything queued
+    before it), or says not trusted. Before, it drained what had reached the socket and
+    trusted that: the e2e parity test saw a held value that a write 0.2 s earlier had
+    changed (`customer_online:cnp_count_lifetime`, online 1, backfill 2)."""
+    online = RedisOnlineStore(status_url)
+    feed = online.invalidations()
+    assert feed is not None
+    client = raw_redis(status_url)
+    try:
+        assert feed.poll()[0]  # the first poll reports a flush
+        for n in (20_000, 50_000, 100_000):
+            target = f"sk:target:{{{n}}}".encode()
+            client.eval(_BURST_LUA, 0, n, target)
+            assert client.hget(target, "f:0") == str(n).encode()  # another client sees it
+            flushed, keys, trusted = feed.poll()
+            assert not flushed
+            assert target in keys or not trusted, (n, len(keys), trusted)
+            if target not in keys:  # not trusted: the names still arrive, later
+                _wait(lambda t=target: t in feed.poll()[1], "the burst's names")
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+@pytest.mark.single_redis
+def test_a_feed_that_cannot_catch_up_within_a_heartbeat_is_not_trusted(status_url: str) -> None:
+    """Behind after a burst, and Redis answering nobody (``CLIENT PAUSE``): the catch-up's
+    ``PING`` gets no answer within the heartbeat, so the poll says not trusted (the read
+    revalidates) rather than wait longer; once Redis answers, a poll catches up with every
+    name of the burst (or, had the silence lasted past the liveness check, reports the
+    connection lost: a flush, which drops everything held)."""
+    online = RedisOnlineStore(status_url)
+    pool = online._client.connection_pool
+    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
+                              heartbeat_ms=300)  # fmt: skip
+    client = raw_redis(status_url)
+    target = b"sk:target:{paused}"
+    try:
+        assert feed.poll()[0]
+        client.eval(_BURST_LUA, 0, 50_000, target)
+        client.execute_command("CLIENT", "PAUSE", "1000", "ALL")
+        flushed, keys, trusted = feed.poll()
+        assert not trusted
+        seen = set(keys)
+        flushes = [flushed]
+
+        def caught_up() -> bool:
+            flushed, more, trusted = feed.poll()
+            flushes.append(flushed)
+            seen.update(more)
+            return trusted
+
+        _wait(caught_up, "a poll that catches up once Redis answers again")
+        assert any(flushes) or (target in seen and len(seen) == 50_001)
+    finally:
+        client.close()
+        feed.close()
+        online.close()
