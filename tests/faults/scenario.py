@@ -41,6 +41,7 @@ from tests.stream_harness import (
     WorkerProcess,
     delete_topics,
     end_offsets,
+    holds_partitions,
     lag,
     log_listing,
     logged,
@@ -405,14 +406,6 @@ class Run:
         for w in self.live():
             w.kill()
         delete_topics(self.bootstrap, [self.source, dead_letter_topic(self.source)])
-
-
-def holds_partitions(worker: WorkerProcess, source: str) -> bool:
-    """Whether the worker has logged an assignment of at least one partition of ``source``
-    (both runtimes log ``assigned <source> [0, 2]``). A bare ``"assigned"`` is not enough:
-    aiokafka logs ``Revoking previously assigned partitions set()`` as a Faust worker joins,
-    before it holds anything."""
-    return re.search(rf"assigned {re.escape(source)} \[\d", worker.text()) is not None
 
 
 def wait_assigned(worker: WorkerProcess, source: str, timeout_s: float = 120) -> None:

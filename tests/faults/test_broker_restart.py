@@ -12,7 +12,7 @@ import pytest
 
 from tests.faults.conftest import PrivateServices
 from tests.faults.scenario import Run
-from tests.stream_harness import wait_until
+from tests.stream_harness import holds_partitions, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
 
@@ -28,7 +28,9 @@ def test_broker_stopped_and_restarted_mid_stream(
     try:
         run.start_worker()
         run.start_worker()
-        wait_until(lambda: all("assigned" in w.text() for w in run.live()), 120, "two members")
+        wait_until(
+            lambda: all(holds_partitions(w, run.source) for w in run.live()), 120, "two members"
+        )
         run.push_in_background(chunk=1000, pause_s=0.2)
         run.wait_pushed(0.4)
         run.gate.clear()  # the pusher waits for the broker

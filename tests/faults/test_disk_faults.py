@@ -20,7 +20,7 @@ import pytest
 
 from tests.faults.conftest import PrivateServices, unavailable
 from tests.faults.scenario import Run
-from tests.stream_harness import end_offsets, wait_until
+from tests.stream_harness import end_offsets, holds_partitions, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
 
@@ -112,7 +112,7 @@ def test_log_disk_full_then_read_only(
               events=EVENTS, seed=404, runtime=runtime, log_root=str(small_disk))  # fmt: skip
     try:
         worker = run.start_worker()
-        wait_until(lambda: "assigned" in worker.text(), 120, "the worker's assignment")
+        wait_until(lambda: holds_partitions(worker, run.source), 120, "the worker's assignment")
         run.push_in_background(chunk=500, pause_s=0.3)
 
         run.wait_pushed(0.3)

@@ -17,7 +17,7 @@ import redis
 
 from tests.faults.conftest import PrivateServices
 from tests.faults.scenario import LOST_STATE, Run
-from tests.stream_harness import wait_until
+from tests.stream_harness import holds_partitions, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.redis]
 
@@ -63,7 +63,9 @@ def test_redis_restart_flushall_and_rollback(
     try:
         run.start_worker()
         run.start_worker()
-        wait_until(lambda: all("assigned" in w.text() for w in run.live()), 120, "two members")
+        wait_until(
+            lambda: all(holds_partitions(w, run.source) for w in run.live()), 120, "two members"
+        )
         run.push_in_background(chunk=500, pause_s=0.3)
 
         run.wait_pushed(0.2)
