@@ -197,13 +197,9 @@ class RedisInvalidations:
         Returns the time after."""
         sock = self._sock
         if not self._ping_ns:
-            try:
-                sock.sendall(_command(b"PING"))
-            except OSError:
-                self._lose()
+            if not self._send_ping():
                 return time.monotonic_ns()
             self._ping_ns = time.monotonic_ns()
-            self._pings += 1
         left = self._ping_ns + self._heartbeat_ns - time.monotonic_ns()
         if left > 0 and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             select.select([sock], [], [], left / 1e9)
@@ -221,12 +217,8 @@ class RedisInvalidations:
         and the time after."""
         sock = self._sock
         self._behind = False  # set again if what follows the PING is a burst too
-        try:
-            sock.sendall(_command(b"PING"))
-        except OSError:
-            self._lose()
+        if not self._send_ping():
             return True, time.monotonic_ns()
-        self._pings += 1
         wanted = self._pings
         deadline = time.monotonic_ns() + self._heartbeat_ns
         now = time.monotonic_ns()
@@ -267,13 +259,19 @@ class RedisInvalidations:
         if self._ping_ns:
             if now - self._ping_ns > self._heartbeat_ns:  # no answer: the path is dead
                 self._lose()
-        elif now - self._heard_ns > self._heartbeat_ns:
-            try:
-                sock.sendall(_command(b"PING"))
-                self._ping_ns = now
-                self._pings += 1
-            except OSError:
-                self._lose()
+        elif now - self._heard_ns > self._heartbeat_ns and self._send_ping():
+            self._ping_ns = now
+
+    def _send_ping(self) -> bool:
+        """Send a ``PING`` (counted: its answer is the ``_pongs``-th); False if the
+        connection broke (it is lost)."""
+        try:
+            self._sock.sendall(_command(b"PING"))
+        except OSError:
+            self._lose()
+            return False
+        self._pings += 1
+        return True
 
     def _drain_buffered(self, keys: list[bytes]) -> bool:
         """Parse what the reader holds into ``keys`` (or a flush); False if the stream broke."""
