@@ -52,7 +52,7 @@ _REPLAY_BATCH = 50_000  # log records handed to the core at a time
 # a log file's records folded at a time by the path with user code (frames, lists): runs of
 # consecutive records fold as the whole file does (per-partition views only: no tile is
 # stored between them), and a small run's Python objects and arrays reuse warm memory
-_FILE_CHUNK = 16_384
+_FILE_CHUNK = 65_536
 _NO_LIMIT = (1 << 63) - 1  # no upper offset limit
 _MERGE_ROUNDS = 100  # folds of one chunk whose merged writes other workers kept beating
 _PROGRESS_STEP = 100_000
