@@ -7,7 +7,7 @@ arrays — and the log encodes its Avro file natively (``engine._native.write_lo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,6 +74,20 @@ def decode_log_file(
     of ``engine.log_files.read_partition``), and so is one above ``upto`` (the listing's
     limit of the file: a fenced owner's rolling file past the next epoch's start). None
     when the file adds nothing."""
+    return next(decode_log_file_chunks(data, high, timestamp_field, upto), None)
+
+
+def decode_log_file_chunks(
+    data: bytes,
+    high: int,
+    timestamp_field: str,
+    upto: int | None = None,
+    rows: int | None = None,
+) -> Iterator[FileRecords]:
+    """``decode_log_file`` cut into runs of at most ``rows`` consecutive records (None: one
+    run), the file decoded once (none: the file adds nothing), each run's columns built as
+    it is taken: slices of the decoded arrays, so a caller's per-run work (frames, lists)
+    stays small and its memory warm."""
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no stubs
 
     from engine import _native
@@ -81,13 +95,13 @@ def decode_log_file(
     arrays, _ = _native.read_container(data, ["offset", "processed_at", "payload"])
     offsets = np.asarray(arrays["offset"], dtype=np.int64)
     if not len(offsets):
-        return None
+        return
     before = np.maximum.accumulate(np.concatenate([[high], offsets[:-1]]))
     keep = offsets > before
     if upto is not None:
         keep &= offsets <= upto
     if not keep.any():
-        return None
+        return
     whole = bool(keep.all())
     mask = None if whole else pa.array(keep)
     payload = {
@@ -96,9 +110,16 @@ def decode_log_file(
         else [v for v, k in zip(array, keep, strict=True) if k]
         for name, array in arrays.items() if name.startswith("payload.")
     }  # fmt: skip
-    return FileRecords(
-        offsets=offsets[keep],
-        processed_at_ms=np.asarray(arrays["processed_at"], dtype=np.int64)[keep],
-        raw_event_time=np.asarray(payload[timestamp_field], dtype=np.int64),
-        payload=_native.columns_from_arrays(payload),
-    )
+    offsets = offsets[keep]
+    processed_at = np.asarray(arrays["processed_at"], dtype=np.int64)[keep]
+    raw_event_time = np.asarray(payload[timestamp_field], dtype=np.int64)
+    n = len(offsets)
+    step = n if rows is None else max(1, rows)
+    for at in range(0, n, step):
+        run = payload if step >= n else {k: a[at : at + step] for k, a in payload.items()}
+        yield FileRecords(
+            offsets=offsets[at : at + step],
+            processed_at_ms=processed_at[at : at + step],
+            raw_event_time=raw_event_time[at : at + step],
+            payload=_native.columns_from_arrays(run),
+        )

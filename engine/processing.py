@@ -356,6 +356,9 @@ def _labels_within(labels: pd.Index, index: range) -> bool:
     return set(labels).issubset(index)
 
 
+_STR_OR_NONE = frozenset((str, type(None)))
+
+
 def group_columns(
     group: RowGroup,
     input_names: Sequence[str],
@@ -367,7 +370,9 @@ def group_columns(
     columns, for the native core's ``prepare``."""
     keys, inputs = group_cells(group, input_names, payloads, frame)
     texts: list[Any]
-    if len(keys) == 1:  # one join key: its text (a str is its own text)
+    if len(keys) == 1 and set(map(type, keys[0])) <= _STR_OR_NONE:
+        texts = keys[0]  # a str is its own text: the column as it is
+    elif len(keys) == 1:  # one join key: its text
         texts = [
             v if v is None or type(v) is str else encode_key((v,)).decode("utf-8") for v in keys[0]
         ]

@@ -29,7 +29,7 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
@@ -37,7 +37,7 @@ from typing import Any
 from engine import _native
 from engine.envelope import Envelope
 from engine.errors import OnlineWriteConflict
-from engine.log_columns import decode_log_file
+from engine.log_columns import decode_log_file, decode_log_file_chunks
 from engine.log_files import LogFiles, read_partition
 from engine.online import CoreSpec, EntityWrites, core_spec, marks_key, stats_write
 from engine.plan import Plan, SourcePlan, ViewPlan
@@ -49,6 +49,10 @@ _CHUNK = 2_000  # entity hashes loaded and replaced per round trip (rebuild_part
 _WRITE_CHUNK = 5_000  # entity writes per round trip (rebuild_view)
 _PARALLEL = 4  # partitions replayed at a time, at most (rebuild_view)
 _REPLAY_BATCH = 50_000  # log records handed to the core at a time
+# a log file's records folded at a time by the path with user code (frames, lists): runs of
+# consecutive records fold as the whole file does (per-partition views only: no tile is
+# stored between them), and a small run's Python objects and arrays reuse warm memory
+_FILE_CHUNK = 65_536
 _NO_LIMIT = (1 << 63) - 1  # no upper offset limit
 _MERGE_ROUNDS = 100  # folds of one chunk whose merged writes other workers kept beating
 _PROGRESS_STEP = 100_000
@@ -137,7 +141,7 @@ def _replay_merged(
     for partition in partitions:
         core.set_partition(partition)
         out = _Replay(writes=[])
-        _fold_partition(core, spec, source, log, partition, progress, now_ms, out)
+        _fold_partition(core, spec, source, log, partition, progress, now_ms, out, merged=True)
         out.newest_event_ms = list(core.newest_event_ms())
         parts.append(out)
     writes = [(v, EntityWrites(chunk)) for v, chunk in core.writes(now_ms, True, _WRITE_CHUNK)]
@@ -164,16 +168,21 @@ def _fold_partition(
     progress: Callable[[int], None] | None,
     now_ms: int,
     out: _Replay,
+    *,
+    merged: bool = False,
 ) -> None:
     """Fold one log partition into ``core``, a log file (or ``_REPLAY_BATCH`` records) at a
-    time; counts the records and the last offset in ``out``."""
+    time; counts the records and the last offset in ``out``. ``merged``: the core replays
+    merge-on-write views, whose stored tiles follow the batches, so a file is one batch
+    (else a file with user code is folded ``_FILE_CHUNK`` records at a time)."""
     native = all(group.native for group in spec.groups)
     if isinstance(log, LogFiles):  # the core decodes the files: no record object in Python
 
         def take(data: bytes, high: int, upto: int) -> int:
             got = core.fold_file(data, high, now_ms, upto) if native else None
             if got is None:
-                got = _fold_file(core, spec, source, partition, data, high, now_ms, upto)
+                got = _fold_file(core, spec, source, partition, data, high, now_ms, upto,
+                                 rows=None if merged else _FILE_CHUNK)  # fmt: skip
             taken, last = got
             out.records += taken
             if last is not None:
@@ -210,30 +219,34 @@ def _fold_file(
     high: int,
     now_ms: int,
     upto: int = _NO_LIMIT,
+    *,
+    rows: int | None = None,
 ) -> tuple[int, int | None]:
     """Fold one event-log file's records above ``high`` and at most ``upto`` (the listing's
     limit of the file); (records taken, highest offset). The path of views with user code
     (transforms, filters): the file decoded natively into columns, batch transforms on one
     DataFrame per file built column by column."""
-    got = decode_log_file(data, high, source.timestamp_field, upto)
-    if got is None:
-        return 0, None
     user = [g for g, group in enumerate(spec.groups) if not group.native]
-    fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
-    if user:
-        with _USER_CODE:
-            payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
-            fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
-                   for g in user}  # fmt: skip
-    core.fold(
-        got.offsets.tobytes(),
-        (got.raw_event_time // source.timestamp_divisor).tobytes(),
-        got.processed_at_ms.tobytes(),
-        got.payload,
-        fed,
-        now_ms,
-    )
-    return len(got), int(got.offsets.max())
+    taken, last = 0, None
+    for got in decode_log_file_chunks(data, high, source.timestamp_field, upto, rows):
+        fed: dict[int, tuple[list[Any], list[list[Any]]]] = {}
+        if user:
+            with _USER_CODE:
+                payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
+                fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
+                       for g in user}  # fmt: skip
+        core.fold(
+            got.offsets.tobytes(),
+            (got.raw_event_time // source.timestamp_divisor).tobytes(),
+            got.processed_at_ms.tobytes(),
+            got.payload,
+            fed,
+            now_ms,
+        )
+        taken += len(got)
+        high = int(got.offsets.max())
+        last = high if last is None else max(last, high)
+    return taken, last
 
 
 def _fold(
@@ -389,6 +402,20 @@ def _rebuild_source(
             progress(n)
 
     results: dict[str, RebuildResult] = {}
+
+    def write_merged(pending: Future[tuple[list[_Replay], list[tuple[int, EntityWrites]]]]) -> None:
+        parts, writes = pending.result()
+        written = [0] * len(merged)
+        for v, chunk in writes:  # an entity write and its marks write each
+            store.write(chunk)
+            written[v] += len(chunk) // 2
+        for partition, done in zip(partitions, parts, strict=True):
+            _finish_partition(merged, partition, done, store, now_ms)
+        records = sum(done.records for done in parts)
+        results.update((view.name, RebuildResult(
+            view=view.name, fingerprint=view.fingerprint, records=records,
+            entities_written=n)) for view, n in zip(merged, written, strict=True))  # fmt: skip
+
     with ThreadPoolExecutor(1, thread_name_prefix="skewless-rebuild-merged") as side:
         pending = None
         if merged:  # the records are counted once: by the per-partition pass if there is one
@@ -397,19 +424,10 @@ def _rebuild_source(
         if plain:
             results.update((r.view, r) for r in _rebuild_plain(
                 plan, plain, log, store, partitions, now_ms=now_ms,
-                progress=progress and counted))  # fmt: skip
-        if pending is not None:
-            parts, writes = pending.result()
-            written = [0] * len(merged)
-            for v, chunk in writes:  # an entity write and its marks write each
-                store.write(chunk)
-                written[v] += len(chunk) // 2
-            for partition, done in zip(partitions, parts, strict=True):
-                _finish_partition(merged, partition, done, store, now_ms)
-            records = sum(done.records for done in parts)
-            results.update((view.name, RebuildResult(
-                view=view.name, fingerprint=view.fingerprint, records=records,
-                entities_written=n)) for view, n in zip(merged, written, strict=True))  # fmt: skip
+                progress=progress and counted, side=pending,
+                write_side=write_merged))  # fmt: skip
+        elif pending is not None:
+            write_merged(pending)
     return [results[view.name] for view in views]
 
 
@@ -422,12 +440,27 @@ def _rebuild_plain(
     *,
     now_ms: int,
     progress: Callable[[int], None] | None,
+    side: Future[Any] | None = None,
+    write_side: Callable[[Future[Any]], None] | None = None,
 ) -> list[RebuildResult]:
     """``_rebuild_source`` of per-partition views: partitions replayed in worker threads,
-    written in partition order as each is ready."""
+    written in partition order as each is ready. ``side``: the merge-on-write views'
+    replay beside them, written (``write_side``) as soon as it is done, between two
+    partitions' writes or while waiting for the next partition (its keys are its own: the
+    order of its writes among theirs does not matter); at the end at the latest."""
 
     def replay(partition: int) -> _Replay:
         return _replay(views, plan, log, partition, progress, now_ms, drop_expired=True)
+
+    def wait_for(future: Future[_Replay]) -> _Replay:
+        nonlocal side
+        while side is not None and not future.done():
+            wait([future, side], return_when=FIRST_COMPLETED)
+            if side.done():
+                assert write_side is not None
+                write_side(side)
+                side = None
+        return future.result()
 
     records = 0
     written = [0] * len(views)
@@ -437,7 +470,7 @@ def _rebuild_plain(
         pending = deque((p, pool.submit(replay, p)) for p in islice(ahead, workers))
         while pending:
             partition, future = pending.popleft()
-            done = future.result()
+            done = wait_for(future)
             following = next(ahead, None)
             if following is not None:  # keep the workers busy while this one is written
                 pending.append((following, pool.submit(replay, following)))
@@ -446,6 +479,9 @@ def _rebuild_plain(
                 store.write(chunk)
                 written[v] += len(chunk)
             _finish_partition(views, partition, done, store, now_ms)
+    if side is not None:
+        assert write_side is not None
+        write_side(side)
     return [
         RebuildResult(
             view=view.name, fingerprint=view.fingerprint, records=records, entities_written=n

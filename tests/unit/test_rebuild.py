@@ -267,3 +267,48 @@ def test_views_rebuilt_in_one_pass_equal_each_view_rebuilt_alone(
         assert online_values(store, together, entities, t) == online_values(
             store, fake, entities, t
         )
+
+
+def test_user_code_files_fold_in_runs_as_they_fold_whole(
+    make_repo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path with user code folds a log file ``_FILE_CHUNK`` records at a time (frames
+    and lists of a run only): the same records, offsets, newest event times and writes as
+    the file folded in one batch."""
+    store = FeatureStore.from_repo(
+        make_repo(VIEWS + USER_CODE_VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n")
+    )
+    run(store, make_records(store, 900, seed=17))
+    end = T0 + 20_000 * (900 // 37 + 2)
+    log = EventLogReader(store.config.event_log_root)
+    views = [store.plan.views[name] for name in ("batched", "spend", "filtered")]
+    folds: list[int] = []
+    native_replay = _native.Replay
+
+    class Counted:  # the native Replay, counting the batches folded through the Python path
+        def __init__(self, *args: Any) -> None:
+            self.inner = native_replay(*args)
+
+        def fold(self, offsets: bytes, *args: Any) -> None:
+            folds.append(len(offsets) // 8)
+            self.inner.fold(offsets, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(rebuild_module._native, "Replay", Counted)
+    got = {}
+    for rows in (1 << 40, 7):
+        monkeypatch.setattr(rebuild_module, "_FILE_CHUNK", rows)
+        folds.clear()
+        got[rows] = [_replay(views, store.plan, log, p, None, end, drop_expired=True)
+                     for p in range(PARTITIONS)]  # fmt: skip
+        assert max(folds) <= rows and sum(folds) == sum(r.records for r in got[rows])
+        if rows == 7:
+            assert len(folds) > 3 * PARTITIONS  # several runs per file
+    for whole, runs in zip(got[1 << 40], got[7], strict=True):
+        assert whole.records > 7
+        assert (whole.records, whole.last_offset) == (runs.records, runs.last_offset)
+        assert whole.newest_event_ms == runs.newest_event_ms
+        assert _written(whole) == _written(runs)
+        assert {v for v, _ in _written(whole)} == {0, 1, 2}

@@ -182,6 +182,38 @@ pub struct Replay {
     batch: u64,
     /// Per view, for the `now_ms` they were made for: the layouts records fold with.
     live: Option<(i64, Vec<LiveLayouts>)>,
+    /// Scratch of [`Replay::fold`]: a batch's row → interned entity, rows by entity.
+    row_ids: Vec<u32>,
+    counts: Vec<u32>,
+    order: Vec<u32>,
+}
+
+/// A row without an entity in [`Replay::fold`] (a null or missing key).
+const NO_ENTITY: u32 = u32::MAX;
+
+/// `order`: the rows of `row_ids` (interned entities below `entities`, or [`NO_ENTITY`],
+/// left out) grouped by entity in ascending id order, each entity's rows ascending — a
+/// stable counting sort.
+fn by_entity(row_ids: &[u32], entities: usize, counts: &mut Vec<u32>, order: &mut Vec<u32>) {
+    counts.clear();
+    counts.resize(entities + 1, 0);
+    for &id in row_ids {
+        if id != NO_ENTITY {
+            counts[id as usize + 1] += 1;
+        }
+    }
+    for i in 1..counts.len() {
+        counts[i] += counts[i - 1];
+    }
+    order.clear();
+    order.resize(counts[entities] as usize, 0);
+    for (row, &id) in row_ids.iter().enumerate() {
+        if id != NO_ENTITY {
+            let at = &mut counts[id as usize];
+            order[*at as usize] = row as u32;
+            *at += 1;
+        }
+    }
 }
 
 /// A view's layout as records of different ages fold into it: a hop group whose tile of
@@ -263,6 +295,9 @@ impl Replay {
             merged: vec![false; n],
             batch: 0,
             live: None,
+            row_ids: Vec::new(),
+            counts: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -331,8 +366,15 @@ impl Replay {
             }
             let ids = &mut self.ids[g];
             let texts = &mut self.texts[g];
+            // every row's entity first (interned in row order), then the rows folded entity
+            // by entity, each entity's in row (offset) order: an entity's state only sees
+            // its own records, in the same order, so the result is the row-order fold's,
+            // and its tiles stay in cache while its records fold
+            let row_ids = &mut self.row_ids;
+            row_ids.clear();
             for row in 0..offsets.len() {
                 if !entity_text(&cols.keys, row, &mut text) {
+                    row_ids.push(NO_ENTITY);
                     continue;
                 }
                 let id = match ids.get(text.as_str()) {
@@ -344,7 +386,13 @@ impl Replay {
                         ids.insert(boxed, id);
                         id
                     }
-                } as usize;
+                };
+                row_ids.push(id);
+            }
+            by_entity(row_ids, texts.len(), &mut self.counts, &mut self.order);
+            for &row in &self.order {
+                let row = row as usize;
+                let id = self.row_ids[row] as usize;
                 let (offset, et, pt) = (offsets[row], event_time[row], processed_at[row]);
                 for &v in members {
                     let view = &self.views[v as usize];
@@ -681,6 +729,16 @@ mod tests {
             data: ColumnData::Str { offsets, data },
             valid: Some(cells.iter().map(Option::is_some).collect()),
         }
+    }
+
+    #[test]
+    fn rows_are_ordered_by_entity_each_in_row_order() {
+        let ids = [2, 0, NO_ENTITY, 2, 1, 0, 2, NO_ENTITY];
+        let (mut counts, mut order) = (Vec::new(), vec![9]);
+        by_entity(&ids, 3, &mut counts, &mut order);
+        assert_eq!(order, vec![1, 5, 4, 0, 3, 6]);
+        by_entity(&[], 0, &mut counts, &mut order);
+        assert!(order.is_empty());
     }
 
     /// Writes of the same records through `OnlineCore::replay` and through `Replay`,
