@@ -158,6 +158,12 @@ class RedisInvalidations:
         self._flush = True
         self._drain_buffered([])
 
+    def expect_changes(self) -> None:
+        """Writes were acknowledged before this call (by any client): the next poll reads up
+        to a ``PING``'s answer first, which Redis queues after their invalidations, so a read
+        after it never serves what they changed (one round trip; ``FeatureStore.catch_up_reads``)."""
+        self._behind = True
+
     def _lose(self) -> None:
         if self._conn is not None:
             self._conn.disconnect()

@@ -567,6 +567,11 @@ class InvalidationFeed(Protocol):
         without blocking (a feed may take one round trip to confirm a quiet connection)."""
         ...
 
+    def expect_changes(self) -> None:
+        """Writes were acknowledged before this call: the next poll must not report
+        ``trusted`` until their invalidations have arrived."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -686,6 +691,14 @@ class ReadCache:
         make = getattr(store, "invalidations", None)  # TrackingStore
         self._feed = None if make is None else make()
         return self._feed
+
+    def catch_up(self) -> None:
+        """Make the next tracked read first catch up with every write Redis acknowledged
+        before this call, by any client (a ``PING`` round trip on the feed): what a hit may
+        otherwise miss is a change whose invalidation is still in flight. No-op without a
+        feed (revalidating reads ask Redis anyway)."""
+        if self._feed is not None:
+            self._feed.expect_changes()
 
     def close(self) -> None:
         """Close the invalidation feed (a later tracked read opens one again)."""

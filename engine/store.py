@@ -211,7 +211,21 @@ class FeatureStore:
                     dropped[fingerprint] = online.delete_keyspace(fingerprint)
             forget_retired(self.config.registry_path, name)
             outcomes.append(RebuildOutcome(result=result, dropped_keys=dropped))
+        self.catch_up_reads()  # this store's reads see what the rebuild wrote
         return outcomes
+
+    def catch_up_reads(self) -> None:
+        """Read your writes across clients: the next ``get_online_features`` of this store
+        reflects every change Redis acknowledged before this call, whoever made it (a worker,
+        another process, ``redis-cli``). Without it, a cached read may miss a change whose
+        invalidation is still in flight for a moment (docs/online.md). Costs the next read
+        one round trip on the cache's invalidation connection; a no-op when reads are not
+        cached by tracking. ``rebuild_online`` calls it before it returns.
+
+        Example:
+            >>> store.catch_up_reads()  # doctest: +SKIP
+        """
+        self._read_cache.catch_up()
 
     # -- push ----------------------------------------------------------------------------
 

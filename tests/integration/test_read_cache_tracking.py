@@ -459,3 +459,53 @@ def test_a_feed_that_cannot_catch_up_within_a_heartbeat_is_not_trusted(status_ur
         client.close()
         feed.close()
         online.close()
+
+
+def test_expect_changes_makes_the_next_poll_see_a_flush_acknowledged_before_it(
+    status_url: str,
+) -> None:
+    """Redis sends a ``FLUSHDB``'s invalidation (a null) during the command, and may write
+    the flushing client's reply to its socket first (pending writes go out newest first), so
+    a poll right after the flush can drain before the null arrives — a read that learns of
+    the flush from its writer could be served what was flushed. ``expect_changes`` makes the
+    next poll read up to a ``PING``'s answer first: every time, the flush is seen."""
+    online = RedisOnlineStore(status_url)
+    feed = online.invalidations()
+    assert feed is not None
+    client = raw_redis(status_url)
+    pings = feed._pings
+    try:
+        assert feed.poll()[0]  # the first poll reports a flush
+        for i in range(300):
+            client.set(f"sk:x:{i}", b"1")
+            client.flushdb()
+            feed.expect_changes()
+            flushed, _keys, trusted = feed.poll()
+            assert flushed and trusted, i
+        assert feed._pings - pings >= 300  # one PING round trip per catch-up
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+def test_catch_up_reads_after_another_clients_flush(
+    scenario: tuple[FeatureStore, int], status_url: str
+) -> None:
+    """``FeatureStore.catch_up_reads``: a flush by another client acknowledged before the call
+    is reflected by the store's next read, though the store's cache held the entity."""
+    store, t = scenario
+    rows = ROWS[:1]
+    client = raw_redis(status_url)
+    try:
+        for i in range(20):
+            assert store.get_online_features(REFS, rows, now_ms=t).statuses["amount_sum_1h"] == [PR]
+            held = store.get_online_features(REFS, rows, now_ms=t)  # served from the cache
+            assert held.statuses["amount_sum_1h"] == [PR]
+            client.flushdb()
+            store.catch_up_reads()
+            after = store.get_online_features(REFS, rows, now_ms=t)
+            assert after.statuses["amount_sum_1h"] == [NS], i
+            _write_c1(store, 1.0, t)
+    finally:
+        client.close()
