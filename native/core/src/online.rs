@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
 
 use crate::agg::{Agg, Input};
@@ -40,6 +41,9 @@ pub const NO_FENCE: i64 = i64::MIN;
 pub const JOURNAL_ENTRIES: usize = 8;
 /// A time no tile reaches.
 pub const NEVER_MS: i64 = 1 << 62;
+/// Batches of at least this many (event, view) pairs fold their entries in parallel
+/// ([`OnlineCore::apply`]): below it a batch's fold is too short to repay waking the pool.
+pub const PARALLEL_PAIRS: usize = 16_384;
 
 /// Views that see the same rows: same join keys and transform.
 #[derive(Clone, Debug)]
@@ -213,6 +217,8 @@ pub struct OnlineCore {
     inputs: Vec<Vec<Option<Column>>>, // per group: its input columns (owned copies)
     /// `apply_logged`: each event's logged processed_at (admission by it, not the batch's).
     logged: Option<Vec<i64>>,
+    /// `apply` folds entries in parallel from this many (event, view) pairs on.
+    parallel_pairs: usize,
 }
 
 impl OnlineCore {
@@ -233,7 +239,15 @@ impl OnlineCore {
             events: Events::default(),
             inputs: Vec::new(),
             logged: None,
+            parallel_pairs: PARALLEL_PAIRS,
         }
+    }
+
+    /// Fold a batch's entries on the rayon pool when it holds at least `pairs` (event,
+    /// view) pairs (default [`PARALLEL_PAIRS`]; 0: always, `usize::MAX`: never). The writes
+    /// are the same either way.
+    pub fn set_parallel_pairs(&mut self, pairs: usize) {
+        self.parallel_pairs = pairs;
     }
 
     pub fn views(&self) -> &[OnlineView] {
@@ -484,16 +498,20 @@ impl OnlineCore {
     ///
     /// Works entry by entry: the pairs are grouped by cache entry (a stable counting sort,
     /// so each entry still folds its events in batch order), each entry is looked up once
-    /// per pass and written while its tiles are in cache; the writes are then put back in
-    /// the order the entries were first folded, as the one-pass fold listed them.
+    /// and written while its tiles are in cache; the writes are then put back in the order
+    /// the entries were first folded, as the one-pass fold listed them. Entries are
+    /// disjoint: a batch of at least [`OnlineCore::set_parallel_pairs`] pairs folds them
+    /// on the rayon pool in runs of consecutive entries, and concatenates the runs' writes
+    /// in entry order, so the result is the same, byte for byte.
     pub fn apply(&mut self, batch_p: i64) -> Result<Applied, CodecError> {
         let mut out = Applied::default();
         let nkeys = self.prepared_keys.len();
         // pass 1: what the store already holds, and when an earlier attempt applied it
         let order = group_by_key(&self.pairs, nkeys);
         let mut recovered: HashMap<u32, i64, FxBuildHasher> = HashMap::default();
+        let mut entries: Vec<EntryPtr> = Vec::with_capacity(nkeys);
         for (k, ck) in self.prepared_keys.iter().enumerate() {
-            let Some(entry) = self.cache.get(ck) else {
+            let Some(entry) = self.cache.get_mut(ck) else {
                 return Err(CodecError(format!(
                     "entry {ck:?} was not loaded before apply"
                 )));
@@ -516,128 +534,57 @@ impl OnlineCore {
                     }
                 }
             }
+            entries.push(EntryPtr(entry as *mut Entry));
         }
         // pass 2: fold what is new, entry by entry, and write each touched entry
-        let mut writes: Vec<(u32, Write)> = Vec::new();
-        let mut newest: Vec<((u32, i32), i64)> = Vec::new();
-        let mut times: Vec<i64> = Vec::new();
-        let mut tiles: Vec<(usize, i64)> = Vec::new();
-        for (k, ck) in self.prepared_keys.iter().enumerate() {
-            let view = &self.views[ck.0 as usize];
-            let inputs = &self.inputs[view.group];
-            let entry = self.cache.get_mut(ck).expect("checked in pass 1");
-            let prior = entry.fence;
-            let merged = ck.1 == MERGED;
-            let mut first: Option<u32> = None;
-            let mut latest = i64::MIN;
-            let mut part_latest: Vec<(i32, i64)> = Vec::new();
-            times.clear();
-            for &i in order.of(k) {
-                let row = self.pairs[i as usize].row as usize;
-                let offset = self.events.offset[row];
-                let fence = if merged {
-                    entry.part_fence(self.events.partition[row])
-                } else {
-                    entry.fence
-                };
-                if offset <= fence {
-                    continue;
-                }
-                let p_e = if let Some(logged) = &self.logged {
-                    logged[row]
-                } else if recovered.is_empty() {
-                    batch_p
-                } else {
-                    recovered.get(&(row as u32)).copied().unwrap_or(batch_p)
-                };
-                let et = self.events.event_time[row];
-                if let Some(late) = view.allowed_lateness_ms {
-                    if et < p_e.saturating_sub(late) {
-                        out.late += 1;
-                        continue;
+        let fold = EntryFold {
+            views: &self.views,
+            inputs: &self.inputs,
+            events: &self.events,
+            pairs: &self.pairs,
+            order: &order,
+            recovered: &recovered,
+            logged: self.logged.as_deref(),
+            batch_p,
+        };
+        let keys = &self.prepared_keys;
+        let runs: Vec<Folded> = if self.pairs.len() >= self.parallel_pairs && nkeys > 1 {
+            let run = nkeys.div_ceil(rayon::current_num_threads() * 8).max(256);
+            entries
+                .par_chunks(run)
+                .enumerate()
+                .map(|(r, chunk)| {
+                    let mut done = Folded::default();
+                    for (j, ptr) in chunk.iter().enumerate() {
+                        let k = r * run + j;
+                        // SAFETY: see `EntryPtr`: each pointer is used by this run alone
+                        let entry = unsafe { &mut *ptr.0 };
+                        fold.entry(k, &keys[k], entry, &mut done);
                     }
-                }
-                first.get_or_insert(i);
-                let partition = self.events.partition[row];
-                entry
-                    .tiles
-                    .fold(&view.layout, et, (et, partition, offset), |a| {
-                        input_at(inputs[view.inputs[a]].as_ref(), row)
-                    });
-                if merged {
-                    let marks = entry.part_mut(partition);
-                    marks.fence = offset;
-                    marks.touched = true;
-                    match part_latest.iter_mut().find(|x| x.0 == partition) {
-                        Some(x) => x.1 = x.1.max(et),
-                        None => part_latest.push((partition, et)),
-                    }
-                } else {
-                    entry.fence = offset;
-                }
-                if p_e > entry.updated_ms {
-                    entry.updated_ms = p_e;
-                }
-                times.push(et);
-                out.applied += 1;
-                latest = latest.max(et);
+                    done
+                })
+                .collect()
+        } else {
+            let mut done = Folded::default();
+            for (k, ptr) in entries.iter().enumerate() {
+                // SAFETY: see `EntryPtr`
+                let entry = unsafe { &mut *ptr.0 };
+                fold.entry(k, &keys[k], entry, &mut done);
             }
-            let Some(first) = first else { continue };
-            if merged {
-                for &(p, et) in &part_latest {
-                    newest.push(((ck.0, p), et));
-                }
-                let lowest = part_latest.iter().map(|x| x.0).min().unwrap_or(0);
-                let mut fences: Vec<(i32, i64)> = entry
-                    .parts
-                    .iter()
-                    .filter(|m| m.touched)
-                    .map(|m| (m.partition, m.fence))
-                    .collect();
-                fences.sort_unstable();
-                entry.fence = next_version(entry.fence, lowest, batch_p, &fences);
-                for marks in entry.parts.iter_mut().filter(|m| m.touched) {
-                    marks.journal.push((marks.fence, batch_p));
-                    if marks.journal.len() > JOURNAL_ENTRIES {
-                        let cut = marks.journal.len() - JOURNAL_ENTRIES;
-                        marks.journal.drain(..cut);
-                    }
-                }
-            } else {
-                // every pair of an entry has the entry's view and partition
-                newest.push(((ck.0, ck.1), latest));
-                entry.journal.push((entry.fence, batch_p));
-                if entry.journal.len() > JOURNAL_ENTRIES {
-                    let cut = entry.journal.len() - JOURNAL_ENTRIES;
-                    entry.journal.drain(..cut);
-                }
-            }
-            tiles.clear();
-            for (g, group) in view.layout.groups.iter().enumerate() {
-                tiles.extend(times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
-            }
-            tiles.sort_unstable();
-            tiles.dedup();
-            let key = redis_key_of(view, &ck.2);
-            if merged {
-                let mut w = entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior));
-                let marks = marks_write(view, &ck.2, entry, w.expire_at_ms);
-                for m in entry.parts.iter_mut() {
-                    m.touched = false;
-                }
-                // the version is a compare-and-set on the entity hash: absent, or as read
-                w.expect = Some((
-                    part_field('f', MERGED_SLOT),
-                    (prior != NO_FENCE).then(|| decimal(prior)),
-                ));
-                writes.push((first, w));
-                writes.push((first, marks));
-            } else {
-                writes.push((
-                    first,
-                    entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior)),
-                ));
-            }
+            vec![done]
+        };
+        drop(entries);
+        let total: usize = runs.iter().map(|r| r.writes.len()).sum();
+        let mut runs = runs.into_iter();
+        let head = runs.next().unwrap_or_default();
+        let (mut writes, mut newest) = (head.writes, head.newest);
+        writes.reserve(total - writes.len());
+        (out.applied, out.late) = (head.applied, head.late);
+        for run in runs {
+            out.applied += run.applied;
+            out.late += run.late;
+            writes.extend(run.writes);
+            newest.extend(run.newest);
         }
         // stable: a merged entity's marks write stays right after its entity write
         writes.sort_by_key(|w| w.0);
@@ -793,6 +740,171 @@ impl OnlineCore {
                 (k, e)
             })
             .collect()
+    }
+}
+
+/// A cache entry of the prepared batch, for `apply`'s pass 2.
+///
+/// SAFETY (of every dereference): the pointers are taken from `OnlineCore::cache` by
+/// `apply`'s pass 1, one per prepared key; prepared keys are distinct (`prepare` numbers
+/// each (view, slot, entity) once), so the pointers are to distinct entries; the map is
+/// not touched (no insert, remove or rehash) until pass 2 is over and the pointers are
+/// dropped; and each pointer is dereferenced by one run (one thread) only.
+struct EntryPtr(*mut Entry);
+
+// SAFETY: an `Entry` is plain owned data (`Send`); see `EntryPtr` for why no two threads
+// reach the same one.
+unsafe impl Send for EntryPtr {}
+// SAFETY: as above; a shared `EntryPtr` is only read to find its entry.
+unsafe impl Sync for EntryPtr {}
+
+/// What `apply`'s pass 2 reads of the prepared batch (shared by every run of entries).
+struct EntryFold<'a> {
+    views: &'a [OnlineView],
+    inputs: &'a [Vec<Option<Column>>],
+    events: &'a Events,
+    pairs: &'a [Pair],
+    order: &'a ByKey,
+    recovered: &'a HashMap<u32, i64, FxBuildHasher>,
+    logged: Option<&'a [i64]>,
+    batch_p: i64,
+}
+
+/// What a run of consecutive entries of `apply`'s pass 2 produced (writes keyed by the
+/// entry's first applied pair), with the run's scratch buffers.
+#[derive(Default)]
+struct Folded {
+    writes: Vec<(u32, Write)>,
+    newest: Vec<((u32, i32), i64)>,
+    applied: u64,
+    late: u64,
+    times: Vec<i64>,
+    tiles: Vec<(usize, i64)>,
+}
+
+impl EntryFold<'_> {
+    /// Fold prepared entry `k` (`ck`) with what is new of its pairs, and write it if touched.
+    fn entry(&self, k: usize, ck: &CacheKey, entry: &mut Entry, out: &mut Folded) {
+        let batch_p = self.batch_p;
+        let view = &self.views[ck.0 as usize];
+        let inputs = &self.inputs[view.group];
+        let prior = entry.fence;
+        let merged = ck.1 == MERGED;
+        let mut first: Option<u32> = None;
+        let mut latest = i64::MIN;
+        let mut part_latest: Vec<(i32, i64)> = Vec::new();
+        let times = &mut out.times;
+        times.clear();
+        for &i in self.order.of(k) {
+            let row = self.pairs[i as usize].row as usize;
+            let offset = self.events.offset[row];
+            let fence = if merged {
+                entry.part_fence(self.events.partition[row])
+            } else {
+                entry.fence
+            };
+            if offset <= fence {
+                continue;
+            }
+            let p_e = if let Some(logged) = self.logged {
+                logged[row]
+            } else if self.recovered.is_empty() {
+                batch_p
+            } else {
+                self.recovered
+                    .get(&(row as u32))
+                    .copied()
+                    .unwrap_or(batch_p)
+            };
+            let et = self.events.event_time[row];
+            if let Some(late) = view.allowed_lateness_ms {
+                if et < p_e.saturating_sub(late) {
+                    out.late += 1;
+                    continue;
+                }
+            }
+            first.get_or_insert(i);
+            let partition = self.events.partition[row];
+            entry
+                .tiles
+                .fold(&view.layout, et, (et, partition, offset), |a| {
+                    input_at(inputs[view.inputs[a]].as_ref(), row)
+                });
+            if merged {
+                let marks = entry.part_mut(partition);
+                marks.fence = offset;
+                marks.touched = true;
+                match part_latest.iter_mut().find(|x| x.0 == partition) {
+                    Some(x) => x.1 = x.1.max(et),
+                    None => part_latest.push((partition, et)),
+                }
+            } else {
+                entry.fence = offset;
+            }
+            if p_e > entry.updated_ms {
+                entry.updated_ms = p_e;
+            }
+            times.push(et);
+            out.applied += 1;
+            latest = latest.max(et);
+        }
+        let Some(first) = first else { return };
+        if merged {
+            for &(p, et) in &part_latest {
+                out.newest.push(((ck.0, p), et));
+            }
+            let lowest = part_latest.iter().map(|x| x.0).min().unwrap_or(0);
+            let mut fences: Vec<(i32, i64)> = entry
+                .parts
+                .iter()
+                .filter(|m| m.touched)
+                .map(|m| (m.partition, m.fence))
+                .collect();
+            fences.sort_unstable();
+            entry.fence = next_version(entry.fence, lowest, batch_p, &fences);
+            for marks in entry.parts.iter_mut().filter(|m| m.touched) {
+                marks.journal.push((marks.fence, batch_p));
+                if marks.journal.len() > JOURNAL_ENTRIES {
+                    let cut = marks.journal.len() - JOURNAL_ENTRIES;
+                    marks.journal.drain(..cut);
+                }
+            }
+        } else {
+            // every pair of an entry has the entry's view and partition
+            out.newest.push(((ck.0, ck.1), latest));
+            entry.journal.push((entry.fence, batch_p));
+            if entry.journal.len() > JOURNAL_ENTRIES {
+                let cut = entry.journal.len() - JOURNAL_ENTRIES;
+                entry.journal.drain(..cut);
+            }
+        }
+        let tiles = &mut out.tiles;
+        tiles.clear();
+        for (g, group) in view.layout.groups.iter().enumerate() {
+            tiles.extend(times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
+        }
+        tiles.sort_unstable();
+        tiles.dedup();
+        let key = redis_key_of(view, &ck.2);
+        if merged {
+            let mut w = entity_write(view, ck, key, entry, tiles, batch_p, Some(prior));
+            let marks = marks_write(view, &ck.2, entry, w.expire_at_ms);
+            for m in entry.parts.iter_mut() {
+                m.touched = false;
+            }
+            // the version is a compare-and-set on the entity hash: absent, or as read
+            w.expect = Some((
+                part_field('f', MERGED_SLOT),
+                (prior != NO_FENCE).then(|| decimal(prior)),
+            ));
+            out.writes.push((first, w));
+            out.writes.push((first, marks));
+        } else {
+            out.writes.push((
+                first,
+                entity_write(view, ck, key, entry, tiles, batch_p, Some(prior)),
+            ));
+        }
     }
 }
 
