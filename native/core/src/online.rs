@@ -44,6 +44,8 @@ pub const NEVER_MS: i64 = 1 << 62;
 /// Batches of at least this many (event, view) pairs fold their entries in parallel
 /// ([`OnlineCore::apply`]): below it a batch's fold is too short to repay waking the pool.
 pub const PARALLEL_PAIRS: usize = 16_384;
+/// [`script_chunks`] packs its chunks in parallel from this many writes on.
+pub const PARALLEL_WRITES: usize = 4_096;
 
 /// Views that see the same rows: same join keys and transform.
 #[derive(Clone, Debug)]
@@ -340,62 +342,51 @@ impl OnlineCore {
     /// `groups[g]` holds group g's key and input columns (after its transform), one cell
     /// per event; a null or missing key means the view drops the event.
     pub fn prepare(&mut self, events: Events, groups: &[GroupColumns<'_>]) -> Vec<CacheKey> {
-        self.pairs.clear();
-        self.prepared_keys.clear();
-        // entity text → its number, then (view, partition, entity number) → prepared key:
-        // a text is hashed once per row and copied once per batch
-        let mut entities: HashMap<Box<str>, u32, FxBuildHasher> = HashMap::default();
-        let mut index: HashMap<(u32, i32, u32), u32, FxBuildHasher> = HashMap::default();
         let n = events.offset.len();
-        let mut text = String::new();
-        for (g, cols) in groups.iter().enumerate() {
-            let members: Vec<u32> = (0..self.views.len() as u32)
-                .filter(|&v| self.views[v as usize].group == g)
-                .collect();
-            if members.is_empty() {
-                continue;
-            }
-            for row in 0..n {
-                if !entity_text(&cols.keys, row, &mut text) {
-                    continue;
-                }
-                let partition = events.partition[row];
-                let entity = match entities.get(text.as_str()) {
-                    Some(&e) => e,
-                    None => {
-                        let e = entities.len() as u32;
-                        entities.insert(text.as_str().into(), e);
-                        e
-                    }
-                };
-                for &v in &members {
-                    let next = self.prepared_keys.len() as u32;
-                    let slot = if self.merged[v as usize] {
-                        MERGED
-                    } else {
-                        partition
-                    };
-                    let key = *index.entry((v, slot, entity)).or_insert_with(|| {
-                        self.prepared_keys.push((v, slot, text.as_str().into()));
-                        next
-                    });
-                    self.pairs.push(Pair {
-                        row: row as u32,
-                        view: v,
-                        key,
-                    });
-                }
-            }
-        }
-        self.inputs = groups
-            .iter()
-            .map(|cols| {
-                cols.inputs
-                    .iter()
-                    .map(|c| c.map(|c| (*c).clone()))
+        // a group's entries never meet another's (each view has one group): groups list
+        // their pairs and keys apart, in batch order, and are concatenated in group order
+        let members: Vec<Vec<u32>> = (0..groups.len())
+            .map(|g| {
+                (0..self.views.len() as u32)
+                    .filter(|&v| self.views[v as usize].group == g)
                     .collect()
             })
             .collect();
+        let list = |g: usize| group_pairs(&groups[g], &members[g], &self.merged, &events);
+        let copy = |cols: &GroupColumns<'_>| -> Vec<Option<Column>> {
+            cols.inputs
+                .iter()
+                .map(|c| c.map(|c| (*c).clone()))
+                .collect()
+        };
+        let pairs_in_batch: usize = n * members.iter().map(Vec::len).sum::<usize>();
+        let (lists, inputs): (Vec<GroupPairs>, Vec<Vec<Option<Column>>>) =
+            if pairs_in_batch >= self.parallel_pairs {
+                rayon::join(
+                    || (0..groups.len()).into_par_iter().map(list).collect(),
+                    || groups.par_iter().map(copy).collect(),
+                )
+            } else {
+                (
+                    (0..groups.len()).map(list).collect(),
+                    groups.iter().map(copy).collect(),
+                )
+            };
+        self.pairs.clear();
+        self.prepared_keys.clear();
+        self.pairs
+            .reserve(lists.iter().map(|l| l.pairs.len()).sum());
+        self.prepared_keys
+            .reserve(lists.iter().map(|l| l.keys.len()).sum());
+        for list in lists {
+            let base = self.prepared_keys.len() as u32;
+            self.pairs.extend(list.pairs.into_iter().map(|mut pair| {
+                pair.key += base;
+                pair
+            }));
+            self.prepared_keys.extend(list.keys);
+        }
+        self.inputs = inputs;
         self.events = events;
         self.tick += 1;
         let tick = self.tick;
@@ -741,6 +732,64 @@ impl OnlineCore {
             })
             .collect()
     }
+}
+
+/// One group's (event, view) pairs of a batch, keyed by the group's own entry numbers, and
+/// its cache keys in the order their first pairs come.
+#[derive(Default)]
+struct GroupPairs {
+    pairs: Vec<Pair>,
+    keys: Vec<CacheKey>,
+}
+
+/// The pairs of group `cols` (whose views are `members`) in a batch of `events`.
+fn group_pairs(
+    cols: &GroupColumns<'_>,
+    members: &[u32],
+    merged: &[bool],
+    events: &Events,
+) -> GroupPairs {
+    let mut out = GroupPairs::default();
+    if members.is_empty() {
+        return out;
+    }
+    // entity text → its number, then (view, partition, entity number) → key: a text is
+    // hashed once per row and copied once per batch
+    let mut entities: HashMap<Box<str>, u32, FxBuildHasher> = HashMap::default();
+    let mut index: HashMap<(u32, i32, u32), u32, FxBuildHasher> = HashMap::default();
+    let mut text = String::new();
+    for row in 0..events.offset.len() {
+        if !entity_text(&cols.keys, row, &mut text) {
+            continue;
+        }
+        let partition = events.partition[row];
+        let entity = match entities.get(text.as_str()) {
+            Some(&e) => e,
+            None => {
+                let e = entities.len() as u32;
+                entities.insert(text.as_str().into(), e);
+                e
+            }
+        };
+        for &v in members {
+            let next = out.keys.len() as u32;
+            let slot = if merged[v as usize] {
+                MERGED
+            } else {
+                partition
+            };
+            let key = *index.entry((v, slot, entity)).or_insert_with(|| {
+                out.keys.push((v, slot, text.as_str().into()));
+                next
+            });
+            out.pairs.push(Pair {
+                row: row as u32,
+                view: v,
+                key,
+            });
+        }
+    }
+    out
 }
 
 /// A cache entry of the prepared batch, for `apply`'s pass 2.
@@ -1315,9 +1364,21 @@ fn is_linked(w: &Write) -> bool {
 }
 
 /// Group `writes` into script calls of about `max_args` arguments (a call starts a new
-/// chunk once the current one holds `max_args` or more, as the Python packer does).
+/// chunk once the current one holds `max_args` or more, as the Python packer does). From
+/// [`PARALLEL_WRITES`] writes on, the chunks' bodies are packed on the rayon pool.
 pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
-    let mut out = Vec::new();
+    script_chunks_from(writes, max_args, PARALLEL_WRITES)
+}
+
+/// [`script_chunks`], packing in parallel from `parallel_writes` writes on (the same bytes
+/// either way).
+pub fn script_chunks_from(
+    writes: &[Write],
+    max_args: usize,
+    parallel_writes: usize,
+) -> Vec<ScriptChunk> {
+    // the chunks' bounds and sizes first (cheap), then their bodies
+    let mut bounds: Vec<(usize, usize, usize)> = Vec::new();
     let mut start = 0;
     while start < writes.len() {
         let mut size = 0;
@@ -1329,8 +1390,11 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
             bytes += bulk_len(w.key.len()) + write_len(w);
             end += 1;
         }
+        bounds.push((start, end, bytes + int_len((end - start) as i64)));
+        start = end;
+    }
+    let pack = |&(start, end, bytes): &(usize, usize, usize)| {
         let chunk = &writes[start..end];
-        let bytes = bytes + int_len(chunk.len() as i64);
         let mut body = Vec::with_capacity(bytes);
         bulk_int(&mut body, chunk.len() as i64);
         for w in chunk {
@@ -1341,15 +1405,18 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
             elements += pack_args(&mut body, w);
         }
         debug_assert_eq!(body.len(), bytes, "the body's size is computed exactly");
-        out.push(ScriptChunk {
+        ScriptChunk {
             elements,
             first: start,
             count: chunk.len(),
             body,
-        });
-        start = end;
+        }
+    };
+    if writes.len() >= parallel_writes && bounds.len() > 1 {
+        bounds.par_iter().map(pack).collect()
+    } else {
+        bounds.iter().map(pack).collect()
     }
-    out
 }
 
 /// One write's arguments of a script call (its key apart) appended to `out`; how many.

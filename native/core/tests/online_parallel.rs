@@ -1,4 +1,4 @@
-//! `OnlineCore::apply` folds a batch's entries on the rayon pool above a size threshold:
+//! `OnlineCore::prepare` and `apply` work on the rayon pool above a size threshold:
 //! the writes (every byte, in order), counters, newest times and recovered times must be
 //! those of the one-thread fold. Two cores, one forced parallel and one forced serial, are
 //! fed the same randomized batches (re-deliveries, late events, null keys, a merged view,
@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use skewless_core::agg::Agg;
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{
-    script_chunks, Applied, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView, Write,
-    MERGED,
+    script_chunks_from, Applied, CacheKey, Events, GroupColumns, OnlineCore, OnlineGroup,
+    OnlineView, Write, MERGED,
 };
 use skewless_core::tiles::Layout;
 
@@ -164,7 +164,12 @@ fn fields(store: &Store, key: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-fn step(core: &mut OnlineCore, store: &mut Store, batch: &[Event], batch_p: i64) -> Applied {
+fn step(
+    core: &mut OnlineCore,
+    store: &mut Store,
+    batch: &[Event],
+    batch_p: i64,
+) -> (Vec<CacheKey>, Applied) {
     let ev = Events {
         partition: batch.iter().map(|e| e.0).collect(),
         offset: batch.iter().map(|e| e.1).collect(),
@@ -186,7 +191,8 @@ fn step(core: &mut OnlineCore, store: &mut Store, batch: &[Event], batch_p: i64)
             inputs: vec![Some(&amount), Some(&customer)],
         },
     ];
-    for ck in core.prepare(ev, &groups) {
+    let missing = core.prepare(ev, &groups);
+    for ck in missing.clone() {
         let hash = fields(store, &core.redis_key(&ck));
         let refs: Vec<(&[u8], &[u8])> = hash.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         if ck.1 == MERGED {
@@ -199,7 +205,7 @@ fn step(core: &mut OnlineCore, store: &mut Store, batch: &[Event], batch_p: i64)
     }
     let applied = core.apply(batch_p).expect("applies");
     write(store, &applied.writes);
-    applied
+    (missing, applied)
 }
 
 fn same(a: &Applied, b: &Applied) {
@@ -214,14 +220,22 @@ fn same(a: &Applied, b: &Applied) {
     assert_eq!((a.applied, a.late, a.fenced), (b.applied, b.late, b.fenced));
     assert_eq!(a.newest, b.newest);
     assert_eq!(a.recovered, b.recovered);
-    let (ca, cb) = (script_chunks(&a.writes, 500), script_chunks(&b.writes, 500));
-    assert_eq!(ca.len(), cb.len());
-    for (x, y) in ca.iter().zip(&cb) {
-        assert_eq!(
-            (x.elements, x.first, x.count),
-            (y.elements, y.first, y.count)
-        );
-        assert_eq!(x.body, y.body);
+    chunks_same(&a.writes);
+}
+
+/// Script chunks packed in parallel hold the bytes packed serially.
+fn chunks_same(writes: &[Write]) {
+    for max_args in [9, 500, 4_000] {
+        let ca = script_chunks_from(writes, max_args, 0);
+        let cb = script_chunks_from(writes, max_args, usize::MAX);
+        assert_eq!(ca.len(), cb.len());
+        for (x, y) in ca.iter().zip(&cb) {
+            assert_eq!(
+                (x.elements, x.first, x.count),
+                (y.elements, y.first, y.count)
+            );
+            assert_eq!(x.body, y.body);
+        }
     }
 }
 
@@ -239,8 +253,9 @@ fn parallel_apply_writes_the_same_bytes_as_serial() {
             let end = (start + n).min(log.len());
             i += 1;
             let batch_p = NOW + 1_000 * i;
-            let a = step(&mut par, &mut sp, &log[start..end], batch_p);
-            let b = step(&mut ser, &mut ss, &log[start..end], batch_p);
+            let (ma, a) = step(&mut par, &mut sp, &log[start..end], batch_p);
+            let (mb, b) = step(&mut ser, &mut ss, &log[start..end], batch_p);
+            assert_eq!(ma, mb, "prepare listed other entries to load");
             same(&a, &b);
             assert_eq!(par.cached(), ser.cached());
             fenced += a.fenced;
