@@ -41,11 +41,25 @@ pub const NO_FENCE: i64 = i64::MIN;
 pub const JOURNAL_ENTRIES: usize = 8;
 /// A time no tile reaches.
 pub const NEVER_MS: i64 = 1 << 62;
-/// Batches of at least this many (event, view) pairs fold their entries in parallel
-/// ([`OnlineCore::apply`]): below it a batch's fold is too short to repay waking the pool.
+/// Whether [`OnlineCore::prepare`], [`OnlineCore::apply`] and [`script_chunks`] use the
+/// rayon pool by default (from [`PARALLEL_PAIRS`] pairs / [`PARALLEL_WRITES`] writes on).
+/// Off: on the shared 2-core machine the parallel paths cut the calls' wall time only
+/// when a core was idle, cost 5–20 % more CPU, and gave no end-to-end gain in the backlog
+/// A/B (docs/benchmarks.md); `cargo bench --bench online` measures both paths.
+pub const PARALLEL_BY_DEFAULT: bool = false;
+/// The batch size (event, view pairs) from which `prepare` and `apply` are meant to use
+/// the pool when on: below it a batch is too short to repay waking it.
 pub const PARALLEL_PAIRS: usize = 16_384;
-/// [`script_chunks`] packs its chunks in parallel from this many writes on.
+/// The number of writes from which [`script_chunks`] packs its chunks in parallel when on.
 pub const PARALLEL_WRITES: usize = 4_096;
+
+const fn by_default(at: usize) -> usize {
+    if PARALLEL_BY_DEFAULT {
+        at
+    } else {
+        usize::MAX
+    }
+}
 
 /// Views that see the same rows: same join keys and transform.
 #[derive(Clone, Debug)]
@@ -241,13 +255,13 @@ impl OnlineCore {
             events: Events::default(),
             inputs: Vec::new(),
             logged: None,
-            parallel_pairs: PARALLEL_PAIRS,
+            parallel_pairs: by_default(PARALLEL_PAIRS),
         }
     }
 
-    /// Fold a batch's entries on the rayon pool when it holds at least `pairs` (event,
-    /// view) pairs (default [`PARALLEL_PAIRS`]; 0: always, `usize::MAX`: never). The writes
-    /// are the same either way.
+    /// List and fold a batch on the rayon pool when it holds at least `pairs` (event, view)
+    /// pairs (0: always, `usize::MAX`: never; the default: [`PARALLEL_PAIRS`] if
+    /// [`PARALLEL_BY_DEFAULT`], else never). The writes are the same either way.
     pub fn set_parallel_pairs(&mut self, pairs: usize) {
         self.parallel_pairs = pairs;
     }
@@ -491,9 +505,10 @@ impl OnlineCore {
     /// so each entry still folds its events in batch order), each entry is looked up once
     /// and written while its tiles are in cache; the writes are then put back in the order
     /// the entries were first folded, as the one-pass fold listed them. Entries are
-    /// disjoint: a batch of at least [`OnlineCore::set_parallel_pairs`] pairs folds them
-    /// on the rayon pool in runs of consecutive entries, and concatenates the runs' writes
-    /// in entry order, so the result is the same, byte for byte.
+    /// disjoint: a batch of at least [`OnlineCore::set_parallel_pairs`] pairs (off by
+    /// default) folds them on the rayon pool in runs of consecutive entries and
+    /// concatenates the runs' writes in entry order, so the result is the same, byte for
+    /// byte.
     pub fn apply(&mut self, batch_p: i64) -> Result<Applied, CodecError> {
         let mut out = Applied::default();
         let nkeys = self.prepared_keys.len();
@@ -1364,10 +1379,11 @@ fn is_linked(w: &Write) -> bool {
 }
 
 /// Group `writes` into script calls of about `max_args` arguments (a call starts a new
-/// chunk once the current one holds `max_args` or more, as the Python packer does). From
-/// [`PARALLEL_WRITES`] writes on, the chunks' bodies are packed on the rayon pool.
+/// chunk once the current one holds `max_args` or more, as the Python packer does). With
+/// [`PARALLEL_BY_DEFAULT`], from [`PARALLEL_WRITES`] writes on the chunks' bodies are
+/// packed on the rayon pool.
 pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
-    script_chunks_from(writes, max_args, PARALLEL_WRITES)
+    script_chunks_from(writes, max_args, by_default(PARALLEL_WRITES))
 }
 
 /// [`script_chunks`], packing in parallel from `parallel_writes` writes on (the same bytes
