@@ -8,7 +8,8 @@
 //!
 //! Events are those of `benchmarks/worker_core.py` in kind: 10,000 customers, 1,000
 //! merchants, 4 partitions, event times spread over the 2 hours before "now". Times are the
-//! thread's CPU time (the machine may be shared). Each round
+//! process's CPU time (every thread's) and the wall time, each stage run serially and then
+//! with its parallel thresholds (`PARALLEL_PAIRS`, `PARALLEL_WRITES`). Each round
 //! feeds them to a fresh core in batches of 5,000 and of 50,000 (the first batch warms the
 //! cache and is not timed; entries the core asks for are loaded empty, as from a fresh
 //! Redis). Prints the best round per stage and a checksum of everything the core produced
@@ -21,7 +22,8 @@ use std::time::Duration;
 use skewless_core::agg::Agg;
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{
-    script_chunks, Applied, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView,
+    script_chunks_from, Applied, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView,
+    PARALLEL_PAIRS, PARALLEL_WRITES,
 };
 use skewless_core::tiles::Layout;
 use skewless_core::value::Value;
@@ -36,26 +38,62 @@ const NOW: i64 = 1_765_000_000_000;
 const PARTITIONS: u64 = 4;
 const CHUNK_ARGS: usize = 4000;
 
-/// CPU time of this thread (the machine may be shared: wall time would count waits).
+/// The process's CPU time (every thread's: the rayon pool's too) and the wall clock.
 #[derive(Clone, Copy)]
-struct Instant(Duration);
+struct Instant {
+    cpu: Duration,
+    wall: Duration,
+}
+
+fn clock(id: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to fill
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 impl Instant {
     fn now() -> Instant {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid timespec for clock_gettime to fill
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        Instant(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+        Instant {
+            cpu: clock(libc::CLOCK_PROCESS_CPUTIME_ID),
+            wall: clock(libc::CLOCK_MONOTONIC),
+        }
     }
 }
 
+/// CPU and wall time spent.
+#[derive(Clone, Copy, Default)]
+struct Spent {
+    cpu: Duration,
+    wall: Duration,
+}
+
 impl std::ops::Sub for Instant {
-    type Output = Duration;
-    fn sub(self, earlier: Instant) -> Duration {
-        self.0 - earlier.0
+    type Output = Spent;
+    fn sub(self, earlier: Instant) -> Spent {
+        Spent {
+            cpu: self.cpu - earlier.cpu,
+            wall: self.wall - earlier.wall,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Spent {
+    fn add_assign(&mut self, other: Spent) {
+        self.cpu += other.cpu;
+        self.wall += other.wall;
+    }
+}
+
+impl Spent {
+    fn min(self, other: Spent) -> Spent {
+        Spent {
+            cpu: self.cpu.min(other.cpu),
+            wall: self.wall.min(other.wall),
+        }
     }
 }
 
@@ -342,17 +380,19 @@ impl Sum {
 
 #[derive(Default, Clone, Copy)]
 struct Times {
-    prepare: Duration,
-    apply: Duration,
-    chunks: Duration,
+    prepare: Spent,
+    apply: Spent,
+    chunks: Spent,
     events: usize,
     writes: usize,
     bytes: usize,
 }
 
-fn run(rows: &[Row], batch: usize, sum: &mut Sum) -> Times {
+fn run(rows: &[Row], batch: usize, parallel: bool, sum: &mut Sum) -> Times {
     let (views, groups) = views();
     let mut core = OnlineCore::new(views, groups, 1 << 20);
+    let threshold = |at: usize| if parallel { at } else { usize::MAX };
+    core.set_parallel_pairs(threshold(PARALLEL_PAIRS));
     let mut offsets = vec![0i64; PARTITIONS as usize];
     let mut times = Times::default();
     for (i, chunk) in rows.chunks(batch).enumerate() {
@@ -389,7 +429,7 @@ fn run(rows: &[Row], batch: usize, sum: &mut Sum) -> Times {
         let t2 = Instant::now();
         let applied = core.apply(batch_p).expect("applies");
         let t3 = Instant::now();
-        let chunks = script_chunks(&applied.writes, CHUNK_ARGS);
+        let chunks = script_chunks_from(&applied.writes, CHUNK_ARGS, threshold(PARALLEL_WRITES));
         let t4 = Instant::now();
         sum.applied(&applied);
         for c in &chunks {
@@ -425,32 +465,36 @@ fn main() {
         None => vec![5_000, 50_000],
     };
     for batch in batches {
-        let mut best: Option<Times> = None;
-        let mut sum = Sum::default();
-        for _ in 0..rounds {
-            sum = Sum::default();
-            let t = run(&rows, batch, &mut sum);
-            best = Some(match best {
-                None => t,
-                Some(b) => Times {
-                    prepare: b.prepare.min(t.prepare),
-                    apply: b.apply.min(t.apply),
-                    chunks: b.chunks.min(t.chunks),
-                    ..t
-                },
-            });
+        for parallel in [false, true] {
+            let mut best: Option<Times> = None;
+            let mut sum = Sum::default();
+            for _ in 0..rounds {
+                sum = Sum::default();
+                let t = run(&rows, batch, parallel, &mut sum);
+                best = Some(match best {
+                    None => t,
+                    Some(b) => Times {
+                        prepare: b.prepare.min(t.prepare),
+                        apply: b.apply.min(t.apply),
+                        chunks: b.chunks.min(t.chunks),
+                        ..t
+                    },
+                });
+            }
+            let t = best.expect("one round");
+            let us = |d: Duration| d.as_secs_f64() * 1e6 / t.events as f64;
+            let both = |s: Spent| format!("{:>5.2}/{:>5.2}", us(s.cpu), us(s.wall));
+            println!(
+                "batch {batch:>6} {}: prepare {}  apply {}  script_chunks {} µs/event \
+                 CPU/wall  ({} writes, {} bytes/event)  checksum {:016x}",
+                if parallel { "parallel" } else { "serial  " },
+                both(t.prepare),
+                both(t.apply),
+                both(t.chunks),
+                t.writes,
+                t.bytes / t.events,
+                sum.0
+            );
         }
-        let t = best.expect("one round");
-        let us = |d: Duration| d.as_secs_f64() * 1e6 / t.events as f64;
-        println!(
-            "batch {batch:>6}: prepare {:>6.2}  apply {:>6.2}  script_chunks {:>6.2} µs/event  \
-             ({} writes, {} bytes/event)  checksum {:016x}",
-            us(t.prepare),
-            us(t.apply),
-            us(t.chunks),
-            t.writes,
-            t.bytes / t.events,
-            sum.0
-        );
     }
 }

@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
 
 use crate::agg::{Agg, Input};
@@ -40,6 +41,25 @@ pub const NO_FENCE: i64 = i64::MIN;
 pub const JOURNAL_ENTRIES: usize = 8;
 /// A time no tile reaches.
 pub const NEVER_MS: i64 = 1 << 62;
+/// Whether [`OnlineCore::prepare`], [`OnlineCore::apply`] and [`script_chunks`] use the
+/// rayon pool by default (from [`PARALLEL_PAIRS`] pairs / [`PARALLEL_WRITES`] writes on).
+/// Off: on the shared 2-core machine the parallel paths cut the calls' wall time only
+/// when a core was idle, cost 5–20 % more CPU, and gave no end-to-end gain in the backlog
+/// A/B (docs/benchmarks.md); `cargo bench --bench online` measures both paths.
+pub const PARALLEL_BY_DEFAULT: bool = false;
+/// The batch size (event, view pairs) from which `prepare` and `apply` are meant to use
+/// the pool when on: below it a batch is too short to repay waking it.
+pub const PARALLEL_PAIRS: usize = 16_384;
+/// The number of writes from which [`script_chunks`] packs its chunks in parallel when on.
+pub const PARALLEL_WRITES: usize = 4_096;
+
+const fn by_default(at: usize) -> usize {
+    if PARALLEL_BY_DEFAULT {
+        at
+    } else {
+        usize::MAX
+    }
+}
 
 /// Views that see the same rows: same join keys and transform.
 #[derive(Clone, Debug)]
@@ -213,6 +233,8 @@ pub struct OnlineCore {
     inputs: Vec<Vec<Option<Column>>>, // per group: its input columns (owned copies)
     /// `apply_logged`: each event's logged processed_at (admission by it, not the batch's).
     logged: Option<Vec<i64>>,
+    /// `apply` folds entries in parallel from this many (event, view) pairs on.
+    parallel_pairs: usize,
 }
 
 impl OnlineCore {
@@ -233,7 +255,15 @@ impl OnlineCore {
             events: Events::default(),
             inputs: Vec::new(),
             logged: None,
+            parallel_pairs: by_default(PARALLEL_PAIRS),
         }
+    }
+
+    /// List and fold a batch on the rayon pool when it holds at least `pairs` (event, view)
+    /// pairs (0: always, `usize::MAX`: never; the default: [`PARALLEL_PAIRS`] if
+    /// [`PARALLEL_BY_DEFAULT`], else never). The writes are the same either way.
+    pub fn set_parallel_pairs(&mut self, pairs: usize) {
+        self.parallel_pairs = pairs;
     }
 
     pub fn views(&self) -> &[OnlineView] {
@@ -326,62 +356,51 @@ impl OnlineCore {
     /// `groups[g]` holds group g's key and input columns (after its transform), one cell
     /// per event; a null or missing key means the view drops the event.
     pub fn prepare(&mut self, events: Events, groups: &[GroupColumns<'_>]) -> Vec<CacheKey> {
-        self.pairs.clear();
-        self.prepared_keys.clear();
-        // entity text → its number, then (view, partition, entity number) → prepared key:
-        // a text is hashed once per row and copied once per batch
-        let mut entities: HashMap<Box<str>, u32, FxBuildHasher> = HashMap::default();
-        let mut index: HashMap<(u32, i32, u32), u32, FxBuildHasher> = HashMap::default();
         let n = events.offset.len();
-        let mut text = String::new();
-        for (g, cols) in groups.iter().enumerate() {
-            let members: Vec<u32> = (0..self.views.len() as u32)
-                .filter(|&v| self.views[v as usize].group == g)
-                .collect();
-            if members.is_empty() {
-                continue;
-            }
-            for row in 0..n {
-                if !entity_text(&cols.keys, row, &mut text) {
-                    continue;
-                }
-                let partition = events.partition[row];
-                let entity = match entities.get(text.as_str()) {
-                    Some(&e) => e,
-                    None => {
-                        let e = entities.len() as u32;
-                        entities.insert(text.as_str().into(), e);
-                        e
-                    }
-                };
-                for &v in &members {
-                    let next = self.prepared_keys.len() as u32;
-                    let slot = if self.merged[v as usize] {
-                        MERGED
-                    } else {
-                        partition
-                    };
-                    let key = *index.entry((v, slot, entity)).or_insert_with(|| {
-                        self.prepared_keys.push((v, slot, text.as_str().into()));
-                        next
-                    });
-                    self.pairs.push(Pair {
-                        row: row as u32,
-                        view: v,
-                        key,
-                    });
-                }
-            }
-        }
-        self.inputs = groups
-            .iter()
-            .map(|cols| {
-                cols.inputs
-                    .iter()
-                    .map(|c| c.map(|c| (*c).clone()))
+        // a group's entries never meet another's (each view has one group): groups list
+        // their pairs and keys apart, in batch order, and are concatenated in group order
+        let members: Vec<Vec<u32>> = (0..groups.len())
+            .map(|g| {
+                (0..self.views.len() as u32)
+                    .filter(|&v| self.views[v as usize].group == g)
                     .collect()
             })
             .collect();
+        let list = |g: usize| group_pairs(&groups[g], &members[g], &self.merged, &events);
+        let copy = |cols: &GroupColumns<'_>| -> Vec<Option<Column>> {
+            cols.inputs
+                .iter()
+                .map(|c| c.map(|c| (*c).clone()))
+                .collect()
+        };
+        let pairs_in_batch: usize = n * members.iter().map(Vec::len).sum::<usize>();
+        let (lists, inputs): (Vec<GroupPairs>, Vec<Vec<Option<Column>>>) =
+            if pairs_in_batch >= self.parallel_pairs {
+                rayon::join(
+                    || (0..groups.len()).into_par_iter().map(list).collect(),
+                    || groups.par_iter().map(copy).collect(),
+                )
+            } else {
+                (
+                    (0..groups.len()).map(list).collect(),
+                    groups.iter().map(copy).collect(),
+                )
+            };
+        self.pairs.clear();
+        self.prepared_keys.clear();
+        self.pairs
+            .reserve(lists.iter().map(|l| l.pairs.len()).sum());
+        self.prepared_keys
+            .reserve(lists.iter().map(|l| l.keys.len()).sum());
+        for list in lists {
+            let base = self.prepared_keys.len() as u32;
+            self.pairs.extend(list.pairs.into_iter().map(|mut pair| {
+                pair.key += base;
+                pair
+            }));
+            self.prepared_keys.extend(list.keys);
+        }
+        self.inputs = inputs;
         self.events = events;
         self.tick += 1;
         let tick = self.tick;
@@ -484,16 +503,21 @@ impl OnlineCore {
     ///
     /// Works entry by entry: the pairs are grouped by cache entry (a stable counting sort,
     /// so each entry still folds its events in batch order), each entry is looked up once
-    /// per pass and written while its tiles are in cache; the writes are then put back in
-    /// the order the entries were first folded, as the one-pass fold listed them.
+    /// and written while its tiles are in cache; the writes are then put back in the order
+    /// the entries were first folded, as the one-pass fold listed them. Entries are
+    /// disjoint: a batch of at least [`OnlineCore::set_parallel_pairs`] pairs (off by
+    /// default) folds them on the rayon pool in runs of consecutive entries and
+    /// concatenates the runs' writes in entry order, so the result is the same, byte for
+    /// byte.
     pub fn apply(&mut self, batch_p: i64) -> Result<Applied, CodecError> {
         let mut out = Applied::default();
         let nkeys = self.prepared_keys.len();
         // pass 1: what the store already holds, and when an earlier attempt applied it
         let order = group_by_key(&self.pairs, nkeys);
         let mut recovered: HashMap<u32, i64, FxBuildHasher> = HashMap::default();
+        let mut entries: Vec<EntryPtr> = Vec::with_capacity(nkeys);
         for (k, ck) in self.prepared_keys.iter().enumerate() {
-            let Some(entry) = self.cache.get(ck) else {
+            let Some(entry) = self.cache.get_mut(ck) else {
                 return Err(CodecError(format!(
                     "entry {ck:?} was not loaded before apply"
                 )));
@@ -516,128 +540,57 @@ impl OnlineCore {
                     }
                 }
             }
+            entries.push(EntryPtr(entry as *mut Entry));
         }
         // pass 2: fold what is new, entry by entry, and write each touched entry
-        let mut writes: Vec<(u32, Write)> = Vec::new();
-        let mut newest: Vec<((u32, i32), i64)> = Vec::new();
-        let mut times: Vec<i64> = Vec::new();
-        let mut tiles: Vec<(usize, i64)> = Vec::new();
-        for (k, ck) in self.prepared_keys.iter().enumerate() {
-            let view = &self.views[ck.0 as usize];
-            let inputs = &self.inputs[view.group];
-            let entry = self.cache.get_mut(ck).expect("checked in pass 1");
-            let prior = entry.fence;
-            let merged = ck.1 == MERGED;
-            let mut first: Option<u32> = None;
-            let mut latest = i64::MIN;
-            let mut part_latest: Vec<(i32, i64)> = Vec::new();
-            times.clear();
-            for &i in order.of(k) {
-                let row = self.pairs[i as usize].row as usize;
-                let offset = self.events.offset[row];
-                let fence = if merged {
-                    entry.part_fence(self.events.partition[row])
-                } else {
-                    entry.fence
-                };
-                if offset <= fence {
-                    continue;
-                }
-                let p_e = if let Some(logged) = &self.logged {
-                    logged[row]
-                } else if recovered.is_empty() {
-                    batch_p
-                } else {
-                    recovered.get(&(row as u32)).copied().unwrap_or(batch_p)
-                };
-                let et = self.events.event_time[row];
-                if let Some(late) = view.allowed_lateness_ms {
-                    if et < p_e.saturating_sub(late) {
-                        out.late += 1;
-                        continue;
+        let fold = EntryFold {
+            views: &self.views,
+            inputs: &self.inputs,
+            events: &self.events,
+            pairs: &self.pairs,
+            order: &order,
+            recovered: &recovered,
+            logged: self.logged.as_deref(),
+            batch_p,
+        };
+        let keys = &self.prepared_keys;
+        let runs: Vec<Folded> = if self.pairs.len() >= self.parallel_pairs && nkeys > 1 {
+            let run = nkeys.div_ceil(rayon::current_num_threads() * 8).max(256);
+            entries
+                .par_chunks(run)
+                .enumerate()
+                .map(|(r, chunk)| {
+                    let mut done = Folded::default();
+                    for (j, ptr) in chunk.iter().enumerate() {
+                        let k = r * run + j;
+                        // SAFETY: see `EntryPtr`: each pointer is used by this run alone
+                        let entry = unsafe { &mut *ptr.0 };
+                        fold.entry(k, &keys[k], entry, &mut done);
                     }
-                }
-                first.get_or_insert(i);
-                let partition = self.events.partition[row];
-                entry
-                    .tiles
-                    .fold(&view.layout, et, (et, partition, offset), |a| {
-                        input_at(inputs[view.inputs[a]].as_ref(), row)
-                    });
-                if merged {
-                    let marks = entry.part_mut(partition);
-                    marks.fence = offset;
-                    marks.touched = true;
-                    match part_latest.iter_mut().find(|x| x.0 == partition) {
-                        Some(x) => x.1 = x.1.max(et),
-                        None => part_latest.push((partition, et)),
-                    }
-                } else {
-                    entry.fence = offset;
-                }
-                if p_e > entry.updated_ms {
-                    entry.updated_ms = p_e;
-                }
-                times.push(et);
-                out.applied += 1;
-                latest = latest.max(et);
+                    done
+                })
+                .collect()
+        } else {
+            let mut done = Folded::default();
+            for (k, ptr) in entries.iter().enumerate() {
+                // SAFETY: see `EntryPtr`
+                let entry = unsafe { &mut *ptr.0 };
+                fold.entry(k, &keys[k], entry, &mut done);
             }
-            let Some(first) = first else { continue };
-            if merged {
-                for &(p, et) in &part_latest {
-                    newest.push(((ck.0, p), et));
-                }
-                let lowest = part_latest.iter().map(|x| x.0).min().unwrap_or(0);
-                let mut fences: Vec<(i32, i64)> = entry
-                    .parts
-                    .iter()
-                    .filter(|m| m.touched)
-                    .map(|m| (m.partition, m.fence))
-                    .collect();
-                fences.sort_unstable();
-                entry.fence = next_version(entry.fence, lowest, batch_p, &fences);
-                for marks in entry.parts.iter_mut().filter(|m| m.touched) {
-                    marks.journal.push((marks.fence, batch_p));
-                    if marks.journal.len() > JOURNAL_ENTRIES {
-                        let cut = marks.journal.len() - JOURNAL_ENTRIES;
-                        marks.journal.drain(..cut);
-                    }
-                }
-            } else {
-                // every pair of an entry has the entry's view and partition
-                newest.push(((ck.0, ck.1), latest));
-                entry.journal.push((entry.fence, batch_p));
-                if entry.journal.len() > JOURNAL_ENTRIES {
-                    let cut = entry.journal.len() - JOURNAL_ENTRIES;
-                    entry.journal.drain(..cut);
-                }
-            }
-            tiles.clear();
-            for (g, group) in view.layout.groups.iter().enumerate() {
-                tiles.extend(times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
-            }
-            tiles.sort_unstable();
-            tiles.dedup();
-            let key = redis_key_of(view, &ck.2);
-            if merged {
-                let mut w = entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior));
-                let marks = marks_write(view, &ck.2, entry, w.expire_at_ms);
-                for m in entry.parts.iter_mut() {
-                    m.touched = false;
-                }
-                // the version is a compare-and-set on the entity hash: absent, or as read
-                w.expect = Some((
-                    part_field('f', MERGED_SLOT),
-                    (prior != NO_FENCE).then(|| decimal(prior)),
-                ));
-                writes.push((first, w));
-                writes.push((first, marks));
-            } else {
-                writes.push((
-                    first,
-                    entity_write(view, ck, key, entry, &tiles, batch_p, Some(prior)),
-                ));
-            }
+            vec![done]
+        };
+        drop(entries);
+        let total: usize = runs.iter().map(|r| r.writes.len()).sum();
+        let mut runs = runs.into_iter();
+        let head = runs.next().unwrap_or_default();
+        let (mut writes, mut newest) = (head.writes, head.newest);
+        writes.reserve(total - writes.len());
+        (out.applied, out.late) = (head.applied, head.late);
+        for run in runs {
+            out.applied += run.applied;
+            out.late += run.late;
+            writes.extend(run.writes);
+            newest.extend(run.newest);
         }
         // stable: a merged entity's marks write stays right after its entity write
         writes.sort_by_key(|w| w.0);
@@ -793,6 +746,229 @@ impl OnlineCore {
                 (k, e)
             })
             .collect()
+    }
+}
+
+/// One group's (event, view) pairs of a batch, keyed by the group's own entry numbers, and
+/// its cache keys in the order their first pairs come.
+#[derive(Default)]
+struct GroupPairs {
+    pairs: Vec<Pair>,
+    keys: Vec<CacheKey>,
+}
+
+/// The pairs of group `cols` (whose views are `members`) in a batch of `events`.
+fn group_pairs(
+    cols: &GroupColumns<'_>,
+    members: &[u32],
+    merged: &[bool],
+    events: &Events,
+) -> GroupPairs {
+    let mut out = GroupPairs::default();
+    if members.is_empty() {
+        return out;
+    }
+    // entity text → its number, then (view, partition, entity number) → key: a text is
+    // hashed once per row and copied once per batch
+    let mut entities: HashMap<Box<str>, u32, FxBuildHasher> = HashMap::default();
+    let mut index: HashMap<(u32, i32, u32), u32, FxBuildHasher> = HashMap::default();
+    let mut text = String::new();
+    for row in 0..events.offset.len() {
+        if !entity_text(&cols.keys, row, &mut text) {
+            continue;
+        }
+        let partition = events.partition[row];
+        let entity = match entities.get(text.as_str()) {
+            Some(&e) => e,
+            None => {
+                let e = entities.len() as u32;
+                entities.insert(text.as_str().into(), e);
+                e
+            }
+        };
+        for &v in members {
+            let next = out.keys.len() as u32;
+            let slot = if merged[v as usize] {
+                MERGED
+            } else {
+                partition
+            };
+            let key = *index.entry((v, slot, entity)).or_insert_with(|| {
+                out.keys.push((v, slot, text.as_str().into()));
+                next
+            });
+            out.pairs.push(Pair {
+                row: row as u32,
+                view: v,
+                key,
+            });
+        }
+    }
+    out
+}
+
+/// A cache entry of the prepared batch, for `apply`'s pass 2.
+///
+/// SAFETY (of every dereference): the pointers are taken from `OnlineCore::cache` by
+/// `apply`'s pass 1, one per prepared key; prepared keys are distinct (`prepare` numbers
+/// each (view, slot, entity) once), so the pointers are to distinct entries; the map is
+/// not touched (no insert, remove or rehash) until pass 2 is over and the pointers are
+/// dropped; and each pointer is dereferenced by one run (one thread) only.
+struct EntryPtr(*mut Entry);
+
+// SAFETY: an `Entry` is plain owned data (`Send`); see `EntryPtr` for why no two threads
+// reach the same one.
+unsafe impl Send for EntryPtr {}
+// SAFETY: as above; a shared `EntryPtr` is only read to find its entry.
+unsafe impl Sync for EntryPtr {}
+
+/// What `apply`'s pass 2 reads of the prepared batch (shared by every run of entries).
+struct EntryFold<'a> {
+    views: &'a [OnlineView],
+    inputs: &'a [Vec<Option<Column>>],
+    events: &'a Events,
+    pairs: &'a [Pair],
+    order: &'a ByKey,
+    recovered: &'a HashMap<u32, i64, FxBuildHasher>,
+    logged: Option<&'a [i64]>,
+    batch_p: i64,
+}
+
+/// What a run of consecutive entries of `apply`'s pass 2 produced (writes keyed by the
+/// entry's first applied pair), with the run's scratch buffers.
+#[derive(Default)]
+struct Folded {
+    writes: Vec<(u32, Write)>,
+    newest: Vec<((u32, i32), i64)>,
+    applied: u64,
+    late: u64,
+    times: Vec<i64>,
+    tiles: Vec<(usize, i64)>,
+}
+
+impl EntryFold<'_> {
+    /// Fold prepared entry `k` (`ck`) with what is new of its pairs, and write it if touched.
+    fn entry(&self, k: usize, ck: &CacheKey, entry: &mut Entry, out: &mut Folded) {
+        let batch_p = self.batch_p;
+        let view = &self.views[ck.0 as usize];
+        let inputs = &self.inputs[view.group];
+        let prior = entry.fence;
+        let merged = ck.1 == MERGED;
+        let mut first: Option<u32> = None;
+        let mut latest = i64::MIN;
+        let mut part_latest: Vec<(i32, i64)> = Vec::new();
+        let times = &mut out.times;
+        times.clear();
+        for &i in self.order.of(k) {
+            let row = self.pairs[i as usize].row as usize;
+            let offset = self.events.offset[row];
+            let fence = if merged {
+                entry.part_fence(self.events.partition[row])
+            } else {
+                entry.fence
+            };
+            if offset <= fence {
+                continue;
+            }
+            let p_e = if let Some(logged) = self.logged {
+                logged[row]
+            } else if self.recovered.is_empty() {
+                batch_p
+            } else {
+                self.recovered
+                    .get(&(row as u32))
+                    .copied()
+                    .unwrap_or(batch_p)
+            };
+            let et = self.events.event_time[row];
+            if let Some(late) = view.allowed_lateness_ms {
+                if et < p_e.saturating_sub(late) {
+                    out.late += 1;
+                    continue;
+                }
+            }
+            first.get_or_insert(i);
+            let partition = self.events.partition[row];
+            entry
+                .tiles
+                .fold(&view.layout, et, (et, partition, offset), |a| {
+                    input_at(inputs[view.inputs[a]].as_ref(), row)
+                });
+            if merged {
+                let marks = entry.part_mut(partition);
+                marks.fence = offset;
+                marks.touched = true;
+                match part_latest.iter_mut().find(|x| x.0 == partition) {
+                    Some(x) => x.1 = x.1.max(et),
+                    None => part_latest.push((partition, et)),
+                }
+            } else {
+                entry.fence = offset;
+            }
+            if p_e > entry.updated_ms {
+                entry.updated_ms = p_e;
+            }
+            times.push(et);
+            out.applied += 1;
+            latest = latest.max(et);
+        }
+        let Some(first) = first else { return };
+        if merged {
+            for &(p, et) in &part_latest {
+                out.newest.push(((ck.0, p), et));
+            }
+            let lowest = part_latest.iter().map(|x| x.0).min().unwrap_or(0);
+            let mut fences: Vec<(i32, i64)> = entry
+                .parts
+                .iter()
+                .filter(|m| m.touched)
+                .map(|m| (m.partition, m.fence))
+                .collect();
+            fences.sort_unstable();
+            entry.fence = next_version(entry.fence, lowest, batch_p, &fences);
+            for marks in entry.parts.iter_mut().filter(|m| m.touched) {
+                marks.journal.push((marks.fence, batch_p));
+                if marks.journal.len() > JOURNAL_ENTRIES {
+                    let cut = marks.journal.len() - JOURNAL_ENTRIES;
+                    marks.journal.drain(..cut);
+                }
+            }
+        } else {
+            // every pair of an entry has the entry's view and partition
+            out.newest.push(((ck.0, ck.1), latest));
+            entry.journal.push((entry.fence, batch_p));
+            if entry.journal.len() > JOURNAL_ENTRIES {
+                let cut = entry.journal.len() - JOURNAL_ENTRIES;
+                entry.journal.drain(..cut);
+            }
+        }
+        let tiles = &mut out.tiles;
+        tiles.clear();
+        for (g, group) in view.layout.groups.iter().enumerate() {
+            tiles.extend(times.iter().map(|&t| (g, t.div_euclid(group.hop_ms))));
+        }
+        tiles.sort_unstable();
+        tiles.dedup();
+        let key = redis_key_of(view, &ck.2);
+        if merged {
+            let mut w = entity_write(view, ck, key, entry, tiles, batch_p, Some(prior));
+            let marks = marks_write(view, &ck.2, entry, w.expire_at_ms);
+            for m in entry.parts.iter_mut() {
+                m.touched = false;
+            }
+            // the version is a compare-and-set on the entity hash: absent, or as read
+            w.expect = Some((
+                part_field('f', MERGED_SLOT),
+                (prior != NO_FENCE).then(|| decimal(prior)),
+            ));
+            out.writes.push((first, w));
+            out.writes.push((first, marks));
+        } else {
+            out.writes.push((
+                first,
+                entity_write(view, ck, key, entry, tiles, batch_p, Some(prior)),
+            ));
+        }
     }
 }
 
@@ -1203,9 +1379,22 @@ fn is_linked(w: &Write) -> bool {
 }
 
 /// Group `writes` into script calls of about `max_args` arguments (a call starts a new
-/// chunk once the current one holds `max_args` or more, as the Python packer does).
+/// chunk once the current one holds `max_args` or more, as the Python packer does). With
+/// [`PARALLEL_BY_DEFAULT`], from [`PARALLEL_WRITES`] writes on the chunks' bodies are
+/// packed on the rayon pool.
 pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
-    let mut out = Vec::new();
+    script_chunks_from(writes, max_args, by_default(PARALLEL_WRITES))
+}
+
+/// [`script_chunks`], packing in parallel from `parallel_writes` writes on (the same bytes
+/// either way).
+pub fn script_chunks_from(
+    writes: &[Write],
+    max_args: usize,
+    parallel_writes: usize,
+) -> Vec<ScriptChunk> {
+    // the chunks' bounds and sizes first (cheap), then their bodies
+    let mut bounds: Vec<(usize, usize, usize)> = Vec::new();
     let mut start = 0;
     while start < writes.len() {
         let mut size = 0;
@@ -1217,8 +1406,11 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
             bytes += bulk_len(w.key.len()) + write_len(w);
             end += 1;
         }
+        bounds.push((start, end, bytes + int_len((end - start) as i64)));
+        start = end;
+    }
+    let pack = |&(start, end, bytes): &(usize, usize, usize)| {
         let chunk = &writes[start..end];
-        let bytes = bytes + int_len(chunk.len() as i64);
         let mut body = Vec::with_capacity(bytes);
         bulk_int(&mut body, chunk.len() as i64);
         for w in chunk {
@@ -1229,15 +1421,18 @@ pub fn script_chunks(writes: &[Write], max_args: usize) -> Vec<ScriptChunk> {
             elements += pack_args(&mut body, w);
         }
         debug_assert_eq!(body.len(), bytes, "the body's size is computed exactly");
-        out.push(ScriptChunk {
+        ScriptChunk {
             elements,
             first: start,
             count: chunk.len(),
             body,
-        });
-        start = end;
+        }
+    };
+    if writes.len() >= parallel_writes && bounds.len() > 1 {
+        bounds.par_iter().map(pack).collect()
+    } else {
+        bounds.iter().map(pack).collect()
     }
-    out
 }
 
 /// One write's arguments of a script call (its key apart) appended to `out`; how many.

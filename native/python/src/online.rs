@@ -480,7 +480,7 @@ impl PyOnlineCore {
             offset,
             event_time,
         };
-        let missing = self.with(|c| Ok(c.prepare(events, &cols)))?;
+        let missing = self.with(|c| Ok(py.detach(|| c.prepare(events, &cols))))?;
         let out = PyList::empty(py);
         for ck in missing {
             let key = self.with(|c| Ok(c.redis_key(&ck)))?;
