@@ -591,9 +591,7 @@ class _Reader:
             )
             for g in groups:
                 group = self.groups[g]
-                keys, inputs = group_cells(
-                    group.row_group, group.inputs, payloads, frame, last=g == groups[-1]
-                )
+                keys, inputs = group_cells(group.row_group, group.inputs, payloads, frame)
                 self.sweep.add_rows(g, partition, offsets, event_time, processed,
                                     [("any", c) for c in keys], [("any", c) for c in inputs])  # fmt: skip
             return max(high, int(got.offsets.max()))

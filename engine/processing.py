@@ -257,8 +257,7 @@ def user_code_input(
 ) -> tuple[Payloads, pd.DataFrame | None]:
     """What the user code of ``groups`` reads of one columnar batch, built once for all of
     them: the row dicts when a row transform or filter is among them, else the columns and
-    the one DataFrame of the batch (``batch_frame``): every batch transform but the last to
-    read it is given a copy (``group_columns(..., last=...)``)."""
+    the one DataFrame every batch transform copies (``batch_frame``)."""
     if any(g.batch_transform is None for g in groups):
         return batch.to_pylist(), None
     return batch, batch_frame(batch) if len(batch) else None
@@ -280,18 +279,15 @@ def group_cells(
     input_names: Sequence[str],
     payloads: Payloads,
     frame: pd.DataFrame | None = None,
-    *,
-    last: bool = False,
 ) -> tuple[list[list[Any]], list[list[Any]]]:
     """A row group's join-key columns and input columns over ``payloads`` (one cell per
     payload; None where the view drops the record or the field is missing). A batch
     transform's input is built column by column and its output read column by column, never
-    as a dict per row; ``frame`` is the batch's ``batch_frame`` when the caller has it, and
-    ``last`` says the caller reads it no more after this call (see ``_batch_cells``)."""
+    as a dict per row; ``frame`` is the batch's ``batch_frame`` when the caller has it."""
     n = len(payloads)
     names = [*group.join_keys, *input_names]
     if group.batch_transform is not None:
-        cells = _batch_cells(group.members[0][1], payloads, names, frame, last=last)
+        cells = _batch_cells(group.members[0][1], payloads, names, frame)
     elif group.native and not isinstance(payloads, Sequence):
         cells = [payloads.column(name) if name in payloads.names else [None] * n for name in names]
     else:
@@ -309,29 +305,20 @@ def group_cells(
 
 
 def _batch_cells(
-    view: ViewPlan,
-    payloads: Payloads,
-    names: Sequence[str],
-    frame: pd.DataFrame | None,
-    *,
-    last: bool = False,
+    view: ViewPlan, payloads: Payloads, names: Sequence[str], frame: pd.DataFrame | None
 ) -> list[list[Any]]:
-    """The transform is given a copy of ``frame`` while someone reads it after (the caller's
-    other groups, unless ``last``), else the frame itself: whatever it does to its input, no
-    other group sees it, and the one-record fallback starts from a frame built anew."""
     fn = view.batch_transform
     assert fn is not None
     n = len(payloads)
     if not n:
         return [[] for _ in names]
-    spare = frame is None or last  # no reader of this frame after the transform
     if frame is None:
         frame = batch_frame(payloads)
     try:
-        result = fn(frame if spare else frame.copy())
+        result = fn(frame.copy())
         _check_result(result, range(n))
     except Exception:  # user code: one record at a time, as a row transform
-        rows = batch_rows(view, payloads, None if spare else frame)
+        rows = batch_rows(view, payloads, frame)
         return [[None if row is None else row.get(name) for row in rows] for name in names]
     whole = len(result.index) == n  # a subset of 0..n-1 as long: every row, in some order
     at = result.index.tolist()
@@ -374,14 +361,11 @@ def group_columns(
     input_names: Sequence[str],
     payloads: Payloads,
     frame: pd.DataFrame | None = None,
-    *,
-    last: bool = False,
 ) -> tuple[list[list[Any]], list[list[Any]]]:
     """A row group's entity texts (one key column: ``engine.keys.encode_key`` of the join
     keys, None when the view drops the record or a key is missing/null) and its input
-    columns, for the native core's ``prepare``. ``last``: the caller's last use of ``frame``
-    (its batch transform may be given the frame itself, not a copy)."""
-    keys, inputs = group_cells(group, input_names, payloads, frame, last=last)
+    columns, for the native core's ``prepare``."""
+    keys, inputs = group_cells(group, input_names, payloads, frame)
     texts: list[Any]
     if len(keys) == 1:  # one join key: its text (a str is its own text)
         texts = [

@@ -223,8 +223,7 @@ def _fold_file(
     if user:
         with _USER_CODE:
             payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
-            fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame,
-                                    last=g == user[-1])
+            fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
                    for g in user}  # fmt: skip
     core.fold(
         got.offsets.tobytes(),
@@ -554,8 +553,7 @@ def _fold_merged(
             fed: dict[int, Any] = {}
             if user:
                 payloads, frame = user_code_input([spec.groups[g] for g in user], got.payload)
-                fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame,
-                                        last=g == user[-1])
+                fed = {g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame)
                        for g in user}  # fmt: skip
             event_ms = got.raw_event_time // source.timestamp_divisor
             fold(got.offsets.tobytes(), event_ms.tobytes(), got.processed_at_ms.tobytes(),

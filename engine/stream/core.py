@@ -599,12 +599,9 @@ class BatchProcessor:
         # by column); row transforms and filters need a dict per row
         with self._user_code:  # decode() of the next batch may run on another thread
             payloads, frame = user_code_input([spec.groups[g] for g in fed], kept.columns)
-            last = fed[-1]  # the frame's last reader: its transform needs no copy of it
             return {
-                g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame,
-                                 last=g == last)
-                for g in fed
-            }  # fmt: skip
+                g: group_columns(spec.groups[g], spec.group_inputs[g], payloads, frame) for g in fed
+            }
 
     def _apply(
         self,
