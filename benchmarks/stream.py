@@ -470,10 +470,12 @@ def freshness(
     variant: str = "",
     env: dict[str, str] | None = None,
     breakdown: bool = False,
+    code: Path = REPO,
 ) -> dict[str, Any]:
     """p50/p99 ms from produce() to the event's fence being visible in Redis, with
-    ``workers`` worker processes in the group (their environment plus ``env``); with
-    ``breakdown``, where each sample's time went (``latency_breakdown``)."""
+    ``workers`` worker processes in the group (their environment plus ``env``, the engine
+    of the checkout ``code``); with ``breakdown``, where each sample's time went
+    (``latency_breakdown``)."""
     import redis
 
     from engine.online import state_key
@@ -502,7 +504,7 @@ def freshness(
         if breakdown:
             wenv["SKEWLESS_WORKER_TRACE"] = str(trace)
         procs.append(
-            subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=wenv)
+            subprocess.Popen(command, cwd=code, stdout=fh, stderr=subprocess.STDOUT, env=wenv)
         )
     client = redis.Redis.from_url(REDIS_URL)
     rng = random.Random(5)
@@ -881,6 +883,11 @@ def show_freshness(f: dict[str, Any]) -> None:
     show_breakdown(f)
 
 
+def _code_name(code: Path) -> str:
+    """A checkout's name in a table: its directory's name (``.`` is this one's)."""
+    return code.resolve().name
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     name, _, assignments = text.partition(":")
     env = dict(a.split("=", 1) for a in assignments.split(";") if a)
@@ -891,13 +898,20 @@ def freshness_ab(args: argparse.Namespace, loads: list[tuple[int, float, int]]) 
     """Each load once per variant, the variants alternating over ``--rounds`` (one run, so
     they see the same machine); a table of every run at the end."""
     variants = [parse_variant(v) for v in args.variant] or [("", {})]
+    codes: list[Path] = args.worker_code or [REPO]
+    if len(codes) > 1:  # --worker-code: the checkout's directory names the variant too
+        variants = [(f"{_code_name(c)}{'+' + n if n else ''}", {**e, "_code": str(c)})
+                    for c in codes for n, e in variants]  # fmt: skip
     runs: list[dict[str, Any]] = []
     try:
         for _ in range(args.rounds):
             for rate, timeout, workers in loads:
                 for name, env in variants:
+                    env = dict(env)
+                    code = Path(env.pop("_code", str(codes[0])))
                     got = freshness(rate, args.freshness_seconds, args.sample, timeout, workers,
-                                    variant=name, env=env, breakdown=args.breakdown)  # fmt: skip
+                                    variant=name, env=env, breakdown=args.breakdown,
+                                    code=code)  # fmt: skip
                     show_freshness(got)
                     runs.append(got)
     finally:
@@ -995,8 +1009,9 @@ def run() -> None:
         type=Path,
         action="append",
         metavar="DIR",
-        help="with --backlog-only: a checkout whose engine the worker runs (its built "
-        "engine/_native*.so beside it); repeat to alternate between several in each round",
+        help="with --backlog-only or --freshness-only: a checkout whose engine the worker "
+        "runs (its built engine/_native*.so beside it); repeat to alternate between several "
+        "in each round (with --variant: every checkout with every variant)",
     )
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds of (count job, Quix), alternating"

@@ -604,7 +604,8 @@ class RedisOnlineStore:
         try:
             # the hashes indexed natively (dicts built in the core, not per reply by
             # redis-py), the few other replies parsed by hiredis from their bytes
-            got = self._run_resp(lambda: [_pack(args) for _, args in commands], others_from=n)
+            got = self._run_resp(lambda: _hgetalls(keys) + [_pack(args) for args in after],
+                                 others_from=n)  # fmt: skip
             if got is None:  # not a hiredis connection: redis-py's replies
                 replies = self._run_packed(commands)
                 return [_hash(r) for r in replies[:n]], list(replies[n:])
@@ -1001,6 +1002,15 @@ class _Prepacked:
     elements: int
     body: bytes
     tail: bytes = b""
+
+
+def _hgetalls(keys: Sequence[str]) -> list[bytes]:
+    """``HGETALL key`` per key in RESP: the bytes ``_pack`` gives, formatted directly."""
+    out = []
+    for key in keys:
+        name = key.encode()
+        out.append(b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(name), name))
+    return out
 
 
 def _pack(args: Sequence[bytes]) -> bytes:

@@ -286,3 +286,56 @@ def test_a_nan_key_from_a_batch_transform_is_no_entity(store: FeatureStore) -> N
                      batch_transform=store.plan.views["batched"].batch_transform)  # fmt: skip
     keys, _ = group_cells(plain, ["amount"], payloads)
     assert keys == [["c0", "c1", "c2", "c3"]]
+
+
+def test_a_transform_mutating_its_input_changes_nothing_another_group_or_a_fallback_sees(
+    store: FeatureStore,
+) -> None:
+    """The batch's one frame is shared by its groups, each transform given a copy of it.
+    Transforms that scribble over their input in place — and one that does so and then fails
+    on the whole batch (its one-record fallback must start from the batch as decoded) — give
+    each group the cells it gets alone, in any order."""
+    from dataclasses import replace
+
+    from engine.processing import RowGroup, group_cells, user_code_input
+
+    def scribble(batch: pd.DataFrame) -> pd.DataFrame:
+        batch["amount"] = -1.0
+        batch.drop(index=batch.index[:1], inplace=True)
+        return batch
+
+    def scribble_then_fail(batch: pd.DataFrame) -> pd.DataFrame:
+        out = batch.copy()
+        out["amount2"] = out["amount"] * 2
+        batch["amount"] = -7.0
+        batch["customer_id"] = "nobody"
+        if len(batch) > 1:
+            raise ValueError("whole batches fail")
+        return out
+
+    def doubled(batch: pd.DataFrame) -> pd.DataFrame:
+        out = batch.copy()
+        out["amount2"] = out["amount"] * 2
+        return out
+
+    base = store.plan.views["batched"]
+    groups = [
+        RowGroup(transform=None, filter=None, join_keys=base.join_keys,
+                 members=((0, replace(base, batch_transform=fn)),), batch_transform=fn)
+        for fn in (scribble, scribble_then_fail, doubled)
+    ]  # fmt: skip
+    payloads = [
+        {"customer_id": f"c{i}", "merchant_id": "m", "amount": float(a), "qty": i, "ts": T0}
+        for i, a in enumerate((1.5, 2.0, 3.25, 4.0))
+    ]
+    names = ["amount", "amount2"]
+    alone = [group_cells(group, names, payloads) for group in groups]
+    assert alone[0] == ([[None, "c1", "c2", "c3"]], [[None, -1.0, -1.0, -1.0], [None] * 4])
+    assert alone[1] == alone[2] == ([["c0", "c1", "c2", "c3"]], [[1.5, 2.0, 3.25, 4.0],
+                                                                [3.0, 4.0, 6.5, 8.0]])  # fmt: skip
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]):
+        chosen = [groups[i] for i in order]
+        shared, frame = user_code_input(chosen, payloads)
+        assert frame is not None
+        got = [group_cells(g, names, shared, frame) for g in chosen]
+        assert got == [alone[i] for i in order], order
