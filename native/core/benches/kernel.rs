@@ -1,25 +1,18 @@
 //! Nanoseconds per `add` of the aggregation kernel over 10M values into one state
 //! (`cargo bench -p skewless-core --bench kernel`; std::time only, best of 3 runs).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
 use skewless_core::agg::{Agg, Func, Input, State};
 use skewless_core::value::Kind;
 
+use common::Rng;
+
 const N: usize = 10_000_000;
-
-/// A small xorshift generator: the bench needs no crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn bench(label: &str, func: Func, kind: Kind, inputs: &[Input<'_>]) {
     let agg = Agg::new(func, kind).expect("allowed kind");

@@ -16,17 +16,20 @@
 //! (write keys, fields, deletions, expiries, checks, the RESP bodies and the counters): two
 //! builds that print the same checksum produced the same bytes.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
-use skewless_core::agg::Agg;
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{
     script_chunks_from, Applied, Events, GroupColumns, OnlineCore, OnlineGroup, OnlineView,
     PARALLEL_PAIRS, PARALLEL_WRITES,
 };
-use skewless_core::tiles::Layout;
 use skewless_core::value::Value;
+
+use common::{Rng, Spec};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as the Python extension
@@ -97,44 +100,9 @@ impl Spent {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// `(function, kind, n, window, hop)`; `window` None: lifetime.
-type Spec = (
-    &'static str,
-    &'static str,
-    Option<u32>,
-    Option<i64>,
-    Option<i64>,
-);
-
 fn view(fingerprint: &str, group: usize, specs: &[Spec], inputs: Vec<usize>) -> OnlineView {
-    let aggs = specs
-        .iter()
-        .map(|(f, k, n, _, _)| Agg::parse(f, k, *n).expect("valid"))
-        .collect();
-    let windows = specs.iter().map(|s| s.3).collect();
-    let hops = specs.iter().map(|s| s.4).collect();
     let longest = specs.iter().filter_map(|s| s.3).max();
-    OnlineView {
-        fingerprint: fingerprint.into(),
-        layout: Layout::new(aggs, windows, hops).expect("layout"),
-        group,
-        inputs,
-        allowed_lateness_ms: longest,
-    }
+    common::view(fingerprint, group, specs, inputs, longest)
 }
 
 fn views() -> (Vec<OnlineView>, Vec<OnlineGroup>) {

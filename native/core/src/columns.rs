@@ -124,6 +124,23 @@ impl Batch {
 }
 
 impl Column {
+    /// A string column of `cells`, with a validity vector (None: a null cell, stored empty).
+    pub fn from_strs<S: AsRef<str>>(cells: &[Option<S>]) -> Column {
+        let mut offsets = Vec::with_capacity(cells.len() + 1);
+        offsets.push(0i64);
+        let mut data = Vec::new();
+        for cell in cells {
+            if let Some(s) = cell {
+                data.extend_from_slice(s.as_ref().as_bytes());
+            }
+            offsets.push(data.len() as i64);
+        }
+        Column {
+            data: ColumnData::Str { offsets, data },
+            valid: Some(cells.iter().map(Option::is_some).collect()),
+        }
+    }
+
     /// An empty column of the same cell type as `like`, with a validity vector.
     pub fn empty_like(like: &ColumnData) -> Column {
         let data = match like {

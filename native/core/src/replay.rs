@@ -716,21 +716,6 @@ mod tests {
         }
     }
 
-    fn str_column(cells: &[Option<String>]) -> Column {
-        let mut offsets = vec![0i64];
-        let mut data = Vec::new();
-        for c in cells {
-            if let Some(s) = c {
-                data.extend_from_slice(s.as_bytes());
-            }
-            offsets.push(data.len() as i64);
-        }
-        Column {
-            data: ColumnData::Str { offsets, data },
-            valid: Some(cells.iter().map(Option::is_some).collect()),
-        }
-    }
-
     #[test]
     fn rows_are_ordered_by_entity_each_in_row_order() {
         let ids = [2, 0, NO_ENTITY, 2, 1, 0, 2, NO_ENTITY];
@@ -790,9 +775,9 @@ mod tests {
                 amount.push((next() % 10) as f64 * 1.25);
                 country.push(Some(["DE", "FR", "{x}"][(next() % 3) as usize].to_string()));
             }
-            let customer = str_column(&customer);
-            let merchant = str_column(&merchant);
-            let country = str_column(&country);
+            let customer = Column::from_strs(&customer);
+            let merchant = Column::from_strs(&merchant);
+            let country = Column::from_strs(&country);
             let amount = Column {
                 data: ColumnData::Float(amount),
                 valid: None,
@@ -890,8 +875,8 @@ mod tests {
                     let c = ["DE", "FR", "GB", "US", "JP", "BR", "{x}"][(next() % 7) as usize];
                     country.push(Some(c.to_string()));
                 }
-                let merchant = str_column(&merchant);
-                let country = str_column(&country);
+                let merchant = Column::from_strs(&merchant);
+                let country = Column::from_strs(&country);
                 let amount = Column {
                     data: ColumnData::Float(amount),
                     valid: None,

@@ -842,19 +842,6 @@ mod tests {
         }
     }
 
-    fn str_column(values: &[Option<String>]) -> Column {
-        let mut offsets = vec![0i64];
-        let mut data = Vec::new();
-        for v in values {
-            data.extend_from_slice(v.as_deref().unwrap_or("").as_bytes());
-            offsets.push(data.len() as i64);
-        }
-        Column {
-            data: ColumnData::Str { offsets, data },
-            valid: Some(values.iter().map(Option::is_some).collect()),
-        }
-    }
-
     /// A view of every function over a float and a str input, windows of several hops.
     fn layout() -> (Layout, Vec<usize>) {
         let h = 3_600_000;
@@ -961,7 +948,7 @@ mod tests {
             let words: Vec<Option<String>> = (0..n)
                 .map(|_| (rng.below(8) != 0).then(|| format!("w{}", rng.below(9))))
                 .collect();
-            let word = str_column(&words);
+            let word = Column::from_strs(&words);
             let group = GroupSpec {
                 source: "s".into(),
                 table: 0,
@@ -1007,7 +994,7 @@ mod tests {
                         &offsets[lo..hi],
                         &et[lo..hi],
                         &pt[lo..hi],
-                        &[str_column(&keys[lo..hi])],
+                        &[Column::from_strs(&keys[lo..hi])],
                         &[take(&amount), take(&word)],
                     )
                     .unwrap();
@@ -1146,7 +1133,7 @@ mod tests {
                 data: ColumnData::Float((0..n).map(|_| rng.below(999) as f64 / 7.0).collect()),
                 valid: Some((0..n).map(|_| rng.below(10) != 0).collect()),
             };
-            let word = str_column(
+            let word = Column::from_strs(
                 &(0..n)
                     .map(|_| (rng.below(8) != 0).then(|| format!("w{}", rng.below(9))))
                     .collect::<Vec<_>>(),
@@ -1205,7 +1192,7 @@ mod tests {
                     &offsets[lo..hi],
                     &et[lo..hi],
                     &pt[lo..hi],
-                    &[str_column(&keys[lo..hi])],
+                    &[Column::from_strs(&keys[lo..hi])],
                     &[take(&amount), take(&word), take(&count)],
                 )
                 .unwrap();
@@ -1259,7 +1246,7 @@ mod tests {
                     &pick(&offsets),
                     &pick(&et),
                     &pick(&pt),
-                    &[str_column(
+                    &[Column::from_strs(
                         &idx.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>(),
                     )],
                     &[take(&amount), take(&word), take(&count)],

@@ -4,15 +4,16 @@
 //! fed the same randomized batches (re-deliveries, late events, null keys, a merged view,
 //! a small cache that trims and reloads) from the store their own writes built.
 
+mod common;
+
 use std::collections::HashMap;
 
-use skewless_core::agg::Agg;
+use common::{Rng, Spec};
 use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{
     script_chunks_from, Applied, CacheKey, Events, GroupColumns, OnlineCore, OnlineGroup,
     OnlineView, Write, MERGED,
 };
-use skewless_core::tiles::Layout;
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
@@ -20,43 +21,9 @@ const DAY: i64 = 24 * HOUR;
 const NOW: i64 = 1_765_000_000_000;
 const PARTITIONS: usize = 3;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-type Spec = (
-    &'static str,
-    &'static str,
-    Option<u32>,
-    Option<i64>,
-    Option<i64>,
-);
-
 fn view(fingerprint: &str, group: usize, specs: &[Spec], lateness: Option<i64>) -> OnlineView {
-    let aggs = specs
-        .iter()
-        .map(|(f, k, n, _, _)| Agg::parse(f, k, *n).expect("valid"))
-        .collect();
-    let windows = specs.iter().map(|s| s.3).collect();
-    let hops = specs.iter().map(|s| s.4).collect();
     let inputs = specs.iter().map(|s| usize::from(s.1 == "str")).collect();
-    OnlineView {
-        fingerprint: fingerprint.into(),
-        layout: Layout::new(aggs, windows, hops).expect("layout"),
-        group,
-        inputs,
-        allowed_lateness_ms: lateness,
-    }
+    common::view(fingerprint, group, specs, inputs, lateness)
 }
 
 fn core(capacity: usize, parallel_pairs: usize) -> OnlineCore {
@@ -127,20 +94,6 @@ fn events(rng: &mut Rng, n: usize) -> Vec<Event> {
         .collect()
 }
 
-fn str_column(cells: &[Option<String>]) -> Column {
-    // a null cell is an empty string marked invalid
-    let mut offsets = vec![0i64];
-    let mut data = Vec::new();
-    for s in cells {
-        data.extend_from_slice(s.as_deref().unwrap_or("").as_bytes());
-        offsets.push(data.len() as i64);
-    }
-    Column {
-        data: ColumnData::Str { offsets, data },
-        valid: Some(cells.iter().map(Option::is_some).collect()),
-    }
-}
-
 type Store = HashMap<String, HashMap<Vec<u8>, Vec<u8>>>;
 
 fn write(store: &mut Store, writes: &[Write]) {
@@ -175,8 +128,8 @@ fn step(
         offset: batch.iter().map(|e| e.1).collect(),
         event_time: batch.iter().map(|e| e.2).collect(),
     };
-    let customer = str_column(&batch.iter().map(|e| e.3.clone()).collect::<Vec<_>>());
-    let merchant = str_column(&batch.iter().map(|e| Some(e.4.clone())).collect::<Vec<_>>());
+    let customer = Column::from_strs(&batch.iter().map(|e| e.3.clone()).collect::<Vec<_>>());
+    let merchant = Column::from_strs(&batch.iter().map(|e| Some(e.4.clone())).collect::<Vec<_>>());
     let amount = Column {
         data: ColumnData::Float(batch.iter().map(|e| e.5).collect()),
         valid: None,
