@@ -64,8 +64,9 @@ def _kind(t: Any) -> str:
 
 @st.composite
 def types(draw: st.DrawFn, depth: int = 0, in_union: bool = False, branch: bool = False) -> Any:
-    # a branch of a multi-type union is never a logical type: fastavro's writer tries the
-    # branches in order and a logical branch's converter raises on another branch's value
+    # a branch of a multi-type union holds no logical type, at any depth: fastavro's writer
+    # tries the branches in order and a logical converter raises on another branch's value
+    # (a dict meant for a record branch is tried as a map of dates first)
     choices = ["prim", "prim", "enum", "fixed"] + ([] if branch else ["logical"])
     if depth < 2:
         choices += ["array", "map", "record"] + ([] if in_union else ["opt", "union"])
@@ -80,11 +81,11 @@ def types(draw: st.DrawFn, depth: int = 0, in_union: bool = False, branch: bool 
     if kind == "fixed":
         return {"type": "fixed", "name": _name("F"), "size": draw(st.integers(0, 6))}
     if kind == "array":
-        return {"type": "array", "items": draw(types(depth + 1))}
+        return {"type": "array", "items": draw(types(depth + 1, branch=branch))}
     if kind == "map":
-        return {"type": "map", "values": draw(types(depth + 1))}
+        return {"type": "map", "values": draw(types(depth + 1, branch=branch))}
     if kind == "record":
-        return draw(records(depth + 1))
+        return draw(records(depth + 1, branch=branch))
     if kind == "opt":
         inner = draw(types(depth + 1, in_union=True).filter(lambda t: t != "null"))
         return ["null", inner] if draw(st.booleans()) else [inner, "null"]
@@ -97,12 +98,12 @@ def types(draw: st.DrawFn, depth: int = 0, in_union: bool = False, branch: bool 
 
 
 @st.composite
-def records(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+def records(draw: st.DrawFn, depth: int = 0, branch: bool = False) -> dict[str, Any]:
     n = draw(st.integers(1, 5))
     return {
         "type": "record",
         "name": _name("R"),
-        "fields": [{"name": f"f{i}", "type": draw(types(depth))} for i in range(n)],
+        "fields": [{"name": f"f{i}", "type": draw(types(depth, branch=branch))} for i in range(n)],
     }
 
 
