@@ -63,9 +63,9 @@ def _assert_same(group: RowGroup, names: list[str], payloads: Any) -> tuple[list
         old_keys, old_inputs = group_columns(group, names, payloads, arrays=False)
     except Exception as e:  # the list path's error (a key encode_key cannot write) ...
         with pytest.raises(type(e)):  # ... is the array path's too
-            group_columns(group, names, payloads)
+            group_columns(group, names, payloads, arrays=True)
         return [], []
-    new_keys, new_inputs = group_columns(group, names, payloads)
+    new_keys, new_inputs = group_columns(group, names, payloads, arrays=True)
     assert len(new_keys) == len(old_keys) == 1
     assert _texts(new_keys[0]) == _texts(old_keys[0])
     assert len(new_inputs) == len(old_inputs)
@@ -242,6 +242,24 @@ def test_columns_batch_feeds_arrays_too() -> None:
 
     group = _group(to_usd)
     payloads, frame = user_code_input([group], cols)
-    new_keys, new_inputs = group_columns(group, ["amount_usd", "currency"], payloads, frame)
+    new_keys, new_inputs = group_columns(
+        group, ["amount_usd", "currency"], payloads, frame, arrays=True
+    )
     assert all(isinstance(c, pa.Array) for c in [*new_keys, *new_inputs])
     _assert_same(group, ["amount_usd", "currency"], payloads)
+
+
+def test_a_small_batch_stays_on_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``ARRAY_ROWS`` records (a live batch) the columns go as lists, from it as arrays."""
+    import engine.processing as processing
+
+    def same(batch: pd.DataFrame) -> pd.DataFrame:
+        return batch
+
+    payloads = [{"k": f"c{i}", "v": float(i)} for i in range(8)]
+    monkeypatch.setattr(processing, "ARRAY_ROWS", 9)
+    keys, inputs = group_columns(_group(same), ["v"], payloads)
+    assert isinstance(keys[0], list) and isinstance(inputs[0], list)
+    monkeypatch.setattr(processing, "ARRAY_ROWS", 8)
+    keys, inputs = group_columns(_group(same), ["v"], payloads)
+    assert isinstance(keys[0], pa.Array) and isinstance(inputs[0], pa.Array)
