@@ -75,7 +75,27 @@ def store(make_repo: Callable[..., Path]) -> FeatureStore:
     return FeatureStore.from_repo(make_repo(VIEWS, yaml=f"kafka:\n  partitions: {PARTITIONS}\n"))
 
 
-def test_batch_and_row_transforms_agree_on_every_path(store: FeatureStore) -> None:
+@pytest.mark.parametrize("array_rows", [None, 1])
+def test_batch_and_row_transforms_agree_on_every_path(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch, array_rows: int | None
+) -> None:
+    """With ``array_rows`` = 1 the worker and rebuild-online get every batch transform's
+    plain result columns as Arrow arrays (``group_columns``), else as shipped (lists for
+    batches this small): the same values either way."""
+    import engine.processing as processing
+
+    arrays: list[object] = []
+    if array_rows is not None:
+        monkeypatch.setattr(processing, "ARRAY_ROWS", array_rows)
+        arrow_cells = processing._arrow_cells
+
+        def counted(series: object, *, key: bool) -> object:
+            got = arrow_cells(series, key=key)
+            if got is not None:
+                arrays.append(got)
+            return got
+
+        monkeypatch.setattr(processing, "_arrow_cells", counted)
     records = make_records(store, 600, seed=5)
     fake, _ = run(store, records)
     end = T0 + 20_000 * (len(records) // 37 + 2)
@@ -98,6 +118,7 @@ def test_batch_and_row_transforms_agree_on_every_path(store: FeatureStore) -> No
                      now_ms=end)  # fmt: skip
     again = online_values(store, rebuilt, entities, end + 60_000)
     assert again == online_values(store, fake, entities, end + 60_000)
+    assert bool(arrays) == (array_rows is not None)  # the arrays path ran when asked
 
 
 def test_batch_rows_keep_index_subsets_and_plain_values(store: FeatureStore) -> None:

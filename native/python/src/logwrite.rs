@@ -180,7 +180,7 @@ fn arrow_validity(
 
 /// One column from a pyarrow Array / ChunkedArray, numpy array or pandas Series (through
 /// its Arrow buffers), or a list of Python objects (a `Value` column, cell by cell).
-fn arrow_column<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Column> {
+pub(crate) fn arrow_column<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Column> {
     let pa = py.import("pyarrow")?;
     let types = pa.getattr("types")?;
     if let Ok(list) = obj.cast::<PyList>() {

@@ -16,6 +16,7 @@ use skewless_core::value::{Kind, Value};
 use crate::columns::PyColumns;
 use crate::convert::{err, i64s, scalar};
 use crate::kernel::value_to_py;
+use crate::logwrite::arrow_column;
 
 pub fn codec_err(py: Python<'_>, e: impl std::fmt::Display) -> PyErr {
     match py
@@ -255,9 +256,11 @@ impl PyWrites {
 /// Owned key and input columns of one group.
 pub(crate) type FedColumns = (Vec<Column>, Vec<Column>);
 
-/// The columns a group was fed after a transform (`fed[g] = (key columns, input columns)`
-/// as lists, each turned into a column by `column`), owned, per group; `None` for a group
-/// read from the payload. `what` names the call in errors.
+/// The columns a group was fed after a transform (`fed[g] = (key columns, input columns)`),
+/// owned, per group; `None` for a group read from the payload. A list is turned into a
+/// column by `column` (cell by cell); anything else is a pyarrow array read from its
+/// buffers (`arrow_column`: a batch transform's typed result, no Python object per cell).
+/// `what` names the call in errors.
 pub(crate) fn fed_columns(
     fed: &Bound<'_, PyDict>,
     groups: usize,
@@ -265,14 +268,21 @@ pub(crate) fn fed_columns(
     column: fn(&Bound<'_, PyList>) -> Column,
     what: &str,
 ) -> PyResult<Vec<Option<FedColumns>>> {
+    let py = fed.py();
+    let one = |c: &Bound<'_, PyAny>| -> PyResult<Column> {
+        match c.cast::<PyList>() {
+            Ok(list) => Ok(column(list)),
+            Err(_) => arrow_column(py, c),
+        }
+    };
     let mut owned = Vec::with_capacity(groups);
     for g in 0..groups {
         match fed.get_item(g)? {
             Some(spec) => {
-                let (keys, inputs): (Vec<Bound<'_, PyList>>, Vec<Bound<'_, PyList>>) =
+                let (keys, inputs): (Vec<Bound<'_, PyAny>>, Vec<Bound<'_, PyAny>>) =
                     spec.extract()?;
-                let keys: Vec<Column> = keys.iter().map(column).collect();
-                let inputs: Vec<Column> = inputs.iter().map(column).collect();
+                let keys: Vec<Column> = keys.iter().map(one).collect::<PyResult<_>>()?;
+                let inputs: Vec<Column> = inputs.iter().map(one).collect::<PyResult<_>>()?;
                 if keys.iter().chain(&inputs).any(|c| c.len() != n) {
                     return Err(err(format!("{what}: group {g}'s columns are not {n} long")));
                 }
