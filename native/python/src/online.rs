@@ -14,7 +14,7 @@ use skewless_core::tiles::Layout;
 use skewless_core::value::{Kind, Value};
 
 use crate::columns::PyColumns;
-use crate::convert::{err, i64s, scalar};
+use crate::convert::{err, fed_column, i64s};
 use crate::kernel::value_to_py;
 use crate::logwrite::arrow_column;
 
@@ -63,20 +63,6 @@ fn view_of(args: ViewArgs) -> PyResult<OnlineView> {
         inputs,
         allowed_lateness_ms: lateness,
     })
-}
-
-fn any_column(values: &Bound<'_, PyList>) -> Column {
-    let mut v = Vec::with_capacity(values.len());
-    let mut valid = Vec::with_capacity(values.len());
-    for x in values.iter() {
-        let value = scalar(&x);
-        valid.push(!value.is_null());
-        v.push(value);
-    }
-    Column {
-        data: ColumnData::Value(v),
-        valid: Some(valid),
-    }
 }
 
 /// The bytes of a `bytes` (memcpy) or `str` (UTF-8) hash field or value.
@@ -481,7 +467,7 @@ impl PyOnlineCore {
             ));
         }
         let groups: Vec<OnlineGroup> = self.with(|c| Ok(c.groups().to_vec()))?;
-        let owned = fed_columns(fed, groups.len(), n, any_column, "prepare")?;
+        let owned = fed_columns(fed, groups.len(), n, fed_column, "prepare")?;
         let batch = payload.as_ref().map(|p| p.batch.clone());
         let null_col = null_column(n);
         let cols = group_columns(&groups, &owned, batch.as_deref(), &null_col, n, "prepare")?;

@@ -2,80 +2,17 @@
 //! `skewless_core::replay`); its entity writes come back as `Writes`, like the worker's.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyList, PyString};
+use pyo3::types::{PyDict, PyList};
 
-use skewless_core::columns::{Column, ColumnData};
 use skewless_core::online::{OnlineGroup, OnlineView, Write};
 use skewless_core::replay::{Replay, Taken};
 
 use crate::columns::PyColumns;
-use crate::convert::{err, i64s, scalar};
+use crate::convert::{err, fed_column, i64s};
 use crate::online::{fed_columns, group_columns, layout_of, null_column, AggArgs, PyWrites};
 
 /// A view spec: `(fingerprint, aggregations, group, input per aggregation, lateness)`.
 type ViewArgs = (String, Vec<AggArgs>, usize, Vec<usize>, Option<i64>);
-
-fn any_column(values: &Bound<'_, PyList>) -> Column {
-    if let Some(col) = typed_column(values) {
-        return col;
-    }
-    let mut v = Vec::with_capacity(values.len());
-    let mut valid = Vec::with_capacity(values.len());
-    for x in values.iter() {
-        let value = scalar(&x);
-        valid.push(!value.is_null());
-        v.push(value);
-    }
-    Column {
-        data: ColumnData::Value(v),
-        valid: Some(valid),
-    }
-}
-
-/// A list of only str (or only float) cells and None as a typed column: the same inputs
-/// and keys as `scalar` gives cell by cell (`Value::Str`/`Value::Float`, None invalid),
-/// without a `String` per cell. None when another kind of cell is among them.
-fn typed_column(values: &Bound<'_, PyList>) -> Option<Column> {
-    let n = values.len();
-    let mut valid = Vec::with_capacity(n);
-    let first = values.iter().find(|x| !x.is_none())?;
-    if first.cast::<PyString>().is_ok() {
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut data = Vec::new();
-        offsets.push(0i64);
-        for x in values.iter() {
-            if x.is_none() {
-                valid.push(false);
-            } else {
-                let s = x.extract::<&str>().ok()?;
-                data.extend_from_slice(s.as_bytes());
-                valid.push(true);
-            }
-            offsets.push(data.len() as i64);
-        }
-        return Some(Column {
-            data: ColumnData::Str { offsets, data },
-            valid: Some(valid),
-        });
-    }
-    if first.cast::<PyFloat>().is_ok() {
-        let mut v = Vec::with_capacity(n);
-        for x in values.iter() {
-            if x.is_none() {
-                valid.push(false);
-                v.push(0.0);
-            } else {
-                v.push(x.cast::<PyFloat>().ok()?.value());
-                valid.push(true);
-            }
-        }
-        return Some(Column {
-            data: ColumnData::Float(v),
-            valid: Some(valid),
-        });
-    }
-    None
-}
 
 fn views_of(views: Vec<ViewArgs>) -> PyResult<Vec<OnlineView>> {
     views
@@ -238,7 +175,7 @@ impl PyReplay {
             ));
         }
         let groups: Vec<OnlineGroup> = self.with(|r| Ok(r.groups().to_vec()))?;
-        let owned = fed_columns(fed, groups.len(), n, any_column, "fold")?;
+        let owned = fed_columns(fed, groups.len(), n, fed_column, "fold")?;
         let batch = payload.as_ref().map(|p| p.batch.clone());
         let null_col = null_column(n);
         let cols = group_columns(&groups, &owned, batch.as_deref(), &null_col, n, "fold")?;
