@@ -3,7 +3,7 @@
 Each section lists one area's calls; every bulk call takes a batch and releases the GIL.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 __version__: str
 
@@ -418,6 +418,14 @@ class RespReplies:
     def raw(self) -> bytes: ...
 
 # -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------
+
+def append_files(
+    items: list[tuple[str, bytes]],
+) -> list[tuple[Literal["open", "write", "fsync"], int, str] | None]:
+    """Append each ``(path, chunk)`` to its existing file (``O_APPEND``) and fsync it, the
+    files concurrently, the GIL released for the whole call; one outcome per item: None, or
+    ``(stage, errno, message)`` where it failed (the chunk may be partly written)."""
+
 
 def write_log_file(
     schema_json: str,

@@ -15,6 +15,7 @@ mod avro;
 mod columns;
 mod convert;
 mod kernel;
+mod logappend;
 mod logwrite;
 mod online;
 mod read;
@@ -31,6 +32,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     columns::register(m)?;
     source::register(m)?;
     logwrite::register(m)?;
+    logappend::register(m)?;
     online::register(m)?;
     replay::register(m)?;
     read::register(m)?;
