@@ -729,40 +729,58 @@ class EventLogWriter:
         self, jobs: list[tuple[int, tuple[EnvelopeColumns, np.ndarray]]]
     ) -> list[_Outcome]:
         """``_write_columns(..., roll=True)`` of partitions whose open file takes the
-        append (``_appendable``), the writes and fsyncs of them all in one native call with
-        the GIL released throughout (``_native.append_files``): each partition's blocks are
-        encoded ending with its file's sync marker, appended (``O_APPEND``) and fsynced; a
-        failure is handled as ``_append_rolled`` does (the file cut back, else rolled)."""
-        outcomes: list[_Outcome] = [("", None)] * len(jobs)
-        writes: list[tuple[int, _OpenFile, bytes, int]] = []
-        for i, (partition, (batch, rows)) in enumerate(jobs):
-            cur = self._open[partition]
-            try:
-                data = self._encode_columns(partition, batch, rows, roll=True, sync=cur.sync)
-            except EventLogError as exc:
-                outcomes[i] = ("", exc)
-                continue
-            writes.append((i, cur, blocks_with_sync(data, cur.sync), int(batch.offsets[-1])))
-        results = _append_files([(cur.path, chunk) for _, cur, chunk, _ in writes])
-        for (i, cur, chunk, last), failed in zip(writes, results, strict=True):
-            partition = jobs[i][0]
+        append (``_appendable``), in one native call with the GIL released throughout
+        (``_native.append_log_blocks``): each partition's records encoded as blocks ending
+        with its file's sync marker, appended (``O_APPEND``) and fsynced, the partitions on
+        their own threads; a failure is handled as ``_append_rolled`` does (the file cut
+        back, else rolled)."""
+        if not jobs:
+            return []
+        payload = jobs[0][1][0].payload
+        if any(batch.payload is not payload for _, (batch, _) in jobs):
+            raise ValueError("one native append takes the partitions of one payload")
+        opened = [self._open[partition] for partition, _ in jobs]
+        metadata = {_META_VERSION: ENVELOPE_VERSION, _META_SOURCE: self._source}
+        results = _append_blocks(
+            self._schema_json, metadata, self._codec, _DEFLATE_LEVEL, payload,
+            [(cur.path, partition, cur.sync, _int64s(batch.offsets), batch.keys,
+              _int64s(batch.event_time_ms), _int64s(batch.processed_at_ms), _int64s(rows))
+             for cur, (partition, (batch, rows)) in zip(opened, jobs, strict=True)],
+            block_bytes=_SYNC_INTERVAL,
+        )  # fmt: skip
+        outcomes: list[_Outcome] = []
+        for cur, (partition, (batch, _)), (size, failed) in zip(opened, jobs, results, strict=True):
             if failed is not None:
-                outcomes[i] = ("", self._failed_append(partition, cur, *failed))
+                outcomes.append(("", self._failed_append(partition, batch, cur, *failed)))
                 continue
-            cur.size += len(chunk)
-            cur.last = last
+            cur.size += size
+            cur.last = int(batch.offsets[-1])
             path = cur.path
             if cur.size >= self._roll_bytes:
                 with contextlib.suppress(EventLogError):  # durable already; rolled next time
                     path = self._seal(partition)
-            outcomes[i] = (self._url(path), None)
+            outcomes.append((self._url(path), None))
         return outcomes
 
     def _failed_append(
-        self, partition: int, cur: _OpenFile, stage: str, errno: int, message: str
+        self,
+        partition: int,
+        batch: EnvelopeColumns,
+        cur: _OpenFile,
+        stage: str,
+        errno: int,
+        message: str,
     ) -> EventLogError:
         """The error of a native append to ``cur`` that failed at ``stage``; as
         ``_append_rolled``: a file gone is forgotten, a failed write or fsync is undone."""
+        if stage == "encode":  # nothing was written
+            first, last = int(batch.offsets[0]), int(batch.offsets[-1])
+            final = f"{self._partition_dir(partition)}/{file_name(first, last, cur.epoch)}"
+            return EventLogError(
+                f"cannot write event-log file {self._url(final)}: a record of offsets "
+                f"{first}..{last} does not match the envelope schema of source "
+                f"{self._source!r}: EventLogError: {message}"
+            )
         exc = (
             OSError(errno, os.strerror(errno), *([cur.path] if stage == "open" else []))
             if errno
@@ -801,28 +819,6 @@ class EventLogWriter:
     ) -> str:
         """Encode one partition's columns natively, then commit the file as ``_write`` does
         (with ``roll`` and rolling on: append it as synced blocks to the open file)."""
-        roll = roll and bool(self._roll_bytes)
-        data = self._encode_columns(partition, batch, rows, roll=roll)
-        offsets = batch.offsets
-        first, last = int(offsets[0]), int(offsets[-1])
-        if roll:
-            return self._append_rolled(partition, data, first, last)
-        folder = self._partition_dir(partition)
-        final = f"{folder}/{file_name(first, last, self._epoch.get(partition, 0))}"
-        self._commit(partition, final, lambda out: out.write(data))
-        return self._url(final)
-
-    def _encode_columns(
-        self,
-        partition: int,
-        batch: EnvelopeColumns,
-        rows: np.ndarray | None,
-        *,
-        roll: bool,
-        sync: bytes | None = None,
-    ) -> bytes:
-        """One partition's columns as an encoded container file (an open file's block
-        when ``roll``: no record count in the header; blocks ending with ``sync``)."""
         offsets = _int64s(batch.offsets)
         first, last = int(offsets[0]), int(offsets[-1])
         folder = self._partition_dir(partition)
@@ -832,10 +828,11 @@ class EventLogWriter:
             _META_SOURCE: self._source,
             _META_RECORDS: str(len(offsets)),
         }
+        roll = roll and bool(self._roll_bytes)
         if roll:
             del metadata[_META_RECORDS]  # an open file's count is not known up front
         try:
-            return _native.write_log_file(
+            data = _native.write_log_file(
                 self._schema_json,
                 metadata,
                 self._codec,
@@ -847,7 +844,6 @@ class EventLogWriter:
                 _int64s(batch.processed_at_ms),
                 batch.payload,
                 rows=None if rows is None else _int64s(rows),
-                sync=sync,
                 block_bytes=_SYNC_INTERVAL,
             )
         except Exception as exc:
@@ -856,6 +852,10 @@ class EventLogWriter:
                 f"{first}..{last} does not match the envelope schema of source "
                 f"{self._source!r}: {type(exc).__name__}: {exc}"
             ) from exc
+        if roll:
+            return self._append_rolled(partition, data, first, last)
+        self._commit(partition, final, lambda out: out.write(data))
+        return self._url(final)
 
     def _append_rolled(self, partition: int, data: bytes, first: int, last: int) -> str:
         """Append the encoded container file ``data`` (records ``first..last``) to the
@@ -1483,9 +1483,9 @@ def _durable_local(folder: str, tmp: str, final: str, fill: Callable[[Any], obje
     _fsync_dir(folder)
 
 
-# Appends chunks to open files and fsyncs them, all in one GIL-free call (tests wrap it
-# to inject faults).
-_append_files = _native.append_files
+# Encodes partitions' blocks, appends them to their open files and fsyncs them, all in
+# one GIL-free call (tests wrap it to inject faults).
+_append_blocks = _native.append_log_blocks
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()

@@ -419,14 +419,6 @@ class RespReplies:
 
 # -- event-log writing (native/python/src/logwrite.rs) ---------------------------------------
 
-def append_files(
-    items: list[tuple[str, bytes]],
-) -> list[tuple[Literal["open", "write", "fsync"], int, str] | None]:
-    """Append each ``(path, chunk)`` to its existing file (``O_APPEND``) and fsync it, the
-    files concurrently, the GIL released for the whole call; one outcome per item: None, or
-    ``(stage, errno, message)`` where it failed (the chunk may be partly written)."""
-
-
 def write_log_file(
     schema_json: str,
     metadata: dict[str, Any],
@@ -453,6 +445,22 @@ def write_log_file(
 
 def columns_from_arrays(arrays: dict[str, Any]) -> Columns:
     """{name: pyarrow/numpy array or list} held natively (one copy of the buffers)."""
+
+def append_log_blocks(
+    schema_json: str,
+    metadata: dict[str, Any],
+    codec: str,
+    level: int,
+    payload: Columns | dict[str, Any],
+    jobs: list[tuple[str, int, bytes, Any, Any, Any, Any, Any]],
+    *,
+    block_bytes: int = 65536,
+) -> list[tuple[int, tuple[Literal["encode", "open", "write", "fsync"], int, str] | None]]:
+    """Per job ``(path, partition, sync, offsets, keys, event_time, processed_at, rows)``:
+    its records encoded as ``write_log_file(..., sync=sync)`` blocks (no header), appended
+    to the open file ``path`` (``O_APPEND``) and fsynced; the jobs on their own threads, the
+    GIL released once for the whole call. One ``(bytes appended, None)`` or
+    ``(0, (stage, errno, message))`` per job, in order."""
 
 def kafka_partitions(keys: Any, partitions: int) -> Any:
     """numpy int64 partition of each key as engine.keys.partition_for picks it (-1: null)."""

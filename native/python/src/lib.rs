@@ -32,7 +32,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     columns::register(m)?;
     source::register(m)?;
     logwrite::register(m)?;
-    logappend::register(m)?;
     online::register(m)?;
     replay::register(m)?;
     read::register(m)?;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -362,18 +363,18 @@ def columns_append(writer: EventLogWriter, parts: list[int], first: int, n: int)
 def fail_fsync_once(monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
     """The next native append writes every chunk, then reports the fsync of the file whose
     name contains ``failing`` failed (EIO): a disk that took the bytes, then failed."""
-    real = eventlog._append_files
+    real = eventlog._append_blocks
 
-    def append_files(items: list[tuple[str, bytes]]) -> list[tuple[str, int, str] | None]:
-        monkeypatch.setattr(eventlog, "_append_files", real)
-        done = real(items)
-        assert done == [None] * len(items)
+    def append_blocks(*args: Any, **kwargs: Any) -> list[tuple[int, Any]]:
+        monkeypatch.setattr(eventlog, "_append_blocks", real)
+        done = real(*args, **kwargs)
+        assert all(size > 0 and failed is None for size, failed in done)
         return [
-            ("fsync", 5, "Input/output error") if failing in path else ok
-            for (path, _), ok in zip(items, done, strict=True)
+            (0, ("fsync", 5, "Input/output error")) if failing in job[0] else got
+            for job, got in zip(args[5], done, strict=True)
         ]
 
-    monkeypatch.setattr(eventlog, "_append_files", append_files)
+    monkeypatch.setattr(eventlog, "_append_blocks", append_blocks)
 
 
 def test_the_one_call_append_writes_the_bytes_the_per_partition_append_does(
@@ -384,10 +385,13 @@ def test_the_one_call_append_writes_the_bytes_the_per_partition_append_does(
     to the random sync marker each file's header picks."""
     roots = [str(tmp_path / "native"), str(tmp_path / "python")]
     calls: list[int] = []
-    real = eventlog._append_files
-    monkeypatch.setattr(
-        eventlog, "_append_files", lambda items: calls.append(len(items)) or real(items)
-    )
+    real = eventlog._append_blocks
+
+    def append_blocks(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[5]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eventlog, "_append_blocks", append_blocks)
     native = EventLogWriter(roots[0], "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
     python = EventLogWriter(roots[1], "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
     monkeypatch.setattr(python, "_appendable", lambda partition: False)
