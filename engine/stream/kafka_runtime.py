@@ -61,7 +61,6 @@ log = logging.getLogger("skewless.worker")
 Partition = tuple[str, int]
 TRACE_ENV = "SKEWLESS_WORKER_TRACE"
 PIPELINE_ENV = "SKEWLESS_WORKER_PIPELINE"
-LIVE_AHEAD_ENV = "SKEWLESS_WORKER_LIVE_AHEAD"
 # the pipeline decodes ahead only a batch of at least this many records (or a full one):
 # a smaller one is a live stream's, kept until the batch in flight is done and topped up
 # with what arrived meanwhile, so live batches do not shrink (docs/streaming.md#the-pipeline)
@@ -134,10 +133,6 @@ class WorkerOptions:
     # n + 1. n + 1 is prepared only once n is written, checked, logged and its offsets
     # queued ($SKEWLESS_WORKER_PIPELINE=0/1 overrides, for A/B runs of benchmarks/stream.py)
     pipeline: bool = True
-    # (pipeline) a live stream's batch n + 1 is cut once n's online write returned, and
-    # decoded and transformed while n appends its log, instead of after n is done
-    # (KafkaWorker._run_pipelined; $SKEWLESS_WORKER_LIVE_AHEAD=0/1 overrides, for A/B runs)
-    live_ahead: bool = True
 
 
 @dataclass(slots=True)
@@ -258,9 +253,6 @@ class OwnedPartitionsLog:
         self._make = make
         self._writer: Any = make()
         self.trace: BatchTrace | None = None  # set by the worker when tracing
-        # called as an append begins (the pipeline's thread sets it for the last group of
-        # the batch it runs: KafkaWorker's live decode-ahead waits for it)
-        self.began: Callable[[], None] | None = None
 
     def append(self, records: Sequence[Envelope]) -> list[str]:
         return cast(list[str], self._run(self._writer.append, (records,)))
@@ -279,8 +271,6 @@ class OwnedPartitionsLog:
         return found
 
     def _run(self, call: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        if self.began is not None:
-            self.began()
         trace = self.trace
         if trace is None:
             return call(*args)
@@ -328,9 +318,6 @@ class _InFlight:
 
     groups: list[_Group]
     future: Future[list[BatchOutcome | Exception | None]]
-    # set once its last group's online write returned (its log append begins), or once its
-    # attempt ended, whichever comes first
-    appending: threading.Event = field(default_factory=threading.Event)
 
 
 class KafkaWorker:
@@ -364,7 +351,6 @@ class KafkaWorker:
         # the pipeline (WorkerOptions.pipeline): the batch on the helper thread, and the
         # groups of one that failed there, retried by the loop
         self.pipeline = _switch(PIPELINE_ENV, self.options.pipeline)
-        self.live_ahead = _switch(LIVE_AHEAD_ENV, self.options.live_ahead)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="batch") if self.pipeline else None
         self._inflight: _InFlight | None = None
         self._failed: list[tuple[_Group, Exception | None]] = []
@@ -461,10 +447,9 @@ class KafkaWorker:
         """The loop with the pipeline: batch n runs on the helper thread while this thread
         takes the records the client already holds (no wait) and, if they are a backlog's
         (``AHEAD_MIN_RECORDS`` or a full batch), decodes them as batch n + 1
-        (``BatchProcessor.decode``: no entity state) — fewer are a live stream's: they wait
-        in the stash until n's online write returned (``live_ahead``; else until n is done),
-        then go out with what arrived meanwhile as batch n + 1, decoded while n appends its
-        log, so a live stream's batches are as large as in the serial loop;
+        (``BatchProcessor.decode``: no entity state) — fewer wait in the stash and are
+        topped up once n is done, so a live stream's batches are as large as in the
+        serial loop;
         then n is joined and its offsets queued — or, if it failed, n + 1 goes back to the
         stash undecoded and n is retried here as in the serial loop — and only then is
         n + 1 handed to the thread. A rebalance inside the fetch joins n first
@@ -487,19 +472,9 @@ class KafkaWorker:
                 if trace is not None:
                     got = time.perf_counter()
             busy = self._inflight is not None  # (a rebalance inside the fetch joined it)
-            if busy and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
-                self._stash = records + self._stash  # a live stream's: not worth a batch yet
+            if busy and records and len(records) < min(self.options.batch_max, AHEAD_MIN_RECORDS):
+                self._stash = records + self._stash  # a live stream's: not worth a batch
                 records = []
-                if self.live_ahead and not self._stop.is_set():
-                    # n + 1 is what arrived until n's online write returned: decoded below
-                    # while n appends its log, not after n is done
-                    self._await_append()
-                    if trace is not None:
-                        asked = time.perf_counter()
-                    records = self._take(consumer, 0.0, top_up=True)
-                    if trace is not None:
-                        got = time.perf_counter()
-                    busy = self._inflight is not None  # (a rebalance inside the fetch)
             groups = self._groups(records) if records else []
             if busy:
                 for group in groups:  # beside batch n's write: decode batch n + 1
@@ -520,13 +495,6 @@ class KafkaWorker:
             else:
                 self._commit_queued()
             self._maybe_log_stats()
-
-    def _await_append(self) -> None:
-        """Wait until the batch in flight has its online write back (its log append begins)
-        or has ended."""
-        job = self._inflight
-        if job is not None:
-            job.appending.wait()
 
     def _take(
         self, consumer: BatchConsumer, timeout_s: float, *, top_up: bool
@@ -589,39 +557,26 @@ class KafkaWorker:
         if live:
             if self._trace is not None:
                 self._trace.start(asked, got, [r for group in live for r in group.recs])
-            appending = threading.Event()
-            future = self._pool.submit(self._attempt, live, appending)
-            self._inflight = _InFlight(live, future, appending)
+            self._inflight = _InFlight(live, self._pool.submit(self._attempt, live))
 
-    def _attempt(
-        self, groups: list[_Group], appending: threading.Event | None = None
-    ) -> list[BatchOutcome | Exception | None]:
-        """(the pipeline's thread) One attempt of each group, in order, until one fails;
-        ``appending`` is set when the last group's log append begins, or at the end."""
+    def _attempt(self, groups: list[_Group]) -> list[BatchOutcome | Exception | None]:
+        """(the pipeline's thread) One attempt of each group, in order, until one fails."""
         out: list[BatchOutcome | Exception | None] = []
         failed = False
-        try:
-            for k, group in enumerate(groups):
-                if failed:
-                    out.append(None)
-                    continue
-                wiring = self.sources[group.topic]
-                if appending is not None and k == len(groups) - 1:
-                    wiring.log.began = appending.set
-                try:
-                    if group.decoded is None:
-                        out.append(wiring.processor.process(group.recs))
-                    else:
-                        out.append(wiring.processor.process(group.recs, decoded=group.decoded))
-                except Exception as exc:  # handed to the loop, which retries as ever
-                    out.append(exc)
-                    failed = True
-                finally:
-                    wiring.log.began = None
-                group.decoded = None  # its columns are no longer needed
-        finally:
-            if appending is not None:
-                appending.set()
+        for group in groups:
+            if failed:
+                out.append(None)
+                continue
+            try:
+                processor = self.sources[group.topic].processor
+                if group.decoded is None:
+                    out.append(processor.process(group.recs))
+                else:
+                    out.append(processor.process(group.recs, decoded=group.decoded))
+            except Exception as exc:  # handed to the loop, which retries as ever
+                out.append(exc)
+                failed = True
+            group.decoded = None  # its columns are no longer needed
         if self._trace is not None:
             self._trace.mark("done")
         return out

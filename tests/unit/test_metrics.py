@@ -128,8 +128,7 @@ def test_the_kafka_runtime_calls_the_hooks() -> None:
 
     before = read()
     processor = FakeProcessor(failures=2)
-    # the empty poll: nothing more arrived (the scripted consumer's next poll asks to stop)
-    worker, consumer, stop = worker_for(processor, [[rec(0, 0), rec(1, 0)], [rec(0, 1)], []])
+    worker, consumer, stop = worker_for(processor, [[rec(0, 0), rec(1, 0)], [rec(0, 1)]])
     consumer.fail_commits = 1
     worker.run(stop)
     after = read()

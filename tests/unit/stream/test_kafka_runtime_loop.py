@@ -19,7 +19,6 @@ import pytest
 from engine.stream import kafka_runtime
 from engine.stream.core import BatchOutcome, SourceRecord
 from engine.stream.kafka_runtime import (
-    LIVE_AHEAD_ENV,
     PIPELINE_ENV,
     KafkaWorker,
     OwnedPartitionsLog,
@@ -382,91 +381,19 @@ def test_stop_waits_for_the_batch_in_flight_and_commits_it(pipeline: bool) -> No
     assert processor.calls == [[(0, 0)], [(0, 1)]] and stats.batches == 2
 
 
-@pytest.mark.parametrize("live_ahead", [False, True], ids=["after", "live_ahead"])
 def test_a_live_streams_small_batch_waits_for_the_one_in_flight_and_is_topped_up(
-    pipeline: bool, live_ahead: bool, monkeypatch: pytest.MonkeyPatch
+    pipeline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not pipeline:
         return
     monkeypatch.setattr(kafka_runtime, "AHEAD_MIN_RECORDS", 2)
-    monkeypatch.setenv(LIVE_AHEAD_ENV, "1" if live_ahead else "0")
     processor = FakeProcessor()
     worker, consumer, stop = worker_for(processor, [[rec(0, 0)], [rec(0, 1)], [rec(0, 2)]])
-    assert worker.live_ahead == live_ahead
     worker.run(stop)
-    # [(0, 1)] came beside batch 1, too small to decode ahead: once batch 1 was written
-    # (live_ahead: its online write returned; else: it was done), it went out with what had
-    # arrived meanwhile, as one batch — decoded ahead, beside batch 1's log append, or after
-    assert processor.calls == [[(0, 0)], [(0, 1), (0, 2)]]
-    assert processor.decoded == ([[(0, 1), (0, 2)]] if live_ahead else [])
+    # [(0, 1)] came beside batch 1, too small to decode ahead: once batch 1 was done, it
+    # went out with what had arrived meanwhile, as one batch
+    assert processor.calls == [[(0, 0)], [(0, 1), (0, 2)]] and processor.decoded == []
     assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 3}]
-
-
-class AppendGatedProcessor(GatedProcessor):
-    """A GatedProcessor without the wait in ``process``: its k-th batch appends its log after
-    "the write" (``log``, in ``timeline``), and the append lasts until the loop decoded k
-    batches ahead (or ``stop``) — the loop's chance to prepare the next batch."""
-
-    def __init__(self, stop: threading.Event, log: OwnedPartitionsLog) -> None:
-        super().__init__(stop)
-        self.log = log
-        self.appended = 0
-
-    def process(self, records: Sequence[SourceRecord], *, decoded: object = None) -> BatchOutcome:
-        which = [(r.partition, r.offset) for r in records]
-        self.timeline.append(("start", which))
-        out = FakeProcessor.process(self, records)
-        self.log.append(records)  # type: ignore[arg-type]
-        self.timeline.append(("end", which))
-        return out
-
-    def appending(self, records: Sequence[object]) -> list[str]:
-        self.appended += 1
-        self.timeline.append(("log", [(r.partition, r.offset) for r in records]))  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 2
-        while (len(self.decoded) < self.appended and not self.stop.is_set()
-               and time.monotonic() < deadline):  # fmt: skip
-            time.sleep(0.001)
-        return []
-
-
-def test_a_live_batch_is_cut_when_the_write_before_returned_and_decoded_beside_its_log(
-    pipeline: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """live_ahead: the next live batch is what arrived until the batch in flight had its
-    online write back; it is decoded while that batch appends its log, and still applied
-    and committed strictly after it. What arrives later waits for the batch after."""
-    if not pipeline:
-        return
-    monkeypatch.setattr(kafka_runtime, "AHEAD_MIN_RECORDS", 10)  # every batch here is live
-    stop = threading.Event()
-
-    class GateLog(NullLog):
-        def append(self, records: Sequence[object]) -> list[str]:
-            return processor.appending(records)
-
-    owned = OwnedPartitionsLog(GateLog)  # type: ignore[arg-type]
-    processor = AppendGatedProcessor(stop, owned)
-    consumer = ScriptedConsumer([[rec(0, 0)], [rec(0, 1)], [rec(0, 2)], [rec(0, 3)]], stop)
-    commit = consumer.commit
-
-    def logged_commit(offsets: Mapping[tuple[str, int], int], *, wait: bool = True) -> None:
-        processor.timeline.append(("commit", sorted((p, o) for (_, p), o in offsets.items())))
-        commit(offsets, wait=wait)
-
-    consumer.commit = logged_commit  # type: ignore[method-assign]
-    wiring = SourceWiring(processor=processor, log=owned)  # type: ignore[arg-type]
-    worker = KafkaWorker({TOPIC: wiring}, consumer.factory, FAST)  # type: ignore[arg-type]
-    assert worker.pipeline and worker.live_ahead
-    worker.run(stop)
-    b1, b2, b3 = [(0, 0)], [(0, 1), (0, 2)], [(0, 3)]
-    assert processor.calls == [b1, b2, b3]
-    at = {(what, tuple(which)): i for i, (what, which) in enumerate(processor.timeline)}
-    for before, after, committed in ((b1, b2, [(0, 1)]), (b2, b3, [(0, 3)])):
-        before_, after_ = tuple(before), tuple(after)
-        assert at["log", before_] < at["decode", after_] < at["end", before_], processor.timeline
-        assert at["end", before_] < at["commit", tuple(committed)] < at["start", after_]
-    assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 3}, {(TOPIC, 0): 4}]
 
 
 # -- the batch trace ($SKEWLESS_WORKER_TRACE, benchmarks/stream.py --breakdown) ------------
