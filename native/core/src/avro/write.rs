@@ -1023,6 +1023,21 @@ mod tests {
     }
 
     #[test]
+    fn header_len_is_where_the_first_block_starts() {
+        let batch = payload(&["A", "B", "A"], vec![1, 2, 3]);
+        let meta = vec![("avro.schema".to_string(), ENVELOPE.as_bytes().to_vec())];
+        for codec in [Codec::Null, Codec::Deflate(1)] {
+            let bytes = write(&batch, codec, 65536).unwrap();
+            let head = header_len(&meta, codec, [7; 16]).unwrap();
+            let empty = write(&payload(&[], vec![]), codec, 65536).unwrap();
+            assert_eq!(empty.len(), head); // a file without records is its header
+            assert_eq!(bytes[..head], empty[..]);
+            assert_eq!(bytes[head - 16..head], [7; 16]);
+            assert!(bytes.len() > head && bytes.ends_with(&[7; 16]));
+        }
+    }
+
+    #[test]
     fn round_trips_through_the_reader_in_blocks() {
         let rows = 1000;
         let batch = payload(&vec!["B"; rows], (0..rows as i64).collect());
