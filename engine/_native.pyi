@@ -3,7 +3,7 @@
 Each section lists one area's calls; every bulk call takes a batch and releases the GIL.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 __version__: str
 
@@ -445,6 +445,22 @@ def write_log_file(
 
 def columns_from_arrays(arrays: dict[str, Any]) -> Columns:
     """{name: pyarrow/numpy array or list} held natively (one copy of the buffers)."""
+
+def append_log_blocks(
+    schema_json: str,
+    metadata: dict[str, Any],
+    codec: str,
+    level: int,
+    payload: Columns | dict[str, Any],
+    jobs: list[tuple[str, int, bytes, Any, Any, Any, Any, Any]],
+    *,
+    block_bytes: int = 65536,
+) -> list[tuple[int, tuple[Literal["encode", "open", "write", "fsync"], int, str] | None]]:
+    """Per job ``(path, partition, sync, offsets, keys, event_time, processed_at, rows)``:
+    its records encoded as ``write_log_file(..., sync=sync)`` blocks (no header), appended
+    to the open file ``path`` (``O_APPEND``) and fsynced; the jobs on their own threads, the
+    GIL released once for the whole call. One ``(bytes appended, None)`` or
+    ``(0, (stage, errno, message))`` per job, in order."""
 
 def kafka_partitions(keys: Any, partitions: int) -> Any:
     """numpy int64 partition of each key as engine.keys.partition_for picks it (-1: null)."""

@@ -15,6 +15,7 @@ mod avro;
 mod columns;
 mod convert;
 mod kernel;
+mod logappend;
 mod logwrite;
 mod online;
 mod read;

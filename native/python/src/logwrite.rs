@@ -13,15 +13,19 @@ use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use skewless_core::avro::write::{write_container, Codec, EnvelopeColumns, FileOptions, Partition};
+use skewless_core::avro::write::{
+    header_len, write_container, Codec, EnvelopeColumns, FileOptions, Partition,
+};
 use skewless_core::avro::{AvroError, Schema};
 use skewless_core::columns::{Batch, Column, ColumnData};
 use skewless_core::value::Value;
 
 use crate::columns::PyColumns;
+use crate::logappend::append_one;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_log_file, m)?)?;
+    m.add_function(wrap_pyfunction!(append_log_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(columns_from_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(kafka_partitions, m)?)?;
     Ok(())
@@ -416,38 +420,10 @@ fn write_log_file<'py>(
     sync: Option<&[u8]>,
     block_bytes: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let codec = match codec {
-        "null" => Codec::Null,
-        "deflate" => Codec::Deflate(level),
-        other => {
-            return Err(PyValueError::new_err(format!(
-                "codec must be 'null' or 'deflate', got {other:?}"
-            )))
-        }
-    };
-    let mut meta: Vec<(String, Vec<u8>)> = Vec::with_capacity(metadata.len() + 2);
-    for (k, v) in metadata.iter() {
-        let k: String = k.extract()?;
-        let v = if let Ok(s) = v.cast::<PyString>() {
-            s.to_str()?.as_bytes().to_vec()
-        } else {
-            buffer_bytes(&v).map_err(|_| {
-                PyTypeError::new_err(format!("metadata {k:?}: expected str or bytes"))
-            })?
-        };
-        meta.push((k, v));
-    }
-    // fastavro's order: the caller's entries, then avro.codec, then avro.schema.
-    if !meta.iter().any(|(k, _)| k == "avro.codec") {
-        meta.push(("avro.codec".into(), codec.name().as_bytes().to_vec()));
-    }
-    if !meta.iter().any(|(k, _)| k == "avro.schema") {
-        meta.push(("avro.schema".into(), schema_json.as_bytes().to_vec()));
-    }
+    let codec = parse_codec(codec, level)?;
+    let meta = header_metadata(metadata, codec, schema_json)?;
     let sync: [u8; 16] = match sync {
-        Some(s) => s.try_into().map_err(|_| {
-            PyValueError::new_err(format!("sync must be 16 bytes, got {}", s.len()))
-        })?,
+        Some(s) => sync_marker(s)?,
         None => py
             .import("os")?
             .call_method1("urandom", (16,))?
@@ -479,6 +455,190 @@ fn write_log_file<'py>(
     });
     let bytes = result.map_err(|e| log_error(py, &e))?;
     Ok(PyBytes::new(py, &bytes))
+}
+
+/// `"null"` or `"deflate"` (raw DEFLATE at `level`).
+fn parse_codec(codec: &str, level: i32) -> PyResult<Codec> {
+    match codec {
+        "null" => Ok(Codec::Null),
+        "deflate" => Ok(Codec::Deflate(level)),
+        other => Err(PyValueError::new_err(format!(
+            "codec must be 'null' or 'deflate', got {other:?}"
+        ))),
+    }
+}
+
+fn sync_marker(s: &[u8]) -> PyResult<[u8; 16]> {
+    s.try_into()
+        .map_err(|_| PyValueError::new_err(format!("sync must be 16 bytes, got {}", s.len())))
+}
+
+/// The header's metadata in fastavro's order: the caller's entries, then avro.codec,
+/// then avro.schema.
+fn header_metadata(
+    metadata: &Bound<'_, PyDict>,
+    codec: Codec,
+    schema_json: &str,
+) -> PyResult<Vec<(String, Vec<u8>)>> {
+    let mut meta: Vec<(String, Vec<u8>)> = Vec::with_capacity(metadata.len() + 2);
+    for (k, v) in metadata.iter() {
+        let k: String = k.extract()?;
+        let v = if let Ok(s) = v.cast::<PyString>() {
+            s.to_str()?.as_bytes().to_vec()
+        } else {
+            buffer_bytes(&v).map_err(|_| {
+                PyTypeError::new_err(format!("metadata {k:?}: expected str or bytes"))
+            })?
+        };
+        meta.push((k, v));
+    }
+    // fastavro's order: the caller's entries, then avro.codec, then avro.schema.
+    if !meta.iter().any(|(k, _)| k == "avro.codec") {
+        meta.push(("avro.codec".into(), codec.name().as_bytes().to_vec()));
+    }
+    if !meta.iter().any(|(k, _)| k == "avro.schema") {
+        meta.push(("avro.schema".into(), schema_json.as_bytes().to_vec()));
+    }
+    Ok(meta)
+}
+
+/// One partition's part of `append_log_blocks`, converted while holding the GIL.
+struct AppendJob {
+    path: String,
+    partition: i32,
+    sync: [u8; 16],
+    offsets: Vec<i64>,
+    keys: Option<Column>,
+    event_time: Vec<i64>,
+    processed_at: Vec<i64>,
+    rows: Option<Vec<usize>>,
+}
+
+/// A job as Python passes it: `(path, partition, sync, offsets, keys, event_time,
+/// processed_at, rows)`.
+type PyAppendJob<'py> = (
+    String,
+    i32,
+    Vec<u8>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyAny>>,
+);
+
+/// Encode each job's records as blocks ending with its file's `sync` marker (what
+/// `write_log_file(..., sync=sync)` gives, less the header) and append them to its open
+/// file at `path` (`O_APPEND`), then fsync it — every job on its own thread, the GIL
+/// released once for the whole call (a worker's log append then re-takes it once, not
+/// after each encode, write and fsync).
+///
+/// The arguments are `write_log_file`'s, with the per-partition ones in `jobs`:
+/// `(path, partition, sync, offsets, keys, event_time, processed_at, rows)`, every job's
+/// rows selecting from the one `payload`. Returns one `(bytes, failure)` per job, in
+/// order: the bytes appended and None, or `(0, (stage, errno, message))` where `stage` is
+/// `"encode"` (nothing written; `errno` 0), `"open"`, `"write"` or `"fsync"` (the chunk may
+/// be in the file in part or whole; `errno` 0 when the OS gave none).
+#[pyfunction]
+#[pyo3(signature = (schema_json, metadata, codec, level, payload, jobs, *, block_bytes=65536))]
+#[allow(clippy::too_many_arguments)]
+fn append_log_blocks<'py>(
+    py: Python<'py>,
+    schema_json: &str,
+    metadata: &Bound<'py, PyDict>,
+    codec: &str,
+    level: i32,
+    payload: &Bound<'py, PyAny>,
+    jobs: Vec<PyAppendJob<'py>>,
+    block_bytes: usize,
+) -> PyResult<Vec<AppendOutcome>> {
+    let codec = parse_codec(codec, level)?;
+    let meta = header_metadata(metadata, codec, schema_json)?;
+    let batch = payload_batch(py, payload)?;
+    let jobs = jobs
+        .into_iter()
+        .map(
+            |(path, partition, sync, offsets, keys, event_time, processed_at, rows)| {
+                Ok(AppendJob {
+                    path,
+                    partition,
+                    sync: sync_marker(&sync)?,
+                    offsets: i64s(&offsets, "offsets")?,
+                    keys: keys.map(|k| key_column(py, &k)).transpose()?,
+                    event_time: i64s(&event_time, "event_time")?,
+                    processed_at: i64s(&processed_at, "processed_at")?,
+                    rows: rows.as_ref().map(indexes).transpose()?,
+                })
+            },
+        )
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(py.detach(|| {
+        let schema = match Schema::parse(schema_json) {
+            Ok(schema) => schema,
+            Err(e) => {
+                let failed = (0, Some(("encode", 0, e.to_string())));
+                return vec![failed; jobs.len()];
+            }
+        };
+        let one =
+            |job: &AppendJob| encode_and_append(&schema, &meta, codec, block_bytes, &batch, job);
+        if jobs.len() <= 1 {
+            return jobs.iter().map(one).collect();
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|job| scope.spawn(move || one(job)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (0, Some(("write", 0, "append thread panicked".to_string())))
+                    })
+                })
+                .collect()
+        })
+    }))
+}
+
+/// Bytes appended, or where and why an append failed: `(stage, errno, message)`.
+type AppendOutcome = (usize, Option<(&'static str, i32, String)>);
+
+fn encode_and_append(
+    schema: &Schema,
+    meta: &[(String, Vec<u8>)],
+    codec: Codec,
+    block_bytes: usize,
+    batch: &Batch,
+    job: &AppendJob,
+) -> AppendOutcome {
+    let envelope = EnvelopeColumns {
+        partition: Partition::One(job.partition),
+        offset: &job.offsets,
+        key: job.keys.as_ref(),
+        event_time: &job.event_time,
+        processed_at: &job.processed_at,
+    };
+    let file = FileOptions {
+        codec,
+        sync: job.sync,
+        block_bytes,
+    };
+    let encoded = write_container(schema, meta, file, envelope, batch, job.rows.as_deref())
+        .and_then(|data| Ok((header_len(meta, codec, job.sync)?, data)));
+    let (head, data) = match encoded {
+        Ok(got) => got,
+        Err(e) => return (0, Some(("encode", 0, e.to_string()))),
+    };
+    let blocks = &data[head..];
+    match append_one(&job.path, blocks) {
+        Ok(()) => (blocks.len(), None),
+        Err((stage, e)) => (
+            0,
+            Some((stage.name(), e.raw_os_error().unwrap_or(0), e.to_string())),
+        ),
+    }
 }
 
 /// The Java client's murmur2 of `data` (Kafka's default partitioner hash).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -345,3 +346,121 @@ def test_the_limit_holds_across_an_offset_gap_at_the_handover(tmp_path: Path) ->
     assert [e.offset for e in read] == want
     assert [e.processed_at_ms for e in read] == [111] * 8 + [222] * 5
     assert all(e.payload["amount"] == 1.5 for e in read)
+
+
+def columns_append(writer: EventLogWriter, parts: list[int], first: int, n: int) -> list[str]:
+    """Append offsets ``first..first + n - 1`` to each partition of ``parts`` as one
+    columnar batch (the worker's path: ``append_batch_columns``)."""
+    offs = np.tile(np.arange(first, first + n, dtype=np.int64), len(parts))
+    where = np.repeat(np.asarray(parts, dtype=np.int64), n)
+    return writer.append_batch_columns(
+        where, offs, [b"c%d" % o for o in offs.tolist()], offs + 1, offs + 2,
+        {"customer_id": [f"c{o}" for o in offs.tolist()], "amount": (offs * 0.5).tolist(),
+         "ts": (offs + 1).tolist(), "note": [None] * len(offs)},
+    )  # fmt: skip
+
+
+def fail_fsync_once(monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    """The next native append writes every chunk, then reports the fsync of the file whose
+    name contains ``failing`` failed (EIO): a disk that took the bytes, then failed."""
+    real = eventlog._append_blocks
+
+    def append_blocks(*args: Any, **kwargs: Any) -> list[tuple[int, Any]]:
+        monkeypatch.setattr(eventlog, "_append_blocks", real)
+        done = real(*args, **kwargs)
+        assert all(size > 0 and failed is None for size, failed in done)
+        return [
+            (0, ("fsync", 5, "Input/output error")) if failing in job[0] else got
+            for job, got in zip(args[5], done, strict=True)
+        ]
+
+    monkeypatch.setattr(eventlog, "_append_blocks", append_blocks)
+
+
+def test_the_one_call_append_writes_the_bytes_the_per_partition_append_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The native one-call append (every partition's blocks written and fsynced at once)
+    leaves each open file byte for byte as the per-partition ``_append_rolled`` path, up
+    to the random sync marker each file's header picks."""
+    roots = [str(tmp_path / "native"), str(tmp_path / "python")]
+    calls: list[int] = []
+    real = eventlog._append_blocks
+
+    def append_blocks(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[5]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(eventlog, "_append_blocks", append_blocks)
+    native = EventLogWriter(roots[0], "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    python = EventLogWriter(roots[1], "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    monkeypatch.setattr(python, "_appendable", lambda partition: False)
+    for first in range(0, 60, 12):
+        for writer in (native, python):
+            columns_append(writer, [0, 2, 5], first, 12)
+    assert calls == [3] * 4  # the first append of each file commits it whole, in Python
+    for p in (0, 2, 5):
+        a, b = ((Path(r) / "tx" / f"partition={p}" / open_file_name(0)).read_bytes() for r in roots)
+        sync_a, sync_b = scan_blocks(a).sync, scan_blocks(b).sync
+        assert sync_a != sync_b and len(a) == len(b)
+        assert a.replace(sync_a, sync_b) == b
+        assert offsets(roots[0], p) == list(range(60)) == native_offsets(roots[0], p)
+
+
+def test_a_failed_one_call_append_is_cut_back_and_the_others_stand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = str(tmp_path)
+    writer = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    columns_append(writer, [0, 1], 0, 10)
+    path = tmp_path / "tx" / "partition=1" / open_file_name(0)
+    size = path.stat().st_size
+    fail_fsync_once(monkeypatch, "partition=1/")
+    with pytest.raises(eventlog.EventLogError, match=r"cannot append.*Input/output error"):
+        columns_append(writer, [0, 1], 10, 10)
+    assert path.stat().st_size == size  # the block was cut off again
+    assert offsets(root, 1) == list(range(10))
+    assert offsets(root, 0) == list(range(20))  # the other partition's append stands
+    assert (writer.last_offset(0), writer.last_offset(1)) == (19, 9)
+    columns_append(writer, [0, 1], 10, 10)  # the retry lands once, in the same file
+    assert names(tmp_path / "tx" / "partition=1") == [open_file_name(0)]
+    for p in (0, 1):
+        assert offsets(root, p) == list(range(20)) == native_offsets(root, p)
+
+
+def test_a_failed_one_call_append_that_cannot_be_cut_back_is_rolled_below_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = str(tmp_path)
+    folder = tmp_path / "tx" / "partition=0"
+    writer = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    columns_append(writer, [0], 0, 10)
+    fail_fsync_once(monkeypatch, "partition=0/")
+
+    def no_truncate(fd: int, size: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(eventlog.os, "ftruncate", no_truncate)
+    with pytest.raises(eventlog.EventLogError, match="cannot append"):
+        columns_append(writer, [0], 10, 10)
+    assert names(folder) == [file_name(0, 9)]  # rolled: readers stop before the failed block
+    assert scan_blocks((folder / file_name(0, 9)).read_bytes()).records == 20
+    assert offsets(root) == list(range(10)) == native_offsets(root)
+    columns_append(writer, [0], 10, 10)
+    assert names(folder) == [file_name(0, 9), open_file_name(10)]
+    assert offsets(root) == list(range(20)) == native_offsets(root)
+
+
+def test_a_one_call_append_to_a_vanished_file_fails_then_starts_a_new_file(
+    tmp_path: Path,
+) -> None:
+    root = str(tmp_path)
+    folder = tmp_path / "tx" / "partition=0"
+    writer = EventLogWriter(root, "tx", PAYLOAD_SCHEMA, roll_bytes=BIG)
+    columns_append(writer, [0], 0, 10)
+    (folder / open_file_name(0)).unlink()
+    with pytest.raises(eventlog.EventLogError, match="No such file or directory"):
+        columns_append(writer, [0], 10, 10)
+    columns_append(writer, [0], 10, 10)
+    assert names(folder) == [open_file_name(10)]
+    assert offsets(root) == list(range(10, 20)) == native_offsets(root)

@@ -135,9 +135,7 @@ pub fn write_container(
     let (head, payload_slot) = plan.split_at(5);
     let payload_slot = &payload_slot[0];
     let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(MAGIC);
-    write_metadata(&mut out, metadata, codec)?;
-    out.extend_from_slice(&sync);
+    write_header(&mut out, metadata, codec, sync)?;
     let mut blocks = BlockSink::new(codec, sync)?;
     let mut sized = false;
     let mut buf: Vec<u8> = Vec::with_capacity(block_bytes.saturating_add(4096).min(64 << 20));
@@ -166,6 +164,31 @@ pub fn write_container(
         blocks.flush(&mut out, &buf, count)?;
     }
     Ok(out)
+}
+
+/// The length of the header `write_container` gives a file of these `metadata`, `codec`
+/// and `sync`: the file's blocks start there (what an append to an open file of the same
+/// header takes).
+pub fn header_len(
+    metadata: &[(String, Vec<u8>)],
+    codec: Codec,
+    sync: [u8; 16],
+) -> Result<usize, AvroError> {
+    let mut out = Vec::with_capacity(1024);
+    write_header(&mut out, metadata, codec, sync)?;
+    Ok(out.len())
+}
+
+fn write_header(
+    out: &mut Vec<u8>,
+    metadata: &[(String, Vec<u8>)],
+    codec: Codec,
+    sync: [u8; 16],
+) -> Result<(), AvroError> {
+    out.extend_from_slice(MAGIC);
+    write_metadata(out, metadata, codec)?;
+    out.extend_from_slice(&sync);
+    Ok(())
 }
 
 fn write_metadata(
@@ -997,6 +1020,21 @@ mod tests {
             block_bytes: block,
         };
         write_container(&schema, &meta, file, env, batch, None)
+    }
+
+    #[test]
+    fn header_len_is_where_the_first_block_starts() {
+        let batch = payload(&["A", "B", "A"], vec![1, 2, 3]);
+        let meta = vec![("avro.schema".to_string(), ENVELOPE.as_bytes().to_vec())];
+        for codec in [Codec::Null, Codec::Deflate(1)] {
+            let bytes = write(&batch, codec, 65536).unwrap();
+            let head = header_len(&meta, codec, [7; 16]).unwrap();
+            let empty = write(&payload(&[], vec![]), codec, 65536).unwrap();
+            assert_eq!(empty.len(), head); // a file without records is its header
+            assert_eq!(bytes[..head], empty[..]);
+            assert_eq!(bytes[head - 16..head], [7; 16]);
+            assert!(bytes.len() > head && bytes.ends_with(&[7; 16]));
+        }
     }
 
     #[test]
