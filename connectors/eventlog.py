@@ -718,11 +718,15 @@ class EventLogWriter:
         if not self._roll_bytes:
             return False
         cur = self._open.get(partition)
+        return cur is not None and not self._roll_due(partition, cur)
+
+    def _roll_due(self, partition: int, cur: _OpenFile) -> bool:
+        """Whether the open file must be rolled before the next append: broken, of an
+        older epoch, or open for ``roll_seconds``."""
         return (
-            cur is not None
-            and not cur.broken
-            and cur.epoch == self._epoch.get(partition, 0)
-            and time.monotonic() - cur.opened < self._roll_seconds
+            cur.broken
+            or cur.epoch != self._epoch.get(partition, 0)
+            or time.monotonic() - cur.opened >= self._roll_seconds
         )
 
     def _append_open_files(
@@ -755,11 +759,7 @@ class EventLogWriter:
                 continue
             cur.size += size
             cur.last = int(batch.offsets[-1])
-            path = cur.path
-            if cur.size >= self._roll_bytes:
-                with contextlib.suppress(EventLogError):  # durable already; rolled next time
-                    path = self._seal(partition)
-            outcomes.append((self._url(path), None))
+            outcomes.append((self._rolled_if_full(partition, cur), None))
         return outcomes
 
     def _failed_append(
@@ -802,13 +802,17 @@ class EventLogWriter:
                 finally:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-        error = EventLogError(
+        error = self._append_error(partition, cur, exc)
+        error.__cause__ = exc
+        return error
+
+    def _append_error(self, partition: int, cur: _OpenFile, exc: OSError) -> EventLogError:
+        """The error of an append to the open file ``cur`` that the OS refused."""
+        return EventLogError(
             f"cannot append to event-log file {self._url(cur.path)}: {exc}; nothing "
             f"was committed for partition {partition} — check free space and write "
             f"permission on log_root, then retry"
         )
-        error.__cause__ = exc
-        return error
 
     def _write_columns(
         self,
@@ -872,9 +876,7 @@ class EventLogWriter:
         that comes ``roll_seconds`` after it was opened, and on a new epoch."""
         epoch = self._epoch.get(partition, 0)
         cur = self._open.get(partition)
-        if cur is not None and (
-            cur.broken or cur.epoch != epoch or time.monotonic() - cur.opened >= self._roll_seconds
-        ):
+        if cur is not None and self._roll_due(partition, cur):
             self._seal(partition)
             cur = None
         if cur is None:
@@ -890,11 +892,7 @@ class EventLogWriter:
             except OSError as exc:
                 if isinstance(exc, FileNotFoundError):  # gone (the log root wiped?): start anew
                     del self._open[partition]
-                raise EventLogError(
-                    f"cannot append to event-log file {self._url(cur.path)}: {exc}; nothing "
-                    f"was committed for partition {partition} — check free space and write "
-                    f"permission on log_root, then retry"
-                ) from exc
+                raise self._append_error(partition, cur, exc) from exc
             try:
                 view = memoryview(chunk)
                 while view:
@@ -902,16 +900,17 @@ class EventLogWriter:
                 os.fsync(fd)
             except OSError as exc:
                 self._undo_append(partition, cur, fd)
-                raise EventLogError(
-                    f"cannot append to event-log file {self._url(cur.path)}: {exc}; nothing "
-                    f"was committed for partition {partition} — check free space and write "
-                    f"permission on log_root, then retry"
-                ) from exc
+                raise self._append_error(partition, cur, exc) from exc
             finally:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             cur.size += len(chunk)
             cur.last = last
+        return self._rolled_if_full(partition, cur)
+
+    def _rolled_if_full(self, partition: int, cur: _OpenFile) -> str:
+        """The URL of the open file after an append, rolled first once it reached
+        ``roll_bytes`` (a failed roll is retried at the next append: the data is durable)."""
         path = cur.path
         if cur.size >= self._roll_bytes:
             with contextlib.suppress(EventLogError):  # durable already; rolled next time
