@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -1133,16 +1134,23 @@ def _quiet_client_logs(command: str) -> None:
         client.propagate = False
 
 
+_ELAPSED = re.compile(r"\(after \d+ms in state ")
+
+
 class _RepeatFilter:
     """Passes a log message once per ``window_s``: a broker that is down makes librdkafka log
-    the same connection failure many times a second."""
+    the same connection failure many times a second.
+
+    Messages that differ only in librdkafka's elapsed time ("(after 3ms in state CONNECT)")
+    count as the same message: one refused connection retried five times is one line.
+    """
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._last: dict[str, float] = {}
 
     def filter(self, record: Any) -> bool:
-        text = record.getMessage()
+        text = _ELAPSED.sub("(after ...ms in state ", record.getMessage())
         now = time.monotonic()
         if now - self._last.get(text, -self.window_s) < self.window_s:
             return False

@@ -134,3 +134,26 @@ def test_backfill_before_any_event_is_logged_says_how_to_get_a_log(
     assert str(repo / ".skewless" / "log" / "transactions") in err
     assert "`skewless import`" in err and "stream workers" in err
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_the_worker_passes_a_refused_connection_once_whatever_its_elapsed_time() -> None:
+    """librdkafka retries a refused connection within milliseconds; the lines differ only in
+    "(after Nms in state CONNECT)". The worker's filter lets the first through, not the rest;
+    a different broker's failure still gets its own line."""
+    import logging
+
+    from engine.cli import _RepeatFilter
+
+    def record(text: str) -> logging.LogRecord:
+        return logging.LogRecord("skewless.kafka.librdkafka", logging.ERROR, "", 0, text, (), None)
+
+    line = (
+        "FAIL [skewless.payments#producer-2] [thrd:127.0.0.1:{port}/bootstrap]: "
+        "127.0.0.1:{port}/bootstrap: Connect to ipv4#127.0.0.1:{port} failed: "
+        "Connection refused (after {ms}ms in state CONNECT)"
+    )
+    keep = _RepeatFilter(window_s=60.0)
+    passed = [keep.filter(record(line.format(port=38307, ms=ms))) for ms in (0, 3, 1, 4, 2)]
+    assert passed == [True, False, False, False, False]
+    assert keep.filter(record(line.format(port=38308, ms=0)))
+    assert keep.filter(record("another message")) and not keep.filter(record("another message"))
