@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import faulthandler
 import sys
-import time
 
 import pandas as pd
 
@@ -22,7 +21,8 @@ from tests.unit.test_backfill_reference import (
 
 CALLS = 200
 CALL_TIMEOUT_S = 30.0
-BUDGET_S = 60.0  # the whole loop; a healthy run takes a few seconds
+# No budget for the whole loop: speed is the benchmarks' business, and a loaded CI machine
+# must not fail a run whose every call returned. A hang is what the watchdog catches.
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
@@ -42,7 +42,6 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> bool:
 def test_many_backfills_never_hang_and_agree(world: World) -> None:  # noqa: F811
     labels = world.labels.frame()
     first: pd.DataFrame | None = None
-    started = time.monotonic()
     try:
         for call in range(CALLS):
             # a hung call cannot be interrupted from Python: dump every thread's stack and
@@ -56,6 +55,5 @@ def test_many_backfills_never_hang_and_agree(world: World) -> None:  # noqa: F81
                 first = out
             else:
                 assert _same(out, first), f"call {call} differs from the first"
-            assert time.monotonic() - started < BUDGET_S, f"{call + 1} calls took too long"
     finally:
         faulthandler.cancel_dump_traceback_later()
