@@ -35,6 +35,9 @@ Usage (from the repo root)::
     .venv/bin/python benchmarks/stream.py --freshness-only --loads 5000:0.01:1 --breakdown \
         --rounds 3 --variant "serial:SKEWLESS_WORKER_PIPELINE=0" \
         --variant "pipeline:SKEWLESS_WORKER_PIPELINE=1"
+    # a backlog with Redis's append-only file on and off, alternating (what AOF costs):
+    .venv/bin/python benchmarks/stream.py --backlog-only 2 --events 2000000 \
+        --batch-max 200000 --redis-aof yes,no
 
 With ``--breakdown`` the workers write a trace of their batches (``SKEWLESS_WORKER_TRACE``,
 engine/stream/kafka_runtime.py ``BatchTrace``) and the freshness topic stamps records with
@@ -234,6 +237,29 @@ def flush_redis() -> None:
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     client.close()
+
+
+def redis_persistence(appendonly: str | None = None) -> dict[str, str]:
+    """Redis's persistence settings (appendonly, appendfsync, save); with ``appendonly``
+    ('yes'/'no'), set it first and wait out the rewrite that turning the append-only file on
+    starts, so a drain does not share the cores with it."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        if appendonly is not None:
+            client.config_set("appendonly", appendonly)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                info = client.info("persistence")
+                if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                    break
+                time.sleep(0.2)
+        got = client.config_get("append*")
+        got.update(client.config_get("save"))
+        return {k: str(got[k]) for k in ("appendonly", "appendfsync", "save") if k in got}
+    finally:
+        client.close()
 
 
 # -- 1. throughput ------------------------------------------------------------------------------
@@ -933,25 +959,38 @@ def backlog_rounds(
     rounds: int,
     codes: list[Path],
     envs: list[tuple[str, dict[str, str]]],
+    aofs: list[str | None] | None = None,
 ) -> None:
     """``--backlog-only``: the kafka worker drains the example definitions' backlog
-    ``rounds`` times per checkout in ``codes``, ``--batch-max`` in ``batch_maxes`` and
-    ``--variant`` (the worker's environment) in ``envs`` (rotating, so each sees the same
-    noise); prints each drain's rate and CPU shares and writes
-    ``benchmarks/out/stream-backlog.json``."""
-    variants = [(c, b, e) for c in codes for b in batch_maxes for e in envs]
+    ``rounds`` times per checkout in ``codes``, ``--batch-max`` in ``batch_maxes``,
+    ``--variant`` (the worker's environment) in ``envs`` and ``--redis-aof`` in ``aofs``
+    (Redis's append-only file on or off; None: as the server has it) (rotating, so each sees
+    the same noise); prints each drain's rate and CPU shares, and Redis's persistence
+    settings, and writes ``benchmarks/out/stream-backlog.json``."""
+    variants = [(c, b, e, a) for c in codes for b in batch_maxes for e in envs
+                for a in aofs or [None]]  # fmt: skip
+    before = redis_persistence()
+    print(f"redis persistence: {before}")
 
-    def label(code: Path, b: int, name: str) -> str:
-        return f"{code} --batch-max {b}" + (f" [{name}]" if name else "")
+    def label(code: Path, b: int, name: str, aof: str | None) -> str:
+        return (f"{code} --batch-max {b}" + (f" [{name}]" if name else "")
+                + (f" [redis appendonly {aof}]" if aof else ""))  # fmt: skip
 
-    runs: dict[str, list[dict[str, Any]]] = {label(c, b, e[0]): [] for c, b, e in variants}
-    for r in range(rounds):
-        for code, b, (name, env) in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            got = worker_throughput(make_repo("example", topic), topic, total, "kafka", b, code,
-                                    env)  # fmt: skip
-            print(f"[{label(code, b, name)}]")
-            show(got)
-            runs[label(code, b, name)].append(got)
+    runs: dict[str, list[dict[str, Any]]] = {label(c, b, e[0], a): [] for c, b, e, a in variants}
+    try:
+        for r in range(rounds):
+            turn = variants[r % len(variants) :] + variants[: r % len(variants)]
+            for code, b, (name, env), aof in turn:
+                persistence = redis_persistence(aof)
+                got = worker_throughput(make_repo("example", topic), topic, total, "kafka", b,
+                                        code, env)  # fmt: skip
+                got["redis_persistence"] = persistence
+                print(f"[{label(code, b, name, aof)}]")
+                show(got)
+                runs[label(code, b, name, aof)].append(got)
+    finally:
+        if aofs:
+            redis_persistence(before.get("appendonly"))
     print(f"\nbacklog of {total:,} events, kafka runtime, example definitions, {rounds} rounds:")
     for key, drains in runs.items():
         rates = [g["events_per_s"] for g in drains]
@@ -1032,10 +1071,17 @@ def run() -> None:
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants")
     parser.add_argument(
+        "--redis-aof", default="", metavar="yes,no",
+        help="with --backlog-only: each drain once per Redis appendonly setting (CONFIG SET "
+             "on the benchmark's Redis, restored at the end): what the append-only file costs",
+    )  # fmt: skip
+    parser.add_argument(
         "--breakdown", action="store_true",
         help="trace the workers' batches and show where each sample's latency went",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.redis_aof and not {a.strip() for a in args.redis_aof.split(",")} <= {"yes", "no"}:
+        parser.error(f"--redis-aof: expected yes, no or yes,no; got {args.redis_aof!r}")
     batch_maxes = [int(b) for b in args.batch_max.split(",")]
     args.batch_max = batch_maxes[0]
     if args.quick:
@@ -1065,7 +1111,8 @@ def run() -> None:
     if args.backlog_only:
         backlog_rounds(topic, args.events, batch_maxes, args.backlog_only,
                        args.worker_code or [REPO],
-                       [parse_variant(v) for v in args.variant] or [("", {})])  # fmt: skip
+                       [parse_variant(v) for v in args.variant] or [("", {})],
+                       [a.strip() for a in args.redis_aof.split(",")] if args.redis_aof else None)  # fmt: skip
         return
 
     throughput = []
