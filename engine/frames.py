@@ -96,6 +96,51 @@ def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
     return to_epoch_ms(converted, column)
 
 
+def label_keys(series: pd.Series, column: str, kind: str | None) -> list[Any]:
+    """One join-key column of ``entity_df`` as the backfill matches it, checked.
+
+    ``kind``: the type of the source field behind the join key, ``"str"`` or ``"int"``
+    (None: a column a transform declares, not checked here). A null key, or a key of the
+    other type — a string for an integer key, an int for a string key, a bool, a fraction —
+    raises InputDataError naming the column, the row and the value, as ``get_online_features``
+    does: such a label could match no event, and a training set must not quietly hold the
+    empty default for it. Integral floats count as the integer they equal (a pandas int
+    column that went through a NaN is float64).
+    """
+    nulls = series.isna().to_numpy()
+    if nulls.any():
+        raise InputDataError(f"entity_df column {column!r} row {int(np.flatnonzero(nulls)[0])}: "
+                             "null join key")  # fmt: skip
+    values = series.tolist()
+    dtype = series.dtype
+    if kind == "int":
+        if pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            return values
+        if pd.api.types.is_float_dtype(dtype):
+            arr = series.to_numpy(dtype="float64")
+            bad = ~np.isfinite(arr) | (arr != np.floor(np.where(np.isfinite(arr), arr, 0.0)))
+            if not bad.any():
+                return values
+            row = int(np.flatnonzero(bad)[0])
+            raise _wrong_key(column, row, "an integer", values[row])
+        for row, value in enumerate(values):
+            if type(value) is int or (type(value) is float and value.is_integer()):
+                continue
+            raise _wrong_key(column, row, "an integer", value)
+    elif kind == "str" and not isinstance(dtype, pd.StringDtype):  # a string dtype holds str
+        for row, value in enumerate(values):
+            if not isinstance(value, str):
+                raise _wrong_key(column, row, "a string", value)
+    return values
+
+
+def _wrong_key(column: str, row: int, expected: str, value: Any) -> InputDataError:
+    return InputDataError(
+        f"entity_df column {column!r} row {row}: join key must be {expected} (the type of the "
+        f"source field), got {type(value).__name__} {value!r}"
+    )
+
+
 def read_csv_text(path: str | Path, column: str) -> pd.Series:
     """One CSV column as the text of its cells (nulls where ``read_table`` reads nulls).
 

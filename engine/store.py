@@ -23,7 +23,7 @@ from connectors.kafka import (
 from engine import backfill
 from engine.config import Config, load_config
 from engine.errors import InputDataError, KafkaUnavailable
-from engine.frames import read_table, to_epoch_ms
+from engine.frames import label_keys, read_table, to_epoch_ms
 from engine.importer import ImportResult, import_frame
 from engine.loader import load_definitions
 from engine.online_read import EntityRows, OnlineResponse, ReadCache, read_online
@@ -399,13 +399,12 @@ class FeatureStore:
                 )
             entities = entities_by_keys.get(view.join_keys)
             if entities is None:
-                key_columns = [entity_df[k].tolist() for k in view.join_keys]
-                for column, values in zip(view.join_keys, key_columns, strict=True):
-                    nulls = [i for i, v in enumerate(values) if v is None or v != v]
-                    if nulls:
-                        raise InputDataError(
-                            f"entity_df column {column!r} row {nulls[0]}: null join key"
-                        )
+                fields = self.plan.sources[view.source].fields
+                kinds = [fields[k].kind if k in fields else None for k in view.join_keys]
+                key_columns = [
+                    label_keys(entity_df[k], k, kind if kind in ("str", "int") else None)
+                    for k, kind in zip(view.join_keys, kinds, strict=True)
+                ]
                 entities = entities_by_keys[view.join_keys] = backfill.EntityColumns(key_columns)
             requests.append(
                 backfill.ViewRequest(

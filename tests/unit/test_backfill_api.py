@@ -103,6 +103,51 @@ def test_clear_errors(store: FeatureStore, make_repo: Callable[..., Path]) -> No
         fresh.get_historical_features(df, ["v:amount_sum_1h"])
 
 
+BY_QTY = """
+by_qty = Entity("by_qty", join_keys=["qty"])
+q = FeatureView("q", entity=by_qty, source=tx, aggregations=[
+    Aggregation("amount", "sum", window="1h"),
+])
+"""
+
+
+def test_label_keys_of_the_wrong_type_are_refused_not_left_empty(
+    make_repo: Callable[..., Path],
+) -> None:
+    """A label whose key could match no event — a string for an integer join key, an int for
+    a string one, a fraction, a bool, a null (pandas' NA too) — is an error naming the column,
+    the row and the value, as ``get_online_features`` has it: never a training row that
+    quietly holds the empty default. Integral floats are the integer they equal."""
+    s = FeatureStore.from_repo(make_repo(VIEW + BY_QTY, yaml="kafka:\n  partitions: 2\n"))
+    s.import_events("tx", pd.DataFrame({
+        "customer_id": ["a", "b"], "merchant_id": ["m", "m"], "amount": [1.0, 4.0],
+        "qty": [7, 9], "ts": [T0, T0 + 1000],
+    }))  # fmt: skip
+
+    def frame(column: str, keys: object) -> pd.DataFrame:
+        keys = pd.Series(keys) if not isinstance(keys, pd.Series) else keys
+        return pd.DataFrame({column: keys, "event_timestamp": [T0 + 5000] * len(keys)})
+
+    want = [1.0, 4.0, 0.0]
+    for keys in ([7, 9, 8], [7.0, 9.0, 8.0], pd.array([7, 9, 8], dtype="Int64"),
+                 pd.Series([7, 9.0, 8], dtype=object)):  # fmt: skip
+        got = s.get_historical_features(frame("qty", keys), ["q:amount_sum_1h"], workers=1)
+        assert got["amount_sum_1h"].tolist() == want, keys
+    refused = [
+        ("qty", ["7"], r"column 'qty' row 0: join key must be an integer .*got str '7'"),
+        ("qty", [7.0, 9.5], r"column 'qty' row 1: join key must be an integer .*got float 9.5"),
+        ("qty", [7.0, float("inf")], r"column 'qty' row 1: .* an integer .*got float inf"),
+        ("qty", pd.Series([7, True], dtype=object), r"row 1: .*an integer .*got bool True"),
+        ("qty", pd.array([7, None], dtype="Int64"), r"column 'qty' row 1: null join key"),
+        ("customer_id", ["a", 7], r"column 'customer_id' row 1: join key must be a string .*got int 7"),
+        ("customer_id", [None, "a"], r"column 'customer_id' row 0: null join key"),
+    ]  # fmt: skip
+    for column, keys, message in refused:
+        view = "q" if column == "qty" else "v"
+        with pytest.raises(InputDataError, match=message):
+            s.get_historical_features(frame(column, keys), [f"{view}:amount_sum_1h"])
+
+
 def test_cli_plan_import_backfill(
     make_repo: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
