@@ -8,10 +8,12 @@ non-null keys), so a pushed row can never become a dead letter. A bad row pushes
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from engine.errors import DecodeError, InputDataError
@@ -25,23 +27,33 @@ _MAX_PROBLEMS = 20
 
 
 def rows_of(source: SourcePlan, rows: Rows) -> list[Mapping[str, Any]]:
-    """Plain Python rows; a DataFrame's missing values (NaN, NaT, None) become None and its
-    datetime timestamp column becomes int ms (µs for a ``timestamp-micros`` source)."""
+    """Plain Python rows; a DataFrame's missing values (NaN, NaT, None) become None. Datetimes
+    for the timestamp field — a DataFrame's datetime column, or ``datetime``/``Timestamp``
+    values in dict rows — become int ms (µs for a ``timestamp-micros`` source); without a
+    time zone they mean UTC."""
     if not isinstance(rows, pd.DataFrame):
         if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
             raise InputDataError(
                 f"push to source {source.name!r}: rows must be a list of dicts or a DataFrame, "
                 f"got {type(rows).__name__}"
             )
-        return list(rows)
+        ts = source.timestamp_field
+        return [
+            {**row, ts: _epoch(row[ts], source.timestamp_divisor)}
+            if isinstance(row, Mapping) and isinstance(row.get(ts), dt.datetime | np.datetime64)
+            else row
+            for row in rows
+        ]
     df = rows
     ts = source.timestamp_field
     columns: dict[str, list[Any]] = {}
     for name in df.columns:
         series = df[name]
         if name == ts and pd.api.types.is_datetime64_any_dtype(series.dtype):
-            values = to_epoch_ms(series, str(name)) * source.timestamp_divisor
-            columns[str(name)] = values.tolist()
+            if source.timestamp_divisor == 1:
+                columns[str(name)] = to_epoch_ms(series, str(name)).tolist()
+            else:  # timestamp-micros: keep the microseconds
+                columns[str(name)] = [_epoch(v, source.timestamp_divisor) for v in series]
             continue
         missing = series.isna().to_numpy()
         plain = series.astype(object).tolist()
@@ -105,6 +117,17 @@ def encode_rows(
             + more
         )
     return out
+
+
+def _epoch(value: Any, divisor: int) -> Any:
+    """A datetime pushed for the timestamp field as the field's units: ms, or µs for a
+    ``timestamp-micros`` field (``divisor`` 1000). Without a time zone it means UTC, as for
+    a DataFrame's datetime column and ``entity_df``. NaT stays a null (refused as one)."""
+    if pd.isna(value):
+        return None
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.value // (1_000_000 // divisor)
 
 
 def _missing_fields(source: SourcePlan, row: Mapping[str, Any]) -> str | None:

@@ -233,7 +233,8 @@ class FeatureStore:
         """Validate rows against the source schema and produce them to its topic; return the count.
 
         Each row is encoded and decoded back with the worker's own checks and keyed by the
-        source's key fields; a bad row sends nothing (InputDataError naming the row).
+        source's key fields; a bad row sends nothing (InputDataError naming the row). The
+        timestamp field takes int ms (µs for ``timestamp-micros``) or datetimes (naive = UTC).
         Delivery is flushed before returning; KafkaUnavailable if a record did not land.
 
         Example:
