@@ -124,7 +124,13 @@ def label_keys(series: pd.Series, column: str, kind: str | None) -> list[Any]:
             row = int(np.flatnonzero(bad)[0])
             raise _wrong_key(column, row, "an integer", values[row])
         for row, value in enumerate(values):
-            if type(value) is int or (type(value) is float and value.is_integer()):
+            if type(value) is int or (isinstance(value, float) and value.is_integer()):
+                continue
+            if isinstance(value, np.integer):  # an object column's numpy int: the same int
+                values[row] = int(value)
+                continue
+            if isinstance(value, np.floating) and float(value).is_integer():
+                values[row] = float(value)
                 continue
             raise _wrong_key(column, row, "an integer", value)
     elif kind == "str" and not isinstance(dtype, pd.StringDtype):  # a string dtype holds str

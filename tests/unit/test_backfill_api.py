@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -130,7 +131,8 @@ def test_label_keys_of_the_wrong_type_are_refused_not_left_empty(
 
     want = [1.0, 4.0, 0.0]
     for keys in ([7, 9, 8], [7.0, 9.0, 8.0], pd.array([7, 9, 8], dtype="Int64"),
-                 pd.Series([7, 9.0, 8], dtype=object)):  # fmt: skip
+                 pd.Series([7, 9.0, 8], dtype=object),
+                 pd.Series([np.int64(7), np.int32(9), 8], dtype=object)):  # fmt: skip
         got = s.get_historical_features(frame("qty", keys), ["q:amount_sum_1h"], workers=1)
         assert got["amount_sum_1h"].tolist() == want, keys
     refused = [
