@@ -62,9 +62,11 @@ def source_path(df: pd.DataFrame) -> str | None:
     return path if in_order or not path.lower().endswith(".csv") else None
 
 
-def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
+def to_epoch_ms(series: pd.Series, column: str, *, per_ms: int = 1) -> np.ndarray:
     """int64 ms since the epoch from datetimes (tz-aware, or naive meaning UTC) or int ms.
 
+    ``per_ms`` 1000: datetimes become µs instead (a ``timestamp-micros`` field's units);
+    numbers are returned as they are either way.
     Raises InputDataError naming the first null or unusable row.
     """
     nulls = series.isna().to_numpy()
@@ -75,7 +77,8 @@ def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
         values = series
         if getattr(series.dt, "tz", None) is not None:
             values = series.dt.tz_convert("UTC").dt.tz_localize(None)
-        return np.asarray(values.to_numpy(dtype="datetime64[ms]").astype("int64"))
+        unit = "datetime64[us]" if per_ms == 1000 else "datetime64[ms]"
+        return np.asarray(values.to_numpy(dtype=unit).astype("int64"))
     if pd.api.types.is_bool_dtype(series.dtype):
         raise InputDataError(f"column {column!r}: expected datetimes or int ms, got booleans")
     if pd.api.types.is_integer_dtype(series.dtype):
@@ -93,7 +96,7 @@ def to_epoch_ms(series: pd.Series, column: str) -> np.ndarray:
         raise InputDataError(
             f"column {column!r}: expected datetimes or int ms since the epoch ({exc})"
         ) from exc
-    return to_epoch_ms(converted, column)
+    return to_epoch_ms(converted, column, per_ms=per_ms)
 
 
 def label_keys(series: pd.Series, column: str, kind: str | None) -> list[Any]:

@@ -488,7 +488,10 @@ def group_columns(
     if len(keys) == 1 and not isinstance(keys[0], list):
         texts = keys[0]  # str or int64 array: its texts are the core's to write
         if texts.null_count:
-            inputs = _null_where(texts.is_null(), inputs)
+            import numpy as np
+
+            null = texts.is_null().to_numpy(zero_copy_only=False)
+            inputs = _null_where(np.flatnonzero(null).tolist(), inputs)
         return [texts], inputs
     keys = [c if isinstance(c, list) else c.to_pylist() for c in keys]
     if len(keys) == 1 and set(map(type, keys[0])) <= _STR_OR_NONE:
@@ -503,29 +506,30 @@ def group_columns(
             for entity in zip(*keys, strict=True)
         ]
     if None in texts:
-        import pyarrow as pa
-
-        inputs = _null_where(pa.array([text is None for text in texts]), inputs)
+        inputs = _null_where([i for i, text in enumerate(texts) if text is None], inputs)
     return [texts], inputs
 
 
-def _null_where(null: Any, inputs: list[Any]) -> list[Any]:
-    """``inputs`` with every cell where the bool array ``null`` is true set to None (a
-    record without an entity feeds no input)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc  # type: ignore[import-untyped]
-
+def _null_where(rows: list[int], inputs: list[Any]) -> list[Any]:
+    """``inputs`` with the cells of ``rows`` set to None (a record without an entity feeds
+    no input): in place in a list, through a mask in a pyarrow array."""
     out: list[Any] = []
-    at: list[int] | None = None
+    mask = None
     for column in inputs:
         if isinstance(column, list):
-            if at is None:
-                at = [i for i, v in enumerate(null.to_pylist()) if v]
-            for i in at:
+            for i in rows:
                 column[i] = None
             out.append(column)
-        else:
-            out.append(pc.if_else(null, pa.scalar(None, type=column.type), column))
+            continue
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc  # type: ignore[import-untyped]
+
+        if mask is None:
+            null = np.zeros(len(column), dtype=bool)
+            null[rows] = True
+            mask = pa.array(null)
+        out.append(pc.if_else(mask, pa.scalar(None, type=column.type), column))
     return out
 
 

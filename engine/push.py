@@ -50,10 +50,8 @@ def rows_of(source: SourcePlan, rows: Rows) -> list[Mapping[str, Any]]:
     for name in df.columns:
         series = df[name]
         if name == ts and pd.api.types.is_datetime64_any_dtype(series.dtype):
-            if source.timestamp_divisor == 1:
-                columns[str(name)] = to_epoch_ms(series, str(name)).tolist()
-            else:  # timestamp-micros: keep the microseconds
-                columns[str(name)] = [_epoch(v, source.timestamp_divisor) for v in series]
+            per_ms = source.timestamp_divisor  # timestamp-micros: keep the microseconds
+            columns[str(name)] = to_epoch_ms(series, str(name), per_ms=per_ms).tolist()
             continue
         missing = series.isna().to_numpy()
         plain = series.astype(object).tolist()

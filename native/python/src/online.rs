@@ -244,20 +244,19 @@ pub(crate) type FedColumns = (Vec<Column>, Vec<Column>);
 
 /// The columns a group was fed after a transform (`fed[g] = (key columns, input columns)`),
 /// owned, per group; `None` for a group read from the payload. A list is turned into a
-/// column by `column` (cell by cell); anything else is a pyarrow array read from its
-/// buffers (`arrow_column`: a batch transform's typed result, no Python object per cell).
-/// `what` names the call in errors.
+/// column by `fed_column` (typed when its cells allow); anything else is a pyarrow array
+/// read from its buffers (`arrow_column`: a batch transform's typed result, no Python
+/// object per cell). `what` names the call in errors.
 pub(crate) fn fed_columns(
     fed: &Bound<'_, PyDict>,
     groups: usize,
     n: usize,
-    column: fn(&Bound<'_, PyList>) -> Column,
     what: &str,
 ) -> PyResult<Vec<Option<FedColumns>>> {
     let py = fed.py();
     let one = |c: &Bound<'_, PyAny>| -> PyResult<Column> {
         match c.cast::<PyList>() {
-            Ok(list) => Ok(column(list)),
+            Ok(list) => Ok(fed_column(list)),
             Err(_) => arrow_column(py, c),
         }
     };
@@ -467,7 +466,7 @@ impl PyOnlineCore {
             ));
         }
         let groups: Vec<OnlineGroup> = self.with(|c| Ok(c.groups().to_vec()))?;
-        let owned = fed_columns(fed, groups.len(), n, fed_column, "prepare")?;
+        let owned = fed_columns(fed, groups.len(), n, "prepare")?;
         let batch = payload.as_ref().map(|p| p.batch.clone());
         let null_col = null_column(n);
         let cols = group_columns(&groups, &owned, batch.as_deref(), &null_col, n, "prepare")?;

@@ -8,7 +8,7 @@ use skewless_core::online::{OnlineGroup, OnlineView, Write};
 use skewless_core::replay::{Replay, Taken};
 
 use crate::columns::PyColumns;
-use crate::convert::{err, fed_column, i64s};
+use crate::convert::{err, i64s};
 use crate::online::{fed_columns, group_columns, layout_of, null_column, AggArgs, PyWrites};
 
 /// A view spec: `(fingerprint, aggregations, group, input per aggregation, lateness)`.
@@ -175,7 +175,7 @@ impl PyReplay {
             ));
         }
         let groups: Vec<OnlineGroup> = self.with(|r| Ok(r.groups().to_vec()))?;
-        let owned = fed_columns(fed, groups.len(), n, fed_column, "fold")?;
+        let owned = fed_columns(fed, groups.len(), n, "fold")?;
         let batch = payload.as_ref().map(|p| p.batch.clone());
         let null_col = null_column(n);
         let cols = group_columns(&groups, &owned, batch.as_deref(), &null_col, n, "fold")?;
