@@ -75,6 +75,7 @@ class RedisInvalidations:
         # a drain took a whole buffer's worth: Redis may hold more in its output buffer (a
         # burst larger than the socket buffers), so the next poll catches up first
         self._behind = False
+        self._tending = False  # the thread is draining (non-blocking): a poll waits for it
         self._pings = 0  # PINGs sent on this connection
         self._pongs = 0  # their answers received (in order: after all sent before them)
         self._open()
@@ -98,12 +99,16 @@ class RedisInvalidations:
         try:
             now = time.monotonic_ns()
             if self._sock is not None:
-                self._receive(self._pending, now)
+                self._tending = True  # a poll waits for this drain (it never blocks)
+                try:
+                    self._receive(self._pending, now)
+                finally:
+                    self._tending = False
                 if len(self._pending) > _PENDING_MAX:  # nobody reads: drop all instead
                     self._pending.clear()
                     self._flush = True
             elif now - self._tried_ns >= self._heartbeat_ns:
-                self._reopen(now)
+                self._reopen(now)  # may block on a connect: polls meanwhile are not sure
         finally:
             self._lock.release()
 
@@ -118,6 +123,7 @@ class RedisInvalidations:
         """In a forked child: the socket is the parent's; leave it to the parent (no
         shutdown) and make the child's own at its next poll, dropping what was held."""
         self._lock = threading.Lock()
+        self._tending = False
         self._conn = self._sock = self._reader = None
         self._heard_ns = self._ping_ns = self._tried_ns = 0
         self._flush = True
@@ -174,8 +180,12 @@ class RedisInvalidations:
     def poll(self) -> tuple[bool, list[bytes], bool]:
         """``(flushed, changed keys, trusted)`` since the last poll. Does not block, but on a
         connection quiet for two heartbeats (an idle reader) or behind (after a burst),
-        where it waits for a ``PING``'s answer: one round trip, at most a heartbeat."""
-        if not self._lock.acquire(blocking=False):  # another thread is draining: not sure
+        where it waits for a ``PING``'s answer: one round trip, at most a heartbeat. When the
+        feed's thread is draining (a non-blocking read of the socket) it waits for it rather
+        than answer "not sure": a hit must not turn into a round trip because the two met."""
+        if not self._lock.acquire(blocking=False) and not (
+            self._tending and self._lock.acquire(timeout=self._heartbeat_ns / 1e9)
+        ):  # another read is confirming, or the feed's thread is connecting: not sure
             return False, [], False
         try:
             keys, self._pending = self._pending, []

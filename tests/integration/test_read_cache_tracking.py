@@ -8,6 +8,7 @@ sleeps that assume a speed.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -279,23 +280,57 @@ def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) 
     online = RedisOnlineStore(status_url)
     pool = online._client.connection_pool
     feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
-                              heartbeat_ms=50)  # fmt: skip
+                              heartbeat_ms=100)  # fmt: skip
     client = raw_redis(status_url)
     try:
         assert feed.poll() == (True, [], True)
-        time.sleep(0.15)  # an idle reader: three heartbeats without a read
+        time.sleep(0.3)  # an idle reader: three heartbeats without a read
         assert feed.poll() == (False, [], True)  # kept live by the feed's thread's PINGs
         client.hset("sk:idle:{a}", "f", 1)  # with no read to drain it, the thread does
         _wait(lambda: feed._pending == [b"sk:idle:{a}"], "the feed's thread to drain it")
         assert feed.poll() == (False, [b"sk:idle:{a}"], True)
-        client.execute_command("CLIENT", "PAUSE", "400", "ALL")  # Redis answers nobody
-        time.sleep(0.15)
+        client.execute_command("CLIENT", "PAUSE", "1000", "ALL")  # Redis answers nobody
+        time.sleep(0.3)
         # the PING gets no answer within a heartbeat: lost, reported as a flush (by this
         # poll, or once the feed's thread has connected again); never trusted before it
         polls: list[tuple[bool, list[bytes], bool]] = []
         _wait(lambda: polls.append(feed.poll()) or polls[-1][0], "the loss, as a flush")
         assert not any(trusted for _, _, trusted in polls[:-1])
         _wait(lambda: feed.poll()[2], "a new connection once Redis answers again")
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+def test_a_poll_meeting_the_feeds_thread_mid_drain_waits_for_it(status_url: str) -> None:
+    # CI once saw a poll answer "not sure" because the feed's thread was draining at that
+    # instant: a cached read would have gone to Redis for nothing. A poll waits for a drain
+    # (non-blocking work) and is trusted; here the thread's drain is slowed to be met.
+    online = RedisOnlineStore(status_url)
+    pool = online._client.connection_pool
+    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
+                              heartbeat_ms=200)  # fmt: skip
+    client = raw_redis(status_url)
+    try:
+        assert feed.poll() == (True, [], True)
+        client.hset("sk:mid:{a}", "f", 1)
+        draining, receive = threading.Event(), feed._receive
+
+        def slow_receive(keys: list[bytes], now: int) -> None:
+            draining.set()
+            time.sleep(0.05)
+            receive(keys, now)
+
+        feed._receive = slow_receive  # type: ignore[method-assign]
+        thread = threading.Thread(target=feed._tend)  # what the feed's thread runs
+        thread.start()
+        assert draining.wait(5)
+        feed._receive = receive  # type: ignore[method-assign]
+        flushed, keys, trusted = feed.poll()
+        thread.join()
+        assert (flushed, trusted) == (False, True)
+        _wait(lambda: b"sk:mid:{a}" in keys + feed.poll()[1], "the invalidation")
     finally:
         client.close()
         feed.close()

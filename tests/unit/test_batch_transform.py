@@ -321,9 +321,9 @@ def test_a_transform_mutating_its_input_changes_nothing_another_group_or_a_fallb
     from engine.processing import RowGroup, group_cells, user_code_input
 
     def scribble(batch: pd.DataFrame) -> pd.DataFrame:
-        batch["amount"] = -1.0
-        batch.drop(index=batch.index[:1], inplace=True)
-        return batch
+        batch["amount"] = -1.0  # in place
+        batch.loc[batch.index[2], "customer_id"] = "scribbled"  # in place, one cell
+        return batch.drop(index=batch.index[:1])  # (pandas 3.1 deprecates inplace=True)
 
     def scribble_then_fail(batch: pd.DataFrame) -> pd.DataFrame:
         out = batch.copy()
@@ -351,7 +351,8 @@ def test_a_transform_mutating_its_input_changes_nothing_another_group_or_a_fallb
     ]
     names = ["amount", "amount2"]
     alone = [group_cells(group, names, payloads) for group in groups]
-    assert alone[0] == ([[None, "c1", "c2", "c3"]], [[None, -1.0, -1.0, -1.0], [None] * 4])
+    assert alone[0] == ([[None, "c1", "scribbled", "c3"]],
+                        [[None, -1.0, -1.0, -1.0], [None] * 4])  # fmt: skip
     assert alone[1] == alone[2] == ([["c0", "c1", "c2", "c3"]], [[1.5, 2.0, 3.25, 4.0],
                                                                 [3.0, 4.0, 6.5, 8.0]])  # fmt: skip
     for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [0, 2, 1]):
