@@ -99,7 +99,9 @@ def to_epoch_ms(series: pd.Series, column: str, *, per_ms: int = 1) -> np.ndarra
     return to_epoch_ms(converted, column, per_ms=per_ms)
 
 
-def label_keys(series: pd.Series, column: str, kind: str | None) -> list[Any]:
+def label_keys(
+    series: pd.Series, column: str, kind: str | None, bounds: tuple[int, int] | None = None
+) -> list[Any]:
     """One join-key column of ``entity_df`` as the backfill matches it, checked.
 
     ``kind``: the type of the source field behind the join key, ``"str"`` or ``"int"``
@@ -108,8 +110,23 @@ def label_keys(series: pd.Series, column: str, kind: str | None) -> list[Any]:
     raises InputDataError naming the column, the row and the value, as ``get_online_features``
     does: such a label could match no event, and a training set must not quietly hold the
     empty default for it. Integral floats count as the integer they equal (a pandas int
-    column that went through a NaN is float64).
+    column that went through a NaN is float64). ``bounds``: an integer key's range (its
+    field's Avro type, ``schema.int_range``); a key past it can name no entity either.
     """
+    values = _label_keys(series, column, kind)
+    if kind == "int" and bounds is not None and values:
+        lo, hi = bounds
+        if min(values) < lo or max(values) > hi:
+            row = next(r for r, v in enumerate(values) if not lo <= v <= hi)
+            bits = 32 if hi < 1 << 31 else 64
+            raise InputDataError(
+                f"entity_df column {column!r} row {row}: join key {values[row]!r} is outside "
+                f"the {bits}-bit range of its source field (no event can carry it)"
+            )
+    return values
+
+
+def _label_keys(series: pd.Series, column: str, kind: str | None) -> list[Any]:
     nulls = series.isna().to_numpy()
     if nulls.any():
         raise InputDataError(f"entity_df column {column!r} row {int(np.flatnonzero(nulls)[0])}: "

@@ -45,6 +45,7 @@ from engine.online import state_key, stats_key, values_at
 from engine.online_eval import WINDOW_EMPTY, WINDOW_NULL, WINDOW_VALUE, WindowAt, WindowReader
 from engine.plan import Plan, ViewPlan
 from engine.ports import OnlineStateStore
+from engine.schema import int_range
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,6 +136,9 @@ class ReadPlan:
     feature_views: tuple[str, ...]  # per output column: its view
     join_keys: tuple[str, ...]  # every join key the views need, first-seen order
     key_kinds: Mapping[str, str | None]
+    # an integer key's values that can name an entity: its field's Avro type's range (the
+    # widest where views differ); past it a key is refused, as a wrong type is
+    key_ranges: Mapping[str, tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,6 +200,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
     seen: dict[tuple[str, int], str] = {}
     by_view: dict[str, tuple[list[int], list[int]]] = {}
     join_keys: dict[str, str | None] = {}
+    ranges: dict[str, tuple[int, int]] = {}
     for column, (ref, (view, index)) in enumerate(zip(refs, resolved, strict=True)):
         if (view.name, index) in seen:
             raise InputDataError(f"feature ref {ref!r} is requested twice")
@@ -213,6 +218,10 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
         )
         for key, kind in zip(view.join_keys, kinds, strict=True):
             join_keys.setdefault(key, kind)
+            if kind == "int":
+                lo, hi = int_range(fields[key])
+                was = ranges.get(key, (lo, hi))
+                ranges[key] = (min(lo, was[0]), max(hi, was[1]))
         reads.append(
             ViewRead(
                 view=view,
@@ -231,6 +240,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
         feature_views=tuple(view.name for view, _ in resolved),
         join_keys=tuple(join_keys),
         key_kinds=join_keys,
+        key_ranges=ranges,
     )
 
 
@@ -803,7 +813,8 @@ def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]
                     f"entity columns differ in length: {key!r} has {len(column)} values, "
                     f"{next(iter(out))!r} has {n}"
                 )
-            out[key] = [_checked(v, kind, r, key) for r, v in enumerate(column)]
+            bounds = prepared.key_ranges.get(key)
+            out[key] = [_checked(v, kind, r, key, bounds) for r, v in enumerate(column)]
         return out
     if isinstance(entity_rows, str | bytes) or not isinstance(entity_rows, Sequence):
         raise InputDataError(
@@ -817,6 +828,13 @@ def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]
                 wanted = str if kind == "str" else int if kind == "int" else None
                 if wanted is None or not all(type(v) is wanted for v in column):
                     raise KeyError(key)  # something to check value by value
+                bounds = prepared.key_ranges.get(key)
+                if (
+                    bounds is not None
+                    and column
+                    and (min(column) < bounds[0] or max(column) > bounds[1])
+                ):
+                    raise KeyError(key)  # out of range: the row-by-row path names it
                 out[key] = column
             return out
         except KeyError:
@@ -836,29 +854,45 @@ def _columns(entity_rows: EntityRows, prepared: ReadPlan) -> dict[str, list[Any]
                     f"entity row {r}: missing join key {key!r} needed by "
                     f"{_needed_by(prepared, key)}; the row has: {sorted(map(str, row))}"
                 ) from None
-            out[key].append(_checked(value, kind, r, key))
+            out[key].append(_checked(value, kind, r, key, prepared.key_ranges.get(key)))
     return out
 
 
-def _checked(value: Any, kind: str | None, row: int, key: str) -> Any:
+def _checked(
+    value: Any, kind: str | None, row: int, key: str, bounds: tuple[int, int] | None = None
+) -> Any:
     cls = type(value)
-    if (kind == "str" and cls is str) or (kind == "int" and cls is int):
+    if kind == "str" and cls is str:
         return value
+    if kind == "int" and cls is int:
+        return _in_range(value, row, key, bounds)
     if value is None:
         raise InputDataError(f"entity row {row}: join key {key!r} is null")
     if kind == "str" and isinstance(value, str):
         return value
     if kind == "int" and not isinstance(value, bool | float | str):
         try:
-            return operator.index(value)  # numpy integers: the same integer, not a coercion
+            integer = operator.index(value)  # numpy integers: the same integer, not a coercion
         except TypeError:
             pass
+        else:
+            return _in_range(integer, row, key, bounds)
     if kind is None and isinstance(value, str | int) and not isinstance(value, bool):
         return value
     expected = {"str": "a string", "int": "an integer"}.get(kind or "", "a string or an integer")
     raise InputDataError(
         f"entity row {row}: join key {key!r} must be {expected}, got {cls.__name__} {value!r}"
     )
+
+
+def _in_range(value: int, row: int, key: str, bounds: tuple[int, int] | None) -> int:
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        bits = 32 if bounds[1] < 1 << 31 else 64
+        raise InputDataError(
+            f"entity row {row}: join key {key!r} is {value}, outside the {bits}-bit range of "
+            f"its source field (no event can carry it)"
+        )
+    return value
 
 
 def _needed_by(prepared: ReadPlan, key: str) -> str:

@@ -34,6 +34,12 @@ class FieldSpec:
     logical_type: str | None
 
 
+def int_range(spec: FieldSpec) -> tuple[int, int]:
+    """The values an integer field can hold: Avro ``int`` 32 bits, ``long`` 64 (signed)."""
+    bits = 32 if spec.avro_type == "int" else 64
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
 def load_schema(schema: Mapping[str, Any] | str, base_dir: Path) -> dict[str, Any]:
     """The Avro schema as a dict; a string is a path to an ``.avsc`` file under ``base_dir``.
 

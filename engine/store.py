@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from engine.registry import (
     read_retired,
     write_applied,
 )
+from engine.schema import int_range
 from engine.serde import DecodeLimits
 from engine.stream.core import wall_clock_ms
 
@@ -345,6 +346,16 @@ class FeatureStore:
 
     # -- backfill ------------------------------------------------------------------------
 
+    def _key_range(self, views: Iterable[str], key: str) -> tuple[int, int]:
+        """An integer join key's values that can name an entity in any of ``views``: the
+        widest range of the source fields behind it."""
+        ranges = [
+            int_range(fields[key])
+            for fields in (self.plan.sources[self.plan.views[v].source].fields for v in views)
+            if key in fields and fields[key].kind == "int"
+        ]
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
     def get_historical_features(
         self,
         entity_df: pd.DataFrame,
@@ -403,7 +414,12 @@ class FeatureStore:
                 fields = self.plan.sources[view.source].fields
                 kinds = [fields[k].kind if k in fields else None for k in view.join_keys]
                 key_columns = [
-                    label_keys(entity_df[k], k, kind if kind in ("str", "int") else None)
+                    label_keys(
+                        entity_df[k],
+                        k,
+                        kind if kind in ("str", "int") else None,
+                        self._key_range(grouped, k) if kind == "int" else None,
+                    )
                     for k, kind in zip(view.join_keys, kinds, strict=True)
                 ]
                 entities = entities_by_keys[view.join_keys] = backfill.EntityColumns(key_columns)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -33,7 +34,7 @@ from engine.errors import CodecError, FeatureRefError, InputDataError
 from engine.keys import encode_key, partition_for
 from engine.online import state_key, values_at
 from engine.online_eval import WindowReader
-from engine.online_read import read_online
+from engine.online_read import FeatureStatus, read_online
 from engine.ports import DeadLetter, OnlineStateStore, StateWrite, Watermark
 from engine.serde import SourceCodec
 from engine.serve import make_app
@@ -478,6 +479,15 @@ def test_bad_requests_are_clear_errors(scenario: Scenario) -> None:
         store.get_online_features(REFS, [ROWS[0], {"customer_id": "c1"}])
     with pytest.raises(InputDataError, match=r"row 0: join key 'store_id' must be an integer"):
         store.get_online_features(SALES, [{"store_id": "3"}])  # nothing is coerced
+    past = r"row 1: join key 'store_id' is 9223372036854775808, outside the 64-bit range"
+    for rows in ([{"store_id": 1}, {"store_id": 2**63}], {"store_id": [1, 2**63]},
+                 [{"store_id": 1}, {"store_id": np.uint64(2**63)}]):  # fmt: skip
+        with pytest.raises(InputDataError, match=past):  # a long can hold no such key
+            store.get_online_features(SALES, rows)
+    edge = store.get_online_features(SALES, [{"store_id": 2**63 - 1}, {"store_id": -(2**63)}])
+    assert all(  # the long's own limits are keys (of no entity here)
+        statuses == [FeatureStatus.NOT_FOUND] * 2 for statuses in edge.statuses.values()
+    )
     with pytest.raises(InputDataError, match=r"join key 'customer_id' is null"):
         store.get_online_features(SPEND, [{"customer_id": None}])
     with pytest.raises(FeatureRefError, match="no feature 'nope'"):

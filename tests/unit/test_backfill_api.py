@@ -135,6 +135,9 @@ def test_label_keys_of_the_wrong_type_are_refused_not_left_empty(
                  pd.Series([np.int64(7), np.int32(9), 8], dtype=object)):  # fmt: skip
         got = s.get_historical_features(frame("qty", keys), ["q:amount_sum_1h"], workers=1)
         assert got["amount_sum_1h"].tolist() == want, keys
+    limits = frame("qty", pd.Series([7, 2**63 - 1, -(2**63)], dtype=object))  # a long's limits
+    got = s.get_historical_features(limits, ["q:amount_sum_1h"], workers=1)
+    assert got["amount_sum_1h"].tolist() == [1.0, 0.0, 0.0]
     refused = [
         ("qty", ["7"], r"column 'qty' row 0: join key must be an integer .*got str '7'"),
         ("qty", [7.0, 9.5], r"column 'qty' row 1: join key must be an integer .*got float 9.5"),
@@ -143,6 +146,9 @@ def test_label_keys_of_the_wrong_type_are_refused_not_left_empty(
         ("qty", pd.array([7, None], dtype="Int64"), r"column 'qty' row 1: null join key"),
         ("customer_id", ["a", 7], r"column 'customer_id' row 1: join key must be a string .*got int 7"),
         ("customer_id", [None, "a"], r"column 'customer_id' row 0: null join key"),
+        ("qty", [7, 2**63], r"column 'qty' row 1: join key 9223372036854775808 is outside "
+                            r"the 64-bit range of its source field"),
+        ("qty", [-(2**63) - 1], r"row 0: join key -9223372036854775809 is outside the 64-bit"),
     ]  # fmt: skip
     for column, keys, message in refused:
         view = "q" if column == "qty" else "v"
