@@ -94,23 +94,23 @@ class RedisInvalidations:
         return stop
 
     def _tend(self) -> None:
+        self._tending = True  # from before the lock to after it: a poll waits for a drain
         if not self._lock.acquire(blocking=False):  # a read is polling: it does the work
+            self._tending = False
             return
         try:
             now = time.monotonic_ns()
             if self._sock is not None:
-                self._tending = True  # a poll waits for this drain (it never blocks)
-                try:
-                    self._receive(self._pending, now)
-                finally:
-                    self._tending = False
+                self._receive(self._pending, now)  # never blocks
                 if len(self._pending) > _PENDING_MAX:  # nobody reads: drop all instead
                     self._pending.clear()
                     self._flush = True
             elif now - self._tried_ns >= self._heartbeat_ns:
-                self._reopen(now)  # may block on a connect: polls meanwhile are not sure
+                self._tending = False  # a connect may block: polls meanwhile are not sure
+                self._reopen(now)
         finally:
             self._lock.release()
+            self._tending = False
 
     def _reopen(self, now: int) -> None:
         try:
@@ -184,7 +184,8 @@ class RedisInvalidations:
         feed's thread is draining (a non-blocking read of the socket) it waits for it rather
         than answer "not sure": a hit must not turn into a round trip because the two met."""
         if not self._lock.acquire(blocking=False) and not (
-            self._tending and self._lock.acquire(timeout=self._heartbeat_ns / 1e9)
+            (self._tending and self._lock.acquire(timeout=self._heartbeat_ns / 1e9))
+            or self._lock.acquire(blocking=False)  # the thread let go in between
         ):  # another read is confirming, or the feed's thread is connecting: not sure
             return False, [], False
         try:

@@ -47,7 +47,9 @@ def _member(settings: KafkaSettings, name: str) -> KafkaBatchConsumer:
 
 
 def _produce(settings: KafkaSettings, name: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    # a long linger: the values go out as one produce batch (flush() does not wait for it),
+    # so they are fetched together however slowly this loop runs
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 1000})
     for value in values:
         producer.produce(name, value, b"k")
     assert producer.flush(30) == 0

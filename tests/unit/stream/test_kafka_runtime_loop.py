@@ -40,6 +40,8 @@ def pipeline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
 
 FAST = WorkerOptions(backoff_initial_s=0.001, backoff_max_s=0.004, drain_timeout_s=0.05)
+# a retry's wait long enough that its first poll falls inside it on a loaded machine too
+BACKOFF = WorkerOptions(backoff_initial_s=0.05, backoff_max_s=0.05, drain_timeout_s=0.05)
 
 
 def rec(partition: int, offset: int) -> SourceRecord:
@@ -185,7 +187,7 @@ def test_a_failing_batch_is_retried_whole_and_not_committed_until_it_succeeds() 
 
 def test_records_of_a_partition_revoked_during_the_backoff_leave_the_retry() -> None:
     processor = FakeProcessor(failures=1)
-    worker, consumer, stop = worker_for(processor, [[rec(0, 5), rec(1, 7), rec(1, 8)]])
+    worker, consumer, stop = worker_for(processor, [[rec(0, 5), rec(1, 7), rec(1, 8)]], BACKOFF)
     consumer.events[2] = lambda: consumer.on_revoke([(TOPIC, 1)])  # the first poll of the wait
     worker.run(stop)
     assert processor.calls == [[(0, 5), (1, 7), (1, 8)], [(0, 5)]]
@@ -195,7 +197,7 @@ def test_records_of_a_partition_revoked_during_the_backoff_leave_the_retry() -> 
 
 def test_a_partition_revoked_and_assigned_back_is_not_committed_from_the_stale_batch() -> None:
     processor = FakeProcessor(failures=1)
-    worker, consumer, stop = worker_for(processor, [[rec(0, 5), rec(1, 7)]])
+    worker, consumer, stop = worker_for(processor, [[rec(0, 5), rec(1, 7)]], BACKOFF)
 
     def bounce() -> None:
         consumer.on_revoke([(TOPIC, 1)])
