@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -276,13 +277,24 @@ def test_a_value_invalidated_while_its_read_was_in_flight_is_not_held() -> None:
     assert len(cache) == 0
 
 
-def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) -> None:
+@contextmanager
+def _tracking(status_url: str, heartbeat_ms: int) -> Iterator[tuple[RedisInvalidations, Any]]:
+    """A feed on the store's server with this heartbeat, and a plain client to write with."""
     online = RedisOnlineStore(status_url)
     pool = online._client.connection_pool
     feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
-                              heartbeat_ms=100)  # fmt: skip
+                              heartbeat_ms=heartbeat_ms)  # fmt: skip
     client = raw_redis(status_url)
     try:
+        yield feed, client
+    finally:
+        client.close()
+        feed.close()
+        online.close()
+
+
+def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) -> None:
+    with _tracking(status_url, heartbeat_ms=100) as (feed, client):
         assert feed.poll() == (True, [], True)
         time.sleep(0.3)  # an idle reader: three heartbeats without a read
         assert feed.poll() == (False, [], True)  # kept live by the feed's thread's PINGs
@@ -297,22 +309,13 @@ def test_a_quiet_connection_is_confirmed_and_a_silent_one_lost(status_url: str) 
         _wait(lambda: polls.append(feed.poll()) or polls[-1][0], "the loss, as a flush")
         assert not any(trusted for _, _, trusted in polls[:-1])
         _wait(lambda: feed.poll()[2], "a new connection once Redis answers again")
-    finally:
-        client.close()
-        feed.close()
-        online.close()
 
 
 def test_a_poll_meeting_the_feeds_thread_mid_drain_waits_for_it(status_url: str) -> None:
     # CI once saw a poll answer "not sure" because the feed's thread was draining at that
     # instant: a cached read would have gone to Redis for nothing. A poll waits for a drain
     # (non-blocking work) and is trusted; here the thread's drain is slowed to be met.
-    online = RedisOnlineStore(status_url)
-    pool = online._client.connection_pool
-    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
-                              heartbeat_ms=2000)  # fmt: skip
-    client = raw_redis(status_url)
-    try:
+    with _tracking(status_url, heartbeat_ms=2000) as (feed, client):
         assert feed.poll() == (True, [], True)
         client.hset("sk:mid:{a}", "f", 1)
         draining, receive = threading.Event(), feed._receive
@@ -331,10 +334,6 @@ def test_a_poll_meeting_the_feeds_thread_mid_drain_waits_for_it(status_url: str)
         thread.join()
         assert (flushed, trusted) == (False, True)
         _wait(lambda: b"sk:mid:{a}" in keys + feed.poll()[1], "the invalidation")
-    finally:
-        client.close()
-        feed.close()
-        online.close()
 
 
 def test_a_forked_child_makes_its_own_connection(status_url: str) -> None:
@@ -467,13 +466,8 @@ def test_a_feed_that_cannot_catch_up_within_a_heartbeat_is_not_trusted(status_ur
     revalidates) rather than wait longer; once Redis answers, a poll catches up with every
     name of the burst (or, had the silence lasted past the liveness check, reports the
     connection lost: a flush, which drops everything held)."""
-    online = RedisOnlineStore(status_url)
-    pool = online._client.connection_pool
-    feed = RedisInvalidations(lambda: pool.connection_class(**pool.connection_kwargs), b"sk:",
-                              heartbeat_ms=300)  # fmt: skip
-    client = raw_redis(status_url)
     target = b"sk:target:{paused}"
-    try:
+    with _tracking(status_url, heartbeat_ms=300) as (feed, client):
         assert feed.poll()[0]
         client.eval(_BURST_LUA, 0, 50_000, target)
         client.execute_command("CLIENT", "PAUSE", "2500", "ALL")  # outlasts the poll's waits
@@ -490,10 +484,6 @@ def test_a_feed_that_cannot_catch_up_within_a_heartbeat_is_not_trusted(status_ur
 
         _wait(caught_up, "a poll that catches up once Redis answers again")
         assert any(flushes) or (target in seen and len(seen) == 50_001)
-    finally:
-        client.close()
-        feed.close()
-        online.close()
 
 
 def test_expect_changes_makes_the_next_poll_see_a_flush_acknowledged_before_it(
