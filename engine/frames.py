@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import InputDataError
+from engine.schema import outside
 
 # ``DataFrame.attrs`` keys: the path of the file ``read_table`` read the frame from and its
 # row count, so the messages about its cells can name the file (and a CSV file's lines).
@@ -118,11 +119,8 @@ def label_keys(
         lo, hi = bounds
         if min(values) < lo or max(values) > hi:
             row = next(r for r, v in enumerate(values) if not lo <= v <= hi)
-            bits = 32 if hi < 1 << 31 else 64
-            raise InputDataError(
-                f"entity_df column {column!r} row {row}: join key {values[row]!r} is outside "
-                f"the {bits}-bit range of its source field (no event can carry it)"
-            )
+            raise InputDataError(f"entity_df column {column!r} row {row}: join key "
+                                 f"{values[row]!r} is {outside(bounds)}")  # fmt: skip
     return values
 
 

@@ -45,7 +45,7 @@ from engine.online import state_key, stats_key, values_at
 from engine.online_eval import WINDOW_EMPTY, WINDOW_NULL, WINDOW_VALUE, WindowAt, WindowReader
 from engine.plan import Plan, ViewPlan
 from engine.ports import OnlineStateStore
-from engine.schema import int_range
+from engine.schema import FieldSpec, int_range, outside
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,7 +200,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
     seen: dict[tuple[str, int], str] = {}
     by_view: dict[str, tuple[list[int], list[int]]] = {}
     join_keys: dict[str, str | None] = {}
-    ranges: dict[str, tuple[int, int]] = {}
+    int_fields: dict[str, list[FieldSpec]] = {}  # an int key's fields, over the views
     for column, (ref, (view, index)) in enumerate(zip(refs, resolved, strict=True)):
         if (view.name, index) in seen:
             raise InputDataError(f"feature ref {ref!r} is requested twice")
@@ -219,9 +219,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
         for key, kind in zip(view.join_keys, kinds, strict=True):
             join_keys.setdefault(key, kind)
             if kind == "int":
-                lo, hi = int_range(fields[key])
-                was = ranges.get(key, (lo, hi))
-                ranges[key] = (min(lo, was[0]), max(hi, was[1]))
+                int_fields.setdefault(key, []).append(fields[key])
         reads.append(
             ViewRead(
                 view=view,
@@ -240,7 +238,7 @@ def _prepare(plan: Plan, refs: tuple[str, ...]) -> ReadPlan:
         feature_views=tuple(view.name for view, _ in resolved),
         join_keys=tuple(join_keys),
         key_kinds=join_keys,
-        key_ranges=ranges,
+        key_ranges={key: int_range(specs) for key, specs in int_fields.items()},
     )
 
 
@@ -887,11 +885,7 @@ def _checked(
 
 def _in_range(value: int, row: int, key: str, bounds: tuple[int, int] | None) -> int:
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
-        bits = 32 if bounds[1] < 1 << 31 else 64
-        raise InputDataError(
-            f"entity row {row}: join key {key!r} is {value}, outside the {bits}-bit range of "
-            f"its source field (no event can carry it)"
-        )
+        raise InputDataError(f"entity row {row}: join key {key!r} is {value}, {outside(bounds)}")
     return value
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,17 @@ class FieldSpec:
     logical_type: str | None
 
 
-def int_range(spec: FieldSpec) -> tuple[int, int]:
-    """The values an integer field can hold: Avro ``int`` 32 bits, ``long`` 64 (signed)."""
-    bits = 32 if spec.avro_type == "int" else 64
+def int_range(specs: Iterable[FieldSpec]) -> tuple[int, int]:
+    """The values an integer join key can hold, over the fields behind it (one per view
+    read): Avro ``int`` 32 bits, ``long`` 64 (signed); the widest of them."""
+    bits = max(32 if spec.avro_type == "int" else 64 for spec in specs)
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def outside(bounds: tuple[int, int]) -> str:
+    """How a key past ``int_range``'s ``bounds`` is refused (both read paths say it)."""
+    bits = bounds[1].bit_length() + 1
+    return f"outside the {bits}-bit range of its source field (no event can carry it)"
 
 
 def load_schema(schema: Mapping[str, Any] | str, base_dir: Path) -> dict[str, Any]:

@@ -349,12 +349,11 @@ class FeatureStore:
     def _key_range(self, views: Iterable[str], key: str) -> tuple[int, int]:
         """An integer join key's values that can name an entity in any of ``views``: the
         widest range of the source fields behind it."""
-        ranges = [
-            int_range(fields[key])
+        return int_range(
+            fields[key]
             for fields in (self.plan.sources[self.plan.views[v].source].fields for v in views)
             if key in fields and fields[key].kind == "int"
-        ]
-        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+        )
 
     def get_historical_features(
         self,
